@@ -1,0 +1,318 @@
+package sidecar
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults used when a Config field is zero.
+const (
+	// DefaultAdminListen is where the admin API, /healthz, /readyz and
+	// /metrics listen when Config.AdminListen is empty.
+	DefaultAdminListen = "127.0.0.1:7460"
+	// AdminListenOff turns the admin listener off.
+	AdminListenOff = "off"
+	// DefaultMaxMessageSize is the largest gRPC message when
+	// Config.MaxMessageSize is zero (gRPC's own default).
+	DefaultMaxMessageSize = 4 << 20
+	// MaxMaxMessageSize bounds Config.MaxMessageSize.
+	MaxMaxMessageSize = 1 << 30
+	// DefaultMaxConcurrentCalls bounds the calls a peer connection may run at
+	// once on our exports when Config.MaxConcurrentCalls is zero.
+	DefaultMaxConcurrentCalls = 1024
+	// DefaultDrainTimeout is how long in-flight calls may run after SIGTERM
+	// when Config.DrainTimeout is zero.
+	DefaultDrainTimeout = 30 * time.Second
+	// RouteDefault is the Route.Service that matches every gRPC service no
+	// other route names.
+	RouteDefault = "*"
+)
+
+// Config is the whole configuration of a sidecar. The YAML config file holds
+// the same fields (their json names, camelCase); flags override it. The zero
+// value is a valid client-only sidecar with an ephemeral key, TLS on, the
+// admin listener on DefaultAdminListen and no exports or imports.
+type Config struct {
+	// Listen is the CapTP listen address: tcp:HOST:PORT, tcp:[V6]:PORT or
+	// unix:PATH. Empty: a client-only vat, which can import but not export.
+	Listen string `json:"listen,omitempty"`
+	// PublicAddress is the address written into sturdy URIs, in the same
+	// syntax as Listen. Empty: the address Listen bound (port 0 resolved).
+	PublicAddress string `json:"publicAddress,omitempty"`
+	// SecretKeyFile is the vat's PEM key, created with mode 0600 when
+	// missing. Empty: an ephemeral key, so export URIs change on restart.
+	SecretKeyFile string `json:"secretKeyFile,omitempty"`
+	// Insecure turns TLS off; URIs read capnp://insecure@...
+	Insecure bool `json:"insecure,omitempty"`
+	// Exports are the local gRPC servers served as sturdy refs.
+	Exports []Export `json:"exports,omitempty"`
+	// CapDir, when set, receives DIR/NAME.cap (URI + newline, mode 0600) for
+	// each export once the vat listens.
+	CapDir string `json:"capDir,omitempty"`
+	// Imports are the sturdy refs exposed as local gRPC endpoints.
+	Imports []Import `json:"imports,omitempty"`
+	// AdminListen is the host:port of the admin gRPC API, /healthz, /readyz
+	// and /metrics (one port, HTTP/1.1 and h2c). Empty: DefaultAdminListen;
+	// "off": no admin listener.
+	AdminListen string `json:"adminListen,omitempty"`
+	// GRPCListen, when set, is one shared gRPC endpoint (host:port) that
+	// routes each call by its gRPC service name to an import, per Routes.
+	GRPCListen string `json:"grpcListen,omitempty"`
+	// Routes map gRPC service names to imports on GRPCListen.
+	Routes []Route `json:"routes,omitempty"`
+	// MaxMessageSize bounds one gRPC message in bytes, both directions.
+	// Zero: DefaultMaxMessageSize.
+	MaxMessageSize int `json:"maxMessageSize,omitempty"`
+	// MaxConcurrentCalls bounds the calls one peer connection may run at once
+	// on our exports (over it: RESOURCE_EXHAUSTED). Zero:
+	// DefaultMaxConcurrentCalls.
+	MaxConcurrentCalls int `json:"maxConcurrentCalls,omitempty"`
+	// DrainTimeout is how long in-flight calls may run after SIGTERM.
+	// Zero: DefaultDrainTimeout.
+	DrainTimeout Duration `json:"drainTimeout,omitempty"`
+	// LogFormat is "text" (the default when empty) or "json".
+	LogFormat string `json:"logFormat,omitempty"`
+	// LogLevel is "debug", "info" (the default when empty), "warn" or
+	// "error". Sturdy URIs are logged only at debug.
+	LogLevel string `json:"logLevel,omitempty"`
+	// ReadyFile, when set, receives a JSON description of the bound addresses
+	// (see Ready) once the sidecar is ready; written with mode 0600.
+	ReadyFile string `json:"readyFile,omitempty"`
+}
+
+// Export is one local gRPC server served as the sturdy ref Name.
+type Export struct {
+	// Name names the export; the service id is derived from the key and Name.
+	Name string `json:"name"`
+	// Target is the local gRPC server: host:port or unix:/abs/path.
+	Target string `json:"target"`
+}
+
+// Import is one sturdy ref exposed as a local gRPC endpoint.
+type Import struct {
+	// Name names the import (in routes, logs, metrics and the admin API).
+	Name string `json:"name"`
+	// URI is a capnp:// sturdy ref, or @FILE to read one from a cap file.
+	URI string `json:"uri"`
+	// Listen is the local gRPC endpoint, host:port. Empty: a free port on
+	// 127.0.0.1 when no route names this import; no own endpoint when one
+	// does (it is reached through GRPCListen).
+	Listen string `json:"listen,omitempty"`
+}
+
+// Route sends the calls to one gRPC service on GRPCListen to an import.
+type Route struct {
+	// Service is a fully qualified gRPC service name ("pkg.Service"), or
+	// RouteDefault ("*") for every service no other route names.
+	Service string `json:"service"`
+	// Import is the name of the import that serves it.
+	Import string `json:"import"`
+}
+
+// Duration is a time.Duration written as "30s" in the config file.
+type Duration time.Duration
+
+// MarshalJSON writes d as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads a Go duration string ("30s", "1m30s").
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"30s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+var (
+	namePattern    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+	servicePattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$`)
+)
+
+// maxNameLen matches the admin API's rule for names.
+const maxNameLen = 63
+
+// Validate checks every field and reports each problem, naming the offending
+// value; the error wraps ErrConfig. It reads no files.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf(format, args...))
+	}
+	if c.Listen != "" {
+		if err := checkVatAddress(c.Listen); err != nil {
+			bad("bad --listen %q: %w", c.Listen, err)
+		}
+	}
+	if c.PublicAddress != "" {
+		if c.Listen == "" {
+			bad("--public-address %q needs --listen", c.PublicAddress)
+		} else if err := checkVatAddress(c.PublicAddress); err != nil {
+			bad("bad --public-address %q: %w", c.PublicAddress, err)
+		}
+	}
+	names := map[string]bool{}
+	for _, e := range c.Exports {
+		if err := CheckName(e.Name); err != nil {
+			bad("bad export NAME %q: %w", e.Name, err)
+		} else if names[e.Name] {
+			bad("export NAME %q given twice", e.Name)
+		}
+		names[e.Name] = true
+		if err := CheckTarget(e.Target); err != nil {
+			bad("bad export TARGET %q: %w", e.Target, err)
+		}
+	}
+	if len(c.Exports) > 0 && c.Listen == "" {
+		bad("--export %q needs --listen: a client-only vat cannot export", c.Exports[0].Name)
+	}
+	names = map[string]bool{}
+	for _, im := range c.Imports {
+		if err := CheckName(im.Name); err != nil {
+			bad("bad import NAME %q: %w", im.Name, err)
+		} else if names[im.Name] {
+			bad("import NAME %q given twice", im.Name)
+		}
+		names[im.Name] = true
+		if err := checkImportURI(im.URI); err != nil {
+			bad("bad import URI %q: %w", im.URI, err)
+		}
+		if im.Listen != "" {
+			if err := CheckHostPort(im.Listen); err != nil {
+				bad("bad import listen %q: %w", im.Listen, err)
+			}
+		}
+	}
+	if c.AdminListen != "" && c.AdminListen != AdminListenOff {
+		if err := CheckHostPort(c.AdminListen); err != nil {
+			bad("bad --admin-listen %q: %w", c.AdminListen, err)
+		}
+	}
+	if c.GRPCListen != "" {
+		if err := CheckHostPort(c.GRPCListen); err != nil {
+			bad("bad --grpc-listen %q: %w", c.GRPCListen, err)
+		}
+	}
+	services := map[string]bool{}
+	for _, r := range c.Routes {
+		if r.Service != RouteDefault && !servicePattern.MatchString(r.Service) {
+			bad("bad route SERVICE %q: want a gRPC service name like pkg.Service, or *", r.Service)
+		} else if services[r.Service] {
+			bad("route SERVICE %q given twice", r.Service)
+		}
+		services[r.Service] = true
+		if !names[r.Import] {
+			bad("route %q names unknown import %q", r.Service, r.Import)
+		}
+	}
+	if len(c.Routes) > 0 && c.GRPCListen == "" {
+		bad("--route %q needs --grpc-listen", c.Routes[0].Service)
+	}
+	if c.MaxMessageSize < 0 || c.MaxMessageSize > MaxMaxMessageSize {
+		bad("bad --max-message-size %d: want 0 to %d", c.MaxMessageSize, MaxMaxMessageSize)
+	}
+	if c.MaxConcurrentCalls < 0 {
+		bad("bad --max-concurrent-calls %d: must not be negative", c.MaxConcurrentCalls)
+	}
+	if c.DrainTimeout < 0 {
+		bad("bad --drain-timeout %s: must not be negative", time.Duration(c.DrainTimeout))
+	}
+	switch c.LogFormat {
+	case "", "text", "json":
+	default:
+		bad("bad --log-format %q: want text or json", c.LogFormat)
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		bad("bad --log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
+}
+
+// CheckName reports whether s is a valid export or import name: letters,
+// digits, '.', '_' and '-', starting with a letter or digit, at most 63
+// bytes (the admin API's rule).
+func CheckName(s string) error {
+	if s == "" {
+		return errors.New("empty")
+	}
+	if len(s) > maxNameLen {
+		return fmt.Errorf("longer than %d bytes", maxNameLen)
+	}
+	if !namePattern.MatchString(s) {
+		return errors.New("want letters, digits, '.', '_' and '-', starting with a letter or digit")
+	}
+	return nil
+}
+
+// CheckTarget reports whether s is a valid export target: host:port with a
+// numeric port, or unix:/abs/path.
+func CheckTarget(s string) error {
+	if path, ok := strings.CutPrefix(s, "unix:"); ok {
+		if !strings.HasPrefix(path, "/") {
+			return errors.New("unix socket path must be absolute")
+		}
+		return nil
+	}
+	return CheckHostPort(s)
+}
+
+// CheckHostPort reports whether s is host:port with a numeric port.
+func CheckHostPort(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("bad port %q", port)
+	}
+	return nil
+}
+
+// parseLevel reads a --log-level value; empty means info.
+func parseLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "", "info":
+		return slog.LevelInfo, nil
+	case "debug":
+		return slog.LevelDebug, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("unknown log level %q", s)
+}
+
+// withDefaults returns c with zero fields replaced by their defaults.
+func (c Config) withDefaults() Config {
+	if c.AdminListen == "" {
+		c.AdminListen = DefaultAdminListen
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.MaxConcurrentCalls == 0 {
+		c.MaxConcurrentCalls = DefaultMaxConcurrentCalls
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = Duration(DefaultDrainTimeout)
+	}
+	return c
+}

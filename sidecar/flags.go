@@ -1,0 +1,246 @@
+package sidecar
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// ParseFlags parses the arguments of `vatcar run` into a Config: it loads the
+// YAML file named by --config (unknown or duplicate fields are errors), then
+// applies the flags given, which override it. Repeatable flags (--export,
+// --import, --route) add to the file's list; an entry whose NAME (SERVICE for
+// routes) the file already has replaces it. The result is validated. Errors
+// wrap ErrConfig and name the offending value; flag usage goes to output.
+// Calling it again with the same args re-reads the file (SIGHUP reload).
+func ParseFlags(args []string, output io.Writer) (Config, error) {
+	var (
+		f       Config
+		file    string
+		exports listFlag[Export]
+		imports listFlag[Import]
+		routes  listFlag[Route]
+	)
+	exports.parse, imports.parse, routes.parse = ParseExport, ParseImport, ParseRoute
+	fs := flag.NewFlagSet("vatcar run", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.StringVar(&file, "config", "", "YAML config `FILE` with the same settings; flags override it")
+	fs.StringVar(&f.Listen, "listen", "", "CapTP listen `ADDR`: tcp:HOST:PORT, tcp:[V6]:PORT or unix:PATH; omitted: a client-only vat")
+	fs.StringVar(&f.PublicAddress, "public-address", "", "`ADDR` written into sturdy URIs (default: the listen address)")
+	fs.StringVar(&f.SecretKeyFile, "secret-key-file", "", "PEM key `PATH`, created with mode 0600 when missing; omitted: an ephemeral key")
+	fs.BoolVar(&f.Insecure, "insecure", false, "no TLS; URIs read capnp://insecure@...")
+	fs.Var(&exports, "export", "serve the local gRPC server TARGET (host:port or unix:PATH) as the sturdy ref NAME (`NAME=TARGET`, repeatable)")
+	fs.StringVar(&f.CapDir, "cap-dir", "", "write `DIR`/NAME.cap (URI + newline, mode 0600) for each export")
+	fs.Var(&imports, "import", "expose an imported ref as a local gRPC endpoint (`NAME=URI|@FILE[,listen=HOST:PORT]`, repeatable)")
+	fs.StringVar(&f.AdminListen, "admin-listen", "", "admin gRPC API, /healthz, /readyz, /metrics on `HOST:PORT` (default "+DefaultAdminListen+"; off: none)")
+	fs.StringVar(&f.GRPCListen, "grpc-listen", "", "shared gRPC endpoint `HOST:PORT` routing calls by gRPC service name to imports (see --route)")
+	fs.Var(&routes, "route", "on --grpc-listen, send gRPC service SERVICE (or * for any other) to import IMPORT (`SERVICE=IMPORT`, repeatable)")
+	fs.Var((*byteSize)(&f.MaxMessageSize), "max-message-size", "largest gRPC message in `BYTES` (suffixes KiB, MiB, GiB; default 4MiB)")
+	fs.IntVar(&f.MaxConcurrentCalls, "max-concurrent-calls", 0, "calls one peer connection may run at once on our exports (`N`, default "+strconv.Itoa(DefaultMaxConcurrentCalls)+")")
+	fs.Var((*durationFlag)(&f.DrainTimeout), "drain-timeout", "how long in-flight calls may run after SIGTERM (`DURATION`, default "+DefaultDrainTimeout.String()+")")
+	fs.StringVar(&f.LogFormat, "log-format", "", "log `FORMAT`: text or json (default text)")
+	fs.StringVar(&f.LogLevel, "log-level", "", "log `LEVEL`: debug, info, warn or error (default info); URIs are logged only at debug")
+	fs.StringVar(&f.ReadyFile, "ready-file", "", "write the bound addresses as JSON to `PATH` once ready")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("%w: unexpected argument %q", ErrConfig, fs.Arg(0))
+	}
+	var c Config
+	if file != "" {
+		var err error
+		if c, err = LoadFile(file); err != nil {
+			return Config{}, err
+		}
+	}
+	fs.Visit(func(fl *flag.Flag) {
+		switch fl.Name {
+		case "listen":
+			c.Listen = f.Listen
+		case "public-address":
+			c.PublicAddress = f.PublicAddress
+		case "secret-key-file":
+			c.SecretKeyFile = f.SecretKeyFile
+		case "insecure":
+			c.Insecure = f.Insecure
+		case "export":
+			c.Exports = merge(c.Exports, exports.items, func(e Export) string { return e.Name })
+		case "cap-dir":
+			c.CapDir = f.CapDir
+		case "import":
+			c.Imports = merge(c.Imports, imports.items, func(i Import) string { return i.Name })
+		case "admin-listen":
+			c.AdminListen = f.AdminListen
+		case "grpc-listen":
+			c.GRPCListen = f.GRPCListen
+		case "route":
+			c.Routes = merge(c.Routes, routes.items, func(r Route) string { return r.Service })
+		case "max-message-size":
+			c.MaxMessageSize = f.MaxMessageSize
+		case "max-concurrent-calls":
+			c.MaxConcurrentCalls = f.MaxConcurrentCalls
+		case "drain-timeout":
+			c.DrainTimeout = f.DrainTimeout
+		case "log-format":
+			c.LogFormat = f.LogFormat
+		case "log-level":
+			c.LogLevel = f.LogLevel
+		case "ready-file":
+			c.ReadyFile = f.ReadyFile
+		}
+	})
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// LoadFile reads a YAML config file strictly: unknown and duplicate fields
+// are errors. The result is not validated. Errors wrap ErrConfig.
+func LoadFile(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("%w: read config file: %w", ErrConfig, err)
+	}
+	var c Config
+	if err := yaml.UnmarshalStrict(data, &c); err != nil {
+		return Config{}, fmt.Errorf("%w: config file %s: %w", ErrConfig, path, err)
+	}
+	return c, nil
+}
+
+// ParseExport parses an --export value, NAME=TARGET. Only the shape is
+// checked here; Config.Validate checks the parts.
+func ParseExport(s string) (Export, error) {
+	name, target, ok := strings.Cut(s, "=")
+	if !ok {
+		return Export{}, fmt.Errorf("--export %q: want NAME=TARGET", s)
+	}
+	return Export{Name: name, Target: target}, nil
+}
+
+// ParseImport parses an --import value, NAME=URI|@FILE[,listen=HOST:PORT].
+// Only the shape is checked here; Config.Validate checks the parts.
+func ParseImport(s string) (Import, error) {
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok {
+		return Import{}, fmt.Errorf("--import %q: want NAME=URI|@FILE[,listen=HOST:PORT]", s)
+	}
+	parts := strings.Split(rest, ",")
+	im := Import{Name: name, URI: parts[0]}
+	for _, opt := range parts[1:] {
+		key, value, _ := strings.Cut(opt, "=")
+		switch key {
+		case "listen":
+			im.Listen = value
+		default:
+			return Import{}, fmt.Errorf("--import %q: unknown option %q (want listen=HOST:PORT)", s, opt)
+		}
+	}
+	return im, nil
+}
+
+// ParseRoute parses a --route value, SERVICE=IMPORT.
+func ParseRoute(s string) (Route, error) {
+	service, imp, ok := strings.Cut(s, "=")
+	if !ok {
+		return Route{}, fmt.Errorf("--route %q: want SERVICE=IMPORT", s)
+	}
+	return Route{Service: service, Import: imp}, nil
+}
+
+// merge returns base with each of over appended, or replacing the entry of
+// base with the same key.
+func merge[T any](base, over []T, key func(T) string) []T {
+	out := append([]T(nil), base...)
+	for _, o := range over {
+		replaced := false
+		for i := range out {
+			if key(out[i]) == key(o) {
+				out[i], replaced = o, true
+				break
+			}
+		}
+		if !replaced {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// listFlag is a repeatable flag whose values parse into T.
+type listFlag[T any] struct {
+	items []T
+	parse func(string) (T, error)
+}
+
+func (l *listFlag[T]) String() string { return "" }
+
+func (l *listFlag[T]) Set(s string) error {
+	v, err := l.parse(s)
+	if err != nil {
+		return err
+	}
+	l.items = append(l.items, v)
+	return nil
+}
+
+// byteSize is a flag holding a size in bytes, with optional KiB/MiB/GiB.
+type byteSize int
+
+func (b *byteSize) String() string { return strconv.Itoa(int(*b)) }
+
+func (b *byteSize) Set(s string) error {
+	n, err := ParseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*b = byteSize(n)
+	return nil
+}
+
+// ParseByteSize reads a byte count with an optional suffix: B, KiB, MiB or
+// GiB (also K, M, G, KB, MB, GB as binary units).
+func ParseByteSize(s string) (int, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{
+		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
+		{"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30},
+		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1},
+	}
+	num, mult := s, int64(1)
+	for _, u := range units {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, mult = v, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	if err != nil || n < 0 || n > (1<<40)/mult {
+		return 0, fmt.Errorf("bad size %q: want a byte count like 4194304 or 4MiB", s)
+	}
+	return int(n * mult), nil
+}
+
+// durationFlag is a flag holding a Duration.
+type durationFlag Duration
+
+func (d *durationFlag) String() string { return time.Duration(*d).String() }
+
+func (d *durationFlag) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = durationFlag(v)
+	return nil
+}

@@ -1,0 +1,176 @@
+package sidecar
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
+)
+
+// Metric label values for the two sides of the bridge.
+const (
+	// SideIngress is the gRPC server side: calls from local apps to imports.
+	SideIngress = "ingress"
+	// SideEgress is the gRPC client side: calls from peers to our exports'
+	// local servers.
+	SideEgress = "egress"
+)
+
+// maxMethodLabels bounds the distinct method label values per side; calls to
+// further methods are counted under "other". Methods come from peers and local
+// apps, so they must not grow the registry without bound.
+const maxMethodLabels = 256
+
+// Metrics are the sidecar's Prometheus metrics, in their own registry. No
+// label ever holds a service id or a URI. Metrics is safe for concurrent use.
+type Metrics struct {
+	// Registry holds every metric below and the Go and process collectors.
+	Registry *prometheus.Registry
+
+	calls    *prometheus.CounterVec   // side, method, code
+	latency  *prometheus.HistogramVec // side, method
+	bytes    *prometheus.CounterVec   // side, direction
+	inflight *prometheus.GaugeVec     // side
+	conns    *prometheus.GaugeVec     // peer (vat digest)
+	restores *prometheus.CounterVec   // result
+	dials    *prometheus.CounterVec   // import, result
+	exports  prometheus.Gauge
+	imports  prometheus.Gauge
+	ready    prometheus.Gauge
+
+	mu      sync.Mutex
+	methods map[string]map[string]bool // side -> method labels in use
+}
+
+// NewMetrics makes the sidecar's metrics in a new registry.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vatcar_grpc_calls_total",
+			Help: "gRPC calls finished, by side (ingress: from local apps; egress: to local servers), full method and status code.",
+		}, []string{"side", "method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vatcar_grpc_call_duration_seconds",
+			Help:    "gRPC call duration, by side and full method.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, []string{"side", "method"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vatcar_grpc_message_bytes_total",
+			Help: "gRPC message payload bytes, by side and direction (in: received by the sidecar, out: sent).",
+		}, []string{"side", "direction"}),
+		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vatcar_grpc_calls_in_flight",
+			Help: "gRPC calls running now, by side.",
+		}, []string{"side"}),
+		conns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vatcar_vat_connections",
+			Help: "CapTP connections open now, by peer vat key digest.",
+		}, []string{"peer"}),
+		restores: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vatcar_restores_total",
+			Help: "Sturdy ref restores served by this vat, by result (ok, unknown, error).",
+		}, []string{"result"}),
+		dials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vatcar_import_connects_total",
+			Help: "Attempts to connect an import to its peer, by import name and result (ok, error).",
+		}, []string{"import", "result"}),
+		exports: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vatcar_exports",
+			Help: "Services exported now.",
+		}),
+		imports: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vatcar_imports",
+			Help: "Sturdy refs imported now.",
+		}),
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vatcar_ready",
+			Help: "1 once listeners are up and cap files written, 0 while starting or draining.",
+		}),
+		methods: map[string]map[string]bool{},
+	}
+	m.Registry.MustRegister(m.calls, m.latency, m.bytes, m.inflight, m.conns, m.restores,
+		m.dials, m.exports, m.imports, m.ready,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// methodLabel returns method, or "other" once a side has maxMethodLabels.
+func (m *Metrics) methodLabel(side, method string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := m.methods[side]
+	if seen == nil {
+		seen = map[string]bool{}
+		m.methods[side] = seen
+	}
+	if seen[method] {
+		return method
+	}
+	if len(seen) >= maxMethodLabels {
+		return "other"
+	}
+	seen[method] = true
+	return method
+}
+
+// statsHandler returns a grpc stats.Handler that records calls, codes,
+// latency and bytes for one side. inflight, when not nil, counts the calls
+// running now (the drain waits for it to reach zero).
+func (m *Metrics) statsHandler(side string, inflight *atomic.Int64) stats.Handler {
+	return &statsHandler{m: m, side: side, inflight: inflight}
+}
+
+type statsHandler struct {
+	m        *Metrics
+	side     string
+	inflight *atomic.Int64
+}
+
+type rpcKey struct{}
+
+type rpcInfo struct {
+	method string
+	start  time.Time
+}
+
+func (h *statsHandler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	return context.WithValue(ctx, rpcKey{}, &rpcInfo{method: h.m.methodLabel(h.side, info.FullMethodName), start: time.Now()})
+}
+
+func (h *statsHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	info, _ := ctx.Value(rpcKey{}).(*rpcInfo)
+	if info == nil {
+		return
+	}
+	switch s := s.(type) {
+	case *stats.Begin:
+		h.m.inflight.WithLabelValues(h.side).Inc()
+		if h.inflight != nil {
+			h.inflight.Add(1)
+		}
+	case *stats.InPayload:
+		h.m.bytes.WithLabelValues(h.side, "in").Add(float64(s.Length))
+	case *stats.OutPayload:
+		h.m.bytes.WithLabelValues(h.side, "out").Add(float64(s.Length))
+	case *stats.End:
+		h.m.inflight.WithLabelValues(h.side).Dec()
+		if h.inflight != nil {
+			h.inflight.Add(-1)
+		}
+		code := status.Code(s.Error)
+		h.m.calls.WithLabelValues(h.side, info.method, code.String()).Inc()
+		h.m.latency.WithLabelValues(h.side, info.method).Observe(s.EndTime.Sub(s.BeginTime).Seconds())
+	}
+}
+
+func (h *statsHandler) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+
+func (h *statsHandler) HandleConn(context.Context, stats.ConnStats) {}
