@@ -1,0 +1,143 @@
+package vat
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Defaults for the zero values of Config's fields.
+const (
+	DefaultMaxConcurrentCalls = 1024
+	DefaultHandshakeTimeout   = 10 * time.Second
+	DefaultDialTimeout        = 10 * time.Second
+)
+
+// Config configures a Vat. Its zero value is an ephemeral, client-only vat
+// with TLS on and no restorer.
+type Config struct {
+	// Key is the vat's secret key. If nil, the key is loaded from KeyFile.
+	Key *Key
+
+	// KeyFile is a PEM file holding the secret key, read when Key is nil.
+	// If the file does not exist a new Ed25519 key is written there (mode
+	// 0600). If both Key and KeyFile are empty the key is ephemeral.
+	KeyFile string
+
+	// ListenAddress is where Listen and ListenAndServe listen:
+	// "tcp:HOST:PORT", "tcp:[IPV6]:PORT" or "unix:PATH". Port 0 picks a
+	// free port. Empty: the vat does not listen (Serve may still be given a
+	// listener).
+	ListenAddress string
+
+	// PublicAddress is the address put in this vat's sturdy ref URIs, in
+	// the same syntax. Empty: ListenAddress. Port 0 (here or inherited from
+	// ListenAddress) is replaced by the port Listen actually bound. A vat
+	// with neither is client-only: SturdyRef fails with ErrNoPublicAddress.
+	PublicAddress string
+
+	// Restorer turns the service ids of incoming sturdy refs into live
+	// capabilities. If nil, restores fail with ErrNoRestorer.
+	Restorer Restorer
+
+	// Logger receives the vat's logs. If nil, nothing is logged.
+	Logger *slog.Logger
+
+	// Tags are attributes added to every log record of the vat (the seed's
+	// Logs tags).
+	Tags []slog.Attr
+
+	// Insecure turns TLS off: connections are plain, peers anonymous, and
+	// URIs read capnp://insecure@... Only for tests and trusted networks.
+	Insecure bool
+
+	// MaxConcurrentCalls bounds the calls a peer may have running at once
+	// on the capabilities it restored over one connection; calls over the
+	// limit fail at once with an exception of type Overloaded. Zero means
+	// DefaultMaxConcurrentCalls; negative means no limit.
+	MaxConcurrentCalls int
+
+	// MaxMessageSize is the largest inbound capnp message accepted, in
+	// bytes; a larger one aborts the connection (go-capnp's behaviour).
+	// Zero means DefaultMaxMessageSize (64 MiB).
+	MaxMessageSize uint64
+
+	// HandshakeTimeout bounds the TLS handshake of each connection, inbound
+	// or outbound. Zero means DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+
+	// DialTimeout bounds establishing an outbound connection (TCP connect
+	// plus handshake). Zero means DefaultDialTimeout.
+	DialTimeout time.Duration
+
+	// OnConnection, if not nil, is called when a connection to a peer is
+	// established (up = true) and when it ends (up = false). peer is the
+	// zero Digest for insecure peers. It is called without locks held and
+	// must not block.
+	OnConnection func(peer Digest, up bool)
+
+	// OnRestore, if not nil, is called after each restore requested by a
+	// peer, with whether it succeeded. It must not block.
+	OnRestore func(ok bool)
+}
+
+// Validate reports the first problem with c: unparsable addresses, a key
+// file that conflicts with Key, or negative sizes and durations.
+func (c Config) Validate() error {
+	if c.ListenAddress != "" {
+		if _, err := ParseAddress(c.ListenAddress); err != nil {
+			return fmt.Errorf("listen address: %w", err)
+		}
+	}
+	if c.PublicAddress != "" {
+		a, err := ParseAddress(c.PublicAddress)
+		if err != nil {
+			return fmt.Errorf("public address: %w", err)
+		}
+		if a.Network == "tcp" && a.Port == 0 && c.ListenAddress == "" {
+			return errors.New("public address: port 0 needs a ListenAddress to take the port from")
+		}
+	}
+	if c.Key != nil && c.KeyFile != "" {
+		return errors.New("both Key and KeyFile are set")
+	}
+	if c.HandshakeTimeout < 0 {
+		return errors.New("negative HandshakeTimeout")
+	}
+	if c.DialTimeout < 0 {
+		return errors.New("negative DialTimeout")
+	}
+	if c.MaxMessageSize != 0 && c.MaxMessageSize < 1024 {
+		return errors.New("MaxMessageSize below 1024 bytes")
+	}
+	return nil
+}
+
+func (c Config) maxConcurrentCalls() int {
+	if c.MaxConcurrentCalls == 0 {
+		return DefaultMaxConcurrentCalls
+	}
+	return c.MaxConcurrentCalls
+}
+
+func (c Config) maxMessageSize() uint64 {
+	if c.MaxMessageSize == 0 {
+		return DefaultMaxMessageSize
+	}
+	return c.MaxMessageSize
+}
+
+func (c Config) handshakeTimeout() time.Duration {
+	if c.HandshakeTimeout == 0 {
+		return DefaultHandshakeTimeout
+	}
+	return c.HandshakeTimeout
+}
+
+func (c Config) dialTimeout() time.Duration {
+	if c.DialTimeout == 0 {
+		return DefaultDialTimeout
+	}
+	return c.DialTimeout
+}

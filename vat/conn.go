@@ -1,0 +1,357 @@
+package vat
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+// Mode says which side made a connection: the crossed-connection rule
+// needs it.
+type Mode int
+
+const (
+	// Accept is a connection the peer initiated.
+	Accept Mode = iota
+	// Connect is a connection this vat initiated.
+	Connect
+)
+
+func (m Mode) String() string {
+	if m == Connect {
+		return "connect"
+	}
+	return "accept"
+}
+
+// peerKey identifies a peer in the connection cache: its digest, or for an
+// insecure peer dialled by this vat, its address.
+type peerKey struct {
+	digest Digest
+	addr   string
+}
+
+// Connection is one CapTP connection to a peer vat. It is safe for
+// concurrent use.
+type Connection struct {
+	vat    *Vat
+	key    peerKey
+	mode   Mode
+	remote string
+	conn   *rpc.Conn
+	limit  *limiter
+
+	bootOnce sync.Once
+	boot     capnp.Client // the peer's Restorer; see restorer()
+
+	closing atomic.Bool            // set when Close starts or the rpc.Conn ends
+	done    chan struct{}          // closed after removal from the vat's cache
+	reason  atomic.Pointer[string] // why this vat closed it, if it did
+}
+
+// Peer returns the digest of the peer's key; zero for an insecure peer.
+func (c *Connection) Peer() Digest { return c.key.digest }
+
+// Mode says whether the peer (Accept) or this vat (Connect) initiated the
+// connection.
+func (c *Connection) Mode() Mode { return c.mode }
+
+// Done is closed once the connection has ended and left the vat's cache.
+func (c *Connection) Done() <-chan struct{} { return c.done }
+
+// Close ends the connection; capabilities imported over it break.
+func (c *Connection) Close() error {
+	c.closing.Store(true)
+	return c.conn.Close()
+}
+
+// closeBecause closes c in the background, for reason.
+func (c *Connection) closeBecause(reason string) {
+	c.reason.CompareAndSwap(nil, &reason)
+	c.closing.Store(true)
+	if !c.vat.track() {
+		c.conn.Close() // the vat is closing and waits for c anyway
+		return
+	}
+	go func() {
+		defer c.vat.wg.Done()
+		c.conn.Close()
+	}()
+}
+
+// usable reports whether new work may be put on c.
+func (c *Connection) usable() bool {
+	if c.closing.Load() {
+		return false
+	}
+	select {
+	case <-c.conn.Done():
+		return false
+	default:
+		return true
+	}
+}
+
+// restorer returns the peer's bootstrap Restorer, borrowed: the connection
+// releases it when it ends.
+func (c *Connection) restorer() captp.Restorer {
+	c.bootOnce.Do(func() {
+		c.boot = c.conn.Bootstrap(context.Background())
+	})
+	return captp.Restorer(c.boot)
+}
+
+// restore asks the peer for service id and waits for the answer.
+func (c *Connection) restore(ctx context.Context, id ServiceID) (capnp.Client, error) {
+	fut, release := c.restorer().Restore(ctx, func(p captp.Restorer_restore_Params) error {
+		return p.SetId(id)
+	})
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		return capnp.Client{}, err
+	}
+	return res.Cap().AddRef(), nil
+}
+
+// AddConnection runs CapTP over an established endpoint to another vat and
+// returns the connection, which may be an existing one (see below).
+//
+// For a TLS vat, an endpoint that is not yet a *tls.Conn is handshaken
+// here as the server (mode Accept only); a *tls.Conn is handshaken if not
+// already. The peer's identity is the digest of its certificate's key.
+// Insecure vats take plain endpoints and their inbound peers are anonymous.
+//
+// When a connection to the same peer already exists, the crossed-connection
+// rule keeps the one initiated by the vat with the greater digest: with
+// keepNew = (myDigest > peerDigest) == (mode == Connect), either the old
+// connection is closed ("Invalidated by newer connection") or the new one
+// is, and the existing one is returned. ctx bounds the handshake only.
+func (v *Vat) AddConnection(ctx context.Context, endpoint net.Conn, mode Mode) (*Connection, error) {
+	key, endpoint, err := v.handshake(ctx, endpoint, mode)
+	if err != nil {
+		endpoint.Close()
+		return nil, err
+	}
+	c := &Connection{vat: v, key: key, mode: mode, remote: endpoint.RemoteAddr().String(), done: make(chan struct{})}
+	c.limit = newLimiter(v.cfg.maxConcurrentCalls())
+	log := v.log.With("peer", key.digest.String(), "mode", mode.String())
+
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		endpoint.Close()
+		return nil, ErrClosed
+	}
+	var old *Connection
+	anonymous := key == peerKey{}
+	if !anonymous {
+		if prev := v.peers[key]; prev != nil && prev.usable() {
+			keepNew := (v.Digest().Compare(key.digest) > 0) == (mode == Connect)
+			if !keepNew {
+				v.mu.Unlock()
+				endpoint.Close()
+				log.Debug("dropping crossed connection", "kept", prev.mode.String())
+				return prev, nil
+			}
+			old = prev
+		}
+	}
+	boot := captp.Restorer_ServerToClient(&bootstrap{vat: v, conn: c})
+	c.conn = rpc.NewConn(newTransport(endpoint, v.cfg.maxMessageSize()), &rpc.Options{
+		BootstrapClient: capnp.Client(boot),
+		Logger:          rpcLogger{log},
+	})
+	if anonymous {
+		v.anon[c] = struct{}{}
+	} else {
+		v.peers[key] = c
+	}
+	v.wg.Add(1)
+	v.mu.Unlock()
+
+	if old != nil {
+		log.Debug("replacing crossed connection", "old", old.mode.String())
+		old.closeBecause("Invalidated by newer connection")
+	}
+	log.Debug("connected", "remote", c.remote)
+	if v.cfg.OnConnection != nil {
+		v.cfg.OnConnection(key.digest, true)
+	}
+	go v.watch(c, log)
+	return c, nil
+}
+
+// watch waits for c to end, then removes it from the cache.
+func (v *Vat) watch(c *Connection, log *slog.Logger) {
+	defer v.wg.Done()
+	<-c.conn.Done()
+	c.closing.Store(true)
+	v.mu.Lock()
+	if v.peers[c.key] == c {
+		delete(v.peers, c.key)
+	}
+	delete(v.anon, c)
+	v.mu.Unlock()
+	c.bootOnce.Do(func() {}) // no bootstrap after this
+	if c.boot.IsValid() {
+		c.boot.Release()
+	}
+	reason := "ended"
+	if r := c.reason.Load(); r != nil {
+		reason = *r
+	}
+	log.Debug("disconnected", "reason", reason)
+	if v.cfg.OnConnection != nil {
+		v.cfg.OnConnection(c.key.digest, false)
+	}
+	close(c.done)
+}
+
+// handshake secures endpoint (unless the vat is insecure) and returns the
+// peer's identity and the endpoint to run CapTP on.
+func (v *Vat) handshake(ctx context.Context, endpoint net.Conn, mode Mode) (peerKey, net.Conn, error) {
+	if v.cfg.Insecure {
+		if _, ok := endpoint.(*tls.Conn); ok {
+			return peerKey{}, endpoint, errors.New("add connection: TLS endpoint given to an insecure vat")
+		}
+		if mode == Connect {
+			return peerKey{addr: endpoint.RemoteAddr().String()}, endpoint, nil
+		}
+		return peerKey{}, endpoint, nil
+	}
+	tc, ok := endpoint.(*tls.Conn)
+	if !ok {
+		if mode == Connect {
+			return peerKey{}, endpoint, errors.New("add connection: an outbound endpoint must already be TLS (the dialler pins the key)")
+		}
+		tc = tls.Server(endpoint, serverTLS(v.key))
+	}
+	hctx, cancel := context.WithTimeout(ctx, v.cfg.handshakeTimeout())
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return peerKey{}, tc, fmt.Errorf("tls handshake with %s: %w", endpoint.RemoteAddr(), err)
+	}
+	d, err := peerDigest(tc.ConnectionState())
+	if err != nil {
+		return peerKey{}, tc, fmt.Errorf("tls handshake with %s: %w", endpoint.RemoteAddr(), err)
+	}
+	return peerKey{digest: d}, tc, nil
+}
+
+// dial is an outbound connection being made; everyone who wants one to the
+// same peer waits on the same dial.
+type dial struct {
+	done chan struct{}
+	conn *Connection
+	err  error
+}
+
+// connection returns a usable connection to the vat at loc: a cached one,
+// the result of a dial in progress, or a new one. A connection still
+// shutting down is waited out before dialling again.
+func (v *Vat) connection(ctx context.Context, loc Locator) (*Connection, error) {
+	key := peerKey{digest: loc.Digest}
+	if loc.Digest.IsZero() {
+		network, target := loc.Address.dialTarget()
+		key.addr = network + ":" + target
+	}
+	for {
+		v.mu.Lock()
+		if v.closed {
+			v.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if c := v.peers[key]; c != nil {
+			v.mu.Unlock()
+			if c.usable() {
+				return c, nil
+			}
+			select { // wait for it to leave the cache
+			case <-c.done:
+				continue
+			case <-ctx.Done():
+				return nil, fmt.Errorf("connect to %v: %w", loc.Digest, ctx.Err())
+			}
+		}
+		d := v.dials[key]
+		if d == nil {
+			d = &dial{done: make(chan struct{})}
+			v.dials[key] = d
+			v.wg.Add(1)
+			go v.dial(key, loc, d)
+		}
+		v.mu.Unlock()
+		select {
+		case <-d.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect to %v: %w", loc.Digest, ctx.Err())
+		}
+		if d.err != nil {
+			return nil, d.err
+		}
+		if d.conn.usable() {
+			return d.conn, nil
+		}
+		// It ended already; look again (and dial again if need be).
+		select {
+		case <-d.conn.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect to %v: %w", loc.Digest, ctx.Err())
+		}
+	}
+}
+
+// dial makes an outbound connection for d, bounded by the dial timeout and
+// the vat's lifetime rather than by any one caller's context.
+func (v *Vat) dial(key peerKey, loc Locator, d *dial) {
+	defer v.wg.Done()
+	ctx, cancel := context.WithTimeout(v.ctx, v.cfg.dialTimeout())
+	defer cancel()
+	d.conn, d.err = v.dialConn(ctx, loc)
+	v.mu.Lock()
+	delete(v.dials, key)
+	v.mu.Unlock()
+	close(d.done)
+}
+
+func (v *Vat) dialConn(ctx context.Context, loc Locator) (*Connection, error) {
+	network, target := loc.Address.dialTarget()
+	var nd net.Dialer
+	raw, err := nd.DialContext(ctx, network, target)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w: %w", loc.Address, ErrDisconnected, err)
+	}
+	tuneSocket(raw)
+	endpoint := raw
+	if !v.cfg.Insecure {
+		endpoint = tls.Client(raw, clientTLS(v.key, loc.Digest))
+	}
+	c, err := v.AddConnection(ctx, endpoint, Connect)
+	if err != nil {
+		if errors.Is(err, ErrKeyMismatch) || errors.Is(err, ErrClosed) {
+			return nil, fmt.Errorf("connect to %s: %w", loc.Address, err)
+		}
+		return nil, fmt.Errorf("connect to %s: %w: %w", loc.Address, ErrDisconnected, err)
+	}
+	return c, nil
+}
+
+// rpcLogger passes go-capnp's logs on at one level lower: what it calls an
+// error is usually a peer going away.
+type rpcLogger struct{ l *slog.Logger }
+
+func (r rpcLogger) Debug(msg string, args ...any) { r.l.Debug(msg, args...) }
+func (r rpcLogger) Info(msg string, args ...any)  { r.l.Debug(msg, args...) }
+func (r rpcLogger) Warn(msg string, args ...any)  { r.l.Info(msg, args...) }
+func (r rpcLogger) Error(msg string, args ...any) { r.l.Warn(msg, args...) }

@@ -1,0 +1,79 @@
+package vat
+
+import (
+	"fmt"
+	"io"
+	"sort"
+)
+
+// Dump writes a human-readable summary of the vat to w: its identity and
+// address, the peers it is connecting to and connected to (by digest), its
+// anonymous connections, and per connection the calls running on it. It
+// prints no service ids.
+func (v *Vat) Dump(w io.Writer) error {
+	type row struct {
+		name string
+		c    *Connection
+	}
+	v.mu.Lock()
+	pub := v.public
+	closed := v.closed
+	var connecting []string
+	for k := range v.dials {
+		connecting = append(connecting, k.String())
+	}
+	var rows []row
+	for k, c := range v.peers {
+		rows = append(rows, row{k.String(), c})
+	}
+	for c := range v.anon {
+		rows = append(rows, row{"anonymous " + c.remote, c})
+	}
+	v.mu.Unlock()
+	sort.Strings(connecting)
+	sort.Slice(rows, func(i, j int) bool { return rows[i].name < rows[j].name })
+
+	ew := &errWriter{w: w}
+	ew.printf("vat %v\n", v.Digest())
+	if pub.IsZero() {
+		ew.printf("  address: none (client only)\n")
+	} else {
+		ew.printf("  address: %v\n", pub)
+	}
+	if closed {
+		ew.printf("  closed\n")
+	}
+	ew.printf("  connecting: %d\n", len(connecting))
+	for _, name := range connecting {
+		ew.printf("    %s\n", name)
+	}
+	ew.printf("  connections: %d\n", len(rows))
+	for _, r := range rows {
+		state := "up"
+		if !r.c.usable() {
+			state = "closing"
+		}
+		ew.printf("    %s (%v, %s, remote %s): calls in %d\n",
+			r.name, r.c.mode, state, r.c.remote, r.c.limit.running.Load())
+	}
+	return ew.err
+}
+
+// String names a peer for Dump and logs.
+func (k peerKey) String() string {
+	if k.digest.IsZero() {
+		return "insecure " + k.addr
+	}
+	return k.digest.String()
+}
+
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) printf(format string, args ...any) {
+	if e.err == nil {
+		_, e.err = fmt.Fprintf(e.w, format, args...)
+	}
+}

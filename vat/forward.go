@@ -1,0 +1,133 @@
+package vat
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+)
+
+// forwarder is a capability that passes calls on to a target until it is
+// revoked, counting the ones that arrive over a connection against that
+// connection's limiter (if any). The Table hands out one per restore so
+// that Remove can revoke them; the bootstrap wraps what it restores in one
+// bound to the connection's limiter.
+//
+// Locking: mu guards target and err. Calls take a reference to the target
+// under mu and call it after unlocking.
+type forwarder struct {
+	mu     sync.Mutex
+	target capnp.Client // owned; released on revoke or shutdown
+	err    error        // why calls fail, once revoked
+	limit  *limiter     // nil: no limit
+	onShut func()       // called once at shutdown; may be nil
+}
+
+func newForwarder(target capnp.Client, limit *limiter, onShut func()) (*forwarder, capnp.Client) {
+	f := &forwarder{target: target, limit: limit, onShut: onShut}
+	return f, capnp.NewClient(f)
+}
+
+// revoke makes every later call fail with err and drops the target.
+func (f *forwarder) revoke(err error) {
+	f.mu.Lock()
+	t := f.target
+	f.target = capnp.Client{}
+	if f.err == nil {
+		f.err = err
+	}
+	f.mu.Unlock()
+	t.Release()
+}
+
+// get returns a new reference to the target, or the error calls fail with.
+func (f *forwarder) get() (capnp.Client, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return capnp.Client{}, f.err
+	}
+	return f.target.AddRef(), nil
+}
+
+func (f *forwarder) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	t, err := f.get()
+	if err != nil {
+		return capnp.ErrorAnswer(s.Method, err), func() {}
+	}
+	defer t.Release()
+	return t.SendCall(ctx, s)
+}
+
+func (f *forwarder) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
+	t, err := f.get()
+	if err != nil {
+		r.Reject(err)
+		return nil
+	}
+	defer t.Release()
+	if f.limit != nil {
+		if !f.limit.acquire() {
+			r.Reject(exc.New(exc.Overloaded, "", ErrOverloaded.Error()))
+			return nil
+		}
+		r.Returner = &limitedReturner{Returner: r.Returner, limit: f.limit}
+	}
+	return t.RecvCall(ctx, r)
+}
+
+func (f *forwarder) Brand() capnp.Brand { return capnp.Brand{} }
+
+func (f *forwarder) Shutdown() {
+	f.revoke(ErrRevoked)
+	if f.onShut != nil {
+		f.onShut()
+	}
+}
+
+func (f *forwarder) String() string { return "vat.forwarder" }
+
+// limiter bounds the calls running at once on one connection. A nil
+// *limiter means no limit.
+type limiter struct {
+	max     int64
+	running atomic.Int64
+}
+
+func newLimiter(max int) *limiter {
+	if max < 0 {
+		return &limiter{max: -1}
+	}
+	return &limiter{max: int64(max)}
+}
+
+func (l *limiter) acquire() bool {
+	n := l.running.Add(1)
+	if l.max >= 0 && n > l.max {
+		l.running.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (l *limiter) release() { l.running.Add(-1) }
+
+// wrap returns c behind a forwarder bound to l, taking over c.
+func (l *limiter) wrap(c capnp.Client) capnp.Client {
+	_, fc := newForwarder(c, l, nil)
+	return fc
+}
+
+// limitedReturner gives the call's slot back when the call returns.
+type limitedReturner struct {
+	capnp.Returner
+	limit *limiter
+	once  sync.Once
+}
+
+func (r *limitedReturner) Return() {
+	r.Returner.Return()
+	r.once.Do(r.limit.release)
+}

@@ -1,0 +1,136 @@
+package vat
+
+import (
+	"context"
+	"fmt"
+
+	capnp "capnproto.org/go/capnp/v3"
+)
+
+// SturdyRef is a persistent reference to a service hosted by some vat: the
+// vat's location and identity plus the service id. It is imported into (or
+// made by) a particular Vat, which it uses to connect. A SturdyRef is
+// immutable and safe for concurrent use; it is a bearer secret.
+type SturdyRef struct {
+	vat *Vat
+	loc Locator
+	id  ServiceID
+}
+
+// Locator returns where the service's vat is and its key digest.
+func (r *SturdyRef) Locator() Locator { return r.loc }
+
+// ID returns the service id (secret).
+func (r *SturdyRef) ID() ServiceID { return append(ServiceID(nil), r.id...) }
+
+// URI returns the ref as a capnp:// URI (secret).
+func (r *SturdyRef) URI() string { return FormatURI(r.loc, r.id) }
+
+// String returns a form fit for logs: the vat's digest and address and a
+// short hash of the id, not the id itself.
+func (r *SturdyRef) String() string {
+	return fmt.Sprintf("%v@%v/%v", r.loc.Digest, r.loc.Address, r.id)
+}
+
+// IsLocal reports whether the ref names a service of its own vat, which
+// Connect restores without any network.
+func (r *SturdyRef) IsLocal() bool { return r.vat.isSelf(r.loc) }
+
+// Connect returns a live capability for the service, which the caller
+// releases. A ref to the vat itself is restored locally; otherwise the
+// peer's cached connection is used, or one is made (concurrent Connects to
+// one peer share one dial, and a connection that died is replaced by a new
+// dial). It waits for the peer's answer, so an unknown id fails here with
+// an error for which IsUnknownService is true; an unreachable peer or a key
+// mismatch gives one for which IsDisconnected is true. ctx bounds the
+// wait; the capability outlives it.
+func (r *SturdyRef) Connect(ctx context.Context) (capnp.Client, error) {
+	v := r.vat
+	if r.IsLocal() {
+		c, err := v.restoreLocal(ctx, r.id)
+		if err != nil {
+			return capnp.Client{}, fmt.Errorf("connect %v: %w", r, err)
+		}
+		return c, nil
+	}
+	for attempt := 0; ; attempt++ {
+		conn, err := v.connection(ctx, r.loc)
+		if err != nil {
+			return capnp.Client{}, fmt.Errorf("connect %v: %w", r, err)
+		}
+		c, err := conn.restore(ctx, r.id)
+		if err == nil {
+			return c, nil
+		}
+		// A connection that was ending (or was replaced by a crossed one)
+		// when we picked it: try once more on a fresh one.
+		if attempt == 0 && !conn.usable() && ctx.Err() == nil {
+			continue
+		}
+		if IsUnknownService(err) {
+			err = fmt.Errorf("%w (%w)", ErrUnknownService, err)
+		} else if IsNoRestorer(err) {
+			err = fmt.Errorf("%w (%w)", ErrNoRestorer, err)
+		}
+		return capnp.Client{}, fmt.Errorf("connect %v: %w", r, err)
+	}
+}
+
+// isSelf reports whether loc names this vat.
+func (v *Vat) isSelf(loc Locator) bool {
+	if !v.cfg.Insecure {
+		return loc.Digest == v.key.Digest()
+	}
+	pub, ok := v.PublicAddress()
+	return ok && loc.Digest.IsZero() && loc.Address == pub
+}
+
+// Import parses a capnp:// URI (or "@path" naming a cap file) into a
+// SturdyRef of this vat. The error names what is wrong with the URI. A
+// secure vat refuses insecure URIs and the other way round.
+func (v *Vat) Import(uri string) (*SturdyRef, error) {
+	uri, err := ReadURI(uri)
+	if err != nil {
+		return nil, fmt.Errorf("import: %w", err)
+	}
+	loc, id, err := ParseURI(uri)
+	if err != nil {
+		return nil, fmt.Errorf("import: %w", err)
+	}
+	if loc.Digest.IsZero() != v.cfg.Insecure {
+		return nil, fmt.Errorf("import %s: %w", redact(uri), ErrInsecureMismatch)
+	}
+	return &SturdyRef{vat: v, loc: loc, id: id}, nil
+}
+
+// MustImport is Import that panics on error.
+func (v *Vat) MustImport(uri string) *SturdyRef {
+	r, err := v.Import(uri)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+// SturdyRef returns a ref to service id hosted by this vat. It fails with
+// ErrNoPublicAddress when the vat has no public address (or Listen has not
+// yet bound the port of one with port 0).
+func (v *Vat) SturdyRef(id ServiceID) (*SturdyRef, error) {
+	pub, ok := v.PublicAddress()
+	if !ok {
+		return nil, fmt.Errorf("sturdy ref: %w", ErrNoPublicAddress)
+	}
+	return &SturdyRef{vat: v, loc: Locator{Address: pub, Digest: v.Digest()}, id: append(ServiceID(nil), id...)}, nil
+}
+
+// Export returns ref's URI, to be shown to or saved for another party.
+func (v *Vat) Export(ref *SturdyRef) string { return ref.URI() }
+
+// SturdyURI is SturdyRef(id) followed by Export.
+func (v *Vat) SturdyURI(id ServiceID) (string, error) {
+	r, err := v.SturdyRef(id)
+	if err != nil {
+		return "", err
+	}
+	return r.URI(), nil
+}

@@ -1,0 +1,238 @@
+package vat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+)
+
+// Locking: Vat.mu guards the fields below it. It is never held while
+// dialling, handshaking, calling a capability, calling a hook, or closing an
+// rpc.Conn; each of those happens after unlocking.
+
+// Vat is a CapTP endpoint with its own key: it serves its Restorer to peers
+// and connects to the vats named by sturdy refs, keeping one connection per
+// peer. It is safe for concurrent use.
+type Vat struct {
+	cfg      Config
+	key      *Key
+	log      *slog.Logger
+	restorer Restorer
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // serve loops and connection watchers
+
+	mu        sync.Mutex
+	closed    bool
+	public    Address
+	peers     map[peerKey]*Connection // established, by peer identity
+	dials     map[peerKey]*dial       // outbound connections being made
+	anon      map[*Connection]struct{}
+	listeners map[net.Listener]struct{}
+}
+
+// New returns a vat configured by cfg. It does not listen: call Listen and
+// Serve, or ListenAndServe.
+func New(cfg Config) (*Vat, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("new vat: %w", err)
+	}
+	key := cfg.Key
+	if key == nil {
+		var err error
+		if key, err = LoadOrCreateKey(cfg.KeyFile); err != nil {
+			return nil, fmt.Errorf("new vat: %w", err)
+		}
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	for _, a := range cfg.Tags {
+		log = log.With(a)
+	}
+	v := &Vat{
+		cfg:       cfg,
+		key:       key,
+		log:       log,
+		restorer:  cfg.Restorer,
+		peers:     make(map[peerKey]*Connection),
+		dials:     make(map[peerKey]*dial),
+		anon:      make(map[*Connection]struct{}),
+		listeners: make(map[net.Listener]struct{}),
+	}
+	if !cfg.Insecure {
+		v.log = v.log.With("vat", key.Digest().String())
+	}
+	pub := cfg.PublicAddress
+	if pub == "" {
+		pub = cfg.ListenAddress
+	}
+	if pub != "" {
+		v.public, _ = ParseAddress(pub) // checked by Validate
+	}
+	v.ctx, v.cancel = context.WithCancel(context.Background())
+	if cfg.Insecure {
+		v.log.Warn("vat is INSECURE: TLS is off, peers are not authenticated")
+	}
+	return v, nil
+}
+
+// Key returns the vat's secret key.
+func (v *Vat) Key() *Key { return v.key }
+
+// Digest returns the digest of the vat's key; the zero Digest for an
+// insecure vat.
+func (v *Vat) Digest() Digest {
+	if v.cfg.Insecure {
+		return Digest{}
+	}
+	return v.key.Digest()
+}
+
+// DeriveID is v.Key().DeriveID(name): a stable service id for name.
+func (v *Vat) DeriveID(name string) ServiceID { return v.key.DeriveID(name) }
+
+// PublicAddress returns the address peers should use to reach the vat, and
+// false if it has none (a client-only vat).
+func (v *Vat) PublicAddress() (Address, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.public, !v.public.IsZero() && !(v.public.Network == "tcp" && v.public.Port == 0)
+}
+
+// Listen opens a listener on Config.ListenAddress (removing a stale Unix
+// socket file first). When the public address has port 0 it takes the
+// bound port, so URIs made afterwards carry the real port. The caller
+// passes the listener to Serve.
+func (v *Vat) Listen() (net.Listener, error) {
+	if v.cfg.ListenAddress == "" {
+		return nil, errors.New("listen: vat has no ListenAddress")
+	}
+	addr, _ := ParseAddress(v.cfg.ListenAddress) // checked by Validate
+	network, target := addr.dialTarget()
+	if network == "unix" {
+		if fi, err := os.Lstat(target); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(target)
+		}
+	}
+	l, err := net.Listen(network, target)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	bound := AddressOf(l.Addr())
+	v.mu.Lock()
+	if v.public.Network == "tcp" && v.public.Port == 0 && bound.Network == "tcp" {
+		v.public.Port = bound.Port
+	}
+	v.mu.Unlock()
+	v.log.Info("listening", "address", bound.String())
+	return l, nil
+}
+
+// ListenAndServe is Listen followed by Serve.
+func (v *Vat) ListenAndServe(ctx context.Context) error {
+	l, err := v.Listen()
+	if err != nil {
+		return err
+	}
+	return v.Serve(ctx, l)
+}
+
+// Serve accepts connections from peer vats on l until ctx ends or the vat
+// is closed, then closes l and returns nil; it returns an error if
+// accepting fails otherwise. Each connection is handshaken and run with
+// AddConnection(ctx, conn, Accept) in its own goroutine.
+func (v *Vat) Serve(ctx context.Context, l net.Listener) error {
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		l.Close()
+		return ErrClosed
+	}
+	v.listeners[l] = struct{}{}
+	v.wg.Add(1)
+	v.mu.Unlock()
+	defer v.wg.Done()
+
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	stopVat := context.AfterFunc(v.ctx, func() { l.Close() })
+	defer stopVat()
+	defer func() {
+		v.mu.Lock()
+		delete(v.listeners, l)
+		v.mu.Unlock()
+		l.Close()
+	}()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil || v.ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("serve: accept: %w", err)
+		}
+		tuneSocket(c)
+		if !v.track() {
+			c.Close()
+			return nil
+		}
+		go func() {
+			defer v.wg.Done()
+			if _, err := v.AddConnection(v.ctx, c, Accept); err != nil {
+				v.log.Debug("inbound connection refused", "remote", c.RemoteAddr().String(), "err", err)
+			}
+		}()
+	}
+}
+
+// track adds a goroutine to v.wg unless the vat is closed.
+func (v *Vat) track() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return false
+	}
+	v.wg.Add(1)
+	return true
+}
+
+// Close ends every connection and listener of the vat (the seed's switch)
+// and waits for them to finish. Capabilities imported from peers break.
+// Close is idempotent.
+func (v *Vat) Close() error {
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		v.wg.Wait()
+		return nil
+	}
+	v.closed = true
+	v.cancel()
+	var conns []*Connection
+	for _, c := range v.peers {
+		conns = append(conns, c)
+	}
+	for c := range v.anon {
+		conns = append(conns, c)
+	}
+	for l := range v.listeners {
+		l.Close()
+	}
+	v.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+	v.wg.Wait()
+	return nil
+}
