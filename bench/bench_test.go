@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// TestRunDirectWritesSaneResults runs the whole harness on the direct path with a tiny
+// budget and checks the files it writes, not its speed.
+func TestRunDirectWritesSaneResults(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "r.json")
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"--paths", "direct", "--warmup", "1ms", "--duration", "1s", "--out", out}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("run: %v\nstderr:\n%s", err, stderr.String())
+	}
+	raw, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The shape, key by key: the issue fixes these names.
+	var shape map[string][]map[string]any
+	if err := json.Unmarshal(raw, &shape); err != nil {
+		t.Fatalf("decode %s: %v", raw, err)
+	}
+	if len(shape) != 1 || shape["results"] == nil {
+		t.Fatalf("top-level keys: got %v, want only results", keys(shape))
+	}
+	wantKeys := []string{"calls_per_s", "mb_per_s", "p50_us", "p99_us", "path", "proxy_cpu_ms_per_kcall", "proxy_rss_mib", "scenario"}
+	for _, row := range shape["results"] {
+		if got := keys(row); !slices.Equal(got, wantKeys) {
+			t.Fatalf("row keys: got %v, want %v", got, wantKeys)
+		}
+	}
+	var rep Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Results) != len(allScenarios) {
+		t.Fatalf("got %d rows, want one per scenario (%d)", len(rep.Results), len(allScenarios))
+	}
+	for i, r := range rep.Results {
+		sc := allScenarios[i]
+		if r.Scenario != sc.Name || r.Path != pathDirect {
+			t.Errorf("row %d: got %s/%s, want %s/direct", i, r.Scenario, r.Path, sc.Name)
+		}
+		if r.CallsPerS <= 0 || r.MBPerS <= 0 {
+			t.Errorf("%s: got %v calls/s and %v MB/s, want both > 0", r.Scenario, r.CallsPerS, r.MBPerS)
+		}
+		// Every op carries Size bytes back: MB/s follows from calls/s.
+		if want := r.CallsPerS * float64(sc.Size) / 1e6; !near(r.MBPerS, want, 0.05) {
+			t.Errorf("%s: got %v MB/s, want about %v from %v calls/s of %d bytes", r.Scenario, r.MBPerS, want, r.CallsPerS, sc.Size)
+		}
+		if sc.Kind == stream {
+			if r.P50us != 0 || r.P99us != 0 {
+				t.Errorf("%s: got p50 %v p99 %v, want 0 for a stream", r.Scenario, r.P50us, r.P99us)
+			}
+		} else if r.P50us <= 0 || r.P99us < r.P50us {
+			t.Errorf("%s: got p50 %v p99 %v, want 0 < p50 <= p99", r.Scenario, r.P50us, r.P99us)
+		}
+		if r.ProxyCPUmsPerKcall != 0 || r.ProxyRSSMiB != 0 {
+			t.Errorf("%s: direct has no proxy, got cpu %v rss %v", r.Scenario, r.ProxyCPUmsPerKcall, r.ProxyRSSMiB)
+		}
+	}
+	md, err := os.ReadFile(markdownPath(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(md, stdout.Bytes()) {
+		t.Errorf("stdout differs from %s", markdownPath(out))
+	}
+	for _, sc := range allScenarios {
+		if !strings.Contains(string(md), "| "+sc.Name+" | direct | ") {
+			t.Errorf("Markdown has no row for %s on direct:\n%s", sc.Name, md)
+		}
+	}
+	if strings.Contains(string(md), "Failed calls") {
+		t.Errorf("calls failed on the direct path:\n%s", md)
+	}
+}
+
+// TestOpenStreamsHoldsEveryStream opens streams against the backend itself and checks
+// that each made its round trip.
+func TestOpenStreamsHoldsEveryStream(t *testing.T) {
+	be, err := startBackend()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	h := newHeldStreams(context.Background())
+	defer h.Close()
+	if err := h.Open(be.Addr(), 200, 30*time.Second); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	if h.opened != 200 {
+		t.Errorf("opened: got %d, want 200", h.opened)
+	}
+}
+
+// TestNginxPairCarriesCalls brings up the nginx-tls path when nginx is installed (the
+// test never installs it) and runs one scenario through it, with its proxy costs.
+func TestNginxPairCarriesCalls(t *testing.T) {
+	bin, err := findNginx(context.Background(), "", false, t.Logf)
+	if errors.Is(err, errSkipped) {
+		t.Skipf("nginx-tls path: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	be, err := startBackend()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	p, err := startNginx(context.Background(), bin, t.TempDir(), be.Addr())
+	if err != nil {
+		t.Fatalf("startNginx: %v", err)
+	}
+	defer p.Close()
+	if n := len(pids(p)); n != 4 {
+		t.Errorf("proxy processes: got %d, want 4 (two masters, two workers)", n)
+	}
+	cc, err := dial(p.Target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	m := runScenario(context.Background(), cc, allScenarios[1], time.Millisecond, 300*time.Millisecond, pids(p), nil)
+	if m.errs != 0 || m.ops == 0 {
+		t.Fatalf("got %d calls and %d errors (last %v), want calls and no errors", m.ops, m.errs, m.lastEr)
+	}
+	if m.rss <= 0 {
+		t.Errorf("proxy RSS: got %d, want > 0", m.rss)
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	lat := []time.Duration{5, 1, 4, 2, 3, 10, 9, 8, 7, 6}
+	for _, tc := range []struct {
+		p    float64
+		want time.Duration
+	}{{50, 5}, {99, 10}, {10, 1}, {1, 1}} {
+		if got := percentile(lat, tc.p); got != tc.want {
+			t.Errorf("percentile(%v): got %v, want %v", tc.p, got, tc.want)
+		}
+	}
+	if got := percentile(nil, 50); got != 0 {
+		t.Errorf("percentile of nothing: got %v, want 0", got)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		ok   bool
+	}{
+		{"zero", Config{}, true},
+		{"all named", Config{Paths: allPaths, Scenarios: []string{"stream-1KiB"}, Out: "x.json"}, true},
+		{"unknown path", Config{Paths: []string{"envoy"}}, false},
+		{"unknown scenario", Config{Scenarios: []string{"unary-1B"}}, false},
+		{"negative duration", Config{Duration: -time.Second}, false},
+		{"out not json", Config{Out: "x.txt"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if (err == nil) != tc.ok {
+				t.Errorf("Validate: got %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
+
+func TestProcReadsAChild(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Skipf("no sleep binary: %v", err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	ppid, _, err := procStat(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ppid != os.Getpid() {
+		t.Errorf("ppid: got %d, want %d", ppid, os.Getpid())
+	}
+	if got := withChildren([]int{os.Getpid()}); !slices.Contains(got, cmd.Process.Pid) {
+		t.Errorf("withChildren(self): got %v, want it to hold %d", got, cmd.Process.Pid)
+	}
+	if rss := rssOf([]int{os.Getpid()}); rss < 1<<20 {
+		t.Errorf("own RSS: got %d bytes, want at least 1 MiB", rss)
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func near(got, want, tolerance float64) bool {
+	if want == 0 {
+		return got == 0
+	}
+	d := (got - want) / want
+	return d < tolerance && d > -tolerance
+}

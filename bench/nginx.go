@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// nginxPair is client -> nginx (h2c) -> TLS 1.3 -> nginx -> backend (h2c): the peer
+// proxy pair a user would deploy instead of vatcar.
+type nginxPair struct {
+	target      string
+	front, back *process
+	instances   []instance
+}
+
+func (n *nginxPair) Name() string          { return pathNginx }
+func (n *nginxPair) Target() string        { return n.target }
+func (n *nginxPair) Instances() []instance { return n.instances }
+
+func (n *nginxPair) Close() {
+	for _, p := range []*process{n.front, n.back} {
+		if p != nil {
+			p.Stop()
+		}
+	}
+}
+
+// findNginx returns the nginx binary, installing Debian's package when it is missing
+// and install is true. A failure wraps errSkipped with the reason.
+func findNginx(ctx context.Context, bin string, install bool, log func(string, ...any)) (string, error) {
+	if bin != "" {
+		return bin, nil
+	}
+	look := func() (string, bool) {
+		if p, err := exec.LookPath("nginx"); err == nil {
+			return p, true
+		}
+		if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
+			return "/usr/sbin/nginx", true
+		}
+		return "", false
+	}
+	if p, ok := look(); ok {
+		return p, nil
+	}
+	if !install {
+		return "", fmt.Errorf("%w: nginx not found and --no-install given", errSkipped)
+	}
+	if os.Geteuid() != 0 {
+		return "", fmt.Errorf("%w: nginx not found and not root to apt-get install it", errSkipped)
+	}
+	log("nginx not found: installing Debian's nginx with apt-get")
+	aptInstall := func() error {
+		cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "-q", "nginx")
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("apt-get install nginx: %w: %s", err, lastLines(string(out), 3))
+		}
+		return nil
+	}
+	if err := aptInstall(); err != nil {
+		// The package lists may be missing or stale: refresh them once.
+		if out, uerr := exec.CommandContext(ctx, "apt-get", "update", "-q").CombinedOutput(); uerr != nil {
+			return "", fmt.Errorf("%w: %v; apt-get update: %v: %s", errSkipped, err, uerr, lastLines(string(out), 3))
+		}
+		if err := aptInstall(); err != nil {
+			return "", fmt.Errorf("%w: %v", errSkipped, err)
+		}
+	}
+	if p, ok := look(); ok {
+		return p, nil
+	}
+	return "", fmt.Errorf("%w: nginx still not found after apt-get install", errSkipped)
+}
+
+// startNginx writes the two configurations and a fresh TLS certificate into dir, starts
+// both nginx processes, and waits until a call goes through.
+func startNginx(ctx context.Context, bin, dir, backendAddr string) (path, error) {
+	// The workers run unprivileged: they need to reach the temp directories.
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o777); err != nil {
+		return nil, fmt.Errorf("nginx dirs: %w", err)
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "tmp")} {
+		if err := os.Chmod(d, 0o777); err != nil {
+			return nil, fmt.Errorf("nginx dirs: %w", err)
+		}
+	}
+	cert, key := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := writeSelfSigned(cert, key); err != nil {
+		return nil, err
+	}
+	frontAddr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	backAddr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	confs := map[string]string{
+		"front": nginxConf(dir, "front", fmt.Sprintf(`
+	upstream peer {
+		server %s;
+		keepalive 256;
+		keepalive_requests 1000000;
+		keepalive_timeout 300s;
+	}
+	server {
+		listen %s http2;
+		location / {
+			grpc_pass grpcs://peer;
+			grpc_ssl_protocols TLSv1.3;
+			grpc_ssl_session_reuse on;
+		}
+	}`, backAddr, frontAddr)),
+		"back": nginxConf(dir, "back", fmt.Sprintf(`
+	upstream app {
+		server %s;
+		keepalive 256;
+		keepalive_requests 1000000;
+		keepalive_timeout 300s;
+	}
+	server {
+		listen %s ssl http2;
+		ssl_certificate %s;
+		ssl_certificate_key %s;
+		ssl_protocols TLSv1.3;
+		location / {
+			grpc_pass grpc://app;
+		}
+	}`, backendAddr, backAddr, cert, key)),
+	}
+	n := &nginxPair{target: frontAddr}
+	for _, name := range []string{"back", "front"} {
+		conf := filepath.Join(dir, name+".conf")
+		if err := os.WriteFile(conf, []byte(confs[name]), 0o644); err != nil {
+			return nil, fmt.Errorf("write nginx config: %w", err)
+		}
+		p, err := startProcess("nginx "+name, bin,
+			[]string{"-p", dir, "-c", conf, "-e", filepath.Join(dir, name+"-error.log")},
+			filepath.Join(dir, name+".log"))
+		if err != nil {
+			n.Close()
+			return nil, err
+		}
+		if name == "front" {
+			n.front = p
+		} else {
+			n.back = p
+		}
+	}
+	if err := waitReady(ctx, frontAddr, 30*time.Second, n.front, n.back); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("nginx pair: %w", err)
+	}
+	// The workers exist now: count them with their masters.
+	n.instances = []instance{
+		{Name: "nginx front", PIDs: withChildren([]int{n.front.PID()})},
+		{Name: "nginx back", PIDs: withChildren([]int{n.back.PID()})},
+	}
+	for _, in := range n.instances {
+		if len(in.PIDs) < 2 {
+			n.Close()
+			return nil, errors.New("nginx pair: a master has no worker process")
+		}
+	}
+	return n, nil
+}
+
+// nginxConf is a whole nginx configuration: one worker, in the foreground, logs and
+// temp files under dir, HTTP/2 with keepalive_requests 1000000, and the given servers.
+func nginxConf(dir, name, servers string) string {
+	tmp := filepath.Join(dir, "tmp", name)
+	return fmt.Sprintf(`# Written by vatcar's bench harness.
+daemon off;
+master_process on;
+worker_processes 1;
+pid %[1]s/%[2]s.pid;
+error_log %[1]s/%[2]s-error.log warn;
+events {
+	worker_connections 16384;
+}
+http {
+	access_log off;
+	client_body_temp_path %[3]s-body;
+	proxy_temp_path %[3]s-proxy;
+	fastcgi_temp_path %[3]s-fastcgi;
+	uwsgi_temp_path %[3]s-uwsgi;
+	scgi_temp_path %[3]s-scgi;
+	client_max_body_size 0;
+	keepalive_requests 1000000;
+	keepalive_timeout 300s;
+	http2_max_concurrent_streams 1024;
+	grpc_read_timeout 300s;
+	grpc_send_timeout 300s;
+%[4]s
+}
+`, dir, name, tmp, servers)
+}
+
+// lastLines returns the last n non-empty lines of s, joined by " | ".
+func lastLines(s string, n int) string {
+	t := &tailWriter{max: len(s) + 1}
+	_, _ = t.Write([]byte(s))
+	return t.LastLines(n)
+}
+
+// nginxVersion is the output of nginx -v, for the report.
+func nginxVersion(bin string) string {
+	out, err := exec.Command(bin, "-v").CombinedOutput()
+	if err != nil {
+		return "nginx (version unknown)"
+	}
+	return strings.TrimSpace(strings.TrimPrefix(string(out), "nginx version: "))
+}

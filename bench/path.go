@@ -1,0 +1,47 @@
+package main
+
+// Path names, in report order.
+const (
+	pathDirect = "direct"
+	pathNginx  = "nginx-tls"
+	pathVatcar = "vatcar"
+)
+
+var allPaths = []string{pathDirect, pathNginx, pathVatcar}
+
+// path is one way from the load generator to the backend.
+type path interface {
+	// Name is the path's name in the results.
+	Name() string
+	// Target is the host:port the load generator dials (h2c).
+	Target() string
+	// Instances lists the proxy instances on the path; empty for direct.
+	Instances() []instance
+	// Close stops the path's processes.
+	Close()
+}
+
+// instance is one proxy of a pair: a name and the processes whose CPU and memory it
+// costs.
+type instance struct {
+	Name  string
+	PIDs  []int
+	Admin string // host:port of its admin HTTP listener, "" when it has none
+}
+
+// pids lists every process of a path.
+func pids(p path) []int {
+	var out []int
+	for _, in := range p.Instances() {
+		out = append(out, in.PIDs...)
+	}
+	return out
+}
+
+// direct is the load generator talking to the backend itself: the limit.
+type direct struct{ target string }
+
+func (d direct) Name() string          { return pathDirect }
+func (d direct) Target() string        { return d.target }
+func (d direct) Instances() []instance { return nil }
+func (d direct) Close()                {}

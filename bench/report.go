@@ -1,0 +1,248 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strings"
+	"time"
+)
+
+// Result is one row of the JSON output: a scenario on a path.
+type Result struct {
+	Scenario string `json:"scenario"`
+	Path     string `json:"path"`
+	// CallsPerS counts calls (unary), messages (stream) or round trips (pingpong) per
+	// second.
+	CallsPerS float64 `json:"calls_per_s"`
+	// P50us and P99us are the latency percentiles in microseconds; 0 for stream and
+	// for the memory rows.
+	P50us float64 `json:"p50_us"`
+	P99us float64 `json:"p99_us"`
+	// MBPerS is the payload the client received per second, in 10^6 bytes.
+	MBPerS float64 `json:"mb_per_s"`
+	// ProxyCPUmsPerKcall is the CPU time of all proxy processes of the path (both
+	// instances, nginx workers and masters) per 1,000 calls; 0 for direct.
+	ProxyCPUmsPerKcall float64 `json:"proxy_cpu_ms_per_kcall"`
+	// ProxyRSSMiB is the resident memory of all proxy processes of the path at the end
+	// of the window; 0 for direct.
+	ProxyRSSMiB float64 `json:"proxy_rss_mib"`
+}
+
+// Report is the JSON output.
+type Report struct {
+	Results []Result `json:"results"`
+}
+
+// The memory rows' scenario names.
+const (
+	scenarioIdle = "idle"
+)
+
+func scenarioOpenStreams(n int) string { return fmt.Sprintf("open-streams-%d", n) }
+
+// runInfo is what the Markdown report says beside the table.
+type runInfo struct {
+	Started   time.Time
+	Quick     bool
+	Warmup    time.Duration
+	Duration  time.Duration
+	Nginx     string
+	Skipped   map[string]string // path -> reason
+	Errors    map[string]string // "scenario/path" -> count and last error
+	Instances map[string][]instanceRSS
+	Notes     []string
+}
+
+// instanceRSS is one proxy instance's memory in a memory row.
+type instanceRSS struct {
+	Scenario string
+	Name     string
+	MiB      float64
+}
+
+// toResult turns a measurement into a row.
+func toResult(sc scenario, pathName string, m measurement, proxied bool) Result {
+	r := Result{Scenario: sc.Name, Path: pathName}
+	if m.seconds > 0 {
+		r.CallsPerS = round(float64(m.ops)/m.seconds, 1)
+		r.MBPerS = round(float64(m.bytes)/1e6/m.seconds, 2)
+	}
+	if sc.Kind != stream {
+		r.P50us = round(float64(percentile(m.lat, 50))/1e3, 1)
+		r.P99us = round(float64(percentile(m.lat, 99))/1e3, 1)
+	}
+	if proxied {
+		if m.ops > 0 {
+			r.ProxyCPUmsPerKcall = round(float64(m.cpu)/1e6/float64(m.ops)*1000, 2)
+		}
+		r.ProxyRSSMiB = round(mib(m.rss), 1)
+	}
+	return r
+}
+
+func round(x float64, digits int) float64 {
+	p := math.Pow(10, float64(digits))
+	return math.Round(x*p) / p
+}
+
+// writeJSON writes the report to path.
+func writeJSON(path string, rep Report) error {
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode results: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
+}
+
+// markdownPath is the Markdown report beside the JSON file.
+func markdownPath(jsonPath string) string {
+	return strings.TrimSuffix(jsonPath, ".json") + ".md"
+}
+
+// find returns the row of scenario on path.
+func find(rs []Result, scenario, pathName string) (Result, bool) {
+	for _, r := range rs {
+		if r.Scenario == scenario && r.Path == pathName {
+			return r, true
+		}
+	}
+	return Result{}, false
+}
+
+// ratio formats a/b, or "—" when either is missing.
+func ratio(a, b float64) string {
+	if a == 0 || b == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2fx", a/b)
+}
+
+func num(x float64) string {
+	if x == 0 {
+		return "—"
+	}
+	if x >= 100 {
+		return fmt.Sprintf("%.0f", x)
+	}
+	return fmt.Sprintf("%.1f", x)
+}
+
+// writeMarkdown writes the table, its ratios, the issue's targets and the notes.
+func writeMarkdown(w io.Writer, rep Report, info runInfo) {
+	fmt.Fprintf(w, "# vatcar bench, %s\n\n", info.Started.UTC().Format("2006-01-02 15:04 UTC"))
+	mode := "full"
+	if info.Quick {
+		mode = "quick"
+	}
+	fmt.Fprintf(w, "Mode %s: per scenario and path, %v of load counted after %v of warm-up; "+
+		"the paths take turns scenario by scenario in one run. %d CPUs, %s, %s.\n\n",
+		mode, info.Duration, info.Warmup, numCPU(), goVersion(), info.Nginx)
+	fmt.Fprintln(w, "Ratios compare paths measured in this run only; on a shared machine the absolute numbers drift between runs.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| scenario | path | calls/s | p50 µs | p99 µs | MB/s | proxy CPU ms/1k calls | proxy RSS MiB | calls/s vs direct | calls/s vs nginx-tls | p50 vs nginx-tls |")
+	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+	for _, r := range rep.Results {
+		d, _ := find(rep.Results, r.Scenario, pathDirect)
+		n, _ := find(rep.Results, r.Scenario, pathNginx)
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+			r.Scenario, r.Path, num(r.CallsPerS), num(r.P50us), num(r.P99us), num(r.MBPerS),
+			num(r.ProxyCPUmsPerKcall), num(r.ProxyRSSMiB),
+			ratio(r.CallsPerS, d.CallsPerS), ratio(r.CallsPerS, n.CallsPerS), ratio(r.P50us, n.P50us))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "calls/s counts calls (unary), messages (stream) or round trips (pingpong); MB/s is payload received by the client (10^6 bytes/s); "+
+		"proxy CPU and RSS add up both proxies of a pair (nginx masters and workers included), from /proc.")
+	if len(info.Instances) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "Memory per proxy instance:")
+		fmt.Fprintln(w)
+		for _, p := range allPaths {
+			for _, in := range info.Instances[p] {
+				fmt.Fprintf(w, "- %s, %s: %.1f MiB\n", in.Scenario, in.Name, in.MiB)
+			}
+		}
+	}
+	writeTargets(w, rep, info)
+	if len(info.Skipped) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "Skipped paths:")
+		fmt.Fprintln(w)
+		for _, p := range allPaths {
+			if reason, ok := info.Skipped[p]; ok {
+				fmt.Fprintf(w, "- %s: %s\n", p, reason)
+			}
+		}
+	}
+	if len(info.Errors) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "Failed calls (not counted in the rows):")
+		fmt.Fprintln(w)
+		for k, v := range info.Errors {
+			fmt.Fprintf(w, "- %s: %s\n", k, v)
+		}
+	}
+	for _, n := range info.Notes {
+		fmt.Fprintf(w, "\n%s\n", n)
+	}
+}
+
+// writeTargets checks issue 7's targets for the vatcar path against this run.
+func writeTargets(w io.Writer, rep Report, info runInfo) {
+	rs := rep.Results
+	var lines []string
+	check := func(ok bool, format string, args ...any) {
+		mark := "FAIL"
+		if ok {
+			mark = "pass"
+		}
+		lines = append(lines, fmt.Sprintf("- %s: %s", mark, fmt.Sprintf(format, args...)))
+	}
+	for _, sc := range []string{"unary-100B-c16", "unary-100B-c64"} {
+		v, ok1 := find(rs, sc, pathVatcar)
+		n, ok2 := find(rs, sc, pathNginx)
+		if ok1 && ok2 && n.CallsPerS > 0 {
+			check(v.CallsPerS >= 1.2*n.CallsPerS, "%s throughput >= 1.2x nginx-tls: %.2fx", sc, v.CallsPerS/n.CallsPerS)
+		}
+	}
+	if v, ok := find(rs, "unary-100B-c1", pathVatcar); ok {
+		if n, ok := find(rs, "unary-100B-c1", pathNginx); ok && v.P50us > 0 {
+			check(v.P50us <= n.P50us, "unary-100B-c1 p50 <= nginx-tls's: %.0f vs %.0f µs", v.P50us, n.P50us)
+		}
+	}
+	if v, ok := find(rs, "stream-1KiB", pathVatcar); ok {
+		if d, ok := find(rs, "stream-1KiB", pathDirect); ok && d.MBPerS > 0 {
+			check(v.MBPerS >= 0.7*d.MBPerS, "stream-1KiB >= 70%% of direct's MB/s: %.0f%%", 100*v.MBPerS/d.MBPerS)
+		}
+	}
+	for _, sc := range allScenarios {
+		v, ok1 := find(rs, sc.Name, pathVatcar)
+		n, ok2 := find(rs, sc.Name, pathNginx)
+		if ok1 && ok2 && v.ProxyCPUmsPerKcall > 0 && n.ProxyCPUmsPerKcall > 0 {
+			check(v.ProxyCPUmsPerKcall < n.ProxyCPUmsPerKcall, "%s proxy CPU per 1k calls below nginx-tls's: %.1f vs %.1f ms",
+				sc.Name, v.ProxyCPUmsPerKcall, n.ProxyCPUmsPerKcall)
+		}
+	}
+	for _, in := range info.Instances[pathVatcar] {
+		switch {
+		case in.Scenario == scenarioIdle:
+			check(in.MiB <= 20, "idle %s <= 20 MiB RSS: %.1f MiB", in.Name, in.MiB)
+		case strings.HasPrefix(in.Scenario, "open-streams-"):
+			check(in.MiB <= 512, "%s, %s <= 512 MiB RSS: %.1f MiB", in.Scenario, in.Name, in.MiB)
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Issue 7's targets for the vatcar path, in this run:")
+	fmt.Fprintln(w)
+	for _, l := range lines {
+		fmt.Fprintln(w, l)
+	}
+}
