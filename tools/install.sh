@@ -20,3 +20,8 @@ tools=(
 for t in "${tools[@]}"; do
   go install "$t"
 done
+
+# helm renders and lints the chart in k8s/ tests; skipped when the pinned version is already there.
+if ! go version -m "$(go env GOPATH)/bin/helm" 2>/dev/null | grep -q 'helm.sh/helm/v3[[:space:]]*v3\.22\.0[[:space:]]'; then
+  go install helm.sh/helm/v3/cmd/helm@v3.22.0
+fi

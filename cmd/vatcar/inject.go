@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/vatcar/vatcar/k8s"
+)
+
+const injectUsage = `usage:
+  vatcar inject [flags] -f FILE|-     print the manifests with the sidecar added
+  vatcar inject serve [flags]         run the mutating admission webhook (HTTPS)
+  vatcar inject probe [flags] URL     GET URL, exit 0 on 2xx (the sidecar's probes)
+`
+
+// runInject is the `vatcar inject` command: a thin adapter over package k8s.
+func runInject(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "serve":
+			return runInjectServe(ctx, args[1:], stderr)
+		case "probe":
+			return runInjectProbe(ctx, args[1:], stderr)
+		}
+	}
+	fs := flag.NewFlagSet("inject", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, injectUsage+"\nflags:\n"); fs.PrintDefaults() }
+	file := fs.String("f", "", "manifest file to inject, `FILE` or - for standard input")
+	cfgFlags := addInjectorFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return usageErr(err)
+	}
+	if *file == "" || fs.NArg() > 0 {
+		fs.Usage()
+		return fmt.Errorf("%w: inject needs -f FILE or -f - and no other arguments", errUsage)
+	}
+	inj, err := cfgFlags.injector()
+	if err != nil {
+		return err
+	}
+	in := stdin
+	if *file != "-" {
+		f, err := os.Open(*file)
+		if err != nil {
+			return fmt.Errorf("inject: %w", err)
+		}
+		defer f.Close()
+		in = f
+	}
+	warnings, err := k8s.InjectManifests(inj, in, stdout)
+	for _, w := range warnings {
+		fmt.Fprintln(stderr, "warning:", w)
+	}
+	if err != nil {
+		return fmt.Errorf("inject %s: %w", *file, err)
+	}
+	return nil
+}
+
+// injectorFlags are the flags that build the injector's Config.
+type injectorFlags struct {
+	config, kubeVersion, image *string
+}
+
+func addInjectorFlags(fs *flag.FlagSet) injectorFlags {
+	return injectorFlags{
+		config:      fs.String("config", "", "injector config `FILE` (YAML); flags override it"),
+		kubeVersion: fs.String("kube-version", "", "cluster `VERSION` (MAJOR.MINOR); below 1.29 the sidecar is a regular container"),
+		image:       fs.String("image", "", "sidecar `IMAGE` (default "+k8s.DefaultImage+")"),
+	}
+}
+
+func (f injectorFlags) injector() (*k8s.Injector, error) {
+	var cfg k8s.Config
+	if *f.config != "" {
+		var err error
+		if cfg, err = k8s.LoadConfig(*f.config); err != nil {
+			return nil, fmt.Errorf("%w: %w", errUsage, err)
+		}
+	}
+	if *f.kubeVersion != "" {
+		cfg.KubeVersion = *f.kubeVersion
+	}
+	if *f.image != "" {
+		cfg.Image = *f.image
+	}
+	inj, err := k8s.NewInjector(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	return inj, nil
+}
+
+func runInjectServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("inject serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", ":8443", "HTTPS listen `ADDR`")
+	cert := fs.String("tls-cert", "", "TLS certificate chain `FILE` (PEM), reloaded when it changes")
+	key := fs.String("tls-key", "", "TLS key `FILE` (PEM), reloaded when it changes")
+	reload := fs.Duration("cert-reload-interval", 10*time.Second, "how often to check the TLS files for changes")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	cfgFlags := addInjectorFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return usageErr(err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: inject serve takes no arguments", errUsage)
+	}
+	var log *slog.Logger
+	switch *logFormat {
+	case "text":
+		log = slog.New(slog.NewTextHandler(stderr, nil))
+	case "json":
+		log = slog.New(slog.NewJSONHandler(stderr, nil))
+	default:
+		return fmt.Errorf("%w: --log-format %q: want text or json", errUsage, *logFormat)
+	}
+	inj, err := cfgFlags.injector()
+	if err != nil {
+		return err
+	}
+	srv, err := k8s.NewServer(k8s.NewHandler(inj, log), k8s.ServerConfig{
+		CertFile: *cert, KeyFile: *key, ReloadInterval: *reload, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("inject serve: %w", err)
+	}
+	return srv.Serve(ctx, ln)
+}
+
+func runInjectProbe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("inject probe", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg k8s.ProbeConfig
+	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Second, "timeout of each attempt")
+	fs.DurationVar(&cfg.Wait, "wait", 0, "retry until success or this long has passed (0: one attempt)")
+	fs.StringVar(&cfg.CAFile, "ca-file", "", "PEM CA `FILE` for https URLs")
+	if err := fs.Parse(args); err != nil {
+		return usageErr(err)
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("%w: inject probe takes one URL", errUsage)
+	}
+	return k8s.Probe(ctx, fs.Arg(0), cfg)
+}
+
+// usageErr marks a flag parsing error as a usage error; -h is not an error.
+func usageErr(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", errUsage, err)
+}

@@ -1,0 +1,27 @@
+package k8s
+
+import "errors"
+
+// ErrInvalidConfig reports an injector Config that fails validation.
+var ErrInvalidConfig = errors.New("invalid injector config")
+
+// ErrBadAnnotation reports a vatcar.io/* annotation or label whose value cannot
+// be parsed, or that conflicts with the pod (an unknown port, a clash).
+var ErrBadAnnotation = errors.New("bad vatcar annotation")
+
+// ErrNoWorkload reports a pod whose workload name (which names its vat key
+// Secret and its Service) cannot be found.
+var ErrNoWorkload = errors.New("cannot tell the pod's workload")
+
+// ErrConflict reports a pod that already uses a name or port the sidecar needs.
+var ErrConflict = errors.New("pod conflicts with the sidecar")
+
+// ErrBadManifest reports an input document that is not valid YAML or whose
+// pod template cannot be decoded.
+var ErrBadManifest = errors.New("bad manifest")
+
+// ErrBadReview reports an AdmissionReview request the webhook cannot read.
+var ErrBadReview = errors.New("bad admission review")
+
+// ErrProbe reports a health probe that did not get a 2xx answer.
+var ErrProbe = errors.New("probe failed")

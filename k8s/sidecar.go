@@ -1,0 +1,364 @@
+package k8s
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// Names and paths of what the injector adds to a pod.
+const (
+	// SidecarName is the injected container's name; a pod with a container
+	// of this name counts as injected.
+	SidecarName = "vatcar"
+	// SidecarBinary is the vatcar binary's path in the sidecar image.
+	SidecarBinary = "/vatcar"
+	// VatPortName names the sidecar's CapTP port; a workload's Service
+	// targets it.
+	VatPortName = "vatcar-captp"
+	// KeyDir holds the vat key (key.pem) from the workload's Secret.
+	KeyDir = "/var/run/vatcar/key"
+	// CapDir is where the sidecar writes a cap file per export.
+	CapDir = "/var/run/vatcar/caps"
+	// ImportDir holds cap files of imports taken from Secrets, as NAME.cap.
+	ImportDir = "/var/run/vatcar/imports"
+	// StateDir holds a per-pod key for pods without exports or key Secret.
+	StateDir = "/var/run/vatcar/state"
+	// EnvImportPrefix starts the variable that tells app containers where an
+	// import listens: VATCAR_IMPORT_<NAME>=127.0.0.1:PORT.
+	EnvImportPrefix = "VATCAR_IMPORT_"
+	// KeySecretKey is the key of the vat key Secret that holds the PEM key.
+	KeySecretKey = "key.pem"
+
+	envNamespace = "VATCAR_NAMESPACE"
+	envPodName   = "VATCAR_POD_NAME"
+	volKey       = "vatcar-key"
+	volCaps      = "vatcar-caps"
+	volImports   = "vatcar-imports"
+	volState     = "vatcar-state"
+	// waitForReady bounds how long a regular sidecar's postStart hook holds
+	// the app containers back.
+	waitForReady = "2m"
+)
+
+// plan is everything parsed from a pod before it is changed.
+type plan struct {
+	workload, service, keySecret string
+	exports                      []Export
+	imports                      []Import
+	native                       bool
+}
+
+// mutate adds the sidecar to pod in place.
+func (inj *Injector) mutate(pod *corev1.Pod, t Target, res *Result) error {
+	p, err := inj.plan(pod, t)
+	if err != nil {
+		return err
+	}
+	if err := inj.checkConflicts(pod, p); err != nil {
+		return err
+	}
+	sc := inj.container(p)
+	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for i := range cs {
+			addImportEnv(&cs[i], p.imports)
+		}
+	}
+	if len(pod.Spec.Containers) > 0 {
+		setDefault(&pod.Annotations, annotationDefaultContainer, pod.Spec.Containers[0].Name)
+	}
+	if p.native {
+		always := corev1.ContainerRestartPolicyAlways
+		sc.RestartPolicy = &always
+		pod.Spec.InitContainers = append([]corev1.Container{sc}, pod.Spec.InitContainers...)
+	} else {
+		sc.Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{
+			Exec: &corev1.ExecAction{Command: inj.probeCommand("readyz", "--wait="+waitForReady)},
+		}}
+		pod.Spec.Containers = append([]corev1.Container{sc}, pod.Spec.Containers...)
+		if rp := pod.Spec.RestartPolicy; rp == corev1.RestartPolicyNever || rp == corev1.RestartPolicyOnFailure {
+			res.Warnings = append(res.Warnings, fmt.Sprintf(
+				"pod with restartPolicy %s got a regular sidecar container, which keeps it running after the app exits; native sidecars (Kubernetes >= 1.%d) do not", rp, NativeSidecarMinor))
+		}
+	}
+	pod.Spec.Volumes = append(pod.Spec.Volumes, volumes(p)...)
+	setDefault(&pod.Annotations, AnnotationWorkload, p.workload)
+	pod.Annotations[AnnotationStatus] = "injected"
+	for _, im := range p.imports {
+		if im.URI != "" {
+			res.Warnings = append(res.Warnings, fmt.Sprintf(
+				"import %q carries its sturdy ref inline in %s, readable by anyone who can read the pod; prefer secret:SECRET/KEY", im.Name, AnnotationImports))
+		}
+	}
+	return nil
+}
+
+// plan parses pod's annotations.
+func (inj *Injector) plan(pod *corev1.Pod, t Target) (plan, error) {
+	var p plan
+	var err error
+	if p.workload, err = workloadName(pod, t); err != nil {
+		return p, err
+	}
+	if p.exports, err = parseExports(pod.Annotations[AnnotationExports], &pod.Spec); err != nil {
+		return p, err
+	}
+	if p.imports, err = parseImports(pod.Annotations[AnnotationImports]); err != nil {
+		return p, err
+	}
+	p.service = pod.Annotations[AnnotationService]
+	if p.service == "" {
+		p.service = p.workload
+	}
+	if !dnsRE.MatchString(p.service) {
+		return p, badAnnotation(AnnotationService, "%q is not a DNS label", p.service)
+	}
+	p.keySecret = pod.Annotations[AnnotationKeySecret]
+	if p.keySecret == "" && len(p.exports) > 0 {
+		p.keySecret = p.workload + "-vatcar-key"
+	}
+	if p.keySecret != "" && !subdomRE.MatchString(p.keySecret) {
+		return p, badAnnotation(AnnotationKeySecret, "%q is not a Secret name", p.keySecret)
+	}
+	p.native = inj.cfg.nativeSidecars()
+	if v, ok := pod.Annotations[AnnotationNativeSidecar]; ok {
+		if p.native, err = parseSwitch(AnnotationNativeSidecar, v); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+// checkConflicts reports ports and volume names the pod already uses.
+func (inj *Injector) checkConflicts(pod *corev1.Pod, p plan) error {
+	used := map[int32]string{}
+	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for _, c := range cs {
+			for _, port := range c.Ports {
+				used[port.ContainerPort] = "container " + c.Name
+			}
+		}
+	}
+	claim := func(port int32, who string) error {
+		if other, ok := used[port]; ok {
+			return fmt.Errorf("%w: %s and %s both use port %d", ErrConflict, who, other, port)
+		}
+		used[port] = who
+		return nil
+	}
+	if len(p.exports) > 0 {
+		if err := claim(inj.cfg.VatPort, "the sidecar's CapTP listener"); err != nil {
+			return err
+		}
+	}
+	if err := claim(inj.cfg.AdminPort, "the sidecar's admin listener"); err != nil {
+		return err
+	}
+	envs := map[string]string{}
+	for _, im := range p.imports {
+		if err := claim(im.Port, "import "+im.Name); err != nil {
+			return err
+		}
+		if other, ok := envs[envName(im.Name)]; ok {
+			return fmt.Errorf("%w: imports %q and %q share the variable %s%s", ErrConflict, other, im.Name, EnvImportPrefix, envName(im.Name))
+		}
+		envs[envName(im.Name)] = im.Name
+	}
+	for _, ex := range p.exports {
+		if ex.Port == inj.cfg.VatPort || ex.Port == inj.cfg.AdminPort {
+			return fmt.Errorf("%w: export %s targets the sidecar's own port %d", ErrConflict, ex.Name, ex.Port)
+		}
+	}
+	for _, v := range pod.Spec.Volumes {
+		switch v.Name {
+		case volKey, volCaps, volImports, volState:
+			return fmt.Errorf("%w: the pod already has a volume named %s", ErrConflict, v.Name)
+		}
+	}
+	return nil
+}
+
+// container builds the sidecar container.
+func (inj *Injector) container(p plan) corev1.Container {
+	c := inj.cfg
+	admin := net.JoinHostPort(c.AdminAddress, strconv.Itoa(int(c.AdminPort)))
+	args := []string{"run"}
+	var mounts []corev1.VolumeMount
+	var ports []corev1.ContainerPort
+	if len(p.exports) > 0 {
+		args = append(args,
+			fmt.Sprintf("--listen=tcp:0.0.0.0:%d", c.VatPort),
+			fmt.Sprintf("--public-address=tcp:%s.$(%s).svc.%s:%d", p.service, envNamespace, c.ClusterDomain, c.VatPort),
+		)
+		ports = append(ports, corev1.ContainerPort{Name: VatPortName, ContainerPort: c.VatPort, Protocol: corev1.ProtocolTCP})
+	}
+	if p.keySecret != "" {
+		args = append(args, "--secret-key-file="+KeyDir+"/"+KeySecretKey)
+		mounts = append(mounts, corev1.VolumeMount{Name: volKey, MountPath: KeyDir, ReadOnly: true})
+	} else {
+		args = append(args, "--secret-key-file="+StateDir+"/"+KeySecretKey)
+		mounts = append(mounts, corev1.VolumeMount{Name: volState, MountPath: StateDir})
+	}
+	if len(p.exports) > 0 {
+		args = append(args, "--cap-dir="+CapDir)
+		mounts = append(mounts, corev1.VolumeMount{Name: volCaps, MountPath: CapDir})
+	}
+	args = append(args, "--admin-listen="+admin)
+	if c.AdminAddress != DefaultAdminAddress && c.AdminAddress != "::1" {
+		ports = append(ports, corev1.ContainerPort{Name: "vatcar-admin", ContainerPort: c.AdminPort, Protocol: corev1.ProtocolTCP})
+	}
+	for _, ex := range p.exports {
+		args = append(args, fmt.Sprintf("--export=%s=127.0.0.1:%d", ex.Name, ex.Port))
+	}
+	secretImports := false
+	for _, im := range p.imports {
+		src := im.URI
+		if src == "" {
+			src = "@" + ImportDir + "/" + im.Name + ".cap"
+			secretImports = true
+		}
+		args = append(args, fmt.Sprintf("--import=%s=%s,listen=127.0.0.1:%d", im.Name, src, im.Port))
+	}
+	if secretImports {
+		mounts = append(mounts, corev1.VolumeMount{Name: volImports, MountPath: ImportDir, ReadOnly: true})
+	}
+	if c.LogFormat != "" {
+		args = append(args, "--log-format="+c.LogFormat)
+	}
+	args = append(args, c.ExtraArgs...)
+
+	uid := c.RunAsUser
+	return corev1.Container{
+		Name:            SidecarName,
+		Image:           c.Image,
+		ImagePullPolicy: c.ImagePullPolicy,
+		Args:            args,
+		Ports:           ports,
+		Env: []corev1.EnvVar{
+			{Name: envNamespace, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+			{Name: envPodName, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+		},
+		Resources:    *c.Resources.DeepCopy(),
+		VolumeMounts: mounts,
+		StartupProbe: &corev1.Probe{
+			ProbeHandler:     corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: inj.probeCommand("readyz")}},
+			PeriodSeconds:    1,
+			TimeoutSeconds:   3,
+			FailureThreshold: 300,
+		},
+		ReadinessProbe: &corev1.Probe{
+			ProbeHandler:     corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: inj.probeCommand("readyz")}},
+			PeriodSeconds:    5,
+			TimeoutSeconds:   3,
+			FailureThreshold: 3,
+		},
+		LivenessProbe: &corev1.Probe{
+			ProbeHandler:     corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: inj.probeCommand("healthz")}},
+			PeriodSeconds:    10,
+			TimeoutSeconds:   3,
+			FailureThreshold: 6,
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot:             ptr(true),
+			RunAsUser:                ptr(uid),
+			RunAsGroup:               ptr(uid),
+			ReadOnlyRootFilesystem:   ptr(true),
+			AllowPrivilegeEscalation: ptr(false),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+	}
+}
+
+// probeCommand runs `vatcar inject probe` against the admin listener's
+// path. Exec probes run inside the pod, so the admin API can stay on
+// loopback.
+func (inj *Injector) probeCommand(path string, flags ...string) []string {
+	host := inj.cfg.AdminAddress
+	switch host {
+	case "0.0.0.0":
+		host = "127.0.0.1"
+	case "::":
+		host = "::1"
+	}
+	url := "http://" + net.JoinHostPort(host, strconv.Itoa(int(inj.cfg.AdminPort))) + "/" + path
+	cmd := []string{SidecarBinary, "inject", "probe"}
+	cmd = append(cmd, flags...)
+	return append(cmd, url)
+}
+
+// volumes returns the volumes the sidecar mounts.
+func volumes(p plan) []corev1.Volume {
+	var vs []corev1.Volume
+	readOnly := int32(0o444)
+	small := resource.MustParse("1Mi")
+	if p.keySecret != "" {
+		vs = append(vs, corev1.Volume{Name: volKey, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName:  p.keySecret,
+			Items:       []corev1.KeyToPath{{Key: KeySecretKey, Path: KeySecretKey}},
+			DefaultMode: &readOnly,
+		}}})
+	} else {
+		vs = append(vs, corev1.Volume{Name: volState, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+			Medium: corev1.StorageMediumMemory, SizeLimit: &small,
+		}}})
+	}
+	if len(p.exports) > 0 {
+		vs = append(vs, corev1.Volume{Name: volCaps, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+			Medium: corev1.StorageMediumMemory, SizeLimit: &small,
+		}}})
+	}
+	var sources []corev1.VolumeProjection
+	for _, im := range p.imports {
+		if im.Secret == "" {
+			continue
+		}
+		sources = append(sources, corev1.VolumeProjection{Secret: &corev1.SecretProjection{
+			LocalObjectReference: corev1.LocalObjectReference{Name: im.Secret},
+			Items:                []corev1.KeyToPath{{Key: im.SecretKey, Path: im.Name + ".cap"}},
+		}})
+	}
+	if len(sources) > 0 {
+		vs = append(vs, corev1.Volume{Name: volImports, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: sources, DefaultMode: &readOnly,
+		}}})
+	}
+	return vs
+}
+
+// addImportEnv tells an app container where each import listens, unless it
+// already sets the variable.
+func addImportEnv(c *corev1.Container, imports []Import) {
+	for _, im := range imports {
+		name := EnvImportPrefix + envName(im.Name)
+		if hasEnv(c, name) {
+			continue
+		}
+		c.Env = append(c.Env, corev1.EnvVar{Name: name, Value: fmt.Sprintf("127.0.0.1:%d", im.Port)})
+	}
+}
+
+func hasEnv(c *corev1.Container, name string) bool {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// setDefault sets m[k] = v unless m already has k.
+func setDefault(m *map[string]string, k, v string) {
+	if *m == nil {
+		*m = map[string]string{}
+	}
+	if _, ok := (*m)[k]; !ok {
+		(*m)[k] = v
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
