@@ -18,6 +18,7 @@ const injectUsage = `usage:
   vatcar inject [flags] -f FILE|-     print the manifests with the sidecar added
   vatcar inject serve [flags]         run the mutating admission webhook (HTTPS)
   vatcar inject probe [flags] URL     GET URL, exit 0 on 2xx (the sidecar's probes)
+  vatcar inject selftest [flags]      in a pod: dry-run create a pod, check it is injected (helm test)
 `
 
 // runInject is the `vatcar inject` command: a thin adapter over package k8s.
@@ -28,6 +29,8 @@ func runInject(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 			return runInjectServe(ctx, args[1:], stderr)
 		case "probe":
 			return runInjectProbe(ctx, args[1:], stderr)
+		case "selftest":
+			return runInjectSelfTest(ctx, args[1:], stdout, stderr)
 		}
 	}
 	fs := flag.NewFlagSet("inject", flag.ContinueOnError)
@@ -154,6 +157,33 @@ func runInjectProbe(ctx context.Context, args []string, stderr io.Writer) error 
 		return fmt.Errorf("%w: inject probe takes one URL", errUsage)
 	}
 	return k8s.Probe(ctx, fs.Arg(0), cfg)
+}
+
+func runInjectSelfTest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("inject selftest", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg k8s.SelfTestConfig
+	fs.StringVar(&cfg.Namespace, "namespace", "", "`NAMESPACE` of the dry-run pod (default: the pod's own)")
+	fs.StringVar(&cfg.Image, "image", "", "`IMAGE` of the dry-run pod (never pulled)")
+	healthz := fs.String("webhook-url", "", "also GET this webhook `URL` (e.g. https://SERVICE.NS.svc/healthz) first")
+	caFile := fs.String("webhook-ca-file", "", "PEM CA `FILE` for --webhook-url")
+	if err := fs.Parse(args); err != nil {
+		return usageErr(err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: inject selftest takes no arguments", errUsage)
+	}
+	if *healthz != "" {
+		if err := k8s.Probe(ctx, *healthz, k8s.ProbeConfig{CAFile: *caFile, Wait: time.Minute}); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "webhook healthy:", *healthz)
+	}
+	if err := k8s.SelfTest(ctx, cfg); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "a pod that opts in gets the vatcar sidecar")
+	return nil
 }
 
 // usageErr marks a flag parsing error as a usage error; -h is not an error.
