@@ -157,7 +157,10 @@ func (v *Vat) AddConnection(ctx context.Context, endpoint net.Conn, mode Mode) (
 	anonymous := key == peerKey{}
 	if !anonymous {
 		if prev := v.peers[key]; prev != nil && prev.usable() {
-			keepNew := (v.Digest().Compare(key.digest) > 0) == (mode == Connect)
+			// Crossed connections (one each way): the one initiated by the
+			// greater digest wins. Two in the same direction: the peer (or
+			// we) gave up on the old one, so the new one wins.
+			keepNew := prev.mode == mode || (v.Digest().Compare(key.digest) > 0) == (mode == Connect)
 			if !keepNew {
 				v.mu.Unlock()
 				endpoint.Close()

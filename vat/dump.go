@@ -77,3 +77,45 @@ func (e *errWriter) printf(format string, args ...any) {
 		_, e.err = fmt.Fprintf(e.w, format, args...)
 	}
 }
+
+// Stats is a snapshot of a vat's connections.
+type Stats struct {
+	// Peers is the number of connections to identified peers (one each).
+	Peers int
+	// Anonymous is the number of inbound connections from insecure peers.
+	Anonymous int
+	// Connecting is the number of outbound connections being made.
+	Connecting int
+	// CallsRunning is the number of calls peers have running on the
+	// capabilities they restored from this vat.
+	CallsRunning int64
+}
+
+// Stats returns a snapshot of the vat's connections.
+func (v *Vat) Stats() Stats {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	s := Stats{Peers: len(v.peers), Anonymous: len(v.anon), Connecting: len(v.dials)}
+	for _, c := range v.peers {
+		s.CallsRunning += c.limit.running.Load()
+	}
+	for c := range v.anon {
+		s.CallsRunning += c.limit.running.Load()
+	}
+	return s
+}
+
+// Peers returns the digests of the peers the vat is connected to, in
+// ascending order (insecure peers dialled by this vat are left out).
+func (v *Vat) Peers() []Digest {
+	v.mu.Lock()
+	var ds []Digest
+	for k := range v.peers {
+		if !k.digest.IsZero() {
+			ds = append(ds, k.digest)
+		}
+	}
+	v.mu.Unlock()
+	sort.Slice(ds, func(i, j int) bool { return ds[i].Compare(ds[j]) < 0 })
+	return ds
+}

@@ -2,9 +2,13 @@ package vat
 
 import (
 	"errors"
+	"io"
+	"net"
 	"strings"
+	"syscall"
 
 	"capnproto.org/go/capnp/v3/exc"
+	"capnproto.org/go/capnp/v3/rpc"
 )
 
 // Exception texts that cross the wire. They are those of OCaml capnp-rpc, and
@@ -81,14 +85,34 @@ func IsNoRestorer(err error) bool {
 }
 
 // IsDisconnected reports whether err means the peer vat could not be reached
-// or its connection broke: ErrDisconnected, ErrKeyMismatch, ErrClosed or a
-// capnp exception of type Disconnected.
+// or its connection broke: ErrDisconnected, ErrKeyMismatch, ErrClosed, a
+// capnp exception of type Disconnected anywhere in the chain, or a network
+// error (go-capnp reports a write to a dead connection as a Failed
+// exception wrapping the socket's error).
 func IsDisconnected(err error) bool {
 	if err == nil {
 		return false
 	}
-	return errors.Is(err, ErrDisconnected) || errors.Is(err, ErrKeyMismatch) ||
-		errors.Is(err, ErrClosed) || exc.IsType(err, exc.Disconnected)
+	if errors.Is(err, ErrDisconnected) || errors.Is(err, ErrKeyMismatch) || errors.Is(err, ErrClosed) ||
+		errors.Is(err, rpc.ErrConnClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) {
+		return true
+	}
+	var ne *net.OpError
+	if errors.As(err, &ne) {
+		return true
+	}
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		var ex *exc.Exception
+		if errors.As(e, &ex) {
+			if ex.Type == exc.Disconnected {
+				return true
+			}
+			e = ex // continue below it
+		}
+	}
+	return false
 }
 
 // IsOverloaded reports whether err is an exception of type Overloaded.

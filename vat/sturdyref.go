@@ -62,10 +62,16 @@ func (r *SturdyRef) Connect(ctx context.Context) (capnp.Client, error) {
 		if err == nil {
 			return c, nil
 		}
-		// A connection that was ending (or was replaced by a crossed one)
-		// when we picked it: try once more on a fresh one.
-		if attempt == 0 && !conn.usable() && ctx.Err() == nil {
-			continue
+		// The connection was ending (the peer went away, or it lost to a
+		// crossed connection) when we picked it: wait it out and try once
+		// more on a fresh one.
+		if attempt == 0 && ctx.Err() == nil && (!conn.usable() || IsDisconnected(err)) {
+			conn.closeBecause("broken: " + err.Error())
+			select {
+			case <-conn.Done():
+				continue
+			case <-ctx.Done():
+			}
 		}
 		if IsUnknownService(err) {
 			err = fmt.Errorf("%w (%w)", ErrUnknownService, err)
