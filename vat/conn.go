@@ -111,6 +111,17 @@ func (c *Connection) restorer() captp.Restorer {
 	return captp.Restorer(c.boot)
 }
 
+// Restore asks the peer for service id over this connection and returns
+// the live capability, which the caller releases. Errors are as for
+// SturdyRef.Connect.
+func (c *Connection) Restore(ctx context.Context, id ServiceID) (capnp.Client, error) {
+	cap, err := c.restore(ctx, id)
+	if err != nil {
+		return capnp.Client{}, fmt.Errorf("restore %v from %v: %w", id, c.key, classify(err))
+	}
+	return cap, nil
+}
+
 // restore asks the peer for service id and waits for the answer.
 func (c *Connection) restore(ctx context.Context, id ServiceID) (capnp.Client, error) {
 	fut, release := c.restorer().Restore(ctx, func(p captp.Restorer_restore_Params) error {
@@ -138,7 +149,13 @@ func (c *Connection) restore(ctx context.Context, id ServiceID) (capnp.Client, e
 // connection is closed ("Invalidated by newer connection") or the new one
 // is, and the existing one is returned. ctx bounds the handshake only.
 func (v *Vat) AddConnection(ctx context.Context, endpoint net.Conn, mode Mode) (*Connection, error) {
-	key, endpoint, err := v.handshake(ctx, endpoint, mode)
+	return v.addConnection(ctx, endpoint, mode, "")
+}
+
+// addConnection is AddConnection; insecureName, if set, is the cache key of
+// an insecure peer dialled by this vat.
+func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, insecureName string) (*Connection, error) {
+	key, endpoint, err := v.handshake(ctx, endpoint, mode, insecureName)
 	if err != nil {
 		endpoint.Close()
 		return nil, err
@@ -223,13 +240,16 @@ func (v *Vat) watch(c *Connection, log *slog.Logger) {
 
 // handshake secures endpoint (unless the vat is insecure) and returns the
 // peer's identity and the endpoint to run CapTP on.
-func (v *Vat) handshake(ctx context.Context, endpoint net.Conn, mode Mode) (peerKey, net.Conn, error) {
+func (v *Vat) handshake(ctx context.Context, endpoint net.Conn, mode Mode, insecureName string) (peerKey, net.Conn, error) {
 	if v.cfg.Insecure {
 		if _, ok := endpoint.(*tls.Conn); ok {
 			return peerKey{}, endpoint, errors.New("add connection: TLS endpoint given to an insecure vat")
 		}
 		if mode == Connect {
-			return peerKey{addr: endpoint.RemoteAddr().String()}, endpoint, nil
+			if insecureName == "" {
+				insecureName = endpoint.RemoteAddr().Network() + ":" + endpoint.RemoteAddr().String()
+			}
+			return peerKey{addr: insecureName}, endpoint, nil
 		}
 		return peerKey{}, endpoint, nil
 	}
@@ -266,8 +286,7 @@ type dial struct {
 func (v *Vat) connection(ctx context.Context, loc Locator) (*Connection, error) {
 	key := peerKey{digest: loc.Digest}
 	if loc.Digest.IsZero() {
-		network, target := loc.Address.dialTarget()
-		key.addr = network + ":" + target
+		key.addr = loc.Address.String()
 	}
 	for {
 		v.mu.Lock()
@@ -321,14 +340,14 @@ func (v *Vat) dial(key peerKey, loc Locator, d *dial) {
 	defer v.wg.Done()
 	ctx, cancel := context.WithTimeout(v.ctx, v.cfg.dialTimeout())
 	defer cancel()
-	d.conn, d.err = v.dialConn(ctx, loc)
+	d.conn, d.err = v.dialConn(ctx, loc, key.addr)
 	v.mu.Lock()
 	delete(v.dials, key)
 	v.mu.Unlock()
 	close(d.done)
 }
 
-func (v *Vat) dialConn(ctx context.Context, loc Locator) (*Connection, error) {
+func (v *Vat) dialConn(ctx context.Context, loc Locator, insecureName string) (*Connection, error) {
 	network, target := loc.Address.dialTarget()
 	var nd net.Dialer
 	raw, err := nd.DialContext(ctx, network, target)
@@ -340,7 +359,7 @@ func (v *Vat) dialConn(ctx context.Context, loc Locator) (*Connection, error) {
 	if !v.cfg.Insecure {
 		endpoint = tls.Client(raw, clientTLS(v.key, loc.Digest))
 	}
-	c, err := v.AddConnection(ctx, endpoint, Connect)
+	c, err := v.addConnection(ctx, endpoint, Connect, insecureName)
 	if err != nil {
 		if errors.Is(err, ErrKeyMismatch) || errors.Is(err, ErrClosed) {
 			return nil, fmt.Errorf("connect to %s: %w", loc.Address, err)

@@ -2,6 +2,7 @@ package vat
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	capnp "capnproto.org/go/capnp/v3"
@@ -73,12 +74,7 @@ func (r *SturdyRef) Connect(ctx context.Context) (capnp.Client, error) {
 			case <-ctx.Done():
 			}
 		}
-		if IsUnknownService(err) {
-			err = fmt.Errorf("%w (%w)", ErrUnknownService, err)
-		} else if IsNoRestorer(err) {
-			err = fmt.Errorf("%w (%w)", ErrNoRestorer, err)
-		}
-		return capnp.Client{}, fmt.Errorf("connect %v: %w", r, err)
+		return capnp.Client{}, fmt.Errorf("connect %v: %w", r, classify(err))
 	}
 }
 
@@ -139,4 +135,18 @@ func (v *Vat) SturdyURI(id ServiceID) (string, error) {
 		return "", err
 	}
 	return r.URI(), nil
+}
+
+// classify adds the matching sentinel to an error that came over the wire,
+// so that errors.Is works on it.
+func classify(err error) error {
+	switch {
+	case IsUnknownService(err) && !errors.Is(err, ErrUnknownService):
+		return fmt.Errorf("%w (%w)", ErrUnknownService, err)
+	case IsNoRestorer(err) && !errors.Is(err, ErrNoRestorer):
+		return fmt.Errorf("%w (%w)", ErrNoRestorer, err)
+	case IsDisconnected(err) && !errors.Is(err, ErrDisconnected):
+		return fmt.Errorf("%w (%w)", ErrDisconnected, err)
+	}
+	return err
 }

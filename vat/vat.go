@@ -145,7 +145,7 @@ func (v *Vat) ListenAndServe(ctx context.Context) error {
 }
 
 // Serve accepts connections from peer vats on l until ctx ends or the vat
-// is closed, then closes l and returns nil; it returns an error if
+// is closed (also if it is already), then closes l and returns nil; it returns an error if
 // accepting fails otherwise. Each connection is handshaken and run with
 // AddConnection(ctx, conn, Accept) in its own goroutine.
 func (v *Vat) Serve(ctx context.Context, l net.Listener) error {
@@ -153,7 +153,7 @@ func (v *Vat) Serve(ctx context.Context, l net.Listener) error {
 	if v.closed {
 		v.mu.Unlock()
 		l.Close()
-		return ErrClosed
+		return nil
 	}
 	v.listeners[l] = struct{}{}
 	v.wg.Add(1)

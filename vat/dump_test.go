@@ -1,0 +1,167 @@
+package vat_test
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vatcar/vatcar/vat"
+)
+
+func TestDump(t *testing.T) {
+	ctx := testContext(t)
+	b, _, uri := hostEcho(t, "b", vat.Config{})
+	a := startVat(t, vat.Config{})
+	c, err := a.MustImport(uri).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+
+	var out bytes.Buffer
+	if err := a.Dump(&out); err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := a.PublicAddress()
+	for _, want := range []string{
+		"vat " + a.Digest().String(),
+		"address: " + pub.String(),
+		"connecting: 0",
+		"connections: 1",
+		b.Digest().String() + " (connect, up, remote 127.0.0.1:",
+		"calls in 0",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("Dump output lacks %q:\n%s", want, out.String())
+		}
+	}
+	_, id, _ := vat.ParseURI(uri)
+	if strings.Contains(out.String(), id.Base64()) {
+		t.Errorf("Dump output reveals a service id:\n%s", out.String())
+	}
+
+	out.Reset()
+	if err := b.Dump(&out); err != nil {
+		t.Fatal(err)
+	}
+	if want := a.Digest().String() + " (accept, up"; !strings.Contains(out.String(), want) {
+		t.Errorf("server Dump lacks %q:\n%s", want, out.String())
+	}
+
+	client, err := vat.New(vat.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	out.Reset()
+	client.Dump(&out)
+	if !strings.Contains(out.String(), "address: none (client only)") {
+		t.Errorf("client-only Dump:\n%s", out.String())
+	}
+	if _, err := client.SturdyRef(vat.GenerateID()); !errors.Is(err, vat.ErrNoPublicAddress) {
+		t.Errorf("SturdyRef on a client-only vat: got %v, want ErrNoPublicAddress", err)
+	}
+}
+
+func TestPublicAddressTakesBoundPort(t *testing.T) {
+	v := startVat(t, vat.Config{ListenAddress: "tcp:127.0.0.1:0", PublicAddress: "tcp:vat.example:0"})
+	pub, ok := v.PublicAddress()
+	if !ok || pub.Host != "vat.example" || pub.Port == 0 {
+		t.Errorf("PublicAddress() = %+v, %v; want vat.example with the bound port", pub, ok)
+	}
+	uri, err := v.SturdyURI(vat.ServiceID("x"))
+	if err != nil || !strings.Contains(uri, "@vat.example:") {
+		t.Errorf("SturdyURI = %q, %v", uri, err)
+	}
+}
+
+func TestAddConnectionOverPipe(t *testing.T) {
+	// AddConnection runs CapTP over any endpoint: here an in-memory pipe
+	// between two insecure vats.
+	ctx := testContext(t)
+	table := vat.NewTable(nil)
+	defer table.Close()
+	_, svc := newEcho("b")
+	id := vat.GenerateID()
+	table.Add(id, svc)
+	b, err := vat.New(vat.Config{Insecure: true, Restorer: table, PublicAddress: "tcp:b.example:7000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	a, err := vat.New(vat.Config{Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	p1, p2 := net.Pipe()
+	if _, err := b.AddConnection(ctx, p1, vat.Accept); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := a.AddConnection(ctx, p2, vat.Connect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if conn.Mode() != vat.Connect || !conn.Peer().IsZero() {
+		t.Errorf("connection mode %v peer %v", conn.Mode(), conn.Peer())
+	}
+	svcCap, err := conn.Restore(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := call(ctx, svcCap, "piped"); err != nil || got != "b:piped" {
+		t.Errorf("call over the pipe = %q, %v", got, err)
+	}
+	svcCap.Release()
+	if _, err := conn.Restore(ctx, vat.GenerateID()); !errors.Is(err, vat.ErrUnknownService) {
+		t.Errorf("Restore of an unknown id: got %v, want ErrUnknownService", err)
+	}
+	if s := b.Stats(); s.Anonymous != 1 {
+		t.Errorf("b.Stats() = %+v, want 1 anonymous connection", s)
+	}
+	conn.Close()
+	select {
+	case <-conn.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("connection not done after Close")
+	}
+	waitFor(t, "b to drop the connection", func() bool { return b.Stats().Anonymous == 0 })
+}
+
+func TestConfigValidate(t *testing.T) {
+	key, err := vat.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  vat.Config
+		want string // "" = valid
+	}{
+		{"zero", vat.Config{}, ""},
+		{"full", vat.Config{Key: key, ListenAddress: "tcp:0.0.0.0:7000", PublicAddress: "tcp:vat.example:7000", MaxConcurrentCalls: 10, MaxMessageSize: 1 << 20, HandshakeTimeout: time.Second}, ""},
+		{"bad listen", vat.Config{ListenAddress: "udp:x:1"}, "listen address"},
+		{"bad public", vat.Config{PublicAddress: "tcp:x"}, "public address"},
+		{"public port 0 without listen", vat.Config{PublicAddress: "tcp:x:0"}, "port 0"},
+		{"key and file", vat.Config{Key: key, KeyFile: "/tmp/k.pem"}, "both Key and KeyFile"},
+		{"negative timeout", vat.Config{HandshakeTimeout: -1}, "negative HandshakeTimeout"},
+		{"negative dial timeout", vat.Config{DialTimeout: -1}, "negative DialTimeout"},
+		{"tiny messages", vat.Config{MaxMessageSize: 10}, "MaxMessageSize"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Errorf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Validate() = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}

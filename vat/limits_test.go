@@ -1,0 +1,145 @@
+package vat_test
+
+import (
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/vatcar/vatcar/vat"
+)
+
+func TestInsecureVats(t *testing.T) {
+	ctx := testContext(t)
+	_, _, uri := hostEcho(t, "b", vat.Config{Insecure: true})
+	if !strings.HasPrefix(uri, "capnp://insecure@127.0.0.1:") {
+		t.Fatalf("insecure URI %q", uri)
+	}
+	var conns connCounter
+	a := startVat(t, vat.Config{Insecure: true, OnConnection: conns.hook})
+	ref := a.MustImport(uri)
+	for range 2 {
+		c, err := ref.Connect(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := call(ctx, c, "plain"); err != nil || got != "b:plain" {
+			t.Errorf("call = %q, %v", got, err)
+		}
+		c.Release()
+	}
+	if got := conns.ups.Load(); got != 1 {
+		t.Errorf("%d connections to one insecure peer, want 1", got)
+	}
+
+	secure := startVat(t, vat.Config{})
+	if _, err := secure.Import(uri); !errors.Is(err, vat.ErrInsecureMismatch) {
+		t.Errorf("secure vat importing an insecure URI: got %v, want ErrInsecureMismatch", err)
+	}
+	_, _, secureURI := hostEcho(t, "s", vat.Config{})
+	if _, err := a.Import(secureURI); !errors.Is(err, vat.ErrInsecureMismatch) {
+		t.Errorf("insecure vat importing a secure URI: got %v, want ErrInsecureMismatch", err)
+	}
+}
+
+func TestConcurrencyLimitOverloaded(t *testing.T) {
+	ctx := testContext(t)
+	table := vat.NewTable(nil)
+	defer table.Close()
+	e, svc := newEcho("b")
+	e.block = make(chan struct{})
+	id := vat.GenerateID()
+	table.Add(id, svc)
+	b := startVat(t, vat.Config{Restorer: table, MaxConcurrentCalls: 2})
+	a := startVat(t, vat.Config{})
+	uri, _ := b.SturdyURI(id)
+	c, err := a.MustImport(uri).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+
+	var wg sync.WaitGroup
+	results := make([]error, 2)
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, results[i] = call(ctx, c, "held")
+		}()
+	}
+	waitFor(t, "two calls running", func() bool { return e.calls.Load() == 2 })
+	if got := b.Stats().CallsRunning; got != 2 {
+		t.Errorf("Stats().CallsRunning = %d, want 2", got)
+	}
+	_, err = call(ctx, c, "one too many")
+	if !vat.IsOverloaded(err) {
+		t.Errorf("third call: got %v, want an Overloaded exception", err)
+	}
+	close(e.block)
+	wg.Wait()
+	for i, err := range results {
+		if err != nil {
+			t.Errorf("held call %d: %v", i, err)
+		}
+	}
+	if got, err := call(ctx, c, "later"); err != nil || got != "b:later" {
+		t.Errorf("call after the limit cleared = %q, %v", got, err)
+	}
+}
+
+func TestMaxMessageSize(t *testing.T) {
+	ctx := testContext(t)
+	_, _, uri := hostEcho(t, "b", vat.Config{MaxMessageSize: 8 << 10})
+	a := startVat(t, vat.Config{})
+	ref := a.MustImport(uri)
+	c, err := ref.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	if _, err := call(ctx, c, strings.Repeat("s", 1<<10)); err != nil {
+		t.Fatalf("small call: %v", err)
+	}
+	// go-capnp aborts the whole connection on an oversize message.
+	_, err = call(ctx, c, strings.Repeat("L", 64<<10))
+	if !vat.IsDisconnected(err) {
+		t.Errorf("oversize call: got %v, want the connection to break", err)
+	}
+	// A fresh Connect makes a new connection.
+	c2, err := ref.Connect(ctx)
+	if err != nil {
+		t.Fatalf("Connect after the abort: %v", err)
+	}
+	defer c2.Release()
+	if got, err := call(ctx, c2, "ok"); err != nil || got != "b:ok" {
+		t.Errorf("call = %q, %v", got, err)
+	}
+}
+
+func TestClosedVat(t *testing.T) {
+	ctx := testContext(t)
+	_, _, uri := hostEcho(t, "b", vat.Config{})
+	a, err := vat.New(vat.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := a.MustImport(uri)
+	c, err := ref.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call(ctx, c, "x"); !vat.IsDisconnected(err) {
+		t.Errorf("call after Close: got %v, want disconnected", err)
+	}
+	if _, err := ref.Connect(ctx); !errors.Is(err, vat.ErrClosed) {
+		t.Errorf("Connect after Close: got %v, want ErrClosed", err)
+	}
+	if err := a.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
