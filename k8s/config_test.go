@@ -1,0 +1,65 @@
+package k8s
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		ok   bool
+	}{
+		{"zero value", Config{}, true},
+		{"full", Config{Image: "r.example.com/vatcar:v1@sha256:abc", ImagePullPolicy: "Always", KubeVersion: "v1.30.2-gke.1", VatPort: 1, AdminPort: 2, AdminAddress: "::", ClusterDomain: "corp.internal", RunAsUser: 1000, LogFormat: "json"}, true},
+		{"image with space", Config{Image: "a b"}, false},
+		{"bad pull policy", Config{ImagePullPolicy: "Sometimes"}, false},
+		{"bad kube version", Config{KubeVersion: "latest"}, false},
+		{"kube version without minor", Config{KubeVersion: "1"}, false},
+		{"vat port too big", Config{VatPort: 70000}, false},
+		{"negative admin port", Config{AdminPort: -1}, false},
+		{"same ports", Config{VatPort: 9000, AdminPort: 9000}, false},
+		{"admin port equals default vat port", Config{AdminPort: DefaultVatPort}, false},
+		{"admin address not an IP", Config{AdminAddress: "localhost"}, false},
+		{"bad cluster domain", Config{ClusterDomain: "Cluster_Local"}, false},
+		{"negative uid", Config{RunAsUser: -1}, false},
+		{"bad log format", Config{LogFormat: "xml"}, false},
+		{"empty extra arg", Config{ExtraArgs: []string{""}}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.ok && err != nil {
+				t.Fatalf("Validate() = %v, want nil", err)
+			}
+			if !tc.ok && !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("Validate() = %v, want ErrInvalidConfig", err)
+			}
+		})
+	}
+}
+
+func TestParseConfigIsStrict(t *testing.T) {
+	if _, err := ParseConfig([]byte("image: x\nvatprot: 1\n")); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("unknown key: err = %v, want ErrInvalidConfig", err)
+	}
+	if _, err := ParseConfig([]byte("vatPort: 0x\n")); err == nil {
+		t.Fatal("bad type: no error")
+	}
+	cfg, err := ParseConfig([]byte("kubeVersion: '1.28'\nresources: {limits: {memory: 1Gi}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.nativeSidecars() || cfg.Resources.Limits.Memory().String() != "1Gi" {
+		t.Fatalf("parsed %+v", cfg)
+	}
+}
+
+func TestNativeSidecarsByVersion(t *testing.T) {
+	for v, want := range map[string]bool{"": true, "1.28": false, "v1.28.9": false, "1.29": true, "1.29+": true, "1.33.1-eks": true, "2.0": true, "1.9": false} {
+		if got := (Config{KubeVersion: v}).nativeSidecars(); got != want {
+			t.Errorf("KubeVersion %q: native = %v, want %v", v, got, want)
+		}
+	}
+}

@@ -1,0 +1,77 @@
+package k8s
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// FuzzParseImports checks the imports annotation parser never panics and
+// only returns entries it validated.
+func FuzzParseImports(f *testing.F) {
+	f.Add("g=secret:caps/g.cap,port=9001")
+	f.Add("g=capnp://insecure@h:1/AA,port=1;h=secret:a/b,port=2")
+	f.Fuzz(func(t *testing.T, s string) {
+		ims, err := parseImports(s)
+		if err != nil {
+			if !errors.Is(err, ErrBadAnnotation) {
+				t.Fatalf("error %v is not ErrBadAnnotation", err)
+			}
+			return
+		}
+		for _, im := range ims {
+			if !nameRE.MatchString(im.Name) || im.Port < 1 || im.Port > 65535 || (im.URI == "") == (im.Secret == "") {
+				t.Fatalf("parseImports(%q) returned an invalid import %+v", s, im)
+			}
+		}
+	})
+}
+
+// FuzzParseExports checks the exports annotation parser.
+func FuzzParseExports(f *testing.F) {
+	f.Add("a=1,b=grpc")
+	spec := &corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{{Name: "grpc", ContainerPort: 5}}}}}
+	f.Fuzz(func(t *testing.T, s string) {
+		exs, err := parseExports(s, spec)
+		if err != nil && !errors.Is(err, ErrBadAnnotation) {
+			t.Fatalf("error %v is not ErrBadAnnotation", err)
+		}
+		for _, ex := range exs {
+			if ex.Port < 1 || !nameRE.MatchString(ex.Name) {
+				t.Fatalf("invalid export %+v", ex)
+			}
+		}
+	})
+}
+
+// FuzzInjectManifests feeds arbitrary YAML to `vatcar inject -f`: it must
+// not panic, and whatever it outputs must be a fixed point (idempotency).
+func FuzzInjectManifests(f *testing.F) {
+	inputs, _ := filepath.Glob("testdata/inject/in/*.yaml")
+	for _, in := range inputs {
+		if b, err := os.ReadFile(in); err == nil {
+			f.Add(b)
+		}
+	}
+	inj, err := NewInjector(Config{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var out bytes.Buffer
+		if _, err := InjectManifests(inj, bytes.NewReader(in), &out); err != nil {
+			return
+		}
+		var again bytes.Buffer
+		if _, err := InjectManifests(inj, bytes.NewReader(out.Bytes()), &again); err != nil {
+			t.Fatalf("re-injecting the output failed: %v\n%s", err, out.Bytes())
+		}
+		if !bytes.Equal(out.Bytes(), again.Bytes()) {
+			t.Fatalf("not idempotent\n--- once\n%s\n--- twice\n%s", out.Bytes(), again.Bytes())
+		}
+	})
+}
