@@ -1,8 +1,69 @@
 // Package bridge translates gRPC calls to CapTP calls and back.
 //
-// Ingress is a gRPC server that accepts every method with a raw bytes codec
-// and forwards each call to a GrpcService capability; Egress is a GrpcService
-// capability that forwards to a gRPC client connection. Metadata, deadlines,
-// cancellation, flow control, status and message sizes cross intact. The
-// package knows nothing of keys, vats or config files.
+// An Ingress is the gRPC server side: it accepts every method with a raw
+// bytes codec (payloads are never parsed, whatever the content-subtype) and
+// forwards each call to the GrpcService capability its Director picks. An
+// egress (NewEgress) is the capability side: a GrpcService that forwards
+// each call to a grpc.ClientConnInterface, normally the local app's server.
+// Between the two the call travels as described in
+// proto/captp/bridge.capnp, and metadata (including -bin keys and trace
+// headers), deadlines (as the remaining timeout), cancellation in both
+// directions, half-close, response headers (sent as soon as the backend
+// sends them), status code, message and details, and trailers cross intact.
+//
+// The package knows nothing of keys, vats, sturdy refs or config files: it
+// works on any go-capnp connection. Wiring it to vats and listeners is the
+// sidecar's job.
+//
+// # Using it
+//
+// Ingress side:
+//
+//	in, err := bridge.NewIngress(bridge.IngressConfig{
+//		Director: func(ctx context.Context, method string) (captp.GrpcService, error) {
+//			return svc.AddRef(), nil // the ingress releases it when the call ends
+//		},
+//		MaxMessageSize: 64 << 20,
+//	})
+//	srv := in.NewServer(grpc.StatsHandler(myStats)) // or grpc.NewServer(append(in.ServerOptions(), ...)...)
+//	srv.Serve(listener)
+//
+// Egress side:
+//
+//	svc, err := bridge.NewEgress(bridge.EgressConfig{Conn: appConn, MaxConcurrentCalls: 256})
+//	// export svc (e.g. as a Restorer entry); release it when done.
+//
+// Errors crossing the bridge all go through Status, which maps capnp
+// exceptions (Disconnected -> UNAVAILABLE, Overloaded -> RESOURCE_EXHAUSTED,
+// Unimplemented -> UNIMPLEMENTED, "Unknown persistent service ID" ->
+// NOT_FOUND) and keeps gRPC statuses as they are.
+//
+// # How a call travels
+//
+// The ingress starts reading the client's messages at once. If the client
+// turns out to have sent exactly one message and half-closed (every unary
+// and server-streaming call from a usual client), the call is one
+// GrpcService.unary capnp call; when the backend's whole response is at hand
+// by the time its first part arrives and fits, it comes back in the reply:
+// one round trip. Otherwise the response streams back on a Sink. Every
+// other call uses GrpcService.open and two Sinks, one per direction.
+//
+// Sinks carry batches: the first message goes out at once and the messages
+// that queue while a send is being made ride in the next one (never a
+// timer). Sends are capnp `-> stream` calls under a fixed flow limiter, and
+// each direction queues at most a few MiB, so a fast sender facing a slow
+// receiver blocks instead of buffering. Messages larger than 1 MiB travel in
+// chunks and one capnp message carries at most 4 MiB of them, far below
+// go-capnp's 64 MiB decode limit (an oversize message would abort the whole
+// connection); MaxMessageSize bounds a reassembled message, and a larger one
+// fails its call alone with RESOURCE_EXHAUSTED.
+//
+// Buffer ownership: a message read from gRPC is kept in gRPC's own buffers
+// and copied once, into the capnp message that carries it. A message read
+// from capnp is copied once, into pooled buffers that gRPC frees after
+// writing them (grpc-go keeps a reference after SendMsg returns, and capnp
+// memory goes back when its call returns, so it is never handed to gRPC).
+//
+// The egress admits at most MaxConcurrentCalls calls at once and answers
+// more with an Overloaded exception (RESOURCE_EXHAUSTED at the client).
 package bridge

@@ -23,14 +23,20 @@ interface Restorer {
 interface GrpcService {
   # GrpcService is a gRPC server reached over CapTP.
 
-  unary @0 (call :CallHead, request :Data) -> (reply :Reply);
-  # unary makes a unary call in one round trip; only used when the request
-  # and the largest allowed response both fit in one capnp message.
+  unary @0 (call :CallHead, request :Data, down :Sink) -> (reply :Reply, up :Sink);
+  # unary makes a call whose client sent exactly one request message and
+  # half-closed; the request must fit in one capnp message. When the whole
+  # response is at hand (headers, at most one message, status) and fits,
+  # it comes back in `reply` and `up` is null: one round trip. Otherwise
+  # (a server-streaming method, a slow or large response) `reply` is empty,
+  # the response arrives on `down` as for `open`, and `up` is the caller's
+  # handle on the call: releasing it before `down.close` cancels the call.
 
   open @1 (call :CallHead, down :Sink) -> (up :Sink);
   # open starts a streaming call (any kind). The caller sends request
   # messages on `up` and receives response headers, messages and the final
-  # status on `down`.
+  # status on `down`. The caller holds `up` until `down.close` arrives;
+  # releasing it earlier cancels the call.
 }
 
 interface Sink {

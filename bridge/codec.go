@@ -1,0 +1,73 @@
+package bridge
+
+import (
+	"fmt"
+
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+)
+
+// frame is one gRPC message as the bytes gRPC read or will write. Whoever
+// holds a frame owns one reference on data and frees it exactly once: the raw
+// codec hands it to gRPC on Marshal and takes a reference on Unmarshal.
+type frame struct {
+	data mem.BufferSlice
+}
+
+// free drops the frame's reference on its buffers.
+func (f *frame) free() {
+	f.data.Free()
+	f.data = nil
+}
+
+// rawCodec is an encoding.CodecV2 that moves message bytes without parsing
+// them. Its name becomes the content-subtype of outgoing calls.
+type rawCodec struct {
+	name string
+}
+
+var _ encoding.CodecV2 = rawCodec{}
+
+// Codec returns the raw bytes codec the ingress and egress use: it accepts
+// *[]byte and []byte (copied out and in) as well as the bridge's own frames
+// (no copy), and never parses a payload. Its Name is "proto" so a client
+// forced to use it sends the usual content-type; a server forced to use it
+// (grpc.ForceServerCodecV2) answers whatever content-subtype it receives.
+func Codec() encoding.CodecV2 { return rawCodec{name: "proto"} }
+
+// Name returns the content-subtype this codec announces.
+func (c rawCodec) Name() string { return c.name }
+
+// Marshal returns v's bytes. A *frame's buffers move to gRPC (which frees
+// them once written); a []byte is wrapped, not copied, so the caller must not
+// change it until gRPC is done with it.
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	switch m := v.(type) {
+	case *frame:
+		data := m.data
+		m.data = nil
+		return data, nil
+	case []byte:
+		return mem.BufferSlice{mem.SliceBuffer(m)}, nil
+	case *[]byte:
+		return mem.BufferSlice{mem.SliceBuffer(*m)}, nil
+	default:
+		return nil, fmt.Errorf("bridge codec: marshal %T: %w", v, ErrMessageType)
+	}
+}
+
+// Unmarshal stores data in v: a *frame keeps a reference on gRPC's buffers
+// (no copy), a *[]byte gets a copy.
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	switch m := v.(type) {
+	case *frame:
+		data.Ref()
+		m.data = data
+		return nil
+	case *[]byte:
+		*m = data.Materialize()
+		return nil
+	default:
+		return fmt.Errorf("bridge codec: unmarshal into %T: %w", v, ErrMessageType)
+	}
+}

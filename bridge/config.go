@@ -1,0 +1,115 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"google.golang.org/grpc"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+// DefaultMaxMessageSize is the largest gRPC message a bridge passes when
+// MaxMessageSize is zero: 4 MiB, gRPC's own default.
+const DefaultMaxMessageSize = 4 << 20
+
+// MaxMessageSizeLimit is the largest MaxMessageSize a config accepts: 1 GiB.
+// Messages travel in chunks, so the limit is memory, not the capnp decoder.
+const MaxMessageSizeLimit = 1 << 30
+
+// DefaultMaxConcurrentCalls is the egress admission limit when
+// MaxConcurrentCalls is zero.
+const DefaultMaxConcurrentCalls = 1000
+
+// Director picks the capability a call goes to, from the call's context
+// (its incoming metadata, peer, deadline) and its full method name
+// ("/pkg.Service/Method"). The ingress takes ownership of the returned
+// client and releases it when the call ends: return an AddRef of a client
+// you keep. An error fails the call: an error carrying a gRPC status (from
+// google.golang.org/grpc/status) reaches the client as is, any other goes
+// through Status. It is called on the call's goroutine, once per call, and
+// must be safe for concurrent use.
+type Director func(ctx context.Context, fullMethod string) (captp.GrpcService, error)
+
+// IngressConfig configures an Ingress. The zero value of each field but
+// Director means the documented default.
+type IngressConfig struct {
+	// Director picks the capability for each call. Required.
+	Director Director
+
+	// MaxMessageSize is the largest message, in bytes, the ingress accepts
+	// from a client or passes to it; larger ones fail the call with
+	// RESOURCE_EXHAUSTED. Zero means DefaultMaxMessageSize; at most
+	// MaxMessageSizeLimit.
+	MaxMessageSize int
+
+	// Logger receives debug logs of failed calls. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Validate reports the first problem with c.
+func (c IngressConfig) Validate() error {
+	if c.Director == nil {
+		return ErrNoDirector
+	}
+	return validateSize(c.MaxMessageSize)
+}
+
+// EgressConfig configures an egress (see NewEgress). The zero value of each
+// field but Conn means the documented default.
+type EgressConfig struct {
+	// Conn is the client connection to the local app's gRPC server.
+	// Required. The egress does not close it.
+	Conn grpc.ClientConnInterface
+
+	// MaxMessageSize is the largest message, in bytes, passed in either
+	// direction; larger ones fail the call with RESOURCE_EXHAUSTED. Zero
+	// means DefaultMaxMessageSize; at most MaxMessageSizeLimit.
+	MaxMessageSize int
+
+	// MaxConcurrentCalls is how many calls the egress runs at once; one more
+	// is answered with a capnp Overloaded exception, which the calling
+	// ingress turns into RESOURCE_EXHAUSTED. Zero means
+	// DefaultMaxConcurrentCalls.
+	MaxConcurrentCalls int
+
+	// CallOptions are added to every call made on Conn, after the bridge's
+	// own (codec and message sizes).
+	CallOptions []grpc.CallOption
+
+	// Logger receives debug logs of failed calls. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Validate reports the first problem with c.
+func (c EgressConfig) Validate() error {
+	if c.Conn == nil {
+		return ErrNoConn
+	}
+	if c.MaxConcurrentCalls < 0 {
+		return fmt.Errorf("max concurrent calls %d: %w", c.MaxConcurrentCalls, ErrConcurrency)
+	}
+	return validateSize(c.MaxMessageSize)
+}
+
+func validateSize(n int) error {
+	if n < 0 || n > MaxMessageSizeLimit {
+		return fmt.Errorf("max message size %d (limit %d): %w", n, MaxMessageSizeLimit, ErrMessageSize)
+	}
+	return nil
+}
+
+func maxMessageSize(n int) int {
+	if n == 0 {
+		return DefaultMaxMessageSize
+	}
+	return n
+}
+
+func logger(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}

@@ -1,0 +1,409 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+// egress is the GrpcService server that forwards calls to a gRPC client
+// connection. Every method calls Call.Go at once, so calls run concurrently;
+// admission control bounds how many.
+type egress struct {
+	conn   grpc.ClientConnInterface
+	max    int
+	limit  int64
+	opts   []grpc.CallOption
+	log    *slog.Logger
+	active atomic.Int64
+}
+
+// NewEgress returns a GrpcService capability that forwards every call to
+// cfg.Conn with the raw codec, for a valid config. The caller owns the
+// returned client: release it when done (calls in progress go on). It may
+// be handed to any number of connections; MaxConcurrentCalls applies to all
+// of them together, so make one egress per connection for a per-connection
+// limit.
+func NewEgress(cfg EgressConfig) (captp.GrpcService, error) {
+	if err := cfg.Validate(); err != nil {
+		return captp.GrpcService{}, fmt.Errorf("new egress: %w", err)
+	}
+	limit := cfg.MaxConcurrentCalls
+	if limit == 0 {
+		limit = DefaultMaxConcurrentCalls
+	}
+	e := &egress{
+		conn:  cfg.Conn,
+		max:   maxMessageSize(cfg.MaxMessageSize),
+		limit: int64(limit),
+		opts:  cfg.CallOptions,
+		log:   logger(cfg.Logger),
+	}
+	return captp.GrpcService_ServerToClient(e), nil
+}
+
+// admit takes a call slot, or answers Overloaded.
+func (e *egress) admit() error {
+	if e.active.Add(1) > e.limit {
+		e.active.Add(-1)
+		return exc.New(exc.Overloaded, "bridge", fmt.Sprintf("%v (%d)", ErrOverloaded, e.limit))
+	}
+	return nil
+}
+
+// streamDesc lets a backend call be of any kind.
+var streamDesc = grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+
+// egressCall is one call through the egress.
+type egressCall struct {
+	e      *egress
+	head   callHead
+	ctx    context.Context // the backend call's
+	cancel context.CancelFunc
+	bs     grpc.ClientStream
+	ob     *outbox // backend events, read by pump
+
+	mu       sync.Mutex
+	failed   *status.Status // set by fail: replaces the backend's status
+	finished bool
+}
+
+// start opens the backend stream. parent supplies values only; the call's
+// lifetime is its own.
+func (e *egress) start(parent context.Context, h captp.CallHead) (*egressCall, error) {
+	head, err := readCallHead(h)
+	if err != nil {
+		return nil, err
+	}
+	ctx := context.WithoutCancel(parent)
+	var cancel context.CancelFunc
+	if head.timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, head.timeout)
+	} else {
+		ctx, cancel = context.WithCancel(ctx)
+	}
+	ctx = metadata.NewOutgoingContext(ctx, head.md)
+	c := &egressCall{e: e, head: head, ctx: ctx, cancel: cancel, ob: newOutbox(queueBytes)}
+	opts := append([]grpc.CallOption{
+		grpc.ForceCodecV2(rawCodec{name: head.subtype}),
+		grpc.MaxCallRecvMsgSize(e.max),
+		grpc.MaxCallSendMsgSize(e.max),
+	}, e.opts...)
+	bs, err := e.conn.NewStream(ctx, &streamDesc, head.method, opts...)
+	if err != nil {
+		// The call could not start: its status is the answer.
+		c.bs = nil
+		c.ob.put(ctx, event{kind: evEnd, st: Status(err)})
+		return c, nil
+	}
+	c.bs = bs
+	go c.pump()
+	return c, nil
+}
+
+// pump reads the backend's response into the outbox: headers as soon as
+// they arrive, then messages, then status and trailers.
+func (c *egressCall) pump() {
+	if md, _ := c.bs.Header(); md != nil {
+		if !c.ob.put(c.ctx, event{kind: evHeaders, md: md}) {
+			c.drain()
+			return
+		}
+	}
+	for {
+		var f frame
+		err := c.bs.RecvMsg(&f)
+		if err != nil {
+			st := Status(err)
+			if err == io.EOF {
+				st = status.New(codes.OK, "")
+			}
+			c.mu.Lock()
+			if c.failed != nil {
+				st = c.failed
+			}
+			c.mu.Unlock()
+			c.ob.put(context.Background(), event{kind: evEnd, st: st, md: c.bs.Trailer()})
+			return
+		}
+		if !c.ob.put(c.ctx, event{kind: evMsg, msg: f}) {
+			c.drain()
+			return
+		}
+	}
+}
+
+// drain cancels the backend call and reads it to its end, which releases
+// gRPC's resources.
+func (c *egressCall) drain() {
+	c.cancel()
+	for {
+		var f frame
+		if err := c.bs.RecvMsg(&f); err != nil {
+			return
+		}
+		f.free()
+	}
+}
+
+// fail ends the call with st instead of the backend's status.
+func (c *egressCall) fail(st *status.Status) {
+	c.mu.Lock()
+	if c.failed == nil {
+		c.failed = st
+	}
+	c.mu.Unlock()
+	c.cancel()
+}
+
+// done releases the call's slot and context. It runs once the final status
+// was handed on.
+func (c *egressCall) done() {
+	c.cancel()
+	c.ob.stop()
+	c.e.active.Add(-1)
+}
+
+// Unary implements captp.GrpcService_Server.
+func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error {
+	if err := e.admit(); err != nil {
+		return err
+	}
+	call.Go()
+	args := call.Args()
+	h, err := args.Call()
+	if err != nil {
+		e.active.Add(-1)
+		return fmt.Errorf("unary: %w", err)
+	}
+	c, err := e.start(ctx, h)
+	if err != nil {
+		e.active.Add(-1)
+		return fmt.Errorf("unary: %w", err)
+	}
+	if c.bs != nil {
+		req, err := args.Request()
+		if err != nil {
+			c.done()
+			return fmt.Errorf("unary: %w", err)
+		}
+		f := frame{data: mem.BufferSlice{mem.Copy(req, mem.DefaultBufferPool())}}
+		if err := c.bs.SendMsg(&f); err != nil {
+			f.free() // io.EOF: the status comes from RecvMsg
+		}
+		_ = c.bs.CloseSend()
+	}
+	// While the handler runs, the capnp call's cancellation is the call's.
+	stop := context.AfterFunc(ctx, c.cancel)
+	evs, whole := c.collect(ctx)
+	stop()
+	if whole {
+		defer c.done()
+		defer freeEvents(evs)
+		res, err := call.AllocResults()
+		if err != nil {
+			return fmt.Errorf("unary: %w", err)
+		}
+		r, err := res.NewReply()
+		if err != nil {
+			return fmt.Errorf("unary: %w", err)
+		}
+		return writeReply(r, evs)
+	}
+	// The rest goes down the Sink; up is the caller's handle.
+	c.ob.unget(evs)
+	res, err := call.AllocResults()
+	if err != nil {
+		c.done()
+		return fmt.Errorf("unary: %w", err)
+	}
+	if err := res.SetUp(newSink(c, e.max)); err != nil {
+		c.done()
+		return fmt.Errorf("unary: %w", err)
+	}
+	c.respond(args.Down().AddRef())
+	return nil
+}
+
+// collect gathers the backend's response for a unary reply. It waits for the
+// first event, then takes what has arrived while the reading goroutine keeps
+// up (yielding to it, never waiting on a timer). whole is true when evs is
+// the whole response and fits a reply: optional headers, at most one
+// message of at most inlineMax bytes, and the end.
+func (c *egressCall) collect(ctx context.Context) (evs []event, whole bool) {
+	evs = c.ob.take(ctx)
+	for {
+		switch shape(evs) {
+		case shapeWhole:
+			return evs, true
+		case shapeNever:
+			return evs, false
+		}
+		runtime.Gosched()
+		more := c.ob.poll()
+		if len(more) == 0 {
+			return evs, false
+		}
+		evs = append(evs, more...)
+	}
+}
+
+type replyShape int
+
+const (
+	shapeMaybe replyShape = iota // could still become a whole reply
+	shapeWhole                   // a whole reply
+	shapeNever                   // cannot be a reply
+)
+
+// shape classifies the events gathered so far.
+func shape(evs []event) replyShape {
+	msgs := 0
+	for i, ev := range evs {
+		switch ev.kind {
+		case evHeaders:
+			if i != 0 {
+				return shapeNever
+			}
+		case evMsg:
+			msgs++
+			if msgs > 1 || ev.size() > inlineMax {
+				return shapeNever
+			}
+		case evEnd:
+			return shapeWhole
+		}
+	}
+	if len(evs) == 0 {
+		return shapeNever
+	}
+	return shapeMaybe
+}
+
+// writeReply fills a unary reply from a whole response.
+func writeReply(r captp.Reply, evs []event) error {
+	for i := range evs {
+		ev := &evs[i]
+		switch ev.kind {
+		case evHeaders:
+			if err := writeHeaders(ev.md, keepForward, r.NewHeaders); err != nil {
+				return err
+			}
+		case evMsg:
+			d, err := newData(r.Segment(), ev.msg.data)
+			if err != nil {
+				return fmt.Errorf("encode reply: %w", err)
+			}
+			if err := capnp.Struct(r).SetPtr(1, d.ToPtr()); err != nil { // message @1
+				return fmt.Errorf("encode reply: %w", err)
+			}
+			r.SetHasMessage(true)
+		case evEnd:
+			st, err := r.NewStatus()
+			if err != nil {
+				return fmt.Errorf("encode reply: %w", err)
+			}
+			if err := writeStatus(st, ev.st); err != nil {
+				return err
+			}
+			return writeHeaders(ev.md, keepForward, r.NewTrailers)
+		}
+	}
+	return nil
+}
+
+func freeEvents(evs []event) {
+	for i := range evs {
+		evs[i].msg.free()
+	}
+}
+
+// Open implements captp.GrpcService_Server.
+func (e *egress) Open(ctx context.Context, call captp.GrpcService_open) error {
+	if err := e.admit(); err != nil {
+		return err
+	}
+	call.Go()
+	args := call.Args()
+	h, err := args.Call()
+	if err != nil {
+		e.active.Add(-1)
+		return fmt.Errorf("open: %w", err)
+	}
+	c, err := e.start(ctx, h)
+	if err != nil {
+		e.active.Add(-1)
+		return fmt.Errorf("open: %w", err)
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		c.done()
+		return fmt.Errorf("open: %w", err)
+	}
+	if err := res.SetUp(newSink(c, e.max)); err != nil {
+		c.done()
+		return fmt.Errorf("open: %w", err)
+	}
+	c.respond(args.Down().AddRef())
+	return nil
+}
+
+// respond sends the response down on a goroutine, then ends the call.
+func (c *egressCall) respond(down captp.Sink) {
+	down.SetFlowLimiter(newFlowLimiter())
+	go func() {
+		defer down.Release()
+		defer c.done()
+		s := sender{sink: down, ob: c.ob}
+		if err := s.run(c.ctx); err != nil && c.ctx.Err() == nil {
+			c.e.log.Debug("bridge: response stream failed", "method", c.head.method, "err", err)
+			c.fail(Status(err))
+		}
+		c.mu.Lock()
+		c.finished = true
+		c.mu.Unlock()
+	}()
+}
+
+// header implements target: the request direction carries no headers.
+func (c *egressCall) header(metadata.MD) error { return nil }
+
+// message implements target: a request message goes to the backend. An
+// error there ends the backend call, whose status comes down as usual.
+func (c *egressCall) message(f *frame) error {
+	if c.bs == nil {
+		f.free()
+		return nil
+	}
+	if err := c.bs.SendMsg(f); err != nil {
+		f.free()
+	}
+	return nil
+}
+
+// end implements target: the client half-closed.
+func (c *egressCall) end(*status.Status, metadata.MD) {
+	if c.bs != nil {
+		_ = c.bs.CloseSend()
+	}
+}
+
+// lost implements target: the caller released up before the call ended
+// (it was cancelled, or its connection is gone), or a request was too large.
+func (c *egressCall) lost(err error) {
+	c.fail(Status(err))
+}

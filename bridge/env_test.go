@@ -1,0 +1,121 @@
+package bridge
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+// hop is one bridge: an ingress gRPC server whose calls cross a real
+// go-capnp connection over loopback TCP to an egress that calls a backend.
+type hop struct {
+	addr string // the ingress's gRPC address
+	svc  captp.GrpcService
+}
+
+// hopConfig adjusts a hop.
+type hopConfig struct {
+	ingress IngressConfig
+	egress  EgressConfig
+}
+
+// newHop bridges to the gRPC server at backend. Everything it starts stops
+// at the end of the test.
+func newHop(t testing.TB, backend string, cfg hopConfig) *hop {
+	t.Helper()
+	cc, err := grpc.NewClient(backend, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dial backend: %v", err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	cfg.egress.Conn = cc
+	eg, err := NewEgress(cfg.egress)
+	if err != nil {
+		t.Fatalf("NewEgress: %v", err)
+	}
+	t.Cleanup(eg.Release)
+
+	// The egress side of the capnp connection.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan *rpc.Conn, 1)
+	go func() {
+		nc, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		accepted <- rpc.NewConn(rpc.NewStreamTransport(nc), &rpc.Options{BootstrapClient: capnp.Client(eg.AddRef())})
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := rpc.NewConn(rpc.NewStreamTransport(nc), nil)
+	server := <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	svc := captp.GrpcService(client.Bootstrap(ctx))
+	if err := svc.Resolve(ctx); err != nil {
+		t.Fatalf("bootstrap: %v", err)
+	}
+
+	cfg.ingress.Director = func(context.Context, string) (captp.GrpcService, error) { return svc.AddRef(), nil }
+	in, err := NewIngress(cfg.ingress)
+	if err != nil {
+		t.Fatalf("NewIngress: %v", err)
+	}
+	gs := in.NewServer()
+	gl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(gl)
+	t.Cleanup(func() {
+		gs.Stop()
+		svc.Release()
+		client.Close()
+		server.Close()
+	})
+	return &hop{addr: gl.Addr().String(), svc: svc}
+}
+
+// serve runs a gRPC server on loopback until the end of the test.
+func serve(t testing.TB, register func(*grpc.Server), opts ...grpc.ServerOption) string {
+	t.Helper()
+	s := grpc.NewServer(opts...)
+	register(s)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	return l.Addr().String()
+}
+
+// dial returns a client of the gRPC server at addr, closed at the end of the
+// test.
+func dial(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}

@@ -1,0 +1,38 @@
+package bridge
+
+import "errors"
+
+// Sentinel errors of the bridge. Calls fail with gRPC statuses (see Status);
+// these are the causes they wrap.
+var (
+	// ErrMessageType is returned by the raw codec for a message of a type
+	// other than []byte, *[]byte or the bridge's own frames.
+	ErrMessageType = errors.New("bridge: unsupported message type")
+
+	// ErrNoDirector is returned by IngressConfig.Validate when Director is nil.
+	ErrNoDirector = errors.New("bridge: ingress needs a Director")
+
+	// ErrNoConn is returned by EgressConfig.Validate when Conn is nil.
+	ErrNoConn = errors.New("bridge: egress needs a Conn")
+
+	// ErrMessageSize is returned by Validate for a negative or too large
+	// MaxMessageSize.
+	ErrMessageSize = errors.New("bridge: invalid max message size")
+
+	// ErrConcurrency is returned by EgressConfig.Validate for a negative
+	// MaxConcurrentCalls.
+	ErrConcurrency = errors.New("bridge: invalid max concurrent calls")
+
+	// ErrOverloaded is the cause of the Overloaded exception an egress
+	// answers when it already runs MaxConcurrentCalls calls.
+	ErrOverloaded = errors.New("bridge: too many concurrent calls")
+
+	// ErrMessageTooLarge is the cause of RESOURCE_EXHAUSTED when a message
+	// crossing the bridge exceeds MaxMessageSize.
+	ErrMessageTooLarge = errors.New("bridge: message larger than the max message size")
+
+	// ErrStreamLost is the cause of UNAVAILABLE when the peer dropped a
+	// stream without closing it (its connection was lost or it released
+	// the stream's Sink).
+	ErrStreamLost = errors.New("bridge: stream lost before it was closed")
+)

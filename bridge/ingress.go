@@ -1,0 +1,365 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+
+	"capnproto.org/go/capnp/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+// Ingress turns gRPC calls into calls on GrpcService capabilities. Use
+// Handler with grpc.UnknownServiceHandler (and ServerOptions for the codec
+// and sizes), or NewServer. An Ingress is safe for concurrent use and holds
+// no resources of its own.
+type Ingress struct {
+	director Director
+	max      int
+	log      *slog.Logger
+}
+
+// NewIngress returns an Ingress for a valid config.
+func NewIngress(cfg IngressConfig) (*Ingress, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("new ingress: %w", err)
+	}
+	return &Ingress{director: cfg.Director, max: maxMessageSize(cfg.MaxMessageSize), log: logger(cfg.Logger)}, nil
+}
+
+// Handler returns the stream handler that bridges every call; it expects the
+// server to use the raw codec (see ServerOptions).
+func (in *Ingress) Handler() grpc.StreamHandler { return in.handle }
+
+// ServerOptions returns the options a grpc.Server needs to bridge every
+// method: the unknown-service handler, the raw codec forced for every
+// content-subtype (no payload is ever parsed), and the message size limits.
+// Add your own interceptors and stats handlers after them.
+func (in *Ingress) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.UnknownServiceHandler(in.handle),
+		grpc.ForceServerCodecV2(Codec()),
+		grpc.MaxRecvMsgSize(in.max),
+		grpc.MaxSendMsgSize(in.max),
+	}
+}
+
+// NewServer returns a grpc.Server with ServerOptions followed by opts.
+func (in *Ingress) NewServer(opts ...grpc.ServerOption) *grpc.Server {
+	return grpc.NewServer(append(in.ServerOptions(), opts...)...)
+}
+
+// handle bridges one call. It reads the client's messages on a goroutine
+// from the start (a bidi server may speak first). If, once that goroutine
+// had a chance to run, the client has sent exactly one message and
+// half-closed, the call goes out as one unary capnp call; otherwise (or if
+// the request is still arriving) as a stream. Both paths carry every call
+// kind correctly; the first only saves round trips.
+func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
+	ctx := ss.Context()
+	method, ok := grpc.MethodFromServerStream(ss)
+	if !ok {
+		return status.Error(codes.Internal, "bridge: no method name in the stream")
+	}
+	svc, err := in.director(ctx, method)
+	if err != nil {
+		in.log.DebugContext(ctx, "bridge: director failed", "method", method, "err", err)
+		return Status(err).Err()
+	}
+	defer svc.Release()
+	c := &ingressCall{in: in, ss: ss, ctx: ctx, method: method, ob: newOutbox(queueBytes), final: make(chan final, 1)}
+	defer c.finish()
+	go c.pump()
+	runtime.Gosched()
+	if req := c.unaryRequest(); req != nil {
+		return c.unary(svc, req)
+	}
+	return c.stream(svc)
+}
+
+// final is how a call ended.
+type final struct {
+	st       *status.Status
+	trailers metadata.MD
+}
+
+// ingressCall is one call through the ingress.
+//
+// Locking: mu guards finished and serializes use of ss by the down Sink
+// (one call at a time anyway) against the handler's return. ss is not used
+// after finished is set.
+type ingressCall struct {
+	in     *Ingress
+	ss     grpc.ServerStream
+	ctx    context.Context
+	method string
+	ob     *outbox // client messages, read by pump
+	final  chan final
+
+	mu       sync.Mutex
+	finished bool
+}
+
+// errCallDone is returned to a peer that sends on a call that has ended.
+var errCallDone = errors.New("bridge: call has ended")
+
+// pump reads the client's messages into the outbox until the client
+// half-closes or the call ends.
+func (c *ingressCall) pump() {
+	for {
+		var f frame
+		err := c.ss.RecvMsg(&f)
+		if err == io.EOF {
+			c.ob.put(c.ctx, event{kind: evEnd})
+			return
+		}
+		if err != nil {
+			c.deliver(final{st: Status(err)})
+			return
+		}
+		if !c.ob.put(c.ctx, event{kind: evMsg, msg: f}) {
+			return
+		}
+	}
+}
+
+// unaryRequest returns the request if the client has sent one message and
+// half-closed, and it fits a unary call; otherwise it leaves the outbox as it
+// was and returns nil.
+func (c *ingressCall) unaryRequest() *frame {
+	evs := c.ob.poll()
+	if len(evs) == 2 && evs[0].kind == evMsg && evs[1].kind == evEnd && evs[0].size() <= inlineMax {
+		return &evs[0].msg
+	}
+	c.ob.unget(evs)
+	return nil
+}
+
+// unary makes the call with GrpcService.unary.
+func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
+	defer req.free()
+	down := newSink(c, c.in.max)
+	fut, release := svc.Unary(c.ctx, func(p captp.GrpcService_unary_Params) error {
+		h, err := p.NewCall()
+		if err != nil {
+			return err
+		}
+		if err := writeCallHead(h, c.ctx, c.method); err != nil {
+			return err
+		}
+		d, err := newData(p.Segment(), req.data)
+		if err != nil {
+			return err
+		}
+		if err := capnp.Struct(p).SetPtr(1, d.ToPtr()); err != nil { // request @1
+			return err
+		}
+		return p.SetDown(down)
+	})
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		return c.fail(err)
+	}
+	if res.HasUp() {
+		up := res.Up().AddRef()
+		defer up.Release()
+		return c.wait(nil)
+	}
+	r, err := res.Reply()
+	if err != nil {
+		return c.fail(err)
+	}
+	return c.reply(r)
+}
+
+// reply delivers a whole response from a unary reply.
+func (c *ingressCall) reply(r captp.Reply) error {
+	if r.HasHeaders() {
+		l, err := r.Headers()
+		if err != nil {
+			return c.fail(err)
+		}
+		md, err := readHeaders(l)
+		if err != nil {
+			return c.fail(err)
+		}
+		if err := c.ss.SendHeader(md); err != nil {
+			return err
+		}
+	}
+	if r.HasMessage() {
+		b, err := r.Message_()
+		if err != nil {
+			return c.fail(err)
+		}
+		f := frame{data: mem.BufferSlice{mem.Copy(b, mem.DefaultBufferPool())}}
+		if err := c.ss.SendMsg(&f); err != nil {
+			f.free()
+			return err
+		}
+	}
+	l, err := r.Trailers()
+	if err != nil {
+		return c.fail(err)
+	}
+	md, err := readHeaders(l)
+	if err != nil {
+		return c.fail(err)
+	}
+	c.ss.SetTrailer(md)
+	w, err := r.Status()
+	if err != nil {
+		return c.fail(err)
+	}
+	st, err := readStatus(w)
+	if err != nil {
+		return c.fail(err)
+	}
+	return st.Err()
+}
+
+// stream makes the call with GrpcService.open: the client's messages go up
+// a Sink as they come, the response comes down another.
+func (c *ingressCall) stream(svc captp.GrpcService) error {
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	down := newSink(c, c.in.max)
+	fut, release := svc.Open(ctx, func(p captp.GrpcService_open_Params) error {
+		h, err := p.NewCall()
+		if err != nil {
+			return err
+		}
+		if err := writeCallHead(h, c.ctx, c.method); err != nil {
+			return err
+		}
+		return p.SetDown(down)
+	})
+	// up is a promise on open's results: it lives as long as they do, so
+	// they are released last (release waits for open to return, #534).
+	defer release()
+	up := fut.Up()
+	defer up.Release()
+	up.SetFlowLimiter(newFlowLimiter())
+	opened := make(chan struct{})
+	go func() {
+		defer close(opened)
+		if _, err := fut.Struct(); err != nil {
+			c.deliver(final{st: Status(err)})
+		}
+	}()
+	sent := make(chan error, 1)
+	senderDone := make(chan struct{})
+	go func() {
+		defer close(senderDone)
+		s := sender{sink: up, ob: c.ob}
+		sent <- s.run(ctx)
+	}()
+	err := c.wait(sent)
+	cancel()
+	c.ob.stop()
+	<-senderDone
+	<-opened
+	return err
+}
+
+// wait waits for the end of the call and returns its status. sent, if not
+// nil, reports the end of the request direction.
+func (c *ingressCall) wait(sent chan error) error {
+	for {
+		select {
+		case f := <-c.final:
+			if len(f.trailers) > 0 {
+				c.ss.SetTrailer(f.trailers)
+			}
+			return f.st.Err()
+		case err := <-sent:
+			sent = nil
+			if err != nil && c.ctx.Err() == nil {
+				return c.fail(err)
+			}
+		case <-c.ctx.Done():
+			return Status(c.ctx.Err()).Err()
+		}
+	}
+}
+
+// fail logs err and returns its status.
+func (c *ingressCall) fail(err error) error {
+	st := Status(err)
+	c.in.log.DebugContext(c.ctx, "bridge: call failed", "method", c.method, "code", st.Code(), "err", err)
+	return st.Err()
+}
+
+// deliver records how the call ended; the first report wins.
+func (c *ingressCall) deliver(f final) {
+	select {
+	case c.final <- f:
+	default:
+	}
+}
+
+// finish marks the call ended: the down Sink no longer touches ss.
+func (c *ingressCall) finish() {
+	c.mu.Lock()
+	c.finished = true
+	c.mu.Unlock()
+	c.ob.stop()
+}
+
+// header implements target.
+func (c *ingressCall) header(md metadata.MD) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.finished {
+		return errCallDone
+	}
+	return c.ss.SendHeader(md)
+}
+
+// message implements target.
+func (c *ingressCall) message(f *frame) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.finished {
+		f.free()
+		return errCallDone
+	}
+	if err := c.ss.SendMsg(f); err != nil {
+		f.free()
+		return err
+	}
+	return nil
+}
+
+// end implements target.
+func (c *ingressCall) end(st *status.Status, trailers metadata.MD) {
+	if st == nil {
+		st = status.New(codes.Internal, "bridge: response stream closed without a status")
+	}
+	c.deliver(final{st: st, trailers: trailers})
+}
+
+// lost implements target.
+func (c *ingressCall) lost(err error) { c.deliver(final{st: Status(err)}) }
+
+// newData allocates a Data of bs's length in seg and copies bs into it: the
+// one copy from gRPC memory to capnp memory.
+func newData(seg *capnp.Segment, bs mem.BufferSlice) (capnp.UInt8List, error) {
+	d, err := capnp.NewUInt8List(seg, int32(bs.Len()))
+	if err != nil {
+		return d, err
+	}
+	bs.CopyTo(d.ToPtr().Data())
+	return d, nil
+}

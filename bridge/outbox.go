@@ -1,0 +1,159 @@
+package bridge
+
+import (
+	"context"
+	"sync"
+
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// evKind says what an event carries.
+type evKind uint8
+
+const (
+	evHeaders evKind = iota // response headers (md)
+	evMsg                   // one message (msg)
+	evEnd                   // end of the direction: half-close (st nil) or final status and trailers
+)
+
+// event is one thing that happened on one direction of a gRPC stream.
+type event struct {
+	kind evKind
+	md   metadata.MD // headers, or trailers for evEnd
+	msg  frame
+	st   *status.Status
+}
+
+// size is the number of message bytes an event holds.
+func (e *event) size() int { return e.msg.data.Len() }
+
+// outbox is the bounded queue between the goroutine that reads one
+// direction of a gRPC stream and the one that writes it to a Sink. It holds
+// at most limit message bytes (plus one message of any size, so a large
+// message still passes): a fast reader facing a slow Sink blocks.
+//
+// Locking: mu guards every field; nothing blocks while holding it. Bytes
+// count from put until the sender reports them copied into capnp (done).
+//
+// An outbox is safe for one producer and one consumer at a time.
+type outbox struct {
+	mu      sync.Mutex
+	items   []event
+	bytes   int
+	peak    int // most bytes ever held, for tests of the memory bound
+	limit   int
+	stopped bool
+	wake    chan struct{} // consumer: something was put or stopped
+	space   chan struct{} // producer: bytes were released or stopped
+}
+
+func newOutbox(limit int) *outbox {
+	return &outbox{limit: limit, wake: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// put queues ev, waiting while the outbox is full. It returns false (and
+// frees ev) when ctx ends or the outbox was stopped.
+func (o *outbox) put(ctx context.Context, ev event) bool {
+	n := ev.size()
+	for {
+		o.mu.Lock()
+		if o.stopped {
+			o.mu.Unlock()
+			ev.msg.free()
+			return false
+		}
+		if o.bytes == 0 || o.bytes+n <= o.limit || n == 0 {
+			o.items = append(o.items, ev)
+			o.bytes += n
+			o.peak = max(o.peak, o.bytes)
+			o.mu.Unlock()
+			signal(o.wake)
+			return true
+		}
+		o.mu.Unlock()
+		select {
+		case <-o.space:
+		case <-ctx.Done():
+			ev.msg.free()
+			return false
+		}
+	}
+}
+
+// take waits for at least one event and removes all queued events. It
+// returns nil when ctx ends or the outbox was stopped.
+func (o *outbox) take(ctx context.Context) []event {
+	for {
+		o.mu.Lock()
+		if o.stopped {
+			o.mu.Unlock()
+			return nil
+		}
+		if len(o.items) > 0 {
+			evs := o.items
+			o.items = nil
+			o.mu.Unlock()
+			return evs
+		}
+		o.mu.Unlock()
+		select {
+		case <-o.wake:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// poll removes all queued events without waiting.
+func (o *outbox) poll() []event {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	evs := o.items
+	o.items = nil
+	return evs
+}
+
+// unget puts events taken earlier back at the front, in order.
+func (o *outbox) unget(evs []event) {
+	if len(evs) == 0 {
+		return
+	}
+	o.mu.Lock()
+	o.items = append(evs, o.items...)
+	o.mu.Unlock()
+	signal(o.wake)
+}
+
+// done reports n message bytes copied out (into capnp or gRPC memory).
+func (o *outbox) done(n int) {
+	if n == 0 {
+		return
+	}
+	o.mu.Lock()
+	o.bytes -= n
+	o.mu.Unlock()
+	signal(o.space)
+}
+
+// stop ends the outbox: queued messages are freed, put fails from now on
+// and take returns nil. Events already taken are the taker's to free.
+func (o *outbox) stop() {
+	o.mu.Lock()
+	evs := o.items
+	o.items = nil
+	o.stopped = true
+	o.mu.Unlock()
+	for i := range evs {
+		evs[i].msg.free()
+	}
+	signal(o.wake)
+	signal(o.space)
+}

@@ -1,0 +1,199 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/flowcontrol"
+	"google.golang.org/grpc/mem"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+// Sizes of what one Sink call carries. A gRPC message larger than chunkSize
+// is split into chunks; one send carries at most batchBytes of chunks, so a
+// capnp message stays far below go-capnp's 64 MiB decode limit (an oversize
+// message aborts the whole connection).
+const (
+	chunkSize  = 1 << 20
+	batchBytes = 4 << 20
+	// inlineMax is the largest request or response message carried in a
+	// unary call's parameters or reply.
+	inlineMax = batchBytes
+	// flowWindow bounds the bytes of one Sink's calls in flight; it must
+	// exceed the largest capnp message a send makes (batchBytes plus the
+	// list overhead), since flowcontrol.NewFixedLimiter panics otherwise.
+	flowWindow = 3 * batchBytes
+	// queueBytes bounds the message bytes one direction of a stream holds
+	// before the gRPC reader blocks (plus one message of any size).
+	queueBytes = batchBytes
+)
+
+// newFlowLimiter returns the flow limiter set on every Sink the bridge sends
+// on.
+func newFlowLimiter() flowcontrol.FlowLimiter { return flowcontrol.NewFixedLimiter(flowWindow) }
+
+// sender writes the events of one outbox to a Sink: headers and close as
+// they come, messages in batches. The first message goes out at once; the
+// messages queued while a send is being made ride in the next one. There is
+// no timer.
+type sender struct {
+	sink     captp.Sink
+	ob       *outbox
+	releases []capnp.ReleaseFunc // of headers calls, run when the sender ends
+	piece    []piece             // pending chunks of the next send
+	batched  int                 // bytes in piece
+}
+
+// piece is a part of a queued message that one chunk carries.
+type piece struct {
+	ev       *event
+	off, len int
+	end      bool
+}
+
+// run sends until it has sent the end event (and its close call returned),
+// ctx ends, or a call fails. It does not release the sink.
+func (s *sender) run(ctx context.Context) error {
+	defer func() {
+		for _, r := range s.releases {
+			r()
+		}
+	}()
+	for {
+		evs := s.ob.take(ctx)
+		if evs == nil {
+			return ctx.Err()
+		}
+		end, err := s.sendAll(ctx, evs)
+		if err != nil || end {
+			return err
+		}
+	}
+}
+
+// sendAll sends evs, taking ownership of them.
+func (s *sender) sendAll(ctx context.Context, evs []event) (end bool, err error) {
+	defer func() {
+		for i := range evs {
+			evs[i].msg.free()
+		}
+	}()
+	for i := range evs {
+		ev := &evs[i]
+		switch ev.kind {
+		case evHeaders:
+			if err := s.flush(ctx); err != nil {
+				return false, err
+			}
+			_, release := s.sink.Headers(ctx, func(p captp.Sink_headers_Params) error {
+				return writeHeaders(ev.md, keepForward, p.NewMd)
+			})
+			s.releases = append(s.releases, release)
+		case evMsg:
+			n := ev.size()
+			if n == 0 {
+				s.piece = append(s.piece, piece{ev: ev, end: true})
+				continue
+			}
+			for off := 0; off < n; off += chunkSize {
+				l := min(chunkSize, n-off)
+				if s.batched+l > batchBytes {
+					if err := s.flush(ctx); err != nil {
+						return false, err
+					}
+				}
+				s.piece = append(s.piece, piece{ev: ev, off: off, len: l, end: off+l == n})
+				s.batched += l
+			}
+		case evEnd:
+			if err := s.flush(ctx); err != nil {
+				return false, err
+			}
+			return true, s.close(ctx, ev)
+		}
+	}
+	return false, s.flush(ctx)
+}
+
+// flush sends the pending pieces as one batch.
+func (s *sender) flush(ctx context.Context) error {
+	if len(s.piece) == 0 {
+		return nil
+	}
+	pieces := s.piece
+	s.piece, s.batched = s.piece[:0], 0
+	copied := 0
+	err := s.sink.Send(ctx, func(p captp.Sink_send_Params) error {
+		l, err := p.NewChunks(int32(len(pieces)))
+		if err != nil {
+			return err
+		}
+		for i, pc := range pieces {
+			c := l.At(i)
+			c.SetEnd(pc.end)
+			if pc.len == 0 {
+				continue
+			}
+			d, err := capnp.NewUInt8List(c.Segment(), int32(pc.len))
+			if err != nil {
+				return err
+			}
+			copyRange(d.ToPtr().Data(), pc.ev.msg.data, pc.off)
+			if err := capnp.Struct(c).SetPtr(0, d.ToPtr()); err != nil {
+				return err
+			}
+			copied += pc.len
+		}
+		return nil
+	})
+	s.ob.done(copied)
+	if err != nil {
+		return fmt.Errorf("send on stream: %w", err)
+	}
+	return nil
+}
+
+// close sends the end event: a half-close, or the final status and
+// trailers, and waits for the far side to take it.
+func (s *sender) close(ctx context.Context, ev *event) error {
+	f, release := s.sink.Close(ctx, func(p captp.Sink_close_Params) error {
+		if ev.st == nil {
+			return nil
+		}
+		st, err := p.NewStatus()
+		if err != nil {
+			return err
+		}
+		if err := writeStatus(st, ev.st); err != nil {
+			return err
+		}
+		return writeHeaders(ev.md, keepForward, p.NewTrailers)
+	})
+	defer release()
+	if _, err := f.Struct(); err != nil {
+		return fmt.Errorf("close stream: %w", err)
+	}
+	if err := s.sink.WaitStreaming(); err != nil {
+		return fmt.Errorf("send on stream: %w", err)
+	}
+	return nil
+}
+
+// copyRange copies bs[off:off+len(dst)] into dst.
+func copyRange(dst []byte, bs mem.BufferSlice, off int) {
+	for _, b := range bs {
+		d := b.ReadOnlyData()
+		if off >= len(d) {
+			off -= len(d)
+			continue
+		}
+		n := copy(dst, d[off:])
+		dst = dst[n:]
+		off = 0
+		if len(dst) == 0 {
+			return
+		}
+	}
+}

@@ -1,0 +1,146 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+// target is where a sinkServer delivers one direction of a stream: the
+// gRPC side of the call. A sinkServer calls it from one goroutine at a time,
+// in the order the peer sent.
+type target interface {
+	// header delivers response headers.
+	header(md metadata.MD) error
+	// message delivers one message; the target owns f.
+	message(f *frame) error
+	// end delivers the end of the direction: st is nil for a half-close.
+	end(st *status.Status, trailers metadata.MD)
+	// lost reports that the direction ended without end (the peer released
+	// the Sink, or its connection is gone), or that it failed with err.
+	lost(err error)
+}
+
+// sinkServer is the capability side of a Sink: it reassembles chunks into
+// messages and hands them to a target. Its calls run one at a time in order
+// (it never calls Call.Go), which keeps the stream's order and makes a slow
+// target push back through capnp flow control.
+type sinkServer struct {
+	t      target
+	maxMsg int
+
+	mu     sync.Mutex // guards ended; Shutdown runs on another goroutine
+	ended  bool
+	parts  mem.BufferSlice // chunks of a message in progress
+	partsN int
+}
+
+func newSink(t target, maxMsg int) captp.Sink {
+	return captp.Sink_ServerToClient(&sinkServer{t: t, maxMsg: maxMsg})
+}
+
+// Headers implements captp.Sink_Server.
+func (s *sinkServer) Headers(_ context.Context, call captp.Sink_headers) error {
+	l, err := call.Args().Md()
+	if err != nil {
+		return fmt.Errorf("sink headers: %w", err)
+	}
+	md, err := readHeaders(l)
+	if err != nil {
+		return fmt.Errorf("sink headers: %w", err)
+	}
+	return s.t.header(md)
+}
+
+// Send implements captp.Sink_Server. It copies each chunk out of the capnp
+// message once (capnp memory goes back when the call returns, and gRPC
+// keeps a reference to what it sends).
+func (s *sinkServer) Send(_ context.Context, call captp.Sink_send) error {
+	l, err := call.Args().Chunks()
+	if err != nil {
+		return fmt.Errorf("sink send: %w", err)
+	}
+	pool := mem.DefaultBufferPool()
+	for i := 0; i < l.Len(); i++ {
+		c := l.At(i)
+		d, err := c.Data()
+		if err != nil {
+			return fmt.Errorf("sink send: %w", err)
+		}
+		if s.partsN+len(d) > s.maxMsg {
+			s.parts.Free()
+			s.parts, s.partsN = nil, 0
+			err := fmt.Errorf("sink send: %d bytes and more, max %d: %w", s.partsN+len(d), s.maxMsg, ErrMessageTooLarge)
+			s.fail(err)
+			return err
+		}
+		if len(d) > 0 {
+			s.parts = append(s.parts, mem.Copy(d, pool))
+			s.partsN += len(d)
+		}
+		if !c.End() {
+			continue
+		}
+		f := &frame{data: s.parts}
+		s.parts, s.partsN = nil, 0
+		if err := s.t.message(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close implements captp.Sink_Server.
+func (s *sinkServer) Close(_ context.Context, call captp.Sink_close) error {
+	args := call.Args()
+	var st *status.Status
+	if args.HasStatus() {
+		w, err := args.Status()
+		if err != nil {
+			return fmt.Errorf("sink close: %w", err)
+		}
+		if st, err = readStatus(w); err != nil {
+			return fmt.Errorf("sink close: %w", err)
+		}
+	}
+	l, err := args.Trailers()
+	if err != nil {
+		return fmt.Errorf("sink close: %w", err)
+	}
+	md, err := readHeaders(l)
+	if err != nil {
+		return fmt.Errorf("sink close: %w", err)
+	}
+	s.mu.Lock()
+	s.ended = true
+	s.mu.Unlock()
+	s.t.end(st, md)
+	return nil
+}
+
+// fail ends the direction with err.
+func (s *sinkServer) fail(err error) {
+	s.mu.Lock()
+	s.ended = true
+	s.mu.Unlock()
+	s.t.lost(err)
+}
+
+// Shutdown implements server.Shutdowner: the last reference to the Sink is
+// gone. Before Close that means the peer dropped the stream.
+func (s *sinkServer) Shutdown() {
+	s.parts.Free()
+	s.mu.Lock()
+	ended := s.ended
+	s.ended = true
+	s.mu.Unlock()
+	if !ended {
+		s.t.lost(ErrStreamLost)
+	}
+}

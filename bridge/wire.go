@@ -1,0 +1,216 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	grpcstatus "google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+// This file converts between gRPC values and their wire form in
+// proto/captp/bridge.capnp: metadata as Header lists, statuses, deadlines.
+
+// skipHeader reports whether a metadata key is the gRPC libraries' to set
+// (pseudo-headers, content-type, grpc-timeout, grpc-status, ...), so it
+// does not cross the bridge. The request content-type crosses separately
+// (see contentSubtype).
+func skipHeader(key string) bool {
+	if strings.HasPrefix(key, ":") {
+		return true
+	}
+	switch key {
+	case "content-type", "user-agent", "te", "grpc-timeout", "grpc-encoding",
+		"grpc-accept-encoding", "grpc-message", "grpc-status",
+		"grpc-status-details-bin", "grpc-message-type",
+		"grpc-previous-rpc-attempts", "grpc-retry-pushback-ms":
+		return true
+	}
+	return false
+}
+
+// countHeaders returns how many Header entries md becomes on the wire.
+func countHeaders(md metadata.MD, keep func(string) bool) int {
+	n := 0
+	for k, vs := range md {
+		if keep(k) {
+			n += len(vs)
+		}
+	}
+	return n
+}
+
+// writeHeaders fills a list made by newList with md's entries that keep
+// accepts. Binary (-bin) values travel as raw bytes.
+func writeHeaders(md metadata.MD, keep func(string) bool, newList func(int32) (captp.Header_List, error)) error {
+	l, err := newList(int32(countHeaders(md, keep)))
+	if err != nil {
+		return fmt.Errorf("encode metadata: %w", err)
+	}
+	i := 0
+	for k, vs := range md {
+		if !keep(k) {
+			continue
+		}
+		for _, v := range vs {
+			h := l.At(i)
+			i++
+			if err := h.SetKey(k); err != nil {
+				return fmt.Errorf("encode metadata key %q: %w", k, err)
+			}
+			if err := h.SetValue([]byte(v)); err != nil {
+				return fmt.Errorf("encode metadata %q: %w", k, err)
+			}
+		}
+	}
+	return nil
+}
+
+// keepForward accepts every key that crosses the bridge.
+func keepForward(k string) bool { return !skipHeader(k) }
+
+// keepRequest also keeps the request's content-type, from which the egress
+// takes the content-subtype to use towards the app.
+func keepRequest(k string) bool { return k == "content-type" || !skipHeader(k) }
+
+// readHeaders turns a Header list into metadata, leaving out keys the gRPC
+// libraries set themselves.
+func readHeaders(l captp.Header_List) (metadata.MD, error) {
+	md := make(metadata.MD, l.Len())
+	for i := 0; i < l.Len(); i++ {
+		h := l.At(i)
+		k, err := h.Key()
+		if err != nil {
+			return nil, fmt.Errorf("decode metadata key: %w", err)
+		}
+		v, err := h.Value()
+		if err != nil {
+			return nil, fmt.Errorf("decode metadata %q: %w", k, err)
+		}
+		k = strings.ToLower(k)
+		md[k] = append(md[k], string(v))
+	}
+	return md, nil
+}
+
+// contentSubtype returns the content-subtype of a gRPC content-type
+// ("application/grpc+json" -> "json"; "application/grpc" -> "").
+func contentSubtype(contentType string) string {
+	rest, ok := strings.CutPrefix(contentType, "application/grpc")
+	if !ok || rest == "" {
+		return ""
+	}
+	if rest[0] != '+' && rest[0] != ';' {
+		return ""
+	}
+	sub := rest[1:]
+	if i := strings.IndexByte(sub, ';'); i >= 0 {
+		sub = sub[:i]
+	}
+	return strings.ToLower(strings.TrimSpace(sub))
+}
+
+// writeStatus stores st in dst. Details travel as the bytes of the
+// google.rpc.Status, exactly what grpc-status-details-bin carries.
+func writeStatus(dst captp.Status, st *grpcstatus.Status) error {
+	dst.SetCode(uint32(st.Code()))
+	if err := dst.SetMessage_(st.Message()); err != nil {
+		return fmt.Errorf("encode status message: %w", err)
+	}
+	if len(st.Proto().GetDetails()) == 0 {
+		return nil
+	}
+	b, err := proto.Marshal(st.Proto())
+	if err != nil {
+		return fmt.Errorf("encode status details: %w", err)
+	}
+	if err := dst.SetDetails(b); err != nil {
+		return fmt.Errorf("encode status details: %w", err)
+	}
+	return nil
+}
+
+// readStatus turns a wire Status into a gRPC status.
+func readStatus(src captp.Status) (*grpcstatus.Status, error) {
+	msg, err := src.Message_()
+	if err != nil {
+		return nil, fmt.Errorf("decode status message: %w", err)
+	}
+	code := codes.Code(src.Code())
+	if !src.HasDetails() {
+		return grpcstatus.New(code, msg), nil
+	}
+	b, err := src.Details()
+	if err != nil {
+		return nil, fmt.Errorf("decode status details: %w", err)
+	}
+	var p status.Status
+	if err := proto.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("decode status details: %w", err)
+	}
+	p.Code, p.Message = int32(code), msg
+	return grpcstatus.FromProto(&p), nil
+}
+
+// remainingNanos returns what is left of ctx's deadline, for
+// CallHead.timeoutNanos: 0 without a deadline, at least 1 with one.
+func remainingNanos(ctx context.Context) int64 {
+	d, ok := ctx.Deadline()
+	if !ok {
+		return 0
+	}
+	return max(int64(time.Until(d)), 1)
+}
+
+// writeCallHead fills a CallHead for a call to method with ctx's metadata
+// and deadline.
+func writeCallHead(h captp.CallHead, ctx context.Context, method string) error {
+	if err := h.SetMethod(method); err != nil {
+		return fmt.Errorf("encode method: %w", err)
+	}
+	h.SetTimeoutNanos(remainingNanos(ctx))
+	md, _ := metadata.FromIncomingContext(ctx)
+	return writeHeaders(md, keepRequest, h.NewMd)
+}
+
+// callHead is a decoded CallHead.
+type callHead struct {
+	method  string
+	md      metadata.MD
+	subtype string
+	timeout time.Duration
+}
+
+// readCallHead decodes a CallHead; the content-type leaves md and becomes
+// subtype.
+func readCallHead(h captp.CallHead) (callHead, error) {
+	method, err := h.Method()
+	if err != nil {
+		return callHead{}, fmt.Errorf("decode method: %w", err)
+	}
+	l, err := h.Md()
+	if err != nil {
+		return callHead{}, fmt.Errorf("decode metadata: %w", err)
+	}
+	md, err := readHeaders(l)
+	if err != nil {
+		return callHead{}, err
+	}
+	var sub string
+	if ct := md["content-type"]; len(ct) > 0 {
+		sub = contentSubtype(ct[0])
+	}
+	for k := range md {
+		if skipHeader(k) {
+			delete(md, k)
+		}
+	}
+	return callHead{method: method, md: md, subtype: sub, timeout: time.Duration(h.TimeoutNanos())}, nil
+}
