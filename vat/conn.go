@@ -50,6 +50,7 @@ type Connection struct {
 	remote string
 	conn   *rpc.Conn
 	limit  *limiter
+	wire   *wireStats
 
 	bootOnce sync.Once
 	boot     capnp.Client // the peer's Restorer; see restorer()
@@ -65,6 +66,9 @@ func (c *Connection) Peer() Digest { return c.key.digest }
 // Mode says whether the peer (Accept) or this vat (Connect) initiated the
 // connection.
 func (c *Connection) Mode() Mode { return c.mode }
+
+// Stats returns what is outstanding on the connection.
+func (c *Connection) Stats() ConnStats { return c.wire.snapshot() }
 
 // Done is closed once the connection has ended and left the vat's cache.
 func (c *Connection) Done() <-chan struct{} { return c.done }
@@ -162,6 +166,7 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 	}
 	c := &Connection{vat: v, key: key, mode: mode, remote: endpoint.RemoteAddr().String(), done: make(chan struct{})}
 	c.limit = newLimiter(v.cfg.maxConcurrentCalls())
+	c.wire = newWireStats()
 	log := v.log.With("peer", key.digest.String(), "mode", mode.String())
 
 	v.mu.Lock()
@@ -188,7 +193,7 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 		}
 	}
 	boot := captp.Restorer_ServerToClient(&bootstrap{vat: v, conn: c})
-	c.conn = rpc.NewConn(newTransport(endpoint, v.cfg.maxMessageSize()), &rpc.Options{
+	c.conn = rpc.NewConn(countingTransport{newTransport(endpoint, v.cfg.maxMessageSize()), c.wire}, &rpc.Options{
 		BootstrapClient: capnp.Client(boot),
 		Logger:          rpcLogger{log},
 	})

@@ -80,7 +80,13 @@ func TestWrongDigestRefused(t *testing.T) {
 
 func TestUnknownID(t *testing.T) {
 	ctx := testContext(t)
-	b, _, _ := hostEcho(t, "b", vat.Config{})
+	var restores, failed atomic.Int64
+	b, _, good := hostEcho(t, "b", vat.Config{OnRestore: func(ok bool) {
+		restores.Add(1)
+		if !ok {
+			failed.Add(1)
+		}
+	}})
 	a := startVat(t, vat.Config{})
 	uri, err := b.SturdyURI(vat.GenerateID())
 	if err != nil {
@@ -95,6 +101,14 @@ func TestUnknownID(t *testing.T) {
 	}
 	if vat.IsDisconnected(err) {
 		t.Errorf("unknown id reported as disconnected: %v", err)
+	}
+	c, err := a.MustImport(good).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Release()
+	if restores.Load() != 2 || failed.Load() != 1 {
+		t.Errorf("OnRestore saw %d restores, %d failed; want 2, 1", restores.Load(), failed.Load())
 	}
 }
 

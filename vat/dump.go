@@ -53,8 +53,10 @@ func (v *Vat) Dump(w io.Writer) error {
 		if !r.c.usable() {
 			state = "closing"
 		}
-		ew.printf("    %s (%v, %s, remote %s): calls in %d\n",
-			r.name, r.c.mode, state, r.c.remote, r.c.limit.running.Load())
+		st := r.c.Stats()
+		ew.printf("    %s (%v, %s, remote %s): questions %d, answers %d, imports %d, exports %d, calls in %d\n",
+			r.name, r.c.mode, state, r.c.remote, st.Questions, st.Answers, st.Imports, st.Exports,
+			r.c.limit.running.Load())
 	}
 	return ew.err
 }
@@ -118,4 +120,21 @@ func (v *Vat) Peers() []Digest {
 	v.mu.Unlock()
 	sort.Slice(ds, func(i, j int) bool { return ds[i].Compare(ds[j]) < 0 })
 	return ds
+}
+
+// Connections returns the vat's current connections (to identified peers
+// first, by digest, then anonymous ones).
+func (v *Vat) Connections() []*Connection {
+	v.mu.Lock()
+	var named, anon []*Connection
+	for _, c := range v.peers {
+		named = append(named, c)
+	}
+	for c := range v.anon {
+		anon = append(anon, c)
+	}
+	v.mu.Unlock()
+	sort.Slice(named, func(i, j int) bool { return named[i].key.String() < named[j].key.String() })
+	sort.Slice(anon, func(i, j int) bool { return anon[i].remote < anon[j].remote })
+	return append(named, anon...)
 }

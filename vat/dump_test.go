@@ -19,7 +19,6 @@ func TestDump(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Release()
 
 	var out bytes.Buffer
 	if err := a.Dump(&out); err != nil {
@@ -33,6 +32,7 @@ func TestDump(t *testing.T) {
 		"connections: 1",
 		b.Digest().String() + " (connect, up, remote 127.0.0.1:",
 		"calls in 0",
+		"questions 0, answers 0, imports 2, exports 0",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("Dump output lacks %q:\n%s", want, out.String())
@@ -47,9 +47,22 @@ func TestDump(t *testing.T) {
 	if err := b.Dump(&out); err != nil {
 		t.Fatal(err)
 	}
-	if want := a.Digest().String() + " (accept, up"; !strings.Contains(out.String(), want) {
-		t.Errorf("server Dump lacks %q:\n%s", want, out.String())
+	for _, want := range []string{
+		a.Digest().String() + " (accept, up",
+		"questions 0, answers 0, imports 0, exports 2", // its Restorer and the echo
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("server Dump lacks %q:\n%s", want, out.String())
+		}
 	}
+
+	// Releasing the capability shows up as one import fewer, one export
+	// fewer.
+	c.Release()
+	aConn, bConn := a.Connections()[0], b.Connections()[0]
+	waitFor(t, "the release to reach both sides", func() bool {
+		return aConn.Stats().Imports == 1 && bConn.Stats().Exports == 1
+	})
 
 	client, err := vat.New(vat.Config{})
 	if err != nil {

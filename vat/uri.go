@@ -1,6 +1,7 @@
 package vat
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -28,6 +29,10 @@ func ParseURI(uri string) (Locator, ServiceID, error) {
 	}
 	u, err := url.Parse(uri)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL, which holds the secret id
+		}
 		return bad("%v", err)
 	}
 	switch {

@@ -85,6 +85,7 @@ func TestParseURIErrors(t *testing.T) {
 		{"capnp://insecure:" + d + "@localhost:7000/bWFpbg", "Unexpected digest value"},
 		{"capnp://sha-256:" + d + "@", "Missing address"},
 		{"capnp:opaque", "Missing '//'"},
+		{"capnp://insecure@localhost:7x/c2VjcmV0", "invalid port"},
 	} {
 		t.Run(tc.uri, func(t *testing.T) {
 			_, _, err := vat.ParseURI(tc.uri)
@@ -96,6 +97,9 @@ func TestParseURIErrors(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q does not contain %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "bWFpbg") || strings.Contains(err.Error(), "c2VjcmV0") {
+				t.Errorf("error %q reveals the service id", err)
 			}
 		})
 	}
