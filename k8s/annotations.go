@@ -36,7 +36,7 @@ const (
 	AnnotationService = "vatcar.io/service"
 	// AnnotationKeySecret names the Secret (key "key.pem") holding the vat's
 	// secret key. Empty: "<workload>-vatcar-key" for pods with exports; pods
-	// without exports then get a fresh key per pod.
+	// without exports then get an ephemeral key, held in memory only.
 	AnnotationKeySecret = "vatcar.io/key-secret"
 	// AnnotationNativeSidecar overrides the injector's choice of a native
 	// sidecar ("true") or a regular container ("false") for one pod.

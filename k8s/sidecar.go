@@ -25,8 +25,6 @@ const (
 	CapDir = "/var/run/vatcar/caps"
 	// ImportDir holds cap files of imports taken from Secrets, as NAME.cap.
 	ImportDir = "/var/run/vatcar/imports"
-	// StateDir holds a per-pod key for pods without exports or key Secret.
-	StateDir = "/var/run/vatcar/state"
 	// EnvImportPrefix starts the variable that tells app containers where an
 	// import listens: VATCAR_IMPORT_<NAME>=127.0.0.1:PORT.
 	EnvImportPrefix = "VATCAR_IMPORT_"
@@ -38,7 +36,6 @@ const (
 	volKey       = "vatcar-key"
 	volCaps      = "vatcar-caps"
 	volImports   = "vatcar-imports"
-	volState     = "vatcar-state"
 	// waitForReady bounds how long a regular sidecar's postStart hook holds
 	// the app containers back.
 	waitForReady = "2m"
@@ -174,7 +171,7 @@ func (inj *Injector) checkConflicts(pod *corev1.Pod, p plan) error {
 	}
 	for _, v := range pod.Spec.Volumes {
 		switch v.Name {
-		case volKey, volCaps, volImports, volState:
+		case volKey, volCaps, volImports:
 			return fmt.Errorf("%w: the pod already has a volume named %s", ErrConflict, v.Name)
 		}
 	}
@@ -198,10 +195,7 @@ func (inj *Injector) container(p plan) corev1.Container {
 	if p.keySecret != "" {
 		args = append(args, "--secret-key-file="+KeyDir+"/"+KeySecretKey)
 		mounts = append(mounts, corev1.VolumeMount{Name: volKey, MountPath: KeyDir, ReadOnly: true})
-	} else {
-		args = append(args, "--secret-key-file="+StateDir+"/"+KeySecretKey)
-		mounts = append(mounts, corev1.VolumeMount{Name: volState, MountPath: StateDir})
-	}
+	} // else an ephemeral key: the sidecar keeps it in memory only.
 	if len(p.exports) > 0 {
 		args = append(args, "--cap-dir="+CapDir)
 		mounts = append(mounts, corev1.VolumeMount{Name: volCaps, MountPath: CapDir})
@@ -301,10 +295,6 @@ func volumes(p plan) []corev1.Volume {
 			SecretName:  p.keySecret,
 			Items:       []corev1.KeyToPath{{Key: KeySecretKey, Path: KeySecretKey}},
 			DefaultMode: &readOnly,
-		}}})
-	} else {
-		vs = append(vs, corev1.Volume{Name: volState, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
-			Medium: corev1.StorageMediumMemory, SizeLimit: &small,
 		}}})
 	}
 	if len(p.exports) > 0 {

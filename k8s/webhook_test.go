@@ -342,3 +342,29 @@ func TestWebhookReloadsCertificate(t *testing.T) {
 		return servedSerial(t, w.addr, w.pki.pool) == 3
 	})
 }
+
+// TestWebhookNeverLogsSturdyRefs checks the security stance: an inline URI
+// (a bearer secret) in an annotation reaches neither the logs nor an error.
+func TestWebhookNeverLogsSturdyRefs(t *testing.T) {
+	w := startWebhook(t, Config{})
+	secret := "capnp://sha-256:LEAKDIGEST@greeter.demo.svc:7440/LEAKID"
+	for _, imports := range []string{
+		"g=" + secret + ",port=9001",       // injected
+		"g=" + secret + ",port=9001,bad=1", // refused
+		"g=" + secret + ",port=8080",       // clashes with the app's port
+	} {
+		pod := testPod(map[string]string{AnnotationInject: "true", AnnotationImports: imports}, nil)
+		resp := w.review(t, PathInject, podRequest(t, pod))
+		if resp.Result != nil && strings.Contains(resp.Result.Message, "LEAK") {
+			t.Errorf("denial message leaks the sturdy ref: %s", resp.Result.Message)
+		}
+		for _, warning := range resp.Warnings {
+			if strings.Contains(warning, "LEAK") {
+				t.Errorf("warning leaks the sturdy ref: %s", warning)
+			}
+		}
+	}
+	if logs := w.logs.String(); strings.Contains(logs, "LEAK") || !strings.Contains(logs, "injection refused") {
+		t.Fatalf("logs leak the sturdy ref or lack the refusals:\n%s", logs)
+	}
+}
