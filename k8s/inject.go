@@ -22,11 +22,9 @@ func NewInjector(cfg Config) (*Injector, error) {
 	return &Injector{cfg: cfg.withDefaults()}, nil
 }
 
-// Target is what the injector knows about a pod beyond the pod itself.
+// Target is what the injector knows about a pod beyond the pod itself. The
+// pod's namespace is not needed: the sidecar reads it from the downward API.
 type Target struct {
-	// Namespace is the pod's namespace, used when the pod's own is empty.
-	// Empty: unknown (the sidecar reads it from the downward API).
-	Namespace string
 	// NamespaceLabels are the labels of the pod's namespace; nil: none.
 	NamespaceLabels map[string]string
 	// Workload names the pod's workload (Deployment, StatefulSet, ...) when

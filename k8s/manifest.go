@@ -107,7 +107,6 @@ func injectObject(inj *Injector, obj map[string]any) (bool, []string, error) {
 	kind, _ := obj["kind"].(string)
 	meta, _ := obj["metadata"].(map[string]any)
 	name, _ := meta["name"].(string)
-	namespace, _ := meta["namespace"].(string)
 	id := kind + "/" + name
 	if apiVersion == "v1" && strings.HasSuffix(kind, "List") {
 		items, _ := obj["items"].([]any)
@@ -152,7 +151,7 @@ func injectObject(inj *Injector, obj map[string]any) (bool, []string, error) {
 	if err := json.Unmarshal(podJSON, &pod); err != nil {
 		return false, nil, fmt.Errorf("%w: %s: pod template: %v", ErrBadManifest, id, err)
 	}
-	ops, res, err := inj.patchOps(&pod, Target{Namespace: namespace, Workload: name, Force: true})
+	ops, res, err := inj.patchOps(&pod, Target{Workload: name, Force: true})
 	if err != nil {
 		return false, nil, fmt.Errorf("%s: %w", id, err)
 	}

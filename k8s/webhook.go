@@ -119,7 +119,7 @@ func (h *Handler) admit(req *admissionv1.AdmissionRequest, namespaceOptedIn bool
 	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
 		return deny(http.StatusBadRequest, fmt.Sprintf("vatcar injector: decode pod: %v", err))
 	}
-	t := Target{Namespace: req.Namespace}
+	var t Target
 	if namespaceOptedIn {
 		t.NamespaceLabels = map[string]string{LabelNamespaceInject: "enabled"}
 	}
