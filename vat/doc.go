@@ -4,8 +4,9 @@
 // A Vat holds a secret key, accepts and makes key-pinned TLS connections to
 // other vats, names the capabilities it exports with capnp:// sturdy ref URIs
 // (in OCaml capnp-rpc's format), and restores them through a Restorer. It
-// knows nothing of gRPC: what the exported capabilities are is the caller's
-// business.
+// does not know what the capabilities are (nothing here knows gRPC), does no
+// third-party handoff, and keeps no state across restarts other than what
+// the key file gives (the digest, and ids made with DeriveID).
 //
 // # Using it
 //
@@ -13,21 +14,33 @@
 //	table := vat.NewTable(nil)                      // the Restorer
 //	v, err := vat.New(vat.Config{Key: key, ListenAddress: "tcp:0.0.0.0:7000",
 //		PublicAddress: "tcp:svc.example:7000", Restorer: table})
-//	l, err := v.Listen()                            // binds; port 0 is resolved
-//	go v.Serve(ctx, l)
-//	defer v.Close()
+//	l, err := v.Listen()                            // binds; a port 0 is resolved
+//	go v.Serve(ctx, l)                              // or v.ListenAndServe(ctx)
+//	defer v.Close()                                 // the seed's switch
 //
 //	id := v.DeriveID("my-service")                  // or vat.GenerateID()
 //	table.Add(id, capability)                       // Remove(id) revokes
 //	uri, err := v.SturdyURI(id)                     // capnp://sha-256:...@svc.example:7000/...
-//	vat.SaveCapFile("my-service.cap", uri)
+//	err = vat.SaveCapFile("my-service.cap", uri)
 //
 //	ref, err := v.Import(uri)                       // or "@my-service.cap"
-//	c, err := ref.Connect(ctx)                      // live capnp.Client; Release it
+//	c, err := ref.Connect(ctx)                      // a live capnp.Client; Release it
 //
-// Connect reuses the one connection per peer vat (inbound or outbound), waits
-// out a connection being torn down, and re-dials a peer whose connection died:
-// calling Connect again is how a client recovers after a peer restarts.
+// # Connections
+//
+// There is one connection per peer vat, found by the digest of the peer's
+// key, whichever side dialled it. Concurrent Connects to one peer share one
+// dial. When both vats dial each other at once, the crossed-connection rule
+// keeps the connection initiated by the vat with the greater digest (see
+// AddConnection); capabilities obtained over the losing one break, so a
+// caller may retry once. A connection that is ending is waited out before a
+// new dial, and a peer whose connection died is dialled again by the next
+// Connect: calling Connect again is how a client recovers after a peer
+// restarts. Sockets get TCP_NODELAY and keepalive.
+//
+// Connect waits for the peer's answer to the restore (one round trip on an
+// open connection) so that an unknown id is reported by Connect itself; the
+// capability it returns is then a plain import, with no promise to resolve.
 //
 // # Identity and URIs
 //
@@ -36,19 +49,34 @@
 // capnp://sha-256:<digest>@/abs/path/<service-id>, and, with Config.Insecure,
 // capnp://insecure@<host>:<port>/<service-id>; digest and id are unpadded
 // base64url. TLS is 1.3 with self-signed certificates (CN "capnp"); the
-// dialler accepts only the key the URI names (else ErrKeyMismatch), the
-// server accepts any client and records its digest as the peer's identity.
+// dialler accepts only the key the URI names (else ErrKeyMismatch, naming
+// both digests), and the server accepts any client and records its digest as
+// the peer's identity.
+//
+// # Restoring and limits
+//
+// Each connection's bootstrap capability is a captp.Restorer whose restore
+// calls the vat's Restorer. The capabilities it hands out count their calls:
+// over Config.MaxConcurrentCalls running at once on one connection, a call
+// fails at once with an exception of type Overloaded. (Calls on capabilities
+// passed back from those, such as stream sinks, are not counted.) Inbound
+// messages over Config.MaxMessageSize abort the connection, as go-capnp does.
 //
 // # Errors
 //
 // Sentinels are in errors.go. Connect's errors satisfy IsUnknownService,
-// IsNoRestorer or IsDisconnected; the first two also recognise the exceptions
-// ("Unknown persistent service ID", "This vat has no restorer") as they arrive
-// from a peer, and IsOverloaded recognises the Overloaded exception of calls
-// over Config.MaxConcurrentCalls.
+// IsNoRestorer or IsDisconnected (and errors.Is with the matching sentinel);
+// the first two also recognise the exceptions "Unknown persistent service
+// ID" and "This vat has no restorer" as they arrive from a peer, and
+// IsOverloaded recognises the Overloaded exception. Calls on a capability
+// revoked by Table.Remove fail with a message containing ErrRevoked's text.
 //
-// # Hooks
+// # Observing
 //
 // Config.OnConnection and Config.OnRestore are called on connection changes
-// and restores, for metrics; nil means no call.
+// and restores, for metrics; nil means no call. Stats, Peers and Connections
+// give snapshots, and Dump a human-readable report. Service ids never appear
+// in logs or errors: ServiceID.String prints a short hash.
+//
+// Vat, Table, Key and SturdyRef are safe for concurrent use.
 package vat
