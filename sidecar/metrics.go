@@ -4,7 +4,6 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -134,13 +133,23 @@ type statsHandler struct {
 
 type rpcKey struct{}
 
+// rpcInfo is what the stats handler keeps per call. The ingress director
+// records the import serving the call in imp, so a call that fails because
+// of CapTP makes that import drop its capability.
 type rpcInfo struct {
 	method string
-	start  time.Time
+	imp    atomic.Pointer[imported]
+}
+
+// markImport records that im serves the call of ctx.
+func markImport(ctx context.Context, im *imported) {
+	if info, _ := ctx.Value(rpcKey{}).(*rpcInfo); info != nil {
+		info.imp.Store(im)
+	}
 }
 
 func (h *statsHandler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
-	return context.WithValue(ctx, rpcKey{}, &rpcInfo{method: h.m.methodLabel(h.side, info.FullMethodName), start: time.Now()})
+	return context.WithValue(ctx, rpcKey{}, &rpcInfo{method: h.m.methodLabel(h.side, info.FullMethodName)})
 }
 
 func (h *statsHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
@@ -166,6 +175,9 @@ func (h *statsHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
 		code := status.Code(s.Error)
 		h.m.calls.WithLabelValues(h.side, info.method, code.String()).Inc()
 		h.m.latency.WithLabelValues(h.side, info.method).Observe(s.EndTime.Sub(s.BeginTime).Seconds())
+		if im := info.imp.Load(); im != nil && s.Error != nil && capTPFailure(s.Error) {
+			im.forget()
+		}
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/vatcar/vatcar/sidecar"
 )
 
 // errUsage marks a command-line error; main exits with status 2 for it.
@@ -20,18 +22,27 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vatcar:", err)
-		if errors.Is(err, errUsage) {
-			os.Exit(2)
-		}
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
+}
+
+// exitCode is 2 for usage and configuration errors, 1 for the rest.
+func exitCode(err error) int {
+	if errors.Is(err, errUsage) || errors.Is(err, sidecar.ErrConfig) {
+		return 2
+	}
+	return 1
 }
 
 const usage = `usage: vatcar <command> [flags]
 
 commands:
-  run      run the sidecar
+  run      run the sidecar (vatcar run --help lists its flags)
   demo     run the whole path on one machine, then exit
+  keygen   create a vat key file and print its digest
+  uri      print the sturdy URI of an export
+  ctl      talk to a running sidecar's admin API
+  inject   run the Kubernetes sidecar injector webhook
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -40,8 +51,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%w: no command", errUsage)
 	}
 	switch args[0] {
-	case "demo", "run":
-		return fmt.Errorf("%s: not yet implemented", args[0])
+	case "run":
+		return runRun(ctx, args[1:], stdout, stderr)
+	case "demo":
+		return runDemo(ctx, args[1:], stdout, stderr)
+	case "keygen":
+		return runKeygen(ctx, args[1:], stdout, stderr)
+	case "uri":
+		return runURI(ctx, args[1:], stdout, stderr)
+	case "ctl":
+		return runCtl(ctx, args[1:], stdout, stderr)
+	case "inject":
+		return runInject(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

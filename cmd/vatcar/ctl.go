@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	adminv1 "github.com/vatcar/vatcar/proto/vatcar/admin/v1"
+	"github.com/vatcar/vatcar/sidecar"
+	"github.com/vatcar/vatcar/vat"
+)
+
+const ctlUsage = `usage: vatcar ctl [--admin HOST:PORT] [--json] [--timeout D] COMMAND [ARGS]
+
+commands:
+  list-exports                           list exports and their sturdy URIs
+  add-export NAME=TARGET                 export the local gRPC server TARGET as NAME
+  remove-export NAME                     stop exporting NAME
+  list-imports                           list imports, their endpoints and states
+  add-import NAME=URI|@FILE[,listen=HOST:PORT]
+                                         import a sturdy ref (a cap file is read here)
+  remove-import NAME                     close an import's endpoint
+  revoke NAME                            revoke the sturdy ref of export NAME
+  dump                                   describe the vat: address, peers, connections
+`
+
+// runCtl is `vatcar ctl`: a client of the admin API.
+func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("vatcar ctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage); fs.PrintDefaults() }
+	admin := fs.String("admin", sidecar.DefaultAdminListen, "admin API `HOST:PORT` of the sidecar")
+	asJSON := fs.Bool("json", false, "print responses as JSON")
+	timeout := fs.Duration("timeout", 10*time.Second, "give up after `D`")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return fmt.Errorf("%w: ctl: no command", errUsage)
+	}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	req, call, err := ctlRequest(cmd, rest)
+	if err != nil {
+		return fmt.Errorf("%w: ctl %s: %w", errUsage, cmd, err)
+	}
+	cc, err := grpc.NewClient(*admin, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("ctl: dial %s: %w", *admin, err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	resp, err := call(ctx, adminv1.NewAdminServiceClient(cc), req)
+	if err != nil {
+		if status.Code(err) == codes.InvalidArgument {
+			return fmt.Errorf("%w: ctl %s: %s", errUsage, cmd, status.Convert(err).Message())
+		}
+		return fmt.Errorf("ctl %s: %s: %s", cmd, status.Code(err), status.Convert(err).Message())
+	}
+	if *asJSON {
+		b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(resp)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(stdout, "%s\n", b)
+		return err
+	}
+	return printCtl(stdout, resp)
+}
+
+type ctlCall func(context.Context, adminv1.AdminServiceClient, proto.Message) (proto.Message, error)
+
+// ctlRequest builds the request of one ctl command and the call that sends it.
+func ctlRequest(cmd string, args []string) (proto.Message, ctlCall, error) {
+	want := func(n int, what string) error {
+		if len(args) != n {
+			return fmt.Errorf("want %s", what)
+		}
+		return nil
+	}
+	switch cmd {
+	case "list-exports":
+		return &adminv1.ListExportsRequest{}, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
+			return c.ListExports(ctx, r.(*adminv1.ListExportsRequest))
+		}, want(0, "no arguments")
+	case "add-export":
+		if err := want(1, "NAME=TARGET"); err != nil {
+			return nil, nil, err
+		}
+		e, err := sidecar.ParseExport(args[0])
+		if err != nil {
+			return nil, nil, err
+		}
+		return &adminv1.AddExportRequest{Name: e.Name, Target: e.Target}, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
+			return c.AddExport(ctx, r.(*adminv1.AddExportRequest))
+		}, nil
+	case "remove-export":
+		return &adminv1.RemoveExportRequest{Name: first(args)}, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
+			return c.RemoveExport(ctx, r.(*adminv1.RemoveExportRequest))
+		}, want(1, "NAME")
+	case "list-imports":
+		return &adminv1.ListImportsRequest{}, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
+			return c.ListImports(ctx, r.(*adminv1.ListImportsRequest))
+		}, want(0, "no arguments")
+	case "add-import":
+		if err := want(1, "NAME=URI|@FILE[,listen=HOST:PORT]"); err != nil {
+			return nil, nil, err
+		}
+		im, err := sidecar.ParseImport(args[0])
+		if err != nil {
+			return nil, nil, err
+		}
+		uri, err := vat.ReadURI(im.URI)
+		if err != nil {
+			return nil, nil, err
+		}
+		return &adminv1.AddImportRequest{Name: im.Name, Uri: uri, Listen: im.Listen}, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
+			return c.AddImport(ctx, r.(*adminv1.AddImportRequest))
+		}, nil
+	case "remove-import":
+		return &adminv1.RemoveImportRequest{Name: first(args)}, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
+			return c.RemoveImport(ctx, r.(*adminv1.RemoveImportRequest))
+		}, want(1, "NAME")
+	case "revoke":
+		return &adminv1.RevokeRequest{Name: first(args)}, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
+			return c.Revoke(ctx, r.(*adminv1.RevokeRequest))
+		}, want(1, "NAME")
+	case "dump":
+		return &adminv1.DumpRequest{}, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
+			return c.Dump(ctx, r.(*adminv1.DumpRequest))
+		}, want(0, "no arguments")
+	}
+	return nil, nil, fmt.Errorf("unknown command %q", cmd)
+}
+
+func first(args []string) string {
+	if len(args) == 0 {
+		return ""
+	}
+	return args[0]
+}
+
+// printCtl prints a response for people: tables for lists, text for dump.
+func printCtl(w io.Writer, resp proto.Message) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	switch r := resp.(type) {
+	case *adminv1.ListExportsResponse:
+		fmt.Fprintln(tw, "NAME\tTARGET\tREVOKED\tURI")
+		for _, e := range r.GetExports() {
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", e.GetName(), e.GetTarget(), e.GetRevoked(), e.GetUri())
+		}
+	case *adminv1.AddExportResponse:
+		fmt.Fprintln(tw, r.GetExport().GetUri())
+	case *adminv1.ListImportsResponse:
+		fmt.Fprintln(tw, "NAME\tLISTEN\tSTATE\tURI")
+		for _, i := range r.GetImports() {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", i.GetName(), i.GetListen(), i.GetState(), i.GetUri())
+		}
+	case *adminv1.AddImportResponse:
+		fmt.Fprintln(tw, r.GetImport().GetListen())
+	case *adminv1.DumpResponse:
+		fmt.Fprint(tw, r.GetText())
+		if !strings.HasSuffix(r.GetText(), "\n") {
+			fmt.Fprintln(tw)
+		}
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,160 @@
+package main_test
+
+import (
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+)
+
+// TestBadConfigExitsWithStatus2 runs `vatcar run` with each kind of bad
+// input: it must exit 2 at start-up naming the offending value.
+func TestBadConfigExitsWithStatus2(t *testing.T) {
+	dir := t.TempDir()
+	garbageKey := filepath.Join(dir, "garbage.pem")
+	if err := os.WriteFile(garbageKey, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badYAML := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(badYAML, []byte("listen: tcp:127.0.0.1:0\nexprots: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	validURI := "capnp://sha-256:s16WV4JeGusAL_nTjvICiQOFqm3LqYrDj3K-HXdMi8s@localhost:7000/bWFpbg"
+	tests := []struct {
+		name string
+		args []string
+		want string // must appear in stderr
+	}{
+		{"bad export NAME", []string{"--listen", "tcp:127.0.0.1:0", "--export", "bad name=127.0.0.1:1"}, `"bad name"`},
+		{"bad export TARGET", []string{"--listen", "tcp:127.0.0.1:0", "--export", "ok=nowhere"}, `"nowhere"`},
+		{"bad import NAME", []string{"--import", "-x=" + validURI}, `"-x"`},
+		{"malformed URI", []string{"--import", "b=capnp://sha-256:%%%@h:1/x"}, `capnp://sha-256:%%%@h:1/x`},
+		{"URI with unknown hash", []string{"--import", "b=capnp://md5:abc@localhost:7000/eA"}, `md5`},
+		{"non-capnp URI", []string{"--import", "b=http://example.com/x"}, `http://example.com/x`},
+		{"missing cap file", []string{"--import", "b=@" + filepath.Join(dir, "none.cap")}, `none.cap`},
+		{"bad import listen", []string{"--import", "b=" + validURI + ",listen=nope"}, `"nope"`},
+		{"unparsable listen", []string{"--listen", "127.0.0.1:7000"}, `"127.0.0.1:7000"`},
+		{"unparsable admin listen", []string{"--admin-listen", "localhost"}, `"localhost"`},
+		{"unparsable grpc listen", []string{"--grpc-listen", "x:y"}, `"x:y"`},
+		{"unreadable key (directory)", []string{"--secret-key-file", dir}, dir},
+		{"unreadable key (garbage)", []string{"--secret-key-file", garbageKey}, garbageKey},
+		{"unknown flag", []string{"--frobnicate"}, "frobnicate"},
+		{"bad log format", []string{"--log-format", "xml"}, `"xml"`},
+		{"bad config field", []string{"--config", badYAML}, "exprots"},
+		{"route to unknown import", []string{"--grpc-listen", "127.0.0.1:0", "--route", "a.B=ghost"}, `"ghost"`},
+		{"bad max message size", []string{"--max-message-size", "huge"}, `"huge"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p := start(t, append([]string{"run", "--admin-listen", "127.0.0.1:0"}, tt.args...)...)
+			if code := p.wait(20 * time.Second); code != 2 {
+				t.Errorf("exit status = %d, want 2\n%s", code, p.stderr.String())
+			}
+			if out := p.stderr.String(); !strings.Contains(out, tt.want) {
+				t.Errorf("stderr does not name %s:\n%s", tt.want, out)
+			}
+		})
+	}
+}
+
+// TestBadRefsMapToStatus checks what a client sees for refs that cannot
+// work: a wrong key digest, an unknown service id, a backend that is down.
+func TestBadRefsMapToStatus(t *testing.T) {
+	p := startPair(t)
+	uri := strings.TrimSpace(readFile(t, p.capFile))
+	// Another vat's digest, same address and id: the TLS handshake must
+	// refuse the exporter's key.
+	other := filepath.Join(t.TempDir(), "other.pem")
+	out := run(t, "keygen", "--secret-key-file", other)
+	otherDigest := strings.TrimPrefix(strings.TrimSpace(out), "sha-256:")
+	exporterDigest := strings.TrimPrefix(p.exp.Vat, "sha-256:")
+	wrongKey := strings.Replace(uri, exporterDigest, otherDigest, 1)
+	unknownID := uri[:strings.LastIndex(uri, "/")+1] + "bm8tc3VjaC1zZXJ2aWNl"
+
+	// A backend that is down: an export whose target has no listener.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadTarget := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	_, _ = startSidecar(t, "--listen", "tcp:127.0.0.1:0", "--export", "dead="+deadTarget, "--cap-dir", dir)
+
+	_, imp := startSidecar(t,
+		"--import", "wrongkey="+wrongKey,
+		"--import", "unknown="+unknownID,
+		"--import", "dead=@"+filepath.Join(dir, "dead.cap"))
+	tests := []struct {
+		name     string
+		code     codes.Code
+		contains string
+	}{
+		{"wrongkey", codes.Unavailable, "key mismatch"},
+		{"unknown", codes.NotFound, "Unknown persistent service ID"},
+		{"dead", codes.Unavailable, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client := testpb.NewTestServiceClient(dial(t, imp.Imports[tt.name]))
+			for i := range 2 { // the first call connects, the second hits the backoff
+				start := time.Now()
+				_, err := client.EmptyCall(ctxTimeout(t, 10*time.Second), &testpb.Empty{})
+				st := status.Convert(err)
+				if st.Code() != tt.code || !strings.Contains(st.Message(), tt.contains) {
+					t.Errorf("call %d: %v, want %v containing %q", i, err, tt.code, tt.contains)
+				}
+				if d := time.Since(start); d > 5*time.Second {
+					t.Errorf("call %d took %v, want it to fail fast", i, d)
+				}
+			}
+		})
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// run runs `vatcar args...` to completion and returns its output; it fails
+// the test on a non-zero exit status.
+func run(t *testing.T, args ...string) string {
+	t.Helper()
+	p := start(t, args...)
+	if code := p.wait(30 * time.Second); code != 0 {
+		t.Fatalf("vatcar %s: exit status %d\n%s", strings.Join(args, " "), code, p.stderr.String())
+	}
+	return p.stderr.String()
+}
+
+// httpGet returns the status code and body of GET http://url; 0 on error.
+func httpGet(url string) (int, string) {
+	resp, err := http.Get("http://" + url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	var sb strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := resp.Body.Read(buf)
+		sb.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	return resp.StatusCode, sb.String()
+}

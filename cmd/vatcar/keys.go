@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+
+	"github.com/vatcar/vatcar/sidecar"
+	"github.com/vatcar/vatcar/vat"
+)
+
+// runKeygen is `vatcar keygen`: it creates a key file (mode 0600) and prints
+// the vat's digest. It refuses to overwrite an existing file.
+func runKeygen(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	set := flag.NewFlagSet("vatcar keygen", flag.ContinueOnError)
+	set.SetOutput(stderr)
+	keyFile := set.String("secret-key-file", "", "create the PEM key at `PATH` (required)")
+	if err := set.Parse(args); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if *keyFile == "" && set.NArg() == 1 {
+		*keyFile = set.Arg(0)
+	} else if set.NArg() > 0 {
+		return fmt.Errorf("%w: keygen: unexpected argument %q", errUsage, set.Arg(0))
+	}
+	if *keyFile == "" {
+		return fmt.Errorf("%w: keygen: --secret-key-file is required", errUsage)
+	}
+	if _, err := os.Stat(*keyFile); !errors.Is(err, fs.ErrNotExist) {
+		if err == nil {
+			return fmt.Errorf("keygen: %s already exists", *keyFile)
+		}
+		return fmt.Errorf("keygen: %w", err)
+	}
+	key, err := vat.LoadOrCreateKey(*keyFile)
+	if err != nil {
+		return fmt.Errorf("keygen: %w", err)
+	}
+	_, err = fmt.Fprintln(stdout, key.Digest())
+	return err
+}
+
+// runURI is `vatcar uri`: it prints the sturdy URI that `vatcar run` with the
+// same key and public address serves for export NAME.
+func runURI(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	set := flag.NewFlagSet("vatcar uri", flag.ContinueOnError)
+	set.SetOutput(stderr)
+	set.Usage = func() {
+		fmt.Fprintln(stderr, "usage: vatcar uri --secret-key-file PATH --public-address ADDR [--insecure] NAME")
+		set.PrintDefaults()
+	}
+	keyFile := set.String("secret-key-file", "", "the vat's PEM key `PATH` (must exist)")
+	public := set.String("public-address", "", "the vat's public `ADDR`: tcp:HOST:PORT, tcp:[V6]:PORT or unix:PATH")
+	insecure := set.Bool("insecure", false, "print a capnp://insecure@... URI")
+	if err := set.Parse(args); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if set.NArg() != 1 {
+		set.Usage()
+		return fmt.Errorf("%w: uri: want one NAME", errUsage)
+	}
+	name := set.Arg(0)
+	if err := sidecar.CheckName(name); err != nil {
+		return fmt.Errorf("%w: uri: bad NAME %q: %w", errUsage, name, err)
+	}
+	addr, err := vat.ParseAddress(*public)
+	if err != nil {
+		return fmt.Errorf("%w: uri: bad --public-address %q: %w", errUsage, *public, err)
+	}
+	if *keyFile == "" {
+		return fmt.Errorf("%w: uri: --secret-key-file is required", errUsage)
+	}
+	pem, err := os.ReadFile(*keyFile)
+	if err != nil {
+		return fmt.Errorf("%w: uri: unreadable key %q: %w", errUsage, *keyFile, err)
+	}
+	key, err := vat.ParseKey(pem)
+	if err != nil {
+		return fmt.Errorf("%w: uri: bad key %q: %w", errUsage, *keyFile, err)
+	}
+	loc := vat.Locator{Address: addr}
+	if !*insecure {
+		loc.Digest = key.Digest()
+	}
+	_, err = fmt.Fprintln(stdout, vat.FormatURI(loc, key.DeriveID(name)))
+	return err
+}

@@ -1,0 +1,208 @@
+package sidecar
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/vat"
+)
+
+// export is one local gRPC server served as a sturdy ref.
+type export struct {
+	Export
+	id         vat.ServiceID
+	uri        string
+	cc         *grpc.ClientConn
+	revoked    bool
+	fromConfig bool // managed by the config file: a reload may remove it
+}
+
+// idHash is a short, non-secret name for a service id in logs.
+func idHash(id vat.ServiceID) string {
+	h := sha256.Sum256(id)
+	return hex.EncodeToString(h[:4])
+}
+
+// addExport serves e: a gRPC client to its target, bridged by an egress
+// capability added to the restorer table under the id derived from the key
+// and e.Name. Once started, the cap file is written.
+func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
+	if err := CheckName(e.Name); err != nil {
+		return nil, fmt.Errorf("%w: bad export NAME %q: %w", ErrConfig, e.Name, err)
+	}
+	if err := CheckTarget(e.Target); err != nil {
+		return nil, fmt.Errorf("%w: bad export TARGET %q: %w", ErrConfig, e.Target, err)
+	}
+	id := s.vat.DeriveID(e.Name)
+	uri, err := s.vat.SturdyURI(id)
+	if err != nil {
+		return nil, fmt.Errorf("%w: export %q: %w", ErrConfig, e.Name, err)
+	}
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("export %q: %w", e.Name, ErrDraining)
+	}
+	if _, ok := s.exports[e.Name]; ok {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("export %q: %w", e.Name, ErrExists)
+	}
+	ex := &export{Export: e, id: id, uri: uri, fromConfig: fromConfig}
+	s.exports[e.Name] = ex // reserve the name
+	s.mu.Unlock()
+
+	cc, err := grpc.NewClient(grpcTarget(e.Target),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(s.metrics.statsHandler(SideEgress, &s.egressInflight)),
+		grpc.WithChainUnaryInterceptor(s.refuseWhileDraining),
+		grpc.WithChainStreamInterceptor(s.refuseStreamWhileDraining),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(s.cfg.MaxMessageSize),
+			grpc.MaxCallSendMsgSize(s.cfg.MaxMessageSize)),
+	)
+	if err != nil {
+		s.mu.Lock()
+		delete(s.exports, e.Name)
+		s.mu.Unlock()
+		return nil, fmt.Errorf("%w: export %q target %q: %w", ErrConfig, e.Name, e.Target, err)
+	}
+	egress, err := newEgress(cc, s.cfg.MaxMessageSize, s.cfg.MaxConcurrentCalls, s.log)
+	if err != nil {
+		cc.Close()
+		s.mu.Lock()
+		delete(s.exports, e.Name)
+		s.mu.Unlock()
+		return nil, fmt.Errorf("%w: export %q: %w", ErrConfig, e.Name, err)
+	}
+	s.mu.Lock()
+	ex.cc = cc
+	s.mu.Unlock()
+	s.table.Add(id, egress)
+	if s.cfg.CapDir != "" {
+		if err := vat.SaveCapFile(filepath.Join(s.cfg.CapDir, e.Name+".cap"), uri); err != nil {
+			s.removeExport(e.Name)
+			return nil, fmt.Errorf("export %q: %w", e.Name, err)
+		}
+	}
+	s.metrics.exports.Inc()
+	s.log.Info("exported", "name", e.Name, "target", e.Target, "vat", s.vat.Digest().String(), "id", idHash(id))
+	s.log.Debug("export URI", "name", e.Name, "uri", uri)
+	return ex, nil
+}
+
+// grpcTarget turns an export target into a grpc.NewClient target: host:port
+// goes through the passthrough resolver (no DNS lookups of IP literals),
+// unix:/path is kept.
+func grpcTarget(t string) string {
+	if strings.HasPrefix(t, "unix:") {
+		return t
+	}
+	return "passthrough:///" + t
+}
+
+// refuseWhileDraining fails new calls to an export's server once the drain
+// began; calls already running go on.
+func (s *Sidecar) refuseWhileDraining(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if s.isDraining() {
+		return status.Error(codes.Unavailable, "vatcar sidecar is shutting down")
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+func (s *Sidecar) refuseStreamWhileDraining(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if s.isDraining() {
+		return nil, status.Error(codes.Unavailable, "vatcar sidecar is shutting down")
+	}
+	return streamer(ctx, desc, cc, method, opts...)
+}
+
+func (s *Sidecar) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// removeExport stops serving name: its id leaves the table (live
+// capabilities break), its client closes and its cap file goes.
+func (s *Sidecar) removeExport(name string) error {
+	s.mu.Lock()
+	ex, ok := s.exports[name]
+	delete(s.exports, name)
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("export %q: %w", name, ErrNotFound)
+	}
+	ex.close(s.table)
+	if s.cfg.CapDir != "" {
+		os.Remove(filepath.Join(s.cfg.CapDir, name+".cap"))
+	}
+	s.metrics.exports.Dec()
+	s.log.Info("export removed", "name", name)
+	return nil
+}
+
+func (e *export) close(t *vat.Table) {
+	t.Remove(e.id)
+	if e.cc != nil {
+		e.cc.Close()
+	}
+}
+
+// ListExports implements the admin API.
+func (s *Sidecar) ListExports() []ExportStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ExportStatus, 0, len(s.exports))
+	for _, e := range s.exports {
+		out = append(out, ExportStatus{Name: e.Name, Target: e.Target, URI: e.uri, Revoked: e.revoked})
+	}
+	slices.SortFunc(out, func(a, b ExportStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// AddExport implements the admin API: the export lives until removed or
+// the sidecar stops (a config reload leaves it alone).
+func (s *Sidecar) AddExport(_ context.Context, e Export) (ExportStatus, error) {
+	ex, err := s.addExport(e, false)
+	if err != nil {
+		return ExportStatus{}, err
+	}
+	return ExportStatus{Name: ex.Name, Target: ex.Target, URI: ex.uri}, nil
+}
+
+// RemoveExport implements the admin API.
+func (s *Sidecar) RemoveExport(name string) error { return s.removeExport(name) }
+
+// Revoke implements the admin API: the export's id leaves the restorer, so
+// its URI stops working and live capabilities break; its cap file goes. The
+// export stays listed as revoked. The id is derived from the key and the
+// name, so removing and adding the export again (or restarting) brings the
+// same URI back.
+func (s *Sidecar) Revoke(name string) error {
+	s.mu.Lock()
+	ex, ok := s.exports[name]
+	if ok {
+		ex.revoked = true
+	}
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("export %q: %w", name, ErrNotFound)
+	}
+	s.table.Remove(ex.id)
+	if s.cfg.CapDir != "" {
+		os.Remove(filepath.Join(s.cfg.CapDir, name+".cap"))
+	}
+	s.log.Info("export revoked", "name", name, "id", idHash(ex.id))
+	return nil
+}

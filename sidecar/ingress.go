@@ -1,0 +1,69 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+
+	"google.golang.org/grpc"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+// director picks the capability that serves a call, by full method name.
+type director func(ctx context.Context, fullMethod string) (captp.GrpcService, error)
+
+// ingress is one app-facing gRPC endpoint: a bridge ingress server on a
+// loopback (by default) listener.
+type ingress struct {
+	srv      *grpc.Server
+	addr     net.Addr
+	done     chan struct{}
+	stopOnce sync.Once
+}
+
+// startIngress listens on addr and serves calls through d.
+func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := newIngressServer(d, s.cfg.MaxMessageSize, s.log,
+		grpc.StatsHandler(s.metrics.statsHandler(SideIngress, nil)))
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	in := &ingress{srv: srv, addr: ln.Addr(), done: make(chan struct{})}
+	go func() {
+		defer close(in.done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.log.Error("gRPC endpoint failed", "listen", in.addr.String(), "err", err)
+		}
+	}()
+	return in, nil
+}
+
+// drain stops accepting and waits for the calls in flight until ctx ends,
+// then cuts off what still runs.
+func (in *ingress) drain(ctx context.Context) {
+	finished := make(chan struct{})
+	go func() {
+		in.srv.GracefulStop()
+		close(finished)
+	}()
+	select {
+	case <-finished:
+	case <-ctx.Done():
+		in.srv.Stop()
+		<-finished
+	}
+	<-in.done
+}
+
+// stop closes the endpoint at once.
+func (in *ingress) stop() {
+	in.stopOnce.Do(in.srv.Stop)
+	<-in.done
+}

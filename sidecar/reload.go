@@ -1,0 +1,134 @@
+package sidecar
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Reload applies the exports, imports and routes of cfg (a re-read config
+// file with the command line's flags on top): exports and imports that the
+// previous configuration made and cfg no longer has are removed, new ones
+// added, changed ones replaced; unchanged ones, and those added through the
+// admin API, are not touched, so their connections and calls go on. Other
+// settings need a restart; a change to them is logged and ignored. An
+// invalid cfg changes nothing.
+func (s *Sidecar) Reload(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	newCfg := cfg.withDefaults()
+	if restartOnly(s.cfg) != restartOnly(newCfg) {
+		s.log.Warn("reload: only exports, imports and routes are reloaded; other changed settings need a restart")
+	}
+	var errs []error
+
+	wantExports := map[string]Export{}
+	for _, e := range cfg.Exports {
+		wantExports[e.Name] = e
+	}
+	s.mu.Lock()
+	var dropExports, addExports []Export
+	for name, ex := range s.exports {
+		if !ex.fromConfig {
+			continue
+		}
+		if want, ok := wantExports[name]; !ok || want != ex.Export {
+			dropExports = append(dropExports, ex.Export)
+		}
+	}
+	for _, e := range cfg.Exports {
+		if ex, ok := s.exports[e.Name]; !ok || (ex.fromConfig && ex.Export != e) {
+			addExports = append(addExports, e)
+		}
+	}
+
+	wantImports := map[string]Import{}
+	for _, im := range cfg.Imports {
+		wantImports[im.Name] = im
+	}
+	var dropImports, addImports []Import
+	for name, im := range s.imports {
+		if !im.fromConfig {
+			continue
+		}
+		if want, ok := wantImports[name]; !ok || want != im.Import {
+			dropImports = append(dropImports, im.Import)
+		}
+	}
+	for _, im := range cfg.Imports {
+		if cur, ok := s.imports[im.Name]; !ok || (cur.fromConfig && cur.Import != im) {
+			addImports = append(addImports, im)
+		}
+	}
+	s.mu.Unlock()
+
+	for _, e := range dropExports {
+		if err := s.removeExport(e.Name); err != nil && !errors.Is(err, ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	for _, e := range addExports {
+		if _, err := s.addExport(e, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, im := range dropImports {
+		if err := s.removeImport(im.Name); err != nil && !errors.Is(err, ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	// Routes change before new imports listen, so an import that a route
+	// now names gets no own endpoint.
+	s.mu.Lock()
+	s.routes = routeMap(cfg.Routes)
+	s.mu.Unlock()
+	for _, im := range addImports {
+		if _, err := s.addImport(im, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.log.Info("reloaded",
+		"exports_added", len(addExports), "exports_removed", len(dropExports),
+		"imports_added", len(addImports), "imports_removed", len(dropImports))
+	if len(errs) > 0 {
+		return fmt.Errorf("reload: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// restartOnly returns c without the settings Reload applies, to compare.
+func restartOnly(c Config) string {
+	c.Exports, c.Imports, c.Routes = nil, nil, nil
+	return fmt.Sprintf("%+v", c)
+}
+
+// Dump implements the admin API: the vat's state, then the exports and
+// imports by name (no ids or URIs).
+func (s *Sidecar) Dump(w io.Writer) error {
+	if err := s.vat.Dump(w); err != nil {
+		return err
+	}
+	exports := s.ListExports()
+	imports := s.ListImports()
+	fmt.Fprintf(w, "exports: %d\n", len(exports))
+	for _, e := range exports {
+		revoked := ""
+		if e.Revoked {
+			revoked = " (revoked)"
+		}
+		fmt.Fprintf(w, "  %s -> %s%s\n", e.Name, e.Target, revoked)
+	}
+	fmt.Fprintf(w, "imports: %d\n", len(imports))
+	for _, im := range imports {
+		fmt.Fprintf(w, "  %s on %s: %s\n", im.Name, orNone(im.Listen), im.State)
+	}
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(routes only)"
+	}
+	return s
+}

@@ -1,0 +1,392 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vatcar/vatcar/vat"
+)
+
+// Locking: Sidecar.mu guards exports, imports, routes, started and draining.
+// It is never held while dialling, calling a capability, stopping a server or
+// closing a connection; those happen after unlocking (see removeExport and
+// removeImport). Each import has its own lock for its connection state
+// (imports.go).
+
+// Sidecar is a running vatcar daemon: a vat, its exports and imports, the
+// shared gRPC endpoint and the admin listener. Make one with New, then call
+// Start; Shutdown drains it. It is safe for concurrent use.
+type Sidecar struct {
+	cfg     Config // with defaults
+	log     *slog.Logger
+	metrics *Metrics
+	vat     *vat.Vat
+	table   *vat.Table
+
+	egressInflight atomic.Int64 // calls from peers running on our exports' servers
+	ready          atomic.Bool
+
+	serveCtx    context.Context // ends when Shutdown begins: stops accepting
+	stopServing context.CancelFunc
+	wg          sync.WaitGroup // serve loops
+
+	closeOnce sync.Once
+
+	vatListener net.Listener
+	admin       *adminListener
+	shared      *ingress // GRPCListen, nil when not configured
+
+	mu       sync.Mutex
+	started  bool
+	draining bool
+	exports  map[string]*export
+	imports  map[string]*imported
+	routes   map[string]string // gRPC service name (or "*") -> import name
+}
+
+// New checks cfg, loads (or creates) the vat key and reads the imports' cap
+// files. Configuration problems return an error wrapping ErrConfig that names
+// the offending value. log may be nil (nothing is logged).
+func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	s := &Sidecar{
+		cfg:     cfg,
+		log:     orDiscard(log),
+		metrics: NewMetrics(),
+		table:   vat.NewTable(nil),
+		exports: map[string]*export{},
+		imports: map[string]*imported{},
+	}
+	s.serveCtx, s.stopServing = context.WithCancel(context.Background())
+	if cfg.SecretKeyFile != "" {
+		if err := checkKeyFile(cfg.SecretKeyFile); err != nil {
+			return nil, err
+		}
+	}
+	v, err := vat.New(vat.Config{
+		KeyFile:            cfg.SecretKeyFile,
+		ListenAddress:      cfg.Listen,
+		PublicAddress:      cfg.PublicAddress,
+		Restorer:           s.table,
+		Logger:             s.log,
+		Insecure:           cfg.Insecure,
+		MaxConcurrentCalls: cfg.MaxConcurrentCalls,
+		MaxMessageSize:     capnpMessageLimit(cfg.MaxMessageSize),
+		DialTimeout:        importDialTimeout,
+		OnConnection:       s.onConnection,
+		OnRestore:          s.onRestore,
+	})
+	if err != nil {
+		if cfg.SecretKeyFile != "" {
+			return nil, fmt.Errorf("%w: unreadable key %q: %w", ErrConfig, cfg.SecretKeyFile, err)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	s.vat = v
+	if cfg.SecretKeyFile == "" && len(cfg.Exports) > 0 {
+		s.log.Warn("no --secret-key-file: the vat key is ephemeral, so export URIs change on every restart")
+	}
+	for _, im := range cfg.Imports {
+		if _, err := s.newImport(im, true); err != nil {
+			v.Close()
+			return nil, err
+		}
+	}
+	s.routes = routeMap(cfg.Routes)
+	return s, nil
+}
+
+// checkKeyFile fails when path exists but cannot be read: vat.New would
+// otherwise report it in its own words.
+func checkKeyFile(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w: unreadable key %q: %w", ErrConfig, path, err)
+	}
+	return f.Close()
+}
+
+// importDialTimeout bounds one connection attempt of an import, so a call
+// on an unreachable peer fails within it even without a deadline.
+const importDialTimeout = 5 * time.Second
+
+// capnpMessageLimit is the capnp decode limit for a gRPC message limit: room
+// for one chunk of the message plus framing.
+func capnpMessageLimit(maxMessage int) uint64 {
+	const floor = 64 << 20
+	if n := uint64(maxMessage) + 1<<20; n > floor {
+		return n
+	}
+	return floor
+}
+
+func routeMap(routes []Route) map[string]string {
+	m := make(map[string]string, len(routes))
+	for _, r := range routes {
+		m[r.Service] = r.Import
+	}
+	return m
+}
+
+// Metrics returns the sidecar's metrics.
+func (s *Sidecar) Metrics() *Metrics { return s.metrics }
+
+// Digest returns the vat's key digest ("sha-256:..." or "insecure").
+func (s *Sidecar) Digest() vat.Digest { return s.vat.Digest() }
+
+// Start opens the listeners (vat, imports, shared gRPC endpoint, admin),
+// exports the configured services, writes their cap files and the ready file,
+// and then reports ready. On error everything opened is closed again.
+func (s *Sidecar) Start() (err error) {
+	defer func() {
+		if err != nil {
+			s.closeAll()
+		}
+	}()
+	if s.cfg.Listen != "" {
+		l, err := s.vat.Listen()
+		if err != nil {
+			return fmt.Errorf("%w: --listen %q: %w", ErrConfig, s.cfg.Listen, err)
+		}
+		s.vatListener = l
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.vat.Serve(s.serveCtx, l); err != nil {
+				s.log.Error("vat listener failed", "err", err)
+			}
+		}()
+	}
+	if s.cfg.Insecure {
+		s.log.Warn("INSECURE MODE: TLS is off; anyone who can reach --listen can call exported services with a guessed URI's address, and peers are not authenticated")
+	}
+	for _, e := range s.cfg.Exports {
+		if _, err := s.addExport(e, true); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	imps := make([]*imported, 0, len(s.imports))
+	for _, im := range s.imports {
+		imps = append(imps, im)
+	}
+	s.mu.Unlock()
+	for _, im := range imps {
+		if err := s.listenImport(im); err != nil {
+			return err
+		}
+	}
+	if s.cfg.GRPCListen != "" {
+		in, err := s.startIngress(s.cfg.GRPCListen, s.route)
+		if err != nil {
+			return fmt.Errorf("%w: --grpc-listen %q: %w", ErrConfig, s.cfg.GRPCListen, err)
+		}
+		s.shared = in
+	}
+	if s.cfg.AdminListen != AdminListenOff {
+		g := newAdminGRPCServer(s)
+		a, err := startAdmin(s.cfg.AdminListen, g, adminHandler(g, s.metrics.Registry, s.ready.Load), s.log)
+		if err != nil {
+			return fmt.Errorf("%w: --admin-listen %q: %w", ErrConfig, s.cfg.AdminListen, err)
+		}
+		s.admin = a
+	}
+	s.mu.Lock()
+	s.started = true
+	s.mu.Unlock()
+	if s.cfg.ReadyFile != "" {
+		if err := writeJSONFile(s.cfg.ReadyFile, s.Addresses()); err != nil {
+			return err
+		}
+	}
+	s.ready.Store(true)
+	s.metrics.ready.Set(1)
+	s.log.Info("ready", "vat", s.vat.Digest().String(), "exports", len(s.cfg.Exports), "imports", len(s.cfg.Imports))
+	return nil
+}
+
+// Addresses describes what a started sidecar bound. It is what --ready-file
+// holds, as JSON.
+type Addresses struct {
+	// Vat is the vat's key digest, "sha-256:..." or "insecure".
+	Vat string `json:"vat"`
+	// Listen is the bound CapTP address (tcp:HOST:PORT or unix:PATH).
+	Listen string `json:"listen,omitempty"`
+	// Admin is the bound admin listener, host:port.
+	Admin string `json:"admin,omitempty"`
+	// GRPC is the bound shared gRPC endpoint, host:port.
+	GRPC string `json:"grpc,omitempty"`
+	// Imports maps import names to their bound local endpoints.
+	Imports map[string]string `json:"imports,omitempty"`
+}
+
+// Addresses returns the bound addresses.
+func (s *Sidecar) Addresses() Addresses {
+	a := Addresses{Vat: s.vat.Digest().String(), Imports: map[string]string{}}
+	if s.vatListener != nil {
+		a.Listen = vat.AddressOf(s.vatListener.Addr()).String()
+	}
+	if s.admin != nil {
+		a.Admin = s.admin.addr.String()
+	}
+	if s.shared != nil {
+		a.GRPC = s.shared.addr.String()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, im := range s.imports {
+		if im.in != nil {
+			a.Imports[name] = im.in.addr.String()
+		}
+	}
+	return a
+}
+
+// writeJSONFile writes v to path (mode 0600) through a temporary file, so
+// readers never see half of it.
+func writeJSONFile(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// Shutdown drains the sidecar: it reports not ready, stops accepting calls
+// and connections, lets calls in flight finish until ctx ends (or the drain
+// timeout passes, whichever is first), then closes everything. It returns
+// nil when every call finished in time.
+func (s *Sidecar) Shutdown(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(s.cfg.DrainTimeout))
+	defer cancel()
+	s.ready.Store(false)
+	s.metrics.ready.Set(0)
+	s.mu.Lock()
+	s.draining = true
+	var ins []*ingress
+	for _, im := range s.imports {
+		if im.in != nil {
+			ins = append(ins, im.in)
+		}
+	}
+	s.mu.Unlock()
+	if s.shared != nil {
+		ins = append(ins, s.shared)
+	}
+	s.log.Info("draining", "timeout", time.Duration(s.cfg.DrainTimeout).String())
+	s.stopServing() // the vat accepts no new connections
+	var drained sync.WaitGroup
+	for _, in := range ins {
+		drained.Go(func() { in.drain(ctx) })
+	}
+	drained.Wait()
+	err := s.waitEgress(ctx)
+	s.closeAll()
+	if err != nil {
+		s.log.Warn("drain timeout: calls still running were cut off", "err", err)
+	} else {
+		s.log.Info("drained")
+	}
+	return err
+}
+
+// waitEgress waits until no call from a peer runs on an export's server.
+func (s *Sidecar) waitEgress(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for s.egressInflight.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d egress calls still running: %w", s.egressInflight.Load(), ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// closeAll closes every listener, connection and client at once. Only the
+// first call does anything.
+func (s *Sidecar) closeAll() { s.closeOnce.Do(s.doClose) }
+
+func (s *Sidecar) doClose() {
+	s.ready.Store(false)
+	s.stopServing()
+	s.mu.Lock()
+	s.draining = true
+	exports := s.exports
+	imports := s.imports
+	s.exports = map[string]*export{}
+	s.imports = map[string]*imported{}
+	s.mu.Unlock()
+	for _, im := range imports {
+		im.close()
+	}
+	if s.shared != nil {
+		s.shared.stop()
+	}
+	s.vat.Close()
+	for _, e := range exports {
+		e.close(s.table)
+	}
+	s.wg.Wait()
+	if s.admin != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		s.admin.close(ctx)
+		cancel()
+	}
+}
+
+// Close closes the sidecar at once, cutting off calls in flight.
+func (s *Sidecar) Close() error {
+	s.closeAll()
+	return nil
+}
+
+func (s *Sidecar) onConnection(peer vat.Digest, up bool) {
+	if up {
+		s.metrics.conns.WithLabelValues(peer.String()).Inc()
+		return
+	}
+	s.metrics.conns.WithLabelValues(peer.String()).Dec()
+	s.mu.Lock()
+	var hit []*imported
+	for _, im := range s.imports {
+		if im.ref.Locator().Digest == peer {
+			hit = append(hit, im)
+		}
+	}
+	s.mu.Unlock()
+	for _, im := range hit {
+		im.disconnected()
+	}
+}
+
+func (s *Sidecar) onRestore(ok bool) {
+	if ok {
+		s.metrics.restores.WithLabelValues("ok").Inc()
+	} else {
+		s.metrics.restores.WithLabelValues("error").Inc()
+	}
+}
