@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/vatcar/vatcar/sidecar"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -24,6 +25,9 @@ func FuzzParseImports(f *testing.F) {
 			return
 		}
 		for _, im := range ims {
+			if err := sidecar.CheckName(im.Name); err != nil {
+				t.Fatalf("parseImports(%q) accepted name %q that vatcar run rejects: %v", s, im.Name, err)
+			}
 			if !nameRE.MatchString(im.Name) || im.Port < 1 || im.Port > 65535 || (im.URI == "") == (im.Secret == "") {
 				t.Fatalf("parseImports(%q) returned an invalid import %+v", s, im)
 			}
@@ -41,6 +45,9 @@ func FuzzParseExports(f *testing.F) {
 			t.Fatalf("error %v is not ErrBadAnnotation", err)
 		}
 		for _, ex := range exs {
+			if err := sidecar.CheckName(ex.Name); err != nil {
+				t.Fatalf("parseExports(%q) accepted name %q that vatcar run rejects: %v", s, ex.Name, err)
+			}
 			if ex.Port < 1 || !nameRE.MatchString(ex.Name) {
 				t.Fatalf("invalid export %+v", ex)
 			}
