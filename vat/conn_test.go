@@ -29,7 +29,7 @@ func (c *connCounter) live() int64 { return c.ups.Load() - c.downs.Load() }
 
 // hostEcho starts a vat whose table serves an echo named name, and returns
 // the vat, the echo and the service's URI.
-func hostEcho(t *testing.T, name string, cfg vat.Config) (*vat.Vat, *echo, string) {
+func hostEcho(t testing.TB, name string, cfg vat.Config) (*vat.Vat, *echo, string) {
 	t.Helper()
 	table := vat.NewTable(nil)
 	t.Cleanup(table.Close)

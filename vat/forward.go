@@ -15,14 +15,17 @@ import (
 // that Remove can revoke them; the bootstrap wraps what it restores in one
 // bound to the connection's limiter.
 //
-// Locking: mu guards target and err. Calls take a reference to the target
-// under mu and call it after unlocking.
+// Locking: mu guards target, err and dispatching. A call borrows the target
+// under mu (dispatching++), hands the call to it after unlocking, and gives
+// it back under mu; the target is released once revoked and not borrowed.
+// (Borrowing instead of AddRef keeps the per-call cost down.)
 type forwarder struct {
-	mu     sync.Mutex
-	target capnp.Client // owned; released on revoke or shutdown
-	err    error        // why calls fail, once revoked
-	limit  *limiter     // nil: no limit
-	onShut func()       // called once at shutdown; may be nil
+	mu          sync.Mutex
+	target      capnp.Client // owned
+	err         error        // why calls fail, once revoked
+	dispatching int          // calls being handed to target right now
+	limit       *limiter     // nil: no limit
+	onShut      func()       // called once at shutdown; may be nil
 }
 
 func newForwarder(target capnp.Client, limit *limiter, onShut func()) (*forwarder, capnp.Client) {
@@ -33,41 +36,61 @@ func newForwarder(target capnp.Client, limit *limiter, onShut func()) (*forwarde
 // revoke makes every later call fail with err and drops the target.
 func (f *forwarder) revoke(err error) {
 	f.mu.Lock()
-	t := f.target
-	f.target = capnp.Client{}
 	if f.err == nil {
 		f.err = err
 	}
+	t := f.takeTargetLocked()
 	f.mu.Unlock()
 	t.Release()
 }
 
-// get returns a new reference to the target, or the error calls fail with.
-func (f *forwarder) get() (capnp.Client, error) {
+// takeTargetLocked returns the target for release if it is revoked and no
+// call is using it. f.mu is held.
+func (f *forwarder) takeTargetLocked() capnp.Client {
+	if f.err == nil || f.dispatching > 0 {
+		return capnp.Client{}
+	}
+	t := f.target
+	f.target = capnp.Client{}
+	return t
+}
+
+// borrow returns the target for one dispatch, or the error calls fail with.
+func (f *forwarder) borrow() (capnp.Client, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {
 		return capnp.Client{}, f.err
 	}
-	return f.target.AddRef(), nil
+	f.dispatching++
+	return f.target, nil
+}
+
+// giveBack ends a dispatch started by borrow.
+func (f *forwarder) giveBack() {
+	f.mu.Lock()
+	f.dispatching--
+	t := f.takeTargetLocked()
+	f.mu.Unlock()
+	t.Release()
 }
 
 func (f *forwarder) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
-	t, err := f.get()
+	t, err := f.borrow()
 	if err != nil {
 		return capnp.ErrorAnswer(s.Method, err), func() {}
 	}
-	defer t.Release()
+	defer f.giveBack()
 	return t.SendCall(ctx, s)
 }
 
 func (f *forwarder) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
-	t, err := f.get()
+	t, err := f.borrow()
 	if err != nil {
 		r.Reject(err)
 		return nil
 	}
-	defer t.Release()
+	defer f.giveBack()
 	if f.limit != nil {
 		if !f.limit.acquire() {
 			r.Reject(exc.New(exc.Overloaded, "", ErrOverloaded.Error()))
