@@ -2,8 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -26,12 +24,6 @@ type export struct {
 	cc         *grpc.ClientConn
 	revoked    bool
 	fromConfig bool // managed by the config file: a reload may remove it
-}
-
-// idHash is a short, non-secret name for a service id in logs.
-func idHash(id vat.ServiceID) string {
-	h := sha256.Sum256(id)
-	return hex.EncodeToString(h[:4])
 }
 
 // addExport serves e: a gRPC client to its target, bridged by an egress
@@ -96,7 +88,7 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 		}
 	}
 	s.metrics.exports.Inc()
-	s.log.Info("exported", "name", e.Name, "target", e.Target, "vat", s.vat.Digest().String(), "id", idHash(id))
+	s.log.Info("exported", "name", e.Name, "target", e.Target, "vat", s.vat.Digest().String(), "id", id.String())
 	s.log.Debug("export URI", "name", e.Name, "uri", uri)
 	return ex, nil
 }
@@ -127,11 +119,7 @@ func (s *Sidecar) refuseStreamWhileDraining(ctx context.Context, desc *grpc.Stre
 	return streamer(ctx, desc, cc, method, opts...)
 }
 
-func (s *Sidecar) isDraining() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.draining
-}
+func (s *Sidecar) isDraining() bool { return s.drainFlag.Load() }
 
 // removeExport stops serving name: its id leaves the table (live
 // capabilities break), its client closes and its cap file goes.
@@ -203,6 +191,6 @@ func (s *Sidecar) Revoke(name string) error {
 	if s.cfg.CapDir != "" {
 		os.Remove(filepath.Join(s.cfg.CapDir, name+".cap"))
 	}
-	s.log.Info("export revoked", "name", name, "id", idHash(ex.id))
+	s.log.Info("export revoked", "name", name, "id", ex.id.String())
 	return nil
 }

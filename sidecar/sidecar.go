@@ -33,6 +33,7 @@ type Sidecar struct {
 
 	egressInflight atomic.Int64 // calls from peers running on our exports' servers
 	ready          atomic.Bool
+	drainFlag      atomic.Bool // draining, readable without mu on the call path
 
 	serveCtx    context.Context // ends when Shutdown begins: stops accepting
 	stopServing context.CancelFunc
@@ -172,7 +173,7 @@ func (s *Sidecar) Start() (err error) {
 		}()
 	}
 	if s.cfg.Insecure {
-		s.log.Warn("INSECURE MODE: TLS is off; anyone who can reach --listen can call exported services with a guessed URI's address, and peers are not authenticated")
+		s.log.Warn("INSECURE MODE: TLS is off: CapTP traffic (including sturdy ref ids) is readable on the network and peers are not authenticated")
 	}
 	for _, e := range s.cfg.Exports {
 		if _, err := s.addExport(e, true); err != nil {
@@ -196,6 +197,7 @@ func (s *Sidecar) Start() (err error) {
 			return fmt.Errorf("%w: --grpc-listen %q: %w", ErrConfig, s.cfg.GRPCListen, err)
 		}
 		s.shared = in
+		s.log.Info("gRPC endpoint listening", "address", in.addr.String(), "routes", len(s.cfg.Routes))
 	}
 	if s.cfg.AdminListen != AdminListenOff {
 		g := newAdminGRPCServer(s)
@@ -204,6 +206,7 @@ func (s *Sidecar) Start() (err error) {
 			return fmt.Errorf("%w: --admin-listen %q: %w", ErrConfig, s.cfg.AdminListen, err)
 		}
 		s.admin = a
+		s.log.Info("admin listening", "address", a.addr.String())
 	}
 	s.mu.Lock()
 	s.started = true
@@ -285,6 +288,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	s.metrics.ready.Set(0)
 	s.mu.Lock()
 	s.draining = true
+	s.drainFlag.Store(true)
 	var ins []*ingress
 	for _, im := range s.imports {
 		if im.in != nil {
@@ -335,6 +339,7 @@ func (s *Sidecar) doClose() {
 	s.stopServing()
 	s.mu.Lock()
 	s.draining = true
+	s.drainFlag.Store(true)
 	exports := s.exports
 	imports := s.imports
 	s.exports = map[string]*export{}

@@ -284,3 +284,78 @@ func TestImportFailsFastAndRecovers(t *testing.T) {
 		t.Errorf("import state = %s, want connected", got)
 	}
 }
+
+func TestSidecarReloadImports(t *testing.T) {
+	p := startTestPair(t)
+	capFile := "@" + filepath.Join(p.capDir, "test.cap")
+	cfg := Config{Imports: []Import{{Name: "keep", URI: capFile}, {Name: "old", URI: capFile}}}
+	s := startTestSidecar(t, cfg)
+	keepAddr := s.Addresses().Imports["keep"]
+	cc, err := grpc.NewClient(keepAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := testgrpc.NewTestServiceClient(cc).FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip := func() error {
+		if err := stream.Send(&testgrpc.StreamingOutputCallRequest{ResponseParameters: []*testgrpc.ResponseParameters{{Size: 3}}}); err != nil {
+			return err
+		}
+		_, err := stream.Recv()
+		return err
+	}
+	if err := roundTrip(); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg.Imports = []Import{{Name: "keep", URI: capFile}, {Name: "new", URI: capFile}}
+	if err := s.Reload(cfg); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	if err := roundTrip(); err != nil {
+		t.Errorf("stream on the unchanged import broke on reload: %v", err)
+	}
+	got := s.Addresses().Imports
+	if got["keep"] != keepAddr || got["new"] == "" || got["old"] != "" {
+		t.Errorf("imports after reload = %v, want keep on %s, new, and no old", got, keepAddr)
+	}
+	stream.CloseSend()
+	if _, err := stream.Recv(); err == nil {
+		t.Error("stream did not end after CloseSend")
+	}
+}
+
+func TestServiceOf(t *testing.T) {
+	for in, want := range map[string]string{
+		"/grpc.testing.TestService/EmptyCall": "grpc.testing.TestService",
+		"/Svc/M":                              "Svc",
+		"nomethod":                            "nomethod",
+	} {
+		if got := serviceOf(in); got != want {
+			t.Errorf("serviceOf(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestCapTPFailure(t *testing.T) {
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{status.Error(codes.NotFound, "Unknown persistent service ID"), true},
+		{status.Error(codes.Unknown, "remote: capability revoked"), true},
+		{status.Error(codes.Unavailable, "rpc: disconnected: connection closed"), true},
+		{status.Error(codes.NotFound, "user 7 not found"), false},
+		{status.Error(codes.Unavailable, "backend overloaded"), false},
+	}
+	for _, tt := range tests {
+		if got := capTPFailure(tt.err); got != tt.want {
+			t.Errorf("capTPFailure(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
