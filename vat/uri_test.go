@@ -207,12 +207,11 @@ func FuzzParseAddress(f *testing.F) {
 		if a != b {
 			t.Fatalf("round trip of %q: %+v then %+v", s, a, b)
 		}
-		// A TCP address must also survive a trip through a URI.
-		if a.Network == "tcp" {
-			loc, _, err := vat.ParseURI(vat.FormatURI(vat.Locator{Address: a}, vat.ServiceID("x")))
-			if err != nil || loc.Address != a {
-				t.Fatalf("URI round trip of %+v: %+v, %v", a, loc.Address, err)
-			}
+		// It must also survive a trip through a URI.
+		uri := vat.FormatURI(vat.Locator{Address: a}, vat.ServiceID("x"))
+		loc, id, err := vat.ParseURI(uri)
+		if err != nil || loc.Address != a || string(id) != "x" {
+			t.Fatalf("URI round trip of %+v via %q: %+v %q, %v", a, uri, loc.Address, id, err)
 		}
 	})
 }
