@@ -22,6 +22,7 @@ for t in "${tools[@]}"; do
 done
 
 # helm renders and lints the chart in k8s/ tests; skipped when the pinned version is already there.
-if ! go version -m "$(go env GOPATH)/bin/helm" 2>/dev/null | grep -q 'helm.sh/helm/v3[[:space:]]*v3\.22\.0[[:space:]]'; then
+helm_info=$(go version -m "$(go env GOPATH)/bin/helm" 2>/dev/null || true)
+if ! grep -q 'helm.sh/helm/v3[[:space:]]*v3\.22\.0[[:space:]]' <<<"$helm_info"; then
   go install helm.sh/helm/v3/cmd/helm@v3.22.0
 fi
