@@ -172,6 +172,11 @@ func (s *Sidecar) Start() (err error) {
 			}
 		}()
 	}
+	if pub, ok := s.vat.PublicAddress(); ok && pub.Network == "tcp" {
+		if ip := net.ParseIP(pub.Host); ip != nil && ip.IsUnspecified() {
+			s.log.Warn("the public address is a wildcard address: peers cannot dial the URIs of this vat; set --public-address", "public_address", pub.String())
+		}
+	}
 	if s.cfg.Insecure {
 		s.log.Warn("INSECURE MODE: TLS is off: CapTP traffic (including sturdy ref ids) is readable on the network and peers are not authenticated")
 	}

@@ -22,14 +22,14 @@ import (
 )
 
 // testLogger logs to the test when -v is given.
-func testLogger(t *testing.T) *slog.Logger {
-	if !testing.Verbose() {
+func testLogger(t testing.TB) *slog.Logger {
+	if _, bench := t.(*testing.B); bench || !testing.Verbose() {
 		return nil
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-func startTestBackend(t *testing.T) string {
+func startTestBackend(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -42,7 +42,7 @@ func startTestBackend(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func startTestSidecar(t *testing.T, cfg Config) *Sidecar {
+func startTestSidecar(t testing.TB, cfg Config) *Sidecar {
 	t.Helper()
 	if cfg.AdminListen == "" {
 		cfg.AdminListen = "127.0.0.1:0"
@@ -65,7 +65,9 @@ type testPair struct {
 	client             testgrpc.TestServiceClient
 }
 
-func startTestPair(t *testing.T) *testPair {
+func startTestPair(t *testing.T) *testPair { return startBenchPair(t) }
+
+func startBenchPair(t testing.TB) *testPair {
 	t.Helper()
 	backend := startTestBackend(t)
 	dir := t.TempDir()

@@ -1,0 +1,58 @@
+package sidecar
+
+import (
+	"context"
+	"testing"
+
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+)
+
+// BenchmarkPairUnary measures 1 KiB unary calls through an in-process pair
+// (gRPC -> importer -> CapTP over TLS -> exporter -> gRPC), one at a time
+// and in parallel.
+func BenchmarkPairUnary(b *testing.B) {
+	p := startBenchPair(b)
+	req := &testgrpc.SimpleRequest{ResponseSize: 1024, Payload: &testgrpc.Payload{Body: make([]byte, 1024)}}
+	ctx := context.Background()
+	b.Run("serial", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := p.client.UnaryCall(ctx, req); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.SetParallelism(16)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := p.client.UnaryCall(ctx, req); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
+
+// BenchmarkPairServerStream measures 1 KiB messages of one server stream
+// through the pair.
+func BenchmarkPairServerStream(b *testing.B) {
+	p := startBenchPair(b)
+	const perCall = 1000
+	params := make([]*testgrpc.ResponseParameters, perCall)
+	for i := range params {
+		params[i] = &testgrpc.ResponseParameters{Size: 1024}
+	}
+	b.SetBytes(perCall * 1024)
+	for b.Loop() {
+		s, err := p.client.StreamingOutputCall(context.Background(), &testgrpc.StreamingOutputCallRequest{ResponseParameters: params})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range perCall {
+			if _, err := s.Recv(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
