@@ -178,3 +178,62 @@ func TestLoader(t *testing.T) {
 		t.Errorf("loads = %d, want 4 (failures are not cached)", got)
 	}
 }
+
+func TestTableRestoreRemove_Stress(t *testing.T) {
+	ctx := testContext(t)
+	table := vat.NewTable(nil)
+	defer table.Close()
+	id := vat.GenerateID()
+	_, svc := newEcho("s")
+	table.Add(id, svc)
+
+	var wg sync.WaitGroup
+	var ok, failed atomic.Int64
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := table.Restore(ctx, id)
+				if err != nil {
+					if !errors.Is(err, vat.ErrUnknownService) {
+						t.Errorf("Restore: %v", err)
+						return
+					}
+					failed.Add(1)
+					continue
+				}
+				_, err = call(ctx, c, "x")
+				c.Release()
+				switch {
+				case err == nil:
+					ok.Add(1)
+				case strings.Contains(err.Error(), vat.ErrRevoked.Error()):
+					failed.Add(1)
+				default:
+					t.Errorf("call: %v", err)
+				}
+			}
+		}()
+	}
+	for i := range 30 {
+		table.Remove(id)
+		_, fresh := newEcho("s")
+		table.Add(id, fresh)
+		if i%10 == 0 {
+			waitFor(t, "a call to succeed", func() bool { return ok.Load() > int64(i/10) })
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if ok.Load() == 0 {
+		t.Error("no call succeeded")
+	}
+	t.Logf("%d calls succeeded, %d failed on revocation", ok.Load(), failed.Load())
+}
