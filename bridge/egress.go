@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -72,10 +73,15 @@ var streamDesc = grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 type egressCall struct {
 	e      *egress
 	head   callHead
-	ctx    context.Context // the backend call's
+	ctx    context.Context // the backend call's, with its deadline
 	cancel context.CancelFunc
-	bs     grpc.ClientStream
-	ob     *outbox // backend events, read by pump
+	// life ends when the call is abandoned (the caller released up, or the
+	// response could not be sent); the response is sent under it, so the
+	// backend's deadline still lets the final status go down.
+	life    context.Context
+	abandon context.CancelFunc
+	bs      grpc.ClientStream
+	ob      *outbox // backend events, read by pump
 
 	mu       sync.Mutex
 	failed   *status.Status // set by fail: replaces the backend's status
@@ -98,6 +104,7 @@ func (e *egress) start(parent context.Context, h captp.CallHead) (*egressCall, e
 	}
 	ctx = metadata.NewOutgoingContext(ctx, head.md)
 	c := &egressCall{e: e, head: head, ctx: ctx, cancel: cancel, ob: newOutbox(queueBytes)}
+	c.life, c.abandon = context.WithCancel(context.Background())
 	opts := append([]grpc.CallOption{
 		grpc.ForceCodecV2(rawCodec{name: head.subtype}),
 		grpc.MaxCallRecvMsgSize(e.max),
@@ -107,7 +114,7 @@ func (e *egress) start(parent context.Context, h captp.CallHead) (*egressCall, e
 	if err != nil {
 		// The call could not start: its status is the answer.
 		c.bs = nil
-		c.ob.put(ctx, event{kind: evEnd, st: Status(err)})
+		c.ob.put(c.life, event{kind: evEnd, st: Status(err)})
 		return c, nil
 	}
 	c.bs = bs
@@ -119,7 +126,7 @@ func (e *egress) start(parent context.Context, h captp.CallHead) (*egressCall, e
 // they arrive, then messages, then status and trailers.
 func (c *egressCall) pump() {
 	if md, _ := c.bs.Header(); md != nil {
-		if !c.ob.put(c.ctx, event{kind: evHeaders, md: md}) {
+		if !c.ob.put(c.life, event{kind: evHeaders, md: md}) {
 			c.drain()
 			return
 		}
@@ -137,10 +144,10 @@ func (c *egressCall) pump() {
 				st = c.failed
 			}
 			c.mu.Unlock()
-			c.ob.put(context.Background(), event{kind: evEnd, st: st, md: c.bs.Trailer()})
+			c.ob.put(c.life, event{kind: evEnd, st: st, md: c.bs.Trailer()})
 			return
 		}
-		if !c.ob.put(c.ctx, event{kind: evMsg, msg: f}) {
+		if !c.ob.put(c.life, event{kind: evMsg, msg: f}) {
 			c.drain()
 			return
 		}
@@ -160,7 +167,7 @@ func (c *egressCall) drain() {
 	}
 }
 
-// fail ends the call with st instead of the backend's status.
+// fail cancels the backend call and makes st its final status.
 func (c *egressCall) fail(st *status.Status) {
 	c.mu.Lock()
 	if c.failed == nil {
@@ -174,6 +181,7 @@ func (c *egressCall) fail(st *status.Status) {
 // was handed on.
 func (c *egressCall) done() {
 	c.cancel()
+	c.abandon()
 	c.ob.stop()
 	c.e.active.Add(-1)
 }
@@ -369,9 +377,10 @@ func (c *egressCall) respond(down captp.Sink) {
 		defer down.Release()
 		defer c.done()
 		s := sender{sink: down, ob: c.ob}
-		if err := s.run(c.ctx); err != nil && c.ctx.Err() == nil {
+		if err := s.run(c.life); err != nil && c.life.Err() == nil {
 			c.e.log.Debug("bridge: response stream failed", "method", c.head.method, "err", err)
 			c.fail(Status(err))
+			c.abandon()
 		}
 		c.mu.Lock()
 		c.finished = true
@@ -403,7 +412,11 @@ func (c *egressCall) end(*status.Status, metadata.MD) {
 }
 
 // lost implements target: the caller released up before the call ended
-// (it was cancelled, or its connection is gone), or a request was too large.
+// (it was cancelled, or its connection is gone: nobody is listening any
+// more), or a request was too large (the status still goes down).
 func (c *egressCall) lost(err error) {
 	c.fail(Status(err))
+	if errors.Is(err, ErrStreamLost) {
+		c.abandon()
+	}
 }

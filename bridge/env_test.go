@@ -17,21 +17,25 @@ import (
 // hop is one bridge: an ingress gRPC server whose calls cross a real
 // go-capnp connection over loopback TCP to an egress that calls a backend.
 type hop struct {
-	addr string // the ingress's gRPC address
-	svc  captp.GrpcService
+	addr   string // the ingress's gRPC address
+	svc    captp.GrpcService
+	in     *Ingress
+	client *rpc.Conn // the ingress side of the capnp connection
 }
 
 // hopConfig adjusts a hop.
 type hopConfig struct {
-	ingress IngressConfig
-	egress  EgressConfig
+	ingress    IngressConfig
+	egress     EgressConfig
+	serverOpts []grpc.ServerOption // for the ingress's grpc.Server
+	dialOpts   []grpc.DialOption   // for the egress's connection to the backend
 }
 
 // newHop bridges to the gRPC server at backend. Everything it starts stops
 // at the end of the test.
 func newHop(t testing.TB, backend string, cfg hopConfig) *hop {
 	t.Helper()
-	cc, err := grpc.NewClient(backend, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(backend, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, cfg.dialOpts...)...)
 	if err != nil {
 		t.Fatalf("dial backend: %v", err)
 	}
@@ -79,7 +83,7 @@ func newHop(t testing.TB, backend string, cfg hopConfig) *hop {
 	if err != nil {
 		t.Fatalf("NewIngress: %v", err)
 	}
-	gs := in.NewServer()
+	gs := in.NewServer(cfg.serverOpts...)
 	gl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +95,7 @@ func newHop(t testing.TB, backend string, cfg hopConfig) *hop {
 		client.Close()
 		server.Close()
 	})
-	return &hop{addr: gl.Addr().String(), svc: svc}
+	return &hop{addr: gl.Addr().String(), svc: svc, in: in, client: client}
 }
 
 // serve runs a gRPC server on loopback until the end of the test.

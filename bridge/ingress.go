@@ -27,6 +27,7 @@ type Ingress struct {
 	director Director
 	max      int
 	log      *slog.Logger
+	onCall   func(*ingressCall) // tests: called as each call starts
 }
 
 // NewIngress returns an Ingress for a valid config.
@@ -79,6 +80,9 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 	defer svc.Release()
 	c := &ingressCall{in: in, ss: ss, ctx: ctx, method: method, ob: newOutbox(queueBytes), final: make(chan final, 1)}
 	defer c.finish()
+	if in.onCall != nil {
+		in.onCall(c)
+	}
 	go c.pump()
 	runtime.Gosched()
 	if req := c.unaryRequest(); req != nil {
@@ -91,6 +95,7 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 type final struct {
 	st       *status.Status
 	trailers metadata.MD
+	lost     bool // the response Sink was dropped: the call's own error may tell more
 }
 
 // ingressCall is one call through the ingress.
@@ -105,6 +110,9 @@ type ingressCall struct {
 	method string
 	ob     *outbox // client messages, read by pump
 	final  chan final
+	// lostFirst is set by wait when the response Sink was dropped before
+	// the call ended.
+	lostFirst bool
 
 	mu       sync.Mutex
 	finished bool
@@ -252,10 +260,11 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 	defer up.Release()
 	up.SetFlowLimiter(newFlowLimiter())
 	opened := make(chan struct{})
+	var openErr error
 	go func() {
 		defer close(opened)
-		if _, err := fut.Struct(); err != nil {
-			c.deliver(final{st: Status(err)})
+		if _, openErr = fut.Struct(); openErr != nil {
+			c.deliver(final{st: Status(openErr)})
 		}
 	}()
 	sent := make(chan error, 1)
@@ -266,6 +275,14 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 		sent <- s.run(ctx)
 	}()
 	err := c.wait(sent)
+	if c.lostFirst {
+		// The peer dropped down before open returned (an exception
+		// releases the parameters): open's error says why.
+		<-opened
+		if openErr != nil {
+			err = c.fail(openErr)
+		}
+	}
 	cancel()
 	c.ob.stop()
 	<-senderDone
@@ -279,6 +296,7 @@ func (c *ingressCall) wait(sent chan error) error {
 	for {
 		select {
 		case f := <-c.final:
+			c.lostFirst = f.lost
 			if len(f.trailers) > 0 {
 				c.ss.SetTrailer(f.trailers)
 			}
@@ -351,7 +369,7 @@ func (c *ingressCall) end(st *status.Status, trailers metadata.MD) {
 }
 
 // lost implements target.
-func (c *ingressCall) lost(err error) { c.deliver(final{st: Status(err)}) }
+func (c *ingressCall) lost(err error) { c.deliver(final{st: Status(err), lost: true}) }
 
 // newData allocates a Data of bs's length in seg and copies bs into it: the
 // one copy from gRPC memory to capnp memory.

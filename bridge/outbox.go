@@ -157,3 +157,10 @@ func (o *outbox) stop() {
 	signal(o.wake)
 	signal(o.space)
 }
+
+// peakBytes returns the most message bytes the outbox ever held.
+func (o *outbox) peakBytes() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.peak
+}

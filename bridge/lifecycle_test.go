@@ -1,0 +1,333 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+// waitStarted returns the context of the next backend call to start.
+func waitStarted(t *testing.T, b *backend) context.Context {
+	t.Helper()
+	select {
+	case ctx := <-b.started:
+		return ctx
+	case <-time.After(20 * time.Second):
+		t.Fatal("backend call did not start")
+		return nil
+	}
+}
+
+// waitEnded returns how the next backend call ended.
+func waitEnded(t *testing.T, b *backend) error {
+	t.Helper()
+	select {
+	case err := <-b.ended:
+		return err
+	case <-time.After(20 * time.Second):
+		t.Fatal("backend call did not end")
+		return nil
+	}
+}
+
+// TestCancelReachesBackend cancels calls on both paths (unary-shaped and
+// streaming) and checks that the backend's context is cancelled.
+func TestCancelReachesBackend(t *testing.T) {
+	b := newBackend(t)
+	h := newHop(t, b.addr, hopConfig{})
+	cc := dial(t, h.addr)
+	for _, halfClose := range []bool{true, false} {
+		t.Run(fmt.Sprint("halfClose=", halfClose), func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			s := rawStream(ctx, t, cc, "/t.T/Hang")
+			s.SendMsg([]byte("x"))
+			if halfClose {
+				s.CloseSend()
+			}
+			waitStarted(t, b)
+			cancel()
+			if err := waitEnded(t, b); !errors.Is(err, context.Canceled) {
+				t.Errorf("backend saw %v, want context.Canceled", err)
+			}
+			if _, err := recvAll(s); status.Code(err) != codes.Canceled {
+				t.Errorf("client got %v, want Canceled", err)
+			}
+		})
+	}
+}
+
+// TestDeadlineReachesBackend checks that the remaining timeout becomes the
+// backend's deadline, on both paths.
+func TestDeadlineReachesBackend(t *testing.T) {
+	b := newBackend(t)
+	h := newHop(t, b.addr, hopConfig{})
+	cc := dial(t, h.addr)
+	for _, halfClose := range []bool{true, false} {
+		t.Run(fmt.Sprint("halfClose=", halfClose), func(t *testing.T) {
+			const timeout = 500 * time.Millisecond
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			s := rawStream(ctx, t, cc, "/t.T/Hang")
+			s.SendMsg([]byte("x"))
+			if halfClose {
+				s.CloseSend()
+			}
+			bctx := waitStarted(t, b)
+			d, ok := bctx.Deadline()
+			if !ok {
+				t.Fatal("backend call has no deadline")
+			}
+			if left := time.Until(d); left > timeout || left <= 0 {
+				t.Errorf("backend deadline is %v away, want within %v", left, timeout)
+			}
+			// The caller's side times out first and cancels (as a direct
+			// grpc-go client does), so the backend sees either.
+			if err := waitEnded(t, b); !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+				t.Errorf("backend saw %v, want its context to end", err)
+			}
+			if _, err := recvAll(s); status.Code(err) != codes.DeadlineExceeded {
+				t.Errorf("client got %v, want DeadlineExceeded", err)
+			}
+		})
+	}
+}
+
+// TestConnectionLost closes the capnp connection under running calls: the
+// clients get UNAVAILABLE and the backend calls are cancelled.
+func TestConnectionLost(t *testing.T) {
+	b := newBackend(t)
+	h := newHop(t, b.addr, hopConfig{})
+	cc := dial(t, h.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var streams []grpc.ClientStream
+	for _, halfClose := range []bool{true, false} {
+		s := rawStream(ctx, t, cc, "/t.T/Hang")
+		s.SendMsg([]byte("x"))
+		if halfClose {
+			s.CloseSend()
+		}
+		waitStarted(t, b)
+		streams = append(streams, s)
+	}
+	h.client.Close()
+	for i, s := range streams {
+		if _, err := recvAll(s); status.Code(err) != codes.Unavailable {
+			t.Errorf("stream %d: client got %v, want Unavailable", i, err)
+		}
+	}
+	for range streams {
+		if err := waitEnded(t, b); !errors.Is(err, context.Canceled) {
+			t.Errorf("backend saw %v, want context.Canceled", err)
+		}
+	}
+}
+
+// TestOverloaded fills the egress's admission limit: one more call fails
+// with RESOURCE_EXHAUSTED, and calls work again once slots free up.
+func TestOverloaded(t *testing.T) {
+	b := newBackend(t)
+	h := newHop(t, b.addr, hopConfig{egress: EgressConfig{MaxConcurrentCalls: 2}})
+	cc := dial(t, h.addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	for range 2 {
+		s := rawStream(ctx, t, cc, "/t.T/Hang")
+		s.SendMsg([]byte("x"))
+		waitStarted(t, b)
+	}
+	for _, halfClose := range []bool{true, false} {
+		s := rawStream(context.Background(), t, cc, "/t.T/Echo")
+		s.SendMsg([]byte("x"))
+		if halfClose {
+			s.CloseSend()
+		}
+		if _, err := recvAll(s); status.Code(err) != codes.ResourceExhausted {
+			t.Errorf("halfClose=%v: call over the limit got %v, want ResourceExhausted", halfClose, err)
+		}
+	}
+	cancel()
+	waitEnded(t, b)
+	waitEnded(t, b)
+	// The slots are freed once the final status went down; poll.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s := rawStream(context.Background(), t, cc, "/t.T/Echo")
+		s.SendMsg([]byte("x"))
+		s.CloseSend()
+		_, err := recvAll(s)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("calls still fail after the slots were freed: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestDirectorErrors checks that a director's gRPC status passes unchanged
+// and other errors go through Status.
+func TestDirectorErrors(t *testing.T) {
+	b := newBackend(t)
+	h := newHop(t, b.addr, hopConfig{})
+	cases := []struct {
+		err  error
+		code codes.Code
+	}{
+		{status.Error(codes.PermissionDenied, "policy says no"), codes.PermissionDenied},
+		{errors.New("restore: Unknown persistent service ID"), codes.NotFound},
+	}
+	for _, c := range cases {
+		t.Run(c.code.String(), func(t *testing.T) {
+			in, err := NewIngress(IngressConfig{Director: func(context.Context, string) (captp.GrpcService, error) { return captp.GrpcService{}, c.err }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := serve(t, func(*grpc.Server) {}, in.ServerOptions()...)
+			cc := dial(t, addr)
+			err = cc.Invoke(context.Background(), "/t.T/Echo", []byte("x"), new([]byte), grpc.ForceCodecV2(Codec()))
+			if status.Code(err) != c.code || c.code == codes.PermissionDenied && status.Convert(err).Message() != "policy says no" {
+				t.Errorf("got %v, want %v", err, c.code)
+			}
+		})
+	}
+	_ = h
+}
+
+// TestStatusDetails checks that status details cross intact.
+func TestStatusDetails(t *testing.T) {
+	st, err := status.New(codes.Aborted, "with details ✓").WithDetails(&errdetails.ErrorInfo{Reason: "R", Domain: "d", Metadata: map[string]string{"k": "v"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend := serve(t, func(s *grpc.Server) {}, grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error { return st.Err() }))
+	h := newHop(t, backend, hopConfig{})
+	cc := dial(t, h.addr)
+	for _, halfClose := range []bool{true, false} {
+		s := rawStream(context.Background(), t, cc, "/t.T/Any")
+		s.SendMsg([]byte("x"))
+		if halfClose {
+			s.CloseSend()
+		}
+		_, err := recvAll(s)
+		got := status.Convert(err)
+		if got.Code() != codes.Aborted || got.Message() != st.Message() || len(got.Details()) != 1 {
+			t.Fatalf("got %v %q %v, want %v", got.Code(), got.Message(), got.Details(), st)
+		}
+		if info, ok := got.Details()[0].(*errdetails.ErrorInfo); !ok || info.Reason != "R" || info.Metadata["k"] != "v" {
+			t.Errorf("details = %v", got.Details())
+		}
+	}
+}
+
+// TestRequestMetadata checks that request metadata, -bin values and trace
+// headers reach the backend unchanged.
+func TestRequestMetadata(t *testing.T) {
+	got := make(chan metadata.MD, 2)
+	backend := serve(t, func(s *grpc.Server) {}, grpc.ForceServerCodecV2(Codec()), grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+		md, _ := metadata.FromIncomingContext(ss.Context())
+		got <- md
+		return nil
+	}))
+	h := newHop(t, backend, hopConfig{})
+	cc := dial(t, h.addr)
+	want := metadata.MD{
+		"traceparent":    {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+		"grpc-trace-bin": {string([]byte{0, 1, 2, 0xff, 0x80})},
+		"x-request-id":   {"req-1"},
+		"x-multi":        {"a", "b"},
+		"x-raw-bin":      {string([]byte{0, 0, 0xfe})},
+	}
+	for _, halfClose := range []bool{true, false} {
+		ctx := metadata.NewOutgoingContext(context.Background(), want)
+		s := rawStream(ctx, t, cc, "/t.T/Any")
+		s.SendMsg([]byte("x"))
+		if halfClose {
+			s.CloseSend()
+		}
+		recvAll(s)
+		md := <-got
+		for k, v := range want {
+			if fmt.Sprint(md[k]) != fmt.Sprint(v) {
+				t.Errorf("halfClose=%v: backend got %s=%q, want %q", halfClose, k, md[k], v)
+			}
+		}
+	}
+}
+
+// TestManyStreamsNoLeak opens and closes 1,000 streams and checks that no
+// goroutine outlives them.
+func TestManyStreamsNoLeak(t *testing.T) {
+	b := newBackend(t)
+	h := newHop(t, b.addr, hopConfig{})
+	cc := dial(t, h.addr)
+	echoBidi(context.Background(), t, cc, testMessages(2)) // connect everything first
+	queues := countGoroutines("capnproto.org/go/capnp/v3/server.(*Server).handleCalls")
+	ignore := goleak.IgnoreCurrent()
+	var wg sync.WaitGroup
+	for g := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 100 {
+				ctx, cancel := context.WithCancel(context.Background())
+				s := rawStream(ctx, t, cc, "/t.T/Echo")
+				s.SendMsg([]byte("x"))
+				switch (g + i) % 3 {
+				case 0: // cancelled mid-stream
+					var m []byte
+					s.RecvMsg(&m)
+					cancel()
+				case 1: // half-closed, read to the end
+					s.CloseSend()
+					recvAll(s)
+				case 2: // unary-shaped
+					s.CloseSend()
+					recvAll(s)
+				}
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	// A capnp server keeps one goroutine for its call queue, and Call.Go
+	// hands that job to a new one: compare their number, not their ids.
+	const queue = "capnproto.org/go/capnp/v3/server.(*Server).handleCalls"
+	if err := goleak.Find(ignore, goleak.IgnoreTopFunction(queue), goleak.IgnoreAnyFunction(queue)); err != nil {
+		t.Error(err)
+	}
+	poll(t, func() bool { return countGoroutines(queue) <= queues }, "capnp server goroutines back to %d", queues)
+}
+
+// countGoroutines returns how many goroutines have fn in their stack.
+func countGoroutines(fn string) int {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	return strings.Count(string(buf), fn+"(")
+}
+
+// poll waits until cond holds, failing the test after 20 s.
+func poll(t testing.TB, cond func() bool, format string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting: "+format, args...)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
