@@ -30,6 +30,10 @@ func ParseFlags(args []string, output io.Writer) (Config, error) {
 	exports.parse, imports.parse, routes.parse = ParseExport, ParseImport, ParseRoute
 	fs := flag.NewFlagSet("vatcar run", flag.ContinueOnError)
 	fs.SetOutput(output)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: vatcar run [--config FILE] [flags]\n\nflags override the config file; --export, --import and --route repeat:")
+		fs.PrintDefaults()
+	}
 	fs.StringVar(&file, "config", "", "YAML config `FILE` with the same settings; flags override it")
 	fs.StringVar(&f.Listen, "listen", "", "CapTP listen `ADDR`: tcp:HOST:PORT, tcp:[V6]:PORT or unix:PATH; omitted: a client-only vat")
 	fs.StringVar(&f.PublicAddress, "public-address", "", "`ADDR` written into sturdy URIs (default: the listen address)")

@@ -117,10 +117,23 @@ func start(t *testing.T, args ...string) *proc {
 func startSidecar(t *testing.T, args ...string) (*proc, addresses) {
 	t.Helper()
 	ready := filepath.Join(t.TempDir(), "ready.json")
-	args = append([]string{"run", "--ready-file", ready, "--admin-listen", "127.0.0.1:0", "--log-level", "debug"}, args...)
+	base := []string{"run", "--ready-file", ready, "--admin-listen", "127.0.0.1:0"}
+	if !containsFlag(args, "--log-level") {
+		base = append(base, "--log-level", "debug")
+	}
+	args = append(base, args...)
 	p := start(t, args...)
 	p.ready = ready
 	return p, p.waitReady()
+}
+
+func containsFlag(args []string, flag string) bool {
+	for _, a := range args {
+		if a == flag {
+			return true
+		}
+	}
+	return false
 }
 
 // waitReady polls for the ready file.
@@ -225,13 +238,19 @@ type pair struct {
 // importing its cap file as "test"; the client talks to the import.
 func startPair(t *testing.T, exporterArgs ...string) *pair {
 	t.Helper()
+	return startPairArgs(t, nil, exporterArgs...)
+}
+
+// startPairArgs is startPair with extra arguments for the importer too.
+func startPairArgs(t *testing.T, importerArgs []string, exporterArgs ...string) *pair {
+	t.Helper()
 	backend := startBackend(t)
 	dir := t.TempDir()
 	p := &pair{capFile: filepath.Join(dir, "test.cap"), keyFile: filepath.Join(dir, "exporter.pem")}
 	p.exportArgs = append([]string{"--listen", "tcp:127.0.0.1:0", "--secret-key-file", p.keyFile,
 		"--export", "test=" + backend, "--cap-dir", dir}, exporterArgs...)
 	p.exporter, p.exp = startSidecar(t, p.exportArgs...)
-	p.importer, p.imp = startSidecar(t, "--import", "test=@"+p.capFile)
+	p.importer, p.imp = startSidecar(t, append([]string{"--import", "test=@" + p.capFile}, importerArgs...)...)
 	p.cc = dial(t, p.imp.Imports["test"])
 	p.client = testgrpc.NewTestServiceClient(p.cc)
 	return p
