@@ -194,7 +194,7 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 	}
 	boot := captp.Restorer_ServerToClient(&bootstrap{vat: v, conn: c})
 	c.conn = rpc.NewConn(countingTransport{newTransport(endpoint, v.cfg.maxMessageSize()), c.wire}, &rpc.Options{
-		BootstrapClient: capnp.Client(boot),
+		BootstrapClient: c.limit.wrap(capnp.Client(boot)), // restores count as calls too
 		Logger:          rpcLogger{log},
 	})
 	if anonymous {

@@ -56,9 +56,9 @@
 // # Restoring and limits
 //
 // Each connection's bootstrap capability is a captp.Restorer whose restore
-// calls the vat's Restorer. The capabilities it hands out count their calls:
-// over Config.MaxConcurrentCalls running at once on one connection, a call
-// fails at once with an exception of type Overloaded. (Calls on capabilities
+// calls the vat's Restorer. Restores and the calls on the capabilities it
+// hands out are counted: over Config.MaxConcurrentCalls running at once on
+// one connection, a call fails at once with an exception of type Overloaded. (Calls on capabilities
 // passed back from those, such as stream sinks, are not counted.) Inbound
 // messages over Config.MaxMessageSize abort the connection, as go-capnp does.
 //

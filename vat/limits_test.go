@@ -1,10 +1,14 @@
 package vat_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+
+	capnp "capnproto.org/go/capnp/v3"
 
 	"github.com/vatcar/vatcar/vat"
 )
@@ -141,5 +145,43 @@ func TestClosedVat(t *testing.T) {
 	}
 	if err := a.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+func TestConcurrentRestoresAreLimited(t *testing.T) {
+	ctx := testContext(t)
+	gate := make(chan struct{})
+	var loading atomic.Int64
+	table := vat.NewTable(vat.LoaderFunc(func(ctx context.Context, id vat.ServiceID) (capnp.Client, error) {
+		loading.Add(1)
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return capnp.Client{}, ctx.Err()
+		}
+		_, c := newEcho("loaded")
+		return c, nil
+	}))
+	defer table.Close()
+	b := startVat(t, vat.Config{Restorer: table, MaxConcurrentCalls: 1})
+	a := startVat(t, vat.Config{})
+	uri1, _ := b.SturdyURI(vat.GenerateID())
+	uri2, _ := b.SturdyURI(vat.GenerateID())
+
+	first := make(chan error, 1)
+	go func() {
+		c, err := a.MustImport(uri1).Connect(ctx)
+		if err == nil {
+			c.Release()
+		}
+		first <- err
+	}()
+	waitFor(t, "the first restore to be loading", func() bool { return loading.Load() == 1 })
+	if _, err := a.MustImport(uri2).Connect(ctx); !vat.IsOverloaded(err) {
+		t.Errorf("second concurrent restore: got %v, want Overloaded", err)
+	}
+	close(gate)
+	if err := <-first; err != nil {
+		t.Errorf("first restore: %v", err)
 	}
 }
