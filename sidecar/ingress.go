@@ -46,20 +46,23 @@ func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
 }
 
 // drain stops accepting and waits for the calls in flight until ctx ends,
-// then cuts off what still runs.
-func (in *ingress) drain(ctx context.Context) {
+// then cuts off what still runs. It reports whether every call finished.
+func (in *ingress) drain(ctx context.Context) bool {
 	finished := make(chan struct{})
 	go func() {
 		in.srv.GracefulStop()
 		close(finished)
 	}()
+	graceful := true
 	select {
 	case <-finished:
 	case <-ctx.Done():
+		graceful = false
 		in.srv.Stop()
 		<-finished
 	}
 	<-in.done
+	return graceful
 }
 
 // stop closes the endpoint at once.

@@ -307,11 +307,19 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	s.log.Info("draining", "timeout", time.Duration(s.cfg.DrainTimeout).String())
 	s.stopServing() // the vat accepts no new connections
 	var drained sync.WaitGroup
+	var cut atomic.Int32
 	for _, in := range ins {
-		drained.Go(func() { in.drain(ctx) })
+		drained.Go(func() {
+			if !in.drain(ctx) {
+				cut.Add(1)
+			}
+		})
 	}
 	drained.Wait()
 	err := s.waitEgress(ctx)
+	if n := cut.Load(); n > 0 && err == nil {
+		err = fmt.Errorf("calls still running on %d gRPC endpoints: %w", n, ctx.Err())
+	}
 	s.closeAll()
 	if err != nil {
 		s.log.Warn("drain timeout: calls still running were cut off", "err", err)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -222,4 +223,26 @@ func TestSIGHUPReloadsExports(t *testing.T) {
 		t.Errorf("call on the export added by reload: %v", err)
 	}
 	exporter.stop()
+}
+
+// TestDrainTimeoutCutsOffStreams holds a stream open past --drain-timeout
+// after SIGTERM: the sidecar still exits 0, and the stream fails.
+func TestDrainTimeoutCutsOffStreams(t *testing.T) {
+	p := startPairArgs(t, []string{"--drain-timeout", "300ms"})
+	ctx := ctxTimeout(t, 30*time.Second)
+	s, err := p.client.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pingPong(t, s, 1)
+	p.importer.signal(syscall.SIGTERM)
+	if code := p.importer.wait(20 * time.Second); code != 0 {
+		t.Errorf("exit status = %d, want 0", code)
+	}
+	if _, err := s.Recv(); err == nil || errors.Is(err, io.EOF) {
+		t.Errorf("stream held past the drain timeout ended with %v, want an error", err)
+	}
+	if out := p.importer.stderr.String(); !strings.Contains(out, "drain timeout") {
+		t.Errorf("the cut-off is not logged:\n%s", out)
+	}
 }
