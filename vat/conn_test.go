@@ -1,6 +1,7 @@
 package vat_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"sync"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
 
 	"github.com/vatcar/vatcar/vat"
 )
@@ -336,5 +338,44 @@ func TestCapabilityBreaksWhenPeerCloses(t *testing.T) {
 	defer c2.Release()
 	if got, err := call(ctx, c2, "after"); err != nil || got != "b2:after" {
 		t.Errorf("call = %q, %v; want %q", got, err, "b2:after")
+	}
+}
+
+func TestRelayedDisconnectKeepsConnection(t *testing.T) {
+	// B's restorer fails with a Disconnected exception of its own (say, a
+	// vat behind it is down). A must report it without dropping its sound
+	// connection to B.
+	ctx := testContext(t)
+	table := vat.NewTable(nil)
+	defer table.Close()
+	_, svc := newEcho("b")
+	good := vat.GenerateID()
+	table.Add(good, svc)
+	restorer := vat.RestorerFunc(func(ctx context.Context, id vat.ServiceID) (capnp.Client, error) {
+		if id.Equal(good) {
+			return table.Restore(ctx, id)
+		}
+		return capnp.Client{}, exc.New(exc.Disconnected, "", "upstream vat unreachable")
+	})
+	b := startVat(t, vat.Config{Restorer: restorer})
+	var conns connCounter
+	a := startVat(t, vat.Config{OnConnection: conns.hook})
+	goodURI, _ := b.SturdyURI(good)
+	c, err := a.MustImport(goodURI).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+
+	badURI, _ := b.SturdyURI(vat.GenerateID())
+	_, err = a.MustImport(badURI).Connect(ctx)
+	if !vat.IsDisconnected(err) || !strings.Contains(err.Error(), "upstream vat unreachable") {
+		t.Errorf("got %v, want the relayed disconnected error", err)
+	}
+	if got, err := call(ctx, c, "still"); err != nil || got != "b:still" {
+		t.Errorf("call on the first capability = %q, %v", got, err)
+	}
+	if conns.ups.Load() != 1 || conns.downs.Load() != 0 {
+		t.Errorf("connections up %d, down %d; want 1, 0", conns.ups.Load(), conns.downs.Load())
 	}
 }

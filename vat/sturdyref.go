@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
 )
 
 // SturdyRef is a persistent reference to a service hosted by some vat: the
@@ -66,13 +68,8 @@ func (r *SturdyRef) Connect(ctx context.Context) (capnp.Client, error) {
 		// The connection was ending (the peer went away, or it lost to a
 		// crossed connection) when we picked it: wait it out and try once
 		// more on a fresh one.
-		if attempt == 0 && ctx.Err() == nil && (!conn.usable() || IsDisconnected(err)) {
-			conn.closeBecause("broken: " + err.Error())
-			select {
-			case <-conn.Done():
-				continue
-			case <-ctx.Done():
-			}
+		if attempt == 0 && ctx.Err() == nil && v.awaitBroken(ctx, conn, err) {
+			continue
 		}
 		return capnp.Client{}, fmt.Errorf("connect %v: %w", r, classify(err))
 	}
@@ -149,4 +146,49 @@ func classify(err error) error {
 		return fmt.Errorf("%w (%w)", ErrDisconnected, err)
 	}
 	return err
+}
+
+// connectionGrace is how long Connect waits for a connection to end after
+// a restore on it failed with a Disconnected exception from the peer (an
+// abort, or an exception relayed from further on).
+const connectionGrace = time.Second
+
+// awaitBroken reports, after a restore on conn failed with err, whether conn
+// is ending, waiting for it to leave the cache if so. A connection this vat
+// saw break is closed and waited out; after a Disconnected exception from
+// the peer, conn is given connectionGrace to end (it does when the peer
+// aborted) but is not closed, since the exception may come from a vat
+// further on.
+func (v *Vat) awaitBroken(ctx context.Context, conn *Connection, err error) bool {
+	var grace <-chan time.Time
+	switch {
+	case !conn.usable() || brokeLocally(err):
+		conn.closeBecause("broken: " + err.Error())
+	case IsDisconnected(err):
+		t := time.NewTimer(connectionGrace)
+		defer t.Stop()
+		grace = t.C
+	default:
+		return false
+	}
+	select {
+	case <-conn.Done():
+		return true
+	case <-grace:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// brokeLocally reports whether err says this vat's connection broke, as
+// opposed to a Disconnected exception the peer sent back (say, from a vat
+// further on), which leaves our connection sound. go-capnp builds received
+// exceptions without a prefix and its own errors with one.
+func brokeLocally(err error) bool {
+	var ex *exc.Exception
+	if errors.As(err, &ex) && ex.Prefix == "" {
+		return false
+	}
+	return IsDisconnected(err)
 }
