@@ -24,6 +24,7 @@ import (
 //	/t.T/Hash     reads every message, then answers one: the SHA-256 of
 //	              their concatenation followed by the byte count (8 bytes).
 //	/t.T/Produce  answers messages of sizes read from the request (uint64s).
+//	/t.T/Flood    answers req[0:8] messages of req[8:16] bytes.
 //	/t.T/Hang     reports its context on started, waits for it to end, and
 //	              reports ctx.Err() on ended.
 //	/t.T/Headers  sends headers ("x-early": "1"), then waits for release
@@ -87,6 +88,18 @@ func (b *backend) handle(_ any, ss grpc.ServerStream) error {
 		}
 		for ; len(req) >= 8; req = req[8:] {
 			if err := ss.SendMsg(pattern(int(binary.BigEndian.Uint64(req)))); err != nil {
+				return err
+			}
+		}
+		return nil
+	case "/t.T/Flood":
+		var req []byte
+		if err := ss.RecvMsg(&req); err != nil {
+			return err
+		}
+		msg := pattern(int(binary.BigEndian.Uint64(req[8:])))
+		for n := binary.BigEndian.Uint64(req); n > 0; n-- {
+			if err := ss.SendMsg(msg); err != nil {
 				return err
 			}
 		}

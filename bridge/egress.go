@@ -193,6 +193,10 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 	}
 	call.Go()
 	args := call.Args()
+	if !args.HasDown() {
+		e.active.Add(-1)
+		return fmt.Errorf("unary: %w", ErrNoDownSink)
+	}
 	h, err := args.Call()
 	if err != nil {
 		e.active.Add(-1)
@@ -347,6 +351,10 @@ func (e *egress) Open(ctx context.Context, call captp.GrpcService_open) error {
 	}
 	call.Go()
 	args := call.Args()
+	if !args.HasDown() {
+		e.active.Add(-1)
+		return fmt.Errorf("open: %w", ErrNoDownSink)
+	}
 	h, err := args.Call()
 	if err != nil {
 		e.active.Add(-1)

@@ -31,6 +31,10 @@ var (
 	// crossing the bridge exceeds MaxMessageSize.
 	ErrMessageTooLarge = errors.New("bridge: message larger than the max message size")
 
+	// ErrNoDownSink is the cause of the exception an egress answers to a
+	// call that brings no Sink for the response.
+	ErrNoDownSink = errors.New("bridge: call without a response Sink")
+
 	// ErrStreamLost is the cause of UNAVAILABLE when the peer dropped a
 	// stream without closing it (its connection was lost or it released
 	// the stream's Sink).

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"capnproto.org/go/capnp/v3"
 	"google.golang.org/grpc"
@@ -28,6 +29,8 @@ type Ingress struct {
 	max      int
 	log      *slog.Logger
 	onCall   func(*ingressCall) // tests: called as each call starts
+
+	unaryCalls, streamCalls atomic.Int64 // calls by path taken
 }
 
 // NewIngress returns an Ingress for a valid config.
@@ -86,8 +89,10 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 	go c.pump()
 	runtime.Gosched()
 	if req := c.unaryRequest(); req != nil {
+		in.unaryCalls.Add(1)
 		return c.unary(svc, req)
 	}
+	in.streamCalls.Add(1)
 	return c.stream(svc)
 }
 

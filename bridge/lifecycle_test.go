@@ -331,3 +331,34 @@ func poll(t testing.TB, cond func() bool, format string, args ...any) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestCallWithoutDownSink checks that the egress refuses calls that bring no
+// response Sink instead of failing on them.
+func TestCallWithoutDownSink(t *testing.T) {
+	b := newBackend(t)
+	h := newHop(t, b.addr, hopConfig{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	of, release := h.svc.Open(ctx, func(p captp.GrpcService_open_Params) error {
+		h, err := p.NewCall()
+		if err != nil {
+			return err
+		}
+		return h.SetMethod("/t.T/Echo")
+	})
+	defer release()
+	if _, err := of.Struct(); err == nil || !strings.Contains(err.Error(), ErrNoDownSink.Error()) {
+		t.Errorf("open without down: %v, want %v", err, ErrNoDownSink)
+	}
+	uf, release2 := h.svc.Unary(ctx, func(p captp.GrpcService_unary_Params) error {
+		h, err := p.NewCall()
+		if err != nil {
+			return err
+		}
+		return h.SetMethod("/t.T/Echo")
+	})
+	defer release2()
+	if _, err := uf.Struct(); err == nil || !strings.Contains(err.Error(), ErrNoDownSink.Error()) {
+		t.Errorf("unary without down: %v, want %v", err, ErrNoDownSink)
+	}
+}

@@ -1,0 +1,121 @@
+package bridge
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"testing"
+
+	"google.golang.org/grpc"
+)
+
+// The benchmarks run the same calls directly against the backend and
+// through one bridge (ingress -> capnp over loopback TCP -> egress), so their
+// ratio is the bridge's cost. Compare with
+//
+//	go test -run '^$' -bench . -benchmem ./bridge/
+
+const benchMsgSize = 1 << 10
+
+// benchTargets returns the direct and bridged addresses of one backend.
+func benchTargets(b *testing.B) (backend *backend, h *hop) {
+	backend = newBackend(b)
+	h = newHop(b, backend.addr, hopConfig{ingress: IngressConfig{MaxMessageSize: 64 << 20}})
+	return backend, h
+}
+
+func BenchmarkUnary(b *testing.B) {
+	be, h := benchTargets(b)
+	for _, target := range []struct{ name, addr string }{{"direct", be.addr}, {"bridge", h.addr}} {
+		cc := dial(b, target.addr)
+		msg := pattern(benchMsgSize)
+		b.Run(target.name, func(b *testing.B) {
+			b.SetBytes(benchMsgSize)
+			before := h.in.unaryCalls.Load()
+			for b.Loop() {
+				var got []byte
+				if err := cc.Invoke(context.Background(), "/t.T/Echo", msg, &got, grpc.ForceCodecV2(Codec())); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if target.name == "bridge" {
+				b.ReportMetric(float64(h.in.unaryCalls.Load()-before)/float64(b.N), "fastpath/op")
+			}
+		})
+		b.Run(target.name+"-parallel64", func(b *testing.B) {
+			b.SetBytes(benchMsgSize)
+			b.SetParallelism(32) // 64 in flight on 2 CPUs
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					var got []byte
+					if err := cc.Invoke(context.Background(), "/t.T/Echo", msg, &got, grpc.ForceCodecV2(Codec())); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+func BenchmarkStream(b *testing.B) {
+	be, h := benchTargets(b)
+	for _, target := range []struct{ name, addr string }{{"direct", be.addr}, {"bridge", h.addr}} {
+		cc := dial(b, target.addr)
+		msg := pattern(benchMsgSize)
+		// Client streaming: b.N messages up, one answer.
+		b.Run(target.name+"-up", func(b *testing.B) {
+			b.SetBytes(benchMsgSize)
+			s := rawStream(context.Background(), b, cc, "/t.T/Hash")
+			for b.Loop() {
+				if err := s.SendMsg(msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			s.CloseSend()
+			if got, err := recvAll(s); err != nil || len(got) != 1 {
+				b.Fatalf("Hash: %v", err)
+			}
+		})
+		// Server streaming: one request, b.N messages down.
+		b.Run(target.name+"-down", func(b *testing.B) {
+			b.SetBytes(benchMsgSize)
+			s := rawStream(context.Background(), b, cc, "/t.T/Flood")
+			req := binary.BigEndian.AppendUint64(nil, uint64(b.N))
+			s.SendMsg(binary.BigEndian.AppendUint64(req, benchMsgSize))
+			s.CloseSend()
+			n := 0
+			for {
+				var m []byte
+				err := s.RecvMsg(&m)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				n++
+			}
+			if n != b.N {
+				b.Fatalf("got %d messages, want %d", n, b.N)
+			}
+		})
+		// Ping-pong: one message up and its echo down, b.N times.
+		b.Run(target.name+"-pingpong", func(b *testing.B) {
+			s := rawStream(context.Background(), b, cc, "/t.T/Echo")
+			for b.Loop() {
+				if err := s.SendMsg(msg); err != nil {
+					b.Fatal(err)
+				}
+				var m []byte
+				if err := s.RecvMsg(&m); err != nil {
+					b.Fatal(err)
+				}
+			}
+			s.CloseSend()
+			recvAll(s)
+		})
+	}
+	_ = fmt.Sprint
+}
