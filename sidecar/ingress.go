@@ -30,7 +30,8 @@ func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
 		return nil, err
 	}
 	srv, err := newIngressServer(d, s.cfg.MaxMessageSize, s.log,
-		grpc.StatsHandler(s.metrics.statsHandler(SideIngress, nil)))
+		grpc.StatsHandler(s.metrics.statsHandler(SideIngress, nil)),
+		grpc.ChainStreamInterceptor(forgetOnCapTPFailure))
 	if err != nil {
 		ln.Close()
 		return nil, err
@@ -69,4 +70,20 @@ func (in *ingress) drain(ctx context.Context) bool {
 func (in *ingress) stop() {
 	in.stopOnce.Do(in.srv.Stop)
 	<-in.done
+}
+
+// forgetOnCapTPFailure makes the import that served a call drop its
+// capability when the call failed because of CapTP (peer gone, ref revoked or
+// unknown), before the status reaches the client: the client's next call
+// connects again.
+func forgetOnCapTPFailure(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	err := handler(srv, ss)
+	if err != nil && capTPFailure(err) {
+		if info, _ := ss.Context().Value(rpcKey{}).(*rpcInfo); info != nil {
+			if im := info.imp.Load(); im != nil {
+				im.forget()
+			}
+		}
+	}
+	return err
 }

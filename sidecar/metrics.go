@@ -134,8 +134,8 @@ type statsHandler struct {
 type rpcKey struct{}
 
 // rpcInfo is what the stats handler keeps per call. The ingress director
-// records the import serving the call in imp, so a call that fails because
-// of CapTP makes that import drop its capability.
+// records the import serving the call in imp, so that forgetOnCapTPFailure
+// can make it drop its capability when the call fails because of CapTP.
 type rpcInfo struct {
 	method string
 	imp    atomic.Pointer[imported]
@@ -175,9 +175,7 @@ func (h *statsHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
 		code := status.Code(s.Error)
 		h.m.calls.WithLabelValues(h.side, info.method, code.String()).Inc()
 		h.m.latency.WithLabelValues(h.side, info.method).Observe(s.EndTime.Sub(s.BeginTime).Seconds())
-		if im := info.imp.Load(); im != nil && s.Error != nil && capTPFailure(s.Error) {
-			im.forget()
-		}
+
 	}
 }
 
