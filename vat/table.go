@@ -3,6 +3,7 @@ package vat
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -125,6 +126,9 @@ func (t *Table) Restore(ctx context.Context, id ServiceID) (capnp.Client, error)
 			return capnp.Client{}, fmt.Errorf("restore %v: %w", id, ctx.Err())
 		}
 		if l.err != nil {
+			if (errors.Is(l.err, context.Canceled) || errors.Is(l.err, context.DeadlineExceeded)) && ctx.Err() == nil {
+				continue // the loading caller gave up, not us: load again
+			}
 			return capnp.Client{}, l.err
 		}
 		// Loaded: the entry is in the table now (unless already removed).
