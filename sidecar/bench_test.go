@@ -22,7 +22,7 @@ func BenchmarkPairUnary(b *testing.B) {
 		}
 	})
 	b.Run("parallel", func(b *testing.B) {
-		b.SetParallelism(16)
+		b.SetParallelism(benchParallelism)
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				if _, err := p.client.UnaryCall(ctx, req); err != nil {
@@ -56,3 +56,6 @@ func BenchmarkPairServerStream(b *testing.B) {
 		}
 	}
 }
+
+// benchParallelism is the goroutines per CPU of the parallel benchmarks.
+var benchParallelism = 16
