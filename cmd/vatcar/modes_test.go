@@ -9,8 +9,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/interop"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 )
 
 // TestUnixSockets runs the path with the vat and the app on Unix sockets.
@@ -80,5 +82,30 @@ func TestLogsKeepSecrets(t *testing.T) {
 				t.Errorf("log line is not JSON: %q", line)
 			}
 		}
+	}
+}
+
+// TestMaxMessageSize sends an 8 MiB response through sidecars run with
+// --max-message-size 16MiB, and checks the 4 MiB default refuses it with
+// RESOURCE_EXHAUSTED.
+func TestMaxMessageSize(t *testing.T) {
+	const big = 8 << 20
+	req := &testgrpc.SimpleRequest{ResponseSize: big}
+	big16 := []string{"--max-message-size", "16MiB"}
+	p := startPairArgs(t, big16, big16...)
+	ctx := ctxTimeout(t, 30*time.Second)
+	resp, err := p.client.UnaryCall(ctx, req, grpc.MaxCallRecvMsgSize(16<<20))
+	if err != nil || len(resp.GetPayload().GetBody()) != big {
+		t.Fatalf("8 MiB response with --max-message-size 16MiB: %d bytes, %v", len(resp.GetPayload().GetBody()), err)
+	}
+
+	small := startPair(t)
+	_, err = small.client.UnaryCall(ctx, req, grpc.MaxCallRecvMsgSize(16<<20))
+	if got := status.Code(err); got != codes.ResourceExhausted {
+		t.Errorf("8 MiB response with the default limit: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	// The connection survives the refused message.
+	if _, err := small.client.EmptyCall(ctx, &testgrpc.Empty{}); err != nil {
+		t.Errorf("call after the oversize one: %v", err)
 	}
 }
