@@ -28,7 +28,8 @@ type export struct {
 
 // addExport serves e: a gRPC client to its target, bridged by an egress
 // capability added to the restorer table under the id derived from the key
-// and e.Name. Once started, the cap file is written.
+// and e.Name. With a cap dir, the cap file is written (the vat listens by
+// then: Start exports after listening).
 func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 	if err := CheckName(e.Name); err != nil {
 		return nil, fmt.Errorf("%w: bad export NAME %q: %w", ErrConfig, e.Name, err)

@@ -15,7 +15,7 @@ import (
 	"github.com/vatcar/vatcar/vat"
 )
 
-// Locking: Sidecar.mu guards exports, imports, routes, started and draining.
+// Locking: Sidecar.mu guards exports, imports, routes and draining.
 // It is never held while dialling, calling a capability, stopping a server or
 // closing a connection; those happen after unlocking (see removeExport and
 // removeImport). Each import has its own lock for its connection state
@@ -46,7 +46,6 @@ type Sidecar struct {
 	shared      *ingress // GRPCListen, nil when not configured
 
 	mu       sync.Mutex
-	started  bool
 	draining bool
 	exports  map[string]*export
 	imports  map[string]*imported
@@ -69,7 +68,6 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		exports: map[string]*export{},
 		imports: map[string]*imported{},
 	}
-	s.serveCtx, s.stopServing = context.WithCancel(context.Background())
 	if cfg.SecretKeyFile != "" {
 		if err := checkKeyFile(cfg.SecretKeyFile); err != nil {
 			return nil, err
@@ -95,11 +93,13 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	s.vat = v
+	s.serveCtx, s.stopServing = context.WithCancel(context.Background())
 	if cfg.SecretKeyFile == "" && len(cfg.Exports) > 0 {
 		s.log.Warn("no --secret-key-file: the vat key is ephemeral, so export URIs change on every restart")
 	}
 	for _, im := range cfg.Imports {
 		if _, err := s.newImport(im, true); err != nil {
+			s.stopServing()
 			v.Close()
 			return nil, err
 		}
@@ -213,9 +213,6 @@ func (s *Sidecar) Start() (err error) {
 		s.admin = a
 		s.log.Info("admin listening", "address", a.addr.String())
 	}
-	s.mu.Lock()
-	s.started = true
-	s.mu.Unlock()
 	if s.cfg.ReadyFile != "" {
 		if err := writeJSONFile(s.cfg.ReadyFile, s.Addresses()); err != nil {
 			return err
