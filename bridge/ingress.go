@@ -105,9 +105,10 @@ type final struct {
 
 // ingressCall is one call through the ingress.
 //
-// Locking: mu guards finished and serializes use of ss by the down Sink
-// (one call at a time anyway) against the handler's return. ss is not used
-// after finished is set.
+// Locking: mu guards finished. The down Sink (one call at a time) checks it
+// before using ss; the handler sets it as it returns. ss is not used after
+// that, except by a SendMsg already blocked in flow control, which gRPC ends
+// when the handler returns.
 type ingressCall struct {
 	in     *Ingress
 	ss     grpc.ServerStream
@@ -307,9 +308,12 @@ func (c *ingressCall) wait(sent chan error) error {
 			}
 			return f.st.Err()
 		case err := <-sent:
+			// A failed send means the far side ended the call or is gone;
+			// either way the final status comes down (or the Sink is
+			// dropped), and it says more than the send error.
 			sent = nil
-			if err != nil && c.ctx.Err() == nil {
-				return c.fail(err)
+			if err != nil {
+				c.in.log.DebugContext(c.ctx, "bridge: request stream failed", "method", c.method, "err", err)
 			}
 		case <-c.ctx.Done():
 			return Status(c.ctx.Err()).Err()
@@ -350,11 +354,14 @@ func (c *ingressCall) header(md metadata.MD) error {
 	return c.ss.SendHeader(md)
 }
 
-// message implements target.
+// message implements target. It does not hold mu while SendMsg blocks on
+// a slow client: if the call ends meanwhile, the handler returns, gRPC
+// cancels the stream and SendMsg returns.
 func (c *ingressCall) message(f *frame) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.finished {
+	finished := c.finished
+	c.mu.Unlock()
+	if finished {
 		f.free()
 		return errCallDone
 	}
