@@ -116,6 +116,7 @@ func (b *backend) handle(_ any, ss grpc.ServerStream) error {
 		select {
 		case <-b.release:
 		case <-ctx.Done():
+			b.ended <- ctx.Err()
 			return ctx.Err()
 		}
 		return ss.SendMsg([]byte("late"))

@@ -83,9 +83,8 @@ type egressCall struct {
 	bs      grpc.ClientStream
 	ob      *outbox // backend events, read by pump
 
-	mu       sync.Mutex
-	failed   *status.Status // set by fail: replaces the backend's status
-	finished bool
+	mu     sync.Mutex
+	failed *status.Status // set by fail: replaces the backend's status
 }
 
 // start opens the backend stream. parent supplies values only; the call's
@@ -390,9 +389,6 @@ func (c *egressCall) respond(down captp.Sink) {
 			c.fail(Status(err))
 			c.abandon()
 		}
-		c.mu.Lock()
-		c.finished = true
-		c.mu.Unlock()
 	}()
 }
 

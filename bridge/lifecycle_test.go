@@ -362,3 +362,24 @@ func TestCallWithoutDownSink(t *testing.T) {
 		t.Errorf("unary without down: %v, want %v", err, ErrNoDownSink)
 	}
 }
+
+// TestCancelStreamingResponse cancels a unary-shaped call whose response
+// has begun to stream (headers sent): the cancellation reaches the backend
+// through the release of the call's up Sink.
+func TestCancelStreamingResponse(t *testing.T) {
+	b := newBackend(t)
+	h := newHop(t, b.addr, hopConfig{})
+	cc := dial(t, h.addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := rawStream(ctx, t, cc, "/t.T/Headers")
+	s.SendMsg([]byte("x"))
+	s.CloseSend()
+	if _, err := s.Header(); err != nil {
+		t.Fatalf("Header: %v", err)
+	}
+	cancel()
+	if err := waitEnded(t, b); !errors.Is(err, context.Canceled) {
+		t.Errorf("backend saw %v, want context.Canceled", err)
+	}
+}
