@@ -83,7 +83,8 @@ type Config struct {
 	// "error". Sturdy URIs are logged only at debug.
 	LogLevel string `json:"logLevel,omitempty"`
 	// ReadyFile, when set, receives a JSON description of the bound addresses
-	// (see Ready) once the sidecar is ready; written with mode 0600.
+	// (see Addresses) once the sidecar is ready, written with mode 0600; it is
+	// removed when the sidecar closes.
 	ReadyFile string `json:"readyFile,omitempty"`
 }
 

@@ -346,6 +346,9 @@ func (s *Sidecar) closeAll() { s.closeOnce.Do(s.doClose) }
 
 func (s *Sidecar) doClose() {
 	s.ready.Store(false)
+	if s.cfg.ReadyFile != "" {
+		os.Remove(s.cfg.ReadyFile) // a stale one would say ready
+	}
 	s.stopServing()
 	s.mu.Lock()
 	s.draining = true
