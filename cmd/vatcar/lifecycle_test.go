@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -147,10 +148,10 @@ func TestSIGTERMLetsStreamsFinish(t *testing.T) {
 // isReady reports whether p's ready file exists and its /readyz says 200.
 func isReady(p *proc) bool {
 	b, err := os.ReadFile(p.ready)
-	if err != nil || len(b) == 0 {
+	var a addresses
+	if err != nil || json.Unmarshal(b, &a) != nil {
 		return false
 	}
-	a := p.waitReady()
 	code, _ := httpGet(a.Admin + "/readyz")
 	return code == 200
 }
