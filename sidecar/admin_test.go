@@ -245,3 +245,16 @@ func TestAdminHTTP(t *testing.T) {
 		t.Errorf("health Check on admin port: code = %v, want Unimplemented", got)
 	}
 }
+
+func TestLoopbackIfNoHost(t *testing.T) {
+	for in, want := range map[string]string{
+		":9000":          "127.0.0.1:9000",
+		"0.0.0.0:9000":   "0.0.0.0:9000",
+		"[::1]:9000":     "[::1]:9000",
+		"localhost:9000": "localhost:9000",
+	} {
+		if got := loopbackIfNoHost(in); got != want {
+			t.Errorf("loopbackIfNoHost(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

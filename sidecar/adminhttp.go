@@ -52,7 +52,7 @@ type adminListener struct {
 // startAdmin listens on addr and serves h until shut down.
 func startAdmin(addr string, g *grpc.Server, h http.Handler, log *slog.Logger) (*adminListener, error) {
 	log = orDiscard(log)
-	ln, err := net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", loopbackIfNoHost(addr))
 	if err != nil {
 		return nil, fmt.Errorf("admin listen %s: %w", addr, err)
 	}

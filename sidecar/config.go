@@ -59,11 +59,12 @@ type Config struct {
 	// Imports are the sturdy refs exposed as local gRPC endpoints.
 	Imports []Import `json:"imports,omitempty"`
 	// AdminListen is the host:port of the admin gRPC API, /healthz, /readyz
-	// and /metrics (one port, HTTP/1.1 and h2c). Empty: DefaultAdminListen;
-	// "off": no admin listener.
+	// and /metrics (one port, HTTP/1.1 and h2c); an empty host means
+	// 127.0.0.1. Empty: DefaultAdminListen; "off": no admin listener.
 	AdminListen string `json:"adminListen,omitempty"`
-	// GRPCListen, when set, is one shared gRPC endpoint (host:port) that
-	// routes each call by its gRPC service name to an import, per Routes.
+	// GRPCListen, when set, is one shared gRPC endpoint (host:port; an empty
+	// host means 127.0.0.1) that routes each call by its gRPC service name to
+	// an import, per Routes.
 	GRPCListen string `json:"grpcListen,omitempty"`
 	// Routes map gRPC service names to imports on GRPCListen.
 	Routes []Route `json:"routes,omitempty"`
@@ -102,7 +103,8 @@ type Import struct {
 	Name string `json:"name"`
 	// URI is a capnp:// sturdy ref, or @FILE to read one from a cap file.
 	URI string `json:"uri"`
-	// Listen is the local gRPC endpoint, host:port. Empty: a free port on
+	// Listen is the local gRPC endpoint, host:port; an empty host means
+	// 127.0.0.1 (name 0.0.0.0 to face the network). Empty: a free port on
 	// 127.0.0.1 when no route names this import; no own endpoint when one
 	// does (it is reached through GRPCListen).
 	Listen string `json:"listen,omitempty"`

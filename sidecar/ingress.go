@@ -23,9 +23,10 @@ type ingress struct {
 	stopOnce sync.Once
 }
 
-// startIngress listens on addr and serves calls through d.
+// startIngress listens on addr (an empty host means loopback) and serves
+// calls through d.
 func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", loopbackIfNoHost(addr))
 	if err != nil {
 		return nil, err
 	}
@@ -86,4 +87,13 @@ func forgetOnCapTPFailure(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInf
 		}
 	}
 	return err
+}
+
+// loopbackIfNoHost turns ":PORT" into "127.0.0.1:PORT": app-facing and admin
+// listeners face loopback unless a host is named (0.0.0.0 for all).
+func loopbackIfNoHost(addr string) string {
+	if host, port, err := net.SplitHostPort(addr); err == nil && host == "" {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return addr
 }
