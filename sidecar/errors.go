@@ -14,9 +14,5 @@ var ErrNotFound = errors.New("not found")
 // ErrExists is returned when adding an export or import whose name is taken.
 var ErrExists = errors.New("already exists")
 
-// ErrUnavailable is returned for a call on an import whose peer cannot be
-// reached right now; the import retries by itself.
-var ErrUnavailable = errors.New("unavailable")
-
 // ErrDraining is returned for a call that arrives after shutdown began.
 var ErrDraining = errors.New("draining")
