@@ -85,6 +85,7 @@ type egressCall struct {
 
 	mu     sync.Mutex
 	failed *status.Status // set by fail: replaces the backend's status
+	over   bool           // set by done
 }
 
 // start opens the backend stream. parent supplies values only; the call's
@@ -179,6 +180,9 @@ func (c *egressCall) fail(st *status.Status) {
 // done releases the call's slot and context. It runs once the final status
 // was handed on.
 func (c *egressCall) done() {
+	c.mu.Lock()
+	c.over = true
+	c.mu.Unlock()
 	c.cancel()
 	c.abandon()
 	c.ob.stop()
@@ -221,7 +225,12 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 	// While the handler runs, the capnp call's cancellation is the call's.
 	stop := context.AfterFunc(ctx, c.cancel)
 	evs, whole := c.collect(ctx)
-	stop()
+	if !stop() || ctx.Err() != nil {
+		// The caller cancelled (Finish) while the response was awaited.
+		freeEvents(evs)
+		c.done()
+		return fmt.Errorf("unary: %w", ctx.Err())
+	}
 	if whole {
 		defer c.done()
 		defer freeEvents(evs)
@@ -419,6 +428,12 @@ func (c *egressCall) end(*status.Status, metadata.MD) {
 // (it was cancelled, or its connection is gone: nobody is listening any
 // more), or a request was too large (the status still goes down).
 func (c *egressCall) lost(err error) {
+	c.mu.Lock()
+	over := c.over
+	c.mu.Unlock()
+	if over {
+		return
+	}
 	c.fail(Status(err))
 	if errors.Is(err, ErrStreamLost) {
 		c.abandon()

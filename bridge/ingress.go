@@ -116,6 +116,7 @@ type ingressCall struct {
 	method string
 	ob     *outbox // client messages, read by pump
 	final  chan final
+	upStats sendStats // of the request stream's sender
 	// lostFirst is set by wait when the response Sink was dropped before
 	// the call ended.
 	lostFirst bool
@@ -277,7 +278,7 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 	senderDone := make(chan struct{})
 	go func() {
 		defer close(senderDone)
-		s := sender{sink: up, ob: c.ob}
+		s := sender{sink: up, ob: c.ob, stats: &c.upStats}
 		sent <- s.run(ctx)
 	}()
 	err := c.wait(sent)

@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/flowcontrol"
@@ -41,9 +42,16 @@ func newFlowLimiter() flowcontrol.FlowLimiter { return flowcontrol.NewFixedLimit
 type sender struct {
 	sink     captp.Sink
 	ob       *outbox
+	stats    *sendStats // optional
 	releases []capnp.ReleaseFunc // of headers calls, run when the sender ends
 	piece    []piece             // pending chunks of the next send
 	batched  int                 // bytes in piece
+}
+
+// sendStats counts what a sender did; safe for concurrent reads.
+type sendStats struct {
+	sends    atomic.Int64 // Sink.send calls
+	messages atomic.Int64 // messages completed by them
 }
 
 // piece is a part of a queued message that one chunk carries.
@@ -124,7 +132,7 @@ func (s *sender) flush(ctx context.Context) error {
 	}
 	pieces := s.piece
 	s.piece, s.batched = s.piece[:0], 0
-	copied := 0
+	copied, ends := 0, 0
 	err := s.sink.Send(ctx, func(p captp.Sink_send_Params) error {
 		l, err := p.NewChunks(int32(len(pieces)))
 		if err != nil {
@@ -133,6 +141,9 @@ func (s *sender) flush(ctx context.Context) error {
 		for i, pc := range pieces {
 			c := l.At(i)
 			c.SetEnd(pc.end)
+			if pc.end {
+				ends++
+			}
 			if pc.len == 0 {
 				continue
 			}
@@ -149,6 +160,10 @@ func (s *sender) flush(ctx context.Context) error {
 		return nil
 	})
 	s.ob.done(copied)
+	if s.stats != nil {
+		s.stats.sends.Add(1)
+		s.stats.messages.Add(int64(ends))
+	}
 	if err != nil {
 		return fmt.Errorf("send on stream: %w", err)
 	}

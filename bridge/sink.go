@@ -3,7 +3,6 @@ package bridge
 import (
 	"context"
 	"fmt"
-	"sync"
 
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
@@ -35,8 +34,6 @@ type sinkServer struct {
 	t      target
 	maxMsg int
 
-	mu     sync.Mutex // guards ended; Shutdown runs on another goroutine
-	ended  bool
 	parts  mem.BufferSlice // chunks of a message in progress
 	partsN int
 }
@@ -117,30 +114,22 @@ func (s *sinkServer) Close(_ context.Context, call captp.Sink_close) error {
 	if err != nil {
 		return fmt.Errorf("sink close: %w", err)
 	}
-	s.mu.Lock()
-	s.ended = true
-	s.mu.Unlock()
 	s.t.end(st, md)
 	return nil
 }
 
 // fail ends the direction with err.
 func (s *sinkServer) fail(err error) {
-	s.mu.Lock()
-	s.ended = true
-	s.mu.Unlock()
 	s.t.lost(err)
 }
 
 // Shutdown implements server.Shutdowner: the last reference to the Sink is
-// gone. Before Close that means the peer dropped the stream.
+// gone (it runs after every call on it returned). A Sink's holder keeps it
+// until the call ends, even after close (a half-close on up), so the target
+// takes this as the end of the call, which matters only if the call has
+// not ended otherwise: the peer cancelled, or its connection is gone.
 func (s *sinkServer) Shutdown() {
 	s.parts.Free()
-	s.mu.Lock()
-	ended := s.ended
-	s.ended = true
-	s.mu.Unlock()
-	if !ended {
-		s.t.lost(ErrStreamLost)
-	}
+	s.parts = nil
+	s.t.lost(ErrStreamLost)
 }

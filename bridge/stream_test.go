@@ -3,6 +3,7 @@ package bridge
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"sync"
 	"testing"
@@ -209,4 +210,50 @@ func TestStatusAndMetadata(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestStreamBatches checks that the messages a client streams faster than
+// one capnp call each ride in batches: many fewer Sink.send calls than
+// messages, and every message arrives.
+func TestStreamBatches(t *testing.T) {
+	b := newBackend(t)
+	h := newHop(t, b.addr, hopConfig{})
+	var (
+		mu    sync.Mutex
+		calls []*ingressCall
+	)
+	h.in.onCall = func(c *ingressCall) {
+		mu.Lock()
+		calls = append(calls, c)
+		mu.Unlock()
+	}
+	cc := dial(t, h.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const n = 4000
+	s := rawStream(ctx, t, cc, "/t.T/Hash")
+	msg := pattern(1 << 10)
+	for range n {
+		if err := s.SendMsg(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.CloseSend()
+	got, err := recvAll(s)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("Hash: %v", err)
+	}
+	if count := binary.BigEndian.Uint64(got[0][32:]); count != n<<10 {
+		t.Fatalf("backend got %d bytes, want %d", count, n<<10)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	sends, msgs := calls[0].upStats.sends.Load(), calls[0].upStats.messages.Load()
+	if msgs != n {
+		t.Errorf("sender completed %d messages, want %d", msgs, n)
+	}
+	if sends > n/4 {
+		t.Errorf("%d Sink.send calls for %d messages, want batches (at most %d calls)", sends, n, n/4)
+	}
+	t.Logf("%d messages in %d sends (%.1f per send)", msgs, sends, float64(msgs)/float64(sends))
 }
