@@ -110,12 +110,12 @@ type final struct {
 // that, except by a SendMsg already blocked in flow control, which gRPC ends
 // when the handler returns.
 type ingressCall struct {
-	in     *Ingress
-	ss     grpc.ServerStream
-	ctx    context.Context
-	method string
-	ob     *outbox // client messages, read by pump
-	final  chan final
+	in      *Ingress
+	ss      grpc.ServerStream
+	ctx     context.Context
+	method  string
+	ob      *outbox // client messages, read by pump
+	final   chan final
 	upStats sendStats // of the request stream's sender
 	// lostFirst is set by wait when the response Sink was dropped before
 	// the call ended.

@@ -42,7 +42,7 @@ func newFlowLimiter() flowcontrol.FlowLimiter { return flowcontrol.NewFixedLimit
 type sender struct {
 	sink     captp.Sink
 	ob       *outbox
-	stats    *sendStats // optional
+	stats    *sendStats          // optional
 	releases []capnp.ReleaseFunc // of headers calls, run when the sender ends
 	piece    []piece             // pending chunks of the next send
 	batched  int                 // bytes in piece
