@@ -32,7 +32,7 @@ func BenchmarkUnary(b *testing.B) {
 		msg := pattern(benchMsgSize)
 		b.Run(target.name, func(b *testing.B) {
 			b.SetBytes(benchMsgSize)
-			before := h.in.unaryCalls.Load()
+			before, wholeBefore := h.in.unaryCalls.Load(), h.eg.wholeReplies.Load()
 			for b.Loop() {
 				var got []byte
 				if err := cc.Invoke(context.Background(), "/t.T/Echo", msg, &got, grpc.ForceCodecV2(Codec())); err != nil {
@@ -40,7 +40,8 @@ func BenchmarkUnary(b *testing.B) {
 				}
 			}
 			if target.name == "bridge" {
-				b.ReportMetric(float64(h.in.unaryCalls.Load()-before)/float64(b.N), "fastpath/op")
+				b.ReportMetric(float64(h.in.unaryCalls.Load()-before)/float64(b.N), "unary/op")
+				b.ReportMetric(float64(h.eg.wholeReplies.Load()-wholeBefore)/float64(b.N), "whole/op")
 			}
 		})
 		b.Run(target.name+"-parallel64", func(b *testing.B) {

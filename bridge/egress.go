@@ -31,6 +31,8 @@ type egress struct {
 	opts   []grpc.CallOption
 	log    *slog.Logger
 	active atomic.Int64
+
+	wholeReplies, streamedReplies atomic.Int64 // unary calls by how they were answered
 }
 
 // NewEgress returns a GrpcService capability that forwards every call to
@@ -40,8 +42,16 @@ type egress struct {
 // of them together, so make one egress per connection for a per-connection
 // limit.
 func NewEgress(cfg EgressConfig) (captp.GrpcService, error) {
+	e, err := newEgress(cfg)
+	if err != nil {
+		return captp.GrpcService{}, err
+	}
+	return captp.GrpcService_ServerToClient(e), nil
+}
+
+func newEgress(cfg EgressConfig) (*egress, error) {
 	if err := cfg.Validate(); err != nil {
-		return captp.GrpcService{}, fmt.Errorf("new egress: %w", err)
+		return nil, fmt.Errorf("new egress: %w", err)
 	}
 	limit := cfg.MaxConcurrentCalls
 	if limit == 0 {
@@ -54,7 +64,7 @@ func NewEgress(cfg EgressConfig) (captp.GrpcService, error) {
 		opts:  cfg.CallOptions,
 		log:   logger(cfg.Logger),
 	}
-	return captp.GrpcService_ServerToClient(e), nil
+	return e, nil
 }
 
 // admit takes a call slot, or answers Overloaded.
@@ -232,6 +242,7 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 		return fmt.Errorf("unary: %w", ctx.Err())
 	}
 	if whole {
+		e.wholeReplies.Add(1)
 		defer c.done()
 		defer freeEvents(evs)
 		res, err := call.AllocResults()
@@ -245,6 +256,7 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 		return writeReply(r, evs)
 	}
 	// The rest goes down the Sink; up is the caller's handle.
+	e.streamedReplies.Add(1)
 	c.ob.unget(evs)
 	res, err := call.AllocResults()
 	if err != nil {

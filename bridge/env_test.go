@@ -20,6 +20,7 @@ type hop struct {
 	addr   string // the ingress's gRPC address
 	svc    captp.GrpcService
 	in     *Ingress
+	eg     *egress
 	client *rpc.Conn // the ingress side of the capnp connection
 }
 
@@ -41,10 +42,11 @@ func newHop(t testing.TB, backend string, cfg hopConfig) *hop {
 	}
 	t.Cleanup(func() { cc.Close() })
 	cfg.egress.Conn = cc
-	eg, err := NewEgress(cfg.egress)
+	egImpl, err := newEgress(cfg.egress)
 	if err != nil {
-		t.Fatalf("NewEgress: %v", err)
+		t.Fatalf("newEgress: %v", err)
 	}
+	eg := captp.GrpcService_ServerToClient(egImpl)
 	t.Cleanup(eg.Release)
 
 	// The egress side of the capnp connection.
@@ -95,7 +97,7 @@ func newHop(t testing.TB, backend string, cfg hopConfig) *hop {
 		client.Close()
 		server.Close()
 	})
-	return &hop{addr: gl.Addr().String(), svc: svc, in: in, client: client}
+	return &hop{addr: gl.Addr().String(), svc: svc, in: in, eg: egImpl, client: client}
 }
 
 // serve runs a gRPC server on loopback until the end of the test.

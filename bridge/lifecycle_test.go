@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -381,5 +382,42 @@ func TestCancelStreamingResponse(t *testing.T) {
 	cancel()
 	if err := waitEnded(t, b); !errors.Is(err, context.Canceled) {
 		t.Errorf("backend saw %v, want context.Canceled", err)
+	}
+}
+
+// TestContentSubtype checks that any content-subtype passes without parsing
+// and reaches the backend unchanged.
+func TestContentSubtype(t *testing.T) {
+	got := make(chan string, 4)
+	backend := serve(t, func(s *grpc.Server) {}, grpc.ForceServerCodecV2(Codec()), grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+		md, _ := metadata.FromIncomingContext(ss.Context())
+		got <- first(md["content-type"])
+		var m []byte
+		if err := ss.RecvMsg(&m); err != nil {
+			return err
+		}
+		return ss.SendMsg(m)
+	}))
+	h := newHop(t, backend, hopConfig{})
+	cc := dial(t, h.addr)
+	for _, sub := range []string{"", "json", "proto", "x-custom"} {
+		t.Run("subtype="+sub, func(t *testing.T) {
+			opts := []grpc.CallOption{grpc.ForceCodecV2(rawCodec{name: sub})}
+			msg := []byte("{not a protobuf \xff}")
+			var reply []byte
+			if err := cc.Invoke(context.Background(), "/t.T/Any", msg, &reply, opts...); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(reply, msg) {
+				t.Errorf("reply %q, want %q", reply, msg)
+			}
+			want := "application/grpc"
+			if sub != "" {
+				want += "+" + sub
+			}
+			if ct := <-got; ct != want {
+				t.Errorf("backend got content-type %q, want %q", ct, want)
+			}
+		})
 	}
 }
