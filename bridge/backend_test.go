@@ -37,7 +37,8 @@ type backend struct {
 	started  chan context.Context
 	ended    chan error
 	release  chan struct{}
-	consumed atomic.Int64
+	consumed atomic.Int64 // bytes /t.T/Slow read
+	produced atomic.Int64 // bytes /t.T/Flood sent
 	slow     time.Duration
 }
 
@@ -102,6 +103,7 @@ func (b *backend) handle(_ any, ss grpc.ServerStream) error {
 			if err := ss.SendMsg(msg); err != nil {
 				return err
 			}
+			b.produced.Add(int64(len(msg)))
 		}
 		return nil
 	case "/t.T/Hang":

@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -175,4 +177,50 @@ func TestSlowConsumerBoundsMemory(t *testing.T) {
 	}
 	t.Logf("client ahead of backend by at most %d KiB (bound %d KiB, total %d KiB); ingress queue peak %d KiB",
 		ahead.Load()>>10, bound>>10, total>>10, calls[0].ob.peakBytes()>>10)
+}
+
+// TestSlowClientBoundsMemory is the other direction: the backend floods
+// a client that reads slowly, and gets only a bounded amount ahead.
+func TestSlowClientBoundsMemory(t *testing.T) {
+	const (
+		msgSize = 256 << 10
+		count   = 384 // 96 MiB
+		window  = 64 << 10
+	)
+	b := newBackend(t, grpc.StaticStreamWindowSize(window), grpc.StaticConnWindowSize(window))
+	h := newHop(t, b.addr, hopConfig{
+		serverOpts: []grpc.ServerOption{grpc.StaticStreamWindowSize(window), grpc.StaticConnWindowSize(window)},
+		dialOpts:   []grpc.DialOption{grpc.WithStaticStreamWindowSize(window), grpc.WithStaticConnWindowSize(window)},
+	})
+	cc := dial(t, h.addr, grpc.WithStaticStreamWindowSize(window), grpc.WithStaticConnWindowSize(window))
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	s := rawStream(ctx, t, cc, "/t.T/Flood")
+	req := binary.BigEndian.AppendUint64(nil, count)
+	s.SendMsg(binary.BigEndian.AppendUint64(req, msgSize))
+	s.CloseSend()
+	var received, ahead int64
+	for {
+		var m []byte
+		err := s.RecvMsg(&m)
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatal(err)
+			}
+			break
+		}
+		received += int64(len(m))
+		ahead = max(ahead, b.produced.Load()-received)
+		time.Sleep(2 * time.Millisecond) // a slow client, not a wait
+	}
+	if received != count*msgSize {
+		t.Fatalf("received %d bytes, want %d", received, count*msgSize)
+	}
+	// The egress queue, the capnp flow window, the batch the ingress is
+	// writing, and the small HTTP/2 windows and buffers.
+	bound := int64(queueBytes + msgSize + flowWindow + batchBytes + 8*msgSize)
+	if ahead > bound {
+		t.Errorf("the backend got %d bytes ahead of the client, want at most %d", ahead, bound)
+	}
+	t.Logf("backend ahead of client by at most %d KiB (bound %d KiB, total %d KiB)", ahead>>10, bound>>10, received>>10)
 }
