@@ -13,12 +13,27 @@ import (
 	"time"
 )
 
-// writeSelfSigned generates a P-256 key and a self-signed certificate for 127.0.0.1 and
-// writes them as PEM files (the key with mode 0600). Nothing is kept after the run.
+// writeSelfSigned generates a P-256 key and a self-signed certificate and writes them
+// as PEM files (the key with mode 0600). Nothing is kept after the run.
 func writeSelfSigned(certPath, keyPath string) error {
+	certPEM, keyPEM, err := selfSigned()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(certPath, certPEM, 0o644); err != nil {
+		return fmt.Errorf("write TLS certificate: %w", err)
+	}
+	if err := os.WriteFile(keyPath, keyPEM, 0o600); err != nil {
+		return fmt.Errorf("write TLS key: %w", err)
+	}
+	return nil
+}
+
+// selfSigned generates a P-256 key and a self-signed certificate, as PEM.
+func selfSigned() (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return fmt.Errorf("generate TLS key: %w", err)
+		return nil, nil, fmt.Errorf("generate TLS key: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1),
@@ -31,17 +46,12 @@ func writeSelfSigned(certPath, keyPath string) error {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return fmt.Errorf("create TLS certificate: %w", err)
+		return nil, nil, fmt.Errorf("create TLS certificate: %w", err)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return fmt.Errorf("marshal TLS key: %w", err)
+		return nil, nil, fmt.Errorf("marshal TLS key: %w", err)
 	}
-	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return fmt.Errorf("write TLS certificate: %w", err)
-	}
-	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return fmt.Errorf("write TLS key: %w", err)
-	}
-	return nil
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
 }
