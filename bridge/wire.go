@@ -107,14 +107,20 @@ func contentSubtype(contentType string) string {
 	if !ok || rest == "" {
 		return ""
 	}
-	if rest[0] != '+' && rest[0] != ';' {
+	if rest[0] != '+' { // ";..." holds parameters, not a subtype
 		return ""
 	}
 	sub := rest[1:]
 	if i := strings.IndexByte(sub, ';'); i >= 0 {
 		sub = sub[:i]
 	}
-	return strings.ToLower(strings.TrimSpace(sub))
+	sub = strings.TrimSpace(sub)
+	for i := 0; i < len(sub); i++ {
+		if c := sub[i]; c <= ' ' || c >= 0x7f { // not a token: no subtype
+			return ""
+		}
+	}
+	return strings.ToLower(sub)
 }
 
 // writeStatus stores st in dst. Details travel as the bytes of the

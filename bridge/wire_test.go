@@ -1,0 +1,133 @@
+package bridge
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+func TestContentSubtypeParse(t *testing.T) {
+	cases := map[string]string{
+		"application/grpc":                 "",
+		"application/grpc+proto":           "proto",
+		"application/grpc+JSON":            "json",
+		"application/grpc;charset=utf-8":   "",
+		"application/grpc+json; charset=x": "json",
+		"application/grpcx":                "",
+		"text/plain":                       "",
+		"":                                 "",
+	}
+	for in, want := range cases {
+		if got := contentSubtype(in); got != want {
+			t.Errorf("contentSubtype(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestCallHeadRoundTrip checks that what writeCallHead encodes,
+// readCallHead decodes: method, metadata (binary too), content-subtype,
+// deadline.
+func TestCallHeadRoundTrip(t *testing.T) {
+	md := metadata.MD{
+		"x-a":          {"1", "2"},
+		"x-b-bin":      {string([]byte{0, 0xff})},
+		"content-type": {"application/grpc+json"},
+		":authority":   {"dropped"},
+		"grpc-timeout": {"dropped"},
+	}
+	ctx, cancel := context.WithTimeout(metadata.NewIncomingContext(context.Background(), md), time.Minute)
+	defer cancel()
+	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := captp.NewRootCallHead(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeCallHead(h, ctx, "/p.S/M"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readCallHead(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.method != "/p.S/M" || got.subtype != "json" {
+		t.Errorf("method %q subtype %q", got.method, got.subtype)
+	}
+	if got.timeout <= 0 || got.timeout > time.Minute {
+		t.Errorf("timeout %v, want (0, 1m]", got.timeout)
+	}
+	want := metadata.MD{"x-a": {"1", "2"}, "x-b-bin": {string([]byte{0, 0xff})}}
+	if len(got.md) != len(want) {
+		t.Errorf("md = %v, want %v", got.md, want)
+	}
+	for k, v := range want {
+		if len(got.md[k]) != len(v) || got.md[k][0] != v[0] {
+			t.Errorf("md[%q] = %q, want %q", k, got.md[k], v)
+		}
+	}
+}
+
+// TestStatusRoundTrip checks writeStatus and readStatus.
+func TestStatusRoundTrip(t *testing.T) {
+	st, _ := status.New(codes.Aborted, "ä ☺\n").WithDetails(status.New(codes.OK, "inner").Proto())
+	for _, in := range []*status.Status{status.New(codes.OK, ""), status.New(codes.NotFound, "nope"), st} {
+		_, seg, _ := capnp.NewMessage(capnp.SingleSegment(nil))
+		w, _ := captp.NewRootStatus(seg)
+		if err := writeStatus(w, in); err != nil {
+			t.Fatal(err)
+		}
+		out, err := readStatus(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.Code() != in.Code() || out.Message() != in.Message() || len(out.Details()) != len(in.Details()) {
+			t.Errorf("got %v, want %v", out, in)
+		}
+	}
+}
+
+// FuzzReadCallHead decodes arbitrary bytes as a CallHead: whatever a peer
+// sends, decoding fails or succeeds, it never panics.
+func FuzzReadCallHead(f *testing.F) {
+	_, seg, _ := capnp.NewMessage(capnp.SingleSegment(nil))
+	h, _ := captp.NewRootCallHead(seg)
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("x-k", "v", "content-type", "application/grpc"))
+	writeCallHead(h, ctx, "/a.B/C")
+	b, _ := seg.Message().Marshal()
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		msg, err := capnp.Unmarshal(data)
+		if err != nil {
+			return
+		}
+		msg.ResetReadLimit(1 << 20)
+		h, err := captp.ReadRootCallHead(msg)
+		if err != nil {
+			return
+		}
+		readCallHead(h)
+	})
+}
+
+// FuzzContentSubtype checks that any content-type parses to a lower-case
+// subtype without panicking.
+func FuzzContentSubtype(f *testing.F) {
+	for _, s := range []string{"application/grpc", "application/grpc+json", "application/grpc;x=y", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		sub := contentSubtype(s)
+		if len(sub) > len(s) {
+			t.Fatalf("contentSubtype(%q) = %q, longer than its input", s, sub)
+		}
+	})
+}
