@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc/encoding"
+	_ "google.golang.org/grpc/encoding/gzip" // clients may compress with gzip
 	"google.golang.org/grpc/mem"
 )
 

@@ -64,6 +64,11 @@
 // writing them (grpc-go keeps a reference after SendMsg returns, and capnp
 // memory goes back when its call returns, so it is never handed to gRPC).
 //
+// Compression is per hop: the ingress accepts gzip-compressed messages (the
+// package registers grpc-go's gzip compressor) and the bridge carries them
+// uncompressed; the egress compresses only if EgressConfig.CallOptions say
+// so.
+//
 // The egress admits at most MaxConcurrentCalls calls at once and answers
 // more with an Overloaded exception (RESOURCE_EXHAUSTED at the client).
 package bridge
