@@ -5,12 +5,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	"capnproto.org/go/capnp/v3/rpc"
 	"go.uber.org/goleak"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -419,5 +423,57 @@ func TestContentSubtype(t *testing.T) {
 				t.Errorf("backend got content-type %q, want %q", ct, want)
 			}
 		})
+	}
+}
+
+// TestUnknownServiceOverTheWire checks the mapping of a far-side failure
+// that arrives as a capnp exception: a bootstrap capability that is an
+// "Unknown persistent service ID" error reaches the client as NOT_FOUND.
+func TestUnknownServiceOverTheWire(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *rpc.Conn, 1)
+	go func() {
+		nc, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			done <- nil
+			return
+		}
+		done <- rpc.NewConn(rpc.NewStreamTransport(nc), &rpc.Options{
+			BootstrapClient: capnp.ErrorClient(exc.New(exc.Failed, "vat", "Unknown persistent service ID")),
+		})
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := rpc.NewConn(rpc.NewStreamTransport(nc), nil)
+	server := <-done
+	defer func() {
+		client.Close()
+		if server != nil {
+			server.Close()
+		}
+	}()
+	svc := captp.GrpcService(client.Bootstrap(context.Background()))
+	defer svc.Release()
+	in, err := NewIngress(IngressConfig{Director: func(context.Context, string) (captp.GrpcService, error) { return svc.AddRef(), nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := dial(t, serve(t, func(*grpc.Server) {}, in.ServerOptions()...))
+	for _, halfClose := range []bool{true, false} {
+		s := rawStream(context.Background(), t, cc, "/t.T/Echo")
+		s.SendMsg([]byte("x"))
+		if halfClose {
+			s.CloseSend()
+		}
+		_, err := recvAll(s)
+		if st := status.Convert(err); st.Code() != codes.NotFound || !strings.Contains(st.Message(), "Unknown persistent service ID") {
+			t.Errorf("halfClose=%v: got %v, want NotFound with the text", halfClose, err)
+		}
 	}
 }
