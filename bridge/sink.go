@@ -36,6 +36,7 @@ type sinkServer struct {
 
 	parts  mem.BufferSlice // chunks of a message in progress
 	partsN int
+	failed error // once set, the direction is over: later sends are refused
 }
 
 func newSink(t target, maxMsg int) captp.Sink {
@@ -59,6 +60,9 @@ func (s *sinkServer) Headers(_ context.Context, call captp.Sink_headers) error {
 // message once (capnp memory goes back when the call returns, and gRPC
 // keeps a reference to what it sends).
 func (s *sinkServer) Send(_ context.Context, call captp.Sink_send) error {
+	if s.failed != nil {
+		return s.failed
+	}
 	l, err := call.Args().Chunks()
 	if err != nil {
 		return fmt.Errorf("sink send: %w", err)
@@ -71,9 +75,9 @@ func (s *sinkServer) Send(_ context.Context, call captp.Sink_send) error {
 			return fmt.Errorf("sink send: %w", err)
 		}
 		if s.partsN+len(d) > s.maxMsg {
+			err := fmt.Errorf("sink send: %d bytes and more, max %d: %w", s.partsN+len(d), s.maxMsg, ErrMessageTooLarge)
 			s.parts.Free()
 			s.parts, s.partsN = nil, 0
-			err := fmt.Errorf("sink send: %d bytes and more, max %d: %w", s.partsN+len(d), s.maxMsg, ErrMessageTooLarge)
 			s.fail(err)
 			return err
 		}
@@ -87,6 +91,7 @@ func (s *sinkServer) Send(_ context.Context, call captp.Sink_send) error {
 		f := &frame{data: s.parts}
 		s.parts, s.partsN = nil, 0
 		if err := s.t.message(f); err != nil {
+			s.failed = err
 			return err
 		}
 	}
@@ -95,6 +100,9 @@ func (s *sinkServer) Send(_ context.Context, call captp.Sink_send) error {
 
 // Close implements captp.Sink_Server.
 func (s *sinkServer) Close(_ context.Context, call captp.Sink_close) error {
+	if s.failed != nil {
+		return s.failed
+	}
 	args := call.Args()
 	var st *status.Status
 	if args.HasStatus() {
@@ -120,6 +128,7 @@ func (s *sinkServer) Close(_ context.Context, call captp.Sink_close) error {
 
 // fail ends the direction with err.
 func (s *sinkServer) fail(err error) {
+	s.failed = err
 	s.t.lost(err)
 }
 

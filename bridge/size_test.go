@@ -15,7 +15,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/proto/captp"
 )
 
 // TestLargeMessages sends 16, 64 and 200 MiB messages through the bridge
@@ -224,3 +227,47 @@ func TestSlowClientBoundsMemory(t *testing.T) {
 	}
 	t.Logf("backend ahead of client by at most %d KiB (bound %d KiB, total %d KiB)", ahead>>10, bound>>10, received>>10)
 }
+
+// TestOversizeTailNotDelivered checks that after a message was refused for
+// its size, its remaining chunks are not taken for a message of their own.
+func TestOversizeTailNotDelivered(t *testing.T) {
+	var got []int
+	tg := &recordTarget{onMessage: func(f *frame) { got = append(got, f.data.Len()); f.free() }}
+	s := &sinkServer{t: tg, maxMsg: 3 << 20 / 2}
+	sink := captp.Sink_ServerToClient(s)
+	defer sink.Release()
+	ctx := context.Background()
+	for i, end := range []bool{false, false, true} { // one 3 MiB message in 1 MiB chunks
+		err := sink.Send(ctx, func(p captp.Sink_send_Params) error {
+			l, err := p.NewChunks(1)
+			if err != nil {
+				return err
+			}
+			l.At(0).SetEnd(end)
+			return l.At(0).SetData(make([]byte, 1<<20))
+		})
+		if err != nil {
+			t.Logf("send %d: %v", i, err)
+		}
+	}
+	if err := sink.WaitStreaming(); err == nil {
+		t.Error("the oversize message was not refused")
+	}
+	if len(got) != 0 {
+		t.Errorf("delivered messages of %v bytes, want none", got)
+	}
+	if len(tg.losses) != 1 || !errors.Is(tg.losses[0], ErrMessageTooLarge) {
+		t.Errorf("lost = %v, want one ErrMessageTooLarge", tg.losses)
+	}
+}
+
+// recordTarget is a target that records what it is given.
+type recordTarget struct {
+	onMessage func(*frame)
+	losses    []error
+}
+
+func (r *recordTarget) header(metadata.MD) error        { return nil }
+func (r *recordTarget) message(f *frame) error          { r.onMessage(f); return nil }
+func (r *recordTarget) end(*status.Status, metadata.MD) {}
+func (r *recordTarget) lost(err error)                  { r.losses = append(r.losses, err) }
