@@ -36,8 +36,9 @@ type Config struct {
 	// apt-get when missing unless NoInstall.
 	Nginx     string
 	NoInstall bool
-	// PprofDir, when set, receives CPU and allocation profiles of each vatcar sidecar
-	// during the profiled scenarios (from /debug/pprof on their admin listeners).
+	// PprofDir, when set, receives CPU, allocation, block and mutex profiles of each
+	// vatcar sidecar during the profiled scenarios. The sidecars are then built from
+	// bench/vatcarprof (the same sidecar with net/http/pprof) unless Vatcar is set.
 	PprofDir string
 	// Keep leaves the temporary directory (configs, logs, keys) in place.
 	Keep bool

@@ -177,13 +177,17 @@ func startPath(ctx context.Context, cfg Config, name, dir, backendAddr string, i
 	case pathVatcar:
 		bin := cfg.Vatcar
 		if bin == "" {
-			logf("building ./cmd/vatcar")
+			pkg := pkgVatcar
+			if cfg.PprofDir != "" {
+				pkg = pkgVatcarProf
+			}
+			logf("building %s", pkg)
 			var err error
-			if bin, err = buildVatcar(ctx, dir); err != nil {
+			if bin, err = buildVatcar(ctx, dir, pkg); err != nil {
 				return nil, err
 			}
 		}
-		return startVatcar(ctx, bin, dir, backendAddr, cfg.VatcarArgs)
+		return startVatcar(ctx, bin, dir, backendAddr, cfg.VatcarArgs, cfg.PprofDir != "")
 	}
 	return nil, fmt.Errorf("unknown path %q", name)
 }

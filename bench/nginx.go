@@ -144,7 +144,7 @@ func startNginx(ctx context.Context, bin, dir, backendAddr string) (path, error)
 			return nil, fmt.Errorf("write nginx config: %w", err)
 		}
 		p, err := startProcess("nginx "+name, bin,
-			[]string{"-p", dir, "-c", conf, "-e", filepath.Join(dir, name+"-error.log")},
+			[]string{"-p", dir, "-c", conf, "-e", filepath.Join(dir, name+"-error.log")}, nil,
 			filepath.Join(dir, name+".log"))
 		if err != nil {
 			n.Close()

@@ -26,7 +26,7 @@ type path interface {
 type instance struct {
 	Name  string
 	PIDs  []int
-	Admin string // host:port of its admin HTTP listener, "" when it has none
+	Pprof string // host:port serving /debug/pprof, "" when it has none
 }
 
 // pids lists every process of a path.

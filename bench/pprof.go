@@ -14,21 +14,23 @@ import (
 )
 
 // startProfiles fetches a CPU profile of the window's length from each instance of p
-// that has an admin listener, and then its allocation profile, into dir. The returned
-// function waits for them. Failures are logged, not fatal: a sidecar without
-// /debug/pprof simply has no profile.
+// that serves /debug/pprof, and then its allocation, block and mutex profiles
+// (cumulative since the process started), into dir. The returned function waits for
+// them. Failures are logged, not fatal.
 func startProfiles(ctx context.Context, dir, scenarioName string, p path, window time.Duration, logf func(string, ...any)) func() {
 	var wg sync.WaitGroup
 	secs := int(math.Ceil(window.Seconds()))
 	for _, in := range p.Instances() {
-		if in.Admin == "" {
+		if in.Pprof == "" {
 			continue
 		}
 		base := fmt.Sprintf("%s-%s-%s", p.Name(), strings.ReplaceAll(in.Name, " ", "-"), scenarioName)
 		wg.Go(func() {
 			for _, prof := range []struct{ url, file string }{
-				{fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", in.Admin, secs), base + ".cpu.pprof"},
-				{fmt.Sprintf("http://%s/debug/pprof/allocs", in.Admin), base + ".allocs.pprof"},
+				{fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", in.Pprof, secs), base + ".cpu.pprof"},
+				{fmt.Sprintf("http://%s/debug/pprof/allocs", in.Pprof), base + ".allocs.pprof"},
+				{fmt.Sprintf("http://%s/debug/pprof/block", in.Pprof), base + ".block.pprof"},
+				{fmt.Sprintf("http://%s/debug/pprof/mutex", in.Pprof), base + ".mutex.pprof"},
 			} {
 				if err := fetchTo(ctx, prof.url, filepath.Join(dir, prof.file)); err != nil {
 					logf("profile %s: %v", prof.file, err)

@@ -28,14 +28,18 @@ type process struct {
 	err  error         // why it exited; read after done
 }
 
-// startProcess starts bin with args, its stdout and stderr appended to logPath.
-func startProcess(name, bin string, args []string, logPath string) (*process, error) {
+// startProcess starts bin with args and extra environment variables (KEY=VALUE), its
+// stdout and stderr appended to logPath.
+func startProcess(name, bin string, args, env []string, logPath string) (*process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open log of %s: %w", name, err)
 	}
 	p := &process{name: name, out: &tailWriter{max: 4096}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
+	if len(env) > 0 {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	w := io.MultiWriter(logf, p.out)
 	p.cmd.Stdout, p.cmd.Stderr = w, w
 	if err := p.cmd.Start(); err != nil {

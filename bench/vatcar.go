@@ -30,30 +30,49 @@ func (v *vatcarPair) Close() {
 	}
 }
 
-// buildVatcar builds ./cmd/vatcar of the module in the working directory into dir.
-// A failure wraps errSkipped with the compiler's last lines.
-func buildVatcar(ctx context.Context, dir string) (string, error) {
+// The packages buildVatcar builds: the real binary, or the same sidecar with
+// net/http/pprof for --pprof-dir.
+const (
+	pkgVatcar     = "./cmd/vatcar"
+	pkgVatcarProf = "./bench/vatcarprof"
+)
+
+// buildVatcar builds pkg of the module in the working directory into dir. A failure
+// wraps errSkipped with the compiler's last lines.
+func buildVatcar(ctx context.Context, dir, pkg string) (string, error) {
 	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
 	gomod := strings.TrimSpace(string(out))
 	if err != nil || gomod == "" || gomod == os.DevNull {
 		return "", fmt.Errorf("%w: not inside the vatcar module (go env GOMOD: %q): run from the repository or pass --vatcar", errSkipped, gomod)
 	}
 	bin := filepath.Join(dir, "vatcar")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/vatcar")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, pkg)
 	cmd.Dir = filepath.Dir(gomod)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("%w: go build ./cmd/vatcar: %v: %s", errSkipped, err, lastLines(string(out), 3))
+		return "", fmt.Errorf("%w: go build %s: %v: %s", errSkipped, pkg, err, lastLines(string(out), 3))
 	}
 	return bin, nil
 }
 
+// vatcarMaxMessage is the --max-message-size both sidecars get: the 4 MiB scenario
+// echoes exactly 4 MiB, the sidecar's default limit, so it needs a little more.
+const vatcarMaxMessage = "8MiB"
+
+// vatcarMaxCalls is the exporter's --max-concurrent-calls: above the 10,000 streams the
+// memory row holds open over its one peer connection (the default is 1,024).
+const vatcarMaxCalls = "16384"
+
 // startVatcar starts the exporting sidecar in front of the backend, waits for its cap
 // file, starts the importing sidecar on a local port, and waits until a call goes
-// through. extra is appended to both command lines. A sidecar that exits wraps
-// errSkipped with its last output.
-func startVatcar(ctx context.Context, bin, dir, backendAddr string, extra []string) (path, error) {
+// through. extra is appended to both command lines. With pprof, each sidecar gets
+// VATCAR_PPROF_LISTEN (see bench/vatcarprof). A sidecar that exits wraps errSkipped
+// with its last output.
+func startVatcar(ctx context.Context, bin, dir, backendAddr string, extra []string, pprof bool) (path, error) {
 	capDir := filepath.Join(dir, "caps")
-	var addrs [4]string
+	if err := os.MkdirAll(capDir, 0o700); err != nil {
+		return nil, fmt.Errorf("cap dir: %w", err)
+	}
+	var addrs [6]string
 	for i := range addrs {
 		a, err := freePort()
 		if err != nil {
@@ -62,6 +81,13 @@ func startVatcar(ctx context.Context, bin, dir, backendAddr string, extra []stri
 		addrs[i] = a
 	}
 	listen, expAdmin, target, impAdmin := addrs[0], addrs[1], addrs[2], addrs[3]
+	var expEnv, impEnv []string
+	expPprof, impPprof := "", ""
+	if pprof {
+		expPprof, impPprof = addrs[4], addrs[5]
+		expEnv = []string{"VATCAR_PPROF_LISTEN=" + expPprof}
+		impEnv = []string{"VATCAR_PPROF_LISTEN=" + impPprof}
+	}
 	v := &vatcarPair{target: target}
 	expArgs := append([]string{"run",
 		"--listen", "tcp:" + listen,
@@ -69,8 +95,10 @@ func startVatcar(ctx context.Context, bin, dir, backendAddr string, extra []stri
 		"--export", "bench=" + backendAddr,
 		"--cap-dir", capDir,
 		"--admin-listen", expAdmin,
+		"--max-message-size", vatcarMaxMessage,
+		"--max-concurrent-calls", vatcarMaxCalls,
 	}, extra...)
-	p, err := startProcess("vatcar export", bin, expArgs, filepath.Join(dir, "export.log"))
+	p, err := startProcess("vatcar export", bin, expArgs, expEnv, filepath.Join(dir, "export.log"))
 	if err != nil {
 		return nil, err
 	}
@@ -84,8 +112,9 @@ func startVatcar(ctx context.Context, bin, dir, backendAddr string, extra []stri
 		"--secret-key-file", filepath.Join(dir, "import.pem"),
 		"--import", "bench=@" + capFile + ",listen=" + target,
 		"--admin-listen", impAdmin,
+		"--max-message-size", vatcarMaxMessage,
 	}, extra...)
-	p, err = startProcess("vatcar import", bin, impArgs, filepath.Join(dir, "import.log"))
+	p, err = startProcess("vatcar import", bin, impArgs, impEnv, filepath.Join(dir, "import.log"))
 	if err != nil {
 		v.Close()
 		return nil, err
@@ -96,8 +125,8 @@ func startVatcar(ctx context.Context, bin, dir, backendAddr string, extra []stri
 		return nil, fmt.Errorf("%w: vatcar pair: %w", errSkipped, err)
 	}
 	v.instances = []instance{
-		{Name: "vatcar import", PIDs: []int{v.imp.PID()}, Admin: impAdmin},
-		{Name: "vatcar export", PIDs: []int{v.exp.PID()}, Admin: expAdmin},
+		{Name: "vatcar import", PIDs: []int{v.imp.PID()}, Pprof: impPprof},
+		{Name: "vatcar export", PIDs: []int{v.exp.PID()}, Pprof: expPprof},
 	}
 	return v, nil
 }
