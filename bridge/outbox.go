@@ -28,10 +28,24 @@ type event struct {
 // size is the number of message bytes an event holds.
 func (e *event) size() int { return e.msg.data.Len() }
 
+// chunkOverhead is what a chunk costs in a capnp message beyond its data
+// (its struct, list entry and padding), counted so that many small or
+// empty messages are bounded like a few large ones.
+const chunkOverhead = 32
+
+// cost is what an event counts against queue and batch limits.
+func (e *event) cost() int {
+	if e.kind != evMsg {
+		return 0
+	}
+	return e.size() + chunkOverhead
+}
+
 // outbox is the bounded queue between the goroutine that reads one
 // direction of a gRPC stream and the one that writes it to a Sink. It holds
-// at most limit message bytes (plus one message of any size, so a large
-// message still passes): a fast reader facing a slow Sink blocks.
+// at most limit bytes of messages (each counted with chunkOverhead; plus one
+// message of any size, so a large message still passes): a fast reader
+// facing a slow Sink blocks.
 //
 // Locking: mu guards every field; nothing blocks while holding it. Bytes
 // count from put until the sender reports them copied into capnp (done).
@@ -62,7 +76,7 @@ func signal(c chan struct{}) {
 // put queues ev, waiting while the outbox is full. It returns false (and
 // frees ev) when ctx ends or the outbox was stopped.
 func (o *outbox) put(ctx context.Context, ev event) bool {
-	n := ev.size()
+	n := ev.cost()
 	for {
 		o.mu.Lock()
 		if o.stopped {
@@ -132,7 +146,7 @@ func (o *outbox) unget(evs []event) {
 	signal(o.wake)
 }
 
-// done reports n message bytes copied out (into capnp or gRPC memory).
+// done reports n bytes of cost copied out (into capnp or gRPC memory).
 func (o *outbox) done(n int) {
 	if n == 0 {
 		return

@@ -101,19 +101,15 @@ func (s *sender) sendAll(ctx context.Context, evs []event) (end bool, err error)
 			s.releases = append(s.releases, release)
 		case evMsg:
 			n := ev.size()
-			if n == 0 {
-				s.piece = append(s.piece, piece{ev: ev, end: true})
-				continue
-			}
-			for off := 0; off < n; off += chunkSize {
+			for off := 0; off < n || off == 0; off += chunkSize {
 				l := min(chunkSize, n-off)
-				if s.batched+l > batchBytes {
+				if s.batched+l+chunkOverhead > batchBytes {
 					if err := s.flush(ctx); err != nil {
 						return false, err
 					}
 				}
 				s.piece = append(s.piece, piece{ev: ev, off: off, len: l, end: off+l == n})
-				s.batched += l
+				s.batched += l + chunkOverhead
 			}
 		case evEnd:
 			if err := s.flush(ctx); err != nil {
@@ -141,8 +137,10 @@ func (s *sender) flush(ctx context.Context) error {
 		for i, pc := range pieces {
 			c := l.At(i)
 			c.SetEnd(pc.end)
+			copied += pc.len
 			if pc.end {
 				ends++
+				copied += chunkOverhead // as counted by the outbox
 			}
 			if pc.len == 0 {
 				continue
@@ -155,7 +153,6 @@ func (s *sender) flush(ctx context.Context) error {
 			if err := capnp.Struct(c).SetPtr(0, d.ToPtr()); err != nil {
 				return err
 			}
-			copied += pc.len
 		}
 		return nil
 	})
