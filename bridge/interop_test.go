@@ -25,11 +25,19 @@ func runInterop(t *testing.T, f func()) {
 }
 
 // TestInterop runs grpc-go's interop suite through ingress -> CapTP -> egress
-// against grpc-go's interop test server.
+// against grpc-go's interop test server, through one bridge and through
+// two in a row.
 func TestInterop(t *testing.T) {
 	backend := serve(t, func(s *grpc.Server) { testgrpc.RegisterTestServiceServer(s, interop.NewTestServer()) })
-	h := newHop(t, backend, hopConfig{})
-	cc := dial(t, h.addr)
+	one := newHop(t, backend, hopConfig{})
+	two := newHop(t, one.addr, hopConfig{})
+	t.Run("one bridge", func(t *testing.T) { runInteropSuite(t, one.addr) })
+	t.Run("two bridges", func(t *testing.T) { runInteropSuite(t, two.addr) })
+}
+
+// runInteropSuite runs the interop cases against the server at addr.
+func runInteropSuite(t *testing.T, addr string) {
+	cc := dial(t, addr)
 	tc := testgrpc.NewTestServiceClient(cc)
 	cases := []struct {
 		name string
