@@ -19,6 +19,9 @@ import (
 const (
 	chunkSize  = 1 << 20
 	batchBytes = 4 << 20
+	// batchLimit is what one send may carry, counting chunkOverhead per
+	// chunk: batchBytes of data plus room for the chunks' overhead.
+	batchLimit = batchBytes + batchBytes/64
 	// inlineMax is the largest request or response message carried in a
 	// unary call's parameters or reply.
 	inlineMax = batchBytes
@@ -103,7 +106,7 @@ func (s *sender) sendAll(ctx context.Context, evs []event) (end bool, err error)
 			n := ev.size()
 			for off := 0; off < n || off == 0; off += chunkSize {
 				l := min(chunkSize, n-off)
-				if s.batched+l+chunkOverhead > batchBytes {
+				if s.batched+l+chunkOverhead > batchLimit {
 					if err := s.flush(ctx); err != nil {
 						return false, err
 					}

@@ -81,7 +81,7 @@ func TestSenderBoundsBatches(t *testing.T) {
 			if rec.messages != len(c.sizes) || !rec.closed {
 				t.Errorf("%d messages arrived (closed %v), want %d", rec.messages, rec.closed, len(c.sizes))
 			}
-			if limit := uint64(batchBytes + 64<<10); rec.maxSize > limit {
+			if limit := uint64(batchLimit + 64<<10); rec.maxSize > limit {
 				t.Errorf("a send made a %d-byte capnp message, want at most %d", rec.maxSize, limit)
 			}
 			if ob.bytes != 0 {
