@@ -3,11 +3,15 @@ package bridge
 import (
 	"context"
 	"encoding/binary"
-	"fmt"
 	"io"
+	"net"
 	"testing"
 
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
 	"google.golang.org/grpc"
+
+	"github.com/vatcar/vatcar/proto/captp"
 )
 
 // The benchmarks run the same calls directly against the backend and
@@ -118,5 +122,53 @@ func BenchmarkStream(b *testing.B) {
 			recvAll(s)
 		})
 	}
-	_ = fmt.Sprint
+}
+
+// BenchmarkCapnpFloor is one empty capnp call and its return over a
+// loopback TCP connection: the floor under a bridged unary call, which adds
+// two gRPC hops to it.
+func BenchmarkCapnpFloor(b *testing.B) {
+	sink := captp.Sink_ServerToClient(&sinkServer{t: &recordTarget{}, maxMsg: 1})
+	client := capnpPair(b, capnp.Client(sink))
+	s := captp.Sink(client)
+	for b.Loop() {
+		f, release := s.Headers(context.Background(), nil)
+		if _, err := f.Struct(); err != nil {
+			b.Fatal(err)
+		}
+		release()
+	}
+}
+
+// capnpPair connects two go-capnp Conns over loopback TCP, serving
+// bootstrap on one; it returns the other's bootstrap client. Everything
+// closes at the end of the benchmark.
+func capnpPair(b *testing.B, bootstrap capnp.Client) capnp.Client {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	accepted := make(chan *rpc.Conn, 1)
+	go func() {
+		nc, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		accepted <- rpc.NewConn(rpc.NewStreamTransport(nc), &rpc.Options{BootstrapClient: bootstrap})
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	client := rpc.NewConn(rpc.NewStreamTransport(nc), nil)
+	server := <-accepted
+	boot := client.Bootstrap(context.Background())
+	b.Cleanup(func() {
+		boot.Release()
+		client.Close()
+		server.Close()
+	})
+	return boot
 }

@@ -98,8 +98,8 @@ type egressCall struct {
 	over   bool           // set by done
 }
 
-// start opens the backend stream. parent supplies values only; the call's
-// lifetime is its own.
+// start opens the backend stream and starts reading its response. parent
+// supplies values only; the call's lifetime is its own.
 func (e *egress) start(parent context.Context, h captp.CallHead) (*egressCall, error) {
 	head, err := readCallHead(h)
 	if err != nil {
@@ -220,9 +220,12 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 		e.active.Add(-1)
 		return fmt.Errorf("unary: %w", err)
 	}
+	// While the handler runs, the capnp call's cancellation is the call's.
+	stop := context.AfterFunc(ctx, c.cancel)
 	if c.bs != nil {
 		req, err := args.Request()
 		if err != nil {
+			stop()
 			c.done()
 			return fmt.Errorf("unary: %w", err)
 		}
@@ -232,8 +235,6 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 		}
 		_ = c.bs.CloseSend()
 	}
-	// While the handler runs, the capnp call's cancellation is the call's.
-	stop := context.AfterFunc(ctx, c.cancel)
 	evs, whole := c.collect(ctx)
 	if !stop() || ctx.Err() != nil {
 		// The caller cancelled (Finish) while the response was awaited.
