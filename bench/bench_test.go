@@ -176,6 +176,8 @@ func TestConfigValidate(t *testing.T) {
 		{"unknown scenario", Config{Scenarios: []string{"unary-1B"}}, false},
 		{"negative duration", Config{Duration: -time.Second}, false},
 		{"out not json", Config{Out: "x.txt"}, false},
+		{"env", Config{VatcarEnv: []string{"GOGC=200"}}, true},
+		{"env without =", Config{VatcarEnv: []string{"GOGC"}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()

@@ -32,6 +32,9 @@ type Config struct {
 	Vatcar string
 	// VatcarArgs are appended to both sidecars' command lines.
 	VatcarArgs []string
+	// VatcarEnv are KEY=VALUE variables added to both sidecars' environment (GOGC=200,
+	// GOMAXPROCS=1, ...), to measure runtime settings.
+	VatcarEnv []string
 	// Nginx is the nginx binary. Empty: nginx from PATH or /usr/sbin, installed with
 	// apt-get when missing unless NoInstall.
 	Nginx     string
@@ -93,6 +96,11 @@ func (c Config) Validate() error {
 	if c.Warmup < 0 || c.Duration < 0 {
 		return errors.New("warm-up and duration must not be negative")
 	}
+	for _, kv := range c.VatcarEnv {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return fmt.Errorf("vatcar environment %q: want KEY=VALUE", kv)
+		}
+	}
 	if c.Out != "" && !strings.HasSuffix(c.Out, ".json") {
 		return fmt.Errorf("--out %q: want a .json file", c.Out)
 	}
@@ -102,7 +110,7 @@ func (c Config) Validate() error {
 // parseFlags parses the command line into a Config.
 func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	var c Config
-	var paths, scenarios, vatcarArgs string
+	var paths, scenarios, vatcarArgs, vatcarEnv string
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.Out, "out", "", "JSON results `file` (default bench-results.json); the Markdown table goes beside it")
@@ -114,6 +122,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.OpenStreams, "open-streams", 0, "streams held open for the memory row (default 10000, negative: none)")
 	fs.StringVar(&c.Vatcar, "vatcar", "", "vatcar `binary` (default: go build ./cmd/vatcar)")
 	fs.StringVar(&vatcarArgs, "vatcar-args", "", "extra space-separated flags for both sidecars")
+	fs.StringVar(&vatcarEnv, "vatcar-env", "", "extra space-separated KEY=VALUE environment for both sidecars")
 	fs.StringVar(&c.Nginx, "nginx", "", "nginx `binary` (default: from PATH, apt-get installed if missing)")
 	fs.BoolVar(&c.NoInstall, "no-install", false, "never apt-get install nginx")
 	fs.StringVar(&c.PprofDir, "pprof-dir", "", "write CPU and allocation profiles of the sidecars here")
@@ -127,6 +136,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	c.Paths = splitList(paths)
 	c.Scenarios = splitList(scenarios)
 	c.VatcarArgs = strings.Fields(vatcarArgs)
+	c.VatcarEnv = strings.Fields(vatcarEnv)
 	if err := c.Validate(); err != nil {
 		return Config{}, fmt.Errorf("%w: %w", errUsage, err)
 	}

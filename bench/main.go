@@ -105,6 +105,7 @@ func measureAll(ctx context.Context, cfg Config, stdout, stderr io.Writer) error
 		}
 		conns[p.Name()] = cc
 	}
+	var exited []string // paths already reported as dead
 	for _, sc := range allScenarios {
 		if !slices.Contains(cfg.Scenarios, sc.Name) {
 			continue
@@ -126,6 +127,11 @@ func measureAll(ctx context.Context, cfg Config, stdout, stderr io.Writer) error
 			rep.Results = append(rep.Results, r)
 			if m.errs > 0 {
 				info.Errors[sc.Name+"/"+p.Name()] = fmt.Sprintf("%d, last: %v", m.errs, m.lastEr)
+			}
+			if err := p.Exited(); err != nil && !slices.Contains(exited, p.Name()) {
+				exited = append(exited, p.Name())
+				info.Notes = append(info.Notes, fmt.Sprintf("%s: a proxy process died during %s: %v", p.Name(), sc.Name, err))
+				logf("%s: %v", p.Name(), err)
 			}
 			logf("%-16s %-9s %9.0f calls/s  p50 %6.0f us  p99 %6.0f us  %7.1f MB/s  cpu %5.1f ms/kcall  rss %5.1f MiB  errors %d",
 				sc.Name, p.Name(), r.CallsPerS, r.P50us, r.P99us, r.MBPerS, r.ProxyCPUmsPerKcall, r.ProxyRSSMiB, m.errs)
@@ -187,7 +193,7 @@ func startPath(ctx context.Context, cfg Config, name, dir, backendAddr string, i
 				return nil, err
 			}
 		}
-		return startVatcar(ctx, bin, dir, backendAddr, cfg.VatcarArgs, cfg.PprofDir != "")
+		return startVatcar(ctx, bin, dir, backendAddr, cfg.VatcarArgs, cfg.VatcarEnv, cfg.PprofDir != "")
 	}
 	return nil, fmt.Errorf("unknown path %q", name)
 }

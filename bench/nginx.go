@@ -23,6 +23,8 @@ func (n *nginxPair) Name() string          { return pathNginx }
 func (n *nginxPair) Target() string        { return n.target }
 func (n *nginxPair) Instances() []instance { return n.instances }
 
+func (n *nginxPair) Exited() error { return firstExited(n.front, n.back) }
+
 func (n *nginxPair) Close() {
 	for _, p := range []*process{n.front, n.back} {
 		if p != nil {

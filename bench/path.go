@@ -17,6 +17,9 @@ type path interface {
 	Target() string
 	// Instances lists the proxy instances on the path; empty for direct.
 	Instances() []instance
+	// Exited reports a proxy process that has exited, naming its last output; nil
+	// while all run.
+	Exited() error
 	// Close stops the path's processes.
 	Close()
 }
@@ -44,4 +47,5 @@ type direct struct{ target string }
 func (d direct) Name() string          { return pathDirect }
 func (d direct) Target() string        { return d.target }
 func (d direct) Instances() []instance { return nil }
+func (d direct) Exited() error         { return nil }
 func (d direct) Close()                {}

@@ -62,6 +62,21 @@ func (p *process) exited() error {
 	return fmt.Errorf("%s exited (%v): %s", p.name, p.err, p.out.LastLines(3))
 }
 
+// firstExited returns why the first of procs that has exited did so, or nil.
+func firstExited(procs ...*process) error {
+	for _, p := range procs {
+		if p == nil {
+			continue
+		}
+		select {
+		case <-p.done:
+			return p.exited()
+		default:
+		}
+	}
+	return nil
+}
+
 // Stop sends SIGTERM and waits for the exit; after 10 s it kills the process.
 func (p *process) Stop() {
 	select {

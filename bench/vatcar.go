@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -21,6 +22,8 @@ type vatcarPair struct {
 func (v *vatcarPair) Name() string          { return pathVatcar }
 func (v *vatcarPair) Target() string        { return v.target }
 func (v *vatcarPair) Instances() []instance { return v.instances }
+
+func (v *vatcarPair) Exited() error { return firstExited(v.imp, v.exp) }
 
 func (v *vatcarPair) Close() {
 	for _, p := range []*process{v.imp, v.exp} {
@@ -64,10 +67,10 @@ const vatcarMaxCalls = "16384"
 
 // startVatcar starts the exporting sidecar in front of the backend, waits for its cap
 // file, starts the importing sidecar on a local port, and waits until a call goes
-// through. extra is appended to both command lines. With pprof, each sidecar gets
+// through. extra is appended to both command lines and env to both environments. With pprof, each sidecar gets
 // VATCAR_PPROF_LISTEN (see bench/vatcarprof). A sidecar that exits wraps errSkipped
 // with its last output.
-func startVatcar(ctx context.Context, bin, dir, backendAddr string, extra []string, pprof bool) (path, error) {
+func startVatcar(ctx context.Context, bin, dir, backendAddr string, extra, env []string, pprof bool) (path, error) {
 	capDir := filepath.Join(dir, "caps")
 	if err := os.MkdirAll(capDir, 0o700); err != nil {
 		return nil, fmt.Errorf("cap dir: %w", err)
@@ -81,12 +84,12 @@ func startVatcar(ctx context.Context, bin, dir, backendAddr string, extra []stri
 		addrs[i] = a
 	}
 	listen, expAdmin, target, impAdmin := addrs[0], addrs[1], addrs[2], addrs[3]
-	var expEnv, impEnv []string
+	expEnv, impEnv := env, env
 	expPprof, impPprof := "", ""
 	if pprof {
 		expPprof, impPprof = addrs[4], addrs[5]
-		expEnv = []string{"VATCAR_PPROF_LISTEN=" + expPprof}
-		impEnv = []string{"VATCAR_PPROF_LISTEN=" + impPprof}
+		expEnv = append(slices.Clip(env), "VATCAR_PPROF_LISTEN="+expPprof)
+		impEnv = append(slices.Clip(env), "VATCAR_PPROF_LISTEN="+impPprof)
 	}
 	v := &vatcarPair{target: target}
 	expArgs := append([]string{"run",
