@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"runtime"
 	"sync"
 	"sync/atomic"
 
-	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -270,99 +268,6 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 	}
 	c.respond(args.Down().AddRef())
 	return nil
-}
-
-// collect gathers the backend's response for a unary reply. It waits for the
-// first event, then takes what has arrived while the reading goroutine keeps
-// up (yielding to it, never waiting on a timer). whole is true when evs is
-// the whole response and fits a reply: optional headers, at most one
-// message of at most inlineMax bytes, and the end.
-func (c *egressCall) collect(ctx context.Context) (evs []event, whole bool) {
-	evs = c.ob.take(ctx)
-	for {
-		switch shape(evs) {
-		case shapeWhole:
-			return evs, true
-		case shapeNever:
-			return evs, false
-		}
-		runtime.Gosched()
-		more := c.ob.poll()
-		if len(more) == 0 {
-			return evs, false
-		}
-		evs = append(evs, more...)
-	}
-}
-
-type replyShape int
-
-const (
-	shapeMaybe replyShape = iota // could still become a whole reply
-	shapeWhole                   // a whole reply
-	shapeNever                   // cannot be a reply
-)
-
-// shape classifies the events gathered so far.
-func shape(evs []event) replyShape {
-	msgs := 0
-	for i, ev := range evs {
-		switch ev.kind {
-		case evHeaders:
-			if i != 0 {
-				return shapeNever
-			}
-		case evMsg:
-			msgs++
-			if msgs > 1 || ev.size() > inlineMax {
-				return shapeNever
-			}
-		case evEnd:
-			return shapeWhole
-		}
-	}
-	if len(evs) == 0 {
-		return shapeNever
-	}
-	return shapeMaybe
-}
-
-// writeReply fills a unary reply from a whole response.
-func writeReply(r captp.Reply, evs []event) error {
-	for i := range evs {
-		ev := &evs[i]
-		switch ev.kind {
-		case evHeaders:
-			if err := writeHeaders(ev.md, keepForward, r.NewHeaders); err != nil {
-				return err
-			}
-		case evMsg:
-			d, err := newData(r.Segment(), ev.msg.data)
-			if err != nil {
-				return fmt.Errorf("encode reply: %w", err)
-			}
-			if err := capnp.Struct(r).SetPtr(1, d.ToPtr()); err != nil { // message @1
-				return fmt.Errorf("encode reply: %w", err)
-			}
-			r.SetHasMessage(true)
-		case evEnd:
-			st, err := r.NewStatus()
-			if err != nil {
-				return fmt.Errorf("encode reply: %w", err)
-			}
-			if err := writeStatus(st, ev.st); err != nil {
-				return err
-			}
-			return writeHeaders(ev.md, keepForward, r.NewTrailers)
-		}
-	}
-	return nil
-}
-
-func freeEvents(evs []event) {
-	for i := range evs {
-		evs[i].msg.free()
-	}
 }
 
 // Open implements captp.GrpcService_Server.

@@ -198,52 +198,6 @@ func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 	return c.reply(r)
 }
 
-// reply delivers a whole response from a unary reply.
-func (c *ingressCall) reply(r captp.Reply) error {
-	if r.HasHeaders() {
-		l, err := r.Headers()
-		if err != nil {
-			return c.fail(err)
-		}
-		md, err := readHeaders(l)
-		if err != nil {
-			return c.fail(err)
-		}
-		if err := c.ss.SendHeader(md); err != nil {
-			return err
-		}
-	}
-	if r.HasMessage() {
-		b, err := r.Message_()
-		if err != nil {
-			return c.fail(err)
-		}
-		f := frame{data: mem.BufferSlice{mem.Copy(b, mem.DefaultBufferPool())}}
-		if err := c.ss.SendMsg(&f); err != nil {
-			f.free()
-			return err
-		}
-	}
-	l, err := r.Trailers()
-	if err != nil {
-		return c.fail(err)
-	}
-	md, err := readHeaders(l)
-	if err != nil {
-		return c.fail(err)
-	}
-	c.ss.SetTrailer(md)
-	w, err := r.Status()
-	if err != nil {
-		return c.fail(err)
-	}
-	st, err := readStatus(w)
-	if err != nil {
-		return c.fail(err)
-	}
-	return st.Err()
-}
-
 // stream makes the call with GrpcService.open: the client's messages go up
 // a Sink as they come, the response comes down another.
 func (c *ingressCall) stream(svc captp.GrpcService) error {
