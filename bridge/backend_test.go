@@ -25,6 +25,7 @@ import (
 //	              their concatenation followed by the byte count (8 bytes).
 //	/t.T/Produce  answers messages of sizes read from the request (uint64s).
 //	/t.T/Flood    answers req[0:8] messages of req[8:16] bytes.
+//	/t.T/First    answers the first message and ends, reading no more.
 //	/t.T/Hang     reports its context on started, waits for it to end, and
 //	              reports ctx.Err() on ended.
 //	/t.T/Headers  sends headers ("x-early": "1"), then waits for release
@@ -106,6 +107,12 @@ func (b *backend) handle(_ any, ss grpc.ServerStream) error {
 			b.produced.Add(int64(len(msg)))
 		}
 		return nil
+	case "/t.T/First":
+		var m []byte
+		if err := ss.RecvMsg(&m); err != nil {
+			return err
+		}
+		return ss.SendMsg(m)
 	case "/t.T/Hang":
 		b.started <- ctx
 		<-ctx.Done()

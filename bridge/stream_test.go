@@ -282,3 +282,31 @@ func TestGzipClient(t *testing.T) {
 	}
 	echoBidiOpts(ctx, t, cc, testMessages(5), grpc.UseCompressor("gzip"))
 }
+
+// TestServerEndsFirst checks a backend that answers and ends while the
+// client is still sending: the client gets the answer and OK, and nothing
+// hangs on either side.
+func TestServerEndsFirst(t *testing.T) {
+	b := newBackend(t)
+	h := newHop(t, b.addr, hopConfig{})
+	cc := dial(t, h.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := rawStream(ctx, t, cc, "/t.T/First")
+	first := pattern(100)
+	if err := s.SendMsg(first); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	if err := s.RecvMsg(&got); err != nil || !bytes.Equal(got, first) {
+		t.Fatalf("RecvMsg: %v", err)
+	}
+	for i := 0; i < 2000; i++ { // io.EOF once the end has reached the client
+		if err := s.SendMsg(pattern(1 << 10)); err != nil {
+			break
+		}
+	}
+	if rest, err := recvAll(s); err != nil || len(rest) != 0 {
+		t.Fatalf("after the answer: %d messages, %v; want none and OK", len(rest), err)
+	}
+}
