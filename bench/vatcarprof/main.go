@@ -1,7 +1,8 @@
 // Command vatcarprof is `vatcar run` with net/http/pprof on the side, for the bench
 // harness's --pprof-dir: the same sidecar.ParseFlags, New, Start and Shutdown as
-// cmd/vatcar, plus a profiling HTTP listener on $VATCAR_PPROF_LISTEN with block and
-// mutex profiling turned on. Its arguments are those of `vatcar run`.
+// cmd/vatcar, plus a profiling HTTP listener on $VATCAR_PPROF_LISTEN, with block and
+// mutex profiling turned on when $VATCAR_PPROF_BLOCK is set. Its arguments are those of
+// `vatcar run`.
 //
 // It exists because the sidecar's admin listener serves no /debug/pprof; it does not
 // reload on SIGHUP and is not meant for anything but profiling.
@@ -45,8 +46,12 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	if addr := os.Getenv("VATCAR_PPROF_LISTEN"); addr != "" {
-		runtime.SetBlockProfileRate(10_000) // one sample per 10 µs blocked
-		runtime.SetMutexProfileFraction(100)
+		if os.Getenv("VATCAR_PPROF_BLOCK") != "" {
+			// Recording blocking events unwinds stacks: it costs CPU and skews a
+			// CPU profile taken at the same time.
+			runtime.SetBlockProfileRate(10_000) // one sample per 10 µs blocked
+			runtime.SetMutexProfileFraction(100)
+		}
 		lis, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("pprof listen: %w", err)
