@@ -45,8 +45,9 @@
 // and server-streaming call from a usual client), the call is one
 // GrpcService.unary capnp call; when the backend's whole response is at hand
 // by the time its first part arrives and fits, it comes back in the reply:
-// one round trip. Otherwise the response streams back on a Sink. Every
-// other call uses GrpcService.open and two Sinks, one per direction.
+// one round trip, no capability crossing. Otherwise the reply hands back a
+// Call, to which the ingress attaches a Sink the response streams back on.
+// Every other call uses GrpcService.open and two Sinks, one per direction.
 //
 // Sinks carry batches: the first message goes out at once and the messages
 // that queue while a send is being made ride in the next one (never a

@@ -186,11 +186,15 @@ func (c *egressCall) fail(st *status.Status) {
 }
 
 // done releases the call's slot and context. It runs once the final status
-// was handed on.
+// was handed on (or nobody will take it); later calls do nothing.
 func (c *egressCall) done() {
 	c.mu.Lock()
+	over := c.over
 	c.over = true
 	c.mu.Unlock()
+	if over {
+		return
+	}
 	c.cancel()
 	c.abandon()
 	c.ob.stop()
@@ -204,10 +208,6 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 	}
 	call.Go()
 	args := call.Args()
-	if !args.HasDown() {
-		e.active.Add(-1)
-		return fmt.Errorf("unary: %w", ErrNoDownSink)
-	}
 	h, err := args.Call()
 	if err != nil {
 		e.active.Add(-1)
@@ -254,7 +254,8 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 		}
 		return writeReply(r, evs)
 	}
-	// The rest goes down the Sink; up is the caller's handle.
+	// The response streams: the caller gets the call and attaches a Sink;
+	// meanwhile the response waits in the outbox (bounded, as always).
 	e.streamedReplies.Add(1)
 	c.ob.unget(evs)
 	res, err := call.AllocResults()
@@ -262,12 +263,42 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 		c.done()
 		return fmt.Errorf("unary: %w", err)
 	}
-	if err := res.SetUp(newSink(c, e.max)); err != nil {
+	if err := res.SetRest(captp.Call_ServerToClient(&callServer{c: c})); err != nil {
 		c.done()
 		return fmt.Errorf("unary: %w", err)
 	}
-	c.respond(args.Down().AddRef())
 	return nil
+}
+
+// callServer is the Call capability of a unary call whose response
+// streams. Its calls run one at a time.
+type callServer struct {
+	c        *egressCall
+	attached bool
+}
+
+// Attach implements captp.Call_Server: the response starts down the Sink.
+func (s *callServer) Attach(_ context.Context, call captp.Call_attach) error {
+	args := call.Args()
+	if s.attached {
+		return fmt.Errorf("attach: %w", ErrAttached)
+	}
+	if !args.HasDown() {
+		return fmt.Errorf("attach: %w", ErrNoDownSink)
+	}
+	s.attached = true
+	s.c.respond(args.Down().AddRef())
+	return nil
+}
+
+// Shutdown implements server.Shutdowner: the caller released the call.
+// Before the response ended that cancels it (see egressCall.lost); if no
+// Sink was ever attached, nothing else will end the call.
+func (s *callServer) Shutdown() {
+	s.c.lost(ErrStreamLost)
+	if !s.attached {
+		s.c.done()
+	}
 }
 
 // Open implements captp.GrpcService_Server.

@@ -35,6 +35,10 @@ var (
 	// call that brings no Sink for the response.
 	ErrNoDownSink = errors.New("bridge: call without a response Sink")
 
+	// ErrAttached is the cause of the exception an egress answers to a
+	// second Call.attach.
+	ErrAttached = errors.New("bridge: a Sink is already attached to the call")
+
 	// ErrStreamLost is the cause of UNAVAILABLE when the peer dropped a
 	// stream without closing it (its connection was lost or it released
 	// the stream's Sink).

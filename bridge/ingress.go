@@ -163,7 +163,6 @@ func (c *ingressCall) unaryRequest() *frame {
 // unary makes the call with GrpcService.unary.
 func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 	defer req.free()
-	down := newSink(c, c.in.max)
 	fut, release := svc.Unary(c.ctx, func(p captp.GrpcService_unary_Params) error {
 		h, err := p.NewCall()
 		if err != nil {
@@ -176,19 +175,24 @@ func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 		if err != nil {
 			return err
 		}
-		if err := capnp.Struct(p).SetPtr(1, d.ToPtr()); err != nil { // request @1
-			return err
-		}
-		return p.SetDown(down)
+		return capnp.Struct(p).SetPtr(1, d.ToPtr()) // request @1
 	})
 	defer release()
 	res, err := fut.Struct()
 	if err != nil {
 		return c.fail(err)
 	}
-	if res.HasUp() {
-		up := res.Up().AddRef()
-		defer up.Release()
+	if res.HasRest() {
+		// The response streams: attach a Sink to the call, and hold the
+		// call until the end (releasing it cancels).
+		rest := res.Rest().AddRef()
+		defer rest.Release()
+		// If attach fails, the Sink it carried is dropped, which ends
+		// the call (UNAVAILABLE): nothing else to watch.
+		_, arelease := rest.Attach(c.ctx, func(p captp.Call_attach_Params) error {
+			return p.SetDown(newSink(c, c.in.max))
+		})
+		defer arelease()
 		return c.wait(nil)
 	}
 	r, err := res.Reply()

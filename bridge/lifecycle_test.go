@@ -337,8 +337,9 @@ func poll(t testing.TB, cond func() bool, format string, args ...any) {
 	}
 }
 
-// TestCallWithoutDownSink checks that the egress refuses calls that bring no
-// response Sink instead of failing on them.
+// TestCallWithoutDownSink checks that the egress refuses calls and attaches
+// that bring no response Sink instead of failing on them, and that releasing
+// a unary call's Call cancels it.
 func TestCallWithoutDownSink(t *testing.T) {
 	b := newBackend(t)
 	h := newHop(t, b.addr, hopConfig{})
@@ -355,16 +356,47 @@ func TestCallWithoutDownSink(t *testing.T) {
 	if _, err := of.Struct(); err == nil || !strings.Contains(err.Error(), ErrNoDownSink.Error()) {
 		t.Errorf("open without down: %v, want %v", err, ErrNoDownSink)
 	}
+	// A unary call whose response streams returns its Call; attaching
+	// needs a Sink, and only one.
 	uf, release2 := h.svc.Unary(ctx, func(p captp.GrpcService_unary_Params) error {
 		h, err := p.NewCall()
 		if err != nil {
 			return err
 		}
-		return h.SetMethod("/t.T/Echo")
+		return h.SetMethod("/t.T/Headers")
 	})
-	defer release2()
-	if _, err := uf.Struct(); err == nil || !strings.Contains(err.Error(), ErrNoDownSink.Error()) {
-		t.Errorf("unary without down: %v, want %v", err, ErrNoDownSink)
+	var once sync.Once
+	releaseUnary := func() { once.Do(release2) }
+	defer releaseUnary()
+	res, err := uf.Struct()
+	if err != nil || !res.HasRest() {
+		t.Fatalf("unary to a streaming response: rest %v, %v; want a Call", res.HasRest(), err)
+	}
+	rest := res.Rest().AddRef()
+	attach := func(sink bool) error {
+		f, release := rest.Attach(ctx, func(p captp.Call_attach_Params) error {
+			if !sink {
+				return nil
+			}
+			return p.SetDown(newSink(&recordTarget{onMessage: func(f *frame) { f.free() }}, 1<<20))
+		})
+		defer release()
+		_, err := f.Struct()
+		return err
+	}
+	if err := attach(false); err == nil || !strings.Contains(err.Error(), ErrNoDownSink.Error()) {
+		t.Errorf("attach without a Sink: %v, want %v", err, ErrNoDownSink)
+	}
+	if err := attach(true); err != nil {
+		t.Errorf("attach: %v", err)
+	}
+	if err := attach(true); err == nil || !strings.Contains(err.Error(), ErrAttached.Error()) {
+		t.Errorf("second attach: %v, want %v", err, ErrAttached)
+	}
+	rest.Release() // with the results, the last reference: cancels the call
+	releaseUnary()
+	if err := waitEnded(t, b); !errors.Is(err, context.Canceled) {
+		t.Errorf("backend saw %v after the Call was released, want context.Canceled", err)
 	}
 }
 

@@ -23,20 +23,28 @@ interface Restorer {
 interface GrpcService {
   # GrpcService is a gRPC server reached over CapTP.
 
-  unary @0 (call :CallHead, request :Data, down :Sink) -> (reply :Reply, up :Sink);
+  unary @0 (call :CallHead, request :Data) -> (reply :Reply, rest :Call);
   # unary makes a call whose client sent exactly one request message and
   # half-closed; the request must fit in one capnp message. When the whole
   # response is at hand (headers, at most one message, status) and fits,
-  # it comes back in `reply` and `up` is null: one round trip. Otherwise
-  # (a server-streaming method, a slow or large response) `reply` is empty,
-  # the response arrives on `down` as for `open`, and `up` is the caller's
-  # handle on the call: releasing it before `down.close` cancels the call.
+  # it comes back in `reply` and `rest` is null: one round trip, and no
+  # capability crosses. Otherwise (a server-streaming method, a slow or
+  # large response) `reply` is empty and `rest` is the call: the caller
+  # attaches a Sink to it to receive the response as for `open`.
 
   open @1 (call :CallHead, down :Sink) -> (up :Sink);
   # open starts a streaming call (any kind). The caller sends request
   # messages on `up` and receives response headers, messages and the final
   # status on `down`. The caller holds `up` until `down.close` arrives;
   # releasing it earlier cancels the call.
+}
+
+interface Call {
+  # Call is the caller's handle on a unary call whose response streams.
+  # Releasing it before the response's `close` cancels the call.
+
+  attach @0 (down :Sink) -> ();
+  # attach gives the call the Sink its response goes to (once).
 }
 
 interface Sink {

@@ -351,7 +351,7 @@ func (c GrpcService) Unary(ctx context.Context, params func(GrpcService_unary_Pa
 		},
 	}
 	if params != nil {
-		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 3}
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 2}
 		s.PlaceArgs = func(s capnp.Struct) error { return params(GrpcService_unary_Params(s)) }
 	}
 
@@ -553,12 +553,12 @@ type GrpcService_unary_Params capnp.Struct
 const GrpcService_unary_Params_TypeID = 0xd03d9b7cc152aff4
 
 func NewGrpcService_unary_Params(s *capnp.Segment) (GrpcService_unary_Params, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 2})
 	return GrpcService_unary_Params(st), err
 }
 
 func NewRootGrpcService_unary_Params(s *capnp.Segment) (GrpcService_unary_Params, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 2})
 	return GrpcService_unary_Params(st), err
 }
 
@@ -631,30 +631,12 @@ func (s GrpcService_unary_Params) SetRequest(v []byte) error {
 	return capnp.Struct(s).SetData(1, v)
 }
 
-func (s GrpcService_unary_Params) Down() Sink {
-	p, _ := capnp.Struct(s).Ptr(2)
-	return Sink(p.Interface().Client())
-}
-
-func (s GrpcService_unary_Params) HasDown() bool {
-	return capnp.Struct(s).HasPtr(2)
-}
-
-func (s GrpcService_unary_Params) SetDown(v Sink) error {
-	if !v.IsValid() {
-		return capnp.Struct(s).SetPtr(2, capnp.Ptr{})
-	}
-	seg := s.Segment()
-	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
-	return capnp.Struct(s).SetPtr(2, in.ToPtr())
-}
-
 // GrpcService_unary_Params_List is a list of GrpcService_unary_Params.
 type GrpcService_unary_Params_List = capnp.StructList[GrpcService_unary_Params]
 
 // NewGrpcService_unary_Params creates a new list of GrpcService_unary_Params.
 func NewGrpcService_unary_Params_List(s *capnp.Segment, sz int32) (GrpcService_unary_Params_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 2}, sz)
 	return capnp.StructList[GrpcService_unary_Params](l), err
 }
 
@@ -667,9 +649,6 @@ func (f GrpcService_unary_Params_Future) Struct() (GrpcService_unary_Params, err
 }
 func (p GrpcService_unary_Params_Future) Call() CallHead_Future {
 	return CallHead_Future{Future: p.Future.Field(0, nil)}
-}
-func (p GrpcService_unary_Params_Future) Down() Sink {
-	return Sink(p.Future.Field(2, nil).Client())
 }
 
 type GrpcService_unary_Results capnp.Struct
@@ -743,16 +722,16 @@ func (s GrpcService_unary_Results) NewReply() (Reply, error) {
 	return ss, err
 }
 
-func (s GrpcService_unary_Results) Up() Sink {
+func (s GrpcService_unary_Results) Rest() Call {
 	p, _ := capnp.Struct(s).Ptr(1)
-	return Sink(p.Interface().Client())
+	return Call(p.Interface().Client())
 }
 
-func (s GrpcService_unary_Results) HasUp() bool {
+func (s GrpcService_unary_Results) HasRest() bool {
 	return capnp.Struct(s).HasPtr(1)
 }
 
-func (s GrpcService_unary_Results) SetUp(v Sink) error {
+func (s GrpcService_unary_Results) SetRest(v Call) error {
 	if !v.IsValid() {
 		return capnp.Struct(s).SetPtr(1, capnp.Ptr{})
 	}
@@ -780,8 +759,8 @@ func (f GrpcService_unary_Results_Future) Struct() (GrpcService_unary_Results, e
 func (p GrpcService_unary_Results_Future) Reply() Reply_Future {
 	return Reply_Future{Future: p.Future.Field(0, nil)}
 }
-func (p GrpcService_unary_Results_Future) Up() Sink {
-	return Sink(p.Future.Field(1, nil).Client())
+func (p GrpcService_unary_Results_Future) Rest() Call {
+	return Call(p.Future.Field(1, nil).Client())
 }
 
 type GrpcService_open_Params capnp.Struct
@@ -979,6 +958,317 @@ func (f GrpcService_open_Results_Future) Struct() (GrpcService_open_Results, err
 }
 func (p GrpcService_open_Results_Future) Up() Sink {
 	return Sink(p.Future.Field(0, nil).Client())
+}
+
+type Call capnp.Client
+
+// Call_TypeID is the unique identifier for the type Call.
+const Call_TypeID = 0xa90a581959d8f091
+
+func (c Call) Attach(ctx context.Context, params func(Call_attach_Params) error) (Call_attach_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xa90a581959d8f091,
+			MethodID:      0,
+			InterfaceName: "bridge.capnp:Call",
+			MethodName:    "attach",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Call_attach_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Call_attach_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Call) WaitStreaming() error {
+	return capnp.Client(c).WaitStreaming()
+}
+
+// String returns a string that identifies this capability for debugging
+// purposes.  Its format should not be depended on: in particular, it
+// should not be used to compare clients.  Use IsSame to compare clients
+// for equality.
+func (c Call) String() string {
+	return "Call(" + capnp.Client(c).String() + ")"
+}
+
+// AddRef creates a new Client that refers to the same capability as c.
+// If c is nil or has resolved to null, then AddRef returns nil.
+func (c Call) AddRef() Call {
+	return Call(capnp.Client(c).AddRef())
+}
+
+// Release releases a capability reference.  If this is the last
+// reference to the capability, then the underlying resources associated
+// with the capability will be released.
+//
+// Release will panic if c has already been released, but not if c is
+// nil or resolved to null.
+func (c Call) Release() {
+	capnp.Client(c).Release()
+}
+
+// Resolve blocks until the capability is fully resolved or the Context
+// expires.
+func (c Call) Resolve(ctx context.Context) error {
+	return capnp.Client(c).Resolve(ctx)
+}
+
+func (c Call) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Client(c).EncodeAsPtr(seg)
+}
+
+func (Call) DecodeFromPtr(p capnp.Ptr) Call {
+	return Call(capnp.Client{}.DecodeFromPtr(p))
+}
+
+// IsValid reports whether c is a valid reference to a capability.
+// A reference is invalid if it is nil, has resolved to null, or has
+// been released.
+func (c Call) IsValid() bool {
+	return capnp.Client(c).IsValid()
+}
+
+// IsSame reports whether c and other refer to a capability created by the
+// same call to NewClient.  This can return false negatives if c or other
+// are not fully resolved: use Resolve if this is an issue.  If either
+// c or other are released, then IsSame panics.
+func (c Call) IsSame(other Call) bool {
+	return capnp.Client(c).IsSame(capnp.Client(other))
+}
+
+// Update the flowcontrol.FlowLimiter used to manage flow control for
+// this client. This affects all future calls, but not calls already
+// waiting to send. Passing nil sets the value to flowcontrol.NopLimiter,
+// which is also the default.
+func (c Call) SetFlowLimiter(lim fc.FlowLimiter) {
+	capnp.Client(c).SetFlowLimiter(lim)
+}
+
+// Get the current flowcontrol.FlowLimiter used to manage flow control
+// for this client.
+func (c Call) GetFlowLimiter() fc.FlowLimiter {
+	return capnp.Client(c).GetFlowLimiter()
+}
+
+// A Call_Server is a Call with a local implementation.
+type Call_Server interface {
+	Attach(context.Context, Call_attach) error
+}
+
+// Call_NewServer creates a new Server from an implementation of Call_Server.
+func Call_NewServer(s Call_Server) *server.Server {
+	c, _ := s.(server.Shutdowner)
+	return server.New(Call_Methods(nil, s), s, c)
+}
+
+// Call_ServerToClient creates a new Client from an implementation of Call_Server.
+// The caller is responsible for calling Release on the returned Client.
+func Call_ServerToClient(s Call_Server) Call {
+	return Call(capnp.NewClient(Call_NewServer(s)))
+}
+
+// Call_Methods appends Methods to a slice that invoke the methods on s.
+// This can be used to create a more complicated Server.
+func Call_Methods(methods []server.Method, s Call_Server) []server.Method {
+	if cap(methods) == 0 {
+		methods = make([]server.Method, 0, 1)
+	}
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xa90a581959d8f091,
+			MethodID:      0,
+			InterfaceName: "bridge.capnp:Call",
+			MethodName:    "attach",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Attach(ctx, Call_attach{call})
+		},
+	})
+
+	return methods
+}
+
+// Call_attach holds the state for a server call to Call.attach.
+// See server.Call for documentation.
+type Call_attach struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Call_attach) Args() Call_attach_Params {
+	return Call_attach_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Call_attach) AllocResults() (Call_attach_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Call_attach_Results(r), err
+}
+
+// Call_List is a list of Call.
+type Call_List = capnp.CapList[Call]
+
+// NewCall_List creates a new list of Call.
+func NewCall_List(s *capnp.Segment, sz int32) (Call_List, error) {
+	l, err := capnp.NewPointerList(s, sz)
+	return capnp.CapList[Call](l), err
+}
+
+type Call_attach_Params capnp.Struct
+
+// Call_attach_Params_TypeID is the unique identifier for the type Call_attach_Params.
+const Call_attach_Params_TypeID = 0xe1e19f99013b40f5
+
+func NewCall_attach_Params(s *capnp.Segment) (Call_attach_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Call_attach_Params(st), err
+}
+
+func NewRootCall_attach_Params(s *capnp.Segment) (Call_attach_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Call_attach_Params(st), err
+}
+
+func ReadRootCall_attach_Params(msg *capnp.Message) (Call_attach_Params, error) {
+	root, err := msg.Root()
+	return Call_attach_Params(root.Struct()), err
+}
+
+func (s Call_attach_Params) String() string {
+	str, _ := text.Marshal(0xe1e19f99013b40f5, capnp.Struct(s))
+	return str
+}
+
+func (s Call_attach_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Call_attach_Params) DecodeFromPtr(p capnp.Ptr) Call_attach_Params {
+	return Call_attach_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Call_attach_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Call_attach_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Call_attach_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Call_attach_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Call_attach_Params) Down() Sink {
+	p, _ := capnp.Struct(s).Ptr(0)
+	return Sink(p.Interface().Client())
+}
+
+func (s Call_attach_Params) HasDown() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Call_attach_Params) SetDown(v Sink) error {
+	if !v.IsValid() {
+		return capnp.Struct(s).SetPtr(0, capnp.Ptr{})
+	}
+	seg := s.Segment()
+	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
+	return capnp.Struct(s).SetPtr(0, in.ToPtr())
+}
+
+// Call_attach_Params_List is a list of Call_attach_Params.
+type Call_attach_Params_List = capnp.StructList[Call_attach_Params]
+
+// NewCall_attach_Params creates a new list of Call_attach_Params.
+func NewCall_attach_Params_List(s *capnp.Segment, sz int32) (Call_attach_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Call_attach_Params](l), err
+}
+
+// Call_attach_Params_Future is a wrapper for a Call_attach_Params promised by a client call.
+type Call_attach_Params_Future struct{ *capnp.Future }
+
+func (f Call_attach_Params_Future) Struct() (Call_attach_Params, error) {
+	p, err := f.Future.Ptr()
+	return Call_attach_Params(p.Struct()), err
+}
+func (p Call_attach_Params_Future) Down() Sink {
+	return Sink(p.Future.Field(0, nil).Client())
+}
+
+type Call_attach_Results capnp.Struct
+
+// Call_attach_Results_TypeID is the unique identifier for the type Call_attach_Results.
+const Call_attach_Results_TypeID = 0x8a34483986d1c377
+
+func NewCall_attach_Results(s *capnp.Segment) (Call_attach_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Call_attach_Results(st), err
+}
+
+func NewRootCall_attach_Results(s *capnp.Segment) (Call_attach_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Call_attach_Results(st), err
+}
+
+func ReadRootCall_attach_Results(msg *capnp.Message) (Call_attach_Results, error) {
+	root, err := msg.Root()
+	return Call_attach_Results(root.Struct()), err
+}
+
+func (s Call_attach_Results) String() string {
+	str, _ := text.Marshal(0x8a34483986d1c377, capnp.Struct(s))
+	return str
+}
+
+func (s Call_attach_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Call_attach_Results) DecodeFromPtr(p capnp.Ptr) Call_attach_Results {
+	return Call_attach_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Call_attach_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Call_attach_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Call_attach_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Call_attach_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// Call_attach_Results_List is a list of Call_attach_Results.
+type Call_attach_Results_List = capnp.StructList[Call_attach_Results]
+
+// NewCall_attach_Results creates a new list of Call_attach_Results.
+func NewCall_attach_Results_List(s *capnp.Segment, sz int32) (Call_attach_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[Call_attach_Results](l), err
+}
+
+// Call_attach_Results_Future is a wrapper for a Call_attach_Results promised by a client call.
+type Call_attach_Results_Future struct{ *capnp.Future }
+
+func (f Call_attach_Results_Future) Struct() (Call_attach_Results, error) {
+	p, err := f.Future.Ptr()
+	return Call_attach_Results(p.Struct()), err
 }
 
 type Sink capnp.Client
@@ -2218,95 +2508,102 @@ func (p Reply_Future) Status() Status_Future {
 	return Status_Future{Future: p.Future.Field(2, nil)}
 }
 
-const schema_da42b57f90f4c6b1 = "x\xda\xacV_l\x14\xd5\x17>\xe7\xde\x19fw\x7f" +
-	"]\xb6\xd3\xe9\xcf\x04\"Y%K\xd0*\x15Z\x0dR" +
-	"\xd3\xecZmh\xd5\xea\xdeE\x125\x12\x1dv\xaet" +
-	"\xed\xfe\xeb\xccNK\xa3X%\x06\x1f\xc4\xf0'\x90\xd0" +
-	"\x12\"\xa0\x8d1F\x10\x0cF\x8d&\x12\x13H\x0cF" +
-	"4j\x82\x89\x0f`0\xc2\x03F\xc4\x88\x12\\sg" +
-	"wv\xc6\xdd-\xbe\xf8vs\xf7\xec\xf9\xbes\xcew" +
-	"\xbe;K_\xa3\x09iY\xf8\xa1 \x10\x96\x95\xe7\x94" +
-	"W\x1b/|\xfa\xc5\xf1\x9f6\x83\xda\x86\x00\x92\x02\xd0" +
-	"\xfd\x8a\xd4\x86 \x95gN\xa7Vw}~n\x0b\xa8" +
-	"\xd7!\x80\x8c\xe2'[\xeaB@m\x83\x14\x07,O" +
-	"=r\x9b\x1c\x19\x9d\xde\x0a,\x8cX>t\xec\xd2\xd6" +
-	"\xc9#}\xdf\x81L\x14\x00m\x8f\xb4_\x9b\x11\xe9\xb4" +
-	"}\xd2A\xc0r|k\xeb\xe2-\x13\xe9m\xf5\xc1\"" +
-	"\xad\xb6B\x9e\xd6\xee\x96\xc5\xa9W\x1e\x07,\x8f>\x9f" +
-	"K\xf4?\xb3h;\xa8\xf3\x04\xb4H\xd8=%w\x08" +
-	"\xe8}N\xc0W\x1f,\x9f^<\xb5{g}6\x07" +
-	"\xf0\xaa<\xad\xc9s\xc4\x7fpN\x14\x01\xcbo\xbe7" +
-	"\xf7\xcc\x81\x0dGvVj\xacB*\x17\x01\xb5^%" +
-	"\x0e\xf8\xd7\xc6\xd0\x99\x17O\x9c\x98Q\xc3\xd4K\x05\xa8" +
-	"\xe5\x94\xed\x9a\xad\x88\xe0Q\xe5\xb8vN\x9c\xca'\x17" +
-	"~\x9cx\x8b\xdf\xf2F5\x95S\xea\x97\xca\x9f\x80\xda" +
-	"7\x8a \xc6.t\xe5\x7fH\x9c=\xd0\xb4'\xfd\x81" +
-	"\xc3\xdaP@\x9c\x06\x03\xa2'\xe7~~\xea\xe5M\xe3" +
-	"C\xef@=\xf2o\x81\xcf4\x0c:\xb5\x04^\xd2\x86" +
-	"\xc4\xa9\xfc\\\xdf\xd7s[\xae\xfcz\xcc?\x8e;\x82" +
-	"NOz\x83b\x1c\x97\x0e\xa6\x8e>\xbb\xbb\xf7d\xb5" +
-	"iT\x04\xac\x09:\xf3\xe2A\x01w\x9e\xbfj\xaf\x7f" +
-	"\xff\xddS\xfe\xae^\x0d\xf6\x88\x009$\xc8\xe77\x1e" +
-	"[?~\xf9\xc3S\xa0\x86\x1b\xb8\xeb\xa1\xfdZ&$" +
-	"N\xdc\x89\xd5\x16\xdc\xb0\xfcT\xef]?\xfats4" +
-	"D\x84n\xbe]P\xbc\xffN\xfb\xcay_\xb7\xbbg" +
-	"B!\x01\xf3vH\x10\x1d\x8b\x05Vn\x1a,\\h" +
-	"(\xfb\xfb\xd0a\xed\xac\x83q:\xb4R\x0b\xfeO\x94" +
-	"\xbdv,|\xf9\xfa\xdf\xb7_\xac\x92v\xb2\xfd\x12r" +
-	"\xaa\xfa#\x14\x87G\xcbk\xcd\x8c\xb1\x8ew\xa6\xa9^" +
-	"\xcc\x17{Ve\xf2#\x9d\xc3\\7\xb8i\xc5R\xdc" +
-	"\xb2\xb3%\xb4\xeabR\xdc*\x15Lnv\x9a\x95C" +
-	",\xc5\xa3\"\xd0b\x12\x95\x00$\x04P\xc3\x0b\x01X" +
-	"\x80\"k'\xa8\xa4\xf5\"\xb6I\x14\x10\xdb\x00k\xc9" +
-	"\xb0\x02X\xd2\x95\x92m%\x11YK\xed\xdf\xfd\x1d\x00" +
-	",A\x91=@\x10\xb1\x1d\xc5\xdd`\x1f\x00\xbb\x97\"" +
-	"K\x12T\x09\xb6#\x01P\x87\xc4\xe5\x00E\xf60\xc1" +
-	"H\xba`p\x0c\x00\xc1\x00\xe0d\x8e[\x96\xbe\x8ec" +
-	"\x0b\x10l\x01\x9c4xI\xcfd-\x0c\x03\xc1p\x03" +
-	"\x8b{\x86m\x9a\x1f\x11$\x025\x127\x0b\x121\x8a" +
-	"l\xa9Gb\x89(\xeb&\x8a\xecv\x82\x11C/\xe9" +
-	"n>\x85\xe7\x0dD \x88\xbe\xdc\x95v\xad4\x8b\xe9" +
-	"U\xdc\x1c\xcb\xa4yg\xa1\xc8\xf3\xb1\xa4\x1e1\xf5\x9c" +
-	"5\x0b\x94Z\xc3\xea\xf0a\xa5\xf5l\x16[\xbd\xf5\x00" +
-	"\xc4V\xc0\x88Q\x18\xcf\xa3\xea.  \xaa\x0d\xa5\xa5" +
-	"x\x91f'Di\xed5\xbc\x0d\xa2m\xeb)\xb2\x1d" +
-	">\xbcm\xe2r3E\xb6\x8b \x92J\x7fw>\x06" +
-	"\xc0vPd{\x09\xaa\x94\xb4#\x05P\xf7\xf4\x00\xb0" +
-	"]\x14\xd9\xeb\x04U\x89\xb6\xa3\x04\xa0\xee\xbb\x0f\x80\xed" +
-	"\xa5\xc8>\"8Y\x15\x10\xce\x05LR\xc4Vo3" +
-	"\x00\xc5em:\xee4\x86ukH\\\x01]\xc7\xdd" +
-	"6\xc6\xad\x92^\xb2-l\xf5\x8c\xb2Ru\xb9d\xea" +
-	"\x99,7-\x00\x98\x15\xa2\xd6\x05\xe2\xe9\xda\xe2y#" +
-	"\x96\x8c\xeaN\xf7}Z\xed\xa9j5F0\x9e\x1e\xb6" +
-	"\xf3#>\xe65\xdf\xadK\x8bnZ\x1c\xa9hW\x06" +
-	"\xa8\xad.\xba\xaf\x82\xca\xfa\x80\xa8\xfd\x0az&\x8a\xf9" +
-	"C\x9f\x8cwO?1\xa5\xae\xe8\x00\xa2.Q\x90\xd4" +
-	"\\\x11]WPo\xec\x02\xa2\xfe_q;\x99\xc0\x88" +
-	" \x9f\xc0h:[\xb0x\x02\x93\xd8\xb4B\xe7\xd7X" +
-	"<\xa9\xd7\x0b\xac\xa7\x99\xc0\xc4\xc8n\xa5\xc8\x06\xc8\x7f" +
-	"\xd5\xec\xea6\xe9\xd9hv\x80\xebF\xddV\xf7x[" +
-	"]#18\xbf\xba\xd6Oz\xaa[\xf34\x00{\x9c" +
-	"\"\x1b&\x18\xcf\xf1\xd2p\xc1p\xf7\x98\xe6\x8c\xd9Y" +
-	"\x9429^\xb0K\x0fBD\xcf\x17,\x94\x81\xa0\xdc" +
-	"\xa0\x04\xdf:\x02T6^\x8c\xceu\x7ft]^]" +
-	"&F\xb0H\x8c\xce}N\xd15Su\x9e\x18]X" +
-	"\x89\xday\xdd\x9cH`D\xec\xf5?\x872\x8bU\xba" +
-	"\xbb\xefS\xdf|\xcf)i\xc6h0\xa8F\x13q@" +
-	"k:n\xee\x9ajs\xdb\xac6x\xa8\xc3o\x9bM" +
-	"\xade\xd2\xe4\xa36\xb7J.\x9fk[\xcdl$S" +
-	"q^y\x19|R\xecj&\xc5\xf9\x9e\xd7EM^" +
-	"\xccN`\xab\xf7\x91RaD\xed\xe2\xbfX\xdd\x00\xd7" +
-	"\x15\x83\x9bu6\xbe\xb0\x19^\x97\x87\xa7\x8c\xf0\x09W" +
-	"^\xd11=k\xf3\x86\x19(\xf5\x1bVy\x19-p" +
-	"\x03\x1a\xdf\xce\xca\x0a\x024\x9bt\x8c\\[\xc7\xf5\x06" +
-	"nE\x1d\x11\x89\xba$G\xac\xee\xb7\x0c\xba\xdf\x98\xaa" +
-	"*|FV&\xab:k\xa6\xc5\x86w\xa8\xd9\xb3\xed" +
-	"\x17cc\xbf\xff\x0e\x00\x00\xff\xff\x9e\xc9\xd26"
+const schema_da42b57f90f4c6b1 = "x\xda\xacV\x7f\x88\x14\xe5\x1b\x7f\x9ewvn\xf6\xc7" +
+	"\xad{\xef\xcd\xf9\x05\xe5+[\xb2b^y\xe9\x9d`" +
+	"\x9e\xc8\xaeg\xc7\xddU\x177g\x92FQ\xe3\xce\x9b" +
+	"\xb7\xdd\xde\xee\xde\xcc\xec\xfd\xa0\xecR\xc2\xa0\x04\xf5P" +
+	"\xf0NB\x93\x8e8BM\xe3\"#\xa1\x90\x94B\xc9" +
+	"\"\xa2\x0b\x0c\xce0\xd2?,\xcc\xc8\x12\xdaxgw" +
+	"v\xc6\xdd=\xed\x8f\xfe\x1b\xe6}\xde\xcf\xf3\xeb\xf3|" +
+	"\x9ew\xd9\x0fB\xcc\xb3<\xf8\xa4\x1f\x882$V\xe5" +
+	"\x06O\x7f\xb5cU\xfb\x8a\xd7\x81\xd6\"\x80G\x02h" +
+	"\xa2\xa2\x1f\xc1\x93\xdb\xa0m;\xfd\xe5\xd9\x9fw\xbaN" +
+	"\xfe\xf4\xd4\xf2\x93\x89\x99\xee\x0d\x8d\xe7\xaf\xec\x02\xfa?" +
+	"\x04\x10\x91\x1f\xcdx\x1a\x11P\xbe\xe2\x89\x02\xe6\xc66" +
+	">(\x86\xfa\xc7w\x83\x12D\xcc\x1d?sc\xf7\xc8" +
+	"T\xcb\xf7 \x12\x09@\xf6\x89\x87e*\xf2\xaf\xa0x" +
+	"\x0c0\x17\xdd]\xb3x\xd7p|O\xa91\x87\x95'" +
+	"\xc4q\xf9\x88e<)\x0e\x02\xe6\xfa_\xe9\x8b\xb5\xbe" +
+	"\xb8h\x14\xe8<\xee\x9a\x036\x89U\xf5\xdcu\xb0\x8a" +
+	"\x1b|}r\xe5\xf8\xe2\xb1\x03\xfbJ\xd1x\xfcr\xa2" +
+	"j\\\xee\xaf\xe2w\xfa\xaa\xc2\x08\x98\x9b\xfc`\xce\xa5" +
+	"\xa3[\xa7\xf6\xe5s,\xb8\x94\xae\x03\xca\x93R\x14\xf0" +
+	"\xef\xed\xfeK\xaf\x9e;7A\x83\x82\x03\x05(OK" +
+	"\xa3\xf2\x8c\xc4\x8d/Jg\xe5\x0d^\x09 wa\xe1" +
+	"\xa9\xd8\xbb\xec\xfew\x0aPV\xaak\xbc\x7f\x01\xcak" +
+	"\xbd<\xb0=\xbf~\xb7i\xdeF\xff$\x94\x82\x1d\xf7" +
+	"\x8e\xca'9\x84<\xe5m\x93/Z`\xca\xb5\xc6\xd4" +
+	"\x8f\xb1\xcbG+\x16\xf03\xef\x09\xf9\xbcu\xe1s/" +
+	"/\xe0\x95_\x9e\x7fc\xc7`\xe7{e\xc8Y\xdf\x17" +
+	"\xf26\x1f7\xdc\xea{M>\xcf\xbfr/\xb7|3" +
+	"\xa7\xfa\xd6og\xdc\xbd\x9b\xf2Y\x05<\xe5\xe3\xbd\xbb" +
+	"q\xac\xfb\xd3\x97\x0e\xac\xb9\xe0\xae\xf0E\x9f\xd5\xdc\xcb" +
+	">\x9e\xc8Uv0;\xf4\xe1\xfb\xd3n\x83\xb5\xfef" +
+	"n\xd0\xe1\xe7\x06\xa9\xedg\x86\x06o~4\x0d4X" +
+	"\x16\xfb\x84\xff\xb0|\xc4o\xf5\xd3\xb2\xfd=\xb6\x1a\xc7" +
+	"\x0e\xce\xcc\xb8\x1a\xd0$\x06\x08\x07\xf3\x05x8\xf2\x82" +
+	"{VN\xafY\xfd\x93\x8b\x85K\xf8\xb9'\xf7\xed\x82" +
+	"\xcc\xa3\x0feo]u_\x0d\x06\xfc\xfc\xea\\\xeb\xea" +
+	"@\xc4\xdb\xb6\xa3#}\xad\xac.\xad\x81\x13rg\x80" +
+	"\x07\xd1\x11h\x93\xfb\xf9Wn\xf3@\xf0\xe6\xff\xff\x18" +
+	"\xbd^\xc8\xcaB\xdb\x14\xb0\xd2V\x03Q\xd8\x94\xdb\xac" +
+	"'\xb4-\xac!.\xa8\x99T\xa6y\x9d\x9aL6\xa8" +
+	"\xa6\xa9\xc6{\"\xdd\xcc\xc8&M\x83\x83\xdcf\xb3>" +
+	"\x91\xeam\xe8a\xaa\xc6t\xa3`\x84F\x89M73" +
+	"\xcc\xb4\xce\xf4\x06=\xff\x11\xe9fa\x0bM\xf1\x08\x1e" +
+	"\x00\x0f\x02\xd0\xe0B\x00\xc5+\xa0RGP\x8a\xab\x19" +
+	"\xac\xf5\x08\x80X\x0bX\x04\xc3\xbcCS\x95\xcc\xac\xd1" +
+	"\x85\xa8T\x17o\xb7\xd6\x03(1\x01\x95\xc7\x08\"\xd6" +
+	"!\xff\xd7\xd1\x02\xa0<,\xa0\xd2E\x90\x12\xacC\x02" +
+	"@;\xf9\xcfv\x01\x95'\x08\x86\xe2i\x8d\xa1\x17\x08" +
+	"z\x01G\xfa\x98a\xa8[\x18V\x03\xc1j\xc0\x11\x8d" +
+	"\x99j\"i`\x10\x08\x06\xcb\xa2X\xd7\x93\x15R\xbd" +
+	"<\x08o1\x88%<\x88\x88\x80\xca2'\x88\xa5<" +
+	"\xad\xfb\x04TV\x10\x0ci\xaa\xa9\xdax\x12Ki\x88" +
+	"@\x10]\xd8\xf9r\xb5\xe9\x99\xf8z\xa6\x0f$\xe2\xac" +
+	"!\x9da\xa9H\x97\x1a\xd2\xd5>c\x16W\xb4\xe8\xab" +
+	"\xde\xe5+\xae&\x93X\xe3\xcc\x18 \xd6\x00\x86\xb4\xf4" +
+	"`\x0a\xa9=\xf2\x80H\xcbR\xebf\x19!9\xccS" +
+	"\xab+\xfa\xdb\xca\xcb6$\xa0\xb2\xd7\xe5o\x0f\xff\xb9" +
+	"S@e?A$\xf9\xfa\xee{\x0a@\xd9+\xa0r" +
+	"\x88 \x15H\x1d\x0a\x00\xf4\xcdf\x00e\xbf\x80\xca\xdb" +
+	"\x04\xa9G\xa8C\x0f\x00}\xeb\x11\x00\xe5\x90\x80\xca\xc7" +
+	"\x04G\x0a\x04\xc29\x80]\x02b\x8d3^\x80\xfcg" +
+	"\xb1;v7zT\xa3\x93\xff\x02a\x0b\xb3\xcb\x185" +
+	"L\xd5\xcc\x1aX\xe3Hs>\xeb\x9c\xa9\xab\x89$\xd3" +
+	"\x0d\x00\x98\xd5E\xb1\x0a\xc4\xe1\xb5\xc1RZ\xa4+\xac" +
+	"Z\xd5wq\xb5\xb9\xc0\xd5\x08\xc1h\xbc'\x9b\xeau" +
+	"E^T\xfa\x12X\xb4a\xb17\xcf]\x11\xa08\xde" +
+	"h\xef!\xaa\xb4\x00\xa1\xad\x12:\xb2\x8d\xa9\xe3\x9f\x0c" +
+	"6\x8d?;FW\xd5\x03\xa1K%$E\x1dF[" +
+	"9\xe8\xbd\x8d@\xe8\\\xc9\xaed\x0cC<\xf8\x18\x86" +
+	"\xe3\xc9\xb4\xc1b\xd8\x85\x153\xb4N#\xd1.\xb5\x94" +
+	"`\xcd\x95\x08\xc6[\xf6\x80\x80J;\xf9\xaf\x8a\x8d\xb6" +
+	"\xd0`\x92W\xc5cU\xc5\xd6K\xb4\xf76\xa5\xcd@" +
+	"\xa8(E\xf3bt{6E\x88p\xb2\x9d\xa9Z\x89" +
+	"04;\xc2P\xcc\xa3c~A\x19\x9es\x88\xfb\xcc" +
+	"\x0b\x00\xca\xd3\x02*=\x04\xa3}\xcc\xecIk\xb6\x14" +
+	"\x08}\xda\xec\x89\x98\x89>\x96\xce\x9a\x8fCHM\xa5" +
+	"\x0d\x14\x81\xa0XF&\xd7D\x03\xe4E\x83\xe7io" +
+	"!\xb4\xb7\x0d]\xce\xbb\xb8\x88w\xdf~\x03\xa0\xad\xd9" +
+	"t\x1e\xef~P\x0agS\xaa>\x1c\xc3\x10\x97\x86\xdb" +
+	"+1\x8b\xda\xda\xf2\xe1\"\xf0|Gl\x85\x84V\xa6" +
+	"q\xe5:d9-\x8e\xc2\xdd\x84\xa8\xe5\xaeB4\xa2" +
+	"\xb3\xfe,3\xcc\x7f\xed\xba;\x9a_@n\xdf\x8dw" +
+	"\x11\xc1\xb0\xce2\xc9a\xacq\xdeK\x05\x15\xe4\x95A" +
+	"\xea\xbcV*\xea`;S%\x8d\xe9%\x1a\xbf\xb0\x92" +
+	"\xcfF\xc7\xa7\xd4\xcb\x86m\xe2\x84\x07\xd4d\x96\xcd\x92" +
+	"\xa2{\xb9\xe6\xc7\x0f\xdc\x1d\xaaw:tg\xd1\x96J" +
+	"\x87\xd9\xde\xd4\xb6A\xf9\x9a.\xb8\x83J\x8c\x88\x90;" +
+	"\xf3\xbdtW\x18a\x8bl\xce\xf0\xdao/\xb4\x1f\xd0" +
+	"\x94\xb6X\xc3;R\xe0c%\xce\x96\xad\xbcJ/\x04" +
+	"7i\xb3\x99\xd2\x82\xfc\x13\x00\x00\xff\xff\xb8\x82\x1b\x87"
 
 func RegisterSchema(reg *schemas.Registry) {
 	reg.Register(&schemas.Schema{
 		String: schema_da42b57f90f4c6b1,
 		Nodes: []uint64{
+			0x8a34483986d1c377,
 			0x8ce8c7cfc3816455,
 			0x8fe9cd325552e1a5,
 			0x909a710f052f5899,
@@ -2316,12 +2613,14 @@ func RegisterSchema(reg *schemas.Registry) {
 			0x95b57daee20eb6a9,
 			0xa5cccc84e20a8200,
 			0xa72b65ab40bd22d0,
+			0xa90a581959d8f091,
 			0xaee540e36e32ee51,
 			0xb04d77868b66efe9,
 			0xc6f3fb0c0ed4427e,
 			0xd03d9b7cc152aff4,
 			0xd9b3b878759f65ea,
 			0xd9baf87778c6826e,
+			0xe1e19f99013b40f5,
 			0xe63b3dd937201d13,
 			0xeafb75384b701dd6,
 			0xee6f498647082476,
