@@ -83,9 +83,9 @@ type egressCall struct {
 	head   callHead
 	ctx    context.Context // the backend call's, with its deadline
 	cancel context.CancelFunc
-	// life ends when the call is abandoned (the caller released up, or the
-	// response could not be sent); the response is sent under it, so the
-	// backend's deadline still lets the final status go down.
+	// life ends when the call is abandoned (the caller released up or its
+	// Call, or the response could not be sent); the response is sent under
+	// it, so the backend's deadline still lets the final status go down.
 	life    context.Context
 	abandon context.CancelFunc
 	bs      grpc.ClientStream
@@ -373,9 +373,10 @@ func (c *egressCall) end(*status.Status, metadata.MD) {
 	}
 }
 
-// lost implements target: the caller released up before the call ended
-// (it was cancelled, or its connection is gone: nobody is listening any
-// more), or a request was too large (the status still goes down).
+// lost implements target: the caller released up (or the Call) before the
+// call ended (it was cancelled, or its connection is gone: nobody is
+// listening any more), or a request was too large (the status still goes
+// down).
 func (c *egressCall) lost(err error) {
 	c.mu.Lock()
 	over := c.over
