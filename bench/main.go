@@ -142,7 +142,7 @@ func measureAll(ctx context.Context, cfg Config, stdout, stderr io.Writer) error
 			if p.Name() != pathVatcar {
 				continue
 			}
-			row, err := openStreamsRow(ctx, p, cfg.OpenStreams, &info, logf)
+			row, err := openStreamsRow(ctx, p, cfg.OpenStreams, cfg.PprofDir, &info, logf)
 			if err != nil {
 				info.Notes = append(info.Notes, fmt.Sprintf("%s with %d open streams: %v", p.Name(), cfg.OpenStreams, err))
 				logf("open streams on %s: %v", p.Name(), err)
@@ -210,15 +210,20 @@ func memoryRow(scenarioName string, p path, info *runInfo) Result {
 	return Result{Scenario: scenarioName, Path: p.Name(), ProxyRSSMiB: round(mib(total), 1)}
 }
 
-// openStreamsRow holds n streams open through p and records the memory then.
-func openStreamsRow(ctx context.Context, p path, n int, info *runInfo, logf func(string, ...any)) (Result, error) {
+// openStreamsRow holds n streams open through p and records the memory then, and
+// with a pprof directory the heap and goroutine profiles.
+func openStreamsRow(ctx context.Context, p path, n int, pprofDir string, info *runInfo, logf func(string, ...any)) (Result, error) {
 	logf("opening %d streams through %s", n, p.Name())
 	start := time.Now()
 	h := newHeldStreams(ctx)
 	defer h.Close()
 	err := h.Open(p.Target(), n, 2*time.Minute)
 	logf("%d streams open through %s in %v", h.opened, p.Name(), time.Since(start).Round(time.Millisecond))
-	return memoryRow(scenarioOpenStreams(n), p, info), err
+	row := memoryRow(scenarioOpenStreams(n), p, info)
+	if pprofDir != "" {
+		snapshotProfiles(ctx, pprofDir, scenarioOpenStreams(n), p, logf)
+	}
+	return row, err
 }
 
 func numCPU() int { return runtime.NumCPU() }

@@ -67,3 +67,21 @@ func fetchTo(ctx context.Context, url, file string) error {
 	}
 	return f.Close()
 }
+
+// snapshotProfiles saves the heap and goroutine profiles of each instance of p that
+// serves /debug/pprof, as DIR/PATH-INSTANCE-label.{heap,goroutine}.pprof. Failures are
+// logged, not fatal.
+func snapshotProfiles(ctx context.Context, dir, label string, p path, logf func(string, ...any)) {
+	for _, in := range p.Instances() {
+		if in.Pprof == "" {
+			continue
+		}
+		base := fmt.Sprintf("%s-%s-%s", p.Name(), strings.ReplaceAll(in.Name, " ", "-"), label)
+		for _, kind := range []string{"heap", "goroutine"} {
+			url := fmt.Sprintf("http://%s/debug/pprof/%s", in.Pprof, kind)
+			if err := fetchTo(ctx, url, filepath.Join(dir, base+"."+kind+".pprof")); err != nil {
+				logf("profile %s %s: %v", base, kind, err)
+			}
+		}
+	}
+}
