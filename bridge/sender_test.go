@@ -91,3 +91,44 @@ func TestSenderBoundsBatches(t *testing.T) {
 		})
 	}
 }
+
+// TestSinkRefusesAfterClose checks that a Sink takes nothing after its
+// close: a peer cannot slip messages in after the end of a direction.
+func TestSinkRefusesAfterClose(t *testing.T) {
+	var got int
+	tg := &recordTarget{onMessage: func(f *frame) { got++; f.free() }}
+	sink := captp.Sink_ServerToClient(&sinkServer{t: tg, maxMsg: 1 << 20})
+	defer sink.Release()
+	ctx := context.Background()
+	send := func() error {
+		if err := sink.Send(ctx, func(p captp.Sink_send_Params) error {
+			l, err := p.NewChunks(1)
+			if err != nil {
+				return err
+			}
+			l.At(0).SetEnd(true)
+			return nil
+		}); err != nil {
+			return err
+		}
+		return sink.WaitStreaming()
+	}
+	closeSink := func() error {
+		f, release := sink.Close(ctx, nil)
+		defer release()
+		_, err := f.Struct()
+		return err
+	}
+	if err := send(); err != nil || got != 1 {
+		t.Fatalf("send: %v, %d messages", err, got)
+	}
+	if err := closeSink(); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(); err == nil || got != 1 {
+		t.Errorf("send after close: %v, %d messages; want an error and still 1", err, got)
+	}
+	if err := closeSink(); err == nil {
+		t.Error("a second close was taken")
+	}
+}

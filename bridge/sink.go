@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"google.golang.org/grpc/mem"
@@ -45,6 +46,9 @@ func newSink(t target, maxMsg int) captp.Sink {
 
 // Headers implements captp.Sink_Server.
 func (s *sinkServer) Headers(_ context.Context, call captp.Sink_headers) error {
+	if s.failed != nil {
+		return s.failed
+	}
 	l, err := call.Args().Md()
 	if err != nil {
 		return fmt.Errorf("sink headers: %w", err)
@@ -122,9 +126,14 @@ func (s *sinkServer) Close(_ context.Context, call captp.Sink_close) error {
 	if err != nil {
 		return fmt.Errorf("sink close: %w", err)
 	}
+	// The direction is over: a peer that sends more is refused.
+	s.failed = errDirectionClosed
 	s.t.end(st, md)
 	return nil
 }
+
+// errDirectionClosed refuses calls on a Sink after its close.
+var errDirectionClosed = errors.New("bridge: the stream direction is closed")
 
 // fail ends the direction with err.
 func (s *sinkServer) fail(err error) {
