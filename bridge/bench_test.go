@@ -124,21 +124,53 @@ func BenchmarkStream(b *testing.B) {
 	}
 }
 
-// BenchmarkCapnpFloor is one empty capnp call and its return over a
-// loopback TCP connection: the floor under a bridged unary call, which adds
-// two gRPC hops to it.
+// BenchmarkCapnpFloor is one GrpcService.unary call with a 1 KiB request
+// to a server that answers at once, over a loopback TCP go-capnp
+// connection: the floor under a bridged unary call, which adds two gRPC hops
+// to it.
 func BenchmarkCapnpFloor(b *testing.B) {
-	sink := captp.Sink_ServerToClient(&sinkServer{t: &recordTarget{}, maxMsg: 1})
-	client := capnpPair(b, capnp.Client(sink))
-	s := captp.Sink(client)
-	for b.Loop() {
-		f, release := s.Headers(context.Background(), nil)
-		if _, err := f.Struct(); err != nil {
-			b.Fatal(err)
+	svc := captp.GrpcService(capnpPair(b, capnp.Client(captp.GrpcService_ServerToClient(floorServer{}))))
+	req := pattern(benchMsgSize)
+	b.Run("serial", func(b *testing.B) {
+		for b.Loop() {
+			floorCall(b, svc, req)
 		}
-		release()
+	})
+	b.Run("parallel64", func(b *testing.B) {
+		b.SetParallelism(32)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				floorCall(b, svc, req)
+			}
+		})
+	})
+}
+
+func floorCall(b *testing.B, svc captp.GrpcService, req []byte) {
+	f, release := svc.Unary(context.Background(), func(p captp.GrpcService_unary_Params) error {
+		return p.SetRequest(req)
+	})
+	defer release()
+	if _, err := f.Struct(); err != nil {
+		b.Error(err)
 	}
 }
+
+// floorServer answers every unary call at once, concurrently, with an
+// empty reply.
+type floorServer struct{}
+
+func (floorServer) Unary(_ context.Context, call captp.GrpcService_unary) error {
+	call.Go()
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	_, err = res.NewReply()
+	return err
+}
+
+func (floorServer) Open(context.Context, captp.GrpcService_open) error { return nil }
 
 // capnpPair connects two go-capnp Conns over loopback TCP, serving
 // bootstrap on one; it returns the other's bootstrap client. Everything
