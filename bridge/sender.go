@@ -15,23 +15,26 @@ import (
 // Sizes of what one Sink call carries. A gRPC message larger than chunkSize
 // is split into chunks; one send carries at most batchBytes of chunks, so a
 // capnp message stays far below go-capnp's 64 MiB decode limit (an oversize
-// message aborts the whole connection).
+// message aborts the whole connection). go-capnp builds a call's message
+// under its connection's one lock, so a batch is kept to 1 MiB: copying it
+// holds up the connection's other calls for well under a millisecond.
 const (
 	chunkSize  = 1 << 20
-	batchBytes = 4 << 20
+	batchBytes = 1 << 20
 	// batchLimit is what one send may carry, counting chunkOverhead per
 	// chunk: batchBytes of data plus room for the chunks' overhead.
 	batchLimit = batchBytes + batchBytes/64
 	// inlineMax is the largest request or response message carried in a
 	// unary call's parameters or reply.
-	inlineMax = batchBytes
-	// flowWindow bounds the bytes of one Sink's calls in flight; it must
-	// exceed the largest capnp message a send makes (batchBytes plus the
-	// list overhead), since flowcontrol.NewFixedLimiter panics otherwise.
-	flowWindow = 3 * batchBytes
+	inlineMax = 4 << 20
+	// flowWindow bounds the bytes of one Sink's calls in flight (per stream
+	// and direction); it must exceed the largest capnp message a send makes
+	// (batchLimit plus the list's own words), since
+	// flowcontrol.NewFixedLimiter panics otherwise.
+	flowWindow = 12 << 20
 	// queueBytes bounds the message bytes one direction of a stream holds
 	// before the gRPC reader blocks (plus one message of any size).
-	queueBytes = batchBytes
+	queueBytes = 4 << 20
 )
 
 // newFlowLimiter returns the flow limiter set on every Sink the bridge sends

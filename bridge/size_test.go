@@ -171,7 +171,7 @@ func TestSlowConsumerBoundsMemory(t *testing.T) {
 	// What may be in flight: the ingress queue (queueBytes plus a message),
 	// the capnp flow window, the batch the egress is writing, and the small
 	// HTTP/2 windows and buffers on either side.
-	bound := int64(queueBytes + msgSize + flowWindow + batchBytes + 8*msgSize)
+	bound := int64(queueBytes + msgSize + flowWindow + 2*batchLimit + 8*msgSize)
 	if a := ahead.Load(); a > bound {
 		t.Errorf("the client got %d bytes ahead of the backend, want at most %d", a, bound)
 	}
@@ -226,7 +226,7 @@ func TestSlowClientBoundsMemory(t *testing.T) {
 	}
 	// The egress queue, the capnp flow window, the batch the ingress is
 	// writing, and the small HTTP/2 windows and buffers.
-	bound := int64(queueBytes + msgSize + flowWindow + batchBytes + 8*msgSize)
+	bound := int64(queueBytes + msgSize + flowWindow + 2*batchLimit + 8*msgSize)
 	if ahead > bound {
 		t.Errorf("the backend got %d bytes ahead of the client, want at most %d", ahead, bound)
 	}
