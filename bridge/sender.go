@@ -25,8 +25,9 @@ const (
 	// chunk: batchBytes of data plus room for the chunks' overhead.
 	batchLimit = batchBytes + batchBytes/64
 	// inlineMax is the largest request or response message carried in a
-	// unary call's parameters or reply.
-	inlineMax = 4 << 20
+	// unary call's parameters or reply (the request is copied under the
+	// connection lock too).
+	inlineMax = batchBytes
 	// flowWindow bounds the bytes of one Sink's calls in flight (per stream
 	// and direction); it must exceed the largest capnp message a send makes
 	// (batchLimit plus the list's own words), since
