@@ -158,6 +158,12 @@ func (s *Sidecar) Start() (err error) {
 			s.closeAll()
 		}
 	}()
+	if s.cfg.CapDir != "" {
+		// A missing cap dir is created (private: cap files are bearer secrets).
+		if err := os.MkdirAll(s.cfg.CapDir, 0o700); err != nil {
+			return fmt.Errorf("%w: --cap-dir %q: %w", ErrConfig, s.cfg.CapDir, err)
+		}
+	}
 	if s.cfg.Listen != "" {
 		l, err := s.vat.Listen()
 		if err != nil {

@@ -361,3 +361,19 @@ func TestCapTPFailure(t *testing.T) {
 		}
 	}
 }
+
+func TestStartCreatesMissingCapDir(t *testing.T) {
+	backend := startTestBackend(t)
+	dir := filepath.Join(t.TempDir(), "not", "yet")
+	startTestSidecar(t, Config{
+		Listen: "tcp:127.0.0.1:0", CapDir: dir,
+		Exports: []Export{{Name: "test", Target: backend}},
+	})
+	fi, err := os.Stat(filepath.Join(dir, "test.cap"))
+	if err != nil {
+		t.Fatalf("cap file in a created cap dir: %v", err)
+	}
+	if got := fi.Mode().Perm(); got != 0o600 {
+		t.Errorf("cap file mode = %v, want 0600", got)
+	}
+}
