@@ -85,6 +85,9 @@ func TestChainedBidiHalfClose(t *testing.T) {
 	for _, n := range []int{0, 1, 2, 50} {
 		t.Run(fmt.Sprint(n, "msgs"), func(t *testing.T) { echoBidi(ctx, t, cc, testMessages(n)) })
 	}
+	t.Run("multi-chunk msgs", func(t *testing.T) {
+		echoBidi(ctx, t, cc, [][]byte{pattern(3 << 20), pattern(10), pattern(2<<20 + 1), {}, pattern(1 << 20)})
+	})
 }
 
 func TestChainedBidiHalfClose_Stress(t *testing.T) {
