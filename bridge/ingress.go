@@ -117,9 +117,6 @@ type ingressCall struct {
 	ob      *outbox // client messages, read by pump
 	final   chan final
 	upStats sendStats // of the request stream's sender
-	// lostFirst is set by wait when the response Sink was dropped before
-	// the call ended.
-	lostFirst bool
 
 	mu       sync.Mutex
 	finished bool
@@ -187,13 +184,11 @@ func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 		// call until the end (releasing it cancels).
 		rest := res.Rest().AddRef()
 		defer rest.Release()
-		// If attach fails, the Sink it carried is dropped, which ends
-		// the call (UNAVAILABLE): nothing else to watch.
-		_, arelease := rest.Attach(c.ctx, func(p captp.Call_attach_Params) error {
+		af, arelease := rest.Attach(c.ctx, func(p captp.Call_attach_Params) error {
 			return p.SetDown(newSink(c, c.in.max))
 		})
 		defer arelease()
-		return c.wait(nil)
+		return c.wait(nil, af.Future)
 	}
 	r, err := res.Reply()
 	if err != nil {
@@ -224,14 +219,6 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 	up := fut.Up()
 	defer up.Release()
 	up.SetFlowLimiter(newFlowLimiter())
-	opened := make(chan struct{})
-	var openErr error
-	go func() {
-		defer close(opened)
-		if _, openErr = fut.Struct(); openErr != nil {
-			c.deliver(final{st: Status(openErr)})
-		}
-	}()
 	sent := make(chan error, 1)
 	senderDone := make(chan struct{})
 	go func() {
@@ -239,33 +226,46 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 		s := sender{sink: up, ob: c.ob, stats: &c.upStats}
 		sent <- s.run(ctx)
 	}()
-	err := c.wait(sent)
-	if c.lostFirst {
-		// The peer dropped down before open returned (an exception
-		// releases the parameters): open's error says why.
-		<-opened
-		if openErr != nil {
-			err = c.fail(openErr)
-		}
-	}
+	err := c.wait(sent, fut.Future)
 	cancel()
 	c.ob.stop()
 	<-senderDone
-	<-opened
 	return err
 }
 
 // wait waits for the end of the call and returns its status. sent, if not
-// nil, reports the end of the request direction.
-func (c *ingressCall) wait(sent chan error) error {
+// nil, reports the end of the request direction; opened, if not nil, is the
+// capnp call that gave the far side our down Sink (open or attach), whose
+// failure ends the call.
+func (c *ingressCall) wait(sent chan error, opened *capnp.Future) error {
+	var openDone <-chan struct{}
+	if opened != nil {
+		openDone = opened.Done()
+	}
 	for {
 		select {
 		case f := <-c.final:
-			c.lostFirst = f.lost
+			if f.lost && openDone != nil {
+				// The peer dropped down before opened returned (an
+				// exception releases the parameters): its error, if
+				// any, says why.
+				select {
+				case <-openDone:
+					if _, err := opened.Struct(); err != nil {
+						return c.fail(err)
+					}
+				case <-c.ctx.Done():
+				}
+			}
 			if len(f.trailers) > 0 {
 				c.ss.SetTrailer(f.trailers)
 			}
 			return f.st.Err()
+		case <-openDone:
+			openDone = nil
+			if _, err := opened.Struct(); err != nil {
+				return c.fail(err)
+			}
 		case err := <-sent:
 			// A failed send means the far side ended the call or is gone;
 			// either way the final status comes down (or the Sink is
