@@ -202,7 +202,9 @@ func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 func (c *ingressCall) stream(svc captp.GrpcService) error {
 	ctx, cancel := context.WithCancel(c.ctx)
 	defer cancel()
-	down := newSink(c, c.in.max)
+	// The down Sink is made only as the parameters take it: a call on a
+	// broken capability (its connection gone) never builds them, and a Sink
+	// made earlier would keep its capnp server goroutine forever.
 	fut, release := svc.Open(ctx, func(p captp.GrpcService_open_Params) error {
 		h, err := p.NewCall()
 		if err != nil {
@@ -211,7 +213,7 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 		if err := writeCallHead(h, c.ctx, c.method); err != nil {
 			return err
 		}
-		return p.SetDown(down)
+		return p.SetDown(newSink(c, c.in.max))
 	})
 	// up is a promise on open's results: it lives as long as they do, so
 	// they are released last (release waits for open to return, #534).

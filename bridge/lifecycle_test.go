@@ -509,3 +509,30 @@ func TestUnknownServiceOverTheWire(t *testing.T) {
 		}
 	}
 }
+
+// TestCallsOnDeadConnectionNoLeak calls through a capability whose capnp
+// connection is gone: every call fails with UNAVAILABLE, and the response
+// Sinks the ingress made for them are released (none keeps a capnp server
+// goroutine).
+func TestCallsOnDeadConnectionNoLeak(t *testing.T) {
+	b := newBackend(t)
+	h := newHop(t, b.addr, hopConfig{})
+	cc := dial(t, h.addr)
+	echoBidi(context.Background(), t, cc, testMessages(2)) // connect everything first
+	const queue = "capnproto.org/go/capnp/v3/server.(*Server).handleCalls"
+	queues := countGoroutines(queue)
+	h.client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for i := range 20 {
+		s := rawStream(ctx, t, cc, "/t.T/Echo")
+		s.SendMsg([]byte("x"))
+		if i%2 == 0 { // unary-shaped
+			s.CloseSend()
+		}
+		if _, err := recvAll(s); status.Code(err) != codes.Unavailable {
+			t.Errorf("call %d: client got %v, want Unavailable", i, err)
+		}
+	}
+	poll(t, func() bool { return countGoroutines(queue) <= queues }, "capnp server goroutines back to %d (now %d)", queues, countGoroutines(queue))
+}
