@@ -194,6 +194,8 @@ func TestParseFlagsErrors(t *testing.T) {
 	writeFile(t, unknownField, "listen: tcp:127.0.0.1:1\nlisen: x\n")
 	dupField := filepath.Join(dir, "dup.yaml")
 	writeFile(t, dupField, "listen: tcp:127.0.0.1:1\nlisten: tcp:127.0.0.1:2\n")
+	dupExport := filepath.Join(dir, "dupexport.yaml")
+	writeFile(t, dupExport, "listen: tcp:127.0.0.1:1\nexports: [{name: a, target: 127.0.0.1:1}, {name: a, target: 127.0.0.1:2}]\n")
 	tests := []struct {
 		name    string
 		args    []string
@@ -211,6 +213,10 @@ func TestParseFlagsErrors(t *testing.T) {
 		{"unknown field", []string{"--config", unknownField}, `lisen`},
 		{"duplicate field", []string{"--config", dupField}, `listen`},
 		{"invalid result", []string{"--listen", "nowhere"}, `bad --listen "nowhere"`},
+		{"export flag twice", []string{"--listen", "tcp:127.0.0.1:1", "--export", "a=127.0.0.1:1", "--export", "a=127.0.0.1:2"}, `--export NAME "a" given twice`},
+		{"import flag twice", []string{"--import", "b=" + testURI, "--import", "b=" + testURI}, `--import NAME "b" given twice`},
+		{"route flag twice", []string{"--import", "b=" + testURI, "--grpc-listen", ":0", "--route", "p.S=b", "--route", "p.S=b"}, `--route SERVICE "p.S" given twice`},
+		{"export twice in the file", []string{"--config", dupExport}, `export NAME "a" given twice`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -22,6 +22,8 @@ type export struct {
 	id         vat.ServiceID
 	uri        string
 	cc         *grpc.ClientConn
+	calls      revocable          // the cc's calls end with cut
+	cut        context.CancelFunc // ends the calls in flight (revocation)
 	revoked    bool
 	fromConfig bool // managed by the config file: a reload may remove it
 }
@@ -52,19 +54,23 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 		return nil, fmt.Errorf("export %q: %w", e.Name, ErrExists)
 	}
 	ex := &export{Export: e, id: id, uri: uri, fromConfig: fromConfig}
+	var cut context.Context
+	cut, ex.cut = context.WithCancel(context.Background())
+	ex.calls = revocable{cut: cut}
 	s.exports[e.Name] = ex // reserve the name
 	s.mu.Unlock()
 
 	cc, err := grpc.NewClient(grpcTarget(e.Target),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(s.metrics.statsHandler(SideEgress, &s.egressInflight)),
-		grpc.WithChainUnaryInterceptor(s.refuseWhileDraining),
-		grpc.WithChainStreamInterceptor(s.refuseStreamWhileDraining),
+		grpc.WithChainUnaryInterceptor(s.refuseWhileDraining, ex.calls.unary),
+		grpc.WithChainStreamInterceptor(s.refuseStreamWhileDraining, ex.calls.stream),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(s.cfg.MaxMessageSize),
 			grpc.MaxCallSendMsgSize(s.cfg.MaxMessageSize)),
 	)
 	if err != nil {
+		ex.cut()
 		s.mu.Lock()
 		delete(s.exports, e.Name)
 		s.mu.Unlock()
@@ -73,6 +79,7 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 	egress, err := newEgress(cc, s.cfg.MaxMessageSize, s.cfg.MaxConcurrentCalls, s.log)
 	if err != nil {
 		cc.Close()
+		ex.cut()
 		s.mu.Lock()
 		delete(s.exports, e.Name)
 		s.mu.Unlock()
@@ -143,6 +150,7 @@ func (s *Sidecar) removeExport(name string) error {
 
 func (e *export) close(t *vat.Table) {
 	t.Remove(e.id)
+	e.cut()
 	if e.cc != nil {
 		e.cc.Close()
 	}
@@ -189,6 +197,7 @@ func (s *Sidecar) Revoke(name string) error {
 		return fmt.Errorf("export %q: %w", name, ErrNotFound)
 	}
 	s.table.Remove(ex.id)
+	ex.cut() // calls in flight end too
 	if s.cfg.CapDir != "" {
 		os.Remove(filepath.Join(s.cfg.CapDir, name+".cap"))
 	}

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -63,6 +64,13 @@ func ParseFlags(args []string, output io.Writer) (Config, error) {
 		if c, err = LoadFile(file); err != nil {
 			return Config{}, err
 		}
+	}
+	if err := errors.Join(
+		repeated("--export NAME", exports.items, func(e Export) string { return e.Name }),
+		repeated("--import NAME", imports.items, func(i Import) string { return i.Name }),
+		repeated("--route SERVICE", routes.items, func(r Route) string { return r.Service }),
+	); err != nil {
+		return Config{}, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	fs.Visit(func(fl *flag.Flag) {
 		switch fl.Name {
@@ -158,6 +166,21 @@ func ParseRoute(s string) (Route, error) {
 		return Route{}, fmt.Errorf("--route %q: want SERVICE=IMPORT", s)
 	}
 	return Route{Service: service, Import: imp}, nil
+}
+
+// repeated reports the first key that two of items share, as the flag what
+// given twice: a flag replaces the config file's entry of the same name, but
+// two flags naming one entry are a mistake, not an override.
+func repeated[T any](what string, items []T, key func(T) string) error {
+	seen := make(map[string]bool, len(items))
+	for _, it := range items {
+		k := key(it)
+		if seen[k] {
+			return fmt.Errorf("%s %q given twice", what, k)
+		}
+		seen[k] = true
+	}
+	return nil
 }
 
 // merge returns base with each of over appended, or replacing the entry of

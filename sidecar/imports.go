@@ -75,7 +75,7 @@ func (s *Sidecar) newImport(im Import, fromConfig bool) (*imported, error) {
 	}
 	ref, err := s.vat.Import(uri)
 	if err != nil {
-		return nil, fmt.Errorf("%w: import %q: malformed URI %q: %w", ErrConfig, im.Name, uri, err)
+		return nil, fmt.Errorf("%w: import %q: %s: %w", ErrConfig, im.Name, describeURI(im.URI, uri, err), err)
 	}
 	m := &imported{
 		Import: im, ref: ref, fromConfig: fromConfig, metrics: s.metrics,
@@ -119,6 +119,31 @@ func (s *Sidecar) listenImport(im *imported) error {
 		"address", im.ref.Locator().Address.String())
 	im.log.Debug("import URI", "uri", im.ref.URI())
 	return nil
+}
+
+// describeURI names, for the error err of importing uri, the value at
+// fault: the cap file it came from (given is "@PATH"), or the URI itself,
+// quoted and cut short; a well-formed URI (refused for another reason, such
+// as its TLS mode) loses its service id, which is a secret.
+func describeURI(given, uri string, err error) string {
+	malformed := errors.Is(err, vat.ErrInvalidURI)
+	what := "unusable URI"
+	if malformed {
+		what = "malformed URI"
+	}
+	if path, ok := strings.CutPrefix(given, "@"); ok {
+		return fmt.Sprintf("%s in cap file %q", what, path)
+	}
+	if !malformed {
+		if i := strings.LastIndex(uri, "/"); i > len("capnp://") {
+			uri = uri[:i+1] + "..."
+		}
+	}
+	const maxQuoted = 120
+	if len(uri) > maxQuoted {
+		uri = uri[:maxQuoted] + "..."
+	}
+	return fmt.Sprintf("%s %q", what, uri)
 }
 
 func mapValues(m map[string]string) []string {

@@ -3,13 +3,24 @@ package sidecar
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"strings"
 	"sync"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/vatcar/vatcar/proto/captp"
+	"github.com/vatcar/vatcar/vat"
 )
+
+// appHandshakeTimeout bounds the HTTP/2 handshake of a connection to an
+// app-facing endpoint (grpc-go's default is 120s): a client that connects
+// and sends nothing, or junk short of the HTTP/2 preface, is dropped then,
+// like a peer vat that does not finish its TLS handshake.
+const appHandshakeTimeout = vat.DefaultHandshakeTimeout
 
 // director picks the capability that serves a call, by full method name.
 type director func(ctx context.Context, fullMethod string) (captp.GrpcService, error)
@@ -31,6 +42,7 @@ func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
 		return nil, err
 	}
 	srv, err := newIngressServer(d, s.cfg.MaxMessageSize, s.log,
+		grpc.ConnectionTimeout(appHandshakeTimeout),
 		grpc.StatsHandler(s.metrics.statsHandler(SideIngress, nil)),
 		grpc.ChainStreamInterceptor(forgetOnCapTPFailure))
 	if err != nil {
@@ -77,16 +89,37 @@ func (in *ingress) stop() {
 // capability when the call failed because of CapTP (peer gone, ref revoked or
 // unknown), before the status reaches the client: the client's next call
 // connects again.
+//
+// A call on a capability revoked by its exporter fails with NOT_FOUND, as
+// every later call on that import does (the exporter no longer knows the
+// id), rather than with the UNKNOWN of a plain capnp exception.
 func forgetOnCapTPFailure(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	err := handler(srv, ss)
-	if err != nil && capTPFailure(err) {
-		if info, _ := ss.Context().Value(rpcKey{}).(*rpcInfo); info != nil {
-			if im := info.imp.Load(); im != nil {
-				im.forget()
-			}
-		}
+	if err == nil || !capTPFailure(err) {
+		return err
 	}
-	return err
+	var im *imported
+	if info, _ := ss.Context().Value(rpcKey{}).(*rpcInfo); info != nil {
+		im = info.imp.Load()
+	}
+	if im != nil {
+		im.forget()
+	}
+	return revokedNotFound(err, im)
+}
+
+// revokedNotFound turns the error of a call on a revoked capability into
+// NOT_FOUND naming the import (im may be nil); other errors pass unchanged.
+func revokedNotFound(err error, im *imported) error {
+	st := status.Convert(err)
+	if st.Code() == codes.NotFound || !strings.Contains(st.Message(), vat.ErrRevoked.Error()) {
+		return err
+	}
+	name := ""
+	if im != nil {
+		name = fmt.Sprintf(" import %q:", im.Name)
+	}
+	return status.Errorf(codes.NotFound, "vatcar:%s service revoked by its exporter: %s", name, st.Message())
 }
 
 // loopbackIfNoHost turns ":PORT" into "127.0.0.1:PORT": app-facing and admin

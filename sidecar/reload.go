@@ -23,44 +23,9 @@ func (s *Sidecar) Reload(cfg Config) error {
 	}
 	var errs []error
 
-	wantExports := map[string]Export{}
-	for _, e := range cfg.Exports {
-		wantExports[e.Name] = e
-	}
 	s.mu.Lock()
-	var dropExports, addExports []Export
-	for name, ex := range s.exports {
-		if !ex.fromConfig {
-			continue
-		}
-		if want, ok := wantExports[name]; !ok || want != ex.Export {
-			dropExports = append(dropExports, ex.Export)
-		}
-	}
-	for _, e := range cfg.Exports {
-		if ex, ok := s.exports[e.Name]; !ok || (ex.fromConfig && ex.Export != e) {
-			addExports = append(addExports, e)
-		}
-	}
-
-	wantImports := map[string]Import{}
-	for _, im := range cfg.Imports {
-		wantImports[im.Name] = im
-	}
-	var dropImports, addImports []Import
-	for name, im := range s.imports {
-		if !im.fromConfig {
-			continue
-		}
-		if want, ok := wantImports[name]; !ok || want != im.Import {
-			dropImports = append(dropImports, im.Import)
-		}
-	}
-	for _, im := range cfg.Imports {
-		if cur, ok := s.imports[im.Name]; !ok || (cur.fromConfig && cur.Import != im) {
-			addImports = append(addImports, im)
-		}
-	}
+	dropExports, addExports := changes(s.exports, cfg.Exports, func(ex *export) (Export, bool) { return ex.Export, ex.fromConfig })
+	dropImports, addImports := changes(s.imports, cfg.Imports, func(im *imported) (Import, bool) { return im.Import, im.fromConfig })
 	s.mu.Unlock()
 
 	for _, e := range dropExports {
@@ -95,6 +60,45 @@ func (s *Sidecar) Reload(cfg Config) error {
 		return fmt.Errorf("reload: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// named is an export or import as configured.
+type named interface {
+	comparable
+	name() string
+}
+
+func (e Export) name() string  { return e.Name }
+func (im Import) name() string { return im.Name }
+
+// changes compares the entries a reload finds (have, by name; conf returns
+// an entry's configuration and whether the config file made it) with those
+// the new configuration wants. drop: entries of the config file that want
+// no longer holds as they are; add: entries of want that are new or replace
+// a changed one of the config file. Entries added through the admin API are
+// neither dropped nor replaced.
+func changes[T named, E any](have map[string]E, want []T, conf func(E) (T, bool)) (drop, add []T) {
+	wanted := make(map[string]T, len(want))
+	for _, w := range want {
+		wanted[w.name()] = w
+	}
+	for name, e := range have {
+		cur, fromConfig := conf(e)
+		if w, ok := wanted[name]; fromConfig && (!ok || w != cur) {
+			drop = append(drop, cur)
+		}
+	}
+	for _, w := range want {
+		e, ok := have[w.name()]
+		if !ok {
+			add = append(add, w)
+			continue
+		}
+		if cur, fromConfig := conf(e); fromConfig && cur != w {
+			add = append(add, w)
+		}
+	}
+	return drop, add
 }
 
 // restartOnly returns c without the settings Reload applies, to compare.

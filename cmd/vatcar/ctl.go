@@ -126,6 +126,12 @@ func ctlRequest(cmd string, args []string) (proto.Message, ctlCall, error) {
 		if err != nil {
 			return nil, nil, err
 		}
+		if path, ok := strings.CutPrefix(im.URI, "@"); ok {
+			// The server sees only the URI: name the file here.
+			if _, _, err := vat.ParseURI(uri); err != nil {
+				return nil, nil, fmt.Errorf("malformed URI in cap file %q: %w", path, err)
+			}
+		}
 		return &adminv1.AddImportRequest{Name: im.Name, Uri: uri, Listen: im.Listen}, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
 			return c.AddImport(ctx, r.(*adminv1.AddImportRequest))
 		}, nil

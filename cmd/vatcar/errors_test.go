@@ -26,6 +26,18 @@ func TestBadConfigExitsWithStatus2(t *testing.T) {
 	if err := os.WriteFile(badYAML, []byte("listen: tcp:127.0.0.1:0\nexprots: []\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	garbageCap := filepath.Join(dir, "garbage.cap")
+	if err := os.WriteFile(garbageCap, []byte("\x00\x01 not a URI \xff\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	emptyCap := filepath.Join(dir, "empty.cap")
+	if err := os.WriteFile(emptyCap, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dupExports := filepath.Join(dir, "dup.yaml")
+	if err := os.WriteFile(dupExports, []byte("listen: tcp:127.0.0.1:0\nexports: [{name: a, target: 127.0.0.1:1}, {name: a, target: 127.0.0.1:2}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	validURI := "capnp://sha-256:s16WV4JeGusAL_nTjvICiQOFqm3LqYrDj3K-HXdMi8s@localhost:7000/bWFpbg"
 	tests := []struct {
 		name string
@@ -39,6 +51,16 @@ func TestBadConfigExitsWithStatus2(t *testing.T) {
 		{"URI with unknown hash", []string{"--import", "b=capnp://md5:abc@localhost:7000/eA"}, `md5`},
 		{"non-capnp URI", []string{"--import", "b=http://example.com/x"}, `http://example.com/x`},
 		{"missing cap file", []string{"--import", "b=@" + filepath.Join(dir, "none.cap")}, `none.cap`},
+		{"garbage cap file", []string{"--import", "b=@" + garbageCap}, `malformed URI in cap file "` + garbageCap + `"`},
+		{"empty cap file", []string{"--import", "b=@" + emptyCap}, `malformed URI in cap file "` + emptyCap + `"`},
+		{"secure URI on an insecure vat", []string{"--insecure", "--import", "b=" + validURI}, `unusable URI "capnp://sha-256:s16WV4JeGusAL_nTjvICiQOFqm3LqYrDj3K-HXdMi8s@localhost:7000/..."`},
+		{"bad public address", []string{"--listen", "tcp:127.0.0.1:0", "--public-address", "host:7000"}, `"host:7000"`},
+		{"public address without port", []string{"--listen", "tcp:127.0.0.1:0", "--public-address", "tcp:host"}, `"tcp:host"`},
+		{"listen address not ours", []string{"--listen", "tcp:192.0.2.1:7000"}, `"tcp:192.0.2.1:7000"`},
+		{"export flag twice", []string{"--listen", "tcp:127.0.0.1:0", "--export", "a=127.0.0.1:1", "--export", "a=127.0.0.1:2"}, `--export NAME "a" given twice`},
+		{"export twice in the file", []string{"--config", dupExports}, `export NAME "a" given twice`},
+		{"import flag twice", []string{"--import", "b=" + validURI, "--import", "b=" + validURI}, `--import NAME "b" given twice`},
+		{"missing key directory", []string{"--secret-key-file", filepath.Join(dir, "none", "k.pem")}, filepath.Join(dir, "none", "k.pem")},
 		{"bad import listen", []string{"--import", "b=" + validURI + ",listen=nope"}, `"nope"`},
 		{"unparsable listen", []string{"--listen", "127.0.0.1:7000"}, `"127.0.0.1:7000"`},
 		{"unparsable admin listen", []string{"--admin-listen", "localhost"}, `"localhost"`},
@@ -62,6 +84,51 @@ func TestBadConfigExitsWithStatus2(t *testing.T) {
 				t.Errorf("stderr does not name %s:\n%s", tt.want, out)
 			}
 		})
+	}
+}
+
+// TestBadURIArgsExitWithStatus2 covers `vatcar uri` and `vatcar ctl
+// add-import` given bad input: exit 2 naming the offending value.
+func TestBadURIArgsExitWithStatus2(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "k.pem")
+	run(t, "keygen", "--secret-key-file", key)
+	garbage := filepath.Join(dir, "garbage.pem")
+	if err := os.WriteFile(garbage, []byte("-----BEGIN PRIVATE KEY-----\nbm9wZQ==\n-----END PRIVATE KEY-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	garbageCap := filepath.Join(dir, "garbage.cap")
+	if err := os.WriteFile(garbageCap, []byte("\x00\x01 not a URI \xff\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, admin := startSidecar(t)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"uri: bad public address", []string{"uri", "--secret-key-file", key, "--public-address", "nope", "svc"}, `"nope"`},
+		{"uri: bad NAME", []string{"uri", "--secret-key-file", key, "--public-address", "tcp:h:1", "bad name"}, `"bad name"`},
+		{"uri: garbage PEM", []string{"uri", "--secret-key-file", garbage, "--public-address", "tcp:h:1", "svc"}, garbage},
+		{"uri: missing key", []string{"uri", "--secret-key-file", filepath.Join(dir, "none.pem"), "--public-address", "tcp:h:1", "svc"}, "none.pem"},
+		{"ctl add-import: malformed URI", []string{"ctl", "--admin", admin.Admin, "add-import", "b=capnp://sha-256:%%%@h:1/x"}, `capnp://sha-256:%%%@h:1/x`},
+		{"ctl add-import: not capnp", []string{"ctl", "--admin", admin.Admin, "add-import", "b=http://x/y"}, `Uri`},
+		{"ctl add-import: missing cap file", []string{"ctl", "--admin", admin.Admin, "add-import", "b=@" + filepath.Join(dir, "none.cap")}, "none.cap"},
+		{"ctl add-import: garbage cap file", []string{"ctl", "--admin", admin.Admin, "add-import", "b=@" + garbageCap}, `malformed URI in cap file "` + garbageCap + `"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := start(t, tt.args...)
+			if code := p.wait(20 * time.Second); code != 2 {
+				t.Errorf("exit status = %d, want 2\n%s", code, p.stderr.String())
+			}
+			if out := p.stderr.String(); !strings.Contains(out, tt.want) {
+				t.Errorf("stderr does not name %s:\n%s", tt.want, out)
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(dir, "none.pem")); !os.IsNotExist(err) {
+		t.Errorf("vatcar uri created the missing key file: %v", err)
 	}
 }
 

@@ -1,0 +1,90 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/vat"
+)
+
+// Revocation. Removing an export's id from the restorer table breaks the
+// capabilities restored from it, so no new call gets through; the calls
+// already running on the export's server (above all long-lived streams)
+// would go on. Each export's client therefore runs every call under the
+// export's cut context: Revoke (and removal) cancels it, and the calls in
+// flight end with NOT_FOUND naming the revocation, the status a new call
+// on the revoked ref gets.
+
+// errRevokedCall is the status of a call cut off by its export's
+// revocation. Its message holds vat.ErrRevoked's text, which the importing
+// sidecar recognises to drop its capability.
+func errRevokedCall() error {
+	return status.Error(codes.NotFound, fmt.Sprintf("vatcar: %v by its exporter", vat.ErrRevoked))
+}
+
+// revocable makes the calls of an export's client end when cut ends.
+type revocable struct{ cut context.Context }
+
+// callContext derives the context of one call from ctx: it also ends when
+// the export is cut off, and leaves nothing behind once the call's own
+// context ends.
+func (r revocable) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(r.cut, cancel)
+	context.AfterFunc(ctx, func() { stop() })
+	return ctx, cancel
+}
+
+// cutOff returns the revocation status in place of err once the export is
+// cut off; err otherwise (also a clean io.EOF).
+func (r revocable) cutOff(err error) error {
+	if err != nil && err != io.EOF && r.cut.Err() != nil {
+		return errRevokedCall()
+	}
+	return err
+}
+
+func (r revocable) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if r.cut.Err() != nil {
+		return errRevokedCall()
+	}
+	ctx, cancel := r.callContext(ctx)
+	defer cancel()
+	return r.cutOff(invoker(ctx, method, req, reply, cc, opts...))
+}
+
+func (r revocable) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if r.cut.Err() != nil {
+		return nil, errRevokedCall()
+	}
+	ctx, cancel := r.callContext(ctx)
+	cs, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil {
+		cancel()
+		return nil, r.cutOff(err)
+	}
+	return revocableStream{ClientStream: cs, r: r, cancel: cancel}, nil
+}
+
+// revocableStream reports the revocation instead of the cancellation it
+// caused, and releases the call's context once the stream is over.
+type revocableStream struct {
+	grpc.ClientStream
+	r      revocable
+	cancel context.CancelFunc
+}
+
+func (s revocableStream) SendMsg(m any) error { return s.r.cutOff(s.ClientStream.SendMsg(m)) }
+
+func (s revocableStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if err != nil {
+		s.cancel() // the stream is over (status or io.EOF)
+	}
+	return s.r.cutOff(err)
+}
