@@ -18,26 +18,11 @@ import (
 // input: it must exit 2 at start-up naming the offending value.
 func TestBadConfigExitsWithStatus2(t *testing.T) {
 	dir := t.TempDir()
-	garbageKey := filepath.Join(dir, "garbage.pem")
-	if err := os.WriteFile(garbageKey, []byte("not a key"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	badYAML := filepath.Join(dir, "bad.yaml")
-	if err := os.WriteFile(badYAML, []byte("listen: tcp:127.0.0.1:0\nexprots: []\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	garbageCap := filepath.Join(dir, "garbage.cap")
-	if err := os.WriteFile(garbageCap, []byte("\x00\x01 not a URI \xff\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	emptyCap := filepath.Join(dir, "empty.cap")
-	if err := os.WriteFile(emptyCap, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	dupExports := filepath.Join(dir, "dup.yaml")
-	if err := os.WriteFile(dupExports, []byte("listen: tcp:127.0.0.1:0\nexports: [{name: a, target: 127.0.0.1:1}, {name: a, target: 127.0.0.1:2}]\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	garbageKey := writeFile(t, dir, "garbage.pem", "not a key")
+	badYAML := writeFile(t, dir, "bad.yaml", "listen: tcp:127.0.0.1:0\nexprots: []\n")
+	garbageCap := writeFile(t, dir, "garbage.cap", "\x00\x01 not a URI \xff\n")
+	emptyCap := writeFile(t, dir, "empty.cap", "")
+	dupExports := writeFile(t, dir, "dup.yaml", "listen: tcp:127.0.0.1:0\nexports: [{name: a, target: 127.0.0.1:1}, {name: a, target: 127.0.0.1:2}]\n")
 	validURI := "capnp://sha-256:s16WV4JeGusAL_nTjvICiQOFqm3LqYrDj3K-HXdMi8s@localhost:7000/bWFpbg"
 	tests := []struct {
 		name string
@@ -76,13 +61,7 @@ func TestBadConfigExitsWithStatus2(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			p := start(t, append([]string{"run", "--admin-listen", "127.0.0.1:0"}, tt.args...)...)
-			if code := p.wait(20 * time.Second); code != 2 {
-				t.Errorf("exit status = %d, want 2\n%s", code, p.stderr.String())
-			}
-			if out := p.stderr.String(); !strings.Contains(out, tt.want) {
-				t.Errorf("stderr does not name %s:\n%s", tt.want, out)
-			}
+			expectExit2(t, tt.want, append([]string{"run", "--admin-listen", "127.0.0.1:0"}, tt.args...)...)
 		})
 	}
 }
@@ -93,14 +72,8 @@ func TestBadURIArgsExitWithStatus2(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "k.pem")
 	run(t, "keygen", "--secret-key-file", key)
-	garbage := filepath.Join(dir, "garbage.pem")
-	if err := os.WriteFile(garbage, []byte("-----BEGIN PRIVATE KEY-----\nbm9wZQ==\n-----END PRIVATE KEY-----\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	garbageCap := filepath.Join(dir, "garbage.cap")
-	if err := os.WriteFile(garbageCap, []byte("\x00\x01 not a URI \xff\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	garbage := writeFile(t, dir, "garbage.pem", "-----BEGIN PRIVATE KEY-----\nbm9wZQ==\n-----END PRIVATE KEY-----\n")
+	garbageCap := writeFile(t, dir, "garbage.cap", "\x00\x01 not a URI \xff\n")
 	_, admin := startSidecar(t)
 	tests := []struct {
 		name string
@@ -117,15 +90,7 @@ func TestBadURIArgsExitWithStatus2(t *testing.T) {
 		{"ctl add-import: garbage cap file", []string{"ctl", "--admin", admin.Admin, "add-import", "b=@" + garbageCap}, `malformed URI in cap file "` + garbageCap + `"`},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p := start(t, tt.args...)
-			if code := p.wait(20 * time.Second); code != 2 {
-				t.Errorf("exit status = %d, want 2\n%s", code, p.stderr.String())
-			}
-			if out := p.stderr.String(); !strings.Contains(out, tt.want) {
-				t.Errorf("stderr does not name %s:\n%s", tt.want, out)
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { expectExit2(t, tt.want, tt.args...) })
 	}
 	if _, err := os.Stat(filepath.Join(dir, "none.pem")); !os.IsNotExist(err) {
 		t.Errorf("vatcar uri created the missing key file: %v", err)
@@ -185,6 +150,29 @@ func TestBadRefsMapToStatus(t *testing.T) {
 			}
 		})
 	}
+}
+
+// expectExit2 runs `vatcar args...` and checks it exits with status 2 and
+// names want on stderr.
+func expectExit2(t *testing.T, want string, args ...string) {
+	t.Helper()
+	p := start(t, args...)
+	if code := p.wait(20 * time.Second); code != 2 {
+		t.Errorf("exit status = %d, want 2\n%s", code, p.stderr.String())
+	}
+	if out := p.stderr.String(); !strings.Contains(out, want) {
+		t.Errorf("stderr does not name %s:\n%s", want, out)
+	}
+}
+
+// writeFile writes content to dir/name (mode 0600) and returns the path.
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func readFile(t *testing.T, path string) string {

@@ -206,11 +206,17 @@ func startBackend(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveBackend(t, ln)
+	return ln.Addr().String()
+}
+
+// serveBackend serves the grpc-go interop TestService on ln until the test
+// ends.
+func serveBackend(t *testing.T, ln net.Listener) {
 	srv := grpc.NewServer()
 	testgrpc.RegisterTestServiceServer(srv, interop.NewTestServer())
 	go srv.Serve(ln)
 	t.Cleanup(srv.Stop)
-	return ln.Addr().String()
 }
 
 // dial makes a plaintext gRPC client to addr.

@@ -209,14 +209,30 @@ func expectDropped(t *testing.T, addr string, clients []junkClient) {
 	wg.Wait()
 }
 
-// settles polls the sidecar's open file descriptors and goroutines until
-// they are back to at most the baseline (plus a little noise).
-func settles(t *testing.T, admin string, fds, goroutines float64) {
+// baseline notes the sidecar's open file descriptors and goroutines now and
+// returns a check that polls until they are back to at most that (plus a
+// little noise).
+func baseline(t *testing.T, admin string) (settles func()) {
+	fds, goroutines := scrape(t, admin, "process_open_fds", nil), scrape(t, admin, "go_goroutines", nil)
+	return func() {
+		t.Helper()
+		waitFor(t, 20*time.Second, "open fds and goroutines back to the baseline", func() bool {
+			return scrape(t, admin, "process_open_fds", nil) <= fds &&
+				scrape(t, admin, "go_goroutines", nil) <= goroutines+2
+		})
+	}
+}
+
+// startCalledPair is startPair after one successful call: the connection
+// between the sidecars is up.
+func startCalledPair(t *testing.T) (*pair, context.Context) {
 	t.Helper()
-	waitFor(t, 20*time.Second, "open fds and goroutines back to the baseline", func() bool {
-		return scrape(t, admin, "process_open_fds", nil) <= fds &&
-			scrape(t, admin, "go_goroutines", nil) <= goroutines+2
-	})
+	p := startPair(t)
+	ctx := ctxTimeout(t, 60*time.Second)
+	if _, err := p.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	return p, ctx
 }
 
 // TestCapTPPortDropsJunk sends what a stranger on the network might to a
@@ -227,12 +243,8 @@ func settles(t *testing.T, admin string, fds, goroutines float64) {
 // holds no descriptor or goroutine afterwards, and keeps serving calls.
 func TestCapTPPortDropsJunk(t *testing.T) {
 	t.Parallel()
-	p := startPair(t)
-	ctx := ctxTimeout(t, 60*time.Second)
-	if _, err := p.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
-		t.Fatal(err)
-	}
-	fds, goroutines := scrape(t, p.exp.Admin, "process_open_fds", nil), scrape(t, p.exp.Admin, "go_goroutines", nil)
+	p, ctx := startCalledPair(t)
+	settles := baseline(t, p.exp.Admin)
 	tlsClient := func(cfg *tls.Config, then string) func(*testing.T, net.Conn) net.Conn {
 		return func(t *testing.T, c net.Conn) net.Conn {
 			cfg.InsecureSkipVerify = true // a stranger does not check either
@@ -252,7 +264,7 @@ func TestCapTPPortDropsJunk(t *testing.T) {
 		{"silent", func(_ *testing.T, c net.Conn) net.Conn { return c }},
 		{"stalled ClientHello", write("\x16\x03\x01\x02\x00\x01")},
 	})
-	settles(t, p.exp.Admin, fds, goroutines)
+	settles()
 	if out := p.exporter.stderr.String(); !strings.Contains(out, "inbound connection refused") {
 		t.Errorf("exporter did not log the refused connections:\n%s", out)
 	}
@@ -267,12 +279,8 @@ func TestCapTPPortDropsJunk(t *testing.T) {
 // afterwards, and keeps serving calls.
 func TestAppPortDropsJunk(t *testing.T) {
 	t.Parallel()
-	p := startPair(t)
-	ctx := ctxTimeout(t, 60*time.Second)
-	if _, err := p.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
-		t.Fatal(err)
-	}
-	fds, goroutines := scrape(t, p.imp.Admin, "process_open_fds", nil), scrape(t, p.imp.Admin, "go_goroutines", nil)
+	p, ctx := startCalledPair(t)
+	settles := baseline(t, p.imp.Admin)
 	expectDropped(t, p.imp.Imports["test"], []junkClient{
 		{"HTTP/1.1 request", write("GET / HTTP/1.1\r\nHost: x\r\n\r\n")},
 		{"short binary junk", write("\x00\x01\x02junk\xff\xff")},
@@ -284,7 +292,7 @@ func TestAppPortDropsJunk(t *testing.T) {
 		}},
 		{"silent", func(_ *testing.T, c net.Conn) net.Conn { return c }},
 	})
-	settles(t, p.imp.Admin, fds, goroutines)
+	settles()
 	if _, err := p.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
 		t.Errorf("call after the junk: %v", err)
 	}

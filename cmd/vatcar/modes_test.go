@@ -23,10 +23,7 @@ func TestUnixSockets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
-	testgrpc.RegisterTestServiceServer(srv, interop.NewTestServer())
-	go srv.Serve(ln)
-	t.Cleanup(srv.Stop)
+	serveBackend(t, ln)
 
 	_, exp := startSidecar(t, "--listen", "unix:"+filepath.Join(dir, "vat.sock"),
 		"--secret-key-file", filepath.Join(dir, "k.pem"), "--export", "app=unix:"+appSock, "--cap-dir", dir)
