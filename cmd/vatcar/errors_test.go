@@ -19,6 +19,7 @@ import (
 func TestBadConfigExitsWithStatus2(t *testing.T) {
 	dir := t.TempDir()
 	garbageKey := writeFile(t, dir, "garbage.pem", "not a key")
+	garbagePEM := writeFile(t, dir, "garbage-block.pem", "-----BEGIN PRIVATE KEY-----\nbm9wZQ==\n-----END PRIVATE KEY-----\n")
 	badYAML := writeFile(t, dir, "bad.yaml", "listen: tcp:127.0.0.1:0\nexprots: []\n")
 	garbageCap := writeFile(t, dir, "garbage.cap", "\x00\x01 not a URI \xff\n")
 	emptyCap := writeFile(t, dir, "empty.cap", "")
@@ -52,6 +53,7 @@ func TestBadConfigExitsWithStatus2(t *testing.T) {
 		{"unparsable grpc listen", []string{"--grpc-listen", "x:y"}, `"x:y"`},
 		{"unreadable key (directory)", []string{"--secret-key-file", dir}, dir},
 		{"unreadable key (garbage)", []string{"--secret-key-file", garbageKey}, garbageKey},
+		{"unreadable key (garbage in a PEM block)", []string{"--secret-key-file", garbagePEM}, garbagePEM},
 		{"unknown flag", []string{"--frobnicate"}, "frobnicate"},
 		{"bad log format", []string{"--log-format", "xml"}, `"xml"`},
 		{"bad config field", []string{"--config", badYAML}, "exprots"},
