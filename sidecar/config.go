@@ -70,7 +70,7 @@ type Config struct {
 	Routes []Route `json:"routes,omitempty"`
 	// MaxMessageSize bounds one gRPC message in bytes, both directions.
 	// Zero: DefaultMaxMessageSize.
-	MaxMessageSize int `json:"maxMessageSize,omitempty"`
+	MaxMessageSize ByteSize `json:"maxMessageSize,omitempty"`
 	// MaxConcurrentCalls bounds the calls one peer connection may run at once
 	// on our exports (over it: RESOURCE_EXHAUSTED). Zero:
 	// DefaultMaxConcurrentCalls.
@@ -117,6 +117,42 @@ type Route struct {
 	Service string `json:"service"`
 	// Import is the name of the import that serves it.
 	Import string `json:"import"`
+}
+
+// ByteSize is a size in bytes, written in the config file as a number or,
+// like the flag, as a string with a suffix ("16MiB"; see ParseByteSize).
+type ByteSize int
+
+// UnmarshalJSON reads a byte count or a string that ParseByteSize takes.
+func (b *ByteSize) UnmarshalJSON(data []byte) error {
+	var s string
+	if err := json.Unmarshal(data, &s); err != nil {
+		var n int
+		if err := json.Unmarshal(data, &n); err != nil {
+			return fmt.Errorf("size must be a byte count or a string like \"4MiB\": %w", err)
+		}
+		*b = ByteSize(n)
+		return nil
+	}
+	n, err := ParseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*b = ByteSize(n)
+	return nil
+}
+
+// String returns the byte count (flag.Value).
+func (b *ByteSize) String() string { return strconv.Itoa(int(*b)) }
+
+// Set parses s with ParseByteSize (flag.Value).
+func (b *ByteSize) Set(s string) error {
+	n, err := ParseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*b = ByteSize(n)
+	return nil
 }
 
 // Duration is a time.Duration written as "30s" in the config file.

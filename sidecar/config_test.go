@@ -118,6 +118,7 @@ imports:
 - name: b
   uri: `+testURI+`
 drainTimeout: 5s
+maxMessageSize: 16MiB
 logLevel: debug
 `)
 	tests := []struct {
@@ -160,6 +161,7 @@ logLevel: debug
 				Exports:      []Export{{"echo", "127.0.0.1:50051"}, {"keep", "127.0.0.1:50052"}},
 				Imports:      []Import{{"b", testURI, ""}},
 				DrainTimeout: Duration(5 * time.Second), LogLevel: "debug",
+				MaxMessageSize: 16 << 20,
 			},
 		},
 		{
@@ -172,6 +174,7 @@ logLevel: debug
 					{"new", "127.0.0.1:60001"}},
 				Imports:      []Import{{"b", testURI, ""}},
 				DrainTimeout: Duration(5 * time.Second), LogLevel: "info",
+				MaxMessageSize: 16 << 20,
 			},
 		},
 	}
@@ -194,6 +197,10 @@ func TestParseFlagsErrors(t *testing.T) {
 	writeFile(t, unknownField, "listen: tcp:127.0.0.1:1\nlisen: x\n")
 	dupField := filepath.Join(dir, "dup.yaml")
 	writeFile(t, dupField, "listen: tcp:127.0.0.1:1\nlisten: tcp:127.0.0.1:2\n")
+	badSize := filepath.Join(dir, "badsize.yaml")
+	writeFile(t, badSize, "maxMessageSize: lots\n")
+	numericSize := filepath.Join(dir, "numeric.yaml")
+	writeFile(t, numericSize, "maxMessageSize: 4294967296\n")
 	dupExport := filepath.Join(dir, "dupexport.yaml")
 	writeFile(t, dupExport, "listen: tcp:127.0.0.1:1\nexports: [{name: a, target: 127.0.0.1:1}, {name: a, target: 127.0.0.1:2}]\n")
 	tests := []struct {
@@ -217,6 +224,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{"import flag twice", []string{"--import", "b=" + testURI, "--import", "b=" + testURI}, `--import NAME "b" given twice`},
 		{"route flag twice", []string{"--import", "b=" + testURI, "--grpc-listen", ":0", "--route", "p.S=b", "--route", "p.S=b"}, `--route SERVICE "p.S" given twice`},
 		{"export twice in the file", []string{"--config", dupExport}, `export NAME "a" given twice`},
+		{"bad size in the file", []string{"--config", badSize}, `bad size "lots"`},
+		{"size in the file over the bound", []string{"--config", numericSize}, `bad --max-message-size 4294967296`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

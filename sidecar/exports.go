@@ -66,8 +66,8 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 		grpc.WithChainUnaryInterceptor(s.refuseWhileDraining, ex.calls.unary),
 		grpc.WithChainStreamInterceptor(s.refuseStreamWhileDraining, ex.calls.stream),
 		grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(s.cfg.MaxMessageSize),
-			grpc.MaxCallSendMsgSize(s.cfg.MaxMessageSize)),
+			grpc.MaxCallRecvMsgSize(int(s.cfg.MaxMessageSize)),
+			grpc.MaxCallSendMsgSize(int(s.cfg.MaxMessageSize))),
 	)
 	if err != nil {
 		ex.cut()
@@ -76,7 +76,7 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("%w: export %q target %q: %w", ErrConfig, e.Name, e.Target, err)
 	}
-	egress, err := newEgress(cc, s.cfg.MaxMessageSize, s.cfg.MaxConcurrentCalls, s.log)
+	egress, err := newEgress(cc, int(s.cfg.MaxMessageSize), s.cfg.MaxConcurrentCalls, s.log)
 	if err != nil {
 		cc.Close()
 		ex.cut()

@@ -46,7 +46,7 @@ func ParseFlags(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&f.AdminListen, "admin-listen", "", "admin gRPC API, /healthz, /readyz, /metrics on `HOST:PORT` (default "+DefaultAdminListen+"; off: none)")
 	fs.StringVar(&f.GRPCListen, "grpc-listen", "", "shared gRPC endpoint `HOST:PORT` routing calls by gRPC service name to imports (see --route)")
 	fs.Var(&routes, "route", "on --grpc-listen, send gRPC service SERVICE (or * for any other) to import IMPORT (`SERVICE=IMPORT`, repeatable)")
-	fs.Var((*byteSize)(&f.MaxMessageSize), "max-message-size", "largest gRPC message in `BYTES` (suffixes KiB, MiB, GiB; default 4MiB)")
+	fs.Var(&f.MaxMessageSize, "max-message-size", "largest gRPC message in `BYTES` (suffixes KiB, MiB, GiB; default 4MiB)")
 	fs.IntVar(&f.MaxConcurrentCalls, "max-concurrent-calls", 0, "calls one peer connection may run at once on our exports (`N`, default "+strconv.Itoa(DefaultMaxConcurrentCalls)+")")
 	fs.Var((*durationFlag)(&f.DrainTimeout), "drain-timeout", "how long in-flight calls may run after SIGTERM (`DURATION`, default "+DefaultDrainTimeout.String()+")")
 	fs.StringVar(&f.LogFormat, "log-format", "", "log `FORMAT`: text or json (default text)")
@@ -216,20 +216,6 @@ func (l *listFlag[T]) Set(s string) error {
 		return err
 	}
 	l.items = append(l.items, v)
-	return nil
-}
-
-// byteSize is a flag holding a size in bytes, with optional KiB/MiB/GiB.
-type byteSize int
-
-func (b *byteSize) String() string { return strconv.Itoa(int(*b)) }
-
-func (b *byteSize) Set(s string) error {
-	n, err := ParseByteSize(s)
-	if err != nil {
-		return err
-	}
-	*b = byteSize(n)
 	return nil
 }
 

@@ -81,7 +81,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		Logger:             s.log,
 		Insecure:           cfg.Insecure,
 		MaxConcurrentCalls: cfg.MaxConcurrentCalls,
-		MaxMessageSize:     capnpMessageLimit(cfg.MaxMessageSize),
+		MaxMessageSize:     capnpMessageLimit(int(cfg.MaxMessageSize)),
 		DialTimeout:        importDialTimeout,
 		OnConnection:       s.onConnection,
 		OnRestore:          s.onRestore,
