@@ -221,7 +221,7 @@ func (s *Sidecar) Start() (err error) {
 	}
 	if s.cfg.ReadyFile != "" {
 		if err := writeJSONFile(s.cfg.ReadyFile, s.Addresses()); err != nil {
-			return err
+			return fmt.Errorf("%w: --ready-file %q: %w", ErrConfig, s.cfg.ReadyFile, err)
 		}
 	}
 	s.ready.Store(true)

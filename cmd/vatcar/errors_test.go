@@ -46,6 +46,7 @@ func TestBadConfigExitsWithStatus2(t *testing.T) {
 		{"export flag twice", []string{"--listen", "tcp:127.0.0.1:0", "--export", "a=127.0.0.1:1", "--export", "a=127.0.0.1:2"}, `--export NAME "a" given twice`},
 		{"export twice in the file", []string{"--config", dupExports}, `export NAME "a" given twice`},
 		{"import flag twice", []string{"--import", "b=" + validURI, "--import", "b=" + validURI}, `--import NAME "b" given twice`},
+		{"unwritable ready file", []string{"--ready-file", filepath.Join(dir, "none", "ready.json")}, `--ready-file "` + filepath.Join(dir, "none", "ready.json") + `"`},
 		{"missing key directory", []string{"--secret-key-file", filepath.Join(dir, "none", "k.pem")}, filepath.Join(dir, "none", "k.pem")},
 		{"bad import listen", []string{"--import", "b=" + validURI + ",listen=nope"}, `"nope"`},
 		{"unparsable listen", []string{"--listen", "127.0.0.1:7000"}, `"127.0.0.1:7000"`},
