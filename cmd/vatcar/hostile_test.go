@@ -79,8 +79,9 @@ func TestRevokedRefFailsNotFound(t *testing.T) {
 
 // TestOversizeMessageFailsOnlyThatCall sends a message over one sidecar's
 // --max-message-size, each way and on each side, unary and streaming: the
-// call fails with RESOURCE_EXHAUSTED, and a stream open on the same
-// connection, and later calls, go on working.
+// call fails with RESOURCE_EXHAUSTED, a stream open on the same connection
+// and later calls go on working, and neither sidecar holds anything for the
+// refused calls afterwards.
 func TestOversizeMessageFailsOnlyThatCall(t *testing.T) {
 	const big = 8 << 20 // over the default 4 MiB, under 16 MiB
 	big16 := []string{"--max-message-size", "16MiB"}
@@ -101,6 +102,7 @@ func TestOversizeMessageFailsOnlyThatCall(t *testing.T) {
 			t.Fatal(err)
 		}
 		pingPong(t, open, 1)
+		importerSettles, exporterSettles := baseline(t, p.imp.Admin), baseline(t, p.exp.Admin)
 		calls := []struct {
 			name string
 			call func() error
@@ -135,6 +137,8 @@ func TestOversizeMessageFailsOnlyThatCall(t *testing.T) {
 		if _, err := open.Recv(); err != io.EOF {
 			t.Errorf("%s: stream across the refused messages ended with %v, want EOF", side.name, err)
 		}
+		importerSettles() // the refused calls hold nothing
+		exporterSettles()
 	}
 }
 
