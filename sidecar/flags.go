@@ -21,97 +21,93 @@ import (
 // wrap ErrConfig and name the offending value; flag usage goes to output.
 // Calling it again with the same args re-reads the file (SIGHUP reload).
 func ParseFlags(args []string, output io.Writer) (Config, error) {
-	var (
-		f       Config
-		file    string
-		exports listFlag[Export]
-		imports listFlag[Import]
-		routes  listFlag[Route]
-	)
-	exports.parse, imports.parse, routes.parse = ParseExport, ParseImport, ParseRoute
-	fs := flag.NewFlagSet("vatcar run", flag.ContinueOnError)
+	// The first pass checks the arguments and finds --config; the second
+	// applies them on top of the file.
+	var scratch Config
+	first := newRunFlags(&scratch, output)
+	if err := first.parse(args); err != nil {
+		return Config{}, err
+	}
+	var c Config
+	if first.file != "" {
+		var err error
+		if c, err = LoadFile(first.file); err != nil {
+			return Config{}, err
+		}
+	}
+	second := newRunFlags(&c, io.Discard)
+	if err := second.parse(args); err != nil {
+		return Config{}, err
+	}
+	exportName := func(e Export) string { return e.Name }
+	importName := func(i Import) string { return i.Name }
+	routeService := func(r Route) string { return r.Service }
+	if err := errors.Join(
+		repeated("--export NAME", second.exports.items, exportName),
+		repeated("--import NAME", second.imports.items, importName),
+		repeated("--route SERVICE", second.routes.items, routeService),
+	); err != nil {
+		return Config{}, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	c.Exports = merge(c.Exports, second.exports.items, exportName)
+	c.Imports = merge(c.Imports, second.imports.items, importName)
+	c.Routes = merge(c.Routes, second.routes.items, routeService)
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// runFlags are the flags of `vatcar run`, bound to the fields of a Config.
+// Each flag's default is the field's value at binding time, so parsing into
+// a config loaded from the file changes only the fields the flags name. The
+// repeatable flags collect into lists, merged with the file's by ParseFlags.
+type runFlags struct {
+	fs      *flag.FlagSet
+	file    string
+	exports listFlag[Export]
+	imports listFlag[Import]
+	routes  listFlag[Route]
+}
+
+func newRunFlags(c *Config, output io.Writer) *runFlags {
+	r := &runFlags{fs: flag.NewFlagSet("vatcar run", flag.ContinueOnError)}
+	r.exports.parse, r.imports.parse, r.routes.parse = ParseExport, ParseImport, ParseRoute
+	fs := r.fs
 	fs.SetOutput(output)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: vatcar run [--config FILE] [flags]\n\nflags override the config file; --export, --import and --route repeat:")
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&file, "config", "", "YAML config `FILE` with the same settings; flags override it")
-	fs.StringVar(&f.Listen, "listen", "", "CapTP listen `ADDR`: tcp:HOST:PORT, tcp:[V6]:PORT or unix:PATH; omitted: a client-only vat")
-	fs.StringVar(&f.PublicAddress, "public-address", "", "`ADDR` written into sturdy URIs (default: the listen address)")
-	fs.StringVar(&f.SecretKeyFile, "secret-key-file", "", "PEM key `PATH`, created with mode 0600 when missing; omitted: an ephemeral key")
-	fs.BoolVar(&f.Insecure, "insecure", false, "no TLS; URIs read capnp://insecure@...")
-	fs.Var(&exports, "export", "serve the local gRPC server TARGET (host:port or unix:PATH) as the sturdy ref NAME (`NAME=TARGET`, repeatable)")
-	fs.StringVar(&f.CapDir, "cap-dir", "", "write `DIR`/NAME.cap (URI + newline, mode 0600) for each export")
-	fs.Var(&imports, "import", "expose an imported ref as a local gRPC endpoint (`NAME=URI|@FILE[,listen=HOST:PORT]`, repeatable)")
-	fs.StringVar(&f.AdminListen, "admin-listen", "", "admin gRPC API, /healthz, /readyz, /metrics on `HOST:PORT` (default "+DefaultAdminListen+"; off: none)")
-	fs.StringVar(&f.GRPCListen, "grpc-listen", "", "shared gRPC endpoint `HOST:PORT` routing calls by gRPC service name to imports (see --route)")
-	fs.Var(&routes, "route", "on --grpc-listen, send gRPC service SERVICE (or * for any other) to import IMPORT (`SERVICE=IMPORT`, repeatable)")
-	fs.Var(&f.MaxMessageSize, "max-message-size", "largest gRPC message in `BYTES` (suffixes KiB, MiB, GiB; default 4MiB)")
-	fs.IntVar(&f.MaxConcurrentCalls, "max-concurrent-calls", 0, "calls one peer connection may run at once on our exports (`N`, default "+strconv.Itoa(DefaultMaxConcurrentCalls)+")")
-	fs.Var((*durationFlag)(&f.DrainTimeout), "drain-timeout", "how long in-flight calls may run after SIGTERM (`DURATION`, default "+DefaultDrainTimeout.String()+")")
-	fs.StringVar(&f.LogFormat, "log-format", "", "log `FORMAT`: text or json (default text)")
-	fs.StringVar(&f.LogLevel, "log-level", "", "log `LEVEL`: debug, info, warn or error (default info); URIs are logged only at debug")
-	fs.StringVar(&f.ReadyFile, "ready-file", "", "write the bound addresses as JSON to `PATH` once ready")
-	if err := fs.Parse(args); err != nil {
-		return Config{}, fmt.Errorf("%w: %w", ErrConfig, err)
+	fs.StringVar(&r.file, "config", "", "YAML config `FILE` with the same settings; flags override it")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "CapTP listen `ADDR`: tcp:HOST:PORT, tcp:[V6]:PORT or unix:PATH; omitted: a client-only vat")
+	fs.StringVar(&c.PublicAddress, "public-address", c.PublicAddress, "`ADDR` written into sturdy URIs (default: the listen address)")
+	fs.StringVar(&c.SecretKeyFile, "secret-key-file", c.SecretKeyFile, "PEM key `PATH`, created with mode 0600 when missing; omitted: an ephemeral key")
+	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "no TLS; URIs read capnp://insecure@...")
+	fs.Var(&r.exports, "export", "serve the local gRPC server TARGET (host:port or unix:PATH) as the sturdy ref NAME (`NAME=TARGET`, repeatable)")
+	fs.StringVar(&c.CapDir, "cap-dir", c.CapDir, "write `DIR`/NAME.cap (URI + newline, mode 0600) for each export")
+	fs.Var(&r.imports, "import", "expose an imported ref as a local gRPC endpoint (`NAME=URI|@FILE[,listen=HOST:PORT]`, repeatable)")
+	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "admin gRPC API, /healthz, /readyz, /metrics on `HOST:PORT` (default "+DefaultAdminListen+"; off: none)")
+	fs.StringVar(&c.GRPCListen, "grpc-listen", c.GRPCListen, "shared gRPC endpoint `HOST:PORT` routing calls by gRPC service name to imports (see --route)")
+	fs.Var(&r.routes, "route", "on --grpc-listen, send gRPC service SERVICE (or * for any other) to import IMPORT (`SERVICE=IMPORT`, repeatable)")
+	fs.Var(&c.MaxMessageSize, "max-message-size", "largest gRPC message in `BYTES` (suffixes KiB, MiB, GiB; default 4MiB)")
+	fs.IntVar(&c.MaxConcurrentCalls, "max-concurrent-calls", c.MaxConcurrentCalls, "calls one peer connection may run at once on our exports (`N`, default "+strconv.Itoa(DefaultMaxConcurrentCalls)+")")
+	fs.Var((*durationFlag)(&c.DrainTimeout), "drain-timeout", "how long in-flight calls may run after SIGTERM (`DURATION`, default "+DefaultDrainTimeout.String()+")")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log `FORMAT`: text or json (default text)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log `LEVEL`: debug, info, warn or error (default info); URIs are logged only at debug")
+	fs.StringVar(&c.ReadyFile, "ready-file", c.ReadyFile, "write the bound addresses as JSON to `PATH` once ready")
+	return r
+}
+
+// parse parses args; errors wrap ErrConfig.
+func (r *runFlags) parse(args []string) error {
+	if err := r.fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("%w: unexpected argument %q", ErrConfig, fs.Arg(0))
+	if r.fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", ErrConfig, r.fs.Arg(0))
 	}
-	var c Config
-	if file != "" {
-		var err error
-		if c, err = LoadFile(file); err != nil {
-			return Config{}, err
-		}
-	}
-	if err := errors.Join(
-		repeated("--export NAME", exports.items, func(e Export) string { return e.Name }),
-		repeated("--import NAME", imports.items, func(i Import) string { return i.Name }),
-		repeated("--route SERVICE", routes.items, func(r Route) string { return r.Service }),
-	); err != nil {
-		return Config{}, fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	fs.Visit(func(fl *flag.Flag) {
-		switch fl.Name {
-		case "listen":
-			c.Listen = f.Listen
-		case "public-address":
-			c.PublicAddress = f.PublicAddress
-		case "secret-key-file":
-			c.SecretKeyFile = f.SecretKeyFile
-		case "insecure":
-			c.Insecure = f.Insecure
-		case "export":
-			c.Exports = merge(c.Exports, exports.items, func(e Export) string { return e.Name })
-		case "cap-dir":
-			c.CapDir = f.CapDir
-		case "import":
-			c.Imports = merge(c.Imports, imports.items, func(i Import) string { return i.Name })
-		case "admin-listen":
-			c.AdminListen = f.AdminListen
-		case "grpc-listen":
-			c.GRPCListen = f.GRPCListen
-		case "route":
-			c.Routes = merge(c.Routes, routes.items, func(r Route) string { return r.Service })
-		case "max-message-size":
-			c.MaxMessageSize = f.MaxMessageSize
-		case "max-concurrent-calls":
-			c.MaxConcurrentCalls = f.MaxConcurrentCalls
-		case "drain-timeout":
-			c.DrainTimeout = f.DrainTimeout
-		case "log-format":
-			c.LogFormat = f.LogFormat
-		case "log-level":
-			c.LogLevel = f.LogLevel
-		case "ready-file":
-			c.ReadyFile = f.ReadyFile
-		}
-	})
-	if err := c.Validate(); err != nil {
-		return Config{}, err
-	}
-	return c, nil
+	return nil
 }
 
 // LoadFile reads a YAML config file strictly: unknown and duplicate fields
