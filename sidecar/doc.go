@@ -18,8 +18,10 @@
 //   - the admin listener serves the admin gRPC API (with reflection), /healthz,
 //     /readyz and /metrics on one port, HTTP/1.1 and h2c together.
 //
-// Shutdown drains (not ready, stop accepting, calls in flight finish up to the
-// drain timeout); Reload applies a new config's exports, imports and routes
+// Revoke takes an export's id out of the Table and cuts off its calls in
+// flight: every call on the revoked ref, live or restored afresh, fails with
+// NOT_FOUND. Shutdown drains (not ready, stop accepting, calls in flight
+// finish up to the drain timeout); Reload applies a new config's exports, imports and routes
 // without touching the unchanged ones. Metrics live in their own registry and
 // never carry service ids or URIs; URIs are logged only at debug level.
 //
