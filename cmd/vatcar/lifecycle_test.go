@@ -20,9 +20,10 @@ import (
 )
 
 // TestExporterRestartDuringTraffic kills the exporting sidecar while a
-// client keeps calling through the importer: calls fail fast with
-// UNAVAILABLE (never hang to their deadline), and once the exporter is back
-// (same key, same address) calls succeed again without operator action.
+// client keeps calling through the importer (and has a stream open): the
+// stream and the calls fail fast with UNAVAILABLE (never hang to their
+// deadline), and once the exporter is back (same key, same address) calls
+// succeed again without operator action.
 func TestExporterRestartDuringTraffic(t *testing.T) {
 	p := startPair(t)
 	call := func() (time.Duration, error) {
@@ -59,9 +60,18 @@ func TestExporterRestartDuringTraffic(t *testing.T) {
 		}
 	})
 	defer func() { close(stop); wg.Wait() }()
+	stream, err := p.client.FullDuplexCall(ctxTimeout(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pingPong(t, stream, 1)
 
 	p.exporter.signal(syscall.SIGKILL)
 	p.exporter.wait(10 * time.Second)
+	// A stream open on the dead peer ends with UNAVAILABLE, not at its deadline.
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+		t.Errorf("stream open when the exporter died: %v, want UNAVAILABLE", err)
+	}
 	var downErr error
 	waitFor(t, 10*time.Second, "a call to fail while the exporter is down", func() bool {
 		d, err := call()
