@@ -123,21 +123,18 @@ func (s *Sidecar) listenImport(im *imported) error {
 
 // describeURI names, for the error err of importing uri, the value at
 // fault: the cap file it came from (given is "@PATH"), or the URI itself,
-// quoted and cut short; a well-formed URI (refused for another reason, such
-// as its TLS mode) loses its service id, which is a secret.
+// quoted and cut short, without its service id (a secret, even in a URI
+// that is wrong elsewhere; the vat's errors hide it too).
 func describeURI(given, uri string, err error) string {
-	malformed := errors.Is(err, vat.ErrInvalidURI)
-	what := "unusable URI"
-	if malformed {
+	what := "unusable URI" // well-formed, refused for another reason (TLS mode)
+	if errors.Is(err, vat.ErrInvalidURI) {
 		what = "malformed URI"
 	}
 	if path, ok := strings.CutPrefix(given, "@"); ok {
 		return fmt.Sprintf("%s in cap file %q", what, path)
 	}
-	if !malformed {
-		if i := strings.LastIndex(uri, "/"); i > len("capnp://") {
-			uri = uri[:i+1] + "..."
-		}
+	if i := strings.LastIndex(uri, "/"); strings.HasPrefix(uri, "capnp://") && i > len("capnp://") {
+		uri = uri[:i+1] + "..."
 	}
 	const maxQuoted = 120
 	if len(uri) > maxQuoted {
