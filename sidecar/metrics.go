@@ -44,6 +44,30 @@ type Metrics struct {
 
 	mu      sync.Mutex
 	methods map[string]map[string]bool // side -> method labels in use
+	peers   map[string]int             // peer label -> connections open
+}
+
+// peerConnection counts a connection to or from peer opening (up) or
+// closing. A peer's series goes when its last connection closes: anyone with
+// a TLS key can connect, and each new key must not leave a series behind.
+func (m *Metrics) peerConnection(peer string, up bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.peers == nil {
+		m.peers = map[string]int{}
+	}
+	if up {
+		m.peers[peer]++
+		m.conns.WithLabelValues(peer).Set(float64(m.peers[peer]))
+		return
+	}
+	if m.peers[peer] <= 1 {
+		delete(m.peers, peer)
+		m.conns.DeleteLabelValues(peer)
+		return
+	}
+	m.peers[peer]--
+	m.conns.WithLabelValues(peer).Set(float64(m.peers[peer]))
 }
 
 // NewMetrics makes the sidecar's metrics in a new registry.

@@ -389,11 +389,10 @@ func (s *Sidecar) Close() error {
 }
 
 func (s *Sidecar) onConnection(peer vat.Digest, up bool) {
+	s.metrics.peerConnection(peer.String(), up)
 	if up {
-		s.metrics.conns.WithLabelValues(peer.String()).Inc()
 		return
 	}
-	s.metrics.conns.WithLabelValues(peer.String()).Dec()
 	s.mu.Lock()
 	var hit []*imported
 	for _, im := range s.imports {

@@ -244,7 +244,8 @@ func startCalledPair(t *testing.T) (*pair, context.Context) {
 // certificate, a valid TLS session carrying junk instead of Cap'n Proto,
 // a connection that never says anything, and one that stops mid-handshake.
 // The vat drops each (the last two at the handshake timeout), logs it,
-// holds no descriptor or goroutine afterwards, and keeps serving calls.
+// holds no descriptor, goroutine or metric series afterwards, and keeps
+// serving calls.
 func TestCapTPPortDropsJunk(t *testing.T) {
 	t.Parallel()
 	p, ctx := startCalledPair(t)
@@ -269,6 +270,9 @@ func TestCapTPPortDropsJunk(t *testing.T) {
 		{"stalled ClientHello", write("\x16\x03\x01\x02\x00\x01")},
 	})
 	settles()
+	if _, body := httpGet(p.exp.Admin + "/metrics"); strings.Count(body, "\nvatcar_vat_connections{") != 1 {
+		t.Errorf("exporter keeps vatcar_vat_connections series of dropped strangers, want only the importer's:\n%s", body)
+	}
 	if out := p.exporter.stderr.String(); !strings.Contains(out, "inbound connection refused") {
 		t.Errorf("exporter did not log the refused connections:\n%s", out)
 	}
