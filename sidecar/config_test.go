@@ -1,11 +1,13 @@
 package sidecar
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -280,4 +282,30 @@ func writeFile(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// FuzzParseByteSize checks that every accepted size is within the bound and
+// that its byte count reads back as the same size.
+func FuzzParseByteSize(f *testing.F) {
+	for _, s := range []string{"4MiB", "16M", "1GiB", "0", "512B", " 7 KiB", "-1", "99999999999999GiB", "MiB"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := ParseByteSize(s)
+		if err != nil {
+			return
+		}
+		if n < 0 || n > 1<<40 {
+			t.Fatalf("ParseByteSize(%q) = %d, outside 0 to 1TiB", s, n)
+		}
+		again, err := ParseByteSize(strconv.Itoa(n))
+		if err != nil || again != n {
+			t.Errorf("ParseByteSize(%q) = %d, but %d reads back as %d, %v", s, n, n, again, err)
+		}
+		quoted, _ := json.Marshal(s) // a string always marshals; an accepted size is ASCII
+		var b ByteSize
+		if err := b.UnmarshalJSON(quoted); err != nil || int(b) != n {
+			t.Errorf("ByteSize.UnmarshalJSON(%q) = %d, %v; want %d as ParseByteSize", s, b, err, n)
+		}
+	})
 }
