@@ -39,6 +39,11 @@ func (b *bootstrap) Restore(ctx context.Context, call captp.Restorer_restore) er
 	if err != nil {
 		return err
 	}
+	if len(raw) == 0 {
+		// A peer's heartbeat: answered without the restorer, the hook or a
+		// log record.
+		return wireError(ErrUnknownService)
+	}
 	id := append(ServiceID(nil), raw...)
 	c, err := b.vat.restoreLocal(ctx, id)
 	if b.vat.cfg.OnRestore != nil {

@@ -12,6 +12,18 @@ const (
 	DefaultMaxConcurrentCalls = 1024
 	DefaultHandshakeTimeout   = 10 * time.Second
 	DefaultDialTimeout        = 10 * time.Second
+	DefaultHeartbeatInterval  = 15 * time.Second
+	DefaultHeartbeatTimeout   = 10 * time.Second
+	DefaultMaxConnections     = 1024
+)
+
+// Reasons given to Config.OnRefused.
+const (
+	// RefusedMaxConnections: the vat already held Config.MaxConnections
+	// inbound connections.
+	RefusedMaxConnections = "max connections"
+	// RefusedHandshake: the TLS handshake failed or timed out.
+	RefusedHandshake = "handshake"
 )
 
 // Config configures a Vat. Its zero value is an ephemeral, client-only vat
@@ -71,6 +83,33 @@ type Config struct {
 	// plus handshake). Zero means DefaultDialTimeout.
 	DialTimeout time.Duration
 
+	// HeartbeatInterval is how often each connection checks that its peer
+	// still answers: when nothing arrived from the peer during an interval,
+	// the vat makes one cheap round trip (a restore of the empty id, which
+	// the peer answers "Unknown persistent service ID"). A peer that sends
+	// nothing within HeartbeatTimeout is taken for frozen and the connection
+	// is closed, so its capabilities break and the next Connect dials again.
+	// TCP keepalive cannot see this: the kernel of a stopped process still
+	// acknowledges. Zero means DefaultHeartbeatInterval; negative turns the
+	// check off.
+	HeartbeatInterval time.Duration
+
+	// HeartbeatTimeout is how long a heartbeat waits for the peer's answer
+	// (or for any bytes from it). Zero means DefaultHeartbeatTimeout.
+	HeartbeatTimeout time.Duration
+
+	// MaxConnections bounds the inbound connections Serve holds at once,
+	// counting those still in their handshake; one more is closed at once
+	// (and logged at warn, at most once a second). It keeps a stranger with
+	// fresh keys from using up file descriptors. Zero means
+	// DefaultMaxConnections; negative means no limit.
+	MaxConnections int
+
+	// OnRefused, if not nil, is called for each inbound connection Serve
+	// refuses, with the reason: RefusedMaxConnections or RefusedHandshake.
+	// It must not block.
+	OnRefused func(reason string)
+
 	// OnConnection, if not nil, is called when a connection to a peer is
 	// established (up = true) and when it ends (up = false). peer is the
 	// zero Digest for insecure peers. It is called without locks held and
@@ -83,7 +122,8 @@ type Config struct {
 }
 
 // Validate reports the first problem with c: unparsable addresses, a key
-// file that conflicts with Key, or negative sizes and durations.
+// file that conflicts with Key, or negative sizes and durations (except
+// HeartbeatInterval and MaxConnections, where negative means off).
 func (c Config) Validate() error {
 	if c.ListenAddress != "" {
 		if _, err := ParseAddress(c.ListenAddress); err != nil {
@@ -107,6 +147,9 @@ func (c Config) Validate() error {
 	}
 	if c.DialTimeout < 0 {
 		return errors.New("negative DialTimeout")
+	}
+	if c.HeartbeatTimeout < 0 {
+		return errors.New("negative HeartbeatTimeout")
 	}
 	if c.MaxMessageSize != 0 && c.MaxMessageSize < 1024 {
 		return errors.New("MaxMessageSize below 1024 bytes")
@@ -140,4 +183,33 @@ func (c Config) dialTimeout() time.Duration {
 		return DefaultDialTimeout
 	}
 	return c.DialTimeout
+}
+
+// heartbeatInterval returns the interval, or 0 when heartbeats are off.
+func (c Config) heartbeatInterval() time.Duration {
+	switch {
+	case c.HeartbeatInterval < 0:
+		return 0
+	case c.HeartbeatInterval == 0:
+		return DefaultHeartbeatInterval
+	}
+	return c.HeartbeatInterval
+}
+
+func (c Config) heartbeatTimeout() time.Duration {
+	if c.HeartbeatTimeout == 0 {
+		return DefaultHeartbeatTimeout
+	}
+	return c.HeartbeatTimeout
+}
+
+// maxConnections returns the bound, or 0 for none.
+func (c Config) maxConnections() int {
+	switch {
+	case c.MaxConnections < 0:
+		return 0
+	case c.MaxConnections == 0:
+		return DefaultMaxConnections
+	}
+	return c.MaxConnections
 }

@@ -9,9 +9,11 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/rpc"
+	"capnproto.org/go/capnp/v3/rpc/transport"
 
 	"github.com/vatcar/vatcar/proto/captp"
 )
@@ -51,6 +53,8 @@ type Connection struct {
 	conn   *rpc.Conn
 	limit  *limiter
 	wire   *wireStats
+	act    *activity // when bytes last arrived, for the heartbeat
+	log    *slog.Logger
 
 	bootOnce sync.Once
 	boot     capnp.Client // the peer's Restorer; see restorer()
@@ -167,7 +171,9 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 	c := &Connection{vat: v, key: key, mode: mode, remote: endpoint.RemoteAddr().String(), done: make(chan struct{})}
 	c.limit = newLimiter(v.cfg.maxConcurrentCalls())
 	c.wire = newWireStats()
+	c.act = newActivity()
 	log := v.log.With("peer", key.digest.String(), "mode", mode.String())
+	c.log = log
 
 	v.mu.Lock()
 	if v.closed {
@@ -193,7 +199,11 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 		}
 	}
 	boot := captp.Restorer_ServerToClient(&bootstrap{vat: v, conn: c})
-	c.conn = rpc.NewConn(countingTransport{newTransport(endpoint, v.cfg.maxMessageSize()), c.wire}, &rpc.Options{
+	var tr transport.Transport = newTransport(activityConn{Conn: endpoint, act: c.act}, v.cfg.maxMessageSize())
+	if v.cfg.Insecure && mode == Accept {
+		tr = &firstMessageTransport{Transport: tr, conn: endpoint} // see handshake
+	}
+	c.conn = rpc.NewConn(countingTransport{tr, c.wire}, &rpc.Options{
 		BootstrapClient: c.limit.wrap(capnp.Client(boot)), // restores count as calls too
 		Logger:          rpcLogger{log},
 	})
@@ -203,6 +213,10 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 		v.peers[key] = c
 	}
 	v.wg.Add(1)
+	heartbeat := v.cfg.heartbeatInterval() > 0
+	if heartbeat {
+		v.wg.Add(1)
+	}
 	v.mu.Unlock()
 
 	if old != nil {
@@ -214,6 +228,9 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 		v.cfg.OnConnection(key.digest, true)
 	}
 	go v.watch(c, log)
+	if heartbeat {
+		go v.heartbeat(c)
+	}
 	return c, nil
 }
 
@@ -255,6 +272,11 @@ func (v *Vat) handshake(ctx context.Context, endpoint net.Conn, mode Mode, insec
 				insecureName = endpoint.RemoteAddr().Network() + ":" + endpoint.RemoteAddr().String()
 			}
 			return peerKey{addr: insecureName}, endpoint, nil
+		}
+		// No handshake to bound: the peer's first message must come within
+		// the handshake timeout (firstMessageTransport lifts the deadline).
+		if err := endpoint.SetReadDeadline(time.Now().Add(v.cfg.handshakeTimeout())); err != nil {
+			return peerKey{}, endpoint, fmt.Errorf("add connection: %w", err)
 		}
 		return peerKey{}, endpoint, nil
 	}

@@ -38,6 +38,15 @@
 // Connect: calling Connect again is how a client recovers after a peer
 // restarts. Sockets get TCP_NODELAY and keepalive.
 //
+// Keepalive does not notice a peer whose process is stopped (its kernel
+// still acknowledges), so each connection also has a heartbeat: after every
+// Config.HeartbeatInterval (15 s) in which nothing arrived from the peer,
+// the vat restores the empty id on the peer's Restorer, a cheap round trip
+// answered "Unknown persistent service ID" (not passed to the Restorer, to
+// OnRestore or to the log). When neither the answer nor any other bytes
+// come within Config.HeartbeatTimeout (10 s), the connection is closed: its
+// capabilities break as disconnected and the next Connect dials again.
+//
 // Connect waits for the peer's answer to the restore (one round trip on an
 // open connection) so that an unknown id is reported by Connect itself; the
 // capability it returns is then a plain import, with no promise to resolve.
@@ -61,6 +70,14 @@
 // one connection, a call fails at once with an exception of type Overloaded. (Calls on capabilities
 // passed back from those, such as stream sinks, are not counted.) Inbound
 // messages over Config.MaxMessageSize abort the connection, as go-capnp does.
+//
+// Serve holds at most Config.MaxConnections (1024) inbound connections at
+// once, those in their handshake included; one more is closed at once. A
+// TLS handshake must finish within Config.HandshakeTimeout, and on an
+// insecure vat, where there is no handshake, an accepted connection's first
+// message must arrive within it. Refused connections (over the limit, or a
+// failed handshake) are logged at most once a second (warn and info) and
+// reported to Config.OnRefused.
 //
 // # Errors
 //

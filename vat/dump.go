@@ -91,13 +91,16 @@ type Stats struct {
 	// CallsRunning is the number of calls peers have running on the
 	// capabilities they restored from this vat.
 	CallsRunning int64
+	// Inbound is the number of connections Serve holds, those still in
+	// their handshake included (bounded by Config.MaxConnections).
+	Inbound int
 }
 
 // Stats returns a snapshot of the vat's connections.
 func (v *Vat) Stats() Stats {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	s := Stats{Peers: len(v.peers), Anonymous: len(v.anon), Connecting: len(v.dials)}
+	s := Stats{Peers: len(v.peers), Anonymous: len(v.anon), Connecting: len(v.dials), Inbound: v.inbound.count()}
 	for _, c := range v.peers {
 		s.CallsRunning += c.limit.running.Load()
 	}

@@ -163,6 +163,9 @@ func TestConfigValidate(t *testing.T) {
 		{"negative timeout", vat.Config{HandshakeTimeout: -1}, "negative HandshakeTimeout"},
 		{"negative dial timeout", vat.Config{DialTimeout: -1}, "negative DialTimeout"},
 		{"tiny messages", vat.Config{MaxMessageSize: 10}, "MaxMessageSize"},
+		{"heartbeat off, no connection limit", vat.Config{HeartbeatInterval: -1, MaxConnections: -1}, ""},
+		{"heartbeat set", vat.Config{HeartbeatInterval: time.Second, HeartbeatTimeout: time.Second, MaxConnections: 5}, ""},
+		{"negative heartbeat timeout", vat.Config{HeartbeatTimeout: -1}, "negative HeartbeatTimeout"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()

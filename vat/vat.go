@@ -29,6 +29,8 @@ type Vat struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // serve loops and connection watchers
 
+	inbound inbound // connections Serve holds
+
 	mu        sync.Mutex
 	closed    bool
 	public    Address
@@ -185,14 +187,20 @@ func (v *Vat) Serve(ctx context.Context, l net.Listener) error {
 			return fmt.Errorf("serve: accept: %w", err)
 		}
 		tuneSocket(c)
+		if !v.inbound.admit(v.cfg.maxConnections()) {
+			c.Close()
+			v.refuse(RefusedMaxConnections, slog.LevelWarn, c.RemoteAddr(), nil)
+			continue
+		}
+		c = &countedConn{Conn: c, in: &v.inbound}
 		if !v.track() {
 			c.Close()
 			return nil
 		}
 		go func() {
 			defer v.wg.Done()
-			if _, err := v.AddConnection(v.ctx, c, Accept); err != nil {
-				v.log.Debug("inbound connection refused", "remote", c.RemoteAddr().String(), "err", err)
+			if _, err := v.AddConnection(v.ctx, c, Accept); err != nil && !errors.Is(err, ErrClosed) && v.ctx.Err() == nil {
+				v.refuse(RefusedHandshake, slog.LevelInfo, c.RemoteAddr(), err)
 			}
 		}()
 	}
