@@ -104,10 +104,17 @@ func (c *Connection) ping(timeout time.Duration) bool {
 		alive = c.act.readSince(start)
 	}
 	if !alive {
-		// Releasing waits for the answer; closing the connection gives it.
 		c.log.Info("peer did not answer the heartbeat; closing the connection", "timeout", timeout.String())
 		c.closeBecause("peer did not answer the heartbeat within " + timeout.String())
 	}
-	release()
+	select {
+	case <-fut.Done():
+		release()
+	default:
+		// Unanswered, and the connection is ending: release would wait
+		// for go-capnp's shutdown to reject the question, which it may
+		// never do when the question's Finish is queued just as the
+		// connection closes. The question goes with the connection.
+	}
 	return alive
 }
