@@ -286,9 +286,7 @@ func TestMaxConnections(t *testing.T) {
 	if err := readToEnd(third); err != nil {
 		t.Fatalf("read from a connection over the limit: %v, want it closed by b", err)
 	}
-	if n := count(vat.RefusedMaxConnections); n != 1 {
-		t.Errorf("%d refusals for max connections, want 1", n)
-	}
+	waitFor(t, "the refusal to be reported", func() bool { return count(vat.RefusedMaxConnections) == 1 })
 	if n := b.Stats().Inbound; n != 2 {
 		t.Errorf("b holds %d inbound connections, want 2", n)
 	}
