@@ -11,10 +11,12 @@ import (
 )
 
 // Two transport codecs to compare in BenchmarkCapnpUnary; prototypes for the vat
-// package, not used by the harness.
+// package, not used by the harness. vat/transport.go now writes behind like
+// writeBehindCodec, and writes messages over 8 KiB directly like flushCodec.
 
 // flushCodec writes each message through a bufio.Writer and flushes it: one write (one
-// TLS record) per message instead of one per segment. This is what vat/transport.go does.
+// TLS record) per message instead of one per segment. This is what vat/transport.go did
+// before it wrote behind.
 type flushCodec struct {
 	dec *capnp.Decoder
 	enc *capnp.Encoder

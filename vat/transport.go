@@ -2,8 +2,10 @@ package vat
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
+	"sync"
 	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
@@ -13,33 +15,210 @@ import (
 // DefaultMaxMessageSize is go-capnp's own limit on an inbound message.
 const DefaultMaxMessageSize = 64 << 20
 
+const (
+	// maxPending is how many encoded bytes may wait for the writer before
+	// Encode blocks.
+	maxPending = 4 << 20
+	// keepBuffer is the largest write buffer kept between writes; a larger
+	// one (a big message went through) goes back to the garbage collector.
+	keepBuffer = 256 << 10
+	// closeFlushTimeout bounds how long Close waits for pending messages
+	// (go-capnp's Abort is the last one) to reach a peer that is not reading.
+	closeFlushTimeout = time.Second
+	// directSize is the size above which a message is written from Encode's
+	// goroutine rather than copied for the writer.
+	directSize = 8 << 10
+)
+
+// errTransportClosed is what Encode returns after Close.
+var errTransportClosed = errors.New("vat: transport closed")
+
 // codec frames capnp messages on a byte stream with a configurable limit on
-// inbound message size. Each message is written in one flush, so a message
-// is one TLS record rather than one per segment.
+// inbound message size. It writes behind: Encode copies the message into a
+// pending buffer and returns, and the codec's writer goroutine writes
+// whatever is pending in one write. go-capnp's send loop (the only caller of
+// Encode) goes on to the next message while a write is in flight, and the
+// messages queued meanwhile leave together: one TLS record and one syscall.
+// A lone message leaves at once; there is no timer. Nothing is left behind:
+// the writer runs until the buffer is empty, and Close waits for it (up to
+// closeFlushTimeout) before closing the connection.
 type codec struct {
 	dec    *capnp.Decoder
-	enc    *capnp.Encoder
-	w      *bufio.Writer
-	closer io.Closer
+	conn   io.ReadWriteCloser
+	direct *bufio.Writer  // to conn, for large messages; used while writing
+	denc   *capnp.Encoder // encodes into direct
+
+	mu      sync.Mutex
+	space   sync.Cond      // signalled when pending shrinks, a write ends, or err is set
+	pending []byte         // encoded messages not yet given to the writer
+	enc     *capnp.Encoder // appends to pending; used under mu
+	writing bool           // someone (the writer, or Encode for a large message) writes to conn
+	closing bool           // Close was called: the writer exits when pending is empty
+	err     error          // sticky: the failed write, or errTransportClosed
+
+	wake chan struct{} // one token: pending or closing changed
+	done chan struct{} // closed when the writer has returned
+	once sync.Once
 }
 
 func newTransport(rwc io.ReadWriteCloser, maxMessageSize uint64) transport.Transport {
-	w := bufio.NewWriterSize(rwc, 32<<10)
+	return transport.New(newCodec(rwc, maxMessageSize))
+}
+
+// newCodec returns a codec on rwc and starts its writer.
+func newCodec(rwc io.ReadWriteCloser, maxMessageSize uint64) *codec {
 	dec := capnp.NewDecoder(bufio.NewReaderSize(rwc, 32<<10))
 	dec.MaxMessageSize = maxMessageSize
-	return transport.New(&codec{dec: dec, enc: capnp.NewEncoder(w), w: w, closer: rwc})
+	c := &codec{dec: dec, conn: rwc, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	c.space.L = &c.mu
+	c.enc = capnp.NewEncoder(pendingWriter{c})
+	c.direct = bufio.NewWriterSize(rwc, 32<<10)
+	c.denc = capnp.NewEncoder(c.direct)
+	go c.writeLoop()
+	return c
+}
+
+// pendingWriter appends to the codec's pending buffer; the caller holds mu.
+type pendingWriter struct{ c *codec }
+
+func (w pendingWriter) Write(b []byte) (int, error) {
+	w.c.pending = append(w.c.pending, b...)
+	return len(b), nil
 }
 
 func (c *codec) Encode(m *capnp.Message) error {
-	if err := c.enc.Encode(m); err != nil {
+	if size, err := m.TotalSize(); err == nil && size > directSize {
+		return c.encodeDirect(m)
+	}
+	c.mu.Lock()
+	for c.err == nil && len(c.pending) >= maxPending {
+		c.space.Wait()
+	}
+	err := c.usable()
+	if err == nil {
+		err = c.enc.Encode(m)
+	}
+	c.mu.Unlock()
+	if err != nil {
 		return err
 	}
-	return c.w.Flush()
+	c.signal()
+	return nil
+}
+
+// usable returns why the codec cannot take a message, or nil; the caller
+// holds mu.
+func (c *codec) usable() error {
+	if c.err == nil && c.closing {
+		return errTransportClosed
+	}
+	return c.err
+}
+
+// encodeDirect writes a large message from the caller's goroutine once the
+// writer is idle and nothing is pending (so order is kept): copying it into
+// pending would cost more than the hand-off saves.
+func (c *codec) encodeDirect(m *capnp.Message) error {
+	c.mu.Lock()
+	for c.err == nil && (c.writing || len(c.pending) > 0) {
+		c.space.Wait()
+	}
+	if err := c.usable(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	c.writing = true
+	c.mu.Unlock()
+	err := c.denc.Encode(m)
+	if err == nil {
+		err = c.direct.Flush()
+	}
+	c.mu.Lock()
+	c.writing = false
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	c.space.Broadcast()
+	c.mu.Unlock()
+	c.signal() // Close may be waiting for the writer to see an idle codec
+	return err
+}
+
+// signal wakes the writer unless a wake-up is already due.
+func (c *codec) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// writeLoop writes what is pending until the codec closes with nothing
+// pending or a write fails.
+func (c *codec) writeLoop() {
+	defer close(c.done)
+	var out []byte
+	for {
+		c.mu.Lock()
+		// Wait for messages to write, or for Close, while nobody else writes.
+		for c.err == nil && (c.writing || (len(c.pending) == 0 && !c.closing)) {
+			c.mu.Unlock()
+			<-c.wake
+			c.mu.Lock()
+		}
+		if c.err != nil || len(c.pending) == 0 {
+			c.mu.Unlock()
+			return
+		}
+		out, c.pending = c.pending, out[:0]
+		c.writing = true
+		c.space.Broadcast()
+		c.mu.Unlock()
+		_, err := c.conn.Write(out)
+		c.mu.Lock()
+		c.writing = false
+		if err != nil && c.err == nil {
+			c.err = err
+		}
+		if c.err != nil {
+			c.pending = nil
+		}
+		c.space.Broadcast()
+		c.mu.Unlock()
+		if cap(out) > keepBuffer {
+			out = nil
+		}
+	}
 }
 
 func (c *codec) Decode() (*capnp.Message, error) { return c.dec.Decode() }
 
-func (c *codec) Close() error { return c.closer.Close() }
+// Close lets the writer finish what is pending, for at most
+// closeFlushTimeout, then closes the connection, which also ends a write
+// still blocked on the peer.
+func (c *codec) Close() error {
+	var err error
+	c.once.Do(func() {
+		c.mu.Lock()
+		c.closing = true
+		c.mu.Unlock()
+		c.signal()
+		t := time.NewTimer(closeFlushTimeout)
+		select {
+		case <-c.done:
+		case <-t.C:
+		}
+		t.Stop()
+		err = c.conn.Close()
+		<-c.done
+		c.mu.Lock()
+		if c.err == nil {
+			c.err = errTransportClosed
+		}
+		c.space.Broadcast()
+		c.mu.Unlock()
+	})
+	return err
+}
 
 // tuneSocket turns on TCP_NODELAY and keepalive; other sockets are left
 // alone.
