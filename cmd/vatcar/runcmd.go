@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/vatcar/vatcar/sidecar"
@@ -31,6 +32,7 @@ func runRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	tuneRuntime()
 	if err := s.Start(); err != nil {
 		return err
 	}
@@ -50,5 +52,25 @@ func runRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 			_ = s.Shutdown(context.Background())
 			return nil
 		}
+	}
+}
+
+// Runtime defaults of `vatcar run`, used only when the environment does not
+// set GOGC or GOMEMLIMIT: the garbage collector runs at half its default
+// frequency (measured 9-16% less time per bridged call, docs/bench.md), and a
+// soft memory limit makes it collect harder before the heap that trades for
+// grows past defaultMemoryLimit.
+const (
+	defaultGCPercent   = 200
+	defaultMemoryLimit = 512 << 20
+)
+
+// tuneRuntime applies the runtime defaults the environment leaves unset.
+func tuneRuntime() {
+	if _, ok := os.LookupEnv("GOGC"); !ok {
+		debug.SetGCPercent(defaultGCPercent)
+	}
+	if _, ok := os.LookupEnv("GOMEMLIMIT"); !ok {
+		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
 }
