@@ -138,6 +138,12 @@ func (c *Connection) restore(ctx context.Context, id ServiceID) (capnp.Client, e
 	defer release()
 	res, err := fut.Struct()
 	if err != nil {
+		if !c.usable() && !IsDisconnected(err) && !IsUnknownService(err) && !IsNoRestorer(err) {
+			// The connection ended under the call: go-capnp may say only
+			// "call on released client" (the watcher released the peer's
+			// Restorer).
+			err = fmt.Errorf("%w: %w", ErrDisconnected, err)
+		}
 		return capnp.Client{}, err
 	}
 	return res.Cap().AddRef(), nil
