@@ -37,6 +37,7 @@ type Metrics struct {
 	inflight *prometheus.GaugeVec     // side
 	conns    *prometheus.GaugeVec     // peer (vat digest)
 	restores *prometheus.CounterVec   // result
+	refused  *prometheus.CounterVec   // reason
 	dials    *prometheus.CounterVec   // import, result
 	exports  prometheus.Gauge
 	imports  prometheus.Gauge
@@ -99,6 +100,10 @@ func NewMetrics() *Metrics {
 			Name: "vatcar_restores_total",
 			Help: "Sturdy ref restores served by this vat, by result (ok, unknown, error).",
 		}, []string{"result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vatcar_vat_refused_connections_total",
+			Help: "Inbound CapTP connections the vat refused, by reason (handshake: failed TLS or protocol handshake; max connections: over the inbound limit).",
+		}, []string{"reason"}),
 		dials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vatcar_import_connects_total",
 			Help: "Attempts to connect an import to its peer, by import name and result (ok, error).",
@@ -118,7 +123,7 @@ func NewMetrics() *Metrics {
 		methods: map[string]map[string]bool{},
 	}
 	m.Registry.MustRegister(m.calls, m.latency, m.bytes, m.inflight, m.conns, m.restores,
-		m.dials, m.exports, m.imports, m.ready,
+		m.refused, m.dials, m.exports, m.imports, m.ready,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

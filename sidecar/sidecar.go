@@ -85,6 +85,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		DialTimeout:        importDialTimeout,
 		OnConnection:       s.onConnection,
 		OnRestore:          s.onRestore,
+		OnRefused:          func(reason string) { s.metrics.refused.WithLabelValues(reason).Inc() },
 	})
 	if err != nil {
 		if cfg.SecretKeyFile != "" {

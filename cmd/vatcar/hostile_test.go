@@ -273,6 +273,9 @@ func TestCapTPPortDropsJunk(t *testing.T) {
 	if _, body := httpGet(p.exp.Admin + "/metrics"); strings.Count(body, "\nvatcar_vat_connections{") != 1 {
 		t.Errorf("exporter keeps vatcar_vat_connections series of dropped strangers, want only the importer's:\n%s", body)
 	}
+	if got := scrape(t, p.exp.Admin, "vatcar_vat_refused_connections_total", map[string]string{"reason": "handshake"}); got < 3 {
+		t.Errorf("vatcar_vat_refused_connections_total{reason=handshake} = %v, want at least 3 (HTTP, junk, TLS 1.2)", got)
+	}
 	if out := p.exporter.stderr.String(); !strings.Contains(out, "inbound connection refused") {
 		t.Errorf("exporter did not log the refused connections:\n%s", out)
 	}
