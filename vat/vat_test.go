@@ -11,18 +11,9 @@ import (
 
 func TestTwoVatsTCP(t *testing.T) {
 	ctx := testContext(t)
-	table := vat.NewTable(nil)
-	defer table.Close()
-	_, svc := newEcho("b")
-	id := vat.GenerateID()
-	table.Add(id, svc)
-	b := startVat(t, vat.Config{Restorer: table})
+	_, _, uri := hostEcho(t, "b", vat.Config{})
 	a := startVat(t, vat.Config{})
 
-	uri, err := b.SturdyURI(id)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ref, err := a.Import(uri)
 	if err != nil {
 		t.Fatal(err)
@@ -43,18 +34,9 @@ func TestTwoVatsTCP(t *testing.T) {
 
 func TestTwoVatsUnix(t *testing.T) {
 	ctx := testContext(t)
-	table := vat.NewTable(nil)
-	defer table.Close()
-	e, svc := newEcho("b")
-	id := vat.GenerateID()
-	table.Add(id, svc)
-	b := startVat(t, vat.Config{ListenAddress: unixAddress(t, "b"), Restorer: table})
+	_, e, uri := hostEcho(t, "b", vat.Config{ListenAddress: unixAddress(t, "b")})
 	a := startVat(t, vat.Config{ListenAddress: unixAddress(t, "a")})
 
-	uri, err := b.SturdyURI(id)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ref := a.MustImport(uri)
 	c, err := ref.Connect(ctx)
 	if err != nil {
