@@ -12,6 +12,30 @@ import (
 
 // newIngressServer returns a gRPC server that bridges every call through d,
 // with opts (stats handlers) after the bridge's own options.
+// The flow-control windows of the sidecar's own gRPC connections (the
+// app's client connection to an ingress, an egress's connection to its
+// backend). Fixed windows turn off grpc-go's bandwidth estimator, which
+// otherwise answers every burst of data that finds no ping outstanding with
+// a window update and a PING, and reads the peer's ack: with one call at a
+// time that is a write, a read and a wake-up per call on each side, work
+// nginx's gRPC proxy does not do. 1 MiB per stream is what the estimator
+// reaches on a fast link anyway (its cap is 16 MiB), and bounds what a
+// stream buffers before the bridge reads it; the connection window only
+// caps the bytes in flight on the connection.
+const (
+	streamWindow = 1 << 20
+	connWindow   = 16 << 20
+)
+
+// windowServerOptions and windowDialOptions set those windows.
+func windowServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.StaticStreamWindowSize(streamWindow), grpc.StaticConnWindowSize(connWindow)}
+}
+
+func windowDialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithStaticStreamWindowSize(streamWindow), grpc.WithStaticConnWindowSize(connWindow)}
+}
+
 func newIngressServer(d director, maxMessageSize int, log *slog.Logger, opts ...grpc.ServerOption) (*grpc.Server, error) {
 	in, err := bridge.NewIngress(bridge.IngressConfig{
 		Director:       bridge.Director(d),
@@ -21,7 +45,7 @@ func newIngressServer(d director, maxMessageSize int, log *slog.Logger, opts ...
 	if err != nil {
 		return nil, fmt.Errorf("ingress: %w", err)
 	}
-	return in.NewServer(opts...), nil
+	return in.NewServer(append(windowServerOptions(), opts...)...), nil
 }
 
 // newEgress returns the capability that forwards calls to cc; the caller

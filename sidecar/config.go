@@ -30,6 +30,14 @@ const (
 	// DefaultDrainTimeout is how long in-flight calls may run after SIGTERM
 	// when Config.DrainTimeout is zero.
 	DefaultDrainTimeout = 30 * time.Second
+	// DefaultCPUs is how many CPUs `vatcar run` lets the Go runtime use at
+	// once (GOMAXPROCS) when Config.CPUs is zero and the environment does not
+	// set GOMAXPROCS: one, like a single-worker nginx or linkerd's proxy,
+	// sized for the one pod a sidecar serves. On this project's benchmark it
+	// also costs less CPU per call than two (docs/bench.md).
+	DefaultCPUs = 1
+	// maxCPUs bounds Config.CPUs: a typo, not a machine.
+	maxCPUs = 1024
 	// RouteDefault is the Route.Service that matches every gRPC service no
 	// other route names.
 	RouteDefault = "*"
@@ -75,6 +83,11 @@ type Config struct {
 	// on our exports (over it: RESOURCE_EXHAUSTED). Zero:
 	// DefaultMaxConcurrentCalls.
 	MaxConcurrentCalls int `json:"maxConcurrentCalls,omitempty"`
+	// CPUs is how many CPUs the sidecar's Go runtime runs on at once
+	// (GOMAXPROCS), applied by `vatcar run` at start. Zero: GOMAXPROCS from
+	// the environment if set, else DefaultCPUs. A library user of Sidecar
+	// sets GOMAXPROCS itself; New does not touch the runtime.
+	CPUs int `json:"cpus,omitempty"`
 	// DrainTimeout is how long in-flight calls may run after SIGTERM.
 	// Zero: DefaultDrainTimeout.
 	DrainTimeout Duration `json:"drainTimeout,omitempty"`
@@ -266,6 +279,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxConcurrentCalls < 0 {
 		bad("bad --max-concurrent-calls %d: must not be negative", c.MaxConcurrentCalls)
+	}
+	if c.CPUs < 0 || c.CPUs > maxCPUs {
+		bad("bad --cpus %d: want 0 (the default) to %d", c.CPUs, maxCPUs)
 	}
 	if c.DrainTimeout < 0 {
 		bad("bad --drain-timeout %s: must not be negative", time.Duration(c.DrainTimeout))

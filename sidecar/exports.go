@@ -60,7 +60,7 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 	s.exports[e.Name] = ex // reserve the name
 	s.mu.Unlock()
 
-	cc, err := grpc.NewClient(grpcTarget(e.Target),
+	cc, err := grpc.NewClient(grpcTarget(e.Target), append(windowDialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(s.metrics.statsHandler(SideEgress, &s.egressInflight)),
 		grpc.WithChainUnaryInterceptor(s.refuseWhileDraining, ex.calls.unary),
@@ -68,7 +68,7 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(int(s.cfg.MaxMessageSize)),
 			grpc.MaxCallSendMsgSize(int(s.cfg.MaxMessageSize))),
-	)
+	)...)
 	if err != nil {
 		ex.cut()
 		s.mu.Lock()

@@ -92,6 +92,7 @@ func newRunFlags(c *Config, output io.Writer) *runFlags {
 	fs.Var(&r.routes, "route", "on --grpc-listen, send gRPC service SERVICE (or * for any other) to import IMPORT (`SERVICE=IMPORT`, repeatable)")
 	fs.Var(&c.MaxMessageSize, "max-message-size", "largest gRPC message in `BYTES` (suffixes KiB, MiB, GiB; default 4MiB)")
 	fs.IntVar(&c.MaxConcurrentCalls, "max-concurrent-calls", c.MaxConcurrentCalls, "calls one peer connection may run at once on our exports (`N`, default "+strconv.Itoa(DefaultMaxConcurrentCalls)+")")
+	fs.IntVar(&c.CPUs, "cpus", c.CPUs, "CPUs the Go runtime runs on at once, GOMAXPROCS (`N`, default "+strconv.Itoa(DefaultCPUs)+" unless the environment sets GOMAXPROCS)")
 	fs.Var((*durationFlag)(&c.DrainTimeout), "drain-timeout", "how long in-flight calls may run after SIGTERM (`DURATION`, default "+DefaultDrainTimeout.String()+")")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log `FORMAT`: text or json (default text)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log `LEVEL`: debug, info, warn or error (default info); URIs are logged only at debug")

@@ -9,6 +9,8 @@ import (
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/sidecar"
 )
 
 // TestMetricsCountCalls makes a known number of calls through a pair and
@@ -141,5 +143,31 @@ func TestDemo(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestCPUs checks that `vatcar run` sets GOMAXPROCS from --cpus, defaults to
+// sidecar.DefaultCPUs, and leaves a GOMAXPROCS from the environment alone;
+// the runtime's own gauge on /metrics reports it.
+func TestCPUs(t *testing.T) {
+	tests := []struct {
+		name string
+		env  []string
+		args []string
+		want float64
+	}{
+		{"default", nil, nil, sidecar.DefaultCPUs},
+		{"flag", nil, []string{"--cpus", "3"}, 3},
+		{"environment", []string{"GOMAXPROCS=3"}, nil, 3},
+		{"flag over environment", []string{"GOMAXPROCS=3"}, []string{"--cpus", "2"}, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, a := startSidecarEnv(t, tt.env, tt.args...)
+			if got := scrape(t, a.Admin, "go_sched_gomaxprocs_threads", nil); got != tt.want {
+				t.Errorf("GOMAXPROCS = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

@@ -61,6 +61,7 @@ func TestBadConfigExitsWithStatus2(t *testing.T) {
 		{"bad config field", []string{"--config", badYAML}, "exprots"},
 		{"route to unknown import", []string{"--grpc-listen", "127.0.0.1:0", "--route", "a.B=ghost"}, `"ghost"`},
 		{"bad max message size", []string{"--max-message-size", "huge"}, `"huge"`},
+		{"negative cpus", []string{"--cpus", "-1"}, "bad --cpus -1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

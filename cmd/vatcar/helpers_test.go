@@ -91,8 +91,15 @@ type proc struct {
 // start runs `vatcar args...` and returns at once.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, nil, args...)
+}
+
+// startEnv is start with env added to the process's environment.
+func startEnv(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{t: t, stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(binary, args...)
+	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout = p.stderr
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -116,13 +123,19 @@ func start(t *testing.T, args ...string) *proc {
 // of its own, and waits until it is ready.
 func startSidecar(t *testing.T, args ...string) (*proc, addresses) {
 	t.Helper()
+	return startSidecarEnv(t, nil, args...)
+}
+
+// startSidecarEnv is startSidecar with env added to the environment.
+func startSidecarEnv(t *testing.T, env []string, args ...string) (*proc, addresses) {
+	t.Helper()
 	ready := filepath.Join(t.TempDir(), "ready.json")
 	base := []string{"run", "--ready-file", ready, "--admin-listen", "127.0.0.1:0"}
 	if !containsFlag(args, "--log-level") {
 		base = append(base, "--log-level", "debug")
 	}
 	args = append(base, args...)
-	p := start(t, args...)
+	p := startEnv(t, env, args...)
 	p.ready = ready
 	return p, p.waitReady()
 }

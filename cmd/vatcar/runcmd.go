@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 
@@ -32,7 +33,7 @@ func runRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	tuneRuntime()
+	tuneRuntime(cfg)
 	if err := s.Start(); err != nil {
 		return err
 	}
@@ -65,8 +66,15 @@ const (
 	defaultMemoryLimit = 512 << 20
 )
 
-// tuneRuntime applies the runtime defaults the environment leaves unset.
-func tuneRuntime() {
+// tuneRuntime applies --cpus and the runtime defaults the environment
+// leaves unset.
+func tuneRuntime(cfg sidecar.Config) {
+	switch {
+	case cfg.CPUs > 0:
+		runtime.GOMAXPROCS(cfg.CPUs)
+	case os.Getenv("GOMAXPROCS") == "":
+		runtime.GOMAXPROCS(sidecar.DefaultCPUs)
+	}
 	if _, ok := os.LookupEnv("GOGC"); !ok {
 		debug.SetGCPercent(defaultGCPercent)
 	}
