@@ -44,6 +44,17 @@ type IngressConfig struct {
 	// MaxMessageSizeLimit.
 	MaxMessageSize int
 
+	// Kinds are the kinds of the methods the ingress may see, typically
+	// from ParseKinds. A method known to be KindUnary takes the unary fast
+	// path: the request is read on the call's own goroutine (no reader
+	// goroutine, no waiting for one to run) and goes out as one
+	// GrpcService.unary call. A request larger than a unary call carries,
+	// or a second request message (a wrong entry), moves the call to the
+	// general path with what was read. Every other method, and every
+	// method when Kinds is nil (the default), takes the general path,
+	// which carries any kind, exactly as without Kinds.
+	Kinds Kinds
+
 	// Logger receives debug logs of failed calls. Nil discards them.
 	Logger *slog.Logger
 }
@@ -52,6 +63,9 @@ type IngressConfig struct {
 func (c IngressConfig) Validate() error {
 	if c.Director == nil {
 		return ErrNoDirector
+	}
+	if err := c.Kinds.Validate(); err != nil {
+		return err
 	}
 	return validateSize(c.MaxMessageSize)
 }
@@ -78,6 +92,16 @@ type EgressConfig struct {
 	// own (codec and message sizes).
 	CallOptions []grpc.CallOption
 
+	// Kinds are the kinds of the methods the egress may see, typically
+	// from ParseKinds. A GrpcService.unary call to a method known to be
+	// KindUnary runs its backend call on the capnp call's own goroutine
+	// (no reader goroutine, no hand-off to gather the response). A
+	// response too large for the reply, or a second response message (a
+	// wrong entry), streams back as on the general path. Every other call,
+	// and every call when Kinds is nil (the default), takes the general
+	// path, exactly as without Kinds.
+	Kinds Kinds
+
 	// Logger receives debug logs of failed calls. Nil discards them.
 	Logger *slog.Logger
 }
@@ -89,6 +113,9 @@ func (c EgressConfig) Validate() error {
 	}
 	if c.MaxConcurrentCalls < 0 {
 		return fmt.Errorf("max concurrent calls %d: %w", c.MaxConcurrentCalls, ErrConcurrency)
+	}
+	if err := c.Kinds.Validate(); err != nil {
+		return err
 	}
 	return validateSize(c.MaxMessageSize)
 }

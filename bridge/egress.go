@@ -27,10 +27,12 @@ type egress struct {
 	max    int
 	limit  int64
 	opts   []grpc.CallOption
+	kinds  Kinds
 	log    *slog.Logger
 	active atomic.Int64
 
 	wholeReplies, streamedReplies atomic.Int64 // unary calls by how they were answered
+	knownUnaryCalls               atomic.Int64 // unary calls that took the known-unary fast path
 }
 
 // NewEgress returns a GrpcService capability that forwards every call to
@@ -60,6 +62,7 @@ func newEgress(cfg EgressConfig) (*egress, error) {
 		max:   maxMessageSize(cfg.MaxMessageSize),
 		limit: int64(limit),
 		opts:  cfg.CallOptions,
+		kinds: cfg.Kinds,
 		log:   logger(cfg.Logger),
 	}
 	return e, nil
@@ -99,6 +102,30 @@ type egressCall struct {
 // start opens the backend stream and starts reading its response. parent
 // supplies values only; the call's lifetime is its own.
 func (e *egress) start(parent context.Context, h captp.CallHead) (*egressCall, error) {
+	c, err := e.newCall(parent, h)
+	if err != nil {
+		return nil, err
+	}
+	c.open()
+	return c, nil
+}
+
+// open opens the backend stream and starts reading its response. A call
+// that could not start has its status in the outbox.
+func (c *egressCall) open() {
+	bs, err := c.e.conn.NewStream(c.ctx, &streamDesc, c.head.method, c.callOptions()...)
+	if err != nil {
+		c.ob.put(c.life, event{kind: evEnd, st: Status(err)})
+		return
+	}
+	c.bs = bs
+	go c.pump()
+}
+
+// newCall decodes a call's head and makes the call, with the context its
+// backend call runs under: the head's metadata and deadline, and values
+// from parent (not its cancellation).
+func (e *egress) newCall(parent context.Context, h captp.CallHead) (*egressCall, error) {
 	head, err := readCallHead(h)
 	if err != nil {
 		return nil, err
@@ -113,21 +140,17 @@ func (e *egress) start(parent context.Context, h captp.CallHead) (*egressCall, e
 	ctx = metadata.NewOutgoingContext(ctx, head.md)
 	c := &egressCall{e: e, head: head, ctx: ctx, cancel: cancel, ob: newOutbox(queueBytes)}
 	c.life, c.abandon = context.WithCancel(context.Background())
-	opts := append([]grpc.CallOption{
-		grpc.ForceCodecV2(rawCodec{name: head.subtype}),
-		grpc.MaxCallRecvMsgSize(e.max),
-		grpc.MaxCallSendMsgSize(e.max),
-	}, e.opts...)
-	bs, err := e.conn.NewStream(ctx, &streamDesc, head.method, opts...)
-	if err != nil {
-		// The call could not start: its status is the answer.
-		c.bs = nil
-		c.ob.put(c.life, event{kind: evEnd, st: Status(err)})
-		return c, nil
-	}
-	c.bs = bs
-	go c.pump()
 	return c, nil
+}
+
+// callOptions returns the options of the call's backend call: the raw codec
+// under the call's content-subtype, the message sizes, then the config's.
+func (c *egressCall) callOptions() []grpc.CallOption {
+	return append([]grpc.CallOption{
+		grpc.ForceCodecV2(rawCodec{name: c.head.subtype}),
+		grpc.MaxCallRecvMsgSize(c.e.max),
+		grpc.MaxCallSendMsgSize(c.e.max),
+	}, c.e.opts...)
 }
 
 // pump reads the backend's response into the outbox: headers as soon as
@@ -139,6 +162,12 @@ func (c *egressCall) pump() {
 			return
 		}
 	}
+	c.pumpMessages()
+}
+
+// pumpMessages reads the backend's messages, status and trailers into the
+// outbox.
+func (c *egressCall) pumpMessages() {
 	for {
 		var f frame
 		err := c.bs.RecvMsg(&f)
@@ -213,11 +242,15 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 		e.active.Add(-1)
 		return fmt.Errorf("unary: %w", err)
 	}
-	c, err := e.start(ctx, h)
+	c, err := e.newCall(ctx, h)
 	if err != nil {
 		e.active.Add(-1)
 		return fmt.Errorf("unary: %w", err)
 	}
+	if e.kinds.Kind(c.head.method) == KindUnary {
+		return e.unaryKnown(ctx, call, c)
+	}
+	c.open()
 	// While the handler runs, the capnp call's cancellation is the call's.
 	stop := context.AfterFunc(ctx, c.cancel)
 	if c.bs != nil {

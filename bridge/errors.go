@@ -43,4 +43,13 @@ var (
 	// stream without closing it (its connection was lost or it released
 	// the stream's Sink).
 	ErrStreamLost = errors.New("bridge: stream lost before it was closed")
+
+	// ErrKinds is the cause of ParseKinds's and Kinds.Validate's errors: a
+	// descriptor set that cannot be read or names no methods, or a method
+	// name or kind that is not valid.
+	ErrKinds = errors.New("bridge: invalid method kinds")
+
+	// ErrKindConflict is the cause of the error ParseKinds and Kinds.Merge
+	// return for a method described twice with different kinds.
+	ErrKindConflict = errors.New("bridge: conflicting kinds for one method")
 )

@@ -27,10 +27,12 @@ import (
 type Ingress struct {
 	director Director
 	max      int
+	kinds    Kinds
 	log      *slog.Logger
 	onCall   func(*ingressCall) // tests: called as each call starts
 
 	unaryCalls, streamCalls atomic.Int64 // calls by path taken
+	knownUnaryCalls         atomic.Int64 // unary calls that took the known-unary fast path
 }
 
 // NewIngress returns an Ingress for a valid config.
@@ -38,7 +40,13 @@ func NewIngress(cfg IngressConfig) (*Ingress, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("new ingress: %w", err)
 	}
-	return &Ingress{director: cfg.Director, max: maxMessageSize(cfg.MaxMessageSize), log: logger(cfg.Logger)}, nil
+	in := &Ingress{
+		director: cfg.Director,
+		max:      maxMessageSize(cfg.MaxMessageSize),
+		kinds:    cfg.Kinds,
+		log:      logger(cfg.Logger),
+	}
+	return in, nil
 }
 
 // Handler returns the stream handler that bridges every call; it expects the
@@ -63,12 +71,13 @@ func (in *Ingress) NewServer(opts ...grpc.ServerOption) *grpc.Server {
 	return grpc.NewServer(append(in.ServerOptions(), opts...)...)
 }
 
-// handle bridges one call. It reads the client's messages on a goroutine
-// from the start (a bidi server may speak first). If, once that goroutine
-// had a chance to run, the client has sent exactly one message and
-// half-closed, the call goes out as one unary capnp call; otherwise (or if
-// the request is still arriving) as a stream. Both paths carry every call
-// kind correctly; the first only saves round trips.
+// handle bridges one call. A method known to be unary reads its request on
+// this goroutine (see recvUnary). Any other call's messages are read on a
+// goroutine from the start (a bidi server may speak first). If, once that
+// goroutine had a chance to run, the client has sent exactly one message
+// and half-closed, the call goes out as one unary capnp call; otherwise (or
+// if the request is still arriving) as a stream. Both paths carry every
+// call kind correctly; the first only saves round trips.
 func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 	ctx := ss.Context()
 	method, ok := grpc.MethodFromServerStream(ss)
@@ -85,6 +94,22 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 	defer c.finish()
 	if in.onCall != nil {
 		in.onCall(c)
+	}
+	if in.kinds.Kind(method) == KindUnary {
+		req, err := c.recvUnary()
+		if err != nil {
+			return err
+		}
+		if req != nil {
+			in.unaryCalls.Add(1)
+			in.knownUnaryCalls.Add(1)
+			return c.unary(svc, req)
+		}
+		// Not a request a unary call carries: what was read waits in the
+		// outbox, and the reader goes on from there.
+		in.streamCalls.Add(1)
+		go c.pump()
+		return c.stream(svc)
 	}
 	go c.pump()
 	runtime.Gosched()

@@ -1,0 +1,150 @@
+package bridge
+
+// This file is the fast path of methods known to be unary (see Kinds): the
+// ingress reads the request on the gRPC handler's goroutine (recvUnary) and
+// the egress makes the backend call on the capnp handler's goroutine
+// (unaryKnown), so a call needs no reader goroutine on either side. Anything
+// a unary call cannot carry falls back, with what was read, to the general
+// path.
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+// errNoRequest is the status of a call to a unary method whose client
+// half-closed without a message: what grpc-go's own server answers.
+var errNoRequest = status.Error(codes.Internal, "cardinality violation: received no request message from non-client-streaming RPC")
+
+// recvUnary reads a unary request on the handler's goroutine: one message
+// and the half-close, as grpc-go's unary server does. It returns the
+// request, or an error that ends the call, or neither when the call must
+// take the general path (the message is too large for a unary call, or a
+// second one came); then what was read is queued in the outbox for the
+// reader goroutine to follow.
+func (c *ingressCall) recvUnary() (*frame, error) {
+	var f frame
+	if err := c.ss.RecvMsg(&f); err != nil {
+		if err == io.EOF {
+			return nil, errNoRequest
+		}
+		return nil, c.fail(err)
+	}
+	if f.data.Len() > inlineMax {
+		c.ob.load(event{kind: evMsg, msg: f})
+		return nil, nil
+	}
+	var g frame
+	err := c.ss.RecvMsg(&g)
+	if err == io.EOF {
+		return &f, nil
+	}
+	if err != nil {
+		f.free()
+		return nil, c.fail(err)
+	}
+	c.ob.load(event{kind: evMsg, msg: f}, event{kind: evMsg, msg: g})
+	return nil, nil
+}
+
+// unaryDesc is the stream description of a known-unary backend call. It
+// lets the response stream (so a wrong Kinds entry still works), and it is
+// not grpc-go's own unary description, so grpc-go watches the call's
+// context and a cancelled call always ends.
+var unaryDesc = grpc.StreamDesc{ServerStreams: true}
+
+// unaryKnown answers a unary call to a method known to be unary. The backend
+// call runs on this goroutine: the request goes out, then the response is
+// read up to its end. A whole response that fits comes back in the reply;
+// otherwise (a large message, or more than one) what was read goes to the
+// outbox, a reader goroutine takes over, and the caller gets the call to
+// attach a Sink to, as on the general path.
+func (e *egress) unaryKnown(ctx context.Context, call captp.GrpcService_unary, c *egressCall) error {
+	stop := context.AfterFunc(ctx, c.cancel)
+	req, err := call.Args().Request()
+	if err != nil {
+		stop()
+		c.done()
+		return fmt.Errorf("unary: %w", err)
+	}
+	var evs []event
+	whole := true
+	bs, err := e.conn.NewStream(c.ctx, &unaryDesc, c.head.method, c.callOptions()...)
+	if err != nil {
+		evs = []event{{kind: evEnd, st: Status(err)}}
+	} else {
+		f := frame{data: mem.BufferSlice{mem.Copy(req, mem.DefaultBufferPool())}}
+		if err := bs.SendMsg(&f); err != nil {
+			f.free() // io.EOF: the status comes from RecvMsg
+		}
+		evs, whole = readUnary(bs)
+	}
+	if !stop() || ctx.Err() != nil {
+		// The caller cancelled (Finish) while the response was awaited;
+		// the cancelled context ends the backend call.
+		freeEvents(evs)
+		c.done()
+		return fmt.Errorf("unary: %w", ctx.Err())
+	}
+	e.knownUnaryCalls.Add(1)
+	if whole {
+		e.wholeReplies.Add(1)
+		defer c.done()
+		defer freeEvents(evs)
+		res, err := call.AllocResults()
+		if err != nil {
+			return fmt.Errorf("unary: %w", err)
+		}
+		r, err := res.NewReply()
+		if err != nil {
+			return fmt.Errorf("unary: %w", err)
+		}
+		return writeReply(r, evs)
+	}
+	e.streamedReplies.Add(1)
+	c.bs = bs
+	c.ob.load(evs...)
+	go c.pumpMessages()
+	res, err := call.AllocResults()
+	if err != nil {
+		c.done()
+		return fmt.Errorf("unary: %w", err)
+	}
+	if err := res.SetRest(captp.Call_ServerToClient(&callServer{c: c})); err != nil {
+		c.done()
+		return fmt.Errorf("unary: %w", err)
+	}
+	return nil
+}
+
+// readUnary reads a backend's response on the caller's goroutine: headers,
+// then messages until the end, or until it is clear the response is no
+// unary reply (a message larger than inlineMax, or a second one). whole
+// reports that evs hold the whole response, ending with the status.
+func readUnary(bs grpc.ClientStream) (evs []event, whole bool) {
+	if md, _ := bs.Header(); md != nil {
+		evs = append(evs, event{kind: evHeaders, md: md})
+	}
+	for msgs := 0; ; msgs++ {
+		var f frame
+		if err := bs.RecvMsg(&f); err != nil {
+			st := status.New(codes.OK, "")
+			if err != io.EOF {
+				st = Status(err)
+			}
+			return append(evs, event{kind: evEnd, st: st, md: bs.Trailer()}), true
+		}
+		evs = append(evs, event{kind: evMsg, msg: f})
+		if msgs > 0 || f.data.Len() > inlineMax {
+			return evs, false
+		}
+	}
+}
