@@ -39,24 +39,39 @@ var errTransportClosed = errors.New("vat: transport closed")
 // whatever is pending in one write. go-capnp's send loop (the only caller of
 // Encode) goes on to the next message while a write is in flight, and the
 // messages queued meanwhile leave together: one TLS record and one syscall.
-// A lone message leaves at once; there is no timer. Nothing is left behind:
-// the writer runs until the buffer is empty, and Close waits for it (up to
-// closeFlushTimeout) before closing the connection.
+// A lone message leaves at once, except a lazy one (see transport_lazy.go):
+// housekeeping that nobody waits for rides with the next message, or leaves
+// when the lazy timer fires. Messages leave in the order Encode got them.
+// Nothing is left behind: the writer runs until the buffer is empty, and
+// Close waits for it (up to closeFlushTimeout) before closing the
+// connection.
+//
+// Locking: mu guards the fields below it. Exactly one goroutine writes to
+// conn at a time, the one that set writing; it takes the whole of pending
+// under mu and writes without holding it.
 type codec struct {
 	dec    *capnp.Decoder
 	conn   io.ReadWriteCloser
 	direct *bufio.Writer  // to conn, for large messages; used while writing
 	denc   *capnp.Encoder // encodes into direct
+	// lazyDelay is how long a lazy message may wait for company; zero sends
+	// every message at once. Set before the first Encode.
+	lazyDelay time.Duration
 
-	mu      sync.Mutex
-	space   sync.Cond      // signalled when pending shrinks, a write ends, or err is set
-	pending []byte         // encoded messages not yet given to the writer
-	enc     *capnp.Encoder // appends to pending; used under mu
-	writing bool           // someone (the writer, or Encode for a large message) writes to conn
-	closing bool           // Close was called: the writer exits when pending is empty
-	err     error          // sticky: the failed write, or errTransportClosed
+	mu        sync.Mutex
+	space     sync.Cond      // signalled when pending shrinks, a write ends, or err is set
+	pending   []byte         // encoded messages not yet given to a writer
+	spare     []byte         // the previous write's buffer, for pending to reuse
+	enc       *capnp.Encoder // appends to pending; used under mu
+	due       bool           // pending holds a message that must leave now
+	lazySince time.Time      // when the oldest pending lazy message came, while not due
+	lazyTimer *time.Timer    // runs lazyTimeout; nil until first armed
+	timerOn   bool           // lazyTimer is armed
+	writing   bool           // someone (the writer, or Encode for a large message) writes to conn
+	closing   bool           // Close was called: the writer exits when pending is empty
+	err       error          // sticky: the failed write, or errTransportClosed
 
-	wake chan struct{} // one token: pending or closing changed
+	wake chan struct{} // one token: pending, due or closing changed
 	done chan struct{} // closed when the writer has returned
 	once sync.Once
 }
@@ -69,7 +84,7 @@ func newTransport(rwc io.ReadWriteCloser, maxMessageSize uint64) transport.Trans
 func newCodec(rwc io.ReadWriteCloser, maxMessageSize uint64) *codec {
 	dec := capnp.NewDecoder(bufio.NewReaderSize(rwc, 32<<10))
 	dec.MaxMessageSize = maxMessageSize
-	c := &codec{dec: dec, conn: rwc, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	c := &codec{dec: dec, conn: rwc, lazyDelay: defaultLazyDelay(), wake: make(chan struct{}, 1), done: make(chan struct{})}
 	c.space.L = &c.mu
 	c.enc = capnp.NewEncoder(pendingWriter{c})
 	c.direct = bufio.NewWriterSize(rwc, 32<<10)
@@ -90,6 +105,7 @@ func (c *codec) Encode(m *capnp.Message) error {
 	if size, err := m.TotalSize(); err == nil && size > directSize {
 		return c.encodeDirect(m)
 	}
+	lazy := c.lazyDelay > 0 && isLazy(m)
 	c.mu.Lock()
 	for c.err == nil && len(c.pending) >= maxPending {
 		c.space.Wait()
@@ -98,11 +114,21 @@ func (c *codec) Encode(m *capnp.Message) error {
 	if err == nil {
 		err = c.enc.Encode(m)
 	}
+	if err == nil {
+		if lazy {
+			c.queuedLazy()
+		} else {
+			c.due = true
+		}
+	}
+	due := c.due
 	c.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	c.signal()
+	if due {
+		c.signal()
+	}
 	return nil
 }
 
@@ -116,32 +142,57 @@ func (c *codec) usable() error {
 }
 
 // encodeDirect writes a large message from the caller's goroutine once the
-// writer is idle and nothing is pending (so order is kept): copying it into
-// pending would cost more than the hand-off saves.
+// writer is idle: copying it into pending would cost more than the hand-off
+// saves. Whatever is pending (lazy messages, say) goes first, in the same
+// buffered write, so order is kept.
 func (c *codec) encodeDirect(m *capnp.Message) error {
 	c.mu.Lock()
-	for c.err == nil && (c.writing || len(c.pending) > 0) {
+	for c.err == nil && c.writing {
 		c.space.Wait()
 	}
 	if err := c.usable(); err != nil {
 		c.mu.Unlock()
 		return err
 	}
-	c.writing = true
+	out := c.takePending()
 	c.mu.Unlock()
-	err := c.denc.Encode(m)
+	_, err := c.direct.Write(out)
+	if err == nil {
+		err = c.denc.Encode(m)
+	}
 	if err == nil {
 		err = c.direct.Flush()
 	}
 	c.mu.Lock()
+	c.wrote(out, err)
+	c.mu.Unlock()
+	c.signal() // the writer may have messages that came meanwhile, or Close may wait
+	return err
+}
+
+// takePending hands all of pending to the caller, who becomes the one
+// writer; the caller holds mu, and calls wrote when the write is over.
+func (c *codec) takePending() []byte {
+	out := c.pending
+	c.pending, c.spare = c.spare[:0], nil
+	c.due, c.lazySince = false, time.Time{}
+	c.writing = true
+	c.space.Broadcast()
+	return out
+}
+
+// wrote ends a write of out that returned err; the caller holds mu.
+func (c *codec) wrote(out []byte, err error) {
 	c.writing = false
 	if err != nil && c.err == nil {
 		c.err = err
 	}
+	if c.err != nil {
+		c.pending = nil
+	} else if cap(out) <= keepBuffer {
+		c.spare = out[:0]
+	}
 	c.space.Broadcast()
-	c.mu.Unlock()
-	c.signal() // Close may be waiting for the writer to see an idle codec
-	return err
 }
 
 // signal wakes the writer unless a wake-up is already due.
@@ -152,15 +203,15 @@ func (c *codec) signal() {
 	}
 }
 
-// writeLoop writes what is pending until the codec closes with nothing
-// pending or a write fails.
+// writeLoop writes what is pending once it is due, until the codec closes
+// with nothing pending or a write fails. Closing makes everything due.
 func (c *codec) writeLoop() {
 	defer close(c.done)
-	var out []byte
 	for {
 		c.mu.Lock()
-		// Wait for messages to write, or for Close, while nobody else writes.
-		for c.err == nil && (c.writing || (len(c.pending) == 0 && !c.closing)) {
+		// Wait for messages due to leave, or for Close, while nobody else
+		// writes.
+		for c.err == nil && (c.writing || !c.closing && (len(c.pending) == 0 || !c.due)) {
 			c.mu.Unlock()
 			<-c.wake
 			c.mu.Lock()
@@ -169,24 +220,12 @@ func (c *codec) writeLoop() {
 			c.mu.Unlock()
 			return
 		}
-		out, c.pending = c.pending, out[:0]
-		c.writing = true
-		c.space.Broadcast()
+		out := c.takePending()
 		c.mu.Unlock()
 		_, err := c.conn.Write(out)
 		c.mu.Lock()
-		c.writing = false
-		if err != nil && c.err == nil {
-			c.err = err
-		}
-		if c.err != nil {
-			c.pending = nil
-		}
-		c.space.Broadcast()
+		c.wrote(out, err)
 		c.mu.Unlock()
-		if cap(out) > keepBuffer {
-			out = nil
-		}
 	}
 }
 
@@ -200,6 +239,7 @@ func (c *codec) Close() error {
 	c.once.Do(func() {
 		c.mu.Lock()
 		c.closing = true
+		c.stopLazyTimer()
 		c.mu.Unlock()
 		c.signal()
 		t := time.NewTimer(closeFlushTimeout)

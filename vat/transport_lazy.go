@@ -1,0 +1,128 @@
+package vat
+
+import (
+	"sync/atomic"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+)
+
+// Lazy messages are the codec's housekeeping that no one waits for: a
+// Finish for a question whose Return has come (go-capnp sends it 250 ms
+// after the Return) and a Release of an imported capability. Sent on its
+// own, each costs a write (a TLS record and a syscall) here and a read and a
+// wake-up on the peer. The codec queues a lazy message in order with the
+// others but does not wake its writer for it: it leaves with the next
+// message that is not lazy, or when it has waited lazyDelay, or when lazy
+// bytes pending reach maxLazyPending, or on Close.
+//
+// A Finish that cancels a call (go-capnp sends it when the call's context
+// ends before the Return; it asks the peer to release the result's
+// capabilities, the schema's default) is not lazy: the peer cancels the
+// call's handler when it arrives.
+const (
+	// lazyDelay bounds how long a lazy message waits for company. go-capnp
+	// already holds a Finish back 250 ms after its Return, so a few
+	// milliseconds more change nothing for the peer (it frees the answer's
+	// results a little later; a Release lets it drop an export a little
+	// later). It is well above the gap between calls on a connection busy
+	// enough for syscalls to matter (a unary loop with one call in flight
+	// through two sidecars calls every 0.3-0.5 ms), so on such a
+	// connection lazy messages always ride with a call and the timer never
+	// causes a write of its own.
+	lazyDelay = 5 * time.Millisecond
+	// maxLazyPending is how many bytes of lazy messages may wait: beyond
+	// it they are due at once (a Finish is about 40 bytes; this is over a
+	// thousand of them).
+	maxLazyPending = 64 << 10
+)
+
+// eagerMessages, when set, makes codecs made afterwards send lazy messages
+// at once, as every other message. It is there for benchmarks that compare
+// both ways in one binary.
+var eagerMessages atomic.Bool
+
+// defaultLazyDelay is a new codec's lazyDelay.
+func defaultLazyDelay() time.Duration {
+	if eagerMessages.Load() {
+		return 0
+	}
+	return lazyDelay
+}
+
+// isLazy reports whether m is an rpc Message that may wait: a Release, or a
+// Finish that keeps the result's capabilities (the one go-capnp sends after
+// a Return). Anything else, including what is not an rpc Message, is not.
+func isLazy(m *capnp.Message) bool {
+	root, err := rpccp.ReadRootMessage(m)
+	if err != nil {
+		return false
+	}
+	switch root.Which() {
+	case rpccp.Message_Which_release:
+		return true
+	case rpccp.Message_Which_finish:
+		fin, err := root.Finish()
+		return err == nil && !fin.ReleaseResultCaps()
+	}
+	return false
+}
+
+// queuedLazy accounts for a lazy message just appended to pending: when
+// nothing due is pending, it starts the wait (arming the timer if it is not
+// armed), and it makes pending due when lazy bytes reach maxLazyPending.
+// The caller holds mu.
+func (c *codec) queuedLazy() {
+	if c.due {
+		return // it leaves with what is due
+	}
+	if len(c.pending) >= maxLazyPending {
+		c.due = true
+		return
+	}
+	if c.lazySince.IsZero() {
+		c.lazySince = time.Now()
+	}
+	if !c.timerOn {
+		c.timerOn = true
+		if c.lazyTimer == nil {
+			c.lazyTimer = time.AfterFunc(c.lazyDelay, c.lazyTimeout)
+		} else {
+			c.lazyTimer.Reset(c.lazyDelay)
+		}
+	}
+}
+
+// lazyTimeout runs when the lazy timer fires: lazy messages that have waited
+// lazyDelay become due; younger ones (the older ones left with a write since
+// the timer was armed) get the rest of their wait. The timer is not armed
+// again when nothing lazy waits, so an idle codec has no timer running.
+func (c *codec) lazyTimeout() {
+	c.mu.Lock()
+	due := false
+	waited := time.Since(c.lazySince)
+	switch {
+	case c.closing || c.lazySince.IsZero():
+		c.timerOn = false // Close flushes, or nothing lazy waits
+	case waited < c.lazyDelay:
+		c.lazyTimer.Reset(c.lazyDelay - waited)
+	default:
+		c.timerOn = false
+		c.due = true
+		due = true
+	}
+	c.mu.Unlock()
+	if due {
+		c.signal()
+	}
+}
+
+// stopLazyTimer disarms the lazy timer; the caller holds mu. A lazyTimeout
+// already running sees closing or nothing to do.
+func (c *codec) stopLazyTimer() {
+	if c.lazyTimer != nil {
+		c.lazyTimer.Stop()
+	}
+	c.timerOn = false
+}

@@ -1,0 +1,362 @@
+package vat
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+)
+
+// never is a lazy delay long enough that a lazy message can only leave with
+// another message, past the bound, or on Close.
+const never = time.Hour
+
+// countingConn counts the writes made to a net.Conn.
+type countingConn struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(b)
+}
+
+// tlsPair returns both ends of a loopback TLS 1.3 connection, handshakes
+// done, each on a countingConn whose count starts after the handshake.
+func tlsPair(tb testing.TB) (client, server *tls.Conn, clientRaw, serverRaw *countingConn) {
+	tb.Helper()
+	a, b := tcpPair(tb)
+	ck, err := GenerateKey()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sk, err := GenerateKey()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	clientRaw, serverRaw = &countingConn{Conn: a}, &countingConn{Conn: b}
+	client = tls.Client(clientRaw, clientTLS(ck, sk.Digest()))
+	server = tls.Server(serverRaw, serverTLS(sk))
+	shook := make(chan error, 1)
+	go func() { shook <- server.Handshake() }()
+	if err := client.Handshake(); err != nil {
+		tb.Fatalf("client handshake: %v", err)
+	}
+	if err := <-shook; err != nil {
+		tb.Fatalf("server handshake: %v", err)
+	}
+	clientRaw.writes.Store(0)
+	serverRaw.writes.Store(0)
+	return client, server, clientRaw, serverRaw
+}
+
+// wireMessage is what the order tests send: an rpc Message of one kind,
+// numbered, and for calls a payload of size bytes.
+type wireMessage struct {
+	kind string // "finish" (lazy), "release" (lazy), "cancel" (a cancelling Finish), "call"
+	id   uint32
+	size int
+}
+
+func (w wireMessage) String() string { return fmt.Sprintf("%s#%d(%d)", w.kind, w.id, w.size) }
+
+// build encodes w as an rpc Message the way go-capnp would.
+func (w wireMessage) build() *capnp.Message {
+	msg, seg := capnp.NewMultiSegmentMessage(nil)
+	m, err := rpccp.NewRootMessage(seg)
+	if err != nil {
+		panic(err)
+	}
+	switch w.kind {
+	case "finish", "cancel":
+		f, err := m.NewFinish()
+		if err != nil {
+			panic(err)
+		}
+		f.SetQuestionId(w.id)
+		f.SetReleaseResultCaps(w.kind == "cancel")
+	case "release":
+		r, err := m.NewRelease()
+		if err != nil {
+			panic(err)
+		}
+		r.SetId(w.id)
+		r.SetReferenceCount(1)
+	case "call":
+		c, err := m.NewCall()
+		if err == nil {
+			c.SetQuestionId(w.id)
+			err = setContent(c, seg, bytes.Repeat([]byte{byte(w.id)}, w.size))
+		}
+		if err != nil {
+			panic(err)
+		}
+	}
+	return msg
+}
+
+func setContent(c rpccp.Call, seg *capnp.Segment, b []byte) error {
+	p, err := c.NewParams()
+	if err != nil {
+		return err
+	}
+	d, err := capnp.NewData(seg, b)
+	if err != nil {
+		return err
+	}
+	return p.SetContent(d.ToPtr())
+}
+
+// readWire decodes a message sent by wireMessage.build.
+func readWire(dec *capnp.Decoder) (wireMessage, error) {
+	msg, err := dec.Decode()
+	if err != nil {
+		return wireMessage{}, err
+	}
+	m, err := rpccp.ReadRootMessage(msg)
+	if err != nil {
+		return wireMessage{}, err
+	}
+	switch m.Which() {
+	case rpccp.Message_Which_finish:
+		f, err := m.Finish()
+		if err != nil {
+			return wireMessage{}, err
+		}
+		kind := "finish"
+		if f.ReleaseResultCaps() {
+			kind = "cancel"
+		}
+		return wireMessage{kind: kind, id: f.QuestionId()}, nil
+	case rpccp.Message_Which_release:
+		r, err := m.Release()
+		return wireMessage{kind: "release", id: r.Id()}, err
+	case rpccp.Message_Which_call:
+		c, err := m.Call()
+		if err != nil {
+			return wireMessage{}, err
+		}
+		p, err := c.Params()
+		if err != nil {
+			return wireMessage{}, err
+		}
+		content, err := p.Content()
+		if err != nil {
+			return wireMessage{}, err
+		}
+		return wireMessage{kind: "call", id: c.QuestionId(), size: len(content.Data())}, nil
+	}
+	return wireMessage{}, fmt.Errorf("unexpected message %v", m.Which())
+}
+
+// received is a message the peer read, or the error that ended its stream.
+type received struct {
+	w   wireMessage
+	err error
+}
+
+// readAll decodes messages from r and sends each on the channel it
+// returns, then the error that ended the stream.
+func readAll(r io.Reader) <-chan received {
+	ch := make(chan received, 16)
+	go func() {
+		dec := capnp.NewDecoder(r)
+		dec.MaxMessageSize = DefaultMaxMessageSize
+		for {
+			w, err := readWire(dec)
+			ch <- received{w, err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// expect fails the test unless the next messages on ch are want, each
+// within 10 s.
+func expect(t *testing.T, ch <-chan received, want ...wireMessage) {
+	t.Helper()
+	for i, w := range want {
+		select {
+		case r := <-ch:
+			if r.err != nil {
+				t.Fatalf("stream ended after %d of %d messages: %v", i, len(want), r.err)
+			}
+			if r.w != w {
+				t.Fatalf("message %d: got %v, want %v", i, r.w, w)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message %d (%v) not received within 10s", i, w)
+		}
+	}
+}
+
+// expectEOF reads the rest of ch and fails the test unless the stream ends
+// cleanly; it returns how many messages came before the end.
+func expectEOF(t *testing.T, ch <-chan received) int {
+	t.Helper()
+	for n := 0; ; n++ {
+		if r := <-ch; r.err != nil {
+			if r.err != io.EOF {
+				t.Errorf("stream ended with %v, want EOF", r.err)
+			}
+			return n
+		}
+	}
+}
+
+func TestIsLazy(t *testing.T) {
+	for _, tc := range []struct {
+		kind string
+		want bool
+	}{{"finish", true}, {"release", true}, {"cancel", false}, {"call", false}} {
+		if got := isLazy(wireMessage{kind: tc.kind, size: 10}.build()); got != tc.want {
+			t.Errorf("isLazy(%s) = %v, want %v", tc.kind, got, tc.want)
+		}
+	}
+	if isLazy(testMessage(0, 100)) {
+		t.Error("isLazy(a Data root) = true, want false")
+	}
+}
+
+// TestLazyMessagesKeepOrder sends a mix of lazy messages, small and large
+// calls and cancelling Finishes over TLS, and closes: the peer gets every
+// message in the order sent. With a lazy delay that never fires, lazy
+// messages can only leave with the others (the large ones written from
+// Encode too) or on Close; with a very short one, the timer flushes them
+// between the others as well.
+func TestLazyMessagesKeepOrder(t *testing.T) {
+	pattern := []wireMessage{
+		{kind: "finish"}, {kind: "release"}, {kind: "call", size: 100},
+		{kind: "finish"}, {kind: "call", size: 2 * directSize},
+		{kind: "release"}, {kind: "release"}, {kind: "cancel"},
+		{kind: "finish"}, {kind: "call", size: 3 * directSize}, {kind: "call", size: 10},
+		{kind: "finish"},
+	}
+	for _, delay := range []time.Duration{never, 20 * time.Microsecond} {
+		t.Run(delay.String(), func(t *testing.T) {
+			client, server, _, _ := tlsPair(t)
+			c := newCodec(client, DefaultMaxMessageSize)
+			c.lazyDelay = delay
+			got := readAll(server)
+			var sent []wireMessage
+			for i := range 40 * len(pattern) {
+				w := pattern[i%len(pattern)]
+				w.id = uint32(i)
+				sent = append(sent, w)
+				if err := c.Encode(w.build()); err != nil {
+					t.Fatalf("encode %v: %v", w, err)
+				}
+			}
+			closed := make(chan error, 1)
+			go func() { closed <- c.Close() }()
+			expect(t, got, sent...)
+			if n := expectEOF(t, got); n != 0 {
+				t.Errorf("%d messages more than sent", n)
+			}
+			if err := <-closed; err != nil {
+				t.Errorf("close: %v", err)
+			}
+		})
+	}
+}
+
+// TestLoneLazyMessageLeaves sends one lazy message and nothing else: the
+// lazy timer sends it, and is then disarmed.
+func TestLoneLazyMessageLeaves(t *testing.T) {
+	client, server, clientRaw, _ := tlsPair(t)
+	c := newCodec(client, DefaultMaxMessageSize)
+	got := readAll(server)
+	want := wireMessage{kind: "release", id: 7}
+	if err := c.Encode(want.build()); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, got, want)
+	if n := clientRaw.writes.Load(); n != 1 {
+		t.Errorf("%d writes, want 1", n)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		c.mu.Lock()
+		on := c.timerOn
+		c.mu.Unlock()
+		if !on {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("lazy timer still armed 10s after its message left")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	expectEOF(t, got)
+}
+
+// TestCloseFlushesLazyMessages queues lazy messages that nothing would send
+// before Close: they wait, and Close sends them.
+func TestCloseFlushesLazyMessages(t *testing.T) {
+	client, server, clientRaw, _ := tlsPair(t)
+	c := newCodec(client, DefaultMaxMessageSize)
+	c.lazyDelay = never
+	got := readAll(server)
+	sent := []wireMessage{{kind: "finish", id: 1}, {kind: "release", id: 2}, {kind: "finish", id: 3}}
+	for _, w := range sent {
+		if err := c.Encode(w.build()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.mu.Lock()
+	waiting, due := len(c.pending) > 0, c.due
+	c.mu.Unlock()
+	if !waiting || due || clientRaw.writes.Load() != 0 {
+		t.Fatalf("before Close: pending %v, due %v, %d writes; want pending, not due, no writes", waiting, due, clientRaw.writes.Load())
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	expect(t, got, sent...)
+	if n := expectEOF(t, got); n != 0 {
+		t.Errorf("%d messages more than sent", n)
+	}
+}
+
+// TestLazyMessagesBounded queues lazy messages past maxLazyPending: they
+// leave without waiting for the timer, another message or Close.
+func TestLazyMessagesBounded(t *testing.T) {
+	client, server, _, _ := tlsPair(t)
+	c := newCodec(client, DefaultMaxMessageSize)
+	c.lazyDelay = never
+	got := readAll(server)
+	size := len(must(wireMessage{kind: "release"}.build().Marshal()))
+	n := maxLazyPending/size + 1
+	for i := range n {
+		if err := c.Encode(wireMessage{kind: "release", id: uint32(i)}.build()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Close has not been called, and the timer never fires.
+	expect(t, got, wireMessage{kind: "release", id: 0})
+	if err := c.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if rest := expectEOF(t, got); rest != n-1 {
+		t.Errorf("%d messages after the first, want %d", rest, n-1)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
