@@ -32,6 +32,10 @@ type Config struct {
 	Vatcar string
 	// VatcarArgs are appended to both sidecars' command lines.
 	VatcarArgs []string
+	// NoDescriptors runs the sidecars without --proto-descriptors: every call
+	// then takes the bridge's general path, as for a deployment that gives the
+	// sidecars no descriptor sets.
+	NoDescriptors bool
 	// VatcarEnv are KEY=VALUE variables added to both sidecars' environment (GOGC=200,
 	// GOMAXPROCS=1, ...), to measure runtime settings.
 	VatcarEnv []string
@@ -122,6 +126,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.OpenStreams, "open-streams", 0, "streams held open for the memory row (default 10000, negative: none)")
 	fs.StringVar(&c.Vatcar, "vatcar", "", "vatcar `binary` (default: go build ./cmd/vatcar)")
 	fs.StringVar(&vatcarArgs, "vatcar-args", "", "extra space-separated flags for both sidecars")
+	fs.BoolVar(&c.NoDescriptors, "no-descriptors", false, "run the sidecars without --proto-descriptors (every call on the general path)")
 	fs.StringVar(&vatcarEnv, "vatcar-env", "", "extra space-separated KEY=VALUE environment for both sidecars")
 	fs.StringVar(&c.Nginx, "nginx", "", "nginx `binary` (default: from PATH, apt-get installed if missing)")
 	fs.BoolVar(&c.NoInstall, "no-install", false, "never apt-get install nginx")

@@ -193,7 +193,15 @@ func startPath(ctx context.Context, cfg Config, name, dir, backendAddr string, i
 				return nil, err
 			}
 		}
-		return startVatcar(ctx, bin, dir, backendAddr, cfg.VatcarArgs, cfg.VatcarEnv, cfg.PprofDir != "")
+		args := cfg.VatcarArgs
+		if !cfg.NoDescriptors {
+			protoset := filepath.Join(dir, "bench.protoset")
+			if err := writeProtoset(protoset); err != nil {
+				return nil, err
+			}
+			args = append([]string{"--proto-descriptors", protoset}, args...)
+		}
+		return startVatcar(ctx, bin, dir, backendAddr, args, cfg.VatcarEnv, cfg.PprofDir != "")
 	}
 	return nil, fmt.Errorf("unknown path %q", name)
 }

@@ -36,9 +36,10 @@ func windowDialOptions() []grpc.DialOption {
 	return []grpc.DialOption{grpc.WithStaticStreamWindowSize(streamWindow), grpc.WithStaticConnWindowSize(connWindow)}
 }
 
-func newIngressServer(d director, maxMessageSize int, log *slog.Logger, opts ...grpc.ServerOption) (*grpc.Server, error) {
+func newIngressServer(d director, kinds bridge.Kinds, maxMessageSize int, log *slog.Logger, opts ...grpc.ServerOption) (*grpc.Server, error) {
 	in, err := bridge.NewIngress(bridge.IngressConfig{
 		Director:       bridge.Director(d),
+		Kinds:          kinds,
 		MaxMessageSize: maxMessageSize,
 		Logger:         log,
 	})
@@ -50,9 +51,10 @@ func newIngressServer(d director, maxMessageSize int, log *slog.Logger, opts ...
 
 // newEgress returns the capability that forwards calls to cc; the caller
 // owns it (the restorer table takes it over).
-func newEgress(cc grpc.ClientConnInterface, maxMessageSize, maxConcurrentCalls int, log *slog.Logger) (capnp.Client, error) {
+func newEgress(cc grpc.ClientConnInterface, kinds bridge.Kinds, maxMessageSize, maxConcurrentCalls int, log *slog.Logger) (capnp.Client, error) {
 	svc, err := bridge.NewEgress(bridge.EgressConfig{
 		Conn:               cc,
+		Kinds:              kinds,
 		MaxMessageSize:     maxMessageSize,
 		MaxConcurrentCalls: maxConcurrentCalls,
 		Logger:             log,

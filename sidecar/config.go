@@ -83,6 +83,14 @@ type Config struct {
 	// on our exports (over it: RESOURCE_EXHAUSTED). Zero:
 	// DefaultMaxConcurrentCalls.
 	MaxConcurrentCalls int `json:"maxConcurrentCalls,omitempty"`
+	// ProtoDescriptors are files holding serialized
+	// google.protobuf.FileDescriptorSets (protoc --descriptor_set_out) of the
+	// gRPC services this sidecar bridges, either way. They tell the bridge
+	// each method's kind: calls of methods known to be unary take a fast
+	// path (one goroutine fewer per call on each side); every other method,
+	// and every method when this is empty, takes the general path, which
+	// carries every kind. Both sidecars of a pair benefit from having them.
+	ProtoDescriptors []string `json:"protoDescriptors,omitempty"`
 	// CPUs is how many CPUs the sidecar's Go runtime runs on at once
 	// (GOMAXPROCS), applied by `vatcar run` at start. Zero: GOMAXPROCS from
 	// the environment if set, else DefaultCPUs. A library user of Sidecar

@@ -52,6 +52,7 @@ func ParseFlags(args []string, output io.Writer) (Config, error) {
 	c.Exports = merge(c.Exports, second.exports.items, exportName)
 	c.Imports = merge(c.Imports, second.imports.items, importName)
 	c.Routes = merge(c.Routes, second.routes.items, routeService)
+	c.ProtoDescriptors = merge(c.ProtoDescriptors, second.protos.items, func(p string) string { return p })
 	if err := c.Validate(); err != nil {
 		return Config{}, err
 	}
@@ -68,11 +69,13 @@ type runFlags struct {
 	exports listFlag[Export]
 	imports listFlag[Import]
 	routes  listFlag[Route]
+	protos  listFlag[string]
 }
 
 func newRunFlags(c *Config, output io.Writer) *runFlags {
 	r := &runFlags{fs: flag.NewFlagSet("vatcar run", flag.ContinueOnError)}
 	r.exports.parse, r.imports.parse, r.routes.parse = ParseExport, ParseImport, ParseRoute
+	r.protos.parse = func(s string) (string, error) { return s, nil }
 	fs := r.fs
 	fs.SetOutput(output)
 	fs.Usage = func() {
@@ -92,6 +95,7 @@ func newRunFlags(c *Config, output io.Writer) *runFlags {
 	fs.Var(&r.routes, "route", "on --grpc-listen, send gRPC service SERVICE (or * for any other) to import IMPORT (`SERVICE=IMPORT`, repeatable)")
 	fs.Var(&c.MaxMessageSize, "max-message-size", "largest gRPC message in `BYTES` (suffixes KiB, MiB, GiB; default 4MiB)")
 	fs.IntVar(&c.MaxConcurrentCalls, "max-concurrent-calls", c.MaxConcurrentCalls, "calls one peer connection may run at once on our exports (`N`, default "+strconv.Itoa(DefaultMaxConcurrentCalls)+")")
+	fs.Var(&r.protos, "proto-descriptors", "FileDescriptorSet `FILE` (protoc --descriptor_set_out) of bridged services: their unary methods take the fast path (repeatable)")
 	fs.IntVar(&c.CPUs, "cpus", c.CPUs, "CPUs the Go runtime runs on at once, GOMAXPROCS (`N`, default "+strconv.Itoa(DefaultCPUs)+" unless the environment sets GOMAXPROCS)")
 	fs.Var((*durationFlag)(&c.DrainTimeout), "drain-timeout", "how long in-flight calls may run after SIGTERM (`DURATION`, default "+DefaultDrainTimeout.String()+")")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log `FORMAT`: text or json (default text)")

@@ -41,7 +41,7 @@ func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv, err := newIngressServer(d, int(s.cfg.MaxMessageSize), s.log,
+	srv, err := newIngressServer(d, s.kinds, int(s.cfg.MaxMessageSize), s.log,
 		grpc.ConnectionTimeout(appHandshakeTimeout),
 		grpc.StatsHandler(s.metrics.statsHandler(SideIngress, nil)),
 		grpc.ChainStreamInterceptor(forgetOnCapTPFailure))

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vatcar/vatcar/bridge"
 	"github.com/vatcar/vatcar/vat"
 )
 
@@ -30,6 +31,7 @@ type Sidecar struct {
 	metrics *Metrics
 	vat     *vat.Vat
 	table   *vat.Table
+	kinds   bridge.Kinds // from cfg.ProtoDescriptors; nil: none known
 
 	egressInflight atomic.Int64 // calls from peers running on our exports' servers
 	ready          atomic.Bool
@@ -73,6 +75,11 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 			return nil, err
 		}
 	}
+	kinds, err := loadKinds(cfg.ProtoDescriptors)
+	if err != nil {
+		return nil, err
+	}
+	s.kinds = kinds
 	v, err := vat.New(vat.Config{
 		KeyFile:            cfg.SecretKeyFile,
 		ListenAddress:      cfg.Listen,

@@ -62,6 +62,8 @@ func TestBadConfigExitsWithStatus2(t *testing.T) {
 		{"route to unknown import", []string{"--grpc-listen", "127.0.0.1:0", "--route", "a.B=ghost"}, `"ghost"`},
 		{"bad max message size", []string{"--max-message-size", "huge"}, `"huge"`},
 		{"negative cpus", []string{"--cpus", "-1"}, "bad --cpus -1"},
+		{"missing descriptor set", []string{"--proto-descriptors", filepath.Join(dir, "none.protoset")}, `--proto-descriptors "` + filepath.Join(dir, "none.protoset") + `"`},
+		{"garbage descriptor set", []string{"--proto-descriptors", garbageKey}, `--proto-descriptors "` + garbageKey + `"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
