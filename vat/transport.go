@@ -84,7 +84,7 @@ func newTransport(rwc io.ReadWriteCloser, maxMessageSize uint64) transport.Trans
 func newCodec(rwc io.ReadWriteCloser, maxMessageSize uint64) *codec {
 	dec := capnp.NewDecoder(bufio.NewReaderSize(rwc, 32<<10))
 	dec.MaxMessageSize = maxMessageSize
-	c := &codec{dec: dec, conn: rwc, lazyDelay: defaultLazyDelay(), wake: make(chan struct{}, 1), done: make(chan struct{})}
+	c := &codec{dec: dec, conn: rwc, lazyDelay: lazyDelay, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	c.space.L = &c.mu
 	c.enc = capnp.NewEncoder(pendingWriter{c})
 	c.direct = bufio.NewWriterSize(rwc, 32<<10)

@@ -1,7 +1,6 @@
 package vat
 
 import (
-	"sync/atomic"
 	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
@@ -37,19 +36,6 @@ const (
 	// thousand of them).
 	maxLazyPending = 64 << 10
 )
-
-// eagerMessages, when set, makes codecs made afterwards send lazy messages
-// at once, as every other message. It is there for benchmarks that compare
-// both ways in one binary.
-var eagerMessages atomic.Bool
-
-// defaultLazyDelay is a new codec's lazyDelay.
-func defaultLazyDelay() time.Duration {
-	if eagerMessages.Load() {
-		return 0
-	}
-	return lazyDelay
-}
 
 // isLazy reports whether m is an rpc Message that may wait: a Release, or a
 // Finish that keeps the result's capabilities (the one go-capnp sends after

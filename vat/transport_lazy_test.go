@@ -18,10 +18,19 @@ import (
 // another message, past the bound, or on Close.
 const never = time.Hour
 
-// countingConn counts the writes made to a net.Conn.
+// countingConn counts the writes made to a net.Conn, and the reads that
+// returned bytes.
 type countingConn struct {
 	net.Conn
-	writes atomic.Int64
+	writes, reads atomic.Int64
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.reads.Add(1)
+	}
+	return n, err
 }
 
 func (c *countingConn) Write(b []byte) (int, error) {
@@ -53,8 +62,10 @@ func tlsPair(tb testing.TB) (client, server *tls.Conn, clientRaw, serverRaw *cou
 	if err := <-shook; err != nil {
 		tb.Fatalf("server handshake: %v", err)
 	}
-	clientRaw.writes.Store(0)
-	serverRaw.writes.Store(0)
+	for _, c := range []*countingConn{clientRaw, serverRaw} {
+		c.writes.Store(0)
+		c.reads.Store(0)
+	}
 	return client, server, clientRaw, serverRaw
 }
 
