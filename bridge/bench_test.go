@@ -64,6 +64,59 @@ func BenchmarkUnary(b *testing.B) {
 	}
 }
 
+// BenchmarkUnaryKinds compares unary calls through a bridge that does not
+// know the method's kind (the general path) with one that knows it is
+// unary (the fast path), to one backend in the same process. Compare the
+// two with
+//
+//	go test -run '^$' -bench UnaryKinds -count 6 ./bridge/ > /tmp/k.txt
+//	benchstat -col /kinds /tmp/k.txt
+func BenchmarkUnaryKinds(b *testing.B) {
+	be := newBackend(b)
+	hops := []struct {
+		name string
+		h    *hop
+	}{
+		{"none", newHop(b, be.addr, hopConfig{})},
+		{"unary", knownHop(b, be.addr, Kinds{"/t.T/Echo": KindUnary}, hopConfig{})},
+	}
+	msg := pattern(benchMsgSize)
+	call := func(cc *grpc.ClientConn) error {
+		var got []byte
+		return cc.Invoke(context.Background(), "/t.T/Echo", msg, &got, grpc.ForceCodecV2(Codec()))
+	}
+	for _, mode := range []string{"serial", "parallel64"} {
+		for _, hp := range hops {
+			cc := dial(b, hp.h.addr)
+			if err := call(cc); err != nil {
+				b.Fatal(err)
+			}
+			b.Run("kinds="+hp.name+"/"+mode, func(b *testing.B) {
+				b.SetBytes(benchMsgSize)
+				known := hp.h.in.knownUnaryCalls.Load()
+				if mode == "serial" {
+					for b.Loop() {
+						if err := call(cc); err != nil {
+							b.Fatal(err)
+						}
+					}
+				} else {
+					b.SetParallelism(32) // 64 in flight on 2 CPUs
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							if err := call(cc); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				}
+				b.ReportMetric(float64(hp.h.in.knownUnaryCalls.Load()-known)/float64(b.N), "known/op")
+			})
+		}
+	}
+}
+
 func BenchmarkStream(b *testing.B) {
 	be, h := benchTargets(b)
 	for _, target := range []struct{ name, addr string }{{"direct", be.addr}, {"bridge", h.addr}} {

@@ -33,6 +33,13 @@
 //	svc, err := bridge.NewEgress(bridge.EgressConfig{Conn: appConn, MaxConcurrentCalls: 256})
 //	// export svc (e.g. as a Restorer entry); release it when done.
 //
+// Either side may be told the methods' kinds, which speeds up unary calls
+// (each side's gain is its own; neither needs the other to know them):
+//
+//	kinds, err := bridge.ParseKinds(descriptorSet) // protoc --descriptor_set_out
+//	in, err := bridge.NewIngress(bridge.IngressConfig{Director: dir, Kinds: kinds})
+//	svc, err := bridge.NewEgress(bridge.EgressConfig{Conn: appConn, Kinds: kinds})
+//
 // Errors crossing the bridge all go through Status, which maps capnp
 // exceptions (Disconnected -> UNAVAILABLE, Overloaded -> RESOURCE_EXHAUSTED,
 // Unimplemented -> UNIMPLEMENTED, "Unknown persistent service ID" ->
@@ -40,10 +47,20 @@
 //
 // # How a call travels
 //
-// The ingress starts reading the client's messages at once. If the client
-// turns out to have sent exactly one message and half-closed (every unary
-// and server-streaming call from a usual client), the call is one
-// GrpcService.unary capnp call; when the backend's whole response is at hand
+// A call to a method the config's Kinds (see ParseKinds) know to be unary
+// takes a fast path: the ingress reads the request on the call's own
+// goroutine and makes one GrpcService.unary call; the egress makes the
+// backend call on the capnp call's goroutine and, when the response is
+// whole and fits, answers in the reply. A request or response too large for
+// a unary call, or a second message (the Kinds were wrong), continues on the
+// general path with what was read, so a wrong entry costs speed, not
+// correctness. Without Kinds (nil, the default) every call takes the
+// general path, described next.
+//
+// On the general path the ingress starts reading the client's messages at
+// once. If the client turns out to have sent exactly one message and
+// half-closed (every unary and server-streaming call from a usual client),
+// the call is one GrpcService.unary capnp call; when the backend's whole response is at hand
 // by the time its first part arrives and fits, it comes back in the reply:
 // one round trip, no capability crossing. Otherwise the reply hands back a
 // Call, to which the ingress attaches a Sink the response streams back on.
