@@ -50,7 +50,10 @@ type IngressConfig struct {
 	// goroutine, no waiting for one to run) and goes out as one
 	// GrpcService.unary call. A request larger than a unary call carries,
 	// or a second request message (a wrong entry), moves the call to the
-	// general path with what was read. Every other method, and every
+	// general path with what was read. Like grpc-go's own unary server,
+	// the fast path waits for the client's half-close, so a bidi client
+	// that waits for an answer first waits for its deadline on a method
+	// wrongly declared unary. Every other method, and every
 	// method when Kinds is nil (the default), takes the general path,
 	// which carries any kind, exactly as without Kinds.
 	Kinds Kinds

@@ -53,8 +53,10 @@
 // backend call on the capnp call's goroutine and, when the response is
 // whole and fits, answers in the reply. A request or response too large for
 // a unary call, or a second message (the Kinds were wrong), continues on the
-// general path with what was read, so a wrong entry costs speed, not
-// correctness. Without Kinds (nil, the default) every call takes the
+// general path with what was read, so a wrong entry loses no message. (Like
+// grpc-go's own unary server, the ingress waits for the client's
+// half-close: a bidi client that waits for an answer before half-closing a
+// method declared unary waits for its deadline.) Without Kinds (nil, the default) every call takes the
 // general path, described next.
 //
 // On the general path the ingress starts reading the client's messages at

@@ -82,9 +82,8 @@ func (e *egress) unaryKnown(ctx context.Context, call captp.GrpcService_unary, c
 		evs = []event{{kind: evEnd, st: Status(err)}}
 	} else {
 		f := frame{data: mem.BufferSlice{mem.Copy(req, mem.DefaultBufferPool())}}
-		if err := bs.SendMsg(&f); err != nil {
-			f.free() // io.EOF: the status comes from RecvMsg
-		}
+		_ = bs.SendMsg(&f) // a failure's status comes from RecvMsg
+		f.free()           // unless gRPC took the buffers (then f is empty)
 		evs, whole = readUnary(bs)
 	}
 	if !stop() || ctx.Err() != nil {

@@ -288,6 +288,19 @@ func TestKnownUnaryWrongKinds(t *testing.T) {
 			cc.Close()
 		})
 	}
+	t.Run("bidi client waiting before its half-close", func(t *testing.T) {
+		// The ingress waits for the half-close, as grpc-go's own unary
+		// server does: such a client waits for its deadline, and no
+		// message is lost or reordered meanwhile.
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		s := rawStream(ctx, t, cc, "/t.T/Echo")
+		s.SendMsg([]byte("x"))
+		var m []byte
+		if err := s.RecvMsg(&m); status.Code(err) != codes.DeadlineExceeded {
+			t.Errorf("got %q, %v; want DeadlineExceeded", m, err)
+		}
+	})
 	t.Run("no request", func(t *testing.T) {
 		// What grpc-go's own unary server answers a client that sends
 		// nothing, and what the bridge answers.
@@ -341,4 +354,43 @@ func TestKnownUnaryOverloaded(t *testing.T) {
 	if got, err := invoke(context.Background(), cc, "/t.T/First", []byte("again")); err != nil || string(got) != "again" {
 		t.Errorf("after the slots were freed: got %q, %v", got, err)
 	}
+}
+
+// TestKnownUnaryMixed_Stress runs unary calls on the fast path at once with
+// streams of methods wrongly declared unary (which fall back), through one
+// bridge, many times. Each result is checked.
+func TestKnownUnaryMixed_Stress(t *testing.T) {
+	b := newBackend(t)
+	h := knownHop(t, b.addr, testKinds, hopConfig{})
+	cc := dial(t, h.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 25 {
+				// Kind 3 (a bidi client that waits for an answer before
+				// half-closing) would wait for its deadline on a method
+				// declared unary, as on grpc-go's own unary server.
+				if k := g + i; k%4 != 3 {
+					if err := mixedCall(ctx, cc, k); err != nil {
+						errs <- fmt.Errorf("goroutine %d call %d: %w", g, i, err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if h.in.knownUnaryCalls.Load() == 0 || h.eg.knownUnaryCalls.Load() == 0 {
+		t.Errorf("no call took the fast path (ingress %d, egress %d)", h.in.knownUnaryCalls.Load(), h.eg.knownUnaryCalls.Load())
+	}
+	waitIdle(t, h)
 }
