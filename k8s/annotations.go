@@ -41,11 +41,26 @@ const (
 	// AnnotationNativeSidecar overrides the injector's choice of a native
 	// sidecar ("true") or a regular container ("false") for one pod.
 	AnnotationNativeSidecar = "vatcar.io/native-sidecar"
+	// AnnotationProtoDescriptors names a ConfigMap in the pod's namespace
+	// whose key ProtoDescriptorsKey holds a serialized
+	// google.protobuf.FileDescriptorSet (protoc --descriptor_set_out) of the
+	// bridged gRPC services. The sidecar mounts it at ProtoDir and passes it
+	// as --proto-descriptors, so the unary methods it names take the
+	// bridge's fast path. Empty: no descriptors, every call takes the general
+	// path.
+	AnnotationProtoDescriptors = "vatcar.io/proto-descriptors"
+	// AnnotationCPUs is the sidecar's GOMAXPROCS, a whole number from 1 to
+	// MaxCPUs, passed as --cpus. Empty: Config.CPUs.
+	AnnotationCPUs = "vatcar.io/cpus"
 	// AnnotationStatus is written by the injector ("injected").
 	AnnotationStatus = "vatcar.io/status"
 	// annotationDefaultContainer makes kubectl logs/exec pick the app.
 	annotationDefaultContainer = "kubectl.kubernetes.io/default-container"
 )
+
+// MaxCPUs bounds AnnotationCPUs and Config.CPUs, as `vatcar run` bounds
+// --cpus: a larger number is a typo, not a machine.
+const MaxCPUs = 1024
 
 // Export is one entry of AnnotationExports.
 type Export struct {
@@ -88,6 +103,15 @@ func parseSwitch(key, v string) (bool, error) {
 		return false, nil
 	}
 	return false, badAnnotation(key, "%q: want true or false", v)
+}
+
+// parseCPUs reads a CPU count for key: a whole number from 1 to MaxCPUs.
+func parseCPUs(key, v string) (int, error) {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n < 1 || n > MaxCPUs {
+		return 0, badAnnotation(key, "%q: want a whole number of CPUs from 1 to %d", v, MaxCPUs)
+	}
+	return n, nil
 }
 
 // parseExports reads AnnotationExports, resolving named ports against pod.

@@ -2,12 +2,86 @@ package k8s
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
+
+func TestParseCPUs(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{"1", 1, true},
+		{" 2 ", 2, true},
+		{"1024", MaxCPUs, true},
+		{"0", 0, false},
+		{"-1", 0, false},
+		{"1025", 0, false},
+		{"0.5", 0, false},
+		{"500m", 0, false},
+		{"", 0, false},
+		{"two", 0, false},
+	}
+	for _, tc := range tests {
+		got, err := parseCPUs(AnnotationCPUs, tc.in)
+		if tc.ok && (err != nil || got != tc.want) {
+			t.Errorf("parseCPUs(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+		}
+		if !tc.ok {
+			if !errors.Is(err, ErrBadAnnotation) {
+				t.Errorf("parseCPUs(%q) error = %v, want ErrBadAnnotation", tc.in, err)
+			} else if msg := err.Error(); !strings.Contains(msg, AnnotationCPUs) || !strings.Contains(msg, fmt.Sprintf("%q", tc.in)) {
+				t.Errorf("parseCPUs(%q) error %q does not name the annotation and the value", tc.in, msg)
+			}
+		}
+	}
+}
+
+// TestPlanProtosAndCPUs checks which annotation or config value sets the
+// sidecar's descriptor ConfigMap and CPU count.
+func TestPlanProtosAndCPUs(t *testing.T) {
+	tests := []struct {
+		name        string
+		cfg         Config
+		annotations map[string]string
+		protos      string
+		cpus        int
+		err         bool
+	}{
+		{name: "neither", cpus: 0},
+		{name: "annotations", annotations: map[string]string{AnnotationProtoDescriptors: "app.protos", AnnotationCPUs: "3"}, protos: "app.protos", cpus: 3},
+		{name: "config default", cfg: Config{CPUs: 2}, cpus: 2},
+		{name: "annotation beats config", cfg: Config{CPUs: 2}, annotations: map[string]string{AnnotationCPUs: "1"}, cpus: 1},
+		{name: "empty cpus", annotations: map[string]string{AnnotationCPUs: ""}, err: true},
+		{name: "uppercase ConfigMap", annotations: map[string]string{AnnotationProtoDescriptors: "Protos"}, err: true},
+		{name: "ConfigMap with a slash", annotations: map[string]string{AnnotationProtoDescriptors: "a/b"}, err: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			inj, err := NewInjector(tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Annotations: tc.annotations}}
+			p, err := inj.plan(pod, Target{})
+			if tc.err {
+				if !errors.Is(err, ErrBadAnnotation) {
+					t.Fatalf("plan: err = %v, want ErrBadAnnotation", err)
+				}
+				return
+			}
+			if err != nil || p.protos != tc.protos || p.cpus != tc.cpus {
+				t.Fatalf("plan = protos %q cpus %d, %v; want %q, %d", p.protos, p.cpus, err, tc.protos, tc.cpus)
+			}
+		})
+	}
+}
 
 func TestParseExports(t *testing.T) {
 	spec := &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Ports: []corev1.ContainerPort{{Name: "grpc", ContainerPort: 50051}}}}}

@@ -71,7 +71,14 @@ type Config struct {
 	// LogFormat, when set, is passed as `--log-format` ("text" or "json").
 	// Empty: the sidecar's default.
 	LogFormat string `json:"logFormat,omitempty"`
-	// ExtraArgs are appended to the sidecar's `vatcar run` arguments.
+	// CPUs, when positive, is passed to every sidecar as `--cpus` (its
+	// GOMAXPROCS, at most MaxCPUs); a pod's vatcar.io/cpus annotation wins.
+	// Zero: the flag is left out and the sidecar runs on its default, one
+	// CPU (sidecar.DefaultCPUs).
+	CPUs int `json:"cpus,omitempty"`
+	// ExtraArgs are appended to the sidecar's `vatcar run` arguments, after
+	// the ones the injector derives, so a flag given here wins over them
+	// (even over a pod's annotation).
 	ExtraArgs []string `json:"extraArgs,omitempty"`
 }
 
@@ -138,6 +145,9 @@ func (c Config) Validate() error {
 	case "", "text", "json":
 	default:
 		return bad("logFormat %q: want text or json", c.LogFormat)
+	}
+	if c.CPUs < 0 || c.CPUs > MaxCPUs {
+		return bad("cpus %d: want 0 (the sidecar's default) to %d", c.CPUs, MaxCPUs)
 	}
 	for _, a := range c.ExtraArgs {
 		if a == "" {

@@ -26,6 +26,10 @@ func TestConfigValidate(t *testing.T) {
 		{"negative uid", Config{RunAsUser: -1}, false},
 		{"bad log format", Config{LogFormat: "xml"}, false},
 		{"empty extra arg", Config{ExtraArgs: []string{""}}, false},
+		{"cpus", Config{CPUs: 4}, true},
+		{"max cpus", Config{CPUs: MaxCPUs}, true},
+		{"negative cpus", Config{CPUs: -1}, false},
+		{"too many cpus", Config{CPUs: MaxCPUs + 1}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

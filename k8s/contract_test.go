@@ -3,6 +3,8 @@ package k8s
 import (
 	"io"
 	"os"
+	"path"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -14,7 +16,7 @@ import (
 // every injected sidecar's arguments, once Kubernetes has expanded
 // $(VATCAR_NAMESPACE), are a valid `vatcar run` command line.
 func TestInjectedArgsParseAsVatcarRun(t *testing.T) {
-	checked := 0
+	checked, protos := 0, 0
 	for _, c := range goldenCases(t) {
 		if strings.HasPrefix(c.name, "error-") {
 			continue
@@ -40,11 +42,50 @@ func TestInjectedArgsParseAsVatcarRun(t *testing.T) {
 				if cfg.AdminListen == "" {
 					t.Fatalf("%s: parsed config has no admin listener", c.name)
 				}
+				for _, f := range cfg.ProtoDescriptors {
+					if !mountedConfigMapFile(pod, ct, f) {
+						t.Fatalf("%s: --proto-descriptors %s is not a ConfigMap key mounted into the sidecar", c.name, f)
+					}
+					protos++
+				}
 			}
 		}
 	}
-	if checked < 5 {
-		t.Fatalf("checked %d injected sidecars, want the golden outputs' (at least 5)", checked)
+	if checked < 5 || protos < 1 {
+		t.Fatalf("checked %d injected sidecars and %d descriptor files, want the golden outputs' (at least 5 and 1)", checked, protos)
+	}
+}
+
+// mountedConfigMapFile reports whether file is a key of a ConfigMap volume
+// that ct mounts read-only.
+func mountedConfigMapFile(pod *corev1.Pod, ct corev1.Container, file string) bool {
+	dir, base := path.Split(file)
+	for _, m := range ct.VolumeMounts {
+		if path.Clean(m.MountPath) != path.Clean(dir) || !m.ReadOnly {
+			continue
+		}
+		for _, v := range pod.Spec.Volumes {
+			if v.Name != m.Name || v.ConfigMap == nil {
+				continue
+			}
+			for _, it := range v.ConfigMap.Items {
+				if it.Path == base {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// TestMaxCPUsMatchesVatcarRun checks that the injector accepts the same
+// --cpus values as `vatcar run`.
+func TestMaxCPUsMatchesVatcarRun(t *testing.T) {
+	for n, ok := range map[int]bool{1: true, MaxCPUs: true, MaxCPUs + 1: false} {
+		_, err := sidecar.ParseFlags([]string{"--admin-listen=127.0.0.1:7441", "--cpus=" + strconv.Itoa(n)}, io.Discard)
+		if (err == nil) != ok {
+			t.Errorf("vatcar run --cpus=%d: err = %v, want accepted %v", n, err, ok)
+		}
 	}
 }
 

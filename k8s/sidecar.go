@@ -25,6 +25,12 @@ const (
 	CapDir = "/var/run/vatcar/caps"
 	// ImportDir holds cap files of imports taken from Secrets, as NAME.cap.
 	ImportDir = "/var/run/vatcar/imports"
+	// ProtoDir holds the FileDescriptorSet from the ConfigMap named by
+	// AnnotationProtoDescriptors, as ProtoDescriptorsKey.
+	ProtoDir = "/var/run/vatcar/protos"
+	// ProtoDescriptorsKey is the key of the AnnotationProtoDescriptors
+	// ConfigMap that holds the FileDescriptorSet (under binaryData).
+	ProtoDescriptorsKey = "descriptors.protoset"
 	// EnvImportPrefix starts the variable that tells app containers where an
 	// import listens: VATCAR_IMPORT_<NAME>=127.0.0.1:PORT.
 	EnvImportPrefix = "VATCAR_IMPORT_"
@@ -36,6 +42,7 @@ const (
 	volKey       = "vatcar-key"
 	volCaps      = "vatcar-caps"
 	volImports   = "vatcar-imports"
+	volProtos    = "vatcar-protos"
 	// waitForReady bounds how long a regular sidecar's postStart hook holds
 	// the app containers back.
 	waitForReady = "2m"
@@ -47,6 +54,8 @@ type plan struct {
 	exports                      []Export
 	imports                      []Import
 	native                       bool
+	protos                       string // ConfigMap of AnnotationProtoDescriptors; empty: none
+	cpus                         int    // --cpus; zero: the flag is left out
 }
 
 // mutate adds the sidecar to pod in place.
@@ -90,6 +99,10 @@ func (inj *Injector) mutate(pod *corev1.Pod, t Target, res *Result) error {
 				"import %q carries its sturdy ref inline in %s, readable by anyone who can read the pod; prefer secret:SECRET/KEY", im.Name, AnnotationImports))
 		}
 	}
+	if limit := inj.cfg.Resources.Limits.Cpu(); p.cpus > 0 && !limit.IsZero() && int64(p.cpus)*1000 > limit.MilliValue() {
+		res.Warnings = append(res.Warnings, fmt.Sprintf(
+			"the sidecar runs on %d CPUs (--cpus) but its CPU limit is %s: its threads will be throttled; raise the injector's resources.limits.cpu (chart: sidecar.resources)", p.cpus, limit))
+	}
 	return nil
 }
 
@@ -119,6 +132,15 @@ func (inj *Injector) plan(pod *corev1.Pod, t Target) (plan, error) {
 	}
 	if p.keySecret != "" && !subdomRE.MatchString(p.keySecret) {
 		return p, badAnnotation(AnnotationKeySecret, "%q is not a Secret name", p.keySecret)
+	}
+	if p.protos = pod.Annotations[AnnotationProtoDescriptors]; p.protos != "" && !subdomRE.MatchString(p.protos) {
+		return p, badAnnotation(AnnotationProtoDescriptors, "%q is not a ConfigMap name", p.protos)
+	}
+	p.cpus = inj.cfg.CPUs
+	if v, ok := pod.Annotations[AnnotationCPUs]; ok {
+		if p.cpus, err = parseCPUs(AnnotationCPUs, v); err != nil {
+			return p, err
+		}
 	}
 	p.native = inj.cfg.nativeSidecars()
 	if v, ok := pod.Annotations[AnnotationNativeSidecar]; ok {
@@ -171,7 +193,7 @@ func (inj *Injector) checkConflicts(pod *corev1.Pod, p plan) error {
 	}
 	for _, v := range pod.Spec.Volumes {
 		switch v.Name {
-		case volKey, volCaps, volImports:
+		case volKey, volCaps, volImports, volProtos:
 			return fmt.Errorf("%w: the pod already has a volume named %s", ErrConflict, v.Name)
 		}
 	}
@@ -218,6 +240,13 @@ func (inj *Injector) container(p plan) corev1.Container {
 	}
 	if secretImports {
 		mounts = append(mounts, corev1.VolumeMount{Name: volImports, MountPath: ImportDir, ReadOnly: true})
+	}
+	if p.protos != "" {
+		args = append(args, "--proto-descriptors="+ProtoDir+"/"+ProtoDescriptorsKey)
+		mounts = append(mounts, corev1.VolumeMount{Name: volProtos, MountPath: ProtoDir, ReadOnly: true})
+	}
+	if p.cpus > 0 {
+		args = append(args, fmt.Sprintf("--cpus=%d", p.cpus))
 	}
 	if c.LogFormat != "" {
 		args = append(args, "--log-format="+c.LogFormat)
@@ -315,6 +344,13 @@ func volumes(p plan) []corev1.Volume {
 	if len(sources) > 0 {
 		vs = append(vs, corev1.Volume{Name: volImports, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 			Sources: sources, DefaultMode: &readOnly,
+		}}})
+	}
+	if p.protos != "" {
+		vs = append(vs, corev1.Volume{Name: volProtos, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: p.protos},
+			Items:                []corev1.KeyToPath{{Key: ProtoDescriptorsKey, Path: ProtoDescriptorsKey}},
+			DefaultMode:          &readOnly,
 		}}})
 	}
 	return vs

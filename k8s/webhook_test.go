@@ -192,7 +192,8 @@ func TestWebhookAdmission(t *testing.T) {
 		pod       *corev1.Pod
 		req       func(*admissionv1.AdmissionRequest)
 		wantPatch bool
-		wantDeny  int32 // 0: allowed
+		wantDeny  int32  // 0: allowed
+		wantMsg   string // in the denial's message
 	}{
 		{name: "pod opts in", path: PathInject, pod: testPod(optIn, hash), wantPatch: true},
 		{name: "namespace opts in", path: PathInjectNamespace, pod: testPod(exports, hash), wantPatch: true},
@@ -201,6 +202,10 @@ func TestWebhookAdmission(t *testing.T) {
 		{name: "injector's own pod", path: PathInjectNamespace, pod: testPod(optIn, map[string]string{LabelInjector: "true"})},
 		{name: "bad annotation is denied", path: PathInject, pod: testPod(map[string]string{AnnotationInject: "true", AnnotationExports: "web=nope"}, nil), wantDeny: http.StatusUnprocessableEntity},
 		{name: "bad inject value is denied", path: PathInject, pod: testPod(map[string]string{AnnotationInject: "maybe"}, nil), wantDeny: http.StatusUnprocessableEntity},
+		{name: "bad cpus is denied", path: PathInject, pod: testPod(map[string]string{AnnotationInject: "true", AnnotationCPUs: "many"}, nil),
+			wantDeny: http.StatusUnprocessableEntity, wantMsg: `vatcar.io/cpus: "many"`},
+		{name: "bad descriptor ConfigMap is denied", path: PathInjectNamespace, pod: testPod(map[string]string{AnnotationProtoDescriptors: "-protos"}, nil),
+			wantDeny: http.StatusUnprocessableEntity, wantMsg: `vatcar.io/proto-descriptors: "-protos"`},
 		{name: "update is ignored", path: PathInject, pod: testPod(optIn, nil), req: func(r *admissionv1.AdmissionRequest) { r.Operation = admissionv1.Update }},
 		{name: "other kinds are ignored", path: PathInject, pod: testPod(optIn, nil), req: func(r *admissionv1.AdmissionRequest) {
 			r.Kind = metav1.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}
@@ -219,6 +224,9 @@ func TestWebhookAdmission(t *testing.T) {
 			if tc.wantDeny != 0 {
 				if resp.Allowed || resp.Result == nil || resp.Result.Code != tc.wantDeny || resp.Result.Message == "" {
 					t.Fatalf("got allowed=%v result=%+v, want denied with code %d and a message", resp.Allowed, resp.Result, tc.wantDeny)
+				}
+				if !strings.Contains(resp.Result.Message, tc.wantMsg) {
+					t.Fatalf("denial message %q does not contain %q", resp.Result.Message, tc.wantMsg)
 				}
 				return
 			}
