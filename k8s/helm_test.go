@@ -57,13 +57,13 @@ func helm(t *testing.T, args ...string) []byte {
 }
 
 func TestHelmLintStrict(t *testing.T) {
-	for _, set := range [][]string{nil, {"--set", "certManager.enabled=true"}, {"--set", "replicaCount=1,tests.enabled=false"}} {
+	for _, set := range [][]string{nil, {"--set", "certManager.enabled=true"}, {"--set", "replicaCount=1,tests.enabled=false"}, {"--set", "sidecar.cpus=2"}} {
 		helm(t, append([]string{"lint", "--strict", "--kube-version", "1.31.0", chartDir}, set...)...)
 	}
 }
 
 func TestHelmRejectsBadValues(t *testing.T) {
-	for _, set := range []string{"injector.failurePolicy=Sometimes", "unknownKey=1", "sidecar.vatPort=70000"} {
+	for _, set := range []string{"injector.failurePolicy=Sometimes", "unknownKey=1", "sidecar.vatPort=70000", "sidecar.cpus=-1", "sidecar.cpus=1025", "sidecar.cpus=1.5"} {
 		cmd := exec.Command(helmBinary(t), "template", "t", chartDir, "--kube-version", "1.31.0", "--set", set)
 		if out, err := cmd.CombinedOutput(); err == nil {
 			t.Errorf("helm template --set %s succeeded, want a schema error:\n%s", set, out)
@@ -220,6 +220,34 @@ func TestHelmTemplateSelfSigned(t *testing.T) {
 	}
 	if test.Labels[LabelInjector] != "true" {
 		t.Fatalf("test pod is not marked %s, so the webhook would inject it", LabelInjector)
+	}
+}
+
+// TestHelmSidecarCPUs checks that sidecar.cpus reaches the injector's
+// config, from --set and from a values file, and is left out at 0.
+func TestHelmSidecarCPUs(t *testing.T) {
+	values := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(values, []byte("sidecar:\n  cpus: 3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{nil, 0},
+		{[]string{"--set", "sidecar.cpus=2"}, 2},
+		{[]string{"-f", values}, 3},
+	} {
+		args := append([]string{"template", "rel", chartDir, "--kube-version", "1.31.0", "--set", "tests.enabled=false"}, tc.args...)
+		r := decodeRendered(t, helm(t, args...))
+		data := r.configMaps[0].Data["config.yaml"]
+		cfg, err := ParseConfig([]byte(data))
+		if err != nil {
+			t.Fatalf("%v: chart's config.yaml: %v", tc.args, err)
+		}
+		if cfg.CPUs != tc.want || (tc.want == 0 && strings.Contains(data, "cpus")) {
+			t.Fatalf("%v: config cpus = %d, want %d\n%s", tc.args, cfg.CPUs, tc.want, data)
+		}
 	}
 }
 

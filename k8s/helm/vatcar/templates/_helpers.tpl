@@ -75,6 +75,9 @@ logFormat: {{ . }}
 {{- end }}
 resources:
   {{- toYaml .Values.sidecar.resources | nindent 2 }}
+{{- with .Values.sidecar.cpus }}
+cpus: {{ . }}
+{{- end }}
 {{- with .Values.sidecar.extraArgs }}
 extraArgs:
   {{- toYaml . | nindent 2 }}
