@@ -41,6 +41,59 @@ func TestInjectFileMatchesGolden(t *testing.T) {
 	}
 }
 
+// TestInjectSidecarFlagAnnotations runs the golden case with
+// vatcar.io/proto-descriptors and vatcar.io/cpus through `vatcar inject -f`:
+// the manifests on stdout, the CPU-limit warning on stderr.
+func TestInjectSidecarFlagAnnotations(t *testing.T) {
+	golden, err := os.ReadFile(filepath.Join(goldenDir, "out", "deployment-proto-descriptors.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, line := range strings.SplitAfter(string(golden), "\n") {
+		if !strings.HasPrefix(line, "# warning: ") {
+			want = append(want, line)
+		}
+	}
+	in := filepath.Join(goldenDir, "in", "deployment-proto-descriptors.yaml")
+	var stdout, stderr bytes.Buffer
+	if err := runInject(context.Background(), []string{"-f", in}, nil, &stdout, &stderr); err != nil {
+		t.Fatalf("inject -f %s: %v\n%s", in, err, stderr.String())
+	}
+	if got := stdout.String(); got != strings.Join(want, "") {
+		t.Fatalf("inject -f output differs from the golden file\n--- got\n%s", got)
+	}
+	for _, arg := range []string{"--proto-descriptors=/var/run/vatcar/protos/descriptors.protoset", "--cpus=2"} {
+		if !strings.Contains(stdout.String(), arg) {
+			t.Errorf("output lacks %s", arg)
+		}
+	}
+	if !strings.Contains(stderr.String(), "warning: Deployment/greeter: the sidecar runs on 2 CPUs") {
+		t.Fatalf("stderr %q lacks the CPU limit warning", stderr.String())
+	}
+}
+
+// TestInjectBadCPUsFails checks that a bad vatcar.io/cpus fails `vatcar
+// inject -f` (exit 1, not a usage error) with a message naming the
+// annotation and the value, and writes no manifests.
+func TestInjectBadCPUsFails(t *testing.T) {
+	for _, v := range []string{"0", "1.5", "lots"} {
+		pod := "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    vatcar.io/cpus: \"" + v + "\"\n" +
+			"spec:\n  containers:\n  - name: app\n    image: x\n"
+		var stdout, stderr bytes.Buffer
+		err := runInject(context.Background(), []string{"-f", "-"}, strings.NewReader(pod), &stdout, &stderr)
+		if err == nil || errors.Is(err, errUsage) {
+			t.Fatalf("cpus %q: err = %v, want a plain error (exit 1)", v, err)
+		}
+		if want := `vatcar.io/cpus: "` + v + `"`; !strings.Contains(err.Error(), want) {
+			t.Errorf("cpus %q: error %q does not name %s", v, err, want)
+		}
+		if stdout.Len() != 0 {
+			t.Errorf("cpus %q: wrote manifests despite the error:\n%s", v, stdout.String())
+		}
+	}
+}
+
 func TestInjectWarningsGoToStderr(t *testing.T) {
 	in := filepath.Join(goldenDir, "in", "job.yaml")
 	var stdout, stderr bytes.Buffer
