@@ -92,7 +92,7 @@ type Config struct {
 	// carries every kind. Both sidecars of a pair benefit from having them.
 	ProtoDescriptors []string `json:"protoDescriptors,omitempty"`
 	// CPUs is how many CPUs the sidecar's Go runtime runs on at once
-	// (GOMAXPROCS), applied by `vatcar run` at start. Zero: GOMAXPROCS from
+	// (GOMAXPROCS), applied by `vatcar run` at start (TuneRuntime). Zero: GOMAXPROCS from
 	// the environment if set, else DefaultCPUs. A library user of Sidecar
 	// sets GOMAXPROCS itself; New does not touch the runtime.
 	CPUs int `json:"cpus,omitempty"`

@@ -63,6 +63,7 @@ func run(ctx context.Context, args []string) error {
 		go func() { _ = srv.Serve(lis) }()
 		defer srv.Close()
 	}
+	sidecar.TuneRuntime(cfg) // as `vatcar run` does: profile what ships
 	log := sidecar.NewLogger(cfg, os.Stderr)
 	s, err := sidecar.New(cfg, log)
 	if err != nil {

@@ -7,8 +7,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/vatcar/vatcar/sidecar"
@@ -33,7 +31,7 @@ func runRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	tuneRuntime(cfg)
+	sidecar.TuneRuntime(cfg)
 	if err := s.Start(); err != nil {
 		return err
 	}
@@ -53,32 +51,5 @@ func runRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 			_ = s.Shutdown(context.Background())
 			return nil
 		}
-	}
-}
-
-// Runtime defaults of `vatcar run`, used only when the environment does not
-// set GOGC or GOMEMLIMIT: the garbage collector runs at half its default
-// frequency (measured 9-16% less time per bridged call, docs/bench.md), and a
-// soft memory limit makes it collect harder before the heap that trades for
-// grows past defaultMemoryLimit.
-const (
-	defaultGCPercent   = 200
-	defaultMemoryLimit = 512 << 20
-)
-
-// tuneRuntime applies --cpus and the runtime defaults the environment
-// leaves unset.
-func tuneRuntime(cfg sidecar.Config) {
-	switch {
-	case cfg.CPUs > 0:
-		runtime.GOMAXPROCS(cfg.CPUs)
-	case os.Getenv("GOMAXPROCS") == "":
-		runtime.GOMAXPROCS(sidecar.DefaultCPUs)
-	}
-	if _, ok := os.LookupEnv("GOGC"); !ok {
-		debug.SetGCPercent(defaultGCPercent)
-	}
-	if _, ok := os.LookupEnv("GOMEMLIMIT"); !ok {
-		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
 }
