@@ -232,6 +232,7 @@ func (c *egressCall) done() {
 
 // Unary implements captp.GrpcService_Server.
 func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error {
+	growStack()
 	if err := e.admit(); err != nil {
 		return err
 	}
@@ -336,6 +337,7 @@ func (s *callServer) Shutdown() {
 
 // Open implements captp.GrpcService_Server.
 func (e *egress) Open(ctx context.Context, call captp.GrpcService_open) error {
+	growStack()
 	if err := e.admit(); err != nil {
 		return err
 	}

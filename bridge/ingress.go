@@ -79,6 +79,7 @@ func (in *Ingress) NewServer(opts ...grpc.ServerOption) *grpc.Server {
 // if the request is still arriving) as a stream. Both paths carry every
 // call kind correctly; the first only saves round trips.
 func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
+	growStack()
 	ctx := ss.Context()
 	method, ok := grpc.MethodFromServerStream(ss)
 	if !ok {

@@ -1,0 +1,25 @@
+package bridge
+
+// growStackBytes is how much stack growStack makes room for. A bridged call
+// runs on a goroutine that grpc-go (ingress) or go-capnp (egress) starts for
+// it, with a small stack, and goes deep: building the capnp call and
+// reading gRPC frames grow that stack two or three times, each time copying
+// it (runtime.newstack/copystack: 30% of an importing sidecar's CPU at 64
+// calls in flight, docs/bench.md). Growing it once at the top, while it
+// holds almost nothing, costs one copy of a few hundred bytes; the stack
+// goes back to the runtime's pool when the goroutine ends.
+const growStackBytes = 16 << 10
+
+// growStack grows the calling goroutine's stack to at least growStackBytes
+// in one step. It must not be inlined: its frame is what makes the room.
+//
+//go:noinline
+func growStack() {
+	var room [growStackBytes]byte
+	sink(room[:])
+}
+
+// sink keeps room from being optimised away.
+//
+//go:noinline
+func sink([]byte) {}
