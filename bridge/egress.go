@@ -275,23 +275,36 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 		return fmt.Errorf("unary: %w", ctx.Err())
 	}
 	if whole {
-		e.wholeReplies.Add(1)
-		defer c.done()
-		defer freeEvents(evs)
-		res, err := call.AllocResults()
-		if err != nil {
-			return fmt.Errorf("unary: %w", err)
-		}
-		r, err := res.NewReply()
-		if err != nil {
-			return fmt.Errorf("unary: %w", err)
-		}
-		return writeReply(r, evs)
+		return e.replyWhole(call, c, evs)
 	}
-	// The response streams: the caller gets the call and attaches a Sink;
-	// meanwhile the response waits in the outbox (bounded, as always).
-	e.streamedReplies.Add(1)
+	// The response streams: it waits in the outbox for the Sink the caller
+	// attaches.
 	c.ob.unget(evs)
+	return e.replyRest(call, c)
+}
+
+// replyWhole answers a unary call with its whole response, then ends the
+// call.
+func (e *egress) replyWhole(call captp.GrpcService_unary, c *egressCall, evs []event) error {
+	e.wholeReplies.Add(1)
+	defer c.done()
+	defer freeEvents(evs)
+	res, err := call.AllocResults()
+	if err != nil {
+		return fmt.Errorf("unary: %w", err)
+	}
+	r, err := res.NewReply()
+	if err != nil {
+		return fmt.Errorf("unary: %w", err)
+	}
+	return writeReply(r, evs)
+}
+
+// replyRest answers a unary call with the call itself: the caller attaches
+// a Sink, and the response, waiting in the outbox (bounded, as always),
+// goes down it.
+func (e *egress) replyRest(call captp.GrpcService_unary, c *egressCall) error {
+	e.streamedReplies.Add(1)
 	res, err := call.AllocResults()
 	if err != nil {
 		c.done()

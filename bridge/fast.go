@@ -95,33 +95,12 @@ func (e *egress) unaryKnown(ctx context.Context, call captp.GrpcService_unary, c
 	}
 	e.knownUnaryCalls.Add(1)
 	if whole {
-		e.wholeReplies.Add(1)
-		defer c.done()
-		defer freeEvents(evs)
-		res, err := call.AllocResults()
-		if err != nil {
-			return fmt.Errorf("unary: %w", err)
-		}
-		r, err := res.NewReply()
-		if err != nil {
-			return fmt.Errorf("unary: %w", err)
-		}
-		return writeReply(r, evs)
+		return e.replyWhole(call, c, evs)
 	}
-	e.streamedReplies.Add(1)
 	c.bs = bs
 	c.ob.load(evs...)
 	go c.pumpMessages()
-	res, err := call.AllocResults()
-	if err != nil {
-		c.done()
-		return fmt.Errorf("unary: %w", err)
-	}
-	if err := res.SetRest(captp.Call_ServerToClient(&callServer{c: c})); err != nil {
-		c.done()
-		return fmt.Errorf("unary: %w", err)
-	}
-	return nil
+	return e.replyRest(call, c)
 }
 
 // readUnary reads a backend's response on the caller's goroutine: headers,
