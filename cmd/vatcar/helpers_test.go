@@ -27,9 +27,10 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 )
 
-// binary is the vatcar command, built once by TestMain (without -race, for
-// speed: the processes under test are black boxes).
-var binary string
+// binary is the vatcar command and sidecarBinary its sidecar image's build
+// (-tags nok8s, no Kubernetes packages), built once by TestMain (without
+// -race, for speed: the processes under test are black boxes).
+var binary, sidecarBinary string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "vatcar-e2e-")
@@ -38,12 +39,15 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "vatcar")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build vatcar:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
+	sidecarBinary = filepath.Join(dir, "vatcar-sidecar")
+	for _, args := range [][]string{{"-o", binary}, {"-tags", "nok8s", "-o", sidecarBinary}} {
+		build := exec.Command("go", append(append([]string{"build"}, args...), ".")...)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "go build", strings.Join(args, " "), err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
 		os.RemoveAll(dir)
@@ -97,8 +101,14 @@ func start(t *testing.T, args ...string) *proc {
 // startEnv is start with env added to the process's environment.
 func startEnv(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
+	return startBinary(t, binary, env, args...)
+}
+
+// startBinary is startEnv running bin instead of binary.
+func startBinary(t *testing.T, bin string, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{t: t, stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(binary, args...)
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout = p.stderr
 	p.cmd.Stderr = p.stderr
@@ -129,13 +139,19 @@ func startSidecar(t *testing.T, args ...string) (*proc, addresses) {
 // startSidecarEnv is startSidecar with env added to the environment.
 func startSidecarEnv(t *testing.T, env []string, args ...string) (*proc, addresses) {
 	t.Helper()
+	return startSidecarBinary(t, binary, env, args...)
+}
+
+// startSidecarBinary is startSidecarEnv running bin instead of binary.
+func startSidecarBinary(t *testing.T, bin string, env []string, args ...string) (*proc, addresses) {
+	t.Helper()
 	ready := filepath.Join(t.TempDir(), "ready.json")
 	base := []string{"run", "--ready-file", ready, "--admin-listen", "127.0.0.1:0"}
 	if !containsFlag(args, "--log-level") {
 		base = append(base, "--log-level", "debug")
 	}
 	args = append(base, args...)
-	p := startEnv(t, env, args...)
+	p := startBinary(t, bin, env, args...)
 	p.ready = ready
 	return p, p.waitReady()
 }

@@ -1,8 +1,13 @@
+//go:build !nok8s
+
+// The `vatcar inject` commands that use the Kubernetes packages (k8s.io/...,
+// through package k8s): -f, serve and selftest. The sidecar image's build
+// (-tags nok8s) leaves them out; see injectcmd.go.
+
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -21,18 +26,9 @@ const injectUsage = `usage:
   vatcar inject selftest [flags]      in a pod: dry-run create a pod, check it is injected (helm test)
 `
 
-// runInject is the `vatcar inject` command: a thin adapter over package k8s.
-func runInject(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) > 0 {
-		switch args[0] {
-		case "serve":
-			return runInjectServe(ctx, args[1:], stderr)
-		case "probe":
-			return runInjectProbe(ctx, args[1:], stderr)
-		case "selftest":
-			return runInjectSelfTest(ctx, args[1:], stdout, stderr)
-		}
-	}
+// runInjectFile is `vatcar inject -f FILE`: the manifests with the sidecar
+// added, on stdout, and the injector's warnings on stderr.
+func runInjectFile(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("inject", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, injectUsage+"\nflags:\n"); fs.PrintDefaults() }
@@ -143,22 +139,6 @@ func runInjectServe(ctx context.Context, args []string, stderr io.Writer) error 
 	return srv.Serve(ctx, ln)
 }
 
-func runInjectProbe(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("inject probe", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cfg k8s.ProbeConfig
-	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Second, "timeout of each attempt")
-	fs.DurationVar(&cfg.Wait, "wait", 0, "retry until success or this long has passed (0: one attempt)")
-	fs.StringVar(&cfg.CAFile, "ca-file", "", "PEM CA `FILE` for https URLs")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
-	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("%w: inject probe takes one URL", errUsage)
-	}
-	return k8s.Probe(ctx, fs.Arg(0), cfg)
-}
-
 func runInjectSelfTest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("inject selftest", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -174,7 +154,7 @@ func runInjectSelfTest(ctx context.Context, args []string, stdout, stderr io.Wri
 		return fmt.Errorf("%w: inject selftest takes no arguments", errUsage)
 	}
 	if *healthz != "" {
-		if err := k8s.Probe(ctx, *healthz, k8s.ProbeConfig{CAFile: *caFile, Wait: time.Minute}); err != nil {
+		if err := probe(ctx, *healthz, probeConfig{caFile: *caFile, wait: time.Minute}); err != nil {
 			return err
 		}
 		fmt.Fprintln(stdout, "webhook healthy:", *healthz)
@@ -184,12 +164,4 @@ func runInjectSelfTest(ctx context.Context, args []string, stdout, stderr io.Wri
 	}
 	fmt.Fprintln(stdout, "a pod that opts in gets the vatcar sidecar")
 	return nil
-}
-
-// usageErr marks a flag parsing error as a usage error; -h is not an error.
-func usageErr(err error) error {
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
-	}
-	return fmt.Errorf("%w: %w", errUsage, err)
 }

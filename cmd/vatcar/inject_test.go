@@ -1,11 +1,11 @@
+//go:build !nok8s
+
 package main
 
 import (
 	"bytes"
 	"context"
 	"errors"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,7 +13,9 @@ import (
 )
 
 // These call runInject in-process; the injector itself is tested in package
-// k8s. They check the adapter: flags, files, stdin, exit classes.
+// k8s. They check the adapter: flags, files, stdin, exit classes. The
+// commands in every build, probe among them, are tested in probe_test.go and
+// nok8s_test.go.
 
 const goldenDir = "../../k8s/testdata/inject"
 
@@ -141,21 +143,5 @@ func TestInjectBadManifestIsNotAUsageError(t *testing.T) {
 	err = runInject(context.Background(), []string{"-f", filepath.Join(t.TempDir(), "none.yaml")}, nil, &out, &out)
 	if err == nil || errors.Is(err, errUsage) {
 		t.Fatalf("missing file: err = %v, want a plain error", err)
-	}
-}
-
-func TestInjectProbe(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/readyz" {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-		}
-	}))
-	defer srv.Close()
-	var out bytes.Buffer
-	if err := runInject(context.Background(), []string{"probe", srv.URL + "/readyz"}, nil, &out, &out); err != nil {
-		t.Fatalf("probe of a ready endpoint: %v", err)
-	}
-	if err := runInject(context.Background(), []string{"probe", "--timeout=1s", srv.URL + "/healthz"}, nil, &out, &out); err == nil {
-		t.Fatal("probe of a 503 succeeded")
 	}
 }

@@ -13,9 +13,6 @@ import (
 	"github.com/vatcar/vatcar/sidecar"
 )
 
-// errUsage marks a command-line error; main exits with status 2 for it.
-var errUsage = errors.New("usage")
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
