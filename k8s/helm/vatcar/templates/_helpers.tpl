@@ -40,9 +40,19 @@ app.kubernetes.io/component: injector
 {{- end }}
 {{- end }}
 
-{{/* The vatcar image. */}}
-{{- define "vatcar.image" -}}
+{{/* The injector's image (the full vatcar binary). */}}
+{{- define "vatcar.injectorImage" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The injected sidecar's image (the -tags nok8s build): sidecar.image, else
+the injector's repository less its "-injector" suffix, with the same tag. */}}
+{{- define "vatcar.sidecarImage" -}}
+{{- if .Values.sidecar.image }}
+{{- .Values.sidecar.image }}
+{{- else }}
+{{- printf "%s:%s" (trimSuffix "-injector" .Values.image.repository) (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* The Secret holding the webhook's certificate (tls.crt, tls.key, ca.crt). */}}
@@ -63,7 +73,7 @@ app.kubernetes.io/component: injector
 {{- if not $kube }}
 {{- $kube = printf "%s.%s" .Capabilities.KubeVersion.Major (trimSuffix "+" .Capabilities.KubeVersion.Minor) }}
 {{- end -}}
-image: {{ default (include "vatcar.image" .) .Values.sidecar.image | quote }}
+image: {{ include "vatcar.sidecarImage" . | quote }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 kubeVersion: {{ $kube | quote }}
 vatPort: {{ .Values.sidecar.vatPort }}
