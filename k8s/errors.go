@@ -22,6 +22,3 @@ var ErrBadManifest = errors.New("bad manifest")
 
 // ErrBadReview reports an AdmissionReview request the webhook cannot read.
 var ErrBadReview = errors.New("bad admission review")
-
-// ErrProbe reports a health probe that did not get a 2xx answer.
-var ErrProbe = errors.New("probe failed")

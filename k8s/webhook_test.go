@@ -21,6 +21,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/vatcar/vatcar/internal/probe"
 )
 
 // webhook is a Server on a real TLS listener on 127.0.0.1.
@@ -318,17 +320,17 @@ func TestWebhookHealthz(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != "ok" {
 		t.Fatalf("GET /healthz = %d %q, want 200 ok", resp.StatusCode, body)
 	}
-	// Probe (the sidecar's and helm test's client) agrees, and trusts only the CA.
+	// internal/probe (the sidecar's and helm test's client) agrees, and trusts only the CA.
 	caFile := w.pki.certFile + ".ca"
 	writeFile(t, caFile, pemCert(w.pki.ca.Raw))
-	if err := Probe(context.Background(), w.url+PathHealthz, ProbeConfig{CAFile: caFile}); err != nil {
-		t.Fatalf("Probe with the CA: %v", err)
+	if err := probe.Get(context.Background(), w.url+PathHealthz, probe.Config{CAFile: caFile}); err != nil {
+		t.Fatalf("probe with the CA: %v", err)
 	}
-	if err := Probe(context.Background(), w.url+PathHealthz, ProbeConfig{}); err == nil {
-		t.Fatal("Probe without the CA succeeded, want a verification error")
+	if err := probe.Get(context.Background(), w.url+PathHealthz, probe.Config{}); err == nil {
+		t.Fatal("probe without the CA succeeded, want a verification error")
 	}
-	if err := Probe(context.Background(), w.url+"/nope", ProbeConfig{CAFile: caFile}); !errors.Is(err, ErrProbe) {
-		t.Fatalf("Probe of a 404 = %v, want ErrProbe", err)
+	if err := probe.Get(context.Background(), w.url+"/nope", probe.Config{CAFile: caFile}); !errors.Is(err, probe.ErrFailed) {
+		t.Fatalf("probe of a 404 = %v, want probe.ErrFailed", err)
 	}
 }
 

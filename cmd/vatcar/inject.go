@@ -16,6 +16,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/vatcar/vatcar/internal/probe"
 	"github.com/vatcar/vatcar/k8s"
 )
 
@@ -154,7 +155,7 @@ func runInjectSelfTest(ctx context.Context, args []string, stdout, stderr io.Wri
 		return fmt.Errorf("%w: inject selftest takes no arguments", errUsage)
 	}
 	if *healthz != "" {
-		if err := probe(ctx, *healthz, probeConfig{caFile: *caFile, wait: time.Minute}); err != nil {
+		if err := probe.Get(ctx, *healthz, probe.Config{CAFile: *caFile, Wait: time.Minute}); err != nil {
 			return err
 		}
 		fmt.Fprintln(stdout, "webhook healthy:", *healthz)

@@ -1,9 +1,10 @@
-package k8s
+package probe
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,25 +12,27 @@ import (
 	"time"
 )
 
-// ProbeConfig configures Probe. The zero value makes one plain attempt with a
-// 2 s timeout.
-type ProbeConfig struct {
+// ErrFailed reports a probe that did not get a 2xx answer.
+var ErrFailed = errors.New("probe failed")
+
+// Config configures Get. The zero value makes one plain attempt with a 2 s
+// timeout.
+type Config struct {
 	// Timeout bounds each attempt. Zero: 2 s.
 	Timeout time.Duration
-	// Wait, when positive, retries failed attempts until one succeeds or Wait
-	// has passed (start-up gating). Zero: one attempt.
+	// Wait, when positive, retries failed attempts until one succeeds or
+	// Wait has passed (start-up gating). Zero: one attempt.
 	Wait time.Duration
 	// Interval is the pause between retries. Zero: 250 ms.
 	Interval time.Duration
-	// CAFile, when set, is the PEM CA bundle that HTTPS URLs must chain to.
+	// CAFile, when set, is the PEM CA bundle that https URLs must chain to.
 	// Empty: the system roots.
 	CAFile string
 }
 
-// Probe GETs url and succeeds on a 2xx answer. It backs the sidecar's exec
-// probes and postStart gate (`vatcar inject probe`), which run inside the pod
-// so the admin listener can stay on loopback, and the chart's `helm test`.
-func Probe(ctx context.Context, url string, cfg ProbeConfig) error {
+// Get GETs url and succeeds on a 2xx answer; a failure to get one wraps
+// ErrFailed (a bad CA file does not).
+func Get(ctx context.Context, url string, cfg Config) error {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 2 * time.Second
 	}
@@ -37,17 +40,17 @@ func Probe(ctx context.Context, url string, cfg ProbeConfig) error {
 		cfg.Interval = 250 * time.Millisecond
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.Proxy = nil
+	tr.Proxy = nil // the admin API is local; a pod's HTTP_PROXY must not catch it
 	if cfg.CAFile != "" {
 		pem, err := os.ReadFile(cfg.CAFile)
 		if err != nil {
 			return fmt.Errorf("probe %s: %w", url, err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
 			return fmt.Errorf("probe %s: no certificate in %s", url, cfg.CAFile)
 		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		tr.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: cfg.Timeout}
@@ -78,12 +81,12 @@ func probeOnce(ctx context.Context, client *http.Client, url string) error {
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("%w: %s: %w", ErrProbe, url, err)
+		return fmt.Errorf("%w: %s: %w", ErrFailed, url, err)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("%w: %s: %s", ErrProbe, url, resp.Status)
+		return fmt.Errorf("%w: %s: %s", ErrFailed, url, resp.Status)
 	}
 	return nil
 }
