@@ -27,8 +27,8 @@ type Config struct {
 	// OpenStreams is how many streams the memory row holds open through each proxy path
 	// (vatcar only). Zero: 10,000; negative: no such row.
 	OpenStreams int
-	// Vatcar is a vatcar binary to use. Empty: go build ./cmd/vatcar of the module in
-	// the working directory.
+	// Vatcar is a vatcar binary to use. Empty: ./cmd/vatcar of the module in
+	// the working directory, built as the sidecar image's binary is (buildVatcar).
 	Vatcar string
 	// VatcarArgs are appended to both sidecars' command lines.
 	VatcarArgs []string
@@ -124,7 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.DurationVar(&c.Warmup, "warmup", 0, "warm-up per scenario and path (default 2s, quick 0.5s)")
 	fs.DurationVar(&c.Duration, "duration", 0, "measured window per scenario and path (default 10s, quick 2s)")
 	fs.IntVar(&c.OpenStreams, "open-streams", 0, "streams held open for the memory row (default 10000, negative: none)")
-	fs.StringVar(&c.Vatcar, "vatcar", "", "vatcar `binary` (default: go build ./cmd/vatcar)")
+	fs.StringVar(&c.Vatcar, "vatcar", "", "vatcar `binary` (default: ./cmd/vatcar built as the sidecar image's binary, tools/build.sh --sidecar)")
 	fs.StringVar(&vatcarArgs, "vatcar-args", "", "extra space-separated flags for both sidecars")
 	fs.BoolVar(&c.NoDescriptors, "no-descriptors", false, "run the sidecars without --proto-descriptors (every call on the general path)")
 	fs.StringVar(&vatcarEnv, "vatcar-env", "", "extra space-separated KEY=VALUE environment for both sidecars")
