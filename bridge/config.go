@@ -95,6 +95,14 @@ type EgressConfig struct {
 	// own (codec and message sizes).
 	CallOptions []grpc.CallOption
 
+	// Context, if not nil, bounds every backend call: once it ends, calls
+	// in flight are cancelled and new ones fail with its error, as their
+	// backend calls would. Backend calls then take their context values
+	// from it (none from the capnp call). The sidecar revokes an export's
+	// calls this way, at no cost per call beyond the call's own context.
+	// Nil: calls end only by their deadline, their caller or their backend.
+	Context context.Context
+
 	// Kinds are the kinds of the methods the egress may see, typically
 	// from ParseKinds. A GrpcService.unary call to a method known to be
 	// KindUnary runs its backend call on the capnp call's own goroutine

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -26,7 +27,9 @@ type egress struct {
 	conn   grpc.ClientConnInterface
 	max    int
 	limit  int64
-	opts   []grpc.CallOption
+	opts   []grpc.CallOption // the config's
+	plain  []grpc.CallOption // every call's options for the default content-subtype
+	base   context.Context   // EgressConfig.Context; nil: none
 	kinds  Kinds
 	log    *slog.Logger
 	active atomic.Int64
@@ -62,9 +65,11 @@ func newEgress(cfg EgressConfig) (*egress, error) {
 		max:   maxMessageSize(cfg.MaxMessageSize),
 		limit: int64(limit),
 		opts:  cfg.CallOptions,
+		base:  cfg.Context,
 		kinds: cfg.Kinds,
 		log:   logger(cfg.Logger),
 	}
+	e.plain = e.callOptions("")
 	return e, nil
 }
 
@@ -130,7 +135,13 @@ func (e *egress) newCall(parent context.Context, h captp.CallHead) (*egressCall,
 	if err != nil {
 		return nil, err
 	}
-	ctx := context.WithoutCancel(parent)
+	// The call's lifetime is its own (deadline, cancellation by the
+	// caller), bounded by the egress's base context if any; values come
+	// from parent only without one.
+	ctx := e.base
+	if ctx == nil {
+		ctx = context.WithoutCancel(parent)
+	}
 	var cancel context.CancelFunc
 	if head.timeout > 0 {
 		ctx, cancel = context.WithTimeout(ctx, head.timeout)
@@ -146,11 +157,21 @@ func (e *egress) newCall(parent context.Context, h captp.CallHead) (*egressCall,
 // callOptions returns the options of the call's backend call: the raw codec
 // under the call's content-subtype, the message sizes, then the config's.
 func (c *egressCall) callOptions() []grpc.CallOption {
-	return append([]grpc.CallOption{
-		grpc.ForceCodecV2(rawCodec{name: c.head.subtype}),
-		grpc.MaxCallRecvMsgSize(c.e.max),
-		grpc.MaxCallSendMsgSize(c.e.max),
-	}, c.e.opts...)
+	if c.head.subtype == "" {
+		return c.e.plain
+	}
+	return c.e.callOptions(c.head.subtype)
+}
+
+// callOptions builds the options of a backend call with the given
+// content-subtype. The slice is clipped: e.plain is shared by concurrent
+// calls, and an append further down (an interceptor's) must copy it.
+func (e *egress) callOptions(subtype string) []grpc.CallOption {
+	return slices.Clip(append([]grpc.CallOption{
+		grpc.ForceCodecV2(rawCodec{name: subtype}),
+		grpc.MaxCallRecvMsgSize(e.max),
+		grpc.MaxCallSendMsgSize(e.max),
+	}, e.opts...))
 }
 
 // pump reads the backend's response into the outbox: headers as soon as

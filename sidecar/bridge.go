@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 
@@ -51,9 +52,11 @@ func newIngressServer(d director, kinds bridge.Kinds, maxMessageSize int, log *s
 
 // newEgress returns the capability that forwards calls to cc; the caller
 // owns it (the restorer table takes it over).
-func newEgress(cc grpc.ClientConnInterface, kinds bridge.Kinds, maxMessageSize, maxConcurrentCalls int, log *slog.Logger) (capnp.Client, error) {
+// Its calls end when cut does (revocation).
+func newEgress(cut context.Context, cc grpc.ClientConnInterface, kinds bridge.Kinds, maxMessageSize, maxConcurrentCalls int, log *slog.Logger) (capnp.Client, error) {
 	svc, err := bridge.NewEgress(bridge.EgressConfig{
 		Conn:               cc,
+		Context:            cut,
 		Kinds:              kinds,
 		MaxMessageSize:     maxMessageSize,
 		MaxConcurrentCalls: maxConcurrentCalls,

@@ -27,18 +27,11 @@ func errRevokedCall() error {
 	return status.Error(codes.NotFound, fmt.Sprintf("vatcar: %v by its exporter", vat.ErrRevoked))
 }
 
-// revocable makes the calls of an export's client end when cut ends.
+// revocable reports the calls of an export's client that cut ended as
+// revoked. The calls themselves end with cut because the egress derives
+// their contexts from it (bridge.EgressConfig.Context): one context per
+// call, not one more here.
 type revocable struct{ cut context.Context }
-
-// callContext derives the context of one call from ctx: it also ends when
-// the export is cut off, and leaves nothing behind once the call's own
-// context ends.
-func (r revocable) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(r.cut, cancel)
-	context.AfterFunc(ctx, func() { stop() })
-	return ctx, cancel
-}
 
 // cutOff returns the revocation status in place of err once the export is
 // cut off; err otherwise (also a clean io.EOF).
@@ -53,8 +46,6 @@ func (r revocable) unary(ctx context.Context, method string, req, reply any, cc 
 	if r.cut.Err() != nil {
 		return errRevokedCall()
 	}
-	ctx, cancel := r.callContext(ctx)
-	defer cancel()
 	return r.cutOff(invoker(ctx, method, req, reply, cc, opts...))
 }
 
@@ -62,29 +53,22 @@ func (r revocable) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.C
 	if r.cut.Err() != nil {
 		return nil, errRevokedCall()
 	}
-	ctx, cancel := r.callContext(ctx)
 	cs, err := streamer(ctx, desc, cc, method, opts...)
 	if err != nil {
-		cancel()
 		return nil, r.cutOff(err)
 	}
-	return revocableStream{ClientStream: cs, r: r, cancel: cancel}, nil
+	return revocableStream{ClientStream: cs, r: r}, nil
 }
 
 // revocableStream reports the revocation instead of the cancellation it
-// caused, and releases the call's context once the stream is over.
+// caused.
 type revocableStream struct {
 	grpc.ClientStream
-	r      revocable
-	cancel context.CancelFunc
+	r revocable
 }
 
 func (s revocableStream) SendMsg(m any) error { return s.r.cutOff(s.ClientStream.SendMsg(m)) }
 
 func (s revocableStream) RecvMsg(m any) error {
-	err := s.ClientStream.RecvMsg(m)
-	if err != nil {
-		s.cancel() // the stream is over (status or io.EOF)
-	}
-	return s.r.cutOff(err)
+	return s.r.cutOff(s.ClientStream.RecvMsg(m))
 }
