@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vatcar/vatcar/vat"
 )
 
 // Defaults used when a Config field is zero.
@@ -30,6 +32,16 @@ const (
 	// DefaultDrainTimeout is how long in-flight calls may run after SIGTERM
 	// when Config.DrainTimeout is zero.
 	DefaultDrainTimeout = 30 * time.Second
+	// DefaultMaxConnections bounds the inbound CapTP connections the vat
+	// holds at once when Config.MaxConnections is zero.
+	DefaultMaxConnections = vat.DefaultMaxConnections
+	// DefaultHeartbeatInterval is how long a peer connection may stay silent
+	// before the vat checks that the peer still answers, when
+	// Config.HeartbeatInterval is zero.
+	DefaultHeartbeatInterval = vat.DefaultHeartbeatInterval
+	// DefaultHeartbeatTimeout is how long that check waits for the answer
+	// when Config.HeartbeatTimeout is zero.
+	DefaultHeartbeatTimeout = vat.DefaultHeartbeatTimeout
 	// DefaultCPUs is how many CPUs `vatcar run` lets the Go runtime use at
 	// once (GOMAXPROCS) when Config.CPUs is zero and the environment does not
 	// set GOMAXPROCS: one, like a single-worker nginx or linkerd's proxy,
@@ -83,6 +95,22 @@ type Config struct {
 	// on our exports (over it: RESOURCE_EXHAUSTED). Zero:
 	// DefaultMaxConcurrentCalls.
 	MaxConcurrentCalls int `json:"maxConcurrentCalls,omitempty"`
+	// MaxConnections bounds the inbound CapTP connections the vat holds at
+	// once, counting those still in their TLS handshake; one more is closed
+	// at once and counted in
+	// vatcar_vat_refused_connections_total{reason="max connections"}. Zero:
+	// DefaultMaxConnections.
+	MaxConnections int `json:"maxConnections,omitempty"`
+	// HeartbeatInterval is how often the vat checks each peer connection,
+	// inbound or outbound, on which nothing arrived meanwhile: it makes one
+	// cheap round trip, and closes the connection when the peer does not
+	// answer within HeartbeatTimeout (a frozen process, which TCP keepalive
+	// cannot see). Zero: DefaultHeartbeatInterval; negative turns the check
+	// off.
+	HeartbeatInterval Duration `json:"heartbeatInterval,omitempty"`
+	// HeartbeatTimeout is how long a heartbeat waits for the peer's answer
+	// before closing the connection. Zero: DefaultHeartbeatTimeout.
+	HeartbeatTimeout Duration `json:"heartbeatTimeout,omitempty"`
 	// ProtoDescriptors are files holding serialized
 	// google.protobuf.FileDescriptorSets (protoc --descriptor_set_out) of the
 	// gRPC services this sidecar bridges, either way. They tell the bridge
@@ -288,6 +316,12 @@ func (c Config) Validate() error {
 	if c.MaxConcurrentCalls < 0 {
 		bad("bad --max-concurrent-calls %d: must not be negative", c.MaxConcurrentCalls)
 	}
+	if c.MaxConnections < 0 {
+		bad("bad --max-connections %d: must not be negative", c.MaxConnections)
+	}
+	if c.HeartbeatTimeout < 0 {
+		bad("bad --heartbeat-timeout %s: must not be negative", time.Duration(c.HeartbeatTimeout))
+	}
 	if c.CPUs < 0 || c.CPUs > maxCPUs {
 		bad("bad --cpus %d: want 0 (the default) to %d", c.CPUs, maxCPUs)
 	}
@@ -376,6 +410,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = Duration(DefaultDrainTimeout)
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = Duration(DefaultHeartbeatInterval)
+	}
+	if c.HeartbeatTimeout == 0 {
+		c.HeartbeatTimeout = Duration(DefaultHeartbeatTimeout)
 	}
 	return c
 }

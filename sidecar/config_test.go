@@ -67,6 +67,13 @@ func TestConfigValidate(t *testing.T) {
 		{"negative size", func(c *Config) { c.MaxMessageSize = -1 }, `bad --max-message-size -1`},
 		{"huge size", func(c *Config) { c.MaxMessageSize = 2 << 30 }, `bad --max-message-size`},
 		{"negative calls", func(c *Config) { c.MaxConcurrentCalls = -1 }, `bad --max-concurrent-calls -1`},
+		{"max connections", func(c *Config) { c.MaxConnections = 1 }, ""},
+		{"negative max connections", func(c *Config) { c.MaxConnections = -1 }, `bad --max-connections -1: must not be negative`},
+		{"heartbeat", func(c *Config) {
+			c.HeartbeatInterval, c.HeartbeatTimeout = Duration(time.Second), Duration(time.Minute)
+		}, ""},
+		{"heartbeat off", func(c *Config) { c.HeartbeatInterval = Duration(-time.Second) }, ""},
+		{"negative heartbeat timeout", func(c *Config) { c.HeartbeatTimeout = Duration(-time.Second) }, `bad --heartbeat-timeout -1s: must not be negative`},
 		{"negative drain", func(c *Config) { c.DrainTimeout = Duration(-time.Second) }, `bad --drain-timeout -1s`},
 		{"bad log format", func(c *Config) { c.LogFormat = "xml" }, `bad --log-format "xml"`},
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, `bad --log-level "loud"`},
@@ -121,6 +128,9 @@ imports:
   uri: `+testURI+`
 drainTimeout: 5s
 maxMessageSize: 16MiB
+maxConnections: 5
+heartbeatInterval: 20s
+heartbeatTimeout: 4s
 logLevel: debug
 `)
 	tests := []struct {
@@ -139,6 +149,7 @@ logLevel: debug
 				"--admin-listen", "off", "--grpc-listen", "127.0.0.1:9100",
 				"--route", "pkg.S=c", "--route", "*=d",
 				"--max-message-size", "16MiB", "--max-concurrent-calls", "7",
+				"--max-connections", "3", "--heartbeat-interval", "-1s", "--heartbeat-timeout", "2s",
 				"--drain-timeout", "3s", "--log-format", "json", "--log-level", "warn",
 				"--ready-file", "/r.json",
 			},
@@ -151,6 +162,7 @@ logLevel: debug
 				AdminListen: "off", GRPCListen: "127.0.0.1:9100",
 				Routes:         []Route{{"pkg.S", "c"}, {"*", "d"}},
 				MaxMessageSize: 16 << 20, MaxConcurrentCalls: 7,
+				MaxConnections: 3, HeartbeatInterval: Duration(-time.Second), HeartbeatTimeout: Duration(2 * time.Second),
 				DrainTimeout: Duration(3 * time.Second), LogFormat: "json", LogLevel: "warn",
 				ReadyFile: "/r.json",
 			},
@@ -164,12 +176,14 @@ logLevel: debug
 				Imports:      []Import{{"b", testURI, ""}},
 				DrainTimeout: Duration(5 * time.Second), LogLevel: "debug",
 				MaxMessageSize: 16 << 20,
+				MaxConnections: 5, HeartbeatInterval: Duration(20 * time.Second), HeartbeatTimeout: Duration(4 * time.Second),
 			},
 		},
 		{
 			name: "flags override file",
 			args: []string{"--config", file, "--listen", "tcp:127.0.0.1:7001", "--log-level", "info",
-				"--export", "echo=127.0.0.1:60000", "--export", "new=127.0.0.1:60001"},
+				"--export", "echo=127.0.0.1:60000", "--export", "new=127.0.0.1:60001",
+				"--max-connections", "2", "--heartbeat-interval", "-1s"},
 			want: Config{
 				Listen: "tcp:127.0.0.1:7001", SecretKeyFile: "/keys/a.pem",
 				Exports: []Export{{"echo", "127.0.0.1:60000"}, {"keep", "127.0.0.1:50052"},
@@ -177,6 +191,7 @@ logLevel: debug
 				Imports:      []Import{{"b", testURI, ""}},
 				DrainTimeout: Duration(5 * time.Second), LogLevel: "info",
 				MaxMessageSize: 16 << 20,
+				MaxConnections: 2, HeartbeatInterval: Duration(-time.Second), HeartbeatTimeout: Duration(4 * time.Second),
 			},
 		},
 	}
@@ -203,6 +218,12 @@ func TestParseFlagsErrors(t *testing.T) {
 	writeFile(t, badSize, "maxMessageSize: lots\n")
 	numericSize := filepath.Join(dir, "numeric.yaml")
 	writeFile(t, numericSize, "maxMessageSize: 4294967296\n")
+	numericTimeout := filepath.Join(dir, "numerictimeout.yaml")
+	writeFile(t, numericTimeout, "heartbeatTimeout: 5\n")
+	negativeConns := filepath.Join(dir, "negativeconns.yaml")
+	writeFile(t, negativeConns, "maxConnections: -1\n")
+	misspelledConns := filepath.Join(dir, "misspelledconns.yaml")
+	writeFile(t, misspelledConns, "maxConnection: 3\n")
 	dupExport := filepath.Join(dir, "dupexport.yaml")
 	writeFile(t, dupExport, "listen: tcp:127.0.0.1:1\nexports: [{name: a, target: 127.0.0.1:1}, {name: a, target: 127.0.0.1:2}]\n")
 	tests := []struct {
@@ -217,6 +238,13 @@ func TestParseFlagsErrors(t *testing.T) {
 		{"route without =", []string{"--route", "pkg.S"}, `--route "pkg.S"`},
 		{"bad size", []string{"--max-message-size", "lots"}, `bad size "lots"`},
 		{"bad duration", []string{"--drain-timeout", "soon"}, `soon`},
+		{"max connections not a number", []string{"--max-connections", "many"}, `"many"`},
+		{"negative max connections", []string{"--max-connections", "-1"}, `bad --max-connections -1: must not be negative`},
+		{"bad heartbeat interval", []string{"--heartbeat-interval", "often"}, `often`},
+		{"negative heartbeat timeout", []string{"--heartbeat-timeout", "-3s"}, `bad --heartbeat-timeout -3s: must not be negative`},
+		{"heartbeat timeout in the file without a unit", []string{"--config", numericTimeout}, `duration must be a string like "30s"`},
+		{"negative max connections in the file", []string{"--config", negativeConns}, `bad --max-connections -1`},
+		{"misspelled max connections in the file", []string{"--config", misspelledConns}, `maxConnection`},
 		{"stray argument", []string{"extra"}, `unexpected argument "extra"`},
 		{"missing file", []string{"--config", filepath.Join(dir, "none.yaml")}, "none.yaml"},
 		{"unknown field", []string{"--config", unknownField}, `lisen`},

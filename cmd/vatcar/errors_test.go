@@ -62,6 +62,10 @@ func TestBadConfigExitsWithStatus2(t *testing.T) {
 		{"route to unknown import", []string{"--grpc-listen", "127.0.0.1:0", "--route", "a.B=ghost"}, `"ghost"`},
 		{"bad max message size", []string{"--max-message-size", "huge"}, `"huge"`},
 		{"negative cpus", []string{"--cpus", "-1"}, "bad --cpus -1"},
+		{"negative max connections", []string{"--max-connections", "-1"}, "bad --max-connections -1"},
+		{"max connections not a number", []string{"--max-connections", "lots"}, `"lots"`},
+		{"negative heartbeat timeout", []string{"--heartbeat-timeout", "-5s"}, "bad --heartbeat-timeout -5s"},
+		{"bad heartbeat interval", []string{"--heartbeat-interval", "often"}, `"often"`},
 		{"missing descriptor set", []string{"--proto-descriptors", filepath.Join(dir, "none.protoset")}, `--proto-descriptors "` + filepath.Join(dir, "none.protoset") + `"`},
 		{"garbage descriptor set", []string{"--proto-descriptors", garbageKey}, `--proto-descriptors "` + garbageKey + `"`},
 	}
