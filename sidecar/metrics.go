@@ -151,13 +151,24 @@ func (m *Metrics) methodLabel(side, method string) string {
 // latency and bytes for one side. inflight, when not nil, counts the calls
 // running now (the drain waits for it to reach zero).
 func (m *Metrics) statsHandler(side string, inflight *atomic.Int64) stats.Handler {
-	return &statsHandler{m: m, side: side, inflight: inflight}
+	return &statsHandler{
+		m:        m,
+		side:     side,
+		inflight: inflight,
+		active:   m.inflight.WithLabelValues(side),
+		bytesIn:  m.bytes.WithLabelValues(side, "in"),
+		bytesOut: m.bytes.WithLabelValues(side, "out"),
+	}
 }
 
+// statsHandler feeds the metrics of one side from gRPC's stats events. The
+// series without a method label are looked up once, not per message.
 type statsHandler struct {
-	m        *Metrics
-	side     string
-	inflight *atomic.Int64
+	m                 *Metrics
+	side              string
+	inflight          *atomic.Int64
+	active            prometheus.Gauge
+	bytesIn, bytesOut prometheus.Counter
 }
 
 type rpcKey struct{}
@@ -188,16 +199,16 @@ func (h *statsHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
 	}
 	switch s := s.(type) {
 	case *stats.Begin:
-		h.m.inflight.WithLabelValues(h.side).Inc()
+		h.active.Inc()
 		if h.inflight != nil {
 			h.inflight.Add(1)
 		}
 	case *stats.InPayload:
-		h.m.bytes.WithLabelValues(h.side, "in").Add(float64(s.Length))
+		h.bytesIn.Add(float64(s.Length))
 	case *stats.OutPayload:
-		h.m.bytes.WithLabelValues(h.side, "out").Add(float64(s.Length))
+		h.bytesOut.Add(float64(s.Length))
 	case *stats.End:
-		h.m.inflight.WithLabelValues(h.side).Dec()
+		h.active.Dec()
 		if h.inflight != nil {
 			h.inflight.Add(-1)
 		}
