@@ -131,7 +131,7 @@ type final struct {
 
 // ingressCall is one call through the ingress.
 //
-// Locking: mu guards finished. The down Sink (one call at a time) checks it
+// Locking: mu guards finished, ended and stopSend. The down Sink (one call at a time) checks it
 // before using ss; the handler sets it as it returns. ss is not used after
 // that, except by a SendMsg already blocked in flow control, which gRPC ends
 // when the handler returns.
@@ -146,6 +146,8 @@ type ingressCall struct {
 
 	mu       sync.Mutex
 	finished bool
+	ended    bool               // deliver was called
+	stopSend context.CancelFunc // called by deliver: ends the request direction's sending
 }
 
 // errCallDone is returned to a peer that sends on a call that has ended.
@@ -214,7 +216,7 @@ func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 			return p.SetDown(newSink(c, c.in.max))
 		})
 		defer arelease()
-		return c.wait(nil, af.Future)
+		return c.wait(af.Future)
 	}
 	r, err := res.Reply()
 	if err != nil {
@@ -228,6 +230,12 @@ func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 func (c *ingressCall) stream(svc captp.GrpcService) error {
 	ctx, cancel := context.WithCancel(c.ctx)
 	defer cancel()
+	// The request direction is sent from this goroutine (no goroutine of
+	// its own per stream); the call's end, reported by deliver, stops it
+	// (and only it: open's own answer still tells why the call ended).
+	sendCtx, stopSend := context.WithCancel(ctx)
+	defer stopSend()
+	c.onEnd(stopSend)
 	// The down Sink is made only as the parameters take it: a call on a
 	// broken capability (its connection gone) never builds them, and a Sink
 	// made earlier would keep its capnp server goroutine forever.
@@ -247,25 +255,35 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 	up := fut.Up()
 	defer up.Release()
 	up.SetFlowLimiter(newFlowLimiter())
-	sent := make(chan error, 1)
-	senderDone := make(chan struct{})
+	// Until open answers, a failure of it (a broken capability builds no
+	// down Sink whose loss would tell) must stop the sender too; this
+	// watcher lives one round trip, not the stream's life.
 	go func() {
-		defer close(senderDone)
-		s := sender{sink: up, ob: c.ob, stats: &c.upStats}
-		sent <- s.run(ctx)
+		select {
+		case <-fut.Done():
+			if _, err := fut.Struct(); err != nil {
+				stopSend()
+			}
+		case <-sendCtx.Done():
+		}
 	}()
-	err := c.wait(sent, fut.Future)
+	s := sender{sink: up, ob: c.ob, stats: &c.upStats}
+	if err := s.run(sendCtx); err != nil && sendCtx.Err() == nil {
+		// A failed send means the far side ended the call or is gone;
+		// either way the final status comes down (or the Sink is
+		// dropped), and it says more than the send error.
+		c.in.log.DebugContext(c.ctx, "bridge: request stream failed", "method", c.method, "err", err)
+	}
+	err := c.wait(fut.Future)
 	cancel()
 	c.ob.stop()
-	<-senderDone
 	return err
 }
 
-// wait waits for the end of the call and returns its status. sent, if not
-// nil, reports the end of the request direction; opened, if not nil, is the
-// capnp call that gave the far side our down Sink (open or attach), whose
-// failure ends the call.
-func (c *ingressCall) wait(sent chan error, opened *capnp.Future) error {
+// wait waits for the end of the call and returns its status. opened, if not
+// nil, is the capnp call that gave the far side our down Sink (open or
+// attach), whose failure ends the call.
+func (c *ingressCall) wait(opened *capnp.Future) error {
 	var openDone <-chan struct{}
 	if opened != nil {
 		openDone = opened.Done()
@@ -294,14 +312,6 @@ func (c *ingressCall) wait(sent chan error, opened *capnp.Future) error {
 			if _, err := opened.Struct(); err != nil {
 				return c.fail(err)
 			}
-		case err := <-sent:
-			// A failed send means the far side ended the call or is gone;
-			// either way the final status comes down (or the Sink is
-			// dropped), and it says more than the send error.
-			sent = nil
-			if err != nil {
-				c.in.log.DebugContext(c.ctx, "bridge: request stream failed", "method", c.method, "err", err)
-			}
 		case <-c.ctx.Done():
 			return Status(c.ctx.Err()).Err()
 		}
@@ -320,6 +330,24 @@ func (c *ingressCall) deliver(f final) {
 	select {
 	case c.final <- f:
 	default:
+	}
+	c.mu.Lock()
+	c.ended = true
+	stop := c.stopSend
+	c.mu.Unlock()
+	if stop != nil {
+		stop() // the request direction has nothing left to do
+	}
+}
+
+// onEnd makes deliver call stop; if the call has already ended, at once.
+func (c *ingressCall) onEnd(stop context.CancelFunc) {
+	c.mu.Lock()
+	c.stopSend = stop
+	ended := c.ended
+	c.mu.Unlock()
+	if ended {
+		stop()
 	}
 }
 
