@@ -104,8 +104,8 @@ type egressCall struct {
 	over   bool           // set by done
 }
 
-// start opens the backend stream and starts reading its response. parent
-// supplies values only; the call's lifetime is its own.
+// start opens the backend stream and starts reading its response. The
+// call's context is newCall's.
 func (e *egress) start(parent context.Context, h captp.CallHead) (*egressCall, error) {
 	c, err := e.newCall(parent, h)
 	if err != nil {
@@ -128,8 +128,9 @@ func (c *egressCall) open() {
 }
 
 // newCall decodes a call's head and makes the call, with the context its
-// backend call runs under: the head's metadata and deadline, and values
-// from parent (not its cancellation).
+// backend call runs under: the head's metadata and deadline, under the
+// egress's base context (EgressConfig.Context), or without one under
+// parent's values (not its cancellation).
 func (e *egress) newCall(parent context.Context, h captp.CallHead) (*egressCall, error) {
 	head, err := readCallHead(h)
 	if err != nil {

@@ -20,39 +20,38 @@ import (
 	"github.com/vatcar/vatcar/proto/captp"
 )
 
-// errNoRequest is the status of a call to a unary method whose client
-// half-closed without a message: what grpc-go's own server answers.
-var errNoRequest = status.Error(codes.Internal, "cardinality violation: received no request message from non-client-streaming RPC")
-
 // recvUnary reads a unary request on the handler's goroutine: one message
 // and the half-close, as grpc-go's unary server does. It returns the
 // request, or an error that ends the call, or neither when the call must
-// take the general path (the message is too large for a unary call, or a
-// second one came); then what was read is queued in the outbox for the
-// reader goroutine to follow.
-func (c *ingressCall) recvUnary() (*frame, error) {
+// take the general path: the message is too large for a unary call, a
+// second one came, or the client half-closed without any (a unary backend
+// answers that itself; a method wrongly declared unary still gets its
+// empty stream). Then what was read is queued in the outbox, and closed
+// reports that it holds the half-close too: nothing is left to read.
+func (c *ingressCall) recvUnary() (req *frame, closed bool, err error) {
 	var f frame
 	if err := c.ss.RecvMsg(&f); err != nil {
 		if err == io.EOF {
-			return nil, errNoRequest
+			c.ob.load(event{kind: evEnd})
+			return nil, true, nil
 		}
-		return nil, c.fail(err)
+		return nil, false, c.fail(err)
 	}
 	if f.data.Len() > inlineMax {
 		c.ob.load(event{kind: evMsg, msg: f})
-		return nil, nil
+		return nil, false, nil
 	}
 	var g frame
-	err := c.ss.RecvMsg(&g)
+	err = c.ss.RecvMsg(&g)
 	if err == io.EOF {
-		return &f, nil
+		return &f, true, nil
 	}
 	if err != nil {
 		f.free()
-		return nil, c.fail(err)
+		return nil, false, c.fail(err)
 	}
 	c.ob.load(event{kind: evMsg, msg: f}, event{kind: evMsg, msg: g})
-	return nil, nil
+	return nil, false, nil
 }
 
 // unaryDesc is the stream description of a known-unary backend call. It

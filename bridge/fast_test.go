@@ -302,18 +302,33 @@ func TestKnownUnaryWrongKinds(t *testing.T) {
 		}
 	})
 	t.Run("no request", func(t *testing.T) {
-		// What grpc-go's own unary server answers a client that sends
-		// nothing, and what the bridge answers.
+		// A client that half-closes without a message: the call takes the
+		// general path, so a unary backend answers it as it would
+		// directly, and a method wrongly declared unary still gets its
+		// empty request stream.
 		direct := serve(t, func(s *grpc.Server) { testgrpc.RegisterTestServiceServer(s, interop.NewTestServer()) })
 		s := rawStream(context.Background(), t, dial(t, direct), "/grpc.testing.TestService/EmptyCall")
 		s.CloseSend()
 		_, want := recvAll(s)
-		s = rawStream(context.Background(), t, cc, "/t.T/First")
+		kinds := interopKinds(t)
+		kinds["/grpc.testing.TestService/StreamingInputCall"] = KindUnary // wrongly
+		ih := newHop(t, direct, hopConfig{ingress: IngressConfig{Kinds: kinds}, egress: EgressConfig{Kinds: kinds}})
+		icc := dial(t, ih.addr)
+		s = rawStream(context.Background(), t, icc, "/grpc.testing.TestService/EmptyCall")
 		s.CloseSend()
 		_, err := recvAll(s)
 		if want == nil || status.Code(err) != status.Code(want) || status.Convert(err).Message() != status.Convert(want).Message() {
-			t.Errorf("got %v, want %v as grpc-go's unary server", err, want)
+			t.Errorf("EmptyCall without a request: got %v, want %v as from the backend directly", err, want)
 		}
+		// StreamingInputCall with no messages answers an empty aggregate.
+		resp, err := testgrpc.NewTestServiceClient(icc).StreamingInputCall(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, err := resp.CloseAndRecv(); err != nil || r.GetAggregatedPayloadSize() != 0 {
+			t.Errorf("empty client stream of a method declared unary: got %v, %v; want an empty aggregate", r, err)
+		}
+		waitIdle(t, ih)
 	})
 	waitIdle(t, h)
 	if err := goleak.Find(ignore, goleak.IgnoreTopFunction(queue), goleak.IgnoreAnyFunction(queue)); err != nil {

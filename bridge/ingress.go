@@ -97,7 +97,7 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 		in.onCall(c)
 	}
 	if in.kinds.Kind(method) == KindUnary {
-		req, err := c.recvUnary()
+		req, closed, err := c.recvUnary()
 		if err != nil {
 			return err
 		}
@@ -107,9 +107,11 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 			return c.unary(svc, req)
 		}
 		// Not a request a unary call carries: what was read waits in the
-		// outbox, and the reader goes on from there.
+		// outbox, and the reader goes on from there if there is more.
 		in.streamCalls.Add(1)
-		go c.pump()
+		if !closed {
+			go c.pump()
+		}
 		return c.stream(svc)
 	}
 	go c.pump()
@@ -256,9 +258,13 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 	defer up.Release()
 	up.SetFlowLimiter(newFlowLimiter())
 	// Until open answers, a failure of it (a broken capability builds no
-	// down Sink whose loss would tell) must stop the sender too; this
-	// watcher lives one round trip, not the stream's life.
+	// down Sink whose loss would tell) must stop the sender too. The
+	// egress answers open as soon as the backend stream exists, so this
+	// watcher lives about one round trip, not the stream's life; it ends
+	// before open's results are released.
+	watched := make(chan struct{})
 	go func() {
+		defer close(watched)
 		select {
 		case <-fut.Done():
 			if _, err := fut.Struct(); err != nil {
@@ -276,6 +282,7 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 	}
 	err := c.wait(fut.Future)
 	cancel()
+	<-watched
 	c.ob.stop()
 	return err
 }

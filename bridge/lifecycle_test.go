@@ -538,31 +538,41 @@ func TestCallsOnDeadConnectionNoLeak(t *testing.T) {
 }
 
 // TestEgressContextCutsCalls checks EgressConfig.Context: ending it cancels
-// the backend calls in flight, on both paths, and a call made afterwards
-// fails without reaching the backend.
+// the backend calls in flight, on the general and the known-unary path, and
+// a call made afterwards fails without reaching the backend.
 func TestEgressContextCutsCalls(t *testing.T) {
-	b := newBackend(t)
-	base, cut := context.WithCancel(context.Background())
-	defer cut()
-	h := newHop(t, b.addr, hopConfig{egress: EgressConfig{Context: base}})
-	cc := dial(t, h.addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s := rawStream(ctx, t, cc, "/t.T/Hang")
-	s.SendMsg([]byte("x"))
-	s.CloseSend()
-	waitStarted(t, b)
-	cut()
-	if err := waitEnded(t, b); !errors.Is(err, context.Canceled) {
-		t.Errorf("backend saw %v, want context.Canceled", err)
-	}
-	if _, err := recvAll(s); status.Code(err) != codes.Canceled {
-		t.Errorf("client got %v, want Canceled", err)
-	}
-	after := rawStream(ctx, t, cc, "/t.T/Hang")
-	after.SendMsg([]byte("x"))
-	after.CloseSend()
-	if _, err := recvAll(after); status.Code(err) != codes.Canceled {
-		t.Errorf("call after the cut got %v, want Canceled", err)
+	for _, kinds := range []Kinds{nil, {"/t.T/Hang": KindUnary}} {
+		t.Run(fmt.Sprint("kinds=", kinds), func(t *testing.T) {
+			b := newBackend(t)
+			base, cut := context.WithCancel(context.Background())
+			defer cut()
+			h := newHop(t, b.addr, hopConfig{
+				ingress: IngressConfig{Kinds: kinds},
+				egress:  EgressConfig{Context: base, Kinds: kinds},
+			})
+			cc := dial(t, h.addr)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			s := rawStream(ctx, t, cc, "/t.T/Hang")
+			s.SendMsg([]byte("x"))
+			s.CloseSend()
+			waitStarted(t, b)
+			cut()
+			if err := waitEnded(t, b); !errors.Is(err, context.Canceled) {
+				t.Errorf("backend saw %v, want context.Canceled", err)
+			}
+			if _, err := recvAll(s); status.Code(err) != codes.Canceled {
+				t.Errorf("client got %v, want Canceled", err)
+			}
+			after := rawStream(ctx, t, cc, "/t.T/Hang")
+			after.SendMsg([]byte("x"))
+			after.CloseSend()
+			if _, err := recvAll(after); status.Code(err) != codes.Canceled {
+				t.Errorf("call after the cut got %v, want Canceled", err)
+			}
+			if got := h.eg.knownUnaryCalls.Load(); (kinds != nil) != (got > 0) {
+				t.Errorf("known-unary calls = %d with kinds %v", got, kinds)
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 )
 
 // Runtime defaults of `vatcar run`, used only when the environment does not
@@ -25,7 +26,9 @@ func TuneRuntime(cfg Config) {
 	switch {
 	case cfg.CPUs > 0:
 		runtime.GOMAXPROCS(cfg.CPUs)
-	case os.Getenv("GOMAXPROCS") == "":
+	case !validProcs(os.Getenv("GOMAXPROCS")):
+		// Unset, or a value the runtime ignored (it then runs on every
+		// CPU): the default applies.
 		runtime.GOMAXPROCS(DefaultCPUs)
 	}
 	if _, ok := os.LookupEnv("GOGC"); !ok {
@@ -34,4 +37,11 @@ func TuneRuntime(cfg Config) {
 	if _, ok := os.LookupEnv("GOMEMLIMIT"); !ok {
 		debug.SetMemoryLimit(DefaultMemoryLimit)
 	}
+}
+
+// validProcs reports whether the runtime took s as GOMAXPROCS: a positive
+// integer.
+func validProcs(s string) bool {
+	n, err := strconv.Atoi(s)
+	return err == nil && n > 0
 }

@@ -160,6 +160,7 @@ func TestCPUs(t *testing.T) {
 		{"flag", nil, []string{"--cpus", "3"}, 3},
 		{"environment", []string{"GOMAXPROCS=3"}, nil, 3},
 		{"flag over environment", []string{"GOMAXPROCS=3"}, []string{"--cpus", "2"}, 2},
+		{"environment the runtime ignores", []string{"GOMAXPROCS=zero"}, nil, sidecar.DefaultCPUs},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
