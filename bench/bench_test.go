@@ -178,6 +178,9 @@ func TestConfigValidate(t *testing.T) {
 		{"out not json", Config{Out: "x.txt"}, false},
 		{"env", Config{VatcarEnv: []string{"GOGC=200"}}, true},
 		{"env without =", Config{VatcarEnv: []string{"GOGC"}}, false},
+		{"rounds", Config{Rounds: 3}, true},
+		{"negative rounds", Config{Rounds: -1}, false},
+		{"too many rounds", Config{Rounds: maxRounds + 1}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()
@@ -224,4 +227,53 @@ func near(got, want, tolerance float64) bool {
 	}
 	d := (got - want) / want
 	return d < tolerance && d > -tolerance
+}
+
+// TestMedianResult checks the per-column median of rounds, odd and even.
+func TestMedianResult(t *testing.T) {
+	r := func(calls, cpu float64) Result {
+		return Result{Scenario: "s", Path: "p", CallsPerS: calls, ProxyCPUmsPerKcall: cpu, P50us: calls / 10}
+	}
+	got := medianResult([]Result{r(30, 1), r(10, 5), r(20, 3)})
+	if got.CallsPerS != 20 || got.ProxyCPUmsPerKcall != 3 || got.P50us != 2 || got.Scenario != "s" || got.Path != "p" {
+		t.Errorf("odd: got %+v, want the middle of each column", got)
+	}
+	got = medianResult([]Result{r(40, 1), r(10, 4), r(20, 2), r(30, 3)})
+	if got.CallsPerS != 25 || got.ProxyCPUmsPerKcall != 2.5 {
+		t.Errorf("even: got %+v, want the mean of the middle two", got)
+	}
+}
+
+// TestRoundsReportOneRowEach runs two rounds on the direct path: one row per
+// scenario, and the Markdown says how many rounds its medians are over.
+func TestRoundsReportOneRowEach(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "r.json")
+	var stdout, stderr bytes.Buffer
+	args := []string{"--paths", "direct", "--scenarios", "unary-100B-c1,pingpong-c1", "--rounds", "2",
+		"--warmup", "1ms", "--duration", "200ms", "--out", out}
+	if err := run(context.Background(), args, &stdout, &stderr); err != nil {
+		t.Fatalf("run: %v\nstderr:\n%s", err, stderr.String())
+	}
+	raw, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Results) != 2 || rep.Results[0].Scenario != "unary-100B-c1" || rep.Results[1].Scenario != "pingpong-c1" {
+		t.Fatalf("got rows %+v, want one per scenario in order", rep.Results)
+	}
+	for _, r := range rep.Results {
+		if r.CallsPerS <= 0 {
+			t.Errorf("%s: %v calls/s", r.Scenario, r.CallsPerS)
+		}
+	}
+	if !strings.Contains(stdout.String(), "2 rounds: every column is the median") {
+		t.Errorf("Markdown does not say it reports medians of 2 rounds:\n%s", stdout.String())
+	}
+	if n := strings.Count(stderr.String(), "unary-100B-c1    direct"); n != 2 {
+		t.Errorf("log shows %d runs of unary-100B-c1, want 2:\n%s", n, stderr.String())
+	}
 }

@@ -18,6 +18,9 @@ type Config struct {
 	Out string
 	// Quick shortens warm-up and windows so the whole run stays under 5 minutes.
 	Quick bool
+	// Rounds is how many times each scenario runs on each path, the paths taking
+	// turns; every column reported is the median over the rounds. Zero: 1.
+	Rounds int
 	// Paths to measure, from direct, nginx-tls, vatcar. Empty: all.
 	Paths []string
 	// Scenarios to run, by name. Empty: all.
@@ -51,6 +54,9 @@ type Config struct {
 	Keep bool
 }
 
+// maxRounds bounds Config.Rounds: a typo, not a measurement.
+const maxRounds = 25
+
 // profiledScenarios are the ones PprofDir profiles.
 var profiledScenarios = []string{"unary-100B-c1", "unary-100B-c64", "stream-1KiB"}
 
@@ -82,6 +88,9 @@ func (c Config) withDefaults() Config {
 	if c.OpenStreams == 0 {
 		c.OpenStreams = 10000
 	}
+	if c.Rounds == 0 {
+		c.Rounds = 1
+	}
 	return c
 }
 
@@ -99,6 +108,9 @@ func (c Config) Validate() error {
 	}
 	if c.Warmup < 0 || c.Duration < 0 {
 		return errors.New("warm-up and duration must not be negative")
+	}
+	if c.Rounds < 0 || c.Rounds > maxRounds {
+		return fmt.Errorf("--rounds %d: want 1 to %d", c.Rounds, maxRounds)
 	}
 	for _, kv := range c.VatcarEnv {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
@@ -119,6 +131,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.Out, "out", "", "JSON results `file` (default bench-results.json); the Markdown table goes beside it")
 	fs.BoolVar(&c.Quick, "quick", false, "short windows: the whole run stays under 5 minutes")
+	fs.IntVar(&c.Rounds, "rounds", 0, "run every scenario `N` times per path, paths taking turns, and report medians (default 1)")
 	fs.StringVar(&paths, "paths", "", "comma-separated paths (default direct,nginx-tls,vatcar)")
 	fs.StringVar(&scenarios, "scenarios", "", "comma-separated scenarios (default all)")
 	fs.DurationVar(&c.Warmup, "warmup", 0, "warm-up per scenario and path (default 2s, quick 0.5s)")

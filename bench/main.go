@@ -46,7 +46,7 @@ func measureAll(ctx context.Context, cfg Config, stdout, stderr io.Writer) error
 		fmt.Fprintf(stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 	}
 	info := runInfo{
-		Started: time.Now(), Quick: cfg.Quick, Warmup: cfg.Warmup, Duration: cfg.Duration,
+		Started: time.Now(), Quick: cfg.Quick, Rounds: cfg.Rounds, Warmup: cfg.Warmup, Duration: cfg.Duration,
 		Nginx: "nginx not used", Skipped: map[string]string{}, Errors: map[string]string{},
 		Instances: map[string][]instanceRSS{},
 	}
@@ -105,36 +105,47 @@ func measureAll(ctx context.Context, cfg Config, stdout, stderr io.Writer) error
 		}
 		conns[p.Name()] = cc
 	}
-	var exited []string // paths already reported as dead
-	for _, sc := range allScenarios {
-		if !slices.Contains(cfg.Scenarios, sc.Name) {
-			continue
+	var exited []string                 // paths already reported as dead
+	rounds := make(map[string][]Result) // scenario/path -> one result per round
+	for round := range cfg.Rounds {
+		for _, sc := range allScenarios {
+			if !slices.Contains(cfg.Scenarios, sc.Name) {
+				continue
+			}
+			for _, p := range paths {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				var hook func(time.Duration)
+				var waitProfiles func()
+				if cfg.PprofDir != "" && round == 0 && slices.Contains(profiledScenarios, sc.Name) {
+					hook = func(d time.Duration) { waitProfiles = startProfiles(ctx, cfg.PprofDir, sc.Name, p, d, logf) }
+				}
+				m := runScenario(ctx, conns[p.Name()], sc, cfg.Warmup, cfg.Duration, pids(p), hook)
+				if waitProfiles != nil {
+					waitProfiles()
+				}
+				r := toResult(sc, p.Name(), m, len(p.Instances()) > 0)
+				key := sc.Name + "/" + p.Name()
+				rounds[key] = append(rounds[key], r)
+				if m.errs > 0 {
+					info.Errors[sc.Name+"/"+p.Name()] = fmt.Sprintf("%d, last: %v", m.errs, m.lastEr)
+				}
+				if err := p.Exited(); err != nil && !slices.Contains(exited, p.Name()) {
+					exited = append(exited, p.Name())
+					info.Notes = append(info.Notes, fmt.Sprintf("%s: a proxy process died during %s: %v", p.Name(), sc.Name, err))
+					logf("%s: %v", p.Name(), err)
+				}
+				logf("%-16s %-9s %9.0f calls/s  p50 %6.0f us  p99 %6.0f us  %7.1f MB/s  cpu %5.1f ms/kcall  rss %5.1f MiB  errors %d",
+					sc.Name, p.Name(), r.CallsPerS, r.P50us, r.P99us, r.MBPerS, r.ProxyCPUmsPerKcall, r.ProxyRSSMiB, m.errs)
+			}
 		}
+	}
+	for _, sc := range allScenarios {
 		for _, p := range paths {
-			if ctx.Err() != nil {
-				return ctx.Err()
+			if rs := rounds[sc.Name+"/"+p.Name()]; len(rs) > 0 {
+				rep.Results = append(rep.Results, medianResult(rs))
 			}
-			var hook func(time.Duration)
-			var waitProfiles func()
-			if cfg.PprofDir != "" && slices.Contains(profiledScenarios, sc.Name) {
-				hook = func(d time.Duration) { waitProfiles = startProfiles(ctx, cfg.PprofDir, sc.Name, p, d, logf) }
-			}
-			m := runScenario(ctx, conns[p.Name()], sc, cfg.Warmup, cfg.Duration, pids(p), hook)
-			if waitProfiles != nil {
-				waitProfiles()
-			}
-			r := toResult(sc, p.Name(), m, len(p.Instances()) > 0)
-			rep.Results = append(rep.Results, r)
-			if m.errs > 0 {
-				info.Errors[sc.Name+"/"+p.Name()] = fmt.Sprintf("%d, last: %v", m.errs, m.lastEr)
-			}
-			if err := p.Exited(); err != nil && !slices.Contains(exited, p.Name()) {
-				exited = append(exited, p.Name())
-				info.Notes = append(info.Notes, fmt.Sprintf("%s: a proxy process died during %s: %v", p.Name(), sc.Name, err))
-				logf("%s: %v", p.Name(), err)
-			}
-			logf("%-16s %-9s %9.0f calls/s  p50 %6.0f us  p99 %6.0f us  %7.1f MB/s  cpu %5.1f ms/kcall  rss %5.1f MiB  errors %d",
-				sc.Name, p.Name(), r.CallsPerS, r.P50us, r.P99us, r.MBPerS, r.ProxyCPUmsPerKcall, r.ProxyRSSMiB, m.errs)
 		}
 	}
 	if cfg.OpenStreams > 0 {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"time"
 )
@@ -31,6 +32,33 @@ type Result struct {
 	ProxyRSSMiB float64 `json:"proxy_rss_mib"`
 }
 
+// medianResult is rs's scenario and path with each column's median over rs
+// (for an even count, the mean of the middle two).
+func medianResult(rs []Result) Result {
+	col := func(f func(Result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		n := len(v)
+		if n%2 == 1 {
+			return v[n/2]
+		}
+		return (v[n/2-1] + v[n/2]) / 2
+	}
+	return Result{
+		Scenario:           rs[0].Scenario,
+		Path:               rs[0].Path,
+		CallsPerS:          col(func(r Result) float64 { return r.CallsPerS }),
+		P50us:              col(func(r Result) float64 { return r.P50us }),
+		P99us:              col(func(r Result) float64 { return r.P99us }),
+		MBPerS:             col(func(r Result) float64 { return r.MBPerS }),
+		ProxyCPUmsPerKcall: col(func(r Result) float64 { return r.ProxyCPUmsPerKcall }),
+		ProxyRSSMiB:        col(func(r Result) float64 { return r.ProxyRSSMiB }),
+	}
+}
+
 // Report is the JSON output.
 type Report struct {
 	Results []Result `json:"results"`
@@ -47,6 +75,7 @@ func scenarioOpenStreams(n int) string { return fmt.Sprintf("open-streams-%d", n
 type runInfo struct {
 	Started   time.Time
 	Quick     bool
+	Rounds    int
 	Warmup    time.Duration
 	Duration  time.Duration
 	Nginx     string
@@ -140,9 +169,13 @@ func writeMarkdown(w io.Writer, rep Report, info runInfo) {
 	if info.Quick {
 		mode = "quick"
 	}
+	rounds := ""
+	if info.Rounds > 1 {
+		rounds = fmt.Sprintf(" %d rounds: every column is the median over them.", info.Rounds)
+	}
 	fmt.Fprintf(w, "Mode %s: per scenario and path, %v of load counted after %v of warm-up; "+
-		"the paths take turns scenario by scenario in one run. %d CPUs, %s, %s.\n\n",
-		mode, info.Duration, info.Warmup, numCPU(), goVersion(), info.Nginx)
+		"the paths take turns scenario by scenario in one run.%s %d CPUs, %s, %s.\n\n",
+		mode, info.Duration, info.Warmup, rounds, numCPU(), goVersion(), info.Nginx)
 	fmt.Fprintln(w, "Ratios compare paths measured in this run only; on a shared machine the absolute numbers drift between runs.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| scenario | path | calls/s | p50 µs | p99 µs | MB/s | proxy CPU ms/1k calls | proxy RSS MiB | calls/s vs direct | calls/s vs nginx-tls | p50 vs nginx-tls |")
