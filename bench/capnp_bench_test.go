@@ -8,14 +8,13 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
-	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/rpc"
 	"capnproto.org/go/capnp/v3/rpc/transport"
 
+	"github.com/vatcar/vatcar/internal/cputime"
 	"github.com/vatcar/vatcar/proto/captp"
 )
 
@@ -171,7 +170,7 @@ func BenchmarkCapnpUnary(b *testing.B) {
 				var left atomic.Int64
 				left.Store(int64(b.N))
 				var failed atomic.Value
-				cpu0 := processCPU()
+				cpu := cputime.Start()
 				b.ReportAllocs()
 				b.ResetTimer()
 				var wg sync.WaitGroup
@@ -190,18 +189,9 @@ func BenchmarkCapnpUnary(b *testing.B) {
 				if err, _ := failed.Load().(error); err != nil {
 					b.Fatal(err)
 				}
-				b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-us/call")
+				b.ReportMetric(cpu.MicrosPer(float64(b.N)), "cpu-us/call")
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
 			})
 		}
 	}
-}
-
-// processCPU is this process's user+system CPU time so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

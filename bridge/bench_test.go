@@ -5,14 +5,13 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
-	"syscall"
 	"testing"
-	"time"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/rpc"
 	"google.golang.org/grpc"
 
+	"github.com/vatcar/vatcar/internal/cputime"
 	"github.com/vatcar/vatcar/proto/captp"
 )
 
@@ -96,7 +95,7 @@ func BenchmarkUnaryKinds(b *testing.B) {
 			}
 			b.Run("kinds="+hp.name+"/"+mode, func(b *testing.B) {
 				b.SetBytes(benchMsgSize)
-				known, cpu0 := hp.h.in.knownUnaryCalls.Load(), processCPU(b)
+				known, cpu := hp.h.in.knownUnaryCalls.Load(), cputime.Start()
 				if mode == "serial" {
 					for b.Loop() {
 						if err := call(cc); err != nil {
@@ -115,19 +114,10 @@ func BenchmarkUnaryKinds(b *testing.B) {
 					})
 				}
 				b.ReportMetric(float64(hp.h.in.knownUnaryCalls.Load()-known)/float64(b.N), "known/op")
-				b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-us/op")
+				b.ReportMetric(cpu.MicrosPer(float64(b.N)), "cpu-us/op")
 			})
 		}
 	}
-}
-
-// processCPU returns the user and system CPU time this process has used.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func BenchmarkStream(b *testing.B) {

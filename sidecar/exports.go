@@ -63,7 +63,6 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 	cc, err := grpc.NewClient(grpcTarget(e.Target), append(windowDialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(s.metrics.statsHandler(SideEgress, &s.egressInflight)),
-		grpc.WithChainUnaryInterceptor(s.refuseWhileDraining, ex.calls.unary),
 		grpc.WithChainStreamInterceptor(s.refuseStreamWhileDraining, ex.calls.stream),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(int(s.cfg.MaxMessageSize)),
@@ -111,15 +110,9 @@ func grpcTarget(t string) string {
 	return "passthrough:///" + t
 }
 
-// refuseWhileDraining fails new calls to an export's server once the drain
-// began; calls already running go on.
-func (s *Sidecar) refuseWhileDraining(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	if s.isDraining() {
-		return status.Error(codes.Unavailable, "vatcar sidecar is shutting down")
-	}
-	return invoker(ctx, method, req, reply, cc, opts...)
-}
-
+// refuseStreamWhileDraining fails new calls to an export's server once the
+// drain began; calls already running go on. (The egress makes every backend
+// call as a stream, so there is no unary twin.)
 func (s *Sidecar) refuseStreamWhileDraining(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	if s.isDraining() {
 		return nil, status.Error(codes.Unavailable, "vatcar sidecar is shutting down")

@@ -42,13 +42,6 @@ func (r revocable) cutOff(err error) error {
 	return err
 }
 
-func (r revocable) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	if r.cut.Err() != nil {
-		return errRevokedCall()
-	}
-	return r.cutOff(invoker(ctx, method, req, reply, cc, opts...))
-}
-
 func (r revocable) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	if r.cut.Err() != nil {
 		return nil, errRevokedCall()

@@ -4,20 +4,30 @@ import (
 	"context"
 	"testing"
 
+	"capnproto.org/go/capnp/v3"
+
 	"github.com/vatcar/vatcar/vat"
 )
+
+// connectEcho restores a peer vat's echo service over loopback TLS; the
+// caller releases the client.
+func connectEcho(b *testing.B) capnp.Client {
+	b.Helper()
+	_, _, uri := hostEcho(b, "b", vat.Config{})
+	a := startVat(b, vat.Config{})
+	c, err := a.MustImport(uri).Connect(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
 
 // BenchmarkCall measures one call on a capability restored from a peer vat
 // over loopback TLS, through the table's revocable proxy and the
 // connection's call limiter.
 func BenchmarkCall(b *testing.B) {
 	ctx := context.Background()
-	_, _, uri := hostEcho(b, "b", vat.Config{})
-	a := startVat(b, vat.Config{})
-	c, err := a.MustImport(uri).Connect(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := connectEcho(b)
 	defer c.Release()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -31,12 +41,7 @@ func BenchmarkCall(b *testing.B) {
 // one connection.
 func BenchmarkCallParallel(b *testing.B) {
 	ctx := context.Background()
-	_, _, uri := hostEcho(b, "b", vat.Config{})
-	a := startVat(b, vat.Config{})
-	c, err := a.MustImport(uri).Connect(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := connectEcho(b)
 	defer c.Release()
 	b.SetParallelism(16)
 	b.RunParallel(func(pb *testing.PB) {

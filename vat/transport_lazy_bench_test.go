@@ -3,9 +3,10 @@ package vat
 import (
 	"context"
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vatcar/vatcar/internal/cputime"
 )
 
 // BenchmarkLazySerialTLS makes unary calls one at a time over go-capnp
@@ -51,7 +52,7 @@ func benchSerial(b *testing.B, delay, gap time.Duration) {
 	}
 	writes0 := p.clientRaw.writes.Load() + p.serverRaw.writes.Load()
 	reads0 := p.clientRaw.reads.Load() + p.serverRaw.reads.Load()
-	cpu0 := processCPU()
+	cpu := cputime.Start()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
@@ -59,16 +60,7 @@ func benchSerial(b *testing.B, delay, gap time.Duration) {
 	}
 	b.StopTimer()
 	n := float64(b.N)
-	b.ReportMetric(float64((processCPU()-cpu0).Nanoseconds())/1e3/n, "cpu-us/call")
+	b.ReportMetric(cpu.MicrosPer(n), "cpu-us/call")
 	b.ReportMetric(float64(p.clientRaw.writes.Load()+p.serverRaw.writes.Load()-writes0)/n, "writes/call")
 	b.ReportMetric(float64(p.clientRaw.reads.Load()+p.serverRaw.reads.Load()-reads0)/n, "reads/call")
-}
-
-// processCPU is this process's user+system CPU time so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

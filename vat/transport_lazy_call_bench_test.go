@@ -3,11 +3,10 @@ package vat_test
 import (
 	"context"
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/vatcar/vatcar/vat"
+	"github.com/vatcar/vatcar/internal/cputime"
 )
 
 // BenchmarkCallSerialCPU is BenchmarkCall (one call at a time on a
@@ -26,12 +25,7 @@ func BenchmarkCallSerialCPU(b *testing.B) {
 // benchCallSerial runs BenchmarkCallSerialCPU for one gap.
 func benchCallSerial(b *testing.B, gap time.Duration) {
 	ctx := context.Background()
-	_, _, uri := hostEcho(b, "b", vat.Config{})
-	a := startVat(b, vat.Config{})
-	c, err := a.MustImport(uri).Connect(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := connectEcho(b)
 	defer c.Release()
 	for warm := time.Now().Add(300 * time.Millisecond); time.Now().Before(warm); {
 		if _, err := call(ctx, c, "x"); err != nil {
@@ -41,7 +35,7 @@ func benchCallSerial(b *testing.B, gap time.Duration) {
 			time.Sleep(gap)
 		}
 	}
-	cpu0 := processCPUTime()
+	cpu := cputime.Start()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
@@ -53,14 +47,5 @@ func benchCallSerial(b *testing.B, gap time.Duration) {
 		}
 	}
 	b.StopTimer()
-	b.ReportMetric(float64((processCPUTime()-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-us/call")
-}
-
-// processCPUTime is this process's user+system CPU time so far.
-func processCPUTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric(cpu.MicrosPer(float64(b.N)), "cpu-us/call")
 }
