@@ -91,19 +91,7 @@ func TestDeadlineReachesBackend(t *testing.T) {
 			if halfClose {
 				s.CloseSend()
 			}
-			bctx := waitStarted(t, b)
-			d, ok := bctx.Deadline()
-			if !ok {
-				t.Fatal("backend call has no deadline")
-			}
-			if left := time.Until(d); left > timeout || left <= 0 {
-				t.Errorf("backend deadline is %v away, want within %v", left, timeout)
-			}
-			// The caller's side times out first and cancels (as a direct
-			// grpc-go client does), so the backend sees either.
-			if err := waitEnded(t, b); !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
-				t.Errorf("backend saw %v, want its context to end", err)
-			}
+			checkBackendDeadline(t, b, timeout)
 			if _, err := recvAll(s); status.Code(err) != codes.DeadlineExceeded {
 				t.Errorf("client got %v, want DeadlineExceeded", err)
 			}
@@ -574,5 +562,24 @@ func TestEgressContextCutsCalls(t *testing.T) {
 				t.Errorf("known-unary calls = %d with kinds %v", got, kinds)
 			}
 		})
+	}
+}
+
+// checkBackendDeadline waits for the backend call to start, checks that its
+// deadline is within timeout, and waits for its context to end. The
+// caller's side times out first and cancels (as a direct grpc-go client
+// does), so the backend sees either.
+func checkBackendDeadline(t *testing.T, b *backend, timeout time.Duration) {
+	t.Helper()
+	bctx := waitStarted(t, b)
+	d, ok := bctx.Deadline()
+	if !ok {
+		t.Fatal("backend call has no deadline")
+	}
+	if left := time.Until(d); left > timeout || left <= 0 {
+		t.Errorf("backend deadline is %v away, want within %v", left, timeout)
+	}
+	if err := waitEnded(t, b); !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		t.Errorf("backend saw %v, want its context to end", err)
 	}
 }
