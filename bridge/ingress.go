@@ -55,7 +55,8 @@ func (in *Ingress) Handler() grpc.StreamHandler { return in.handle }
 
 // ServerOptions returns the options a grpc.Server needs to bridge every
 // method: the unknown-service handler, the raw codec forced for every
-// content-subtype (no payload is ever parsed), and the message size limits.
+// content-subtype (no payload is ever parsed), the message size limits, and
+// a pool of stream workers (streamWorkers).
 // Add your own interceptors and stats handlers after them.
 func (in *Ingress) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
@@ -63,8 +64,19 @@ func (in *Ingress) ServerOptions() []grpc.ServerOption {
 		grpc.ForceServerCodecV2(Codec()),
 		grpc.MaxRecvMsgSize(in.max),
 		grpc.MaxSendMsgSize(in.max),
+		grpc.NumStreamWorkers(streamWorkers),
 	}
 }
+
+// streamWorkers is how many goroutines the ingress server keeps to run calls
+// on (grpc.NumStreamWorkers). A worker keeps the stack the previous call grew
+// (growStack), where a goroutine per call starts small and copies its stack
+// as it grows; calls beyond the workers' number get a goroutine each, as
+// without workers. Parked workers cost a few KiB each. Quick harness runs,
+// 3 rounds each (2026-11-25): throughput against nginx-tls at 64 calls in
+// flight 0.99-1.03x -> 1.06-1.15x, proxy CPU per call 1.05-1.09x -> 0.94-1.05x
+// nginx-tls's.
+const streamWorkers = 64
 
 // NewServer returns a grpc.Server with ServerOptions followed by opts.
 func (in *Ingress) NewServer(opts ...grpc.ServerOption) *grpc.Server {
