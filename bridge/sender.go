@@ -42,6 +42,18 @@ const (
 // on.
 func newFlowLimiter() flowcontrol.FlowLimiter { return flowcontrol.NewFixedLimiter(flowWindow) }
 
+// sinkSend is Sink.send's method id (bridge.capnp: send @1).
+const sinkSend = 1
+
+// LazyReturn is the vat.Config.LazyReturn for a vat that carries bridged
+// calls: the Return of a Sink.send (a capnp streaming call, `-> stream`)
+// only acknowledges the batch to the sender's flow limiter (flowWindow, far
+// more than a few milliseconds of sends), so it may ride with the
+// connection's next message instead of costing a write of its own.
+func LazyReturn(interfaceID uint64, methodID uint16) bool {
+	return interfaceID == captp.Sink_TypeID && methodID == sinkSend
+}
+
 // sender writes the events of one outbox to a Sink: headers and close as
 // they come, messages in batches. The first message goes out at once; the
 // messages queued while a send is being made ride in the next one. There is

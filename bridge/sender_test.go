@@ -5,6 +5,7 @@ import (
 	"sync"
 	"testing"
 
+	"capnproto.org/go/capnp/v3/server"
 	"google.golang.org/grpc/mem"
 
 	"github.com/vatcar/vatcar/proto/captp"
@@ -130,5 +131,28 @@ func TestSinkRefusesAfterClose(t *testing.T) {
 	}
 	if err := closeSink(); err == nil {
 		t.Error("a second close was taken")
+	}
+}
+
+// TestLazyReturn checks LazyReturn against the generated schema: of every
+// method of GrpcService, Call and Sink, only Sink.send (a `-> stream`
+// method) has lazy Returns.
+func TestLazyReturn(t *testing.T) {
+	var methods []server.Method
+	methods = captp.GrpcService_Methods(methods, nil)
+	methods = captp.Call_Methods(methods, nil)
+	methods = captp.Sink_Methods(methods, nil)
+	lazy := 0
+	for _, m := range methods {
+		want := m.InterfaceName == "bridge.capnp:Sink" && m.MethodName == "send"
+		if got := LazyReturn(m.InterfaceID, m.MethodID); got != want {
+			t.Errorf("LazyReturn(%s.%s) = %v, want %v", m.InterfaceName, m.MethodName, got, want)
+		}
+		if want {
+			lazy++
+		}
+	}
+	if lazy != 1 {
+		t.Errorf("%d methods named Sink.send among %d, want 1", lazy, len(methods))
 	}
 }

@@ -96,6 +96,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		OnConnection:       s.onConnection,
 		OnRestore:          s.onRestore,
 		OnRefused:          func(reason string) { s.metrics.refused.WithLabelValues(reason).Inc() },
+		LazyReturn:         bridge.LazyReturn,
 	})
 	if err != nil {
 		if cfg.SecretKeyFile != "" {

@@ -110,6 +110,17 @@ type Config struct {
 	// It must not block.
 	OnRefused func(reason string)
 
+	// LazyReturn, if not nil, names the methods whose results nobody waits
+	// for promptly: a successful Return to a call of such a method is lazy
+	// like a Finish (it rides with the vat's next message on the
+	// connection, or leaves within a few milliseconds). Meant for the
+	// acknowledgements of capnp streaming methods (`-> stream`), which only
+	// feed the caller's flow control: a stream's acknowledgements then ride
+	// with its other traffic instead of costing a write each. A call
+	// carrying more than 64 KiB is acknowledged at once. It is called on
+	// the connection's receive path and must be fast and not block.
+	LazyReturn func(interfaceID uint64, methodID uint16) bool
+
 	// OnConnection, if not nil, is called when a connection to a peer is
 	// established (up = true) and when it ends (up = false). peer is the
 	// zero Digest for insecure peers. It is called without locks held and

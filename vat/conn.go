@@ -205,7 +205,7 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 		}
 	}
 	boot := captp.Restorer_ServerToClient(&bootstrap{vat: v, conn: c})
-	var tr transport.Transport = newTransport(activityConn{Conn: endpoint, act: c.act}, v.cfg.maxMessageSize())
+	var tr transport.Transport = newTransport(activityConn{Conn: endpoint, act: c.act}, v.cfg.maxMessageSize(), v.cfg.LazyReturn)
 	if v.cfg.Insecure && mode == Accept {
 		tr = &firstMessageTransport{Transport: tr, conn: endpoint} // see handshake
 	}

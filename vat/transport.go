@@ -57,6 +57,9 @@ type codec struct {
 	// lazyDelay is how long a lazy message may wait for company; zero sends
 	// every message at once. Set before the first Encode.
 	lazyDelay time.Duration
+	// lazyReturn, if not nil, names the methods whose Returns are lazy
+	// (Config.LazyReturn). Set before the first Decode.
+	lazyReturn func(interfaceID uint64, methodID uint16) bool
 
 	mu        sync.Mutex
 	space     sync.Cond      // signalled when pending shrinks, a write ends, or err is set
@@ -70,14 +73,20 @@ type codec struct {
 	writing   bool           // someone (the writer, or Encode for a large message) writes to conn
 	closing   bool           // Close was called: the writer exits when pending is empty
 	err       error          // sticky: the failed write, or errTransportClosed
+	// lazyAnswers are the question ids of received calls whose Return may
+	// be lazy (see noteCall); an id leaves when its Return is encoded.
+	lazyAnswers map[uint32]struct{}
 
 	wake chan struct{} // one token: pending, due or closing changed
 	done chan struct{} // closed when the writer has returned
 	once sync.Once
 }
 
-func newTransport(rwc io.ReadWriteCloser, maxMessageSize uint64) transport.Transport {
-	return transport.New(newCodec(rwc, maxMessageSize))
+// newTransport returns a transport on rwc; lazyReturn is Config.LazyReturn.
+func newTransport(rwc io.ReadWriteCloser, maxMessageSize uint64, lazyReturn func(uint64, uint16) bool) transport.Transport {
+	c := newCodec(rwc, maxMessageSize)
+	c.lazyReturn = lazyReturn
+	return transport.New(c)
 }
 
 // newCodec returns a codec on rwc and starts its writer.
@@ -105,10 +114,16 @@ func (c *codec) Encode(m *capnp.Message) error {
 	if size, err := m.TotalSize(); err == nil && size > directSize {
 		return c.encodeDirect(m)
 	}
-	lazy := c.lazyDelay > 0 && isLazy(m)
+	lazy, answer, results := false, noAnswer, false
+	if c.lazyDelay > 0 {
+		lazy, answer, results = classifyLazy(m)
+	}
 	c.mu.Lock()
 	for c.err == nil && len(c.pending) >= maxPending {
 		c.space.Wait()
+	}
+	if answer != noAnswer {
+		lazy = c.takeLazyAnswer(answer, results)
 	}
 	err := c.usable()
 	if err == nil {
@@ -146,9 +161,13 @@ func (c *codec) usable() error {
 // saves. Whatever is pending (lazy messages, say) goes first, in the same
 // buffered write, so order is kept.
 func (c *codec) encodeDirect(m *capnp.Message) error {
+	_, answer, _ := classifyLazy(m)
 	c.mu.Lock()
 	for c.err == nil && c.writing {
 		c.space.Wait()
+	}
+	if answer != noAnswer {
+		c.takeLazyAnswer(answer, false) // a large Return is never lazy
 	}
 	if err := c.usable(); err != nil {
 		c.mu.Unlock()
@@ -229,7 +248,13 @@ func (c *codec) writeLoop() {
 	}
 }
 
-func (c *codec) Decode() (*capnp.Message, error) { return c.dec.Decode() }
+func (c *codec) Decode() (*capnp.Message, error) {
+	m, err := c.dec.Decode()
+	if err == nil && c.lazyReturn != nil && c.lazyDelay > 0 {
+		c.noteCall(m)
+	}
+	return m, err
+}
 
 // Close lets the writer finish what is pending, for at most
 // closeFlushTimeout, then closes the connection, which also ends a write

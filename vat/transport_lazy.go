@@ -16,6 +16,11 @@ import (
 // message that is not lazy, or when it has waited lazyDelay, or when lazy
 // bytes pending reach maxLazyPending, or on Close.
 //
+// A successful Return may be lazy too, when the call it answers was to a
+// method Config.LazyReturn names (the acknowledgement of a capnp stream
+// call, which only feeds the caller's flow control) and carried at most
+// lazyCallMax bytes. An exception Return is never lazy.
+//
 // A Finish that cancels a call (go-capnp sends it when the call's context
 // ends before the Return; it asks the peer to release the result's
 // capabilities, the schema's default) is not lazy: the peer cancels the
@@ -35,16 +40,78 @@ const (
 	// it they are due at once (a Finish is about 40 bytes; this is over a
 	// thousand of them).
 	maxLazyPending = 64 << 10
+	// lazyCallMax is the largest received call whose Return may be lazy:
+	// a stream of large sends would fill the caller's flow window within
+	// the lazy delay, and costs more in bytes than in messages anyway.
+	lazyCallMax = 64 << 10
 )
+
+// noAnswer is classify's answer id for a message that is not a candidate
+// lazy Return.
+const noAnswer = ^uint64(0)
+
+// classifyLazy reports whether m is lazy by its kind alone (isLazy), or,
+// for a Return, its answer id and whether it carries results: the call it
+// answers decides (takeLazyAnswer).
+func classifyLazy(m *capnp.Message) (lazy bool, answer uint64, results bool) {
+	root, err := rpccp.ReadRootMessage(m)
+	if err != nil {
+		return false, noAnswer, false
+	}
+	if root.Which() == rpccp.Message_Which_return {
+		ret, err := root.Return()
+		if err != nil {
+			return false, noAnswer, false
+		}
+		return false, uint64(ret.AnswerId()), ret.Which() == rpccp.Return_Which_results
+	}
+	return isLazyRoot(root), noAnswer, false
+}
+
+// noteCall remembers the question id of m if m is a call to a method
+// lazyReturn names and is small enough: its Return may then be lazy.
+func (c *codec) noteCall(m *capnp.Message) {
+	root, err := rpccp.ReadRootMessage(m)
+	if err != nil || root.Which() != rpccp.Message_Which_call {
+		return
+	}
+	call, err := root.Call()
+	if err != nil || !c.lazyReturn(call.InterfaceId(), call.MethodId()) {
+		return
+	}
+	if size, err := m.TotalSize(); err != nil || size > lazyCallMax {
+		return
+	}
+	c.mu.Lock()
+	if c.lazyAnswers == nil {
+		c.lazyAnswers = make(map[uint32]struct{})
+	}
+	c.lazyAnswers[call.QuestionId()] = struct{}{}
+	c.mu.Unlock()
+}
+
+// takeLazyAnswer reports whether the Return for answer may be lazy, and
+// forgets answer: its question id may be used again once the peer has the
+// Return. Only results are lazy, not an exception or the other kinds of
+// Return. The caller holds mu.
+func (c *codec) takeLazyAnswer(answer uint64, results bool) bool {
+	id := uint32(answer)
+	if _, ok := c.lazyAnswers[id]; !ok {
+		return false
+	}
+	delete(c.lazyAnswers, id)
+	return results
+}
 
 // isLazy reports whether m is an rpc Message that may wait: a Release, or a
 // Finish that keeps the result's capabilities (the one go-capnp sends after
 // a Return). Anything else, including what is not an rpc Message, is not.
 func isLazy(m *capnp.Message) bool {
 	root, err := rpccp.ReadRootMessage(m)
-	if err != nil {
-		return false
-	}
+	return err == nil && isLazyRoot(root)
+}
+
+func isLazyRoot(root rpccp.Message) bool {
 	switch root.Which() {
 	case rpccp.Message_Which_release:
 		return true

@@ -72,9 +72,12 @@ func tlsPair(tb testing.TB) (client, server *tls.Conn, clientRaw, serverRaw *cou
 // wireMessage is what the order tests send: an rpc Message of one kind,
 // numbered, and for calls a payload of size bytes.
 type wireMessage struct {
-	kind string // "finish" (lazy), "release" (lazy), "cancel" (a cancelling Finish), "call"
+	kind string // "finish" (lazy), "release" (lazy), "cancel" (a cancelling Finish), "call", "return", "exception"
 	id   uint32
 	size int
+	// Calls only: the method called.
+	iface  uint64
+	method uint16
 }
 
 func (w wireMessage) String() string { return fmt.Sprintf("%s#%d(%d)", w.kind, w.id, w.size) }
@@ -105,7 +108,25 @@ func (w wireMessage) build() *capnp.Message {
 		c, err := m.NewCall()
 		if err == nil {
 			c.SetQuestionId(w.id)
+			c.SetInterfaceId(w.iface)
+			c.SetMethodId(w.method)
 			err = setContent(c, seg, bytes.Repeat([]byte{byte(w.id)}, w.size))
+		}
+		if err != nil {
+			panic(err)
+		}
+	case "return", "exception":
+		r, err := m.NewReturn()
+		if err == nil {
+			r.SetAnswerId(w.id)
+			if w.kind == "return" {
+				_, err = r.NewResults()
+			} else {
+				var e rpccp.Exception
+				if e, err = r.NewException(); err == nil {
+					err = e.SetReason("test failure")
+				}
+			}
 		}
 		if err != nil {
 			panic(err)
@@ -150,6 +171,16 @@ func readWire(dec *capnp.Decoder) (wireMessage, error) {
 	case rpccp.Message_Which_release:
 		r, err := m.Release()
 		return wireMessage{kind: "release", id: r.Id()}, err
+	case rpccp.Message_Which_return:
+		r, err := m.Return()
+		if err != nil {
+			return wireMessage{}, err
+		}
+		kind := "return"
+		if r.Which() == rpccp.Return_Which_exception {
+			kind = "exception"
+		}
+		return wireMessage{kind: kind, id: r.AnswerId()}, nil
 	case rpccp.Message_Which_call:
 		c, err := m.Call()
 		if err != nil {
@@ -163,7 +194,7 @@ func readWire(dec *capnp.Decoder) (wireMessage, error) {
 		if err != nil {
 			return wireMessage{}, err
 		}
-		return wireMessage{kind: "call", id: c.QuestionId(), size: len(content.Data())}, nil
+		return wireMessage{kind: "call", id: c.QuestionId(), size: len(content.Data()), iface: c.InterfaceId(), method: c.MethodId()}, nil
 	}
 	return wireMessage{}, fmt.Errorf("unexpected message %v", m.Which())
 }
@@ -229,7 +260,7 @@ func TestIsLazy(t *testing.T) {
 	for _, tc := range []struct {
 		kind string
 		want bool
-	}{{"finish", true}, {"release", true}, {"cancel", false}, {"call", false}} {
+	}{{"finish", true}, {"release", true}, {"cancel", false}, {"call", false}, {"return", false}, {"exception", false}} {
 		if got := isLazy(wireMessage{kind: tc.kind, size: 10}.build()); got != tc.want {
 			t.Errorf("isLazy(%s) = %v, want %v", tc.kind, got, tc.want)
 		}
@@ -370,4 +401,80 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// TestLazyReturns has a codec read calls to a method its lazyReturn names
+// and to others, then answer them. A successful Return to a small call of
+// that method waits like a Finish; an exception, a Return to another
+// method's call or to a large call is due at once and takes the waiting
+// ones with it, in order. Each answered id is forgotten, so a later Return
+// with the same id (the question id reused) is due at once.
+func TestLazyReturns(t *testing.T) {
+	const sink, send, other = 0xa5cc, 1, 2
+	client, server, _, serverRaw := tlsPair(t)
+	c := newCodec(server, DefaultMaxMessageSize)
+	c.lazyDelay = never
+	c.lazyReturn = func(iface uint64, method uint16) bool { return iface == sink && method == send }
+	got := readAll(client)
+	enc := capnp.NewEncoder(client)
+	calls := []wireMessage{
+		{kind: "call", id: 1, iface: sink, method: send, size: 100},
+		{kind: "call", id: 2, iface: sink, method: send, size: 100},
+		{kind: "call", id: 3, iface: sink, method: other, size: 100},
+		{kind: "call", id: 4, iface: sink, method: send, size: lazyCallMax + 1},
+		{kind: "call", id: 5, iface: sink, method: send, size: 100},
+	}
+	for _, w := range calls {
+		if err := enc.Encode(w.build()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, w := range calls {
+		m, err := c.Decode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := readWire(capnp.NewDecoder(bytes.NewReader(must(m.Marshal()))))
+		if err != nil || r != w {
+			t.Fatalf("decoded %v, %v; want %v", r, err, w)
+		}
+	}
+	waiting := func(step string, want bool) {
+		t.Helper()
+		c.mu.Lock()
+		pending, due := len(c.pending) > 0, c.due
+		c.mu.Unlock()
+		if w := serverRaw.writes.Load(); (pending && !due && w == 0) != want {
+			t.Fatalf("%s: pending %v, due %v, %d writes; want lazy waiting %v", step, pending, due, w, want)
+		}
+	}
+	encode := func(w wireMessage) {
+		t.Helper()
+		if err := c.Encode(w.build()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	encode(wireMessage{kind: "return", id: 1})
+	encode(wireMessage{kind: "return", id: 2})
+	waiting("after two Returns to small sends", true)
+	encode(wireMessage{kind: "exception", id: 5})
+	expect(t, got, wireMessage{kind: "return", id: 1}, wireMessage{kind: "return", id: 2}, wireMessage{kind: "exception", id: 5})
+	for _, id := range []uint32{3, 4, 1} { // another method, a large call, an id already answered
+		before := serverRaw.writes.Load()
+		encode(wireMessage{kind: "return", id: id})
+		expect(t, got, wireMessage{kind: "return", id: id})
+		if serverRaw.writes.Load() == before {
+			t.Errorf("Return %d left without a write of its own", id)
+		}
+	}
+	c.mu.Lock()
+	left := len(c.lazyAnswers)
+	c.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d answer ids still remembered after every call was answered", left)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	expectEOF(t, got)
 }
