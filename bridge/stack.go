@@ -1,8 +1,9 @@
 package bridge
 
 // growStackBytes is how much stack growStack makes room for. A bridged call
-// runs on a goroutine that grpc-go (ingress) or go-capnp (egress) starts for
-// it, with a small stack, and goes deep: building the capnp call and
+// runs on a goroutine that go-capnp (egress) starts for it, or one of the
+// ingress server's stream workers (streamWorkers; a new goroutine when all
+// are busy), often with a small stack, and goes deep: building the capnp call and
 // reading gRPC frames grow that stack two or three times, each time copying
 // it (runtime.newstack/copystack: 30% of an importing sidecar's CPU at 64
 // calls in flight, docs/bench.md). Growing it once at the top, while it

@@ -112,12 +112,15 @@ type Config struct {
 
 	// LazyReturn, if not nil, names the methods whose results nobody waits
 	// for promptly: a successful Return to a call of such a method is lazy
-	// like a Finish (it rides with the vat's next message on the
-	// connection, or leaves within a few milliseconds). Meant for the
+	// like a Finish (it leaves with the next message on the connection that
+	// is not lazy, or within a few milliseconds). Meant for the
 	// acknowledgements of capnp streaming methods (`-> stream`), which only
 	// feed the caller's flow control: a stream's acknowledgements then ride
 	// with its other traffic instead of costing a write each. A call
-	// carrying more than 64 KiB is acknowledged at once. It is called on
+	// carrying more than 64 KiB is acknowledged at once, and waiting
+	// Returns leave once they answer more than 1 MiB of calls. Only a
+	// method whose caller does not wait for each Return belongs here. It is
+	// called on
 	// the connection's receive path and must be fast and not block.
 	LazyReturn func(interfaceID uint64, methodID uint16) bool
 

@@ -74,8 +74,10 @@ type codec struct {
 	closing   bool           // Close was called: the writer exits when pending is empty
 	err       error          // sticky: the failed write, or errTransportClosed
 	// lazyAnswers are the question ids of received calls whose Return may
-	// be lazy (see noteCall); an id leaves when its Return is encoded.
-	lazyAnswers map[uint32]struct{}
+	// be lazy, with the calls' sizes (see noteCall); an id leaves when its
+	// Return is encoded.
+	lazyAnswers map[uint32]uint32
+	lazyAcked   int // bytes of calls answered by the lazy Returns in pending
 
 	wake chan struct{} // one token: pending, due or closing changed
 	done chan struct{} // closed when the writer has returned
@@ -194,7 +196,7 @@ func (c *codec) encodeDirect(m *capnp.Message) error {
 func (c *codec) takePending() []byte {
 	out := c.pending
 	c.pending, c.spare = c.spare[:0], nil
-	c.due, c.lazySince = false, time.Time{}
+	c.due, c.lazySince, c.lazyAcked = false, time.Time{}, 0
 	c.writing = true
 	c.space.Broadcast()
 	return out

@@ -44,9 +44,14 @@ const (
 	// a stream of large sends would fill the caller's flow window within
 	// the lazy delay, and costs more in bytes than in messages anyway.
 	lazyCallMax = 64 << 10
+	// lazyAckMax bounds the bytes of calls that waiting lazy Returns
+	// answer: beyond it they are due at once, so that a sender whose flow
+	// window those Returns would reopen (the bridge's is 12 MiB) does not
+	// wait for the timer.
+	lazyAckMax = 1 << 20
 )
 
-// noAnswer is classify's answer id for a message that is not a candidate
+// noAnswer is classifyLazy's answer id for a message that is not a candidate
 // lazy Return.
 const noAnswer = ^uint64(0)
 
@@ -68,39 +73,50 @@ func classifyLazy(m *capnp.Message) (lazy bool, answer uint64, results bool) {
 	return isLazyRoot(root), noAnswer, false
 }
 
-// noteCall remembers the question id of m if m is a call to a method
-// lazyReturn names and is small enough: its Return may then be lazy.
+// noteCall remembers the question id and size of m if m is a call to a
+// method lazyReturn names, small enough, whose results go to the caller (a
+// Return answers it): its Return may then be lazy.
 func (c *codec) noteCall(m *capnp.Message) {
 	root, err := rpccp.ReadRootMessage(m)
 	if err != nil || root.Which() != rpccp.Message_Which_call {
 		return
 	}
 	call, err := root.Call()
-	if err != nil || !c.lazyReturn(call.InterfaceId(), call.MethodId()) {
+	if err != nil || !c.lazyReturn(call.InterfaceId(), call.MethodId()) ||
+		call.SendResultsTo().Which() != rpccp.Call_sendResultsTo_Which_caller {
 		return
 	}
-	if size, err := m.TotalSize(); err != nil || size > lazyCallMax {
+	size, err := m.TotalSize()
+	if err != nil || size > lazyCallMax {
 		return
 	}
 	c.mu.Lock()
 	if c.lazyAnswers == nil {
-		c.lazyAnswers = make(map[uint32]struct{})
+		c.lazyAnswers = make(map[uint32]uint32)
 	}
-	c.lazyAnswers[call.QuestionId()] = struct{}{}
+	c.lazyAnswers[call.QuestionId()] = uint32(size)
 	c.mu.Unlock()
 }
 
 // takeLazyAnswer reports whether the Return for answer may be lazy, and
 // forgets answer: its question id may be used again once the peer has the
 // Return. Only results are lazy, not an exception or the other kinds of
-// Return. The caller holds mu.
+// Return; and once the lazy Returns waiting answer more than lazyAckMax
+// bytes of calls, pending is due. The caller holds mu.
 func (c *codec) takeLazyAnswer(answer uint64, results bool) bool {
 	id := uint32(answer)
-	if _, ok := c.lazyAnswers[id]; !ok {
+	size, ok := c.lazyAnswers[id]
+	if !ok {
 		return false
 	}
 	delete(c.lazyAnswers, id)
-	return results
+	if !results {
+		return false
+	}
+	if c.lazyAcked += int(size); c.lazyAcked > lazyAckMax {
+		c.due = true
+	}
+	return true
 }
 
 // isLazy reports whether m is an rpc Message that may wait: a Release, or a

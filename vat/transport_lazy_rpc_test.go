@@ -3,6 +3,8 @@ package vat
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -126,6 +128,118 @@ func TestFinishRidesWithNextCall(t *testing.T) {
 			}
 			if writes > others {
 				t.Errorf("lazy: %d writes for %d messages that are not Finishes, want at most one write each (Finishes riding along)", writes, others)
+			}
+		})
+	}
+}
+
+// orderSink is a Sink server that checks each send carries the next
+// number and counts the closes.
+type orderSink struct {
+	next   atomic.Int64
+	bad    atomic.Int64
+	closes atomic.Int64
+}
+
+func (s *orderSink) Headers(context.Context, captp.Sink_headers) error { return nil }
+
+func (s *orderSink) Send(_ context.Context, call captp.Sink_send) error {
+	chunks, err := call.Args().Chunks()
+	if err != nil {
+		return err
+	}
+	for i := range chunks.Len() {
+		d, err := chunks.At(i).Data()
+		if err != nil {
+			return err
+		}
+		if want := s.next.Add(1) - 1; len(d) != 1 || int64(d[0]) != want%256 {
+			s.bad.Add(1)
+		}
+	}
+	return nil
+}
+
+func (s *orderSink) Close(context.Context, captp.Sink_close) error {
+	s.closes.Add(1)
+	return nil
+}
+
+// TestStreamReturnsRideWithClose streams sends over real go-capnp
+// connections, one at a time: the next leaves once the Sink has taken the
+// last, so each send's Return is the only message its side has to write.
+// Eager, each Return is a write of its own. Lazy (send's Returns named by
+// lazyReturn, with a timer that never fires), they wait and the close's
+// Return takes them along: the sender's close and WaitStreaming still
+// finish, every send arrives in order, and the Sink's side makes a handful
+// of writes rather than one per send.
+func TestStreamReturnsRideWithClose(t *testing.T) {
+	const sends = 100
+	for _, lazy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("lazy=%v", lazy), func(t *testing.T) {
+			client, server, _, serverRaw := tlsPair(t)
+			cc := newCodec(client, DefaultMaxMessageSize)
+			sc := newCodec(server, DefaultMaxMessageSize)
+			cc.lazyDelay, sc.lazyDelay = never, never
+			if lazy {
+				sc.lazyReturn = func(iface uint64, method uint16) bool { return iface == captp.Sink_TypeID && method == 1 }
+			}
+			sink := &orderSink{}
+			serverConn := rpc.NewConn(transport.New(sc), &rpc.Options{
+				BootstrapClient: capnp.Client(captp.Sink_ServerToClient(sink)),
+			})
+			clientConn := rpc.NewConn(transport.New(cc), nil)
+			s := captp.Sink(clientConn.Bootstrap(context.Background()))
+			t.Cleanup(func() {
+				s.Release()
+				if err := clientConn.Close(); err != nil {
+					t.Errorf("close client conn: %v", err)
+				}
+				<-serverConn.Done()
+				_ = serverConn.Close()
+			})
+			if err := s.Resolve(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			before := serverRaw.writes.Load()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			for i := range sends {
+				err := s.Send(ctx, func(p captp.Sink_send_Params) error {
+					l, err := p.NewChunks(1)
+					if err != nil {
+						return err
+					}
+					return l.At(0).SetData([]byte{byte(i)})
+				})
+				if err != nil {
+					t.Fatalf("send %d: %v", i, err)
+				}
+				for sink.next.Load() <= int64(i) {
+					if ctx.Err() != nil {
+						t.Fatalf("send %d not taken within 20s", i)
+					}
+					runtime.Gosched()
+				}
+			}
+			f, release := s.Close(ctx, nil)
+			defer release()
+			if _, err := f.Struct(); err != nil {
+				t.Fatalf("close: %v", err)
+			}
+			if err := s.WaitStreaming(); err != nil {
+				t.Fatalf("wait streaming: %v", err)
+			}
+			if n, bad, closes := sink.next.Load(), sink.bad.Load(), sink.closes.Load(); n != sends || bad != 0 || closes != 1 {
+				t.Fatalf("sink got %d messages (%d out of order) and %d closes, want %d, 0 and 1", n, bad, closes, sends)
+			}
+			w := serverRaw.writes.Load() - before
+			t.Logf("the Sink's side made %d writes for %d sends and a close", w, sends)
+			switch {
+			case lazy && w > sends/20:
+				t.Errorf("lazy: %d writes, want the sends' Returns riding with the close's", w)
+			case !lazy && w < sends/2:
+				t.Errorf("eager: %d writes, want about one per send (else this test shows nothing)", w)
 			}
 		})
 	}

@@ -120,7 +120,14 @@ func (w wireMessage) build() *capnp.Message {
 		if err == nil {
 			r.SetAnswerId(w.id)
 			if w.kind == "return" {
-				_, err = r.NewResults()
+				var res rpccp.Payload
+				if res, err = r.NewResults(); err == nil && w.size > 0 {
+					if d, derr := capnp.NewData(seg, make([]byte, w.size)); derr != nil {
+						err = derr
+					} else {
+						err = res.SetContent(d.ToPtr())
+					}
+				}
 			} else {
 				var e rpccp.Exception
 				if e, err = r.NewException(); err == nil {
@@ -423,6 +430,7 @@ func TestLazyReturns(t *testing.T) {
 		{kind: "call", id: 3, iface: sink, method: other, size: 100},
 		{kind: "call", id: 4, iface: sink, method: send, size: lazyCallMax + 1},
 		{kind: "call", id: 5, iface: sink, method: send, size: 100},
+		{kind: "call", id: 6, iface: sink, method: send, size: 100},
 	}
 	for _, w := range calls {
 		if err := enc.Encode(w.build()); err != nil {
@@ -467,11 +475,67 @@ func TestLazyReturns(t *testing.T) {
 			t.Errorf("Return %d left without a write of its own", id)
 		}
 	}
+	// A large Return (written from Encode's goroutine) is never lazy, and
+	// its id is forgotten too.
+	encode(wireMessage{kind: "return", id: 6, size: 2 * directSize})
+	expect(t, got, wireMessage{kind: "return", id: 6})
 	c.mu.Lock()
 	left := len(c.lazyAnswers)
 	c.mu.Unlock()
 	if left != 0 {
 		t.Errorf("%d answer ids still remembered after every call was answered", left)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	expectEOF(t, got)
+}
+
+// TestLazyReturnsBounded answers small calls of a lazy-Return method whose
+// sizes add up past lazyAckMax: the Returns wait while the calls they answer
+// add up to at most lazyAckMax bytes, and leave, all together, with the one
+// that passes it (the timer never fires).
+func TestLazyReturnsBounded(t *testing.T) {
+	client, server, _, serverRaw := tlsPair(t)
+	c := newCodec(server, DefaultMaxMessageSize)
+	c.lazyDelay = never
+	c.lazyReturn = func(uint64, uint16) bool { return true }
+	got := readAll(client)
+	enc := capnp.NewEncoder(client)
+	size := lazyCallMax - 1024
+	n := lazyAckMax/size + 2
+	sizes := make([]int, n)
+	for i := range n {
+		m := wireMessage{kind: "call", id: uint32(i), size: size}.build()
+		sizes[i] = int(must(m.TotalSize()))
+		if err := enc.Encode(m); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Decode(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acked := 0
+	for i := range n {
+		acked += sizes[i]
+		if err := c.Encode(wireMessage{kind: "return", id: uint32(i)}.build()); err != nil {
+			t.Fatal(err)
+		}
+		if acked <= lazyAckMax {
+			if w := serverRaw.writes.Load(); w != 0 {
+				t.Fatalf("Return %d (answering %d bytes of calls in all) made %d writes, want it waiting", i, acked, w)
+			}
+			continue
+		}
+		var want []wireMessage
+		for j := range i + 1 {
+			want = append(want, wireMessage{kind: "return", id: uint32(j)})
+		}
+		expect(t, got, want...)
+		break
+	}
+	if acked <= lazyAckMax {
+		t.Fatalf("the calls add up to %d bytes, not past lazyAckMax", acked)
 	}
 	if err := c.Close(); err != nil {
 		t.Fatalf("close: %v", err)
