@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/vatcar/vatcar/internal/rawconn"
 	"github.com/vatcar/vatcar/vat"
 )
 
@@ -61,6 +63,7 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 	s.mu.Unlock()
 
 	cc, err := grpc.NewClient(grpcTarget(e.Target), append(windowDialOptions(),
+		grpc.WithContextDialer(backendDialer(e.Target)),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(s.metrics.statsHandler(SideEgress, &s.egressInflight)),
 		grpc.WithChainStreamInterceptor(s.refuseStreamWhileDraining, ex.calls.stream),
@@ -108,6 +111,35 @@ func grpcTarget(t string) string {
 		return t
 	}
 	return "passthrough:///" + t
+}
+
+// backendDialer dials an export's backend, TCP or (target unix:PATH) a Unix
+// socket, with raw reads and writes (internal/rawconn).
+func backendDialer(target string) func(context.Context, string) (net.Conn, error) {
+	network := "tcp"
+	if strings.HasPrefix(target, "unix:") {
+		network = "unix"
+	}
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		if network == "unix" {
+			// With a custom dialer grpc-go passes a Unix target back as it
+			// was: unix://ABSOLUTE-PATH or unix:RELATIVE-PATH.
+			if rest, ok := strings.CutPrefix(addr, "unix://"); ok {
+				addr = rest
+			} else {
+				addr = strings.TrimPrefix(addr, "unix:")
+			}
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(true)
+		}
+		return rawconn.Wrap(c), nil
+	}
 }
 
 // refuseStreamWhileDraining fails new calls to an export's server once the

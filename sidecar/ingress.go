@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/vatcar/vatcar/internal/rawconn"
 	"github.com/vatcar/vatcar/proto/captp"
 	"github.com/vatcar/vatcar/vat"
 )
@@ -52,7 +53,7 @@ func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
 	in := &ingress{srv: srv, addr: ln.Addr(), done: make(chan struct{})}
 	go func() {
 		defer close(in.done)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		if err := srv.Serve(rawconn.Listener{Listener: ln}); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			s.log.Error("gRPC endpoint failed", "listen", in.addr.String(), "err", err)
 		}
 	}()

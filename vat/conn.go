@@ -15,6 +15,7 @@ import (
 	"capnproto.org/go/capnp/v3/rpc"
 	"capnproto.org/go/capnp/v3/rpc/transport"
 
+	"github.com/vatcar/vatcar/internal/rawconn"
 	"github.com/vatcar/vatcar/proto/captp"
 )
 
@@ -388,6 +389,7 @@ func (v *Vat) dialConn(ctx context.Context, loc Locator, insecureName string) (*
 		return nil, fmt.Errorf("connect to %s: %w: %w", loc.Address, ErrDisconnected, err)
 	}
 	tuneSocket(raw)
+	raw = rawconn.Wrap(raw)
 	endpoint := raw
 	if !v.cfg.Insecure {
 		endpoint = tls.Client(raw, clientTLS(v.key, loc.Digest))

@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"sync"
+
+	"github.com/vatcar/vatcar/internal/rawconn"
 )
 
 // Locking: Vat.mu guards the fields below it. It is never held while
@@ -187,6 +189,7 @@ func (v *Vat) Serve(ctx context.Context, l net.Listener) error {
 			return fmt.Errorf("serve: accept: %w", err)
 		}
 		tuneSocket(c)
+		c = rawconn.Wrap(c)
 		if !v.inbound.admit(v.cfg.maxConnections()) {
 			c.Close()
 			v.refuse(RefusedMaxConnections, slog.LevelWarn, c.RemoteAddr(), nil)
