@@ -63,7 +63,7 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 	s.mu.Unlock()
 
 	cc, err := grpc.NewClient(grpcTarget(e.Target), append(windowDialOptions(),
-		grpc.WithContextDialer(backendDialer(e.Target)),
+		grpc.WithContextDialer(backendDialer(e.Target)), grpc.WithNoProxy(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(s.metrics.statsHandler(SideEgress, &s.egressInflight)),
 		grpc.WithChainStreamInterceptor(s.refuseStreamWhileDraining, ex.calls.stream),
@@ -114,7 +114,9 @@ func grpcTarget(t string) string {
 }
 
 // backendDialer dials an export's backend, TCP or (target unix:PATH) a Unix
-// socket, with raw reads and writes (internal/rawconn).
+// socket, with raw reads and writes (internal/rawconn). With a dialer of its
+// own, grpc-go uses no HTTP proxy from the environment for the backend (and
+// the client says so with WithNoProxy): a backend is the pod's own server.
 func backendDialer(target string) func(context.Context, string) (net.Conn, error) {
 	network := "tcp"
 	if strings.HasPrefix(target, "unix:") {
@@ -134,9 +136,6 @@ func backendDialer(target string) func(context.Context, string) (net.Conn, error
 		c, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
-		}
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetNoDelay(true)
 		}
 		return rawconn.Wrap(c), nil
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -35,6 +36,24 @@ type ingress struct {
 	stopOnce sync.Once
 }
 
+// appListener hands the ingress's gRPC server app connections with raw
+// reads and writes (internal/rawconn). grpc-go sets TCP_USER_TIMEOUT (its
+// keepalive timeout) only on a *net.TCPConn, so it is set here first.
+type appListener struct{ net.Listener }
+
+// appUserTimeout is grpc-go's default keepalive timeout, which it makes a
+// server connection's TCP_USER_TIMEOUT.
+const appUserTimeout = 20 * time.Second
+
+func (l appListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	_ = rawconn.SetUserTimeout(c, int(appUserTimeout/time.Millisecond))
+	return rawconn.Wrap(c), nil
+}
+
 // startIngress listens on addr (an empty host means loopback) and serves
 // calls through d.
 func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
@@ -53,7 +72,7 @@ func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
 	in := &ingress{srv: srv, addr: ln.Addr(), done: make(chan struct{})}
 	go func() {
 		defer close(in.done)
-		if err := srv.Serve(rawconn.Listener{Listener: ln}); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		if err := srv.Serve(appListener{ln}); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			s.log.Error("gRPC endpoint failed", "listen", in.addr.String(), "err", err)
 		}
 	}()

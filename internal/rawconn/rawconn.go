@@ -1,4 +1,4 @@
-// Package rawconn makes a socket's reads and writes without the Go
+// Package rawconn makes a stream socket's reads and writes without the Go
 // runtime's system-call bookkeeping.
 //
 // A read or write on a net.Conn enters a system call the way any blocking
@@ -8,26 +8,13 @@
 // often longer) hands the P to another thread, which the returning thread
 // must then take back. With one P (a sidecar's --cpus 1) and one call in
 // flight, that is a futex wake-up and a thread switch or two per message.
-// The sockets are non-blocking, so a read or write never waits in the
-// kernel: Conn makes them as raw system calls through syscall.RawConn, and
-// waits for readiness in the runtime's poller exactly as net.Conn does
-// (deadlines and Close work as before).
+// On Linux, Conn instead makes each read and write as a raw recvfrom or
+// sendto with MSG_DONTWAIT (never waiting in the kernel, whatever the
+// descriptor's flags) from a syscall.RawConn callback, and waits for
+// readiness in the runtime's poller exactly as net.Conn does: deadlines
+// and Close work as before.
+//
+// Elsewhere, and in race-detector builds (the race detector learns of
+// socket I/O only through the syscall package's ordinary calls), Wrap
+// returns the connection unchanged; Enabled says which.
 package rawconn
-
-import "net"
-
-// maxRawWrite bounds one raw write: the kernel copies what fits into the
-// socket buffer while the P waits, so a huge write is made in steps.
-const maxRawWrite = 256 << 10
-
-// Listener wraps each accepted connection with Wrap.
-type Listener struct{ net.Listener }
-
-// Accept returns the next connection, wrapped.
-func (l Listener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return Wrap(c), nil
-}

@@ -1,5 +1,3 @@
-//go:build linux
-
 package rawconn
 
 import (
@@ -10,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -22,7 +21,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // pair returns a connected pair of sockets on loopback, network "tcp" or
-// "unix", the accepted end wrapped by Listener and the dialled end by Wrap.
+// "unix", both ends wrapped.
 func pair(t *testing.T, network string) (accepted, dialled net.Conn) {
 	t.Helper()
 	addr := "127.0.0.1:0"
@@ -36,11 +35,13 @@ func pair(t *testing.T, network string) (accepted, dialled net.Conn) {
 	defer ln.Close()
 	got := make(chan net.Conn, 1)
 	go func() {
-		c, err := Listener{Listener: ln}.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			t.Error(err)
+			got <- nil
+			return
 		}
-		got <- c
+		got <- Wrap(c)
 	}()
 	d, err := net.Dial(network, ln.Addr().String())
 	if err != nil {
@@ -58,17 +59,19 @@ func pair(t *testing.T, network string) (accepted, dialled net.Conn) {
 	return accepted, dialled
 }
 
+// wrapped fails the test unless c is wrapped, where Wrap wraps.
 func wrapped(t *testing.T, c net.Conn) {
 	t.Helper()
-	if _, ok := c.(*Conn); !ok {
-		t.Fatalf("%T not wrapped", c)
+	_, ok := c.(interface{ NetConn() net.Conn })
+	if ok != Enabled {
+		t.Fatalf("%T: wrapped %v, want %v (Enabled)", c, ok, Enabled)
 	}
 }
 
 // TestCopy sends 8 MiB each way at once, in writes of assorted sizes up to
 // 1 MiB (more than a socket buffer: raw writes that fill it wait for the
-// poller), and reads it back intact on both ends; then a half-close reads
-// as EOF.
+// poller), and reads it back intact on both ends; then, once the peer
+// closed, a read gives EOF.
 func TestCopy(t *testing.T) {
 	for _, network := range []string{"tcp", "unix"} {
 		t.Run(network, func(t *testing.T) {
@@ -143,17 +146,24 @@ func TestConcurrentWrites(t *testing.T) {
 }
 
 // TestDeadlines: a read past its deadline fails with a timeout, a write
-// that cannot finish before its deadline too, and the connection still
-// works once the deadline is lifted.
+// that cannot finish before its deadline too (both *net.OpErrors naming the
+// call), and the connection still works once the deadline is lifted.
 func TestDeadlines(t *testing.T) {
-	a, b := pair(t, "tcp")
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) { testDeadlines(t, network) })
+	}
+}
+
+func testDeadlines(t *testing.T, network string) {
+	a, b := pair(t, network)
 	if err := a.SetReadDeadline(time.Now().Add(20 * time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
 	_, err := a.Read(make([]byte, 10))
 	var ne net.Error
-	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
-		t.Fatalf("read past the deadline: %v; want a timeout", err)
+	var oe *net.OpError
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() || !errors.As(err, &oe) || oe.Op != "read" {
+		t.Fatalf("read past the deadline: %v; want a read OpError that is a timeout", err)
 	}
 	// Nobody reads a: b's writes fill both socket buffers and then wait.
 	if err := b.SetWriteDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
@@ -161,8 +171,8 @@ func TestDeadlines(t *testing.T) {
 	}
 	big := make([]byte, 64<<20)
 	n, err := b.Write(big)
-	if !errors.Is(err, os.ErrDeadlineExceeded) || n == 0 || n >= len(big) {
-		t.Fatalf("write past the deadline: wrote %d of %d bytes, %v; want part of it and a timeout", n, len(big), err)
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &oe) || oe.Op != "write" || n == 0 || n >= len(big) {
+		t.Fatalf("write past the deadline: wrote %d of %d bytes, %v; want part of it and a write OpError for the timeout", n, len(big), err)
 	}
 	for _, c := range []net.Conn{a, b} {
 		if err := c.SetDeadline(time.Time{}); err != nil {
@@ -183,46 +193,58 @@ func TestDeadlines(t *testing.T) {
 	}
 }
 
-// TestCloseUnblocksRead closes a connection while a Read waits on it: the
-// Read returns net.ErrClosed.
-func TestCloseUnblocksRead(t *testing.T) {
-	a, _ := pair(t, "tcp")
-	got := make(chan error, 1)
-	go func() {
-		_, err := a.Read(make([]byte, 10))
-		got <- err
-	}()
-	// The Read waits in the poller; poll until it is there.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for !readerWaiting(a) && ctx.Err() == nil {
-		runtime.Gosched()
-	}
-	if err := a.Close(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-got:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Fatalf("read on a closed connection: %v; want net.ErrClosed", err)
-		}
-	case <-ctx.Done():
-		t.Fatal("read still blocked 10s after Close")
+// TestCloseUnblocksRead closes a connection while a Read waits in the
+// poller, and one while a Write waits for the peer (that reads nothing) to
+// make room: both return net.ErrClosed, as *net.OpErrors naming the call.
+func TestCloseUnblocks(t *testing.T) {
+	for _, op := range []string{"read", "write"} {
+		t.Run(op, func(t *testing.T) {
+			a, _ := pair(t, "tcp")
+			got := make(chan error, 1)
+			go func() {
+				var err error
+				if op == "read" {
+					_, err = a.Read(make([]byte, 10))
+				} else {
+					_, err = a.Write(make([]byte, 64<<20))
+				}
+				got <- err
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			for !waitingInPoller("TestCloseUnblocks") {
+				if ctx.Err() != nil {
+					t.Fatalf("the %s never waited in the poller", op)
+				}
+				runtime.Gosched()
+			}
+			if err := a.Close(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-got:
+				var oe *net.OpError
+				if !errors.Is(err, net.ErrClosed) || !errors.As(err, &oe) || oe.Op != op {
+					t.Fatalf("%s on a closed connection: %v; want a %s OpError for net.ErrClosed", op, err, op)
+				}
+			case <-ctx.Done():
+				t.Fatalf("%s still blocked 10s after Close", op)
+			}
+		})
 	}
 }
 
-// readerWaiting reports whether a Read holds c's read lock (it is in, or
-// about to wait in, the poller).
-func readerWaiting(c net.Conn) bool {
-	rc, ok := c.(*Conn)
-	if !ok {
-		return true
+// waitingInPoller reports whether a goroutine started by the test named
+// test waits in the runtime's network poller.
+func waitingInPoller(test string) bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+		if bytes.Contains(g, []byte("[IO wait")) && bytes.Contains(g, []byte(test+".func")) {
+			return true
+		}
 	}
-	if rc.rmu.TryLock() {
-		rc.rmu.Unlock()
-		return false
-	}
-	return true
+	return false
 }
 
 // TestWriteToClosedPeer: writing to a peer that closed its socket fails
@@ -255,5 +277,38 @@ func TestWrapOthers(t *testing.T) {
 	defer q.Close()
 	if got := Wrap(p); got != p {
 		t.Fatalf("Wrap(net.Pipe end) = %T, want it unchanged", got)
+	}
+}
+
+// TestZeroLengthRead: a zero-length Read returns at once on an open
+// connection, and fails on a closed one, as on a net.Conn.
+func TestZeroLengthRead(t *testing.T) {
+	a, _ := pair(t, "tcp")
+	if n, err := a.Read(nil); n != 0 || err != nil {
+		t.Fatalf("Read(nil) = %d, %v; want 0, nil", n, err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Read(nil); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Read(nil) after Close: %v; want net.ErrClosed", err)
+	}
+}
+
+// TestWithoutRace runs this package's other tests again without the race
+// detector when this build has it (Wrap then wraps nothing: see the package
+// doc), so that `go test -race ./...` tests the raw system calls too.
+func TestWithoutRace(t *testing.T) {
+	if Enabled || runtime.GOOS != "linux" || os.Getenv("RAWCONN_NO_RACE_CHILD") != "" {
+		t.Skip("this build makes raw system calls itself")
+	}
+	cmd := exec.Command("go", "test", "-count=1", "-run", "^Test[^W]", ".")
+	cmd.Env = append(os.Environ(), "RAWCONN_NO_RACE_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go test without -race: %v\n%s", err, out)
+	}
+	if !bytes.Contains(out, []byte("ok")) {
+		t.Fatalf("go test without -race printed no ok:\n%s", out)
 	}
 }
