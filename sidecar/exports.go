@@ -137,7 +137,7 @@ func backendDialer(target string) func(context.Context, string) (net.Conn, error
 		if err != nil {
 			return nil, err
 		}
-		return rawconn.Wrap(c), nil
+		return newPingAckConn(rawconn.Wrap(c), pingAckDelay), nil
 	}
 }
 

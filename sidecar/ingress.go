@@ -51,7 +51,7 @@ func (l appListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	_ = rawconn.SetUserTimeout(c, int(appUserTimeout/time.Millisecond))
-	return rawconn.Wrap(c), nil
+	return newPingAckConn(rawconn.Wrap(c), pingAckDelay), nil
 }
 
 // startIngress listens on addr (an empty host means loopback) and serves
