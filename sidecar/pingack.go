@@ -14,8 +14,9 @@ import (
 // write of its own, long before the call's response exists to share it.
 // Held, the acknowledgement leaves with the connection's next write (the
 // response, usually) or after pingAckDelay: the peer then measures a round
-// trip up to this much longer, which only makes its windows grow sooner. A
-// keepalive PING waits for its acknowledgement for seconds (20 s by default).
+// trip up to this much longer, with more bytes in it; its windows may grow
+// a little sooner or later, never shrink. A keepalive PING waits for its
+// acknowledgement for seconds (20 s by default).
 const pingAckDelay = 2 * time.Millisecond
 
 // pingAck is an HTTP/2 PING frame with the ACK flag, without its 8 bytes of
@@ -37,8 +38,9 @@ type pingAckConn struct {
 	held  []byte     // a PING ACK frame waiting, or empty
 	buf   []byte     // held's storage, and the joined write's
 	timer *time.Timer
-	delay time.Duration // how long a frame is held: pingAckDelay
-	err   error         // the failed write of a held frame, returned by the next Write
+	delay  time.Duration // how long a frame is held: pingAckDelay
+	err    error         // the failed write of a held frame, returned by the next Write
+	closed bool
 }
 
 // newPingAckConn returns c holding PING ACKs for at most delay.
@@ -54,6 +56,9 @@ func (p *pingAckConn) Write(b []byte) (int, error) {
 	defer p.mu.Unlock()
 	if p.err != nil {
 		return 0, p.err
+	}
+	if p.closed {
+		return 0, net.ErrClosed
 	}
 	if len(p.held) == 0 && len(b) == pingAckSize && bytes.HasPrefix(b, pingAck) {
 		p.held = append(p.buf[:0], b...)
@@ -90,7 +95,17 @@ func (p *pingAckConn) flushHeld() {
 	p.held = nil
 }
 
+// Close sends a held acknowledgement first unless a write is under way
+// (one stuck on a peer that does not read must not keep Close waiting),
+// then closes the connection.
 func (p *pingAckConn) Close() error {
 	p.timer.Stop()
+	if p.mu.TryLock() {
+		if len(p.held) > 0 && p.err == nil {
+			_, _ = p.Conn.Write(p.held)
+		}
+		p.held, p.closed = nil, true
+		p.mu.Unlock()
+	}
 	return p.Conn.Close()
 }

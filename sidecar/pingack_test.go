@@ -15,7 +15,8 @@ import (
 type writeCounter struct {
 	net.Conn
 	writes atomic.Int64
-	fail   atomic.Bool // writes fail with errBroken
+	fail   atomic.Bool  // writes fail with errBroken
+	failed atomic.Int64 // writes that failed so
 }
 
 var errBroken = errors.New("broken connection")
@@ -23,6 +24,7 @@ var errBroken = errors.New("broken connection")
 func (w *writeCounter) Write(b []byte) (int, error) {
 	w.writes.Add(1)
 	if w.fail.Load() {
+		w.failed.Add(1)
 		return 0, errBroken
 	}
 	return w.Conn.Write(b)
@@ -112,17 +114,32 @@ func TestPingAckRidesWithNextWrite(t *testing.T) {
 	}
 }
 
-// TestPingAckAlone: a PING ACK with no write after it leaves on its own
-// once its delay passed.
+// TestPingAckAlone: a PING ACK with no write after it waits, and leaves on
+// its own when its delay passes (the timer, fired here at once); one held
+// when the connection closes leaves before the close.
 func TestPingAckAlone(t *testing.T) {
-	p, wc, peer := ackPair(t, pingAckDelay)
+	p, wc, peer := ackPair(t, time.Hour)
 	ack := frame(6, 1, 8)
 	mustWrite(t, p, ack)
+	if n := wc.writes.Load(); n != 0 {
+		t.Fatalf("%d writes after a lone PING ACK, want it held", n)
+	}
+	p.timer.Reset(0)
 	if got := readN(t, peer, len(ack)); !bytes.Equal(got, ack) {
 		t.Fatalf("peer read %x, want the ACK", got)
 	}
 	if n := wc.writes.Load(); n != 1 {
 		t.Fatalf("%d writes, want 1", n)
+	}
+	mustWrite(t, p, ack)
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readN(t, peer, len(ack)); !bytes.Equal(got, ack) {
+		t.Fatalf("peer read %x after Close, want the held ACK", got)
+	}
+	if _, err := p.Write(ack); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after Close: %v, want net.ErrClosed", err)
 	}
 }
 
@@ -141,27 +158,43 @@ func TestPingAckJoins(t *testing.T) {
 	}
 	big := frame(0, 0, 64<<10)
 	mustWrite(t, p, ack)
-	mustWrite(t, p, big)
+	wrote := make(chan error, 1)
+	go func() { // the peer reads at the same time: no socket buffer must hold it all
+		_, err := p.Write(big)
+		wrote <- err
+	}()
 	if got := readN(t, peer, len(ack)+len(big)); !bytes.Equal(got[:len(ack)], ack) || !bytes.Equal(got[len(ack):], big) {
 		t.Fatal("peer did not read the ACK and then the large frame")
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
 	}
 	if n := wc.writes.Load(); n != 3 {
 		t.Fatalf("%d writes, want 3", n)
 	}
 }
 
-// TestPingAckFlushFailure: when the held ACK's own write fails, the next
-// Write reports the error rather than writing behind a lost frame.
+// TestPingAckFlushFailure: when the held ACK's own write (the timer's)
+// fails, the next Write reports that error, even though the connection
+// would now take it, rather than write behind a lost frame.
 func TestPingAckFlushFailure(t *testing.T) {
-	p, wc, _ := ackPair(t, time.Millisecond)
+	p, wc, _ := ackPair(t, time.Hour)
 	wc.fail.Store(true)
 	mustWrite(t, p, frame(6, 1, 8))
+	p.timer.Reset(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for wc.writes.Load() == 0 && ctx.Err() == nil {
+	for wc.failed.Load() == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("the held ACK was not written within 10s")
+		}
 		time.Sleep(time.Millisecond) // poll for the timer's write
 	}
+	wc.fail.Store(false)
 	if _, err := p.Write(frame(0, 0, 10)); !errors.Is(err, errBroken) {
 		t.Fatalf("write after the held ACK failed: %v, want %v", err, errBroken)
+	}
+	if n := wc.writes.Load(); n != 1 {
+		t.Fatalf("%d writes, want only the failed one", n)
 	}
 }
