@@ -34,10 +34,10 @@ const pingAckSize = 9 + 8
 type pingAckConn struct {
 	net.Conn
 
-	mu    sync.Mutex // guards the fields below, and is held while writing
-	held  []byte     // a PING ACK frame waiting, or empty
-	buf   []byte     // held's storage, and the joined write's
-	timer *time.Timer
+	mu     sync.Mutex // guards the fields below, and is held while writing
+	held   []byte     // a PING ACK frame waiting, or empty
+	buf    []byte     // held's storage, and the joined write's
+	timer  *time.Timer
 	delay  time.Duration // how long a frame is held: pingAckDelay
 	err    error         // the failed write of a held frame, returned by the next Write
 	closed bool
