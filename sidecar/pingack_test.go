@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vatcar/vatcar/internal/testnet"
 )
 
 // writeCounter counts the writes made to a net.Conn.
@@ -34,30 +36,10 @@ func (w *writeCounter) Write(b []byte) (int, error) {
 // loopback TCP connection, and the peer's end.
 func ackPair(t *testing.T, delay time.Duration) (*pingAckConn, *writeCounter, net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	d, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer := <-accepted
-	if peer == nil {
-		t.Fatal("accept failed")
-	}
+	d, peer := testnet.Pair(t, "tcp")
 	wc := &writeCounter{Conn: d}
 	p := newPingAckConn(wc, delay)
-	t.Cleanup(func() {
-		p.Close()
-		peer.Close()
-	})
+	t.Cleanup(func() { p.Close() })
 	return p, wc, peer
 }
 

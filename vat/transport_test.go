@@ -9,32 +9,12 @@ import (
 	"testing"
 
 	capnp "capnproto.org/go/capnp/v3"
+
+	"github.com/vatcar/vatcar/internal/testnet"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (a, b net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	a, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = <-accepted
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
+func tcpPair(t testing.TB) (a, b net.Conn) { return testnet.Pair(t, "tcp") }
 
 // testMessage returns a message whose root is a Data of n bytes, each i's
 // low byte. Building it in memory cannot fail.

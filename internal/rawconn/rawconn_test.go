@@ -9,13 +9,14 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/vatcar/vatcar/internal/testnet"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -24,39 +25,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // "unix", both ends wrapped.
 func pair(t *testing.T, network string) (accepted, dialled net.Conn) {
 	t.Helper()
-	addr := "127.0.0.1:0"
-	if network == "unix" {
-		addr = filepath.Join(t.TempDir(), "s")
-	}
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			t.Error(err)
-			got <- nil
-			return
-		}
-		got <- Wrap(c)
-	}()
-	d, err := net.Dial(network, ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	dialled = Wrap(d)
-	accepted = <-got
-	if accepted == nil {
-		t.FailNow()
-	}
-	t.Cleanup(func() {
-		accepted.Close()
-		dialled.Close()
-	})
-	return accepted, dialled
+	d, a := testnet.Pair(t, network)
+	return Wrap(a), Wrap(d)
 }
 
 // wrapped fails the test unless c is wrapped, where Wrap wraps.
