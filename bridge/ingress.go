@@ -70,7 +70,8 @@ func (in *Ingress) ServerOptions() []grpc.ServerOption {
 
 // streamWorkers is how many goroutines the ingress server keeps to run calls
 // on (grpc.NumStreamWorkers). A worker keeps the stack the previous call grew
-// (growStack: 32 KiB) until the garbage collector shrinks it, where a
+// (growStack's 16 KiB frame leaves a 32 KiB stack) until the garbage
+// collector shrinks it, where a
 // goroutine per call starts small and copies its stack as it grows; calls
 // beyond the workers' number get a goroutine each, as without workers. The
 // workers start with the server (a server never stopped keeps them) and

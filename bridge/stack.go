@@ -8,7 +8,8 @@ package bridge
 // it (runtime.newstack/copystack: 30% of an importing sidecar's CPU at 64
 // calls in flight, docs/bench.md). Growing it once at the top, while it
 // holds almost nothing, costs one copy of a few hundred bytes; the stack
-// goes back to the runtime's pool when the goroutine ends.
+// goes back to the runtime's pool when the goroutine ends (an ingress
+// stream worker keeps it for its next call).
 const growStackBytes = 16 << 10
 
 // growStack grows the calling goroutine's stack to at least growStackBytes
