@@ -71,11 +71,11 @@ func (in *Ingress) ServerOptions() []grpc.ServerOption {
 // streamWorkers is how many goroutines the ingress server keeps to run calls
 // on (grpc.NumStreamWorkers). A worker keeps the stack the previous call grew
 // (growStack's 16 KiB frame leaves a 32 KiB stack) until the garbage
-// collector shrinks it, where a
-// goroutine per call starts small and copies its stack as it grows; calls
-// beyond the workers' number get a goroutine each, as without workers. The
-// workers start with the server (a server never stopped keeps them) and
-// cost up to 64 x 32 KiB of stacks once busy. Quick harness runs,
+// collector shrinks it, where a goroutine per call starts small and copies
+// its stack as it grows; calls beyond the workers' number get a goroutine
+// each, as without workers. The workers start with the server (a server
+// never stopped keeps them) and cost up to 64 x 32 KiB of stacks once busy.
+// Quick harness runs,
 // 3 rounds each (2026-11-25): throughput against nginx-tls at 64 calls in
 // flight 0.99-1.03x -> 1.06-1.15x, proxy CPU per call 1.05-1.09x -> 0.94-1.05x
 // nginx-tls's.
