@@ -49,6 +49,15 @@ func waitEnded(t *testing.T, b *backend) error {
 	}
 }
 
+// expectBackendCanceled fails the test unless b's call ends, within
+// waitEnded's bound, with context.Canceled.
+func expectBackendCanceled(t *testing.T, b *backend) {
+	t.Helper()
+	if err := waitEnded(t, b); !errors.Is(err, context.Canceled) {
+		t.Errorf("backend saw %v, want context.Canceled", err)
+	}
+}
+
 // TestCancelReachesBackend cancels calls on both paths (unary-shaped and
 // streaming) and checks that the backend's context is cancelled.
 func TestCancelReachesBackend(t *testing.T) {
@@ -65,9 +74,7 @@ func TestCancelReachesBackend(t *testing.T) {
 			}
 			waitStarted(t, b)
 			cancel()
-			if err := waitEnded(t, b); !errors.Is(err, context.Canceled) {
-				t.Errorf("backend saw %v, want context.Canceled", err)
-			}
+			expectBackendCanceled(t, b)
 			if _, err := recvAll(s); status.Code(err) != codes.Canceled {
 				t.Errorf("client got %v, want Canceled", err)
 			}
@@ -124,9 +131,7 @@ func TestConnectionLost(t *testing.T) {
 		}
 	}
 	for range streams {
-		if err := waitEnded(t, b); !errors.Is(err, context.Canceled) {
-			t.Errorf("backend saw %v, want context.Canceled", err)
-		}
+		expectBackendCanceled(t, b)
 	}
 }
 
@@ -404,9 +409,7 @@ func TestCancelStreamingResponse(t *testing.T) {
 		t.Fatalf("Header: %v", err)
 	}
 	cancel()
-	if err := waitEnded(t, b); !errors.Is(err, context.Canceled) {
-		t.Errorf("backend saw %v, want context.Canceled", err)
-	}
+	expectBackendCanceled(t, b)
 }
 
 // TestContentSubtype checks that any content-subtype passes without parsing
@@ -546,9 +549,7 @@ func TestEgressContextCutsCalls(t *testing.T) {
 			s.CloseSend()
 			waitStarted(t, b)
 			cut()
-			if err := waitEnded(t, b); !errors.Is(err, context.Canceled) {
-				t.Errorf("backend saw %v, want context.Canceled", err)
-			}
+			expectBackendCanceled(t, b)
 			if _, err := recvAll(s); status.Code(err) != codes.Canceled {
 				t.Errorf("client got %v, want Canceled", err)
 			}

@@ -118,7 +118,7 @@ func (c *codec) Encode(m *capnp.Message) error {
 	}
 	lazy, answer, results := false, noAnswer, false
 	if c.lazyDelay > 0 {
-		lazy, answer, results = classifyLazy(m)
+		lazy, answer, results = c.classifyLazy(m)
 	}
 	c.mu.Lock()
 	for c.err == nil && len(c.pending) >= maxPending {
@@ -163,7 +163,10 @@ func (c *codec) usable() error {
 // saves. Whatever is pending (lazy messages, say) goes first, in the same
 // buffered write, so order is kept.
 func (c *codec) encodeDirect(m *capnp.Message) error {
-	_, answer, _ := classifyLazy(m)
+	answer := noAnswer
+	if c.lazyReturn != nil && c.lazyDelay > 0 {
+		_, answer, _ = c.classifyLazy(m)
+	}
 	c.mu.Lock()
 	for c.err == nil && c.writing {
 		c.space.Wait()

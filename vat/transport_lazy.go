@@ -56,21 +56,25 @@ const (
 const noAnswer = ^uint64(0)
 
 // classifyLazy reports whether m is lazy by its kind alone (isLazy), or,
-// for a Return, its answer id and whether it carries results: the call it
-// answers decides (takeLazyAnswer).
-func classifyLazy(m *capnp.Message) (lazy bool, answer uint64, results bool) {
+// for a Return while the codec tracks answers (lazyReturn is set), its
+// answer id and whether it carries results: the call it answers decides
+// (takeLazyAnswer).
+func (c *codec) classifyLazy(m *capnp.Message) (lazy bool, answer uint64, results bool) {
 	root, err := rpccp.ReadRootMessage(m)
 	if err != nil {
 		return false, noAnswer, false
 	}
 	if root.Which() == rpccp.Message_Which_return {
+		if c.lazyReturn == nil {
+			return false, noAnswer, false
+		}
 		ret, err := root.Return()
 		if err != nil {
 			return false, noAnswer, false
 		}
 		return false, uint64(ret.AnswerId()), ret.Which() == rpccp.Return_Which_results
 	}
-	return isLazyRoot(root), noAnswer, false
+	return isLazy(root), noAnswer, false
 }
 
 // noteCall remembers the question id and size of m if m is a call to a
@@ -119,15 +123,10 @@ func (c *codec) takeLazyAnswer(answer uint64, results bool) bool {
 	return true
 }
 
-// isLazy reports whether m is an rpc Message that may wait: a Release, or a
-// Finish that keeps the result's capabilities (the one go-capnp sends after
-// a Return). Anything else, including what is not an rpc Message, is not.
-func isLazy(m *capnp.Message) bool {
-	root, err := rpccp.ReadRootMessage(m)
-	return err == nil && isLazyRoot(root)
-}
-
-func isLazyRoot(root rpccp.Message) bool {
+// isLazy reports whether root is an rpc Message that may wait by its kind
+// alone: a Release, or a Finish that keeps the result's capabilities (the
+// one go-capnp sends after a Return).
+func isLazy(root rpccp.Message) bool {
 	switch root.Which() {
 	case rpccp.Message_Which_release:
 		return true

@@ -60,13 +60,20 @@ func newRPCPair(tb testing.TB, lazyDelay time.Duration) *rpcPair {
 	sc := newCodec(server, DefaultMaxMessageSize)
 	cc.lazyDelay, sc.lazyDelay = lazyDelay, lazyDelay
 	sent := &messageCounter{codec: cc}
-	serverConn := rpc.NewConn(transport.New(sc), &rpc.Options{
-		BootstrapClient: capnp.Client(captp.GrpcService_ServerToClient(emptyService{})),
-	})
-	clientConn := rpc.NewConn(transport.New(sent), nil)
-	svc := captp.GrpcService(clientConn.Bootstrap(context.Background()))
+	svc := captp.GrpcService(connectRPC(tb, sent, sc, capnp.Client(captp.GrpcService_ServerToClient(emptyService{}))))
+	return &rpcPair{svc: svc, clientRaw: clientRaw, serverRaw: serverRaw, sent: sent}
+}
+
+// connectRPC runs go-capnp connections on the client and server codecs,
+// the server's bootstrap capability being boot, and returns the client's
+// bootstrap capability; all of it ends with the test.
+func connectRPC(tb testing.TB, client, server transport.Codec, boot capnp.Client) capnp.Client {
+	tb.Helper()
+	serverConn := rpc.NewConn(transport.New(server), &rpc.Options{BootstrapClient: boot})
+	clientConn := rpc.NewConn(transport.New(client), nil)
+	c := clientConn.Bootstrap(context.Background())
 	tb.Cleanup(func() {
-		svc.Release()
+		c.Release()
 		if err := clientConn.Close(); err != nil {
 			tb.Errorf("close client conn: %v", err)
 		}
@@ -77,7 +84,7 @@ func newRPCPair(tb testing.TB, lazyDelay time.Duration) *rpcPair {
 		}
 		_ = serverConn.Close()
 	})
-	return &rpcPair{svc: svc, clientRaw: clientRaw, serverRaw: serverRaw, sent: sent}
+	return c
 }
 
 // unary makes one call and waits for its results.
@@ -201,19 +208,7 @@ func TestStreamReturnsRideWithClose(t *testing.T) {
 				sc.lazyReturn = func(iface uint64, method uint16) bool { return iface == captp.Sink_TypeID && method == 1 }
 			}
 			sink := &orderSink{}
-			serverConn := rpc.NewConn(transport.New(sc), &rpc.Options{
-				BootstrapClient: capnp.Client(captp.Sink_ServerToClient(sink)),
-			})
-			clientConn := rpc.NewConn(transport.New(cc), nil)
-			s := captp.Sink(clientConn.Bootstrap(context.Background()))
-			t.Cleanup(func() {
-				s.Release()
-				if err := clientConn.Close(); err != nil {
-					t.Errorf("close client conn: %v", err)
-				}
-				<-serverConn.Done()
-				_ = serverConn.Close()
-			})
+			s := captp.Sink(connectRPC(t, cc, sc, capnp.Client(captp.Sink_ServerToClient(sink))))
 			if err := s.Resolve(context.Background()); err != nil {
 				t.Fatal(err)
 			}

@@ -264,6 +264,12 @@ func expectEOF(t *testing.T, ch <-chan received) int {
 }
 
 func TestIsLazy(t *testing.T) {
+	// A codec tracking no answers classifies by kind alone; anything that
+	// is not an rpc Message is not lazy.
+	isLazy := func(m *capnp.Message) bool {
+		lazy, _, _ := new(codec).classifyLazy(m)
+		return lazy
+	}
 	for _, tc := range []struct {
 		kind string
 		want bool
@@ -410,6 +416,19 @@ func must[T any](v T, err error) T {
 	return v
 }
 
+// lazyReturnCodec returns a codec on the server end of a TLS pair whose
+// lazy timer never fires and whose Returns to lazyReturn's methods are
+// lazy; an encoder that sends it calls from the client end; what the client
+// end reads; and the server end's write counter.
+func lazyReturnCodec(t *testing.T, lazyReturn func(uint64, uint16) bool) (*codec, *capnp.Encoder, <-chan received, *countingConn) {
+	t.Helper()
+	client, server, _, serverRaw := tlsPair(t)
+	c := newCodec(server, DefaultMaxMessageSize)
+	c.lazyDelay = never
+	c.lazyReturn = lazyReturn
+	return c, capnp.NewEncoder(client), readAll(client), serverRaw
+}
+
 // TestLazyReturns has a codec read calls to a method its lazyReturn names
 // and to others, then answer them. A successful Return to a small call of
 // that method waits like a Finish; an exception, a Return to another
@@ -418,12 +437,7 @@ func must[T any](v T, err error) T {
 // with the same id (the question id reused) is due at once.
 func TestLazyReturns(t *testing.T) {
 	const sink, send, other = 0xa5cc, 1, 2
-	client, server, _, serverRaw := tlsPair(t)
-	c := newCodec(server, DefaultMaxMessageSize)
-	c.lazyDelay = never
-	c.lazyReturn = func(iface uint64, method uint16) bool { return iface == sink && method == send }
-	got := readAll(client)
-	enc := capnp.NewEncoder(client)
+	c, enc, got, serverRaw := lazyReturnCodec(t, func(iface uint64, method uint16) bool { return iface == sink && method == send })
 	calls := []wireMessage{
 		{kind: "call", id: 1, iface: sink, method: send, size: 100},
 		{kind: "call", id: 2, iface: sink, method: send, size: 100},
@@ -496,12 +510,7 @@ func TestLazyReturns(t *testing.T) {
 // add up to at most lazyAckMax bytes, and leave, all together, with the one
 // that passes it (the timer never fires).
 func TestLazyReturnsBounded(t *testing.T) {
-	client, server, _, serverRaw := tlsPair(t)
-	c := newCodec(server, DefaultMaxMessageSize)
-	c.lazyDelay = never
-	c.lazyReturn = func(uint64, uint16) bool { return true }
-	got := readAll(client)
-	enc := capnp.NewEncoder(client)
+	c, enc, got, serverRaw := lazyReturnCodec(t, func(uint64, uint16) bool { return true })
 	size := lazyCallMax - 1024
 	n := lazyAckMax/size + 2
 	sizes := make([]int, n)
