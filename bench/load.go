@@ -43,12 +43,16 @@ var allScenarios = []scenario{
 // call when the window ends.
 const streamCount = 1 << 20
 
-// window is a scenario's timeline: load starts at once, and the operations that
-// complete between warm and end count. No operation starts after end.
+// window is a scenario's timeline: load starts at once, no operation starts after
+// end, and every operation that completes at or after warm counts, however long it
+// takes. A worker whose operations outlast the window (a 4 MiB call on a loaded
+// machine) thus still counts what it did: the measured time runs from warm to the
+// last counted completion, or to end if that comes later. So a result never depends
+// on an operation fitting inside a fixed time.
 type window struct{ warm, end time.Time }
 
-// in reports whether an operation that completed at t counts.
-func (w window) in(t time.Time) bool { return !t.Before(w.warm) && !t.After(w.end) }
+// counts reports whether an operation that completed at t counts.
+func (w window) counts(t time.Time) bool { return !t.Before(w.warm) }
 
 // tally is what one worker saw inside the window.
 type tally struct {
@@ -57,6 +61,20 @@ type tally struct {
 	lat    []time.Duration // one per op, except for stream
 	errs   int
 	lastEr error
+	last   time.Time // the latest counted completion
+}
+
+// done counts one operation that completed at now with n bytes, and lat when the
+// scenario has latencies (lat > 0).
+func (t *tally) done(now time.Time, n int, lat time.Duration) {
+	t.ops++
+	t.bytes += int64(n)
+	if lat > 0 {
+		t.lat = append(t.lat, lat)
+	}
+	if now.After(t.last) {
+		t.last = now
+	}
 }
 
 func (t *tally) fail(err error) {
@@ -72,6 +90,9 @@ func (t *tally) add(o tally) {
 	if o.lastEr != nil {
 		t.lastEr = o.lastEr
 	}
+	if o.last.After(t.last) {
+		t.last = o.last
+	}
 }
 
 // measurement is a scenario's result on one path, before it becomes a row.
@@ -83,7 +104,8 @@ type measurement struct {
 }
 
 // runScenario drives sc through cc for warmup+duration and measures the window after
-// the warmup, sampling the CPU and RSS of procs at its edges. at, when not nil, is
+// the warmup, sampling the CPU of procs from warm until the last operation ended and
+// their RSS at end. at, when not nil, is
 // called once the window starts, with its length (profiling hooks in there).
 func runScenario(ctx context.Context, cc *grpc.ClientConn, sc scenario, warmup, duration time.Duration, procs []int, at func(time.Duration)) measurement {
 	start := time.Now()
@@ -110,13 +132,16 @@ func runScenario(ctx context.Context, cc *grpc.ClientConn, sc scenario, warmup, 
 		at(duration)
 	}
 	sleepUntil(ctx, w.end)
-	m.cpu = cpuOf(procs) - cpu0
 	m.rss = rssOf(procs)
 	wg.Wait()
+	m.cpu = cpuOf(procs) - cpu0
 	for _, t := range tallies {
 		m.add(t)
 	}
 	m.seconds = duration.Seconds()
+	if m.last.After(w.end) {
+		m.seconds = m.last.Sub(w.warm).Seconds()
+	}
 	return m
 }
 
@@ -141,7 +166,7 @@ func unaryWorker(ctx context.Context, cc *grpc.ClientConn, size int, w window) t
 		}
 		err := cc.Invoke(ctx, methodUnary, &req, &resp)
 		t1 := time.Now()
-		if !w.in(t1) {
+		if !w.counts(t1) {
 			continue
 		}
 		if err == nil && len(resp) != size {
@@ -151,9 +176,7 @@ func unaryWorker(ctx context.Context, cc *grpc.ClientConn, size int, w window) t
 			t.fail(err)
 			continue
 		}
-		t.ops++
-		t.bytes += int64(len(resp))
-		t.lat = append(t.lat, t1.Sub(t0))
+		t.done(t1, len(resp), max(t1.Sub(t0), 1))
 	}
 	return t
 }
@@ -184,12 +207,13 @@ func streamWorker(ctx context.Context, cc *grpc.ClientConn, size int, w window) 
 				if err != nil {
 					return err
 				}
-				if !now.Before(w.end) {
-					return nil // cancel below ends the call
+				if w.counts(now) {
+					t.done(now, len(msg), 0)
 				}
-				if !now.Before(w.warm) {
-					t.ops++
-					t.bytes += int64(len(msg))
+				// The message that crossed end counts; so a stream whose
+				// first message comes late still measures one.
+				if !now.Before(w.end) && t.ops > 0 {
+					return nil // cancel below ends the call
 				}
 			}
 		}()
@@ -233,10 +257,8 @@ func pingpongWorker(ctx context.Context, cc *grpc.ClientConn, size int, w window
 				if len(resp) != size {
 					return fmt.Errorf("pingpong echo of %d bytes returned %d", size, len(resp))
 				}
-				if w.in(t1) {
-					t.ops++
-					t.bytes += int64(len(resp))
-					t.lat = append(t.lat, t1.Sub(t0))
+				if w.counts(t1) {
+					t.done(t1, len(resp), max(t1.Sub(t0), 1))
 				}
 			}
 		}()
