@@ -21,8 +21,22 @@ for t in "${tools[@]}"; do
   go install "$t"
 done
 
-# helm renders and lints the chart in k8s/ tests; skipped when the pinned version is already there.
+# helm renders and lints the chart in k8s/ tests; skipped when the pinned version, built with
+# the version ldflags, is already there. A plain `go install` of helm lacks the -X flags its
+# Makefile sets, and then reports Kubernetes v1.20.0 as the cluster version (helm template
+# refuses the chart's kubeVersion) and an empty helm version. These are helm v3.22.0's
+# Makefile flags: k8s.io/client-go v0.37.0 there, so Kubernetes 1.37.
+helm_version=v3.22.0
+helm_ldflags="-X helm.sh/helm/v3/internal/version.version=$helm_version
+  -X helm.sh/helm/v3/internal/version.metadata=
+  -X helm.sh/helm/v3/internal/version.gitTreeState=clean
+  -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1
+  -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37
+  -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1
+  -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37"
+helm_ldflags=$(tr -s ' \n' ' ' <<<"$helm_ldflags")
 helm_info=$(go version -m "$(go env GOPATH)/bin/helm" 2>/dev/null || true)
-if ! grep -q 'helm.sh/helm/v3[[:space:]]*v3\.22\.0[[:space:]]' <<<"$helm_info"; then
-  go install helm.sh/helm/v3/cmd/helm@v3.22.0
+if ! grep -q "helm.sh/helm/v3[[:space:]]*${helm_version//./\\.}[[:space:]]" <<<"$helm_info" ||
+  ! grep -q 'chartutil.k8sVersionMinor=37' <<<"$helm_info"; then
+  go install -ldflags "$helm_ldflags" "helm.sh/helm/v3/cmd/helm@$helm_version"
 fi
