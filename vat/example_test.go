@@ -74,6 +74,17 @@ func ExampleDeriveID() {
 	// Output: 2559b0d61b426c897afe4b74f3d31dba8b15478e14479734b8570357121e95bd
 }
 
+func ExampleURIRevocationID() {
+	// The revocation id of a leaked URI, for a revocation list: a hash that
+	// names the ref without granting anything.
+	r, err := vat.URIRevocationID("capnp://sha-256:s16WV4JeGusAL_nTjvICiQOFqm3LqYrDj3K-HXdMi8s@localhost:7000/bWFpbg")
+	fmt.Println(r, err)
+	fmt.Println(vat.ServiceID("main").RevocationID() == r)
+	// Output:
+	// rev1:B015wnUJAxb-Wys32ywjHA <nil>
+	// true
+}
+
 func ExampleTable_Remove() {
 	ctx := context.Background()
 	table := vat.NewTable(nil)
