@@ -37,9 +37,18 @@ func (m Mode) String() string {
 	return "accept"
 }
 
-// peerKey identifies a peer in the connection cache: its digest, or for an
-// insecure peer dialled by this vat, its address.
+// peerKey identifies a peer process in the connection cache: its digest and
+// instance, or for an insecure peer dialled by this vat, its address.
 type peerKey struct {
+	digest   Digest
+	instance Instance
+	addr     string
+}
+
+// dialKey names a dial target: the peer's digest (zero if insecure) and the
+// address dialled. Dials to one target share one attempt, and the
+// connection a dial gave stays the target's until it ends.
+type dialKey struct {
 	digest Digest
 	addr   string
 }
@@ -67,6 +76,10 @@ type Connection struct {
 
 // Peer returns the digest of the peer's key; zero for an insecure peer.
 func (c *Connection) Peer() Digest { return c.key.digest }
+
+// Instance returns the instance the peer announced; zero if it announced
+// none (or is insecure).
+func (c *Connection) Instance() Instance { return c.key.instance }
 
 // Mode says whether the peer (Accept) or this vat (Connect) initiated the
 // connection.
@@ -158,11 +171,13 @@ func (c *Connection) restore(ctx context.Context, id ServiceID) (capnp.Client, e
 // already. The peer's identity is the digest of its certificate's key.
 // Insecure vats take plain endpoints and their inbound peers are anonymous.
 //
-// When a connection to the same peer already exists, the crossed-connection
-// rule keeps the one initiated by the vat with the greater digest: with
-// keepNew = (myDigest > peerDigest) == (mode == Connect), either the old
-// connection is closed ("Invalidated by newer connection") or the new one
-// is, and the existing one is returned. ctx bounds the handshake only.
+// When a connection to the same peer process (digest and instance) already
+// exists, keepNewConnection decides: a peer that connects again replaces its
+// old connection; of crossed connections, the one initiated by the greater
+// (digest, instance) wins. Either the old connection is closed
+// ("Invalidated by newer connection") or the new one is, and the existing
+// one is returned. A connection to this very process (same digest and
+// instance) fails with ErrSelfConnection. ctx bounds the handshake only.
 func (v *Vat) AddConnection(ctx context.Context, endpoint net.Conn, mode Mode) (*Connection, error) {
 	return v.addConnection(ctx, endpoint, mode, "")
 }
@@ -190,13 +205,16 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 	}
 	var old *Connection
 	anonymous := key == peerKey{}
+	if !anonymous && key.digest == v.Digest() && key.instance == v.instance {
+		v.mu.Unlock()
+		endpoint.Close()
+		return nil, fmt.Errorf("add connection from %s: %w", c.remote, ErrSelfConnection)
+	}
 	if !anonymous {
 		if prev := v.peers[key]; prev != nil && prev.usable() {
-			// Crossed connections (one each way): the one initiated by the
-			// greater digest wins. Two in the same direction: the peer (or
-			// we) gave up on the old one, so the new one wins.
-			keepNew := prev.mode == mode || (v.Digest().Compare(key.digest) > 0) == (mode == Connect)
-			if !keepNew {
+			me := identity{v.Digest(), v.instance}
+			peer := identity{key.digest, key.instance}
+			if !keepNewConnection(me, peer, prev.mode, mode) {
 				v.mu.Unlock()
 				endpoint.Close()
 				log.Debug("dropping crossed connection", "kept", prev.mode.String())
@@ -251,6 +269,11 @@ func (v *Vat) watch(c *Connection, log *slog.Logger) {
 		delete(v.peers, c.key)
 	}
 	delete(v.anon, c)
+	for k, bc := range v.byAddr {
+		if bc == c {
+			delete(v.byAddr, k)
+		}
+	}
 	v.mu.Unlock()
 	c.bootOnce.Do(func() {}) // no bootstrap after this
 	if c.boot.IsValid() {
@@ -292,18 +315,18 @@ func (v *Vat) handshake(ctx context.Context, endpoint net.Conn, mode Mode, insec
 		if mode == Connect {
 			return peerKey{}, endpoint, errors.New("add connection: an outbound endpoint must already be TLS (the dialler pins the key)")
 		}
-		tc = tls.Server(endpoint, serverTLS(v.key))
+		tc = tls.Server(endpoint, serverTLS(v.cert))
 	}
 	hctx, cancel := context.WithTimeout(ctx, v.cfg.handshakeTimeout())
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		return peerKey{}, tc, fmt.Errorf("tls handshake with %s: %w", endpoint.RemoteAddr(), err)
 	}
-	d, err := peerDigest(tc.ConnectionState())
+	id, err := peerIdentity(tc.ConnectionState())
 	if err != nil {
 		return peerKey{}, tc, fmt.Errorf("tls handshake with %s: %w", endpoint.RemoteAddr(), err)
 	}
-	return peerKey{digest: d}, tc, nil
+	return peerKey{digest: id.digest, instance: id.instance}, tc, nil
 }
 
 // dial is an outbound connection being made; everyone who wants one to the
@@ -314,21 +337,24 @@ type dial struct {
 	err  error
 }
 
-// connection returns a usable connection to the vat at loc: a cached one,
-// the result of a dial in progress, or a new one. A connection still
-// shutting down is waited out before dialling again.
-func (v *Vat) connection(ctx context.Context, loc Locator) (*Connection, error) {
-	key := peerKey{digest: loc.Digest}
-	if loc.Digest.IsZero() {
-		key.addr = loc.Address.String()
-	}
+// connection returns a usable connection to the vat at loc: the one a dial
+// to loc's address gave, while it lives; else, unless exact, any usable
+// connection to a process with loc's digest (inbound ones too); else the
+// result of a dial in progress, or of a new one. A connection still shutting
+// down is waited out before dialling again.
+func (v *Vat) connection(ctx context.Context, loc Locator, exact bool) (*Connection, error) {
+	dk := dialKey{digest: loc.Digest, addr: loc.Address.String()}
 	for {
 		v.mu.Lock()
 		if v.closed {
 			v.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if c := v.peers[key]; c != nil {
+		c := v.byAddr[dk]
+		if c == nil && !exact {
+			c = v.anyPeerLocked(loc.Digest)
+		}
+		if c != nil {
 			v.mu.Unlock()
 			if c.usable() {
 				return c, nil
@@ -340,12 +366,12 @@ func (v *Vat) connection(ctx context.Context, loc Locator) (*Connection, error) 
 				return nil, fmt.Errorf("connect to %v: %w", loc.Digest, ctx.Err())
 			}
 		}
-		d := v.dials[key]
+		d := v.dials[dk]
 		if d == nil {
 			d = &dial{done: make(chan struct{})}
-			v.dials[key] = d
+			v.dials[dk] = d
 			v.wg.Add(1)
-			go v.dial(key, loc, d)
+			go v.dial(dk, loc, d)
 		}
 		v.mu.Unlock()
 		select {
@@ -368,15 +394,39 @@ func (v *Vat) connection(ctx context.Context, loc Locator) (*Connection, error) 
 	}
 }
 
+// anyPeerLocked returns a usable connection to some process with digest d,
+// or nil; the zero digest (insecure peers) has none. v.mu is held.
+func (v *Vat) anyPeerLocked(d Digest) *Connection {
+	if d.IsZero() {
+		return nil
+	}
+	for k, c := range v.peers {
+		if k.digest == d && c.usable() {
+			return c
+		}
+	}
+	return nil
+}
+
 // dial makes an outbound connection for d, bounded by the dial timeout and
-// the vat's lifetime rather than by any one caller's context.
-func (v *Vat) dial(key peerKey, loc Locator, d *dial) {
+// the vat's lifetime rather than by any one caller's context. The
+// connection it gives stays dk's (byAddr) until it ends.
+func (v *Vat) dial(dk dialKey, loc Locator, d *dial) {
 	defer v.wg.Done()
 	ctx, cancel := context.WithTimeout(v.ctx, v.cfg.dialTimeout())
 	defer cancel()
-	d.conn, d.err = v.dialConn(ctx, loc, key.addr)
+	insecureName := ""
+	if loc.Digest.IsZero() {
+		insecureName = dk.addr
+	}
+	d.conn, d.err = v.dialConn(ctx, loc, insecureName)
 	v.mu.Lock()
-	delete(v.dials, key)
+	delete(v.dials, dk)
+	// watch sets closing before it clears byAddr under v.mu: a connection
+	// not closing here is cleared by its watch later.
+	if d.err == nil && !d.conn.closing.Load() {
+		v.byAddr[dk] = d.conn
+	}
 	v.mu.Unlock()
 	close(d.done)
 }
@@ -392,7 +442,7 @@ func (v *Vat) dialConn(ctx context.Context, loc Locator, insecureName string) (*
 	raw = rawconn.Wrap(raw)
 	endpoint := raw
 	if !v.cfg.Insecure {
-		endpoint = tls.Client(raw, clientTLS(v.key, loc.Digest))
+		endpoint = tls.Client(raw, clientTLS(v.cert, loc.Digest))
 	}
 	c, err := v.addConnection(ctx, endpoint, Connect, insecureName)
 	if err != nil {

@@ -3,6 +3,7 @@ package vat
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 )
 
@@ -34,7 +35,11 @@ func (v *Vat) Dump(w io.Writer) error {
 	sort.Slice(rows, func(i, j int) bool { return rows[i].name < rows[j].name })
 
 	ew := &errWriter{w: w}
-	ew.printf("vat %v\n", v.Digest())
+	if v.cfg.Insecure {
+		ew.printf("vat %v\n", v.Digest())
+	} else {
+		ew.printf("vat %v instance %v\n", v.Digest(), v.instance)
+	}
 	if pub.IsZero() {
 		ew.printf("  address: none (client only)\n")
 	} else {
@@ -61,12 +66,23 @@ func (v *Vat) Dump(w io.Writer) error {
 	return ew.err
 }
 
+// String names a dial target for Dump.
+func (k dialKey) String() string {
+	if k.digest.IsZero() {
+		return "insecure " + k.addr
+	}
+	return k.digest.String() + " at " + k.addr
+}
+
 // String names a peer for Dump and logs.
 func (k peerKey) String() string {
 	if k.digest.IsZero() {
 		return "insecure " + k.addr
 	}
-	return k.digest.String()
+	if k.instance.IsZero() {
+		return k.digest.String()
+	}
+	return k.digest.String() + " instance " + k.instance.String()
 }
 
 type errWriter struct {
@@ -111,7 +127,8 @@ func (v *Vat) Stats() Stats {
 }
 
 // Peers returns the digests of the peers the vat is connected to, in
-// ascending order (insecure peers dialled by this vat are left out).
+// ascending order, each once however many of its instances are connected
+// (insecure peers dialled by this vat are left out).
 func (v *Vat) Peers() []Digest {
 	v.mu.Lock()
 	var ds []Digest
@@ -121,8 +138,8 @@ func (v *Vat) Peers() []Digest {
 		}
 	}
 	v.mu.Unlock()
-	sort.Slice(ds, func(i, j int) bool { return ds[i].Compare(ds[j]) < 0 })
-	return ds
+	slices.SortFunc(ds, Digest.Compare)
+	return slices.Compact(ds)
 }
 
 // Connections returns the vat's current connections (to identified peers

@@ -26,11 +26,11 @@ func TestDump(t *testing.T) {
 	}
 	pub, _ := a.PublicAddress()
 	for _, want := range []string{
-		"vat " + a.Digest().String(),
+		"vat " + a.Digest().String() + " instance " + a.Instance().String(),
 		"address: " + pub.String(),
 		"connecting: 0",
 		"connections: 1",
-		b.Digest().String() + " (connect, up, remote 127.0.0.1:",
+		b.Digest().String() + " instance " + b.Instance().String() + " (connect, up, remote 127.0.0.1:",
 		"calls in 0",
 		"questions 0, answers 0, imports 2, exports 0",
 	} {
@@ -48,7 +48,7 @@ func TestDump(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		a.Digest().String() + " (accept, up",
+		a.Digest().String() + " instance " + a.Instance().String() + " (accept, up",
 		"questions 0, answers 0, imports 0, exports 2", // its Restorer and the echo
 	} {
 		if !strings.Contains(out.String(), want) {

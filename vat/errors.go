@@ -36,6 +36,11 @@ var (
 	// the URI names.
 	ErrKeyMismatch = errors.New("vat key mismatch")
 
+	// ErrSelfConnection is returned when a connection turns out to reach
+	// this very process (its own digest and instance), as when a replica
+	// dials an address of its own workload that is its own.
+	ErrSelfConnection = errors.New("connection to this vat's own process")
+
 	// ErrRevoked is the exception of calls on a capability whose table entry
 	// was removed.
 	ErrRevoked = errors.New("capability revoked")

@@ -83,7 +83,7 @@ func ParseKey(pemBytes []byte) (*Key, error) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidKey, err)
 	}
 	k := &Key{signer: signer, pem: append([]byte(nil), pemBytes...), digest: sha256.Sum256(spki)}
-	if k.cert, err = selfSigned(signer); err != nil {
+	if k.cert, err = selfSigned(signer, Instance{}); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidKey, err)
 	}
 	return k, nil
@@ -146,10 +146,15 @@ func (k *Key) DeriveID(name string) ServiceID { return DeriveID(k.pem, name) }
 // selfSigned returns a certificate for the key as OCaml capnp-rpc makes it:
 // CN "capnp", valid from 1970 to 9999. Peers check only the key, never the
 // dates or issuer.
-func selfSigned(signer crypto.Signer) (tls.Certificate, error) {
+// A non-zero instance is announced in the subject's serialNumber attribute.
+func selfSigned(signer crypto.Signer, instance Instance) (tls.Certificate, error) {
+	subject := pkix.Name{CommonName: "capnp"}
+	if !instance.IsZero() {
+		subject.SerialNumber = instance.subjectSerial()
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "capnp"},
+		Subject:      subject,
 		NotBefore:    time.Date(1970, 1, 1, 1, 1, 1, 0, time.UTC),
 		NotAfter:     time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
 		KeyUsage:     x509.KeyUsageDigitalSignature,

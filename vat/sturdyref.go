@@ -57,7 +57,7 @@ func (r *SturdyRef) Connect(ctx context.Context) (capnp.Client, error) {
 		return c, nil
 	}
 	for attempt := 0; ; attempt++ {
-		conn, err := v.connection(ctx, r.loc)
+		conn, err := v.connection(ctx, r.loc, false)
 		if err != nil {
 			return capnp.Client{}, fmt.Errorf("connect %v: %w", r, err)
 		}
@@ -72,6 +72,43 @@ func (r *SturdyRef) Connect(ctx context.Context) (capnp.Client, error) {
 			continue
 		}
 		return capnp.Client{}, fmt.Errorf("connect %v: %w", r, classify(err))
+	}
+}
+
+// At returns a ref to the same service of the same vat (digest) at another
+// address: one address of several that the ref's host name resolves to.
+func (r *SturdyRef) At(a Address) *SturdyRef {
+	return &SturdyRef{vat: r.vat, loc: Locator{Address: a, Digest: r.loc.Digest}, id: r.id}
+}
+
+// Dial is Connect through exactly the ref's address: it restores the
+// service over the connection a dial to that address gave (or makes one),
+// never over a connection to another process of the vat or locally, and
+// returns that connection too, so the caller can watch it (Done). When the
+// address turns out to be this very process (a replica dialling its own
+// workload), the service is restored locally and the connection is nil.
+func (r *SturdyRef) Dial(ctx context.Context) (capnp.Client, *Connection, error) {
+	v := r.vat
+	for attempt := 0; ; attempt++ {
+		conn, err := v.connection(ctx, r.loc, true)
+		if errors.Is(err, ErrSelfConnection) {
+			c, err := v.restoreLocal(ctx, r.id)
+			if err != nil {
+				return capnp.Client{}, nil, fmt.Errorf("connect %v: %w", r, err)
+			}
+			return c, nil, nil
+		}
+		if err != nil {
+			return capnp.Client{}, nil, fmt.Errorf("connect %v: %w", r, err)
+		}
+		c, err := conn.restore(ctx, r.id)
+		if err == nil {
+			return c, conn, nil
+		}
+		if attempt == 0 && ctx.Err() == nil && v.awaitBroken(ctx, conn, err) {
+			continue
+		}
+		return capnp.Client{}, nil, fmt.Errorf("connect %v: %w", r, classify(err))
 	}
 }
 

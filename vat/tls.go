@@ -11,10 +11,10 @@ import (
 // serverTLS returns the listener's TLS configuration: it presents the vat's
 // certificate and requires one from the client, of any key (the client's
 // digest becomes the connection's peer identity).
-func serverTLS(k *Key) *tls.Config {
+func serverTLS(cert tls.Certificate) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{k.cert},
+		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.RequireAnyClientCert,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			_, err := certDigest(raw)
@@ -26,10 +26,10 @@ func serverTLS(k *Key) *tls.Config {
 // clientTLS returns the dialler's TLS configuration: it presents the vat's
 // certificate and accepts the server only if its key hashes to want. Dates,
 // names and issuers are not checked: the key is the identity.
-func clientTLS(k *Key, want Digest) *tls.Config {
+func clientTLS(cert tls.Certificate, want Digest) *tls.Config {
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
-		Certificates:       []tls.Certificate{k.cert},
+		Certificates:       []tls.Certificate{cert},
 		ServerName:         "capnp",
 		InsecureSkipVerify: true, // replaced by the key pin below
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
@@ -57,11 +57,12 @@ func certDigest(raw [][]byte) (Digest, error) {
 	return sha256.Sum256(cert.RawSubjectPublicKeyInfo), nil
 }
 
-// peerDigest returns the digest of the peer's key on an established TLS
-// connection.
-func peerDigest(cs tls.ConnectionState) (Digest, error) {
+// peerIdentity returns the digest of the peer's key and the instance its
+// certificate announces on an established TLS connection.
+func peerIdentity(cs tls.ConnectionState) (identity, error) {
 	if len(cs.PeerCertificates) == 0 {
-		return Digest{}, errors.New("peer sent no certificate")
+		return identity{}, errors.New("peer sent no certificate")
 	}
-	return sha256.Sum256(cs.PeerCertificates[0].RawSubjectPublicKeyInfo), nil
+	cert := cs.PeerCertificates[0]
+	return identity{digest: sha256.Sum256(cert.RawSubjectPublicKeyInfo), instance: certInstance(cert)}, nil
 }

@@ -52,8 +52,8 @@ func tlsPair(tb testing.TB) (client, server *tls.Conn, clientRaw, serverRaw *cou
 		tb.Fatal(err)
 	}
 	clientRaw, serverRaw = &countingConn{Conn: a}, &countingConn{Conn: b}
-	client = tls.Client(clientRaw, clientTLS(ck, sk.Digest()))
-	server = tls.Server(serverRaw, serverTLS(sk))
+	client = tls.Client(clientRaw, clientTLS(ck.cert, sk.Digest()))
+	server = tls.Server(serverRaw, serverTLS(sk.cert))
 	shook := make(chan error, 1)
 	go func() { shook <- server.Handshake() }()
 	if err := client.Handshake(); err != nil {

@@ -2,6 +2,7 @@ package vat
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,11 +34,15 @@ type Vat struct {
 
 	inbound inbound // connections Serve holds
 
+	instance Instance        // this process's, announced in cert
+	cert     tls.Certificate // self-signed, announcing instance
+
 	mu        sync.Mutex
 	closed    bool
 	public    Address
-	peers     map[peerKey]*Connection // established, by peer identity
-	dials     map[peerKey]*dial       // outbound connections being made
+	peers     map[peerKey]*Connection // established, by peer process
+	dials     map[dialKey]*dial       // outbound connections being made
+	byAddr    map[dialKey]*Connection // the live connection each dial target gave
 	anon      map[*Connection]struct{}
 	listeners map[net.Listener]struct{}
 }
@@ -67,13 +72,20 @@ func New(cfg Config) (*Vat, error) {
 		key:       key,
 		log:       log,
 		restorer:  cfg.Restorer,
+		instance:  newInstance(),
 		peers:     make(map[peerKey]*Connection),
-		dials:     make(map[peerKey]*dial),
+		dials:     make(map[dialKey]*dial),
+		byAddr:    make(map[dialKey]*Connection),
 		anon:      make(map[*Connection]struct{}),
 		listeners: make(map[net.Listener]struct{}),
 	}
 	if !cfg.Insecure {
 		v.log = v.log.With("vat", key.Digest().String())
+		cert, err := selfSigned(key.signer, v.instance)
+		if err != nil {
+			return nil, fmt.Errorf("new vat: %w", err)
+		}
+		v.cert = cert
 	}
 	pub := cfg.PublicAddress
 	if pub == "" {
@@ -88,6 +100,10 @@ func New(cfg Config) (*Vat, error) {
 	}
 	return v, nil
 }
+
+// Instance returns the random id of this process of the vat's identity,
+// which peers learn in the TLS handshake.
+func (v *Vat) Instance() Instance { return v.instance }
 
 // Key returns the vat's secret key.
 func (v *Vat) Key() *Key { return v.key }
