@@ -16,6 +16,9 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
+# The release's version (--build-arg VATCAR_VERSION=v1.2.3): the context has no
+# .git to read it from; empty: `vatcar version` says (devel).
+ARG VATCAR_VERSION=""
 # The same commands CI runs (tools/build.sh): CGO_ENABLED=0 go build -trimpath.
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     bash tools/build.sh /out/vatcar && bash tools/build.sh --sidecar /out/vatcar-sidecar

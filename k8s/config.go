@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/vatcar/vatcar/internal/buildinfo"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
@@ -15,8 +16,12 @@ import (
 
 // Defaults used where a Config field is zero.
 const (
-	// DefaultImage is the sidecar image when Config.Image is empty.
-	DefaultImage = "ghcr.io/vatcar/vatcar:latest"
+	// DefaultImageRepository is the sidecar image's repository when
+	// Config.Image is empty; DefaultImage adds the tag.
+	DefaultImageRepository = "ghcr.io/vatcar/vatcar"
+	// ChartAppVersion is the Helm chart's appVersion (helm/vatcar/Chart.yaml;
+	// a test keeps the two equal): the image tag of a development build.
+	ChartAppVersion = "0.1.0"
 	// DefaultVatPort is the CapTP port when Config.VatPort is zero.
 	DefaultVatPort = 7440
 	// DefaultAdminPort is the admin/health port when Config.AdminPort is zero.
@@ -40,7 +45,7 @@ const (
 // value is valid: every zero field means the documented default. The JSON
 // names are the keys of the YAML config file (see LoadConfig).
 type Config struct {
-	// Image is the sidecar image. Empty: DefaultImage.
+	// Image is the sidecar image. Empty: DefaultImage().
 	Image string `json:"image,omitempty"`
 	// ImagePullPolicy of the sidecar. Empty: Kubernetes' default for the tag.
 	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
@@ -80,6 +85,24 @@ type Config struct {
 	// the ones the injector derives, so a flag given here wins over them
 	// (even over a pod's annotation).
 	ExtraArgs []string `json:"extraArgs,omitempty"`
+}
+
+// DefaultImage returns the sidecar image when Config.Image is empty:
+// DefaultImageRepository tagged with this binary's own release version
+// ("v0.2.0" -> ":0.2.0"), so an injector runs the sidecar of its release.
+// A development build (no release version: "(devel)", a pseudo-version, a
+// modified work tree) uses ChartAppVersion, the latest release it knows of.
+func DefaultImage() string {
+	return imageFor(buildinfo.Read())
+}
+
+// imageFor is DefaultImage for build info.
+func imageFor(info buildinfo.Info) string {
+	tag := info.ImageTag()
+	if tag == "" {
+		tag = ChartAppVersion
+	}
+	return DefaultImageRepository + ":" + tag
 }
 
 // DefaultResources returns the sidecar's requests and limits when
@@ -160,7 +183,7 @@ func (c Config) Validate() error {
 // withDefaults returns c with every zero field replaced by its default.
 func (c Config) withDefaults() Config {
 	if c.Image == "" {
-		c.Image = DefaultImage
+		c.Image = DefaultImage()
 	}
 	if c.VatPort == 0 {
 		c.VatPort = DefaultVatPort

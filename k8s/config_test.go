@@ -2,7 +2,12 @@ package k8s
 
 import (
 	"errors"
+	"os"
+	"strings"
 	"testing"
+
+	"github.com/vatcar/vatcar/internal/buildinfo"
+	"sigs.k8s.io/yaml"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -65,5 +70,49 @@ func TestNativeSidecarsByVersion(t *testing.T) {
 		if got := (Config{KubeVersion: v}).nativeSidecars(); got != want {
 			t.Errorf("KubeVersion %q: native = %v, want %v", v, got, want)
 		}
+	}
+}
+
+// TestDefaultImageIsTheBuildsRelease: an injector without an image in its
+// config runs the sidecar image of its own release, and a development build
+// the chart's appVersion.
+func TestDefaultImageIsTheBuildsRelease(t *testing.T) {
+	for _, tc := range []struct {
+		version, image string
+	}{
+		{"v0.3.1", "ghcr.io/vatcar/vatcar:0.3.1"},
+		{"v1.0.0-rc.2", "ghcr.io/vatcar/vatcar:1.0.0-rc.2"},
+		{buildinfo.Devel, "ghcr.io/vatcar/vatcar:" + ChartAppVersion},
+		{"v0.3.2-0.20261206010000-abcdef123456", "ghcr.io/vatcar/vatcar:" + ChartAppVersion},
+		{"v0.3.1+dirty", "ghcr.io/vatcar/vatcar:" + ChartAppVersion},
+	} {
+		if got := imageFor(buildinfo.Info{Version: tc.version}); got != tc.image {
+			t.Errorf("version %q: image %s, want %s", tc.version, got, tc.image)
+		}
+	}
+	inj, err := NewInjector(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := inj.cfg.Image, DefaultImage(); got != want || !strings.HasPrefix(got, DefaultImageRepository+":") || strings.HasSuffix(got, ":latest") {
+		t.Errorf("zero Config: image %s, want DefaultImage() %s, a versioned tag", got, want)
+	}
+}
+
+// TestChartAppVersionMatchesChart: the fallback tag of development builds
+// is the chart's appVersion, so the chart and `inject -f` agree.
+func TestChartAppVersionMatchesChart(t *testing.T) {
+	data, err := os.ReadFile("helm/vatcar/Chart.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chart struct {
+		AppVersion string `json:"appVersion"`
+	}
+	if err := yaml.Unmarshal(data, &chart); err != nil {
+		t.Fatal(err)
+	}
+	if chart.AppVersion != ChartAppVersion {
+		t.Errorf("Chart.yaml appVersion %q, k8s.ChartAppVersion %q: keep them equal", chart.AppVersion, ChartAppVersion)
 	}
 }

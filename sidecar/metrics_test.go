@@ -1,6 +1,11 @@
 package sidecar
 
-import "testing"
+import (
+	"maps"
+	"testing"
+
+	"github.com/vatcar/vatcar/internal/buildinfo"
+)
 
 // peerGauges returns the vatcar_vat_connections series by peer.
 func peerGauges(t *testing.T, m *Metrics) map[string]float64 {
@@ -47,4 +52,34 @@ func TestPeerConnectionSeriesGo(t *testing.T) {
 			t.Errorf("step %d: series %v, want %d with a=%v", i, got, s.wantSeries, s.wantA)
 		}
 	}
+}
+
+// TestBuildInfoMetric checks vatcar_build_info: one series, value 1,
+// labelled with the build's version, revision and Go version.
+func TestBuildInfoMetric(t *testing.T) {
+	m := NewMetrics()
+	families, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := buildinfo.Read()
+	for _, f := range families {
+		if f.GetName() != "vatcar_build_info" {
+			continue
+		}
+		if len(f.GetMetric()) != 1 {
+			t.Fatalf("vatcar_build_info has %d series, want 1", len(f.GetMetric()))
+		}
+		metric := f.GetMetric()[0]
+		labels := map[string]string{}
+		for _, l := range metric.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		wantLabels := map[string]string{"version": want.Version, "revision": want.RevisionOrUnknown(), "goversion": want.GoVersion}
+		if !maps.Equal(labels, wantLabels) || metric.GetGauge().GetValue() != 1 {
+			t.Errorf("vatcar_build_info{%v} = %v, want {%v} = 1", labels, metric.GetGauge().GetValue(), wantLabels)
+		}
+		return
+	}
+	t.Fatal("no vatcar_build_info metric")
 }

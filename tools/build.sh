@@ -9,6 +9,9 @@
 # packages (k8s.io/..., linked only for the injector), so an idle sidecar has
 # about 4 MiB less RSS. It keeps `vatcar inject probe` (the injected sidecar's
 # probes); its `vatcar inject -f/serve/selftest` exit 2 naming the injector image.
+# VATCAR_VERSION=v1.2.3 stamps that version (`vatcar version`, the image tag `inject -f`
+# defaults to) where the Go toolchain cannot read one from git (the Dockerfile's build
+# context has no .git); unset, a build in a git work tree gets the module's VCS version.
 set -euo pipefail
 tags=()
 default=bin/vatcar
@@ -22,5 +25,9 @@ case "${1:-}" in
 esac
 out="$(realpath -m "${1:-$default}")"
 cd "$(dirname "$0")/.."
-CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" ${tags[@]+"${tags[@]}"} -o "$out" ./cmd/vatcar
+ldflags="-s -w"
+if [ -n "${VATCAR_VERSION:-}" ]; then
+  ldflags+=" -X github.com/vatcar/vatcar/internal/buildinfo.stamped=$VATCAR_VERSION"
+fi
+CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" ${tags[@]+"${tags[@]}"} -o "$out" ./cmd/vatcar
 echo "built $out"

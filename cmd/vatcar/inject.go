@@ -74,7 +74,7 @@ func addInjectorFlags(fs *flag.FlagSet) injectorFlags {
 	return injectorFlags{
 		config:      fs.String("config", "", "injector config `FILE` (YAML); flags override it"),
 		kubeVersion: fs.String("kube-version", "", "cluster `VERSION` (MAJOR.MINOR); below 1.29 the sidecar is a regular container"),
-		image:       fs.String("image", "", "sidecar `IMAGE` (default "+k8s.DefaultImage+")"),
+		image:       fs.String("image", "", "sidecar `IMAGE` (default "+k8s.DefaultImage()+", the tag of this build's version)"),
 	}
 }
 

@@ -19,14 +19,19 @@ import (
 
 const goldenDir = "../../k8s/testdata/inject"
 
+// goldenImage is the image the golden files pin (k8s's goldenImage); the
+// default is the build's version (TestVersionStampedRelease).
+const goldenImage = "--image=ghcr.io/vatcar/vatcar:latest"
+
 func TestInjectFileMatchesGolden(t *testing.T) {
 	want, err := os.ReadFile(filepath.Join(goldenDir, "out", "pod-exports.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	in := filepath.Join(goldenDir, "in", "pod-exports.yaml")
+	image := goldenImage
 	var stdout, stderr bytes.Buffer
-	if err := runInject(context.Background(), []string{"-f", in}, strings.NewReader(""), &stdout, &stderr); err != nil {
+	if err := runInject(context.Background(), []string{image, "-f", in}, strings.NewReader(""), &stdout, &stderr); err != nil {
 		t.Fatalf("inject -f %s: %v\n%s", in, err, stderr.String())
 	}
 	if !bytes.Equal(stdout.Bytes(), want) {
@@ -35,7 +40,7 @@ func TestInjectFileMatchesGolden(t *testing.T) {
 	// The same through standard input.
 	data, _ := os.ReadFile(in)
 	stdout.Reset()
-	if err := runInject(context.Background(), []string{"-f", "-"}, bytes.NewReader(data), &stdout, &stderr); err != nil {
+	if err := runInject(context.Background(), []string{image, "-f", "-"}, bytes.NewReader(data), &stdout, &stderr); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(stdout.Bytes(), want) {
@@ -59,7 +64,7 @@ func TestInjectSidecarFlagAnnotations(t *testing.T) {
 	}
 	in := filepath.Join(goldenDir, "in", "deployment-proto-descriptors.yaml")
 	var stdout, stderr bytes.Buffer
-	if err := runInject(context.Background(), []string{"-f", in}, nil, &stdout, &stderr); err != nil {
+	if err := runInject(context.Background(), []string{goldenImage, "-f", in}, nil, &stdout, &stderr); err != nil {
 		t.Fatalf("inject -f %s: %v\n%s", in, err, stderr.String())
 	}
 	if got := stdout.String(); got != strings.Join(want, "") {

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/vatcar/vatcar/internal/buildinfo"
 	"github.com/vatcar/vatcar/sidecar"
 )
 
@@ -40,6 +41,7 @@ commands:
   uri      print the sturdy URI of an export
   ctl      talk to a running sidecar's admin API
   inject   run the Kubernetes sidecar injector webhook
+  version  print vatcar's version, VCS revision and Go version (also --version)
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -60,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runCtl(ctx, args[1:], stdout, stderr)
 	case "inject":
 		return runInject(ctx, args[1:], os.Stdin, stdout, stderr)
+	case "version", "--version", "-version":
+		return runVersion(args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -67,4 +71,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
 	}
+}
+
+// runVersion is `vatcar version` (and `vatcar --version`): one line with the
+// module version, the VCS revision and the Go version, from the build info.
+func runVersion(args []string, stdout io.Writer) error {
+	if len(args) > 0 {
+		return fmt.Errorf("%w: version takes no arguments", errUsage)
+	}
+	_, err := fmt.Fprintln(stdout, buildinfo.Read())
+	return err
 }
