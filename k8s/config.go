@@ -24,11 +24,14 @@ const (
 	ChartAppVersion = "0.1.0"
 	// DefaultVatPort is the CapTP port when Config.VatPort is zero.
 	DefaultVatPort = 7440
-	// DefaultAdminPort is the admin/health port when Config.AdminPort is zero.
-	DefaultAdminPort = 7441
-	// DefaultAdminAddress is the admin listener's host when Config.AdminAddress
-	// is empty: loopback, because the admin gRPC API can add and revoke exports.
-	DefaultAdminAddress = "127.0.0.1"
+	// DefaultHealthPort is the port of the sidecar's /healthz, /readyz and
+	// /metrics when Config.HealthPort (and the older AdminPort) is zero.
+	DefaultHealthPort = 7441
+	// DefaultHealthAddress is the IP the health listener binds when
+	// Config.HealthAddress is empty: every address, because kubelet's
+	// httpGet probes and Prometheus reach the pod on its IP. The admin API
+	// is not there: it listens on a Unix socket (AdminSocket).
+	DefaultHealthAddress = "0.0.0.0"
 	// DefaultClusterDomain is the DNS suffix of Services when
 	// Config.ClusterDomain is empty.
 	DefaultClusterDomain = "cluster.local"
@@ -57,13 +60,21 @@ type Config struct {
 	// VatPort is the sidecar's CapTP port, the one the workload's Service
 	// exposes. Zero: DefaultVatPort.
 	VatPort int32 `json:"vatPort,omitempty"`
-	// AdminPort is the sidecar's admin, health and metrics port. Zero:
-	// DefaultAdminPort.
+	// HealthPort is the port of the sidecar's /healthz, /readyz and
+	// /metrics, which the probes (httpGet) and Prometheus use. Zero:
+	// AdminPort, else DefaultHealthPort.
+	HealthPort int32 `json:"healthPort,omitempty"`
+	// HealthAddress is the IP the health listener binds; it must not be a
+	// loopback address, which kubelet's httpGet probes cannot reach. Empty:
+	// DefaultHealthAddress.
+	HealthAddress string `json:"healthAddress,omitempty"`
+	// AdminPort is the older name of HealthPort (it was the port of the
+	// admin API too, which now listens on a Unix socket only the sidecar
+	// container mounts); HealthPort wins when both are set.
 	AdminPort int32 `json:"adminPort,omitempty"`
-	// AdminAddress is the IP the admin listener binds. Empty:
-	// DefaultAdminAddress (loopback). Probes run inside the pod, so they work
-	// either way; "0.0.0.0" lets Prometheus scrape /metrics but also exposes
-	// the admin API to the pod network.
+	// AdminAddress is accepted for old config files and ignored: the admin
+	// API listens on a Unix socket, and the health listener binds
+	// HealthAddress.
 	AdminAddress string `json:"adminAddress,omitempty"`
 	// ClusterDomain is the DNS suffix of Service names. Empty:
 	// DefaultClusterDomain.
@@ -146,12 +157,24 @@ func (c Config) Validate() error {
 	if c.VatPort < 0 || c.VatPort > 65535 {
 		return bad("vatPort %d out of range", c.VatPort)
 	}
+	if c.HealthPort < 0 || c.HealthPort > 65535 {
+		return bad("healthPort %d out of range", c.HealthPort)
+	}
 	if c.AdminPort < 0 || c.AdminPort > 65535 {
 		return bad("adminPort %d out of range", c.AdminPort)
 	}
 	d := c.withDefaults()
-	if d.VatPort == d.AdminPort {
-		return bad("vatPort and adminPort are both %d", d.VatPort)
+	if d.VatPort == d.HealthPort {
+		return bad("vatPort and healthPort are both %d", d.VatPort)
+	}
+	if c.HealthAddress != "" {
+		ip, err := netip.ParseAddr(c.HealthAddress)
+		if err != nil {
+			return bad("healthAddress %q is not an IP address", c.HealthAddress)
+		}
+		if ip.IsLoopback() {
+			return bad("healthAddress %q is a loopback address: kubelet's httpGet probes reach the pod on its IP", c.HealthAddress)
+		}
 	}
 	if c.AdminAddress != "" {
 		if _, err := netip.ParseAddr(c.AdminAddress); err != nil {
@@ -188,11 +211,14 @@ func (c Config) withDefaults() Config {
 	if c.VatPort == 0 {
 		c.VatPort = DefaultVatPort
 	}
-	if c.AdminPort == 0 {
-		c.AdminPort = DefaultAdminPort
+	if c.HealthPort == 0 {
+		c.HealthPort = c.AdminPort
 	}
-	if c.AdminAddress == "" {
-		c.AdminAddress = DefaultAdminAddress
+	if c.HealthPort == 0 {
+		c.HealthPort = DefaultHealthPort
+	}
+	if c.HealthAddress == "" {
+		c.HealthAddress = DefaultHealthAddress
 	}
 	if c.ClusterDomain == "" {
 		c.ClusterDomain = DefaultClusterDomain

@@ -47,7 +47,8 @@ func ExampleInjector_Inject() {
 	// --public-address=tcp:greeter.$(VATCAR_NAMESPACE).svc.cluster.local:7440
 	// --secret-key-file=/var/run/vatcar/key/key.pem
 	// --cap-dir=/var/run/vatcar/caps
-	// --admin-listen=127.0.0.1:7441
+	// --admin-listen=unix:/var/run/vatcar/admin/private/admin.sock
+	// --health-listen=0.0.0.0:7441
 	// --export=greeter=127.0.0.1:50051
 	// greeter-vatcar-key
 	// false already injected

@@ -63,9 +63,9 @@ func TestHelmImages(t *testing.T) {
 			t.Fatalf("--set %q: no %s init container (native sidecar) in %+v", tc.set, SidecarName, res.Pod.Spec)
 		}
 		c := res.Pod.Spec.InitContainers[i]
-		if c.Image != tc.sidecar || c.ReadinessProbe == nil || c.ReadinessProbe.Exec == nil ||
-			!slices.Equal(c.ReadinessProbe.Exec.Command[:3], []string{SidecarBinary, "inject", "probe"}) {
-			t.Errorf("--set %q: sidecar image %s, readiness %+v; want %s probed by %s inject probe", tc.set, c.Image, c.ReadinessProbe, tc.sidecar, SidecarBinary)
+		if c.Image != tc.sidecar || c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil ||
+			c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.ReadinessProbe.HTTPGet.Port.StrVal != HealthPortName {
+			t.Errorf("--set %q: sidecar image %s, readiness %+v; want %s probed by httpGet /readyz on port %s", tc.set, c.Image, c.ReadinessProbe, tc.sidecar, HealthPortName)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // Names and paths of what the injector adds to a pod.
@@ -34,6 +35,20 @@ const (
 	// EnvImportPrefix starts the variable that tells app containers where an
 	// import listens: VATCAR_IMPORT_<NAME>=127.0.0.1:PORT.
 	EnvImportPrefix = "VATCAR_IMPORT_"
+	// AdminDir is where the sidecar container alone mounts an emptyDir
+	// holding the admin API's socket directory; app containers get no mount
+	// of it, so they cannot reach the admin API.
+	AdminDir = "/var/run/vatcar/admin"
+	// AdminSocket is the admin API's Unix socket. Its directory is made by
+	// the sidecar (mode 0700) inside AdminDir, whose root the kubelet owns.
+	AdminSocket = AdminDir + "/private/admin.sock"
+	// EnvAdmin tells `vatcar ctl` where the admin API listens; the injector
+	// sets it in the sidecar container, so `kubectl exec -c vatcar --
+	// /vatcar ctl list-exports` needs no flag.
+	EnvAdmin = "VATCAR_ADMIN"
+	// HealthPortName names the sidecar's /healthz, /readyz and /metrics
+	// port.
+	HealthPortName = "vatcar-health"
 	// KeySecretKey is the key of the vat key Secret that holds the PEM key.
 	KeySecretKey = "key.pem"
 
@@ -43,6 +58,7 @@ const (
 	volCaps      = "vatcar-caps"
 	volImports   = "vatcar-imports"
 	volProtos    = "vatcar-protos"
+	volAdmin     = "vatcar-admin"
 	// waitForReady bounds how long a regular sidecar's postStart hook holds
 	// the app containers back.
 	waitForReady = "2m"
@@ -173,7 +189,7 @@ func (inj *Injector) checkConflicts(pod *corev1.Pod, p plan) error {
 			return err
 		}
 	}
-	if err := claim(inj.cfg.AdminPort, "the sidecar's admin listener"); err != nil {
+	if err := claim(inj.cfg.HealthPort, "the sidecar's health listener"); err != nil {
 		return err
 	}
 	envs := map[string]string{}
@@ -187,13 +203,13 @@ func (inj *Injector) checkConflicts(pod *corev1.Pod, p plan) error {
 		envs[envName(im.Name)] = im.Name
 	}
 	for _, ex := range p.exports {
-		if ex.Port == inj.cfg.VatPort || ex.Port == inj.cfg.AdminPort {
+		if ex.Port == inj.cfg.VatPort || ex.Port == inj.cfg.HealthPort {
 			return fmt.Errorf("%w: export %s targets the sidecar's own port %d", ErrConflict, ex.Name, ex.Port)
 		}
 	}
 	for _, v := range pod.Spec.Volumes {
 		switch v.Name {
-		case volKey, volCaps, volImports, volProtos:
+		case volKey, volCaps, volImports, volProtos, volAdmin:
 			return fmt.Errorf("%w: the pod already has a volume named %s", ErrConflict, v.Name)
 		}
 	}
@@ -203,10 +219,10 @@ func (inj *Injector) checkConflicts(pod *corev1.Pod, p plan) error {
 // container builds the sidecar container.
 func (inj *Injector) container(p plan) corev1.Container {
 	c := inj.cfg
-	admin := net.JoinHostPort(c.AdminAddress, strconv.Itoa(int(c.AdminPort)))
+	health := net.JoinHostPort(c.HealthAddress, strconv.Itoa(int(c.HealthPort)))
 	args := []string{"run"}
-	var mounts []corev1.VolumeMount
-	var ports []corev1.ContainerPort
+	mounts := []corev1.VolumeMount{{Name: volAdmin, MountPath: AdminDir}}
+	ports := []corev1.ContainerPort{{Name: HealthPortName, ContainerPort: c.HealthPort, Protocol: corev1.ProtocolTCP}}
 	if len(p.exports) > 0 {
 		args = append(args,
 			fmt.Sprintf("--listen=tcp:0.0.0.0:%d", c.VatPort),
@@ -222,10 +238,7 @@ func (inj *Injector) container(p plan) corev1.Container {
 		args = append(args, "--cap-dir="+CapDir)
 		mounts = append(mounts, corev1.VolumeMount{Name: volCaps, MountPath: CapDir})
 	}
-	args = append(args, "--admin-listen="+admin)
-	if c.AdminAddress != DefaultAdminAddress && c.AdminAddress != "::1" {
-		ports = append(ports, corev1.ContainerPort{Name: "vatcar-admin", ContainerPort: c.AdminPort, Protocol: corev1.ProtocolTCP})
-	}
+	args = append(args, "--admin-listen=unix:"+AdminSocket, "--health-listen="+health)
 	for _, ex := range p.exports {
 		args = append(args, fmt.Sprintf("--export=%s=127.0.0.1:%d", ex.Name, ex.Port))
 	}
@@ -263,23 +276,24 @@ func (inj *Injector) container(p plan) corev1.Container {
 		Env: []corev1.EnvVar{
 			{Name: envNamespace, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
 			{Name: envPodName, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+			{Name: EnvAdmin, Value: "unix:" + AdminSocket},
 		},
 		Resources:    *c.Resources.DeepCopy(),
 		VolumeMounts: mounts,
 		StartupProbe: &corev1.Probe{
-			ProbeHandler:     corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: inj.probeCommand("readyz")}},
+			ProbeHandler:     inj.httpProbe("readyz"),
 			PeriodSeconds:    1,
 			TimeoutSeconds:   3,
 			FailureThreshold: 300,
 		},
 		ReadinessProbe: &corev1.Probe{
-			ProbeHandler:     corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: inj.probeCommand("readyz")}},
+			ProbeHandler:     inj.httpProbe("readyz"),
 			PeriodSeconds:    5,
 			TimeoutSeconds:   3,
 			FailureThreshold: 3,
 		},
 		LivenessProbe: &corev1.Probe{
-			ProbeHandler:     corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: inj.probeCommand("healthz")}},
+			ProbeHandler:     inj.httpProbe("healthz"),
 			PeriodSeconds:    10,
 			TimeoutSeconds:   3,
 			FailureThreshold: 6,
@@ -297,18 +311,29 @@ func (inj *Injector) container(p plan) corev1.Container {
 	}
 }
 
-// probeCommand runs `vatcar inject probe` against the admin listener's
-// path. Exec probes run inside the pod, so the admin API can stay on
-// loopback.
+// httpProbe is a kubelet httpGet of the health listener's path on the pod's
+// IP.
+func (inj *Injector) httpProbe(path string) corev1.ProbeHandler {
+	return corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+		Path:   "/" + path,
+		Port:   intstr.FromString(HealthPortName),
+		Scheme: corev1.URISchemeHTTP,
+	}}
+}
+
+// probeCommand runs `vatcar inject probe` against the health listener's
+// path from inside the sidecar container: the regular sidecar's postStart
+// hook, which waits until the sidecar is ready before the app containers
+// start (a hook has no retries of its own).
 func (inj *Injector) probeCommand(path string, flags ...string) []string {
-	host := inj.cfg.AdminAddress
+	host := inj.cfg.HealthAddress
 	switch host {
 	case "0.0.0.0":
 		host = "127.0.0.1"
 	case "::":
 		host = "::1"
 	}
-	url := "http://" + net.JoinHostPort(host, strconv.Itoa(int(inj.cfg.AdminPort))) + "/" + path
+	url := "http://" + net.JoinHostPort(host, strconv.Itoa(int(inj.cfg.HealthPort))) + "/" + path
 	cmd := []string{SidecarBinary, "inject", "probe"}
 	cmd = append(cmd, flags...)
 	return append(cmd, url)
@@ -316,9 +341,9 @@ func (inj *Injector) probeCommand(path string, flags ...string) []string {
 
 // volumes returns the volumes the sidecar mounts.
 func volumes(p plan) []corev1.Volume {
-	var vs []corev1.Volume
 	readOnly := int32(0o444)
 	small := resource.MustParse("1Mi")
+	var vs []corev1.Volume
 	if p.keySecret != "" {
 		vs = append(vs, corev1.Volume{Name: volKey, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 			SecretName:  p.keySecret,
@@ -353,6 +378,10 @@ func volumes(p plan) []corev1.Volume {
 			DefaultMode:          &readOnly,
 		}}})
 	}
+	// The admin socket's directory: mounted into the sidecar alone.
+	vs = append(vs, corev1.Volume{Name: volAdmin, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+		Medium: corev1.StorageMediumMemory, SizeLimit: &small,
+	}}})
 	return vs
 }
 

@@ -76,17 +76,18 @@ func (m *memBackend) Dump(w io.Writer) error {
 	return err
 }
 
-// startTestAdmin serves the admin listener over b on a loopback port.
+// startTestAdmin serves the admin API and the health endpoints over b on one
+// loopback port (--admin-listen HOST:PORT without --health-listen).
 func startTestAdmin(t *testing.T, b adminBackend, ready func() bool) string {
 	t.Helper()
 	m := NewMetrics()
 	g := newAdminGRPCServer(b)
-	a, err := startAdmin("127.0.0.1:0", g, adminHandler(g, m.Registry, ready), nil)
+	a, err := startHTTP("127.0.0.1:0", g, adminHandler(g, healthMux(m.Registry, ready)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.close(context.Background()) })
-	return a.addr.String()
+	return a.addr
 }
 
 func dialAdmin(t *testing.T, addr string) *grpc.ClientConn {

@@ -15,10 +15,9 @@ import (
 	"google.golang.org/grpc"
 )
 
-// adminHandler serves the admin listener: gRPC (HTTP/2 with an
-// application/grpc content type) goes to the admin gRPC server, the rest to
-// /healthz (alive), /readyz (ready() is true) and /metrics (reg).
-func adminHandler(g *grpc.Server, reg *prometheus.Registry, ready func() bool) http.Handler {
+// healthMux serves /healthz (alive), /readyz (ready() is true) and
+// /metrics (reg).
+func healthMux(reg *prometheus.Registry, ready func() bool) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -31,30 +30,40 @@ func adminHandler(g *grpc.Server, reg *prometheus.Registry, ready func() bool) h
 		fmt.Fprintln(w, "ready")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return mux
+}
+
+// adminHandler serves one port for both: gRPC (HTTP/2 with an
+// application/grpc content type) goes to the admin gRPC server g, the rest to
+// health. Used when --admin-listen is a host:port that the health listener
+// shares.
+func adminHandler(g *grpc.Server, health http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 			g.ServeHTTP(w, r)
 			return
 		}
-		mux.ServeHTTP(w, r)
+		health.ServeHTTP(w, r)
 	})
 }
 
-// adminListener is the running admin listener: one port speaking HTTP/1.1 and
-// HTTP/2 without TLS (h2c, prior knowledge, which gRPC clients use).
+// adminListener is a running admin or health listener: an HTTP server
+// speaking HTTP/1.1 and HTTP/2 without TLS (h2c, prior knowledge, which gRPC
+// clients use), or the admin gRPC server alone.
 type adminListener struct {
-	http *http.Server
-	grpc *grpc.Server
-	addr net.Addr
+	http *http.Server // nil: grpc serves the listener itself
+	grpc *grpc.Server // nil: a health listener
+	addr string       // host:port, or unix:PATH
 	done chan struct{}
 }
 
-// startAdmin listens on addr and serves h until shut down.
-func startAdmin(addr string, g *grpc.Server, h http.Handler, log *slog.Logger) (*adminListener, error) {
+// startHTTP serves h (and through it g, when not nil) on addr until shut
+// down.
+func startHTTP(addr string, g *grpc.Server, h http.Handler, log *slog.Logger) (*adminListener, error) {
 	log = orDiscard(log)
-	ln, err := net.Listen("tcp", loopbackIfNoHost(addr))
+	ln, err := listenAdmin(addr)
 	if err != nil {
-		return nil, fmt.Errorf("admin listen %s: %w", addr, err)
+		return nil, err
 	}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
@@ -65,22 +74,53 @@ func startAdmin(addr string, g *grpc.Server, h http.Handler, log *slog.Logger) (
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	a := &adminListener{http: srv, grpc: g, addr: ln.Addr(), done: make(chan struct{})}
+	a := &adminListener{http: srv, grpc: g, addr: listenerAddr(ln), done: make(chan struct{})}
 	go func() {
 		defer close(a.done)
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("admin listener failed", "err", err)
+			log.Error("listener failed", "address", a.addr, "err", err)
 		}
 	}()
 	return a, nil
 }
 
-// close stops the admin listener, letting running requests finish until ctx
-// ends.
-func (a *adminListener) close(ctx context.Context) {
-	if err := a.http.Shutdown(ctx); err != nil {
-		_ = a.http.Close()
+// startGRPC serves the admin gRPC server g alone on addr (a Unix socket or
+// host:port) until shut down.
+func startGRPC(addr string, g *grpc.Server, log *slog.Logger) (*adminListener, error) {
+	log = orDiscard(log)
+	ln, err := listenAdmin(addr)
+	if err != nil {
+		return nil, err
 	}
-	a.grpc.Stop()
+	a := &adminListener{grpc: g, addr: listenerAddr(ln), done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		if err := g.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			log.Error("admin listener failed", "address", a.addr, "err", err)
+		}
+	}()
+	return a, nil
+}
+
+// listenerAddr names a bound listener as --admin-listen would: host:port, or
+// unix:PATH.
+func listenerAddr(ln net.Listener) string {
+	if u, ok := ln.Addr().(*net.UnixAddr); ok {
+		return unixPrefix + u.Name
+	}
+	return ln.Addr().String()
+}
+
+// close stops the listener, letting running requests finish until ctx ends.
+// A Unix socket's file is removed.
+func (a *adminListener) close(ctx context.Context) {
+	if a.http != nil {
+		if err := a.http.Shutdown(ctx); err != nil {
+			_ = a.http.Close()
+		}
+	}
+	if a.grpc != nil {
+		a.grpc.Stop()
+	}
 	<-a.done
 }

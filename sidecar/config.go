@@ -16,10 +16,13 @@ import (
 
 // Defaults used when a Config field is zero.
 const (
-	// DefaultAdminListen is where the admin API, /healthz, /readyz and
-	// /metrics listen when Config.AdminListen is empty.
-	DefaultAdminListen = "127.0.0.1:7460"
-	// AdminListenOff turns the admin listener off.
+	// DefaultHealthListen is where /healthz, /readyz and /metrics listen
+	// when Config.HealthListen is empty and the admin API is not on TCP (the
+	// admin listener's old default port). The admin API's default is a Unix
+	// socket: see DefaultAdminListen.
+	DefaultHealthListen = "127.0.0.1:7460"
+	// AdminListenOff turns the admin listener (or, as HealthListen, the
+	// health listener) off.
 	AdminListenOff = "off"
 	// DefaultMaxMessageSize is the largest gRPC message when
 	// Config.MaxMessageSize is zero (gRPC's own default).
@@ -78,10 +81,21 @@ type Config struct {
 	CapDir string `json:"capDir,omitempty"`
 	// Imports are the sturdy refs exposed as local gRPC endpoints.
 	Imports []Import `json:"imports,omitempty"`
-	// AdminListen is the host:port of the admin gRPC API, /healthz, /readyz
-	// and /metrics (one port, HTTP/1.1 and h2c); an empty host means
-	// 127.0.0.1. Empty: DefaultAdminListen; "off": no admin listener.
+	// AdminListen is where the admin gRPC API (which mints, revokes and adds
+	// exports) listens: "unix:/abs/path" for a Unix socket (mode 0600) in a
+	// directory only this user may enter (created with mode 0700; an
+	// existing one must belong to this user and is made 0700), or host:port
+	// for TCP (an empty host means 127.0.0.1), which every process that can
+	// reach the port may use. Empty: DefaultAdminListen(), a Unix socket;
+	// "off": no admin API.
 	AdminListen string `json:"adminListen,omitempty"`
+	// HealthListen is the host:port of /healthz, /readyz and /metrics
+	// (HTTP/1.1 and h2c), which may face the pod network (kubelet httpGet
+	// probes, Prometheus); an empty host means 127.0.0.1. Empty: the
+	// admin's port when AdminListen is host:port (one port serving both, as
+	// before the split), else DefaultHealthListen; the same host:port as
+	// AdminListen also serves both on one port; "off": no health listener.
+	HealthListen string `json:"healthListen,omitempty"`
 	// GRPCListen, when set, is one shared gRPC endpoint (host:port; an empty
 	// host means 127.0.0.1) that routes each call by its gRPC service name to
 	// an import, per Routes.
@@ -286,8 +300,13 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.AdminListen != "" && c.AdminListen != AdminListenOff {
-		if err := CheckHostPort(c.AdminListen); err != nil {
+		if err := checkAdminListen(c.AdminListen); err != nil {
 			bad("bad --admin-listen %q: %w", c.AdminListen, err)
+		}
+	}
+	if c.HealthListen != "" && c.HealthListen != AdminListenOff {
+		if err := CheckHostPort(c.HealthListen); err != nil {
+			bad("bad --health-listen %q: %w", c.HealthListen, err)
 		}
 	}
 	if c.GRPCListen != "" {
@@ -399,8 +418,14 @@ func parseLevel(s string) (slog.Level, error) {
 
 // withDefaults returns c with zero fields replaced by their defaults.
 func (c Config) withDefaults() Config {
+	if c.HealthListen == "" {
+		c.HealthListen = DefaultHealthListen
+		if adminOnTCP(c.AdminListen) {
+			c.HealthListen = c.AdminListen
+		}
+	}
 	if c.AdminListen == "" {
-		c.AdminListen = DefaultAdminListen
+		c.AdminListen = DefaultAdminListen()
 	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize

@@ -45,6 +45,10 @@ func TestConfigValidate(t *testing.T) {
 		{"dup import", func(c *Config) { c.Imports = []Import{{"b", testURI, ""}, {"b", testURI, ""}} }, `import NAME "b" given twice`},
 		{"bad admin", func(c *Config) { c.AdminListen = "localhost" }, `bad --admin-listen "localhost"`},
 		{"admin off", func(c *Config) { c.AdminListen = "off" }, ""},
+		{"admin socket", func(c *Config) { c.AdminListen = "unix:/run/vatcar/admin.sock" }, ""},
+		{"admin socket relative", func(c *Config) { c.AdminListen = "unix:admin.sock" }, `bad --admin-listen "unix:admin.sock": unix socket path must be absolute`},
+		{"bad health", func(c *Config) { c.HealthListen = "localhost" }, `bad --health-listen "localhost"`},
+		{"health off", func(c *Config) { c.HealthListen = "off" }, ""},
 		{"bad grpc listen", func(c *Config) { c.GRPCListen = ":x" }, `bad --grpc-listen ":x"`},
 		{"routes ok", func(c *Config) {
 			c.GRPCListen = "127.0.0.1:0"

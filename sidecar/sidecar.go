@@ -44,8 +44,9 @@ type Sidecar struct {
 	closeOnce sync.Once
 
 	vatListener net.Listener
-	admin       *adminListener
-	shared      *ingress // GRPCListen, nil when not configured
+	admin       *adminListener // the admin gRPC API; nil when off
+	health      *adminListener // /healthz, /readyz, /metrics; may be admin itself; nil when off
+	shared      *ingress       // GRPCListen, nil when not configured
 
 	mu       sync.Mutex
 	draining bool
@@ -222,14 +223,8 @@ func (s *Sidecar) Start() (err error) {
 		s.shared = in
 		s.log.Info("gRPC endpoint listening", "address", in.addr.String(), "routes", len(s.cfg.Routes))
 	}
-	if s.cfg.AdminListen != AdminListenOff {
-		g := newAdminGRPCServer(s)
-		a, err := startAdmin(s.cfg.AdminListen, g, adminHandler(g, s.metrics.Registry, s.ready.Load), s.log)
-		if err != nil {
-			return fmt.Errorf("%w: --admin-listen %q: %w", ErrConfig, s.cfg.AdminListen, err)
-		}
-		s.admin = a
-		s.log.Info("admin listening", "address", a.addr.String())
+	if err := s.startAdminListeners(); err != nil {
+		return err
 	}
 	if s.cfg.ReadyFile != "" {
 		if err := writeJSONFile(s.cfg.ReadyFile, s.Addresses()); err != nil {
@@ -242,6 +237,45 @@ func (s *Sidecar) Start() (err error) {
 	return nil
 }
 
+// startAdminListeners opens the admin gRPC API (--admin-listen) and the
+// health listener (--health-listen): one port serving both when they name
+// the same host:port.
+func (s *Sidecar) startAdminListeners() error {
+	adminAddr, healthAddr := s.cfg.AdminListen, s.cfg.HealthListen
+	health := healthMux(s.metrics.Registry, s.ready.Load)
+	if adminAddr != AdminListenOff && adminAddr == healthAddr {
+		g := newAdminGRPCServer(s)
+		a, err := startHTTP(adminAddr, g, adminHandler(g, health), s.log)
+		if err != nil {
+			return fmt.Errorf("%w: --admin-listen %q: %w", ErrConfig, adminAddr, err)
+		}
+		s.admin, s.health = a, a
+		s.log.Warn("the admin API shares the health port: every process that reaches it may mint, revoke and add exports", "address", a.addr)
+		return nil
+	}
+	if adminAddr != AdminListenOff {
+		a, err := startGRPC(adminAddr, newAdminGRPCServer(s), s.log)
+		if err != nil {
+			return fmt.Errorf("%w: --admin-listen %q: %w", ErrConfig, adminAddr, err)
+		}
+		s.admin = a
+		if adminOnTCP(adminAddr) {
+			s.log.Warn("the admin API listens on TCP: every process that reaches the port may mint, revoke and add exports", "address", a.addr)
+		} else {
+			s.log.Info("admin API listening", "address", a.addr)
+		}
+	}
+	if healthAddr != AdminListenOff {
+		h, err := startHTTP(healthAddr, nil, health, s.log)
+		if err != nil {
+			return fmt.Errorf("%w: --health-listen %q: %w", ErrConfig, healthAddr, err)
+		}
+		s.health = h
+		s.log.Info("health and metrics listening", "address", h.addr)
+	}
+	return nil
+}
+
 // Addresses describes what a started sidecar bound. It is what --ready-file
 // holds, as JSON.
 type Addresses struct {
@@ -249,8 +283,11 @@ type Addresses struct {
 	Vat string `json:"vat"`
 	// Listen is the bound CapTP address (tcp:HOST:PORT or unix:PATH).
 	Listen string `json:"listen,omitempty"`
-	// Admin is the bound admin listener, host:port.
+	// Admin is the bound admin gRPC API: unix:PATH or host:port.
 	Admin string `json:"admin,omitempty"`
+	// Health is the bound listener of /healthz, /readyz and /metrics,
+	// host:port (Admin's too when they share one port).
+	Health string `json:"health,omitempty"`
 	// GRPC is the bound shared gRPC endpoint, host:port.
 	GRPC string `json:"grpc,omitempty"`
 	// Imports maps import names to their bound local endpoints.
@@ -264,7 +301,10 @@ func (s *Sidecar) Addresses() Addresses {
 		a.Listen = vat.AddressOf(s.vatListener.Addr()).String()
 	}
 	if s.admin != nil {
-		a.Admin = s.admin.addr.String()
+		a.Admin = s.admin.addr
+	}
+	if s.health != nil {
+		a.Health = s.health.addr
 	}
 	if s.shared != nil {
 		a.GRPC = s.shared.addr.String()
@@ -387,10 +427,13 @@ func (s *Sidecar) doClose() {
 		e.close(s.table)
 	}
 	s.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
 	if s.admin != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		s.admin.close(ctx)
-		cancel()
+	}
+	if s.health != nil && s.health != s.admin {
+		s.health.close(ctx)
 	}
 }
 

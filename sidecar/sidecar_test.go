@@ -225,7 +225,7 @@ func TestImportFailsFastAndRecovers(t *testing.T) {
 	addr := "tcp:" + ln.Addr().String()
 	ln.Close()
 	expCfg := Config{
-		Listen: addr, SecretKeyFile: filepath.Join(dir, "k.pem"), CapDir: dir, AdminListen: AdminListenOff,
+		Listen: addr, SecretKeyFile: filepath.Join(dir, "k.pem"), CapDir: dir, AdminListen: AdminListenOff, HealthListen: AdminListenOff,
 		Exports: []Export{{Name: "test", Target: backend}},
 	}
 	exporter, err := New(expCfg, testLogger(t))

@@ -75,8 +75,12 @@ func TestCtl(t *testing.T) {
 		return run(t, append([]string{"ctl", "--admin", p.exp.Admin}, args...)...)
 	}
 	uri := strings.TrimSpace(readFile(t, p.capFile))
-	if out := ctl("list-exports"); !strings.Contains(out, "test") || !strings.Contains(out, uri) {
-		t.Errorf("list-exports does not show export test with its URI:\n%s", out)
+	redacted := uri[:strings.LastIndex(uri, "/")+1] + "..."
+	if out := ctl("list-exports"); !strings.Contains(out, "test") || !strings.Contains(out, redacted) || strings.Contains(out, uri) {
+		t.Errorf("list-exports does not show export test with its URI redacted (%s):\n%s", redacted, out)
+	}
+	if out := ctl("--show-uris", "list-exports"); !strings.Contains(out, uri) {
+		t.Errorf("list-exports --show-uris does not show the full URI:\n%s", out)
 	}
 	backend := startBackend(t)
 	added := strings.TrimSpace(ctl("add-export", "second="+backend))

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -21,13 +22,13 @@ import (
 	"github.com/vatcar/vatcar/vat"
 )
 
-const ctlUsage = `usage: vatcar ctl [--admin HOST:PORT] [--json] [--timeout D] COMMAND [ARGS]
+const ctlUsage = `usage: vatcar ctl [--admin unix:PATH|HOST:PORT] [--json] [--show-uris] [--timeout D] COMMAND [ARGS]
 
 commands:
-  list-exports                           list exports and their sturdy URIs
+  list-exports                           list exports and their sturdy URIs (ids hidden unless --show-uris)
   add-export NAME=TARGET                 export the local gRPC server TARGET as NAME
   remove-export NAME                     stop exporting NAME
-  list-imports                           list imports, their endpoints and states
+  list-imports                           list imports, their endpoints, states and URIs (ids hidden unless --show-uris)
   add-import NAME=URI|@FILE[,listen=HOST:PORT]
                                          import a sturdy ref (a cap file is read here)
   remove-import NAME                     close an import's endpoint
@@ -40,8 +41,9 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := flag.NewFlagSet("vatcar ctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage); fs.PrintDefaults() }
-	admin := fs.String("admin", sidecar.DefaultAdminListen, "admin API `HOST:PORT` of the sidecar")
+	admin := fs.String("admin", defaultCtlAdmin(), "the sidecar's admin API: `unix:PATH` or HOST:PORT (default: $VATCAR_ADMIN, else the sidecar's default socket)")
 	asJSON := fs.Bool("json", false, "print responses as JSON")
+	showURIs := fs.Bool("show-uris", false, "print full sturdy URIs (bearer secrets) in list-exports and list-imports; without it their service ids are hidden")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up after `D`")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
@@ -59,6 +61,9 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("ctl: dial %s: %w", *admin, err)
 	}
+	if !*showURIs {
+		call = redacting(call)
+	}
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -66,6 +71,9 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		if status.Code(err) == codes.InvalidArgument {
 			return fmt.Errorf("%w: ctl %s: %s", errUsage, cmd, status.Convert(err).Message())
+		}
+		if status.Code(err) == codes.Unavailable {
+			return fmt.Errorf("ctl %s: cannot reach the admin API at %s (is the sidecar running? --admin names another): %s", cmd, *admin, status.Convert(err).Message())
 		}
 		return fmt.Errorf("ctl %s: %s: %s", cmd, status.Code(err), status.Convert(err).Message())
 	}
@@ -78,6 +86,48 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	return printCtl(stdout, resp)
+}
+
+// defaultCtlAdmin is where ctl finds the admin API unless --admin says:
+// $VATCAR_ADMIN (the injector sets it in the sidecar container, so `kubectl
+// exec -c vatcar -- /vatcar ctl ...` needs no flag), else the socket `vatcar
+// run` listens on by default.
+func defaultCtlAdmin() string {
+	if a := os.Getenv("VATCAR_ADMIN"); a != "" {
+		return a
+	}
+	return sidecar.DefaultAdminListen()
+}
+
+// redacting wraps call so that the sturdy URIs of list-exports and
+// list-imports come back with their service ids hidden.
+func redacting(call ctlCall) ctlCall {
+	return func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
+		resp, err := call(ctx, c, r)
+		switch m := resp.(type) {
+		case *adminv1.ListExportsResponse:
+			for _, e := range m.GetExports() {
+				e.Uri = redactURI(e.GetUri())
+			}
+		case *adminv1.ListImportsResponse:
+			for _, i := range m.GetImports() {
+				i.Uri = redactURI(i.GetUri())
+			}
+		}
+		return resp, err
+	}
+}
+
+// redactURI hides the service id of a sturdy URI, keeping the vat's digest
+// and address: capnp://sha-256:DIGEST@HOST:PORT/...
+func redactURI(uri string) string {
+	if i := strings.LastIndex(uri, "/"); i >= len("capnp://") && strings.HasPrefix(uri, "capnp://") {
+		return uri[:i+1] + "..."
+	}
+	if uri == "" {
+		return ""
+	}
+	return "..."
 }
 
 type ctlCall func(context.Context, adminv1.AdminServiceClient, proto.Message) (proto.Message, error)

@@ -67,6 +67,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Exports:       []sidecar.Export{{Name: "health", Target: appLn.Addr().String()}},
 		CapDir:        capDir,
 		AdminListen:   sidecar.AdminListenOff,
+		HealthListen:  sidecar.AdminListenOff,
 	}, logs)
 	if err != nil {
 		return fmt.Errorf("demo: sidecar A: %w", err)
@@ -81,8 +82,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 	// Vat B imports the cap file and serves it on a local port.
 	b, err := startDemoSidecar(sidecar.Config{
-		Imports:     []sidecar.Import{{Name: "health", URI: "@" + capFile}},
-		AdminListen: sidecar.AdminListenOff,
+		Imports:      []sidecar.Import{{Name: "health", URI: "@" + capFile}},
+		AdminListen:  sidecar.AdminListenOff,
+		HealthListen: sidecar.AdminListenOff,
 	}, logs)
 	if err != nil {
 		return fmt.Errorf("demo: sidecar B: %w", err)

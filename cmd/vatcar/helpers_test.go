@@ -78,6 +78,7 @@ type addresses struct {
 	Vat     string            `json:"vat"`
 	Listen  string            `json:"listen"`
 	Admin   string            `json:"admin"`
+	Health  string            `json:"health"`
 	GRPC    string            `json:"grpc"`
 	Imports map[string]string `json:"imports"`
 }

@@ -77,8 +77,8 @@ image: {{ include "vatcar.sidecarImage" . | quote }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 kubeVersion: {{ $kube | quote }}
 vatPort: {{ .Values.sidecar.vatPort }}
-adminPort: {{ .Values.sidecar.adminPort }}
-adminAddress: {{ .Values.sidecar.adminAddress | quote }}
+healthPort: {{ .Values.sidecar.adminPort | default .Values.sidecar.healthPort }}
+healthAddress: {{ .Values.sidecar.healthAddress | quote }}
 clusterDomain: {{ .Values.sidecar.clusterDomain | quote }}
 {{- with .Values.sidecar.logFormat }}
 logFormat: {{ . }}
