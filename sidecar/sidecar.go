@@ -75,6 +75,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		if err := checkKeyFile(cfg.SecretKeyFile); err != nil {
 			return nil, err
 		}
+		warnKeyFileMode(s.log, cfg.SecretKeyFile)
 	}
 	kinds, err := loadKinds(cfg.ProtoDescriptors)
 	if err != nil {

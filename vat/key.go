@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"math/big"
 	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -91,7 +92,8 @@ func ParseKey(pemBytes []byte) (*Key, error) {
 
 // LoadOrCreateKey reads the key in the PEM file at path, or, when the file
 // does not exist, generates an Ed25519 key and writes it there (created
-// exclusively, mode 0600). An empty path returns a new ephemeral key.
+// exclusively, mode 0600; missing parent directories are created with mode
+// 0700). An empty path returns a new ephemeral key.
 func LoadOrCreateKey(path string) (*Key, error) {
 	if path == "" {
 		return GenerateKey()
@@ -110,6 +112,9 @@ func LoadOrCreateKey(path string) (*Key, error) {
 	k, err := GenerateKey()
 	if err != nil {
 		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create key: %w", err)
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrExist) {

@@ -164,3 +164,31 @@ func TestCapFile(t *testing.T) {
 		t.Errorf("ReadURI(@path) = %q, %v; want %q", got, err, uri)
 	}
 }
+
+// TestLoadOrCreateKeyMakesItsDirectory: a key path whose directories do not
+// exist yet (the README's keys/vat.pem) gets them, private to the user.
+func TestLoadOrCreateKeyMakesItsDirectory(t *testing.T) {
+	root := t.TempDir()
+	path := filepath.Join(root, "keys", "deeper", "vat.pem")
+	k, err := vat.LoadOrCreateKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{filepath.Join(root, "keys"), filepath.Join(root, "keys", "deeper")} {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mode := fi.Mode().Perm(); mode&0o077 != 0 {
+			t.Errorf("%s: mode %o, want no group or other access (0700)", dir, mode)
+		}
+	}
+	again, err := vat.LoadOrCreateKey(path)
+	if err != nil || again.Digest() != k.Digest() {
+		t.Fatalf("reload: %v, digest changed: %v", err, err == nil && again.Digest() != k.Digest())
+	}
+	// A path under a file is an error that names the operation.
+	if _, err := vat.LoadOrCreateKey(filepath.Join(path, "vat.pem")); err == nil {
+		t.Error("key under a regular file: no error")
+	}
+}
