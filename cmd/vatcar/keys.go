@@ -14,13 +14,28 @@ import (
 )
 
 // runKeygen is `vatcar keygen`: it creates a key file (mode 0600) and prints
-// the vat's digest. It refuses to overwrite an existing file.
+// the vat's digest. It refuses to overwrite an existing file. With
+// --k8s-secret it prints a Secret manifest holding the key instead
+// (keygensecret.go).
 func runKeygen(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	set := flag.NewFlagSet("vatcar keygen", flag.ContinueOnError)
 	set.SetOutput(stderr)
-	keyFile := set.String("secret-key-file", "", "create the PEM key at `PATH` (required)")
+	set.Usage = func() {
+		fmt.Fprint(stderr, "usage: vatcar keygen --secret-key-file PATH      create a key file, print its digest\n"+
+			"       vatcar keygen --k8s-secret NAME [-n NS]    print a Secret manifest holding a new key, its digest on stderr\n")
+		set.PrintDefaults()
+	}
+	keyFile := set.String("secret-key-file", "", "create the PEM key at `PATH`")
+	var sec secretFlags
+	sec.add(set)
 	if err := set.Parse(args); err != nil {
-		return fmt.Errorf("%w: %w", errUsage, err)
+		return usageErr(err)
+	}
+	if sec.name != "" || sec.namespace != "" {
+		if *keyFile != "" || set.NArg() > 0 {
+			return fmt.Errorf("%w: keygen: --k8s-secret takes no --secret-key-file or PATH: the key is never written to disk", errUsage)
+		}
+		return keygenSecret(sec, stdout, stderr)
 	}
 	if *keyFile == "" && set.NArg() == 1 {
 		*keyFile = set.Arg(0)
@@ -28,7 +43,7 @@ func runKeygen(_ context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("%w: keygen: unexpected argument %q", errUsage, set.Arg(0))
 	}
 	if *keyFile == "" {
-		return fmt.Errorf("%w: keygen: --secret-key-file is required", errUsage)
+		return fmt.Errorf("%w: keygen: --secret-key-file (or --k8s-secret) is required", errUsage)
 	}
 	if _, err := os.Stat(*keyFile); !errors.Is(err, fs.ErrNotExist) {
 		if err == nil {
