@@ -150,6 +150,14 @@ type Config struct {
 	// (see Addresses) once the sidecar is ready, written with mode 0600; it is
 	// removed when the sidecar closes.
 	ReadyFile string `json:"readyFile,omitempty"`
+	// HostsFile, when set, is a hosts(5)-style table ("IP NAME..." per
+	// line, # comments), re-read at each resolution and consulted before
+	// the system resolver for the host names of imports: for tests and
+	// hosts without DNS. Empty: the system resolver only.
+	HostsFile string `json:"hostsFile,omitempty"`
+	// Resolve, when not nil, resolves the host names of imports instead of
+	// HostsFile and the system resolver (tests).
+	Resolve Resolver `json:"-"`
 }
 
 // Export is one local gRPC server served as the sturdy ref Name.

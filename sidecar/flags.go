@@ -98,6 +98,7 @@ func newRunFlags(c *Config, output io.Writer) *runFlags {
 	fs.IntVar(&c.MaxConcurrentCalls, "max-concurrent-calls", c.MaxConcurrentCalls, "calls one peer connection may run at once on our exports (`N`, default "+strconv.Itoa(DefaultMaxConcurrentCalls)+")")
 	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections, "inbound CapTP connections the vat holds at once; over it new ones are refused (`N`, default "+strconv.Itoa(DefaultMaxConnections)+")")
 	fs.Var((*durationFlag)(&c.HeartbeatInterval), "heartbeat-interval", "how often the vat checks, by one round trip, a peer connection on which nothing arrived (`DURATION`, default "+DefaultHeartbeatInterval.String()+"; negative: no heartbeat)")
+	fs.StringVar(&c.HostsFile, "hosts-file", c.HostsFile, "resolve import host names from the hosts(5)-style `FILE` before DNS (re-read at each resolution)")
 	fs.Var((*durationFlag)(&c.HeartbeatTimeout), "heartbeat-timeout", "close a peer connection whose heartbeat gets no answer within `DURATION` (default "+DefaultHeartbeatTimeout.String()+")")
 	fs.Var(&r.protos, "proto-descriptors", "FileDescriptorSet `FILE` (protoc --descriptor_set_out) of bridged services: their unary methods take the fast path (repeatable)")
 	fs.IntVar(&c.CPUs, "cpus", c.CPUs, "CPUs the Go runtime runs on at once, GOMAXPROCS (`N`, default "+strconv.Itoa(DefaultCPUs)+" unless the environment sets GOMAXPROCS)")

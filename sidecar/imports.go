@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	capnp "capnproto.org/go/capnp/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -33,30 +32,36 @@ const (
 	maxBackoff = 2 * time.Second
 )
 
-// imported is one sturdy ref exposed as gRPC. It connects lazily, on the
-// first call, keeps the restored capability while its connection lives, and
-// after a failure lets calls fail fast until the backoff allows the next
-// attempt, made by the next call.
+// imported is one sturdy ref exposed as gRPC. On its first call it starts
+// connecting: to every address its host name resolves to (re-resolved every
+// resolveInterval and soon after a failure), each address with a connection
+// of its own, pinned to the ref's digest (balance.go). Each new call goes to
+// a connected address (power of two choices on calls outstanding); a stream
+// stays on the capability it started on. Calls wait for a first attempt in
+// progress, and fail at once with UNAVAILABLE (NOT_FOUND for an unknown or
+// revoked id) when no address can take them.
 //
-// Locking: mu guards the fields below it; it is not held while connecting
-// or releasing a capability.
+// Locking: mu guards the fields below it and every backend's state, svc
+// and lastErr; it is not held while connecting or releasing a capability.
 type imported struct {
-	Import     // as configured (URI possibly @FILE)
-	ref        *vat.SturdyRef
-	fromConfig bool
-	log        *slog.Logger
-	metrics    *Metrics
-	in         *ingress // own endpoint; nil when reached only via GRPCListen
+	Import      // as configured (URI possibly @FILE)
+	ref         *vat.SturdyRef
+	fromConfig  bool
+	log         *slog.Logger
+	metrics     *Metrics
+	resolve     Resolver
+	resolveSoon chan struct{} // (cap 1) asks resolveLoop to resolve again
+	stop        context.CancelFunc
+	wg          sync.WaitGroup // resolveLoop and run
 
-	mu      sync.Mutex
-	state   string
-	svc     capnp.Client // valid in stateConnected; owned here
-	lastErr error        // why the last attempt failed
-	retryAt time.Time
-	backoff time.Duration
-	attempt chan struct{} // closed when the attempt in progress ends
-	closed  bool
-	wg      sync.WaitGroup // attempts in progress
+	mu         sync.Mutex
+	in         *ingress // own endpoint; nil when reached only via GRPCListen
+	started    bool     // the first call came: resolveLoop runs
+	backends   []*backend
+	changed    chan struct{} // closed and replaced when a backend changes state
+	lastErr    error         // why the last attempt failed
+	resolveErr error         // why the last resolution failed, if it did
+	closed     bool
 }
 
 // newImport parses im and registers it (without listening).
@@ -78,8 +83,8 @@ func (s *Sidecar) newImport(im Import, fromConfig bool) (*imported, error) {
 		return nil, fmt.Errorf("%w: import %q: %s: %w", ErrConfig, im.Name, describeURI(im.URI, uri, err), err)
 	}
 	m := &imported{
-		Import: im, ref: ref, fromConfig: fromConfig, metrics: s.metrics,
-		log: s.log.With("import", im.Name), state: stateIdle,
+		Import: im, ref: ref, fromConfig: fromConfig, metrics: s.metrics, resolve: s.cfg.resolver(),
+		log: s.log.With("import", im.Name), resolveSoon: make(chan struct{}, 1), changed: make(chan struct{}),
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -108,13 +113,14 @@ func (s *Sidecar) listenImport(im *imported) error {
 		addr = "127.0.0.1:0"
 	}
 	in, err := s.startIngress(addr, func(ctx context.Context, _ string) (captp.GrpcService, error) {
-		markImport(ctx, im)
-		return im.client(ctx)
+		return im.director(ctx)
 	})
 	if err != nil {
 		return fmt.Errorf("%w: import %q listen %q: %w", ErrConfig, im.Name, addr, err)
 	}
+	im.mu.Lock()
 	im.in = in
+	im.mu.Unlock()
 	im.log.Info("import ready", "listen", in.addr.String(), "peer", im.ref.Locator().Digest.String(),
 		"address", im.ref.Locator().Address.String())
 	im.log.Debug("import URI", "uri", im.ref.URI())
@@ -168,8 +174,7 @@ func (s *Sidecar) route(ctx context.Context, fullMethod string) (captp.GrpcServi
 	if im == nil {
 		return captp.GrpcService{}, status.Errorf(codes.Unavailable, "vatcar: route for service %q names import %q, which is gone", service, name)
 	}
-	markImport(ctx, im)
-	return im.client(ctx)
+	return im.director(ctx)
 }
 
 // serviceOf returns the service of a full method name, "/pkg.Service/M".
@@ -181,78 +186,90 @@ func serviceOf(fullMethod string) string {
 	return s
 }
 
-// client returns a new reference to the import's capability, connecting
-// first if need be. While the peer is unreachable it fails at once with
-// UNAVAILABLE (NOT_FOUND when the peer does not know the service id); it
-// waits only for an attempt in progress, at most until ctx ends.
-func (m *imported) client(ctx context.Context) (captp.GrpcService, error) {
+// client returns a new reference to the import's capability at one of its
+// addresses, and counts the call as outstanding there until done is
+// called. The first call starts connecting; a call waits for an attempt in
+// progress (at most until ctx ends), and fails at once with UNAVAILABLE
+// (NOT_FOUND when the peer does not know the service id) when no address is
+// connected or connecting.
+func (m *imported) client(ctx context.Context) (svc captp.GrpcService, b *backend, err error) {
 	for {
 		m.mu.Lock()
-		switch {
-		case m.closed:
+		if m.closed {
 			m.mu.Unlock()
-			return captp.GrpcService{}, status.Errorf(codes.Unavailable, "vatcar: import %q is closed", m.Name)
-		case m.state == stateConnected:
-			c := m.svc.AddRef()
-			m.mu.Unlock()
-			return captp.GrpcService(c), nil
-		case m.attempt != nil:
-			ch := m.attempt
-			m.mu.Unlock()
-			select {
-			case <-ch:
-				continue
-			case <-ctx.Done():
-				return captp.GrpcService{}, status.FromContextError(ctx.Err()).Err()
-			}
-		case time.Now().Before(m.retryAt):
-			err := m.lastErr
-			wait := time.Until(m.retryAt).Round(time.Millisecond)
-			m.mu.Unlock()
-			return captp.GrpcService{}, unavailable(m.Name, err, wait)
+			return captp.GrpcService{}, nil, status.Errorf(codes.Unavailable, "vatcar: import %q is closed", m.Name)
 		}
-		ch := make(chan struct{})
-		m.attempt = ch
-		m.state = stateConnecting
-		m.wg.Add(1)
+		if !m.started {
+			m.started = true
+			ctx, stop := context.WithCancel(context.Background())
+			m.stop = stop
+			m.wg.Add(1)
+			go m.resolveLoop(ctx)
+		}
+		if b := m.pickLocked(); b != nil {
+			c := b.svc.AddRef()
+			b.outstanding.Add(1)
+			m.mu.Unlock()
+			b.calls.Inc()
+			return captp.GrpcService(c), b, nil
+		}
+		if !m.waitingLocked() {
+			err := m.lastErr
+			if len(m.backends) == 0 && m.resolveErr != nil {
+				err = m.resolveErr
+			}
+			m.mu.Unlock()
+			return captp.GrpcService{}, nil, unavailable(m.Name, err)
+		}
+		ch := m.changed
 		m.mu.Unlock()
-		go m.connect(ch)
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return captp.GrpcService{}, nil, status.FromContextError(ctx.Err()).Err()
+		}
 	}
 }
 
-// connect makes one connection attempt and records its outcome.
-func (m *imported) connect(done chan struct{}) {
-	defer m.wg.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), importDialTimeout)
-	c, err := m.ref.Connect(ctx)
-	cancel()
-	result := "ok"
+// director is client for the ingress: it records the import and the
+// backend serving the call, so that forgetOnCapTPFailure ends the call
+// there (backend.done).
+func (m *imported) director(ctx context.Context) (captp.GrpcService, error) {
+	svc, b, err := m.client(ctx)
 	if err != nil {
-		result = "error"
+		return svc, err
 	}
-	m.metrics.dials.WithLabelValues(m.Name, result).Inc()
-	m.mu.Lock()
-	defer func() {
-		m.attempt = nil
-		close(done)
-		m.mu.Unlock()
-	}()
-	if m.closed {
-		if err == nil {
-			go c.Release()
+	if !markImport(ctx, m, b) {
+		b.done(false) // no stats handler: the call is not tracked
+	}
+	return svc, nil
+}
+
+// waitingLocked reports whether a call should wait for a backend: the host
+// is still being resolved for the first time, or some address is making
+// its first attempt or a new one. m.mu is held.
+func (m *imported) waitingLocked() bool {
+	if len(m.backends) == 0 {
+		return m.resolveErr == nil
+	}
+	for _, b := range m.backends {
+		if b.state == stateConnecting {
+			return true
 		}
-		return
 	}
-	if err != nil {
-		m.state = stateUnavailable
-		m.lastErr = err
-		m.backoff = min(max(m.backoff*2, minBackoff), maxBackoff)
-		m.retryAt = time.Now().Add(m.backoff)
-		m.log.Info("import unavailable", "err", err, "retry_in", m.backoff.String())
-		return
+	return false
+}
+
+// done ends a call that client sent to b: on a CapTP failure (the peer is
+// gone, the ref revoked or unknown there) b restores its capability again.
+func (b *backend) done(failedByCapTP bool) {
+	b.outstanding.Add(-1)
+	if failedByCapTP {
+		select {
+		case b.kick <- struct{}{}:
+		default:
+		}
 	}
-	m.state, m.svc, m.lastErr, m.backoff, m.retryAt = stateConnected, c, nil, 0, time.Time{}
-	m.log.Info("import connected", "peer", m.ref.Locator().Digest.String())
 }
 
 // capTPFailure reports whether a call's error came from CapTP rather than
@@ -265,27 +282,8 @@ func capTPFailure(err error) bool {
 		strings.Contains(msg, "disconnected") || strings.Contains(msg, "connection closed")
 }
 
-// forget drops the capability after a call failed because of CapTP; the
-// next call connects (restores) again.
-func (m *imported) forget() { m.disconnected() }
-
-// disconnected forgets the capability after its connection ended; the next
-// call connects again at once.
-func (m *imported) disconnected() {
-	m.mu.Lock()
-	if m.state != stateConnected {
-		m.mu.Unlock()
-		return
-	}
-	c := m.svc
-	m.svc, m.state = capnp.Client{}, stateIdle
-	m.mu.Unlock()
-	c.Release()
-	m.log.Info("import disconnected; will reconnect on the next call")
-}
-
 // unavailable is the status of a call on an import that cannot connect.
-func unavailable(name string, err error, retryIn time.Duration) error {
+func unavailable(name string, err error) error {
 	code := codes.Unavailable
 	switch {
 	case vat.IsUnknownService(err) || errors.Is(err, vat.ErrUnknownService):
@@ -293,29 +291,46 @@ func unavailable(name string, err error, retryIn time.Duration) error {
 	case errors.Is(err, vat.ErrKeyMismatch):
 		return status.Errorf(code, "vatcar: import %q: peer vat key mismatch (the peer's key does not match the URI's digest): %v", name, err)
 	}
-	return status.Errorf(code, "vatcar: import %q unavailable (retrying in %v): %v", name, retryIn, err)
+	return status.Errorf(code, "vatcar: import %q unavailable (retrying): %v", name, err)
 }
 
-// close stops the endpoint at once and drops the capability.
+// close stops the endpoint at once and drops the capabilities.
 func (m *imported) close() {
-	if m.in != nil {
-		m.in.stop()
-	}
 	m.mu.Lock()
+	in := m.in
 	m.closed = true
-	c := m.svc
-	m.svc, m.state = capnp.Client{}, stateIdle
+	stop := m.stop
 	m.mu.Unlock()
-	c.Release()
+	if in != nil {
+		in.stop()
+	}
+	if stop != nil {
+		stop()
+	}
 	m.wg.Wait()
 }
 
+// status reports the import: connected while any address is, connecting
+// while some address makes an attempt, unavailable when every address
+// failed, idle before the first call.
 func (m *imported) status() ImportStatus {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := ImportStatus{Name: m.Name, URI: m.ref.URI(), State: m.state}
+	st := ImportStatus{Name: m.Name, URI: m.ref.URI(), State: stateIdle}
 	if m.in != nil {
 		st.Listen = m.in.addr.String()
+	}
+	if !m.started {
+		return st
+	}
+	st.State = stateUnavailable
+	if m.waitingLocked() {
+		st.State = stateConnecting
+	}
+	for _, b := range m.backends {
+		if b.state == stateConnected {
+			st.State = stateConnected
+		}
 	}
 	return st
 }

@@ -115,15 +115,18 @@ func (in *ingress) stop() {
 // id), rather than with the UNKNOWN of a plain capnp exception.
 func forgetOnCapTPFailure(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	err := handler(srv, ss)
-	if err == nil || !capTPFailure(err) {
+	failed := err != nil && capTPFailure(err)
+	if info, _ := ss.Context().Value(rpcKey{}).(*rpcInfo); info != nil {
+		if b := info.backend.Load(); b != nil {
+			b.done(failed)
+		}
+	}
+	if !failed {
 		return err
 	}
 	var im *imported
 	if info, _ := ss.Context().Value(rpcKey{}).(*rpcInfo); info != nil {
 		im = info.imp.Load()
-	}
-	if im != nil {
-		im.forget()
 	}
 	return revokedNotFound(err, im)
 }

@@ -41,9 +41,13 @@ type Metrics struct {
 	restores *prometheus.CounterVec   // result
 	refused  *prometheus.CounterVec   // reason
 	dials    *prometheus.CounterVec   // import, result
-	exports  prometheus.Gauge
-	imports  prometheus.Gauge
-	ready    prometheus.Gauge
+	// importCalls counts calls per import and address index (the order in
+	// which the import's addresses appeared, "other" past 63).
+	importCalls *prometheus.CounterVec // import, address_index
+	importUp    *prometheus.GaugeVec   // import: addresses connected
+	exports     prometheus.Gauge
+	imports     prometheus.Gauge
+	ready       prometheus.Gauge
 
 	mu      sync.Mutex
 	methods map[string]map[string]bool // side -> method labels in use
@@ -110,6 +114,14 @@ func NewMetrics() *Metrics {
 			Name: "vatcar_import_connects_total",
 			Help: "Attempts to connect an import to its peer, by import name and result (ok, error).",
 		}, []string{"import", "result"}),
+		importCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vatcar_import_calls_total",
+			Help: "Calls an import sent, by import name and address index (the order in which the addresses its host resolves to appeared; \"other\" past 63).",
+		}, []string{"import", "address_index"}),
+		importUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vatcar_import_connected_addresses",
+			Help: "Addresses of an import (those its host name resolves to) with a live connection, by import name.",
+		}, []string{"import"}),
 		exports: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vatcar_exports",
 			Help: "Services exported now.",
@@ -125,7 +137,7 @@ func NewMetrics() *Metrics {
 		methods: map[string]map[string]bool{},
 	}
 	m.Registry.MustRegister(m.calls, m.latency, m.bytes, m.inflight, m.conns, m.restores,
-		m.refused, m.dials, m.exports, m.imports, m.ready, buildInfoMetric(buildinfo.Read()),
+		m.refused, m.dials, m.importCalls, m.importUp, m.exports, m.imports, m.ready, buildInfoMetric(buildinfo.Read()),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -179,15 +191,21 @@ type rpcKey struct{}
 // records the import serving the call in imp, so that forgetOnCapTPFailure
 // can make it drop its capability when the call fails because of CapTP.
 type rpcInfo struct {
-	method string
-	imp    atomic.Pointer[imported]
+	method  string
+	imp     atomic.Pointer[imported]
+	backend atomic.Pointer[backend]
 }
 
-// markImport records that im serves the call of ctx.
-func markImport(ctx context.Context, im *imported) {
-	if info, _ := ctx.Value(rpcKey{}).(*rpcInfo); info != nil {
-		info.imp.Store(im)
+// markImport records that im serves the call of ctx at b, and reports
+// whether it could (the call has a stats handler's rpcInfo).
+func markImport(ctx context.Context, im *imported, b *backend) bool {
+	info, _ := ctx.Value(rpcKey{}).(*rpcInfo)
+	if info == nil {
+		return false
 	}
+	info.imp.Store(im)
+	info.backend.Store(b)
+	return true
 }
 
 func (h *statsHandler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {

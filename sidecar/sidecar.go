@@ -446,20 +446,6 @@ func (s *Sidecar) Close() error {
 
 func (s *Sidecar) onConnection(peer vat.Digest, up bool) {
 	s.metrics.peerConnection(peer.String(), up)
-	if up {
-		return
-	}
-	s.mu.Lock()
-	var hit []*imported
-	for _, im := range s.imports {
-		if im.ref.Locator().Digest == peer {
-			hit = append(hit, im)
-		}
-	}
-	s.mu.Unlock()
-	for _, im := range hit {
-		im.disconnected()
-	}
 }
 
 func (s *Sidecar) onRestore(ok bool) {

@@ -1,0 +1,62 @@
+package sidecar
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/vatcar/vatcar/vat"
+)
+
+func TestLookupHostsFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "hosts")
+	table := "# replicas\n127.0.0.2 replicas.test other\n\n127.0.0.3\tREPLICAS.test # second\n::1 replicas.test\n127.0.0.9 elsewhere\n"
+	if err := os.WriteFile(file, []byte(table), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		host string
+		want []string
+	}{
+		{"replicas.test", []string{"127.0.0.2", "127.0.0.3", "::1"}},
+		{"other", []string{"127.0.0.2"}},
+		{"missing", nil},
+	} {
+		got, err := lookupHostsFile(file, tt.host)
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("lookupHostsFile(%q) = %v, %v; want %v", tt.host, got, err, tt.want)
+		}
+	}
+	for _, bad := range []string{"not-an-ip replicas.test\n", "127.0.0.2\n"} {
+		if err := os.WriteFile(file, []byte(bad), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := lookupHostsFile(file, "replicas.test"); err == nil {
+			t.Errorf("lookupHostsFile over %q: no error", bad)
+		}
+	}
+	if _, err := lookupHostsFile(filepath.Join(t.TempDir(), "none"), "x"); err == nil {
+		t.Error("lookupHostsFile of a missing file: no error")
+	}
+}
+
+func TestIsName(t *testing.T) {
+	for _, tt := range []struct {
+		addr string
+		want bool
+	}{
+		{"tcp:replicas.test:7000", true},
+		{"tcp:127.0.0.2:7000", false},
+		{"tcp:[::1]:7000", false},
+		{"unix:/tmp/x.sock", false},
+	} {
+		a, err := vat.ParseAddress(tt.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := isName(a); got != tt.want {
+			t.Errorf("isName(%s) = %v, want %v", tt.addr, got, tt.want)
+		}
+	}
+}
