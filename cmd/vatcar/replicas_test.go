@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -79,13 +80,16 @@ type replicaSet struct {
 func startReplicas(t *testing.T, extra ...string) *replicaSet {
 	t.Helper()
 	hosts := []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
+	const impostor = "127.0.0.5" // answers at the name with another key
 	dir := t.TempDir()
-	port := freePortOn(t, hosts...)
+	port := freePortOn(t, append(hosts, impostor)...)
 	rs := &replicaSet{capFile: filepath.Join(dir, "r0", "test.cap"), hostFile: filepath.Join(dir, "hosts")}
-	var table string
+	table := impostor + " replicas.test\n"
 	for _, h := range hosts {
 		table += h + " replicas.test\n"
 	}
+	other, _ := countingBackend(t)
+	startSidecar(t, "--listen", fmt.Sprintf("tcp:%s:%d", impostor, port), "--export", "test="+other)
 	if err := os.WriteFile(rs.hostFile, []byte(table), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -139,10 +143,11 @@ func load(ctx context.Context, client testgrpc.TestServiceClient, workers int, s
 // TestImportSpreadsCallsOverReplicas has one importer call three exporting
 // replicas of one workload behind one name: each serves a fair share; one
 // killed mid-load fails at most the calls in flight on it while the others
-// take over; restarted, it gets calls again.
+// take over; restarted, it gets calls again. A fourth address of the name
+// is a vat with another key: it is never used, and the importer says why.
 func TestImportSpreadsCallsOverReplicas(t *testing.T) {
 	rs := startReplicas(t)
-	_, imp := startSidecar(t, "--hosts-file", rs.hostFile, "--import", "test=@"+rs.capFile)
+	importer, imp := startSidecar(t, "--hosts-file", rs.hostFile, "--import", "test=@"+rs.capFile)
 	client := testgrpc.NewTestServiceClient(dial(t, imp.Imports["test"]))
 	ctx := ctxTimeout(t, 2*time.Minute)
 
@@ -181,6 +186,9 @@ func TestImportSpreadsCallsOverReplicas(t *testing.T) {
 	waitFor(t, 30*time.Second, "the restarted replica serves calls", func() bool { return rs.served[2].Load() > killed+50 })
 	close(stop)
 	errs := wait()
+	if log := importer.stderr.String(); !strings.Contains(log, "127.0.0.5") || !strings.Contains(log, "vat key mismatch") {
+		t.Errorf("importer log does not name the address with the wrong key:\n%s", log)
+	}
 	t.Logf("%d calls in all, %d failed", calls.Load(), len(errs))
 	if len(errs) > workers {
 		t.Errorf("%d calls failed, want at most the %d in flight when the replica died", len(errs), workers)
