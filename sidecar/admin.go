@@ -40,7 +40,7 @@ type adminBackend interface {
 	ListImports() []ImportStatus
 	AddImport(ctx context.Context, im Import) (ImportStatus, error)
 	RemoveImport(name string) error
-	Revoke(name string) error
+	Revoke(name string) (RevokeResult, error)
 	Dump(w io.Writer) error
 }
 
@@ -177,10 +177,11 @@ func (a *adminServer) RemoveImport(_ context.Context, req *adminv1.RemoveImportR
 }
 
 func (a *adminServer) Revoke(_ context.Context, req *adminv1.RevokeRequest) (*adminv1.RevokeResponse, error) {
-	if err := a.b.Revoke(req.GetName()); err != nil {
+	res, err := a.b.Revoke(req.GetName())
+	if err != nil {
 		return nil, adminError(err)
 	}
-	return &adminv1.RevokeResponse{}, nil
+	return &adminv1.RevokeResponse{RevocationId: res.RevocationID.String(), RevocationList: res.List, LocalReason: res.LocalReason}, nil
 }
 
 func (a *adminServer) Dump(context.Context, *adminv1.DumpRequest) (*adminv1.DumpResponse, error) {

@@ -69,7 +69,9 @@ func (m *memBackend) RemoveImport(name string) error {
 	return fmt.Errorf("import %q: %w", name, ErrNotFound)
 }
 
-func (m *memBackend) Revoke(name string) error { return m.RemoveExport(name) }
+func (m *memBackend) Revoke(name string) (RevokeResult, error) {
+	return RevokeResult{}, m.RemoveExport(name)
+}
 
 func (m *memBackend) Dump(w io.Writer) error {
 	_, err := io.WriteString(w, "vat: test\n")

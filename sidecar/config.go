@@ -146,6 +146,15 @@ type Config struct {
 	// LogLevel is "debug", "info" (the default when empty), "warn" or
 	// "error". Sturdy URIs are logged only at debug.
 	LogLevel string `json:"logLevel,omitempty"`
+	// Revocations is the revocation list file: one revoked sturdy URI or
+	// revocation id per line, '#' comments (see ParseRevocationList). It is
+	// read before anything is exported, whenever it changes (checked every
+	// second; a Kubernetes ConfigMap volume's symlink swap counts) and on
+	// SIGHUP. An export it names is revoked like by Revoke. A missing file
+	// revokes nothing (a warning); a line that is not an entry is logged and
+	// skipped. Ids once read stay revoked until the sidecar restarts. Empty:
+	// no list; Revoke is then local to this sidecar.
+	Revocations string `json:"revocations,omitempty"`
 	// ReadyFile, when set, receives a JSON description of the bound addresses
 	// (see Addresses) once the sidecar is ready, written with mode 0600; it is
 	// removed when the sidecar closes.

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -22,12 +23,13 @@ import (
 type export struct {
 	Export
 	id         vat.ServiceID
+	revID      vat.RevocationID // id's, for the revocation list
 	uri        string
 	cc         *grpc.ClientConn
 	calls      revocable          // the cc's calls end with cut
 	cut        context.CancelFunc // ends the calls in flight (revocation)
-	revoked    bool
-	fromConfig bool // managed by the config file: a reload may remove it
+	revoked    bool               // by Revoke or the revocation list; guarded by Sidecar.mu
+	fromConfig bool               // managed by the config file: a reload may remove it
 }
 
 // addExport serves e: a gRPC client to its target, bridged by an egress
@@ -55,7 +57,7 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("export %q: %w", e.Name, ErrExists)
 	}
-	ex := &export{Export: e, id: id, uri: uri, fromConfig: fromConfig}
+	ex := &export{Export: e, id: id, revID: id.RevocationID(), uri: uri, fromConfig: fromConfig}
 	var cut context.Context
 	cut, ex.cut = context.WithCancel(context.Background())
 	ex.calls = revocable{cut: cut}
@@ -89,7 +91,19 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 	}
 	s.mu.Lock()
 	ex.cc = cc
+	listed := s.revs.set.has(ex.revID)
+	if listed {
+		ex.revoked = true
+	}
 	s.mu.Unlock()
+	s.metrics.exports.Inc()
+	if listed {
+		// Revoked by the list: listed, never served, no cap file.
+		egress.Release()
+		ex.cut()
+		s.log.Info("exported, revoked by the revocation list", "name", e.Name, "target", e.Target, "vat", s.vat.Digest().String(), "revocation_id", ex.revID.String())
+		return ex, nil
+	}
 	s.table.Add(id, egress)
 	if s.cfg.CapDir != "" {
 		if err := vat.SaveCapFile(filepath.Join(s.cfg.CapDir, e.Name+".cap"), uri); err != nil {
@@ -97,8 +111,10 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 			return nil, fmt.Errorf("export %q: %w", e.Name, err)
 		}
 	}
-	s.metrics.exports.Inc()
-	s.log.Info("exported", "name", e.Name, "target", e.Target, "vat", s.vat.Digest().String(), "id", id.String())
+	// A list read that raced with the lines above may have missed the
+	// export (not in the table yet): check again now that it is.
+	s.applyRevocations()
+	s.log.Info("exported", "name", e.Name, "target", e.Target, "vat", s.vat.Digest().String(), "id", id.String(), "revocation_id", ex.revID.String())
 	s.log.Debug("export URI", "name", e.Name, "uri", uri)
 	return ex, nil
 }
@@ -205,12 +221,29 @@ func (s *Sidecar) AddExport(_ context.Context, e Export) (ExportStatus, error) {
 // RemoveExport implements the admin API.
 func (s *Sidecar) RemoveExport(name string) error { return s.removeExport(name) }
 
+// RevokeResult says what Revoke did.
+type RevokeResult struct {
+	// RevocationID is the export's revocation id: the entry that revokes it
+	// in a revocation list.
+	RevocationID vat.RevocationID
+	// List is the revocation list file the entry was appended to. Empty:
+	// the revocation is local to this sidecar (and lasts until the export is
+	// added again or the sidecar restarts) until the entry is added to the
+	// list every replica reads; LocalReason says why it was not appended.
+	List        string
+	LocalReason string
+}
+
 // Revoke implements the admin API: the export's id leaves the restorer, so
-// its URI stops working and live capabilities break; its cap file goes. The
-// export stays listed as revoked. The id is derived from the key and the
-// name, so removing and adding the export again (or restarting) brings the
-// same URI back.
-func (s *Sidecar) Revoke(name string) error {
+// its URI stops working, live capabilities break and calls in flight are
+// cut off; its cap file goes. The export stays listed as revoked. When the
+// sidecar has a revocation list file it can write (--revocations), the
+// export's revocation id is appended to it, with a comment naming the
+// export and the time, so the revocation reaches every replica reading the
+// file and outlives restarts. Otherwise it is local: the id is derived from
+// the key and the name, so removing and adding the export again (or
+// restarting) brings the same URI back.
+func (s *Sidecar) Revoke(name string) (RevokeResult, error) {
 	s.mu.Lock()
 	ex, ok := s.exports[name]
 	if ok {
@@ -218,13 +251,31 @@ func (s *Sidecar) Revoke(name string) error {
 	}
 	s.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("export %q: %w", name, ErrNotFound)
+		return RevokeResult{}, fmt.Errorf("export %q: %w", name, ErrNotFound)
 	}
+	s.cutExport(ex)
+	s.log.Info("export revoked", "name", name, "id", ex.id.String(), "revocation_id", ex.revID.String())
+	res := RevokeResult{RevocationID: ex.revID}
+	entry := fmt.Sprintf("%s # export %s, %s\n", ex.revID, name, time.Now().UTC().Format(time.RFC3339))
+	path, err := s.revs.appendEntry(entry)
+	if err != nil {
+		res.LocalReason = err.Error()
+		s.log.Warn("revocation is local to this sidecar: not added to the revocation list", "name", name, "revocation_id", ex.revID.String(), "err", err)
+		return res, nil
+	}
+	res.List = path
+	s.log.Info("revocation added to the revocation list", "name", name, "revocation_id", ex.revID.String(), "path", path)
+	s.readRevocations(false)
+	return res, nil
+}
+
+// cutExport takes a revoked export out of service: its id leaves the
+// restorer (live capabilities break), its calls in flight end, its cap file
+// goes.
+func (s *Sidecar) cutExport(ex *export) {
 	s.table.Remove(ex.id)
-	ex.cut() // calls in flight end too
+	ex.cut()
 	if s.cfg.CapDir != "" {
-		os.Remove(filepath.Join(s.cfg.CapDir, name+".cap"))
+		os.Remove(filepath.Join(s.cfg.CapDir, ex.Name+".cap"))
 	}
-	s.log.Info("export revoked", "name", name, "id", ex.id.String())
-	return nil
 }

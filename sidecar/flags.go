@@ -105,6 +105,7 @@ func newRunFlags(c *Config, output io.Writer) *runFlags {
 	fs.Var((*durationFlag)(&c.DrainTimeout), "drain-timeout", "how long in-flight calls may run after SIGTERM (`DURATION`, default "+DefaultDrainTimeout.String()+")")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log `FORMAT`: text or json (default text)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log `LEVEL`: debug, info, warn or error (default info); URIs are logged only at debug")
+	fs.StringVar(&c.Revocations, "revocations", c.Revocations, "revocation list `FILE`: one revoked capnp:// URI or revocation id per line, # comments; re-read on change and SIGHUP")
 	fs.StringVar(&c.ReadyFile, "ready-file", c.ReadyFile, "write the bound addresses as JSON to `PATH` once ready")
 	return r
 }

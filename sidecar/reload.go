@@ -6,8 +6,9 @@ import (
 	"io"
 )
 
-// Reload applies the exports, imports and routes of cfg (a re-read config
-// file with the command line's flags on top): exports and imports that the
+// Reload applies the exports, imports, routes and revocation list of cfg (a
+// re-read config file with the command line's flags on top), and reads the
+// revocation list again: exports and imports that the
 // previous configuration made and cfg no longer has are removed, new ones
 // added, changed ones replaced; unchanged ones, and those added through the
 // admin API, are not touched, so their connections and calls go on. Other
@@ -19,9 +20,12 @@ func (s *Sidecar) Reload(cfg Config) error {
 	}
 	newCfg := cfg.withDefaults()
 	if restartOnly(s.cfg) != restartOnly(newCfg) {
-		s.log.Warn("reload: only exports, imports and routes are reloaded; other changed settings need a restart")
+		s.log.Warn("reload: only exports, imports, routes and the revocation list are reloaded; other changed settings need a restart")
 	}
 	var errs []error
+
+	s.revs.setPath(newCfg.Revocations)
+	s.readRevocations(true)
 
 	s.mu.Lock()
 	dropExports, addExports := changes(s.exports, cfg.Exports, func(ex *export) (Export, bool) { return ex.Export, ex.fromConfig })
@@ -103,7 +107,7 @@ func changes[T named, E any](have map[string]E, want []T, conf func(E) (T, bool)
 
 // restartOnly returns c without the settings Reload applies, to compare.
 func restartOnly(c Config) string {
-	c.Exports, c.Imports, c.Routes = nil, nil, nil
+	c.Exports, c.Imports, c.Routes, c.Revocations = nil, nil, nil, ""
 	return fmt.Sprintf("%+v", c)
 }
 

@@ -34,7 +34,7 @@ func TestRevokeCutsOffCallsInFlight(t *testing.T) {
 		streams = append(streams, s)
 	}
 
-	if err := p.exporter.Revoke("test"); err != nil {
+	if _, err := p.exporter.Revoke("test"); err != nil {
 		t.Fatal(err)
 	}
 	for i, s := range streams {

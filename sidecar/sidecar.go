@@ -32,6 +32,7 @@ type Sidecar struct {
 	vat     *vat.Vat
 	table   *vat.Table
 	kinds   bridge.Kinds // from cfg.ProtoDescriptors; nil: none known
+	revs    *revocations // the revocation list (revocations.go)
 
 	egressInflight atomic.Int64 // calls from peers running on our exports' servers
 	ready          atomic.Bool
@@ -108,6 +109,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 	}
 	s.vat = v
 	s.serveCtx, s.stopServing = context.WithCancel(context.Background())
+	s.revs = newRevocations(cfg.Revocations, s.metrics.Registry, s.log)
 	if cfg.SecretKeyFile == "" && len(cfg.Exports) > 0 {
 		s.log.Warn("no --secret-key-file: the vat key is ephemeral, so export URIs change on every restart")
 	}
@@ -200,6 +202,14 @@ func (s *Sidecar) Start() (err error) {
 	if s.cfg.Insecure {
 		s.log.Warn("INSECURE MODE: TLS is off: CapTP traffic (including sturdy ref ids) is readable on the network and peers are not authenticated")
 	}
+	// The revocation list is read before anything is exported, so a revoked
+	// ref is never served, not even for a moment after a restart.
+	s.readRevocations(true)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.pollRevocations()
+	}()
 	for _, e := range s.cfg.Exports {
 		if _, err := s.addExport(e, true); err != nil {
 			return err

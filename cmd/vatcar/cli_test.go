@@ -98,7 +98,10 @@ func TestCtl(t *testing.T) {
 	if _, err := p.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
 		t.Fatal(err)
 	}
-	ctl("revoke", "test")
+	revID := strings.TrimSpace(run(t, "uri", "--revocation-id", uri))
+	if out := ctl("revoke", "test"); !strings.HasPrefix(out, revID+"\n") || !strings.Contains(out, "local until "+revID+" is added to the revocation list") {
+		t.Errorf("revoke without --revocations printed %q, want the revocation id %s and that the revocation is local", out, revID)
+	}
 	waitFor(t, 10*time.Second, "calls on the revoked export to fail", func() bool {
 		_, err := p.client.EmptyCall(ctx, &testpb.Empty{})
 		return err != nil

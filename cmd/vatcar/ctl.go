@@ -32,7 +32,8 @@ commands:
   add-import NAME=URI|@FILE[,listen=HOST:PORT]
                                          import a sturdy ref (a cap file is read here)
   remove-import NAME                     close an import's endpoint
-  revoke NAME                            revoke the sturdy ref of export NAME
+  revoke NAME                            revoke the sturdy ref of export NAME; prints its
+                                         revocation id and whether the revocation list has it
   dump                                   describe the vat: address, peers, connections
 `
 
@@ -223,6 +224,13 @@ func printCtl(w io.Writer, resp proto.Message) error {
 		fmt.Fprintln(tw, "NAME\tLISTEN\tSTATE\tURI")
 		for _, i := range r.GetImports() {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", i.GetName(), i.GetListen(), i.GetState(), i.GetUri())
+		}
+	case *adminv1.RevokeResponse:
+		fmt.Fprintln(tw, r.GetRevocationId())
+		if r.GetRevocationList() != "" {
+			fmt.Fprintf(tw, "added to the revocation list %s: every sidecar reading it refuses the ref\n", r.GetRevocationList())
+		} else {
+			fmt.Fprintf(tw, "revoked on this sidecar only (%s): the revocation is local until %s is added to the revocation list (--revocations) of every replica; a restart undoes it\n", r.GetLocalReason(), r.GetRevocationId())
 		}
 	case *adminv1.AddImportResponse:
 		fmt.Fprintln(tw, r.GetImport().GetListen())

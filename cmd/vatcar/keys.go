@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strings"
 
 	"github.com/vatcar/vatcar/sidecar"
 	"github.com/vatcar/vatcar/vat"
@@ -60,17 +61,22 @@ func runKeygen(_ context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 // runURI is `vatcar uri`: it prints the sturdy URI that `vatcar run` with the
-// same key and public address serves for export NAME.
+// same key and public address serves for export NAME, or with
+// --revocation-id that export's revocation id (or that of a URI given in
+// place of NAME).
 func runURI(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	set := flag.NewFlagSet("vatcar uri", flag.ContinueOnError)
 	set.SetOutput(stderr)
 	set.Usage = func() {
-		fmt.Fprintln(stderr, "usage: vatcar uri --secret-key-file PATH --public-address ADDR [--insecure] NAME")
+		fmt.Fprintln(stderr, "usage: vatcar uri --secret-key-file PATH --public-address ADDR [--insecure] NAME\n"+
+			"       vatcar uri --revocation-id --secret-key-file PATH NAME\n"+
+			"       vatcar uri --revocation-id URI|@FILE")
 		set.PrintDefaults()
 	}
 	keyFile := set.String("secret-key-file", "", "the vat's PEM key `PATH` (must exist)")
 	public := set.String("public-address", "", "the vat's public `ADDR`: tcp:HOST:PORT, tcp:[V6]:PORT or unix:PATH")
 	insecure := set.Bool("insecure", false, "print a capnp://insecure@... URI")
+	revocationID := set.Bool("revocation-id", false, "print the ref's revocation id (not secret; an entry for --revocations) instead of its URI")
 	if err := set.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
@@ -79,12 +85,27 @@ func runURI(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%w: uri: want one NAME", errUsage)
 	}
 	name := set.Arg(0)
+	if *revocationID && (strings.HasPrefix(name, "@") || strings.Contains(name, "://")) {
+		uri, err := vat.ReadURI(name)
+		if err != nil {
+			return fmt.Errorf("%w: uri: %w", errUsage, err)
+		}
+		r, err := vat.URIRevocationID(uri)
+		if err != nil {
+			return fmt.Errorf("%w: uri: %w", errUsage, err)
+		}
+		_, err = fmt.Fprintln(stdout, r)
+		return err
+	}
 	if err := sidecar.CheckName(name); err != nil {
 		return fmt.Errorf("%w: uri: bad NAME %q: %w", errUsage, name, err)
 	}
-	addr, err := vat.ParseAddress(*public)
-	if err != nil {
-		return fmt.Errorf("%w: uri: bad --public-address %q: %w", errUsage, *public, err)
+	var addr vat.Address
+	if !*revocationID || *public != "" {
+		var err error
+		if addr, err = vat.ParseAddress(*public); err != nil {
+			return fmt.Errorf("%w: uri: bad --public-address %q: %w", errUsage, *public, err)
+		}
 	}
 	if *keyFile == "" {
 		return fmt.Errorf("%w: uri: --secret-key-file is required", errUsage)
@@ -96,6 +117,10 @@ func runURI(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	key, err := vat.ParseKey(pem)
 	if err != nil {
 		return fmt.Errorf("%w: uri: bad key %q: %w", errUsage, *keyFile, err)
+	}
+	if *revocationID {
+		_, err = fmt.Fprintln(stdout, key.DeriveID(name).RevocationID())
+		return err
 	}
 	loc := vat.Locator{Address: addr}
 	if !*insecure {

@@ -14,7 +14,8 @@ import (
 
 // runRun is `vatcar run`: the sidecar. It runs until ctx ends (SIGTERM or
 // SIGINT), then drains and returns nil. SIGHUP re-reads the config file
-// (with the same flags on top) and reloads exports, imports and routes.
+// (with the same flags on top) and reloads exports, imports and routes, and
+// re-reads the revocation list (even when the config file is bad).
 func runRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 	cfg, err := sidecar.ParseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -40,7 +41,9 @@ func runRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 		case <-hup:
 			next, err := sidecar.ParseFlags(args, io.Discard)
 			if err == nil {
-				err = s.Reload(next)
+				err = s.Reload(next) // rereads the revocation list too
+			} else {
+				s.RereadRevocations()
 			}
 			if err != nil {
 				log.Error("reload failed; the running configuration stays", "err", err)

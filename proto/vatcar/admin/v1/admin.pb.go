@@ -739,7 +739,16 @@ func (x *RevokeRequest) GetName() string {
 }
 
 type RevokeResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revocation_id is the export's revocation id ("rev1:..."), not secret:
+	// the entry that revokes the ref in a revocation list.
+	RevocationId string `protobuf:"bytes,1,opt,name=revocation_id,json=revocationId,proto3" json:"revocation_id,omitempty"`
+	// revocation_list is the file the entry was appended to; empty when the
+	// revocation is local to this sidecar.
+	RevocationList string `protobuf:"bytes,2,opt,name=revocation_list,json=revocationList,proto3" json:"revocation_list,omitempty"`
+	// local_reason says why the entry was not appended (no list configured,
+	// or the file is not writable, e.g. a ConfigMap volume).
+	LocalReason   string `protobuf:"bytes,3,opt,name=local_reason,json=localReason,proto3" json:"local_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -772,6 +781,27 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
 	return file_vatcar_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RevokeResponse) GetRevocationId() string {
+	if x != nil {
+		return x.RevocationId
+	}
+	return ""
+}
+
+func (x *RevokeResponse) GetRevocationList() string {
+	if x != nil {
+		return x.RevocationList
+	}
+	return ""
+}
+
+func (x *RevokeResponse) GetLocalReason() string {
+	if x != nil {
+		return x.LocalReason
+	}
+	return ""
 }
 
 type DumpRequest struct {
@@ -893,8 +923,11 @@ const file_vatcar_admin_v1_admin_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tB'\xfaB$r\"\x10\x01\x18?2\x1c^[A-Za-z0-9][A-Za-z0-9._-]*$R\x04name\"\x16\n" +
 	"\x14RemoveImportResponse\"L\n" +
 	"\rRevokeRequest\x12;\n" +
-	"\x04name\x18\x01 \x01(\tB'\xfaB$r\"\x10\x01\x18?2\x1c^[A-Za-z0-9][A-Za-z0-9._-]*$R\x04name\"\x10\n" +
-	"\x0eRevokeResponse\"\r\n" +
+	"\x04name\x18\x01 \x01(\tB'\xfaB$r\"\x10\x01\x18?2\x1c^[A-Za-z0-9][A-Za-z0-9._-]*$R\x04name\"\x81\x01\n" +
+	"\x0eRevokeResponse\x12#\n" +
+	"\rrevocation_id\x18\x01 \x01(\tR\frevocationId\x12'\n" +
+	"\x0frevocation_list\x18\x02 \x01(\tR\x0erevocationList\x12!\n" +
+	"\flocal_reason\x18\x03 \x01(\tR\vlocalReason\"\r\n" +
 	"\vDumpRequest\"\"\n" +
 	"\fDumpResponse\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text2\xb4\x05\n" +

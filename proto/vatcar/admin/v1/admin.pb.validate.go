@@ -1909,6 +1909,12 @@ func (m *RevokeResponse) validate(all bool) error {
 
 	var errors []error
 
+	// no validation rules for RevocationId
+
+	// no validation rules for RevocationList
+
+	// no validation rules for LocalReason
+
 	if len(errors) > 0 {
 		return RevokeResponseMultiError(errors)
 	}

@@ -54,7 +54,11 @@ type AdminServiceClient interface {
 	// RemoveImport closes the local endpoint of an import.
 	RemoveImport(ctx context.Context, in *RemoveImportRequest, opts ...grpc.CallOption) (*RemoveImportResponse, error)
 	// Revoke revokes the sturdy ref of an export: its id is removed from the
-	// restorer, so the URI stops working and live capabilities break.
+	// restorer, so the URI stops working, live capabilities break and calls in
+	// flight end with NOT_FOUND. With a writable revocation list
+	// (--revocations) the sidecar appends the export's revocation id to it,
+	// which every replica reading the list applies; otherwise the revocation
+	// is local to this sidecar.
 	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
 	// Dump describes the vat: address, peers, connections and their tables.
 	Dump(ctx context.Context, in *DumpRequest, opts ...grpc.CallOption) (*DumpResponse, error)
@@ -167,7 +171,11 @@ type AdminServiceServer interface {
 	// RemoveImport closes the local endpoint of an import.
 	RemoveImport(context.Context, *RemoveImportRequest) (*RemoveImportResponse, error)
 	// Revoke revokes the sturdy ref of an export: its id is removed from the
-	// restorer, so the URI stops working and live capabilities break.
+	// restorer, so the URI stops working, live capabilities break and calls in
+	// flight end with NOT_FOUND. With a writable revocation list
+	// (--revocations) the sidecar appends the export's revocation id to it,
+	// which every replica reading the list applies; otherwise the revocation
+	// is local to this sidecar.
 	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
 	// Dump describes the vat: address, peers, connections and their tables.
 	Dump(context.Context, *DumpRequest) (*DumpResponse, error)

@@ -1,0 +1,329 @@
+package sidecar
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/grpc/codes"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/vat"
+)
+
+// revocationPair is testPair with the exporter reading a revocation list.
+func revocationPair(t *testing.T, list string) *testPair {
+	t.Helper()
+	backend := startTestBackend(t)
+	dir := t.TempDir()
+	p := &testPair{capDir: dir}
+	p.exporter = startTestSidecar(t, Config{
+		Listen: "tcp:127.0.0.1:0", SecretKeyFile: filepath.Join(dir, "k.pem"), CapDir: dir,
+		Exports: []Export{{Name: "test", Target: backend}}, Revocations: list,
+	})
+	uri, err := p.exporter.vat.SturdyURI(p.exporter.vat.DeriveID("test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.importer = startTestSidecar(t, Config{Imports: []Import{{Name: "test", URI: uri}}})
+	p.client = testgrpc.NewTestServiceClient(dialAdmin(t, p.importer.Addresses().Imports["test"]))
+	return p
+}
+
+// waitNotFound polls calls through client until one fails with NOT_FOUND and
+// returns how long that took. Calls may pass (while the revocation is on its
+// way) or fail with UNAVAILABLE (an importer reconnecting) in between; any
+// other failure fails the test.
+func waitNotFound(t *testing.T, client testgrpc.TestServiceClient, within time.Duration) time.Duration {
+	return pollNotFound(t, client, within, true)
+}
+
+// expectNotFound is waitNotFound for a ref already revoked: no call may
+// pass.
+func expectNotFound(t *testing.T, client testgrpc.TestServiceClient) {
+	t.Helper()
+	pollNotFound(t, client, 10*time.Second, false)
+}
+
+func pollNotFound(t *testing.T, client testgrpc.TestServiceClient, within time.Duration, mayPass bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := client.EmptyCall(ctx, &testgrpc.Empty{})
+		cancel()
+		switch status.Code(err) {
+		case codes.NotFound:
+			return time.Since(start)
+		case codes.Unavailable:
+		case codes.OK:
+			if !mayPass {
+				t.Fatal("a call on the revoked ref passed")
+			}
+		default:
+			t.Fatalf("call: %v, want OK until NOT_FOUND", err)
+		}
+		if time.Since(start) > within {
+			t.Fatalf("calls still pass %v after the revocation", within)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval
+	}
+}
+
+func mustCall(t *testing.T, client testgrpc.TestServiceClient) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := client.EmptyCall(ctx, &testgrpc.Empty{}); err != nil {
+		t.Fatalf("call: %v, want OK", err)
+	}
+}
+
+func exportRevoked(s *Sidecar, name string) bool {
+	for _, e := range s.ListExports() {
+		if e.Name == name {
+			return e.Revoked
+		}
+	}
+	return false
+}
+
+// TestRevocationListRevokesExport: an entry written into the list breaks
+// a live stream and refuses new restores with NOT_FOUND; lines that are
+// not entries change nothing; the revocation holds when the export is
+// removed and added again, when a config reload adds an export of the same
+// name, and when the file is emptied or removed.
+func TestRevocationListRevokesExport(t *testing.T) {
+	list := filepath.Join(t.TempDir(), "revocations")
+	p := revocationPair(t, list)
+	reads := p.exporter.revs.metrics.reads
+	if got := metricValue(t, reads.WithLabelValues("missing")); got != 1 {
+		t.Errorf("reads{missing} = %v, want 1 (no file at start)", got)
+	}
+	mustCall(t, p.client)
+
+	// Lines that are not entries: counted, nothing revoked.
+	writeList(t, list, "# nothing yet\nnot-an-entry\ncapnp://sha-256:AAAA@h:1/x\n")
+	p.exporter.readRevocations(false)
+	if got := metricValue(t, p.exporter.revs.metrics.invalid); got != 2 {
+		t.Errorf("invalid lines = %v, want 2", got)
+	}
+	mustCall(t, p.client)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stream, err := p.client.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&testgrpc.StreamingOutputCallRequest{ResponseParameters: []*testgrpc.ResponseParameters{{Size: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+
+	uri := p.exporter.ListExports()[0].URI
+	writeList(t, list, "# nothing yet\nnot-an-entry\ncapnp://sha-256:AAAA@h:1/x\n"+uri+" # leaked\n")
+	took := waitNotFound(t, p.client, 5*time.Second) // the poll, not a direct read
+	t.Logf("revoked %v after the write", took)
+	if _, err := stream.Recv(); status.Code(err) != codes.NotFound {
+		t.Errorf("stream across the revocation: %v, want NOT_FOUND", err)
+	}
+	if !exportRevoked(p.exporter, "test") {
+		t.Error("export not listed as revoked")
+	}
+	if _, err := os.Stat(filepath.Join(p.capDir, "test.cap")); !os.IsNotExist(err) {
+		t.Errorf("cap file of the revoked export: %v, want none", err)
+	}
+
+	// Added again through the admin API: still revoked.
+	target := p.exporter.cfg.Exports[0].Target
+	if err := p.exporter.RemoveExport("test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.exporter.AddExport(ctx, Export{Name: "test", Target: target}); err != nil {
+		t.Fatal(err)
+	}
+	if !exportRevoked(p.exporter, "test") {
+		t.Error("export added again: not revoked")
+	}
+	expectNotFound(t, p.client)
+
+	// Emptied (a half-written file), then gone: still revoked.
+	writeList(t, list, "")
+	p.exporter.readRevocations(false)
+	if err := os.Remove(list); err != nil {
+		t.Fatal(err)
+	}
+	p.exporter.readRevocations(false)
+	// Removed and added by a config reload: still revoked.
+	if err := p.exporter.RemoveExport("test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.exporter.Reload(p.exporter.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if !exportRevoked(p.exporter, "test") {
+		t.Error("export added by a reload: not revoked")
+	}
+	expectNotFound(t, p.client)
+	if _, err := os.Stat(filepath.Join(p.capDir, "test.cap")); !os.IsNotExist(err) {
+		t.Errorf("cap file of the export added revoked: %v, want none", err)
+	}
+}
+
+// TestRevocationListAtStart: a ref listed before the sidecar starts is
+// never served, and other exports are.
+func TestRevocationListAtStart(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "k.pem")
+	k, err := vat.LoadOrCreateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := filepath.Join(dir, "revocations")
+	writeList(t, list, string(k.DeriveID("test").RevocationID())+"\n")
+	backend := startTestBackend(t)
+	s := startTestSidecar(t, Config{
+		Listen: "tcp:127.0.0.1:0", SecretKeyFile: key, CapDir: dir, Revocations: list,
+		Exports: []Export{{Name: "test", Target: backend}, {Name: "other", Target: backend}},
+	})
+	if !exportRevoked(s, "test") || exportRevoked(s, "other") {
+		t.Errorf("exports = %+v, want test revoked and other not", s.ListExports())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "test.cap")); !os.IsNotExist(err) {
+		t.Errorf("cap file of the revoked export: %v, want none", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := s.table.Restore(ctx, s.vat.DeriveID("test")); err != vat.ErrUnknownService {
+		t.Errorf("restore of the listed ref: %v, want %v", err, vat.ErrUnknownService)
+	}
+	c, err := s.table.Restore(ctx, s.vat.DeriveID("other"))
+	if err != nil {
+		t.Errorf("restore of the other ref: %v", err)
+	}
+	c.Release()
+}
+
+// TestRereadRevocationsForced: a change the poll cannot see (same size and
+// modification time) is read by RereadRevocations, the SIGHUP path.
+func TestRereadRevocationsForced(t *testing.T) {
+	list := filepath.Join(t.TempDir(), "revocations")
+	p := revocationPair(t, list)
+	mustCall(t, p.client)
+	other := vat.ServiceID("other").RevocationID()
+	mine := p.exporter.vat.DeriveID("test").RevocationID()
+	writeList(t, list, string(other)+"\n")
+	p.exporter.readRevocations(false)
+	fi, err := os.Stat(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeList(t, list, string(mine)+"\n") // same length
+	if err := os.Chtimes(list, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	p.exporter.readRevocations(false)
+	if p.exporter.IsRevoked(mine) {
+		t.Fatal("the poll saw a change of neither path, size nor time; the test cannot tell SIGHUP's read")
+	}
+	p.exporter.RereadRevocations()
+	if !p.exporter.IsRevoked(mine) || !p.exporter.IsRevoked(other) {
+		t.Error("RereadRevocations did not read the changed file")
+	}
+	expectNotFound(t, p.client)
+}
+
+// TestRevokeAppendsToList: Revoke appends the export's revocation id and a
+// comment to a writable list; the entry holds when the export is added
+// again. Without a writable list the revocation is local and says why.
+func TestRevokeAppendsToList(t *testing.T) {
+	dir := t.TempDir()
+	list := filepath.Join(dir, "revocations")
+	writeList(t, list, "# revoked refs") // no final newline
+	if err := os.Chmod(list, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	p := revocationPair(t, list)
+	mustCall(t, p.client)
+	res, err := p.exporter.Revoke("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := p.exporter.vat.DeriveID("test").RevocationID()
+	if res.RevocationID != want || res.List != list || res.LocalReason != "" {
+		t.Errorf("Revoke = %+v, want id %s appended to %s", res, want, list)
+	}
+	b, err := os.ReadFile(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) != 3 || lines[0] != "# revoked refs" || !strings.HasPrefix(lines[1], string(want)+" # export test, 20") || lines[2] != "" {
+		t.Errorf("list after Revoke = %q, want the old line, then the id with a comment", b)
+	}
+	if fi, err := os.Stat(list); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Errorf("list mode after Revoke = %v, %v; want 0640 kept", fi.Mode(), err)
+	}
+	if !p.exporter.IsRevoked(want) {
+		t.Error("appended entry not in force at once")
+	}
+	expectNotFound(t, p.client)
+	target := p.exporter.cfg.Exports[0].Target
+	if err := p.exporter.RemoveExport("test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.exporter.AddExport(context.Background(), Export{Name: "test", Target: target}); err != nil {
+		t.Fatal(err)
+	}
+	if !exportRevoked(p.exporter, "test") {
+		t.Error("export added again after a listed Revoke: not revoked")
+	}
+
+	for _, tc := range []struct {
+		name, list, reason string
+	}{
+		{"no list", "", "no revocation list"},
+		{"list not writable", dir, "is a directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := revocationPair(t, tc.list)
+			res, err := p.exporter.Revoke("test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.List != "" || !strings.Contains(res.LocalReason, tc.reason) || res.RevocationID != p.exporter.vat.DeriveID("test").RevocationID() {
+				t.Errorf("Revoke = %+v, want local, reason naming %q", res, tc.reason)
+			}
+			expectNotFound(t, p.client)
+		})
+	}
+}
+
+func writeList(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// metricValue reads a gauge's or counter's value.
+func metricValue(t *testing.T, m prometheus.Metric) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := m.Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Gauge != nil {
+		return d.GetGauge().GetValue()
+	}
+	return d.GetCounter().GetValue()
+}
