@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -143,6 +144,23 @@ func (b *backend) handle(_ any, ss grpc.ServerStream) error {
 			b.consumed.Add(int64(len(m)))
 			time.Sleep(b.slow) // a slow consumer, not a wait
 		}
+	case "/t.T/BigMetadata":
+		// Headers and trailers of the sizes the request asks for, then an
+		// echo of the first message once the client half-closes.
+		md, _ := metadata.FromIncomingContext(ctx)
+		if n := atoi(first(md["x-header-bytes"])); n > 0 {
+			if err := ss.SendHeader(metadata.Pairs("x-big", strings.Repeat("h", n))); err != nil {
+				return err
+			}
+		}
+		if n := atoi(first(md["x-trailer-bytes"])); n > 0 {
+			ss.SetTrailer(metadata.Pairs("x-big", strings.Repeat("t", n)))
+		}
+		var m []byte
+		if err := ss.RecvMsg(&m); err != nil {
+			return err
+		}
+		return ss.SendMsg(m)
 	case "/t.T/Fail":
 		md, _ := metadata.FromIncomingContext(ctx)
 		if len(md["x-send-headers"]) > 0 {

@@ -18,6 +18,16 @@ const DefaultMaxMessageSize = 4 << 20
 // Messages travel in chunks, so the limit is memory, not the capnp decoder.
 const MaxMessageSizeLimit = 1 << 30
 
+// DefaultMaxMetadataSize is the largest metadata (the headers, or the
+// trailers, of one call) a bridge passes when MaxMetadataSize is zero: 64
+// KiB, the order of Envoy's 60 KiB. Sizes count as HTTP/2 does: each
+// entry's key and value plus 32 bytes.
+const DefaultMaxMetadataSize = 64 << 10
+
+// MaxMetadataSizeLimit is the largest MaxMetadataSize a config accepts: 16
+// MiB, grpc-go's own limit on a header list it reads.
+const MaxMetadataSizeLimit = 16 << 20
+
 // DefaultMaxConcurrentCalls is the egress admission limit when
 // MaxConcurrentCalls is zero.
 const DefaultMaxConcurrentCalls = 1000
@@ -43,6 +53,14 @@ type IngressConfig struct {
 	// RESOURCE_EXHAUSTED. Zero means DefaultMaxMessageSize; at most
 	// MaxMessageSizeLimit.
 	MaxMessageSize int
+
+	// MaxMetadataSize is the largest metadata, in bytes counted as HTTP/2
+	// does (key + value + 32 per entry), of a client's request or of the
+	// headers or trailers coming back over CapTP; larger fails the call
+	// with RESOURCE_EXHAUSTED before anything of it crosses the bridge (a
+	// request) or reaches the client (a response). Zero means
+	// DefaultMaxMetadataSize; at most MaxMetadataSizeLimit.
+	MaxMetadataSize int
 
 	// Kinds are the kinds of the methods the ingress may see, typically
 	// from ParseKinds. A method known to be KindUnary takes the unary fast
@@ -70,6 +88,9 @@ func (c IngressConfig) Validate() error {
 	if err := c.Kinds.Validate(); err != nil {
 		return err
 	}
+	if err := validateMetadataSize(c.MaxMetadataSize); err != nil {
+		return err
+	}
 	return validateSize(c.MaxMessageSize)
 }
 
@@ -90,6 +111,14 @@ type EgressConfig struct {
 	// ingress turns into RESOURCE_EXHAUSTED. Zero means
 	// DefaultMaxConcurrentCalls.
 	MaxConcurrentCalls int
+
+	// MaxMetadataSize is the largest metadata, in bytes counted as HTTP/2
+	// does (key + value + 32 per entry), of a request arriving over CapTP or
+	// of the backend's response headers or trailers; larger fails the call
+	// with RESOURCE_EXHAUSTED (a request: before the backend is called; a
+	// response: the backend call is cancelled and its metadata dropped).
+	// Zero means DefaultMaxMetadataSize; at most MaxMetadataSizeLimit.
+	MaxMetadataSize int
 
 	// CallOptions are added to every call made on Conn, after the bridge's
 	// own (codec and message sizes).
@@ -128,6 +157,9 @@ func (c EgressConfig) Validate() error {
 	if err := c.Kinds.Validate(); err != nil {
 		return err
 	}
+	if err := validateMetadataSize(c.MaxMetadataSize); err != nil {
+		return err
+	}
 	return validateSize(c.MaxMessageSize)
 }
 
@@ -136,6 +168,20 @@ func validateSize(n int) error {
 		return fmt.Errorf("max message size %d (limit %d): %w", n, MaxMessageSizeLimit, ErrMessageSize)
 	}
 	return nil
+}
+
+func validateMetadataSize(n int) error {
+	if n < 0 || n > MaxMetadataSizeLimit {
+		return fmt.Errorf("max metadata size %d (limit %d): %w", n, MaxMetadataSizeLimit, ErrMetadataSize)
+	}
+	return nil
+}
+
+func maxMetadataSize(n int) int {
+	if n == 0 {
+		return DefaultMaxMetadataSize
+	}
+	return n
 }
 
 func maxMessageSize(n int) int {

@@ -26,6 +26,7 @@ import (
 type egress struct {
 	conn   grpc.ClientConnInterface
 	max    int
+	maxMD  int // metadata limit
 	limit  int64
 	opts   []grpc.CallOption // the config's
 	plain  []grpc.CallOption // every call's options for the default content-subtype
@@ -63,6 +64,7 @@ func newEgress(cfg EgressConfig) (*egress, error) {
 	e := &egress{
 		conn:  cfg.Conn,
 		max:   maxMessageSize(cfg.MaxMessageSize),
+		maxMD: maxMetadataSize(cfg.MaxMetadataSize),
 		limit: int64(limit),
 		opts:  cfg.CallOptions,
 		base:  cfg.Context,
@@ -71,6 +73,18 @@ func newEgress(cfg EgressConfig) (*egress, error) {
 	}
 	e.plain = e.callOptions("")
 	return e, nil
+}
+
+// callError is what a GrpcService method returns for err, which ended the
+// call before it started: metadata over the limit as an Overloaded
+// exception (capnp sends an exception's type only when it is the error
+// itself, not wrapped), which the caller sees as RESOURCE_EXHAUSTED; any
+// other error wrapped with the method's name.
+func callError(method string, err error) error {
+	if errors.Is(err, ErrMetadataTooLarge) {
+		return exc.New(exc.Overloaded, "", method+": "+err.Error())
+	}
+	return fmt.Errorf("%s: %w", method, err)
 }
 
 // admit takes a call slot, or answers Overloaded.
@@ -132,7 +146,7 @@ func (c *egressCall) open() {
 // egress's base context (EgressConfig.Context), or without one under
 // parent's values (not its cancellation).
 func (e *egress) newCall(parent context.Context, h captp.CallHead) (*egressCall, error) {
-	head, err := readCallHead(h)
+	head, err := readCallHead(h, e.maxMD)
 	if err != nil {
 		return nil, err
 	}
@@ -179,7 +193,9 @@ func (e *egress) callOptions(subtype string) []grpc.CallOption {
 // they arrive, then messages, then status and trailers.
 func (c *egressCall) pump() {
 	if md, _ := c.bs.Header(); md != nil {
-		if !c.ob.put(c.life, event{kind: evHeaders, md: md}) {
+		if st := c.responseMetadata("response headers", md); st != nil {
+			c.fail(st) // the status that pumpMessages sends
+		} else if !c.ob.put(c.life, event{kind: evHeaders, md: md}) {
 			c.drain()
 			return
 		}
@@ -198,12 +214,16 @@ func (c *egressCall) pumpMessages() {
 			if err == io.EOF {
 				st = status.New(codes.OK, "")
 			}
+			trailers := c.bs.Trailer()
+			if bad := c.responseMetadata("trailers", trailers); bad != nil {
+				st, trailers = bad, nil
+			}
 			c.mu.Lock()
 			if c.failed != nil {
 				st = c.failed
 			}
 			c.mu.Unlock()
-			c.ob.put(c.life, event{kind: evEnd, st: st, md: c.bs.Trailer()})
+			c.ob.put(c.life, event{kind: evEnd, st: st, md: trailers})
 			return
 		}
 		if !c.ob.put(c.life, event{kind: evMsg, msg: f}) {
@@ -211,6 +231,18 @@ func (c *egressCall) pumpMessages() {
 			return
 		}
 	}
+}
+
+// responseMetadata returns the status that replaces the backend's when md,
+// its response headers or trailers, is over the metadata limit; nil when it
+// fits.
+func (c *egressCall) responseMetadata(what string, md metadata.MD) *status.Status {
+	err := checkMetadata(what, md, keepForward, c.e.maxMD)
+	if err == nil {
+		return nil
+	}
+	c.e.log.Debug("bridge: backend metadata refused", "method", c.head.method, "err", err)
+	return Status(err)
 }
 
 // drain cancels the backend call and reads it to its end, which releases
@@ -268,7 +300,7 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 	c, err := e.newCall(ctx, h)
 	if err != nil {
 		e.active.Add(-1)
-		return fmt.Errorf("unary: %w", err)
+		return callError("unary", err)
 	}
 	if e.kinds.Kind(c.head.method) == KindUnary {
 		return e.unaryKnown(ctx, call, c)
@@ -390,14 +422,14 @@ func (e *egress) Open(ctx context.Context, call captp.GrpcService_open) error {
 	c, err := e.start(ctx, h)
 	if err != nil {
 		e.active.Add(-1)
-		return fmt.Errorf("open: %w", err)
+		return callError("open", err)
 	}
 	res, err := call.AllocResults()
 	if err != nil {
 		c.done()
 		return fmt.Errorf("open: %w", err)
 	}
-	if err := res.SetUp(newSink(c, e.max)); err != nil {
+	if err := res.SetUp(newSink(c, e.max, e.maxMD)); err != nil {
 		c.done()
 		return fmt.Errorf("open: %w", err)
 	}

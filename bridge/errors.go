@@ -31,6 +31,15 @@ var (
 	// crossing the bridge exceeds MaxMessageSize.
 	ErrMessageTooLarge = errors.New("bridge: message larger than the max message size")
 
+	// ErrMetadataTooLarge is the cause of RESOURCE_EXHAUSTED when the
+	// metadata (headers or trailers) of a call crossing the bridge exceeds
+	// MaxMetadataSize.
+	ErrMetadataTooLarge = errors.New("bridge: metadata larger than the max metadata size")
+
+	// ErrMetadataSize is returned by Validate for a negative or too large
+	// MaxMetadataSize.
+	ErrMetadataSize = errors.New("bridge: invalid max metadata size")
+
 	// ErrNoDownSink is the cause of the exception an egress answers to a
 	// call that brings no Sink for the response.
 	ErrNoDownSink = errors.New("bridge: call without a response Sink")

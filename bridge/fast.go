@@ -83,7 +83,7 @@ func (e *egress) unaryKnown(ctx context.Context, call captp.GrpcService_unary, c
 		f := frame{data: mem.BufferSlice{mem.Copy(req, mem.DefaultBufferPool())}}
 		_ = bs.SendMsg(&f) // a failure's status comes from RecvMsg
 		f.free()           // unless gRPC took the buffers (then f is empty)
-		evs, whole = readUnary(bs)
+		evs, whole = c.readUnary(bs)
 	}
 	if !stop() || ctx.Err() != nil {
 		// The caller cancelled (Finish) while the response was awaited;
@@ -106,8 +106,14 @@ func (e *egress) unaryKnown(ctx context.Context, call captp.GrpcService_unary, c
 // then messages until the end, or until it is clear the response is no
 // unary reply (a message larger than inlineMax, or a second one). whole
 // reports that evs hold the whole response, ending with the status.
-func readUnary(bs grpc.ClientStream) (evs []event, whole bool) {
+// Headers or trailers over the metadata limit end the call with
+// RESOURCE_EXHAUSTED (headers: the backend call is cancelled).
+func (c *egressCall) readUnary(bs grpc.ClientStream) (evs []event, whole bool) {
 	if md, _ := bs.Header(); md != nil {
+		if st := c.responseMetadata("response headers", md); st != nil {
+			c.cancel()
+			return []event{{kind: evEnd, st: st}}, true
+		}
 		evs = append(evs, event{kind: evHeaders, md: md})
 	}
 	for msgs := 0; ; msgs++ {
@@ -117,7 +123,11 @@ func readUnary(bs grpc.ClientStream) (evs []event, whole bool) {
 			if err != io.EOF {
 				st = Status(err)
 			}
-			return append(evs, event{kind: evEnd, st: st, md: bs.Trailer()}), true
+			trailers := bs.Trailer()
+			if bad := c.responseMetadata("trailers", trailers); bad != nil {
+				st, trailers = bad, nil
+			}
+			return append(evs, event{kind: evEnd, st: st, md: trailers}), true
 		}
 		evs = append(evs, event{kind: evMsg, msg: f})
 		if msgs > 0 || f.data.Len() > inlineMax {

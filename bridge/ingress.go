@@ -27,6 +27,7 @@ import (
 type Ingress struct {
 	director Director
 	max      int
+	maxMD    int // metadata limit
 	kinds    Kinds
 	log      *slog.Logger
 	onCall   func(*ingressCall) // tests: called as each call starts
@@ -43,6 +44,7 @@ func NewIngress(cfg IngressConfig) (*Ingress, error) {
 	in := &Ingress{
 		director: cfg.Director,
 		max:      maxMessageSize(cfg.MaxMessageSize),
+		maxMD:    maxMetadataSize(cfg.MaxMetadataSize),
 		kinds:    cfg.Kinds,
 		log:      logger(cfg.Logger),
 	}
@@ -99,6 +101,13 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 	method, ok := grpc.MethodFromServerStream(ss)
 	if !ok {
 		return status.Error(codes.Internal, "bridge: no method name in the stream")
+	}
+	// Oversized metadata stops here, before it costs a connection or a
+	// CapTP message that would hold up the connection's other calls.
+	md, _ := metadata.FromIncomingContext(ctx)
+	if err := checkMetadata("request metadata", md, keepRequest, in.maxMD); err != nil {
+		in.log.DebugContext(ctx, "bridge: call refused", "method", method, "err", err)
+		return Status(err).Err()
 	}
 	svc, err := in.director(ctx, method)
 	if err != nil {
@@ -230,7 +239,7 @@ func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 		rest := res.Rest().AddRef()
 		defer rest.Release()
 		af, arelease := rest.Attach(c.ctx, func(p captp.Call_attach_Params) error {
-			return p.SetDown(newSink(c, c.in.max))
+			return p.SetDown(newSink(c, c.in.max, c.in.maxMD))
 		})
 		defer arelease()
 		return c.wait(af.Future)
@@ -264,7 +273,7 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 		if err := writeCallHead(h, c.ctx, c.method); err != nil {
 			return err
 		}
-		return p.SetDown(newSink(c, c.in.max))
+		return p.SetDown(newSink(c, c.in.max, c.in.maxMD))
 	})
 	// up is a promise on open's results: it lives as long as they do, so
 	// they are released last (release waits for open to return, #534).

@@ -371,7 +371,7 @@ func TestCallWithoutDownSink(t *testing.T) {
 			if !sink {
 				return nil
 			}
-			return p.SetDown(newSink(&recordTarget{onMessage: func(f *frame) { f.free() }}, 1<<20))
+			return p.SetDown(newSink(&recordTarget{onMessage: func(f *frame) { f.free() }}, 1<<20, DefaultMaxMetadataSize))
 		})
 		defer release()
 		_, err := f.Struct()

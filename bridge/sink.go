@@ -34,14 +34,15 @@ type target interface {
 type sinkServer struct {
 	t      target
 	maxMsg int
+	maxMD  int // metadata limit of headers and trailers
 
 	parts  mem.BufferSlice // chunks of a message in progress
 	partsN int
 	failed error // once set, the direction is over: later sends are refused
 }
 
-func newSink(t target, maxMsg int) captp.Sink {
-	return captp.Sink_ServerToClient(&sinkServer{t: t, maxMsg: maxMsg})
+func newSink(t target, maxMsg, maxMD int) captp.Sink {
+	return captp.Sink_ServerToClient(&sinkServer{t: t, maxMsg: maxMsg, maxMD: maxMD})
 }
 
 // Headers implements captp.Sink_Server.
@@ -53,9 +54,13 @@ func (s *sinkServer) Headers(_ context.Context, call captp.Sink_headers) error {
 	if err != nil {
 		return fmt.Errorf("sink headers: %w", err)
 	}
-	md, err := readHeaders(l)
+	md, err := readHeaders("response headers", l, s.maxMD)
 	if err != nil {
-		return fmt.Errorf("sink headers: %w", err)
+		err = fmt.Errorf("sink headers: %w", err)
+		if errors.Is(err, ErrMetadataTooLarge) {
+			s.fail(err)
+		}
+		return err
 	}
 	return s.t.header(md)
 }
@@ -122,9 +127,13 @@ func (s *sinkServer) Close(_ context.Context, call captp.Sink_close) error {
 	if err != nil {
 		return fmt.Errorf("sink close: %w", err)
 	}
-	md, err := readHeaders(l)
+	md, err := readHeaders("trailers", l, s.maxMD)
 	if err != nil {
-		return fmt.Errorf("sink close: %w", err)
+		err = fmt.Errorf("sink close: %w", err)
+		if errors.Is(err, ErrMetadataTooLarge) {
+			s.fail(err)
+		}
+		return err
 	}
 	// The direction is over: a peer that sends more is refused.
 	s.failed = errDirectionClosed

@@ -29,7 +29,8 @@ const noRestorer = "This vat has no restorer"
 //   - a capnp Unimplemented exception -> UNIMPLEMENTED;
 //   - a failure whose text has "Unknown persistent service ID" or "This vat
 //     has no restorer" -> NOT_FOUND with that text;
-//   - ErrMessageTooLarge -> RESOURCE_EXHAUSTED, ErrStreamLost -> UNAVAILABLE;
+//   - ErrMessageTooLarge and ErrMetadataTooLarge -> RESOURCE_EXHAUSTED,
+//     ErrStreamLost -> UNAVAILABLE;
 //   - anything else -> UNKNOWN with the error's text.
 func Status(err error) *status.Status {
 	if err == nil {
@@ -44,7 +45,7 @@ func Status(err error) *status.Status {
 		return status.New(codes.Canceled, msg)
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.New(codes.DeadlineExceeded, msg)
-	case errors.Is(err, ErrMessageTooLarge):
+	case errors.Is(err, ErrMessageTooLarge), errors.Is(err, ErrMetadataTooLarge):
 		return status.New(codes.ResourceExhausted, msg)
 	case errors.Is(err, ErrStreamLost):
 		return status.New(codes.Unavailable, msg)

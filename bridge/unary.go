@@ -115,7 +115,7 @@ func (c *ingressCall) reply(r captp.Reply) error {
 		if err != nil {
 			return c.fail(err)
 		}
-		md, err := readHeaders(l)
+		md, err := readHeaders("response headers", l, c.in.maxMD)
 		if err != nil {
 			return c.fail(err)
 		}
@@ -138,7 +138,7 @@ func (c *ingressCall) reply(r captp.Reply) error {
 	if err != nil {
 		return c.fail(err)
 	}
-	md, err := readHeaders(l)
+	md, err := readHeaders("trailers", l, c.in.maxMD)
 	if err != nil {
 		return c.fail(err)
 	}

@@ -80,13 +80,47 @@ func keepForward(k string) bool { return !skipHeader(k) }
 // takes the content-subtype to use towards the app.
 func keepRequest(k string) bool { return k == "content-type" || !skipHeader(k) }
 
+// headerOverhead is what HTTP/2 adds to each header entry's key and value
+// when it counts a header list's size (RFC 9113, SETTINGS_MAX_HEADER_LIST_SIZE).
+const headerOverhead = 32
+
+// metadataSize returns the size of md's entries that keep accepts, counted
+// as HTTP/2 does.
+func metadataSize(md metadata.MD, keep func(string) bool) int {
+	n := 0
+	for k, vs := range md {
+		if !keep(k) {
+			continue
+		}
+		for _, v := range vs {
+			n += len(k) + len(v) + headerOverhead
+		}
+	}
+	return n
+}
+
+// checkMetadata fails with ErrMetadataTooLarge when md's entries that keep
+// accepts are larger than limit; what names them in the error.
+func checkMetadata(what string, md metadata.MD, keep func(string) bool, limit int) error {
+	if n := metadataSize(md, keep); n > limit {
+		return metadataTooLarge(what, n, limit)
+	}
+	return nil
+}
+
+func metadataTooLarge(what string, n, limit int) error {
+	return fmt.Errorf("%w: %s of %d bytes or more, over the limit of %d", ErrMetadataTooLarge, what, n, limit)
+}
+
 // readHeaders turns a Header list into metadata, leaving out keys the gRPC
-// libraries set themselves.
-func readHeaders(l captp.Header_List) (metadata.MD, error) {
-	md := make(metadata.MD, l.Len())
+// libraries set themselves. A list larger than limit (counted as HTTP/2
+// does) fails with ErrMetadataTooLarge before its values are copied; what
+// names it in the error.
+func readHeaders(what string, l captp.Header_List, limit int) (metadata.MD, error) {
+	size := 0
 	for i := 0; i < l.Len(); i++ {
 		h := l.At(i)
-		k, err := h.Key()
+		k, err := h.KeyBytes()
 		if err != nil {
 			return nil, fmt.Errorf("decode metadata key: %w", err)
 		}
@@ -94,6 +128,15 @@ func readHeaders(l captp.Header_List) (metadata.MD, error) {
 		if err != nil {
 			return nil, fmt.Errorf("decode metadata %q: %w", k, err)
 		}
+		if size += len(k) + len(v) + headerOverhead; size > limit {
+			return nil, metadataTooLarge(what, size, limit)
+		}
+	}
+	md := make(metadata.MD, l.Len())
+	for i := 0; i < l.Len(); i++ {
+		h := l.At(i)
+		k, _ := h.Key()
+		v, _ := h.Value()
 		k = strings.ToLower(k)
 		md[k] = append(md[k], string(v))
 	}
@@ -195,8 +238,8 @@ type callHead struct {
 }
 
 // readCallHead decodes a CallHead; the content-type leaves md and becomes
-// subtype.
-func readCallHead(h captp.CallHead) (callHead, error) {
+// subtype. Metadata larger than maxMD fails with ErrMetadataTooLarge.
+func readCallHead(h captp.CallHead, maxMD int) (callHead, error) {
 	method, err := h.Method()
 	if err != nil {
 		return callHead{}, fmt.Errorf("decode method: %w", err)
@@ -205,7 +248,7 @@ func readCallHead(h captp.CallHead) (callHead, error) {
 	if err != nil {
 		return callHead{}, fmt.Errorf("decode metadata: %w", err)
 	}
-	md, err := readHeaders(l)
+	md, err := readHeaders("request metadata", l, maxMD)
 	if err != nil {
 		return callHead{}, err
 	}

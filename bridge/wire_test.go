@@ -55,7 +55,7 @@ func TestCallHeadRoundTrip(t *testing.T) {
 	if err := writeCallHead(h, ctx, "/p.S/M"); err != nil {
 		t.Fatal(err)
 	}
-	got, err := readCallHead(h)
+	got, err := readCallHead(h, DefaultMaxMetadataSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func FuzzReadCallHead(f *testing.F) {
 		if err != nil {
 			return
 		}
-		readCallHead(h)
+		readCallHead(h, DefaultMaxMetadataSize)
 	})
 }
 

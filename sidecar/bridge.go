@@ -37,12 +37,13 @@ func windowDialOptions() []grpc.DialOption {
 	return []grpc.DialOption{grpc.WithStaticStreamWindowSize(streamWindow), grpc.WithStaticConnWindowSize(connWindow)}
 }
 
-func newIngressServer(d director, kinds bridge.Kinds, maxMessageSize int, log *slog.Logger, opts ...grpc.ServerOption) (*grpc.Server, error) {
+func newIngressServer(d director, kinds bridge.Kinds, maxMessageSize, maxMetadataSize int, log *slog.Logger, opts ...grpc.ServerOption) (*grpc.Server, error) {
 	in, err := bridge.NewIngress(bridge.IngressConfig{
-		Director:       bridge.Director(d),
-		Kinds:          kinds,
-		MaxMessageSize: maxMessageSize,
-		Logger:         log,
+		Director:        bridge.Director(d),
+		Kinds:           kinds,
+		MaxMessageSize:  maxMessageSize,
+		MaxMetadataSize: maxMetadataSize,
+		Logger:          log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ingress: %w", err)
@@ -53,12 +54,13 @@ func newIngressServer(d director, kinds bridge.Kinds, maxMessageSize int, log *s
 // newEgress returns the capability that forwards calls to cc; the caller
 // owns it (the restorer table takes it over).
 // Its calls end when cut does (revocation).
-func newEgress(cut context.Context, cc grpc.ClientConnInterface, kinds bridge.Kinds, maxMessageSize, maxConcurrentCalls int, log *slog.Logger) (capnp.Client, error) {
+func newEgress(cut context.Context, cc grpc.ClientConnInterface, kinds bridge.Kinds, maxMessageSize, maxMetadataSize, maxConcurrentCalls int, log *slog.Logger) (capnp.Client, error) {
 	svc, err := bridge.NewEgress(bridge.EgressConfig{
 		Conn:               cc,
 		Context:            cut,
 		Kinds:              kinds,
 		MaxMessageSize:     maxMessageSize,
+		MaxMetadataSize:    maxMetadataSize,
 		MaxConcurrentCalls: maxConcurrentCalls,
 		Logger:             log,
 	})

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vatcar/vatcar/bridge"
 	"github.com/vatcar/vatcar/vat"
 )
 
@@ -27,6 +28,13 @@ const (
 	// DefaultMaxMessageSize is the largest gRPC message when
 	// Config.MaxMessageSize is zero (gRPC's own default).
 	DefaultMaxMessageSize = 4 << 20
+	// DefaultMaxMetadataSize is the largest metadata of a call (its
+	// headers, or its trailers) when Config.MaxMetadataSize is zero: 64 KiB,
+	// the order of Envoy's 60 KiB.
+	DefaultMaxMetadataSize = bridge.DefaultMaxMetadataSize
+	// MaxMaxMetadataSize bounds Config.MaxMetadataSize (grpc-go's own limit
+	// on a header list it reads).
+	MaxMaxMetadataSize = bridge.MaxMetadataSizeLimit
 	// MaxMaxMessageSize bounds Config.MaxMessageSize.
 	MaxMaxMessageSize = 1 << 30
 	// DefaultMaxConcurrentCalls bounds the calls a peer connection may run at
@@ -105,6 +113,13 @@ type Config struct {
 	// MaxMessageSize bounds one gRPC message in bytes, both directions.
 	// Zero: DefaultMaxMessageSize.
 	MaxMessageSize ByteSize `json:"maxMessageSize,omitempty"`
+	// MaxMetadataSize bounds the metadata of one call in bytes, counted as
+	// HTTP/2 does (key + value + 32 per entry): an app's request headers,
+	// headers and trailers coming back from an export's backend, and
+	// metadata arriving over CapTP. Over it the call fails with
+	// RESOURCE_EXHAUSTED before the metadata crosses. Zero:
+	// DefaultMaxMetadataSize.
+	MaxMetadataSize ByteSize `json:"maxMetadataSize,omitempty"`
 	// MaxConcurrentCalls bounds the calls one peer connection may run at once
 	// on our exports (over it: RESOURCE_EXHAUSTED). Zero:
 	// DefaultMaxConcurrentCalls.
@@ -349,6 +364,9 @@ func (c Config) Validate() error {
 	if c.MaxMessageSize < 0 || c.MaxMessageSize > MaxMaxMessageSize {
 		bad("bad --max-message-size %d: want 0 to %d", c.MaxMessageSize, MaxMaxMessageSize)
 	}
+	if c.MaxMetadataSize < 0 || c.MaxMetadataSize > MaxMaxMetadataSize {
+		bad("bad --max-metadata-size %d: want 0 to %d", c.MaxMetadataSize, MaxMaxMetadataSize)
+	}
 	if c.MaxConcurrentCalls < 0 {
 		bad("bad --max-concurrent-calls %d: must not be negative", c.MaxConcurrentCalls)
 	}
@@ -446,6 +464,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.MaxMetadataSize == 0 {
+		c.MaxMetadataSize = DefaultMaxMetadataSize
 	}
 	if c.MaxConcurrentCalls == 0 {
 		c.MaxConcurrentCalls = DefaultMaxConcurrentCalls

@@ -48,6 +48,9 @@ func TestConfigValidate(t *testing.T) {
 		{"admin socket", func(c *Config) { c.AdminListen = "unix:/run/vatcar/admin.sock" }, ""},
 		{"admin socket relative", func(c *Config) { c.AdminListen = "unix:admin.sock" }, `bad --admin-listen "unix:admin.sock": unix socket path must be absolute`},
 		{"bad health", func(c *Config) { c.HealthListen = "localhost" }, `bad --health-listen "localhost"`},
+		{"metadata size", func(c *Config) { c.MaxMetadataSize = 1 << 20 }, ""},
+		{"metadata size too big", func(c *Config) { c.MaxMetadataSize = 32 << 20 }, `bad --max-metadata-size 33554432`},
+		{"metadata size negative", func(c *Config) { c.MaxMetadataSize = -1 }, `bad --max-metadata-size -1`},
 		{"health off", func(c *Config) { c.HealthListen = "off" }, ""},
 		{"bad grpc listen", func(c *Config) { c.GRPCListen = ":x" }, `bad --grpc-listen ":x"`},
 		{"routes ok", func(c *Config) {

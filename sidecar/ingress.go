@@ -61,7 +61,7 @@ func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv, err := newIngressServer(d, s.kinds, int(s.cfg.MaxMessageSize), s.log,
+	srv, err := newIngressServer(d, s.kinds, int(s.cfg.MaxMessageSize), int(s.cfg.MaxMetadataSize), s.log,
 		grpc.ConnectionTimeout(appHandshakeTimeout),
 		grpc.StatsHandler(s.metrics.statsHandler(SideIngress, nil)),
 		grpc.ChainStreamInterceptor(forgetOnCapTPFailure))
