@@ -49,6 +49,14 @@ const (
 	// bridge's fast path. Empty: no descriptors, every call takes the general
 	// path.
 	AnnotationProtoDescriptors = "vatcar.io/proto-descriptors"
+	// AnnotationRevocations names the ConfigMap in the pod's namespace whose
+	// key RevocationsKey is the workload's revocation list (revoked sturdy
+	// URIs or revocation ids, one per line). The sidecar of a pod with
+	// exports mounts it (optional: a missing ConfigMap or key is an empty
+	// list) at RevocationsDir and passes it as --revocations; the kubelet
+	// updates the mounted file when the ConfigMap changes and the sidecar
+	// applies it within seconds. Empty: "<workload>-vatcar-revocations".
+	AnnotationRevocations = "vatcar.io/revocations"
 	// AnnotationCPUs is the sidecar's GOMAXPROCS, a whole number from 1 to
 	// MaxCPUs, passed as --cpus. Empty: Config.CPUs.
 	AnnotationCPUs = "vatcar.io/cpus"

@@ -50,6 +50,7 @@ func ExampleInjector_Inject() {
 	// --admin-listen=unix:/var/run/vatcar/admin/private/admin.sock
 	// --health-listen=0.0.0.0:7441
 	// --export=greeter=127.0.0.1:50051
+	// --revocations=/var/run/vatcar/revocations/revocations
 	// greeter-vatcar-key
 	// false already injected
 }

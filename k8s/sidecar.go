@@ -32,6 +32,13 @@ const (
 	// ProtoDescriptorsKey is the key of the AnnotationProtoDescriptors
 	// ConfigMap that holds the FileDescriptorSet (under binaryData).
 	ProtoDescriptorsKey = "descriptors.protoset"
+	// RevocationsDir holds the revocation list from the ConfigMap named by
+	// AnnotationRevocations, as RevocationsKey. A directory mount (never a
+	// subPath) so that the kubelet's updates reach the sidecar.
+	RevocationsDir = "/var/run/vatcar/revocations"
+	// RevocationsKey is the key of the revocation list ConfigMap that holds
+	// the list.
+	RevocationsKey = "revocations"
 	// EnvImportPrefix starts the variable that tells app containers where an
 	// import listens: VATCAR_IMPORT_<NAME>=127.0.0.1:PORT.
 	EnvImportPrefix = "VATCAR_IMPORT_"
@@ -58,6 +65,7 @@ const (
 	volCaps      = "vatcar-caps"
 	volImports   = "vatcar-imports"
 	volProtos    = "vatcar-protos"
+	volRevoked   = "vatcar-revocations"
 	volAdmin     = "vatcar-admin"
 	// waitForReady bounds how long a regular sidecar's postStart hook holds
 	// the app containers back.
@@ -71,6 +79,7 @@ type plan struct {
 	imports                      []Import
 	native                       bool
 	protos                       string // ConfigMap of AnnotationProtoDescriptors; empty: none
+	revocations                  string // ConfigMap of the revocation list; empty: none (no exports)
 	cpus                         int    // --cpus; zero: the flag is left out
 }
 
@@ -109,6 +118,10 @@ func (inj *Injector) mutate(pod *corev1.Pod, t Target, res *Result) error {
 	pod.Spec.Volumes = append(pod.Spec.Volumes, volumes(p)...)
 	setDefault(&pod.Annotations, AnnotationWorkload, p.workload)
 	pod.Annotations[AnnotationStatus] = "injected"
+	if _, ok := pod.Annotations[AnnotationRevocations]; ok && len(p.exports) == 0 {
+		res.Warnings = append(res.Warnings, fmt.Sprintf(
+			"%s is ignored: the pod exports nothing, so it has no sturdy refs to revoke", AnnotationRevocations))
+	}
 	for _, im := range p.imports {
 		if im.URI != "" {
 			res.Warnings = append(res.Warnings, fmt.Sprintf(
@@ -151,6 +164,15 @@ func (inj *Injector) plan(pod *corev1.Pod, t Target) (plan, error) {
 	}
 	if p.protos = pod.Annotations[AnnotationProtoDescriptors]; p.protos != "" && !subdomRE.MatchString(p.protos) {
 		return p, badAnnotation(AnnotationProtoDescriptors, "%q is not a ConfigMap name", p.protos)
+	}
+	if len(p.exports) > 0 {
+		p.revocations = pod.Annotations[AnnotationRevocations]
+		if p.revocations == "" {
+			p.revocations = p.workload + "-vatcar-revocations"
+		}
+		if !subdomRE.MatchString(p.revocations) {
+			return p, badAnnotation(AnnotationRevocations, "%q is not a ConfigMap name", p.revocations)
+		}
 	}
 	p.cpus = inj.cfg.CPUs
 	if v, ok := pod.Annotations[AnnotationCPUs]; ok {
@@ -209,7 +231,7 @@ func (inj *Injector) checkConflicts(pod *corev1.Pod, p plan) error {
 	}
 	for _, v := range pod.Spec.Volumes {
 		switch v.Name {
-		case volKey, volCaps, volImports, volProtos, volAdmin:
+		case volKey, volCaps, volImports, volProtos, volRevoked, volAdmin:
 			return fmt.Errorf("%w: the pod already has a volume named %s", ErrConflict, v.Name)
 		}
 	}
@@ -257,6 +279,10 @@ func (inj *Injector) container(p plan) corev1.Container {
 	if p.protos != "" {
 		args = append(args, "--proto-descriptors="+ProtoDir+"/"+ProtoDescriptorsKey)
 		mounts = append(mounts, corev1.VolumeMount{Name: volProtos, MountPath: ProtoDir, ReadOnly: true})
+	}
+	if p.revocations != "" {
+		args = append(args, "--revocations="+RevocationsDir+"/"+RevocationsKey)
+		mounts = append(mounts, corev1.VolumeMount{Name: volRevoked, MountPath: RevocationsDir, ReadOnly: true})
 	}
 	if p.cpus > 0 {
 		args = append(args, fmt.Sprintf("--cpus=%d", p.cpus))
@@ -376,6 +402,14 @@ func volumes(p plan) []corev1.Volume {
 			LocalObjectReference: corev1.LocalObjectReference{Name: p.protos},
 			Items:                []corev1.KeyToPath{{Key: ProtoDescriptorsKey, Path: ProtoDescriptorsKey}},
 			DefaultMode:          &readOnly,
+		}}})
+	}
+	if p.revocations != "" {
+		vs = append(vs, corev1.Volume{Name: volRevoked, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: p.revocations},
+			Items:                []corev1.KeyToPath{{Key: RevocationsKey, Path: RevocationsKey}},
+			DefaultMode:          &readOnly,
+			Optional:             ptr(true),
 		}}})
 	}
 	// The admin socket's directory: mounted into the sidecar alone.
