@@ -245,3 +245,83 @@ func TestRevocationListSIGHUP(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestRevocationListThroughBalancedImport: three replicas sharing a key and
+// a list behind one name (127.0.0.2-4, a hosts file), one importer that
+// spreads its calls over them. Once the leaked URI is in the list, every
+// replica has applied it within 5 s and no call reaches any backend; a
+// replica restarted afterwards refuses the importer's restores and still
+// serves nothing.
+func TestRevocationListThroughBalancedImport(t *testing.T) {
+	list := filepath.Join(t.TempDir(), "revocations")
+	writeList(t, list, "# revoked refs of replicas.test\n")
+	rs := startReplicas(t, "--revocations", list)
+	var admins []string
+	for _, p := range rs.procs {
+		admins = append(admins, p.waitReady().Admin)
+	}
+	_, imp := startSidecar(t, "--hosts-file", rs.hostFile, "--import", "test=@"+rs.capFile)
+	client := testpb.NewTestServiceClient(dial(t, imp.Imports["test"]))
+	waitFor(t, 30*time.Second, "every replica to serve calls", func() bool {
+		if code := callCode(client); code != codes.OK && code != codes.Unavailable {
+			t.Fatalf("call before the revocation: %v", code)
+		}
+		return rs.served[0].Load() > 0 && rs.served[1].Load() > 0 && rs.served[2].Load() > 0
+	})
+
+	written := time.Now()
+	writeList(t, list, "# revoked refs of replicas.test\n"+strings.TrimSpace(readFile(t, rs.capFile))+"\n")
+	applied := make([]time.Duration, len(admins))
+	waitFor(t, 10*time.Second, "every replica to apply the list", func() bool {
+		done := true
+		for i, a := range admins {
+			if applied[i] == 0 && scrape(t, a, "vatcar_revocations", nil) == 1 {
+				applied[i] = time.Since(written)
+			}
+			done = done && applied[i] > 0
+		}
+		return done
+	})
+	firstNotFound, err := untilNotFound(t, client, 10*time.Second, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("replicas applied the list %v after the write (their metric); first NOT_FOUND through the balanced import after %v",
+		applied, firstNotFound.Sub(written).Round(time.Millisecond))
+	for i, d := range applied {
+		if d > 5*time.Second {
+			t.Errorf("replica %d applied the list %v after the write, want within 5s", i, d)
+		}
+	}
+	refusedEverywhere := func(when string) {
+		t.Helper()
+		served := []int64{rs.served[0].Load(), rs.served[1].Load(), rs.served[2].Load()}
+		for range 30 {
+			if code := callCode(client); code != codes.NotFound {
+				t.Fatalf("%s: call %v, want NOT_FOUND", when, code)
+			}
+		}
+		for i, n := range rs.served {
+			if n.Load() != served[i] {
+				t.Errorf("%s: replica %d's backend served %d calls, want none", when, i, n.Load()-served[i])
+			}
+		}
+	}
+	refusedEverywhere("after the revocation")
+
+	// Restart replica 1 at its address: the importer reconnects and is
+	// refused there too.
+	rs.procs[1].stop()
+	rs.procs[1], _ = startSidecar(t, rs.args[1]...)
+	admin := rs.procs[1].waitReady().Admin
+	waitFor(t, 30*time.Second, "the importer to be refused by the restarted replica", func() bool {
+		if code := callCode(client); code != codes.NotFound && code != codes.Unavailable {
+			t.Fatalf("call while replica 1 restarts: %v, want NOT_FOUND", code)
+		}
+		return scrape(t, admin, "vatcar_restores_total", map[string]string{"result": "error"}) > 0
+	})
+	if ok := scrape(t, admin, "vatcar_restores_total", map[string]string{"result": "ok"}); ok != 0 {
+		t.Errorf("restarted replica served %v restores of the revoked ref", ok)
+	}
+	refusedEverywhere("after replica 1 restarted")
+}
