@@ -139,6 +139,7 @@ maxConnections: 5
 heartbeatInterval: 20s
 heartbeatTimeout: 4s
 logLevel: debug
+revocations: /lists/revoked.txt
 `)
 	tests := []struct {
 		name string
@@ -158,7 +159,7 @@ logLevel: debug
 				"--max-message-size", "16MiB", "--max-concurrent-calls", "7",
 				"--max-connections", "3", "--heartbeat-interval", "-1s", "--heartbeat-timeout", "2s",
 				"--drain-timeout", "3s", "--log-format", "json", "--log-level", "warn",
-				"--ready-file", "/r.json",
+				"--ready-file", "/r.json", "--revocations", "/revoked",
 			},
 			want: Config{
 				Listen: "tcp:0.0.0.0:7000", PublicAddress: "tcp:svc.ns:7000",
@@ -171,7 +172,7 @@ logLevel: debug
 				MaxMessageSize: 16 << 20, MaxConcurrentCalls: 7,
 				MaxConnections: 3, HeartbeatInterval: Duration(-time.Second), HeartbeatTimeout: Duration(2 * time.Second),
 				DrainTimeout: Duration(3 * time.Second), LogFormat: "json", LogLevel: "warn",
-				ReadyFile: "/r.json",
+				ReadyFile: "/r.json", Revocations: "/revoked",
 			},
 		},
 		{
@@ -182,7 +183,7 @@ logLevel: debug
 				Exports:      []Export{{"echo", "127.0.0.1:50051"}, {"keep", "127.0.0.1:50052"}},
 				Imports:      []Import{{"b", testURI, ""}},
 				DrainTimeout: Duration(5 * time.Second), LogLevel: "debug",
-				MaxMessageSize: 16 << 20,
+				MaxMessageSize: 16 << 20, Revocations: "/lists/revoked.txt",
 				MaxConnections: 5, HeartbeatInterval: Duration(20 * time.Second), HeartbeatTimeout: Duration(4 * time.Second),
 			},
 		},
@@ -190,14 +191,14 @@ logLevel: debug
 			name: "flags override file",
 			args: []string{"--config", file, "--listen", "tcp:127.0.0.1:7001", "--log-level", "info",
 				"--export", "echo=127.0.0.1:60000", "--export", "new=127.0.0.1:60001",
-				"--max-connections", "2", "--heartbeat-interval", "-1s"},
+				"--max-connections", "2", "--heartbeat-interval", "-1s", "--revocations", "/other"},
 			want: Config{
 				Listen: "tcp:127.0.0.1:7001", SecretKeyFile: "/keys/a.pem",
 				Exports: []Export{{"echo", "127.0.0.1:60000"}, {"keep", "127.0.0.1:50052"},
 					{"new", "127.0.0.1:60001"}},
 				Imports:      []Import{{"b", testURI, ""}},
 				DrainTimeout: Duration(5 * time.Second), LogLevel: "info",
-				MaxMessageSize: 16 << 20,
+				MaxMessageSize: 16 << 20, Revocations: "/other",
 				MaxConnections: 2, HeartbeatInterval: Duration(-time.Second), HeartbeatTimeout: Duration(4 * time.Second),
 			},
 		},
