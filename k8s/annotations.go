@@ -99,7 +99,7 @@ var (
 )
 
 func badAnnotation(key, format string, a ...any) error {
-	return fmt.Errorf("%w: %s: %s", ErrBadAnnotation, key, fmt.Sprintf(format, a...))
+	return &AnnotationError{Key: key, Problem: fmt.Sprintf(format, a...)}
 }
 
 // parseSwitch reads an on/off value: "true"/"enabled" or "false"/"disabled".

@@ -6,7 +6,9 @@
 // answers with. Around that core sit two thin adapters: [InjectManifests]
 // (`vatcar inject -f`), which rewrites multi-document YAML, and [Handler] and
 // [Server] (`vatcar inject serve`), the mutating admission webhook over HTTPS
-// with a certificate reloaded when its files change. The Helm chart
+// with a certificate reloaded when its files change. [Injector.Check]
+// (`vatcar check`) is an offline preflight of manifests: what a workload's
+// sidecar needs besides its pod (key Secret, Service, import Secrets). The Helm chart
 // (helm/vatcar) and plain manifests (manifests/) that install the webhook live
 // beside the package.
 //

@@ -82,3 +82,33 @@ func FuzzInjectManifests(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCheck feeds arbitrary YAML to `vatcar check`: it must not panic, an
+// error is ErrBadManifest, and every finding names its object and says
+// something.
+func FuzzCheck(f *testing.F) {
+	inputs, _ := filepath.Glob("testdata/check/in/*.yaml")
+	for _, in := range inputs {
+		if b, err := os.ReadFile(in); err == nil {
+			f.Add(b)
+		}
+	}
+	inj, err := NewInjector(Config{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		findings, err := inj.Check(bytes.NewReader(in), CheckConfig{})
+		if err != nil {
+			if !errors.Is(err, ErrBadManifest) {
+				t.Fatalf("error %v is not ErrBadManifest", err)
+			}
+			return
+		}
+		for _, f := range findings {
+			if f.Object == "" || f.Message == "" || (f.Severity != SeverityError && f.Severity != SeverityWarning) {
+				t.Fatalf("finding %+v lacks an object, a message or a severity", f)
+			}
+		}
+	})
+}

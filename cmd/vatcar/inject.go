@@ -7,13 +7,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"time"
 
 	"github.com/vatcar/vatcar/internal/probe"
@@ -46,21 +46,26 @@ func runInjectFile(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	in := stdin
-	if *file != "-" {
-		f, err := os.Open(*file)
-		if err != nil {
-			return fmt.Errorf("inject: %w", err)
-		}
-		defer f.Close()
-		in = f
+	data, err := readManifestArg(*file, stdin)
+	if err != nil {
+		return fmt.Errorf("inject: %w", err)
 	}
-	warnings, err := k8s.InjectManifests(inj, in, stdout)
+	warnings, err := k8s.InjectManifests(inj, bytes.NewReader(data), stdout)
 	for _, w := range warnings {
 		fmt.Fprintln(stderr, "warning:", w)
 	}
 	if err != nil {
 		return fmt.Errorf("inject %s: %w", *file, err)
+	}
+	// What `vatcar check` finds besides the injector's own warnings (the key
+	// Secret, the Service, the imports' Secrets), as notes: the manifests
+	// were written all the same.
+	findings, err := inj.Check(bytes.NewReader(data), k8s.CheckConfig{SkipInjectorWarnings: true, Force: true})
+	if err != nil {
+		return fmt.Errorf("inject %s: %w", *file, err)
+	}
+	for _, f := range findings {
+		fmt.Fprintln(stderr, f)
 	}
 	return nil
 }

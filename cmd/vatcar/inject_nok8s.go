@@ -26,6 +26,10 @@ func runInjectSelfTest(context.Context, []string, io.Writer, io.Writer) error {
 	return notInBuild("selftest")
 }
 
+func runCheck([]string, io.Reader, io.Writer, io.Writer) error {
+	return fmt.Errorf("%w: check is not in this build (-tags nok8s, the sidecar image); use the vatcar-injector image or a full build", errUsage)
+}
+
 // notInBuild is the usage error (exit status 2) of an injector command that
 // this build leaves out.
 func notInBuild(cmd string) error {

@@ -41,6 +41,7 @@ commands:
   uri      print the sturdy URI of an export
   ctl      talk to a running sidecar's admin API
   inject   run the Kubernetes sidecar injector webhook
+  check    check Kubernetes manifests for what the sidecar needs (offline)
   version  print vatcar's version, VCS revision and Go version (also --version)
 `
 
@@ -62,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runCtl(ctx, args[1:], stdout, stderr)
 	case "inject":
 		return runInject(ctx, args[1:], os.Stdin, stdout, stderr)
+	case "check":
+		return runCheck(args[1:], os.Stdin, stdout, stderr)
 	case "version", "--version", "-version":
 		return runVersion(args[1:], stdout)
 	case "help", "-h", "--help":
