@@ -104,6 +104,9 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 		s.log.Info("exported, revoked by the revocation list", "name", e.Name, "target", e.Target, "vat", s.vat.Digest().String(), "revocation_id", ex.revID.String())
 		return ex, nil
 	}
+	if s.testHookListChecked != nil {
+		s.testHookListChecked()
+	}
 	s.table.Add(id, egress)
 	if s.cfg.CapDir != "" {
 		if err := vat.SaveCapFile(filepath.Join(s.cfg.CapDir, e.Name+".cap"), uri); err != nil {
@@ -111,9 +114,18 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 			return nil, fmt.Errorf("export %q: %w", e.Name, err)
 		}
 	}
-	// A list read that raced with the lines above may have missed the
-	// export (not in the table yet): check again now that it is.
-	s.applyRevocations()
+	// A list read (or a Revoke) since the check above may have marked the
+	// export revoked while it was not in the table yet, so it could not
+	// take it out: check again now that it is in.
+	s.mu.Lock()
+	revoked := ex.revoked || s.revs.set.has(ex.revID)
+	ex.revoked = revoked
+	s.mu.Unlock()
+	if revoked {
+		s.cutExport(ex)
+		s.log.Info("exported, revoked at once", "name", e.Name, "target", e.Target, "vat", s.vat.Digest().String(), "revocation_id", ex.revID.String())
+		return ex, nil
+	}
 	s.log.Info("exported", "name", e.Name, "target", e.Target, "vat", s.vat.Digest().String(), "id", id.String(), "revocation_id", ex.revID.String())
 	s.log.Debug("export URI", "name", e.Name, "uri", uri)
 	return ex, nil

@@ -2,9 +2,11 @@ package sidecar
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -326,4 +328,70 @@ func metricValue(t *testing.T, m prometheus.Metric) float64 {
 		return d.GetGauge().GetValue()
 	}
 	return d.GetCounter().GetValue()
+}
+
+// TestRevocationListReadDuringAddExport: a list read that runs after
+// addExport checked the list and before the export entered the restorer
+// (where the read cannot revoke it yet) still leaves it revoked and out of
+// the restorer.
+func TestRevocationListReadDuringAddExport(t *testing.T) {
+	dir := t.TempDir()
+	list := filepath.Join(dir, "revocations")
+	backend := startTestBackend(t)
+	s := startTestSidecar(t, Config{Listen: "tcp:127.0.0.1:0", SecretKeyFile: filepath.Join(dir, "k.pem"), Revocations: list, CapDir: dir})
+	s.testHookListChecked = func() {
+		writeList(t, list, string(s.vat.DeriveID("late").RevocationID())+"\n")
+		s.RereadRevocations()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := s.AddExport(ctx, Export{Name: "late", Target: backend}); err != nil {
+		t.Fatal(err)
+	}
+	if !s.IsRevoked(s.vat.DeriveID("late").RevocationID()) {
+		t.Fatal("the hook's read did not happen")
+	}
+	if !exportRevoked(s, "late") {
+		t.Error("export not revoked")
+	}
+	if c, err := s.table.Restore(ctx, s.vat.DeriveID("late")); err != vat.ErrUnknownService {
+		c.Release()
+		t.Errorf("restore of the listed export: %v, want %v", err, vat.ErrUnknownService)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "late.cap")); !os.IsNotExist(err) {
+		t.Errorf("cap file of the revoked export: %v, want none", err)
+	}
+}
+
+// TestRevocationListRacesWithAddExport adds exports while the list that
+// names them is read: whichever runs first, every export ends up revoked
+// and out of the restorer.
+func TestRevocationListRacesWithAddExport(t *testing.T) {
+	dir := t.TempDir()
+	list := filepath.Join(dir, "revocations")
+	backend := startTestBackend(t)
+	s := startTestSidecar(t, Config{Listen: "tcp:127.0.0.1:0", SecretKeyFile: filepath.Join(dir, "k.pem"), Revocations: list})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var content strings.Builder
+	for i := range 20 {
+		name := fmt.Sprintf("e%d", i)
+		content.WriteString(string(s.vat.DeriveID(name).RevocationID()) + "\n")
+		writeList(t, list, content.String())
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if _, err := s.AddExport(ctx, Export{Name: name, Target: backend}); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() { s.RereadRevocations() })
+		wg.Wait()
+		if !exportRevoked(s, name) {
+			t.Errorf("export %s not revoked", name)
+		}
+		if c, err := s.table.Restore(ctx, s.vat.DeriveID(name)); err != vat.ErrUnknownService {
+			c.Release()
+			t.Errorf("restore of listed export %s: %v, want %v", name, err, vat.ErrUnknownService)
+		}
+	}
 }

@@ -34,6 +34,11 @@ type Sidecar struct {
 	kinds   bridge.Kinds // from cfg.ProtoDescriptors; nil: none known
 	revs    *revocations // the revocation list (revocations.go)
 
+	// testHookListChecked, when set, runs in addExport between the check
+	// of the revocation list and the table entry (tests force a list read
+	// into that window).
+	testHookListChecked func()
+
 	egressInflight atomic.Int64 // calls from peers running on our exports' servers
 	ready          atomic.Bool
 	drainFlag      atomic.Bool // draining, readable without mu on the call path
