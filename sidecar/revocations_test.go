@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -393,5 +394,73 @@ func TestRevocationListRacesWithAddExport(t *testing.T) {
 			c.Release()
 			t.Errorf("restore of listed export %s: %v, want %v", name, err, vat.ErrUnknownService)
 		}
+	}
+}
+
+// TestRevocationsReadLogsOnce reads a list through its versions: a missing
+// file warns once; a bad line warns once while it stays, without the URI's
+// service id (which only debug shows); a touched but unchanged file is not
+// applied again; every version's ids add up.
+func TestRevocationsReadLogsOnce(t *testing.T) {
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	list := filepath.Join(t.TempDir(), "revocations")
+	r := newRevocations(list, prometheus.NewRegistry(), log)
+	count := func(level, msg string) int {
+		n := 0
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, "level="+level) && strings.Contains(l, msg) {
+				n++
+			}
+		}
+		return n
+	}
+	for range 2 {
+		if added := r.read(false); len(added) != 0 {
+			t.Fatalf("missing file added %v", added)
+		}
+	}
+	if n := count("WARN", "revocation list file missing"); n != 1 {
+		t.Errorf("%d warnings for the missing file, want 1", n)
+	}
+
+	const secret = "U2VjcmV0U2VydmljZUlkMTIzNDU2Nzg5MA"
+	bad := "capnp://sha-256:" + leakedDigest + "@localhost/" + secret // no port
+	a, b := vat.ServiceID("a").RevocationID(), vat.ServiceID("b").RevocationID()
+	writeList(t, list, bad+"\n"+string(a)+"\n")
+	if added := r.read(false); len(added) != 1 || added[0] != a {
+		t.Errorf("first version added %v, want [%s]", added, a)
+	}
+	writeList(t, list, "# a comment now\n"+bad+"\n"+string(a)+"\n"+string(b)+"\n")
+	if added := r.read(false); len(added) != 1 || added[0] != b {
+		t.Errorf("second version added %v, want [%s]", added, b)
+	}
+	if n := count("WARN", "not an entry"); n != 1 {
+		t.Errorf("bad line warned %d times over two versions, want once", n)
+	}
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, secret) && !strings.Contains(l, "level=DEBUG") {
+			t.Errorf("the service id logged above debug: %s", l)
+		}
+	}
+	if n := count("DEBUG", secret); n != 1 {
+		t.Errorf("the bad line at debug %d times, want 1", n)
+	}
+
+	// Touched, not changed: not read again; forced: read, nothing new.
+	reads := metricValue(t, r.metrics.reads.WithLabelValues("ok"))
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(list, later, later); err != nil {
+		t.Fatal(err)
+	}
+	r.read(false)
+	if got := metricValue(t, r.metrics.reads.WithLabelValues("ok")); got != reads {
+		t.Errorf("a touch counted as %v reads, want none", got-reads)
+	}
+	if added := r.read(true); len(added) != 0 {
+		t.Errorf("forced read of the same list added %v", added)
+	}
+	if got := metricValue(t, r.metrics.inForce); got != 2 {
+		t.Errorf("ids in force = %v, want 2", got)
 	}
 }
