@@ -98,7 +98,7 @@ type revocations struct {
 }
 
 func newRevocations(path string, reg prometheus.Registerer, log *slog.Logger) *revocations {
-	return &revocations{log: log, metrics: newRevocationMetrics(reg), file: listFile{path: path}}
+	return &revocations{log: orDiscard(log), metrics: newRevocationMetrics(reg), file: listFile{path: path}}
 }
 
 // revocationMetrics count what the list reads find. No label holds an id.

@@ -464,3 +464,43 @@ func TestRevocationsReadLogsOnce(t *testing.T) {
 		t.Errorf("ids in force = %v, want 2", got)
 	}
 }
+
+// TestRevocationsReadConfigMapSwap updates the list the way the kubelet
+// updates a ConfigMap volume: the new content in a new directory, then the
+// ..data symlink swapped by a rename. The poll sees it by the resolved path
+// even when size and modification time are the same.
+func TestRevocationsReadConfigMapSwap(t *testing.T) {
+	dir := t.TempDir()
+	a, b := vat.ServiceID("a").RevocationID(), vat.ServiceID("b").RevocationID()
+	version := func(name string, id vat.RevocationID, mtime time.Time) {
+		t.Helper()
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		file := filepath.Join(dir, name, "revocations")
+		writeList(t, file, string(id)+"\n")
+		if err := os.Chtimes(file, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(dir, "..data_tmp")
+		if err := os.Symlink(name, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mtime := time.Now().Add(-time.Hour)
+	version("..2026_12_06_01_00_00.1", a, mtime)
+	if err := os.Symlink(filepath.Join("..data", "revocations"), filepath.Join(dir, "revocations")); err != nil {
+		t.Fatal(err)
+	}
+	r := newRevocations(filepath.Join(dir, "revocations"), prometheus.NewRegistry(), nil)
+	if added := r.read(false); len(added) != 1 || added[0] != a {
+		t.Fatalf("first version added %v, want [%s]", added, a)
+	}
+	version("..2026_12_06_01_01_00.2", b, mtime)
+	if added := r.read(false); len(added) != 1 || added[0] != b {
+		t.Errorf("after the swap the poll added %v, want [%s]", added, b)
+	}
+}
