@@ -18,6 +18,10 @@ const DefaultMaxMessageSize = 4 << 20
 // Messages travel in chunks, so the limit is memory, not the capnp decoder.
 const MaxMessageSizeLimit = 1 << 30
 
+// DefaultTotalCallsFactor sizes EgressConfig.MaxTotalCalls when it is zero:
+// that many times MaxConcurrentCalls.
+const DefaultTotalCallsFactor = 4
+
 // DefaultMaxMetadataSize is the largest metadata (the headers, or the
 // trailers, of one call) a bridge passes when MaxMetadataSize is zero: 64
 // KiB, the order of Envoy's 60 KiB. Sizes count as HTTP/2 does: each
@@ -106,11 +110,28 @@ type EgressConfig struct {
 	// means DefaultMaxMessageSize; at most MaxMessageSizeLimit.
 	MaxMessageSize int
 
-	// MaxConcurrentCalls is how many calls the egress runs at once; one more
-	// is answered with a capnp Overloaded exception, which the calling
-	// ingress turns into RESOURCE_EXHAUSTED. Zero means
+	// MaxConcurrentCalls is how many calls the egress runs at once for one
+	// caller (see CallerKey; without it, for all callers together); one
+	// more is answered with a capnp Overloaded exception, which the calling
+	// ingress turns into RESOURCE_EXHAUSTED. A call counts from its arrival
+	// until its response ends, streams included. Zero means
 	// DefaultMaxConcurrentCalls.
 	MaxConcurrentCalls int
+
+	// CallerKey, if not nil, returns a comparable key naming the caller of
+	// a call from the call's context (typically its CapTP connection, as
+	// vat.CallerOf does); calls with equal keys share one caller's
+	// MaxConcurrentCalls. It is called once per call and must be safe for
+	// concurrent use. Nil: every call is one caller's.
+	CallerKey func(ctx context.Context) any
+
+	// MaxTotalCalls bounds the calls of all callers together when
+	// CallerKey is set: over it, a call is refused unless its caller holds
+	// fewer calls than an equal share of MaxTotalCalls among the callers
+	// with calls running, so a new caller always gets calls through and all
+	// together hold at most about twice MaxTotalCalls. Zero means
+	// DefaultTotalCallsFactor times MaxConcurrentCalls.
+	MaxTotalCalls int
 
 	// MaxMetadataSize is the largest metadata, in bytes counted as HTTP/2
 	// does (key + value + 32 per entry), of a request arriving over CapTP or
@@ -153,6 +174,9 @@ func (c EgressConfig) Validate() error {
 	}
 	if c.MaxConcurrentCalls < 0 {
 		return fmt.Errorf("max concurrent calls %d: %w", c.MaxConcurrentCalls, ErrConcurrency)
+	}
+	if c.MaxTotalCalls < 0 {
+		return fmt.Errorf("max total calls %d: %w", c.MaxTotalCalls, ErrConcurrency)
 	}
 	if err := c.Kinds.Validate(); err != nil {
 		return err

@@ -89,6 +89,9 @@
 // uncompressed; the egress compresses only if EgressConfig.CallOptions say
 // so.
 //
-// The egress admits at most MaxConcurrentCalls calls at once and answers
-// more with an Overloaded exception (RESOURCE_EXHAUSTED at the client).
+// The egress admits at most MaxConcurrentCalls calls at once per caller
+// (EgressConfig.CallerKey, typically the CapTP connection; without one, for
+// all calls together) and MaxTotalCalls for all callers, and answers more
+// with an Overloaded exception (RESOURCE_EXHAUSTED at the client). A caller
+// under its fair share of MaxTotalCalls is always admitted.
 package bridge

@@ -33,7 +33,14 @@ type egress struct {
 	base   context.Context   // EgressConfig.Context; nil: none
 	kinds  Kinds
 	log    *slog.Logger
-	active atomic.Int64
+	active atomic.Int64 // calls admitted and not done, of every caller
+
+	// Per-caller admission (EgressConfig.CallerKey). Locking: mu guards
+	// callers; it is held only to count.
+	callerKey func(context.Context) any // nil: one caller, limit bounds active
+	total     int64                     // the cap of active when callerKey is set
+	mu        sync.Mutex
+	callers   map[any]int64 // calls admitted and not done, by caller; no zero entries
 
 	wholeReplies, streamedReplies atomic.Int64 // unary calls by how they were answered
 	knownUnaryCalls               atomic.Int64 // unary calls that took the known-unary fast path
@@ -71,6 +78,14 @@ func newEgress(cfg EgressConfig) (*egress, error) {
 		kinds: cfg.Kinds,
 		log:   logger(cfg.Logger),
 	}
+	if cfg.CallerKey != nil {
+		e.callerKey = cfg.CallerKey
+		e.callers = map[any]int64{}
+		e.total = int64(cfg.MaxTotalCalls)
+		if e.total == 0 {
+			e.total = e.limit * DefaultTotalCallsFactor
+		}
+	}
 	e.plain = e.callOptions("")
 	return e, nil
 }
@@ -87,13 +102,62 @@ func callError(method string, err error) error {
 	return fmt.Errorf("%s: %w", method, err)
 }
 
-// admit takes a call slot, or answers Overloaded.
-func (e *egress) admit() error {
-	if e.active.Add(1) > e.limit {
-		e.active.Add(-1)
-		return exc.New(exc.Overloaded, "bridge", fmt.Sprintf("%v (%d)", ErrOverloaded, e.limit))
+// slot is an admitted call's place in the egress's counts.
+type slot struct {
+	caller any // the call's caller key; nil without EgressConfig.CallerKey
+}
+
+// admit takes a call slot for a call arriving with ctx, or answers
+// Overloaded. Without a CallerKey, limit bounds all calls together. With
+// one, limit bounds each caller's calls, and total bounds all of them,
+// except that a caller holding fewer than its fair share (total divided
+// among the callers with calls running, itself included) is still
+// admitted: however the slots are taken, a caller with no calls running
+// gets one, and all callers together hold at most about twice total.
+func (e *egress) admit(ctx context.Context) (slot, error) {
+	if e.callerKey == nil {
+		if e.active.Add(1) > e.limit {
+			e.active.Add(-1)
+			return slot{}, exc.New(exc.Overloaded, "bridge", fmt.Sprintf("%v (%d)", ErrOverloaded, e.limit))
+		}
+		return slot{}, nil
 	}
-	return nil
+	key := e.callerKey(ctx)
+	e.mu.Lock()
+	n, running := e.callers[key]
+	callers := int64(len(e.callers))
+	if !running {
+		callers++
+	}
+	total := e.active.Load()
+	switch {
+	case n >= e.limit:
+		e.mu.Unlock()
+		return slot{}, exc.New(exc.Overloaded, "", fmt.Sprintf("%v on this connection (%d)", ErrOverloaded, e.limit))
+	case total >= e.total && n >= e.total/callers:
+		e.mu.Unlock()
+		return slot{}, exc.New(exc.Overloaded, "", fmt.Sprintf("%v on this export (%d, %d callers)", ErrOverloaded, e.total, callers))
+	}
+	e.callers[key] = n + 1
+	e.active.Add(1)
+	e.mu.Unlock()
+	return slot{caller: key}, nil
+}
+
+// release gives back a slot taken by admit.
+func (e *egress) release(s slot) {
+	if e.callerKey != nil {
+		e.mu.Lock()
+		if n := e.callers[s.caller] - 1; n > 0 {
+			e.callers[s.caller] = n
+		} else {
+			delete(e.callers, s.caller)
+		}
+		e.active.Add(-1)
+		e.mu.Unlock()
+		return
+	}
+	e.active.Add(-1)
 }
 
 // streamDesc lets a backend call be of any kind.
@@ -102,6 +166,7 @@ var streamDesc = grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 // egressCall is one call through the egress.
 type egressCall struct {
 	e      *egress
+	slot   slot // given back by done
 	head   callHead
 	ctx    context.Context // the backend call's, with its deadline
 	cancel context.CancelFunc
@@ -120,8 +185,8 @@ type egressCall struct {
 
 // start opens the backend stream and starts reading its response. The
 // call's context is newCall's.
-func (e *egress) start(parent context.Context, h captp.CallHead) (*egressCall, error) {
-	c, err := e.newCall(parent, h)
+func (e *egress) start(parent context.Context, h captp.CallHead, sl slot) (*egressCall, error) {
+	c, err := e.newCall(parent, h, sl)
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +210,7 @@ func (c *egressCall) open() {
 // backend call runs under: the head's metadata and deadline, under the
 // egress's base context (EgressConfig.Context), or without one under
 // parent's values (not its cancellation).
-func (e *egress) newCall(parent context.Context, h captp.CallHead) (*egressCall, error) {
+func (e *egress) newCall(parent context.Context, h captp.CallHead, sl slot) (*egressCall, error) {
 	head, err := readCallHead(h, e.maxMD)
 	if err != nil {
 		return nil, err
@@ -164,7 +229,7 @@ func (e *egress) newCall(parent context.Context, h captp.CallHead) (*egressCall,
 		ctx, cancel = context.WithCancel(ctx)
 	}
 	ctx = metadata.NewOutgoingContext(ctx, head.md)
-	c := &egressCall{e: e, head: head, ctx: ctx, cancel: cancel, ob: newOutbox(queueBytes)}
+	c := &egressCall{e: e, slot: sl, head: head, ctx: ctx, cancel: cancel, ob: newOutbox(queueBytes)}
 	c.life, c.abandon = context.WithCancel(context.Background())
 	return c, nil
 }
@@ -281,25 +346,26 @@ func (c *egressCall) done() {
 	c.cancel()
 	c.abandon()
 	c.ob.stop()
-	c.e.active.Add(-1)
+	c.e.release(c.slot)
 }
 
 // Unary implements captp.GrpcService_Server.
 func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error {
 	growStack()
-	if err := e.admit(); err != nil {
+	sl, err := e.admit(ctx)
+	if err != nil {
 		return err
 	}
 	call.Go()
 	args := call.Args()
 	h, err := args.Call()
 	if err != nil {
-		e.active.Add(-1)
+		e.release(sl)
 		return fmt.Errorf("unary: %w", err)
 	}
-	c, err := e.newCall(ctx, h)
+	c, err := e.newCall(ctx, h, sl)
 	if err != nil {
-		e.active.Add(-1)
+		e.release(sl)
 		return callError("unary", err)
 	}
 	if e.kinds.Kind(c.head.method) == KindUnary {
@@ -405,23 +471,24 @@ func (s *callServer) Shutdown() {
 // Open implements captp.GrpcService_Server.
 func (e *egress) Open(ctx context.Context, call captp.GrpcService_open) error {
 	growStack()
-	if err := e.admit(); err != nil {
+	sl, err := e.admit(ctx)
+	if err != nil {
 		return err
 	}
 	call.Go()
 	args := call.Args()
 	if !args.HasDown() {
-		e.active.Add(-1)
+		e.release(sl)
 		return fmt.Errorf("open: %w", ErrNoDownSink)
 	}
 	h, err := args.Call()
 	if err != nil {
-		e.active.Add(-1)
+		e.release(sl)
 		return fmt.Errorf("open: %w", err)
 	}
-	c, err := e.start(ctx, h)
+	c, err := e.start(ctx, h, sl)
 	if err != nil {
-		e.active.Add(-1)
+		e.release(sl)
 		return callError("open", err)
 	}
 	res, err := call.AllocResults()

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/vatcar/vatcar/bridge"
+	"github.com/vatcar/vatcar/vat"
 )
 
 // newIngressServer returns a gRPC server that bridges every call through d,
@@ -62,6 +63,7 @@ func newEgress(cut context.Context, cc grpc.ClientConnInterface, kinds bridge.Ki
 		MaxMessageSize:     maxMessageSize,
 		MaxMetadataSize:    maxMetadataSize,
 		MaxConcurrentCalls: maxConcurrentCalls,
+		CallerKey:          vat.CallerOf, // the limit is per peer connection
 		Logger:             log,
 	})
 	if err != nil {

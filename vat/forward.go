@@ -97,8 +97,25 @@ func (f *forwarder) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller
 			return nil
 		}
 		r.Returner = &limitedReturner{Returner: r.Returner, limit: f.limit}
+		ctx = context.WithValue(ctx, callerKey{}, f.limit)
 	}
 	return t.RecvCall(ctx, r)
+}
+
+// callerKey is the context key of CallerOf's value.
+type callerKey struct{}
+
+// CallerOf returns a comparable value that names the connection a call
+// arrived on, from the context a capability's server gets for a call on a
+// capability this vat restored for a peer; nil for any other call. Values
+// are equal exactly for calls that came over one connection, and carry
+// nothing of the peer's identity. The bridge's egress counts calls per
+// caller with it (bridge.EgressConfig.CallerKey).
+func CallerOf(ctx context.Context) any {
+	if l, ok := ctx.Value(callerKey{}).(*limiter); ok {
+		return l
+	}
+	return nil
 }
 
 func (f *forwarder) Brand() capnp.Brand { return capnp.Brand{} }

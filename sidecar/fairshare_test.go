@@ -1,0 +1,95 @@
+package sidecar
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+)
+
+// holdStreams opens n FullDuplexCall streams through s's import "test" and
+// makes each carry one echo, so each holds a call slot on the exporter
+// until ctx ends.
+func holdStreams(ctx context.Context, t *testing.T, s *Sidecar, n int) testgrpc.TestServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient(s.Addresses().Imports["test"], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	client := testgrpc.NewTestServiceClient(cc)
+	for i := range n {
+		if err := echoOnce(ctx, client); err != nil {
+			t.Fatalf("stream %d of %d: %v", i+1, n, err)
+		}
+	}
+	return client
+}
+
+// echoOnce opens a stream and waits for one echo; the stream stays open
+// until ctx ends. It returns the stream's error, if any.
+func echoOnce(ctx context.Context, client testgrpc.TestServiceClient) error {
+	st, err := client.FullDuplexCall(ctx)
+	if err != nil {
+		return err
+	}
+	if err := st.Send(&testgrpc.StreamingOutputCallRequest{ResponseParameters: []*testgrpc.ResponseParameters{{Size: 1}}}); err != nil {
+		_, err = st.Recv()
+		return err
+	}
+	_, err = st.Recv()
+	return err
+}
+
+// TestFairSharesPerConnection checks that --max-concurrent-calls bounds each
+// peer connection's calls on an export, not all peers' together: while
+// peers hold their maximum of open streams, up to the export's total, a
+// new peer's calls still go through.
+func TestFairSharesPerConnection(t *testing.T) {
+	const perConn = 4
+	backend := startTestBackend(t)
+	dir := t.TempDir()
+	startTestSidecar(t, Config{
+		Listen: "tcp:127.0.0.1:0", CapDir: dir, MaxConcurrentCalls: perConn,
+		Exports: []Export{{Name: "test", Target: backend}},
+	})
+	uri := "@" + filepath.Join(dir, "test.cap")
+	importer := func() *Sidecar {
+		// An ephemeral key each: a peer, and a connection, of its own.
+		return startTestSidecar(t, Config{Imports: []Import{{Name: "test", URI: uri}}})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// One peer holds its maximum; one more stream of its own is refused.
+	greedy := holdStreams(ctx, t, importer(), perConn)
+	err := echoOnce(ctx, greedy)
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("stream %d of one peer: %v, want RESOURCE_EXHAUSTED", perConn+1, err)
+	}
+
+	// Another peer gets calls through, unary and streams, up to its own
+	// maximum.
+	other := holdStreams(ctx, t, importer(), perConn-1)
+	if _, err := other.EmptyCall(ctx, &testgrpc.Empty{}); err != nil {
+		t.Fatalf("another peer's call while one holds its maximum: %v", err)
+	}
+
+	// Peers fill the export's total (4 x perConn); a new peer still gets a
+	// call through (its fair share), and the greedy one still gets none.
+	holdStreams(ctx, t, importer(), perConn)
+	holdStreams(ctx, t, importer(), perConn)
+	newcomer := holdStreams(ctx, t, importer(), 0)
+	if _, err := newcomer.EmptyCall(ctx, &testgrpc.Empty{}); err != nil {
+		t.Errorf("a new peer's call while the export holds %d calls: %v", 4*perConn-1, err)
+	}
+	if err := echoOnce(ctx, greedy); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("the greedy peer's stream %d: %v, want RESOURCE_EXHAUSTED", perConn+1, err)
+	}
+}
