@@ -29,7 +29,9 @@ const (
 	// cap file. The sidecar serves each on 127.0.0.1:PORT.
 	AnnotationImports = "vatcar.io/imports"
 	// AnnotationWorkload names the pod's workload. Empty: derived from the
-	// owner (see Target.Workload). It names the vat key Secret and Service.
+	// pod's controller (see Target.Workload: a Deployment's or CronJob's name
+	// for the pods of its ReplicaSets or Jobs). It names the vat key Secret
+	// and Service.
 	AnnotationWorkload = "vatcar.io/workload"
 	// AnnotationService names the Service whose DNS name is the vat's public
 	// address. Empty: the workload name.

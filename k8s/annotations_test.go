@@ -194,6 +194,12 @@ func TestDecide(t *testing.T) {
 	}
 }
 
+// owner is a controller owner reference.
+func owner(kind, name string) []metav1.OwnerReference {
+	yes := true
+	return []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: kind, Name: name, Controller: &yes}}
+}
+
 func TestWorkloadName(t *testing.T) {
 	tests := []struct {
 		name string
@@ -204,7 +210,18 @@ func TestWorkloadName(t *testing.T) {
 		{"annotation wins", metav1.ObjectMeta{Name: "p", Annotations: map[string]string{AnnotationWorkload: "w"}}, Target{Workload: "t"}, "w"},
 		{"target", metav1.ObjectMeta{Name: "p"}, Target{Workload: "t"}, "t"},
 		{"deployment pod", metav1.ObjectMeta{GenerateName: "web-5d8f7c9b6-", Labels: map[string]string{"pod-template-hash": "5d8f7c9b6"}}, Target{}, "web"},
-		{"statefulset pod", metav1.ObjectMeta{GenerateName: "db-"}, Target{}, "db"},
+		{"generateName only", metav1.ObjectMeta{GenerateName: "db-"}, Target{}, "db"},
+		// What the webhook sees: the controller's owner reference.
+		{"deployment pod (owner)", metav1.ObjectMeta{GenerateName: "web-5d8f7c9b6-", Labels: map[string]string{"pod-template-hash": "5d8f7c9b6"},
+			OwnerReferences: owner("ReplicaSet", "web-5d8f7c9b6")}, Target{}, "web"},
+		{"statefulset pod", metav1.ObjectMeta{Name: "db-0", OwnerReferences: owner("StatefulSet", "db")}, Target{}, "db"},
+		{"daemonset pod", metav1.ObjectMeta{GenerateName: "agent-", OwnerReferences: owner("DaemonSet", "agent")}, Target{}, "agent"},
+		{"job pod", metav1.ObjectMeta{GenerateName: "report-", OwnerReferences: owner("Job", "report")}, Target{}, "report"},
+		{"cronjob pod", metav1.ObjectMeta{GenerateName: "tick-29941944-", Labels: map[string]string{"batch.kubernetes.io/job-name": "tick-29941944"},
+			OwnerReferences: owner("Job", "tick-29941944")}, Target{}, "tick"},
+		{"job with a short number", metav1.ObjectMeta{GenerateName: "migrate-2-", OwnerReferences: owner("Job", "migrate-2")}, Target{}, "migrate-2"},
+		{"not the controller", metav1.ObjectMeta{Name: "p", OwnerReferences: []metav1.OwnerReference{{Kind: "Job", Name: "other"}}}, Target{}, "p"},
+		{"annotation wins over owner", metav1.ObjectMeta{Name: "db-0", Annotations: map[string]string{AnnotationWorkload: "w"}, OwnerReferences: owner("StatefulSet", "db")}, Target{}, "w"},
 		{"named pod", metav1.ObjectMeta{Name: "solo"}, Target{}, "solo"},
 	}
 	for _, tc := range tests {

@@ -370,3 +370,83 @@ metadata:
   labels:
     vatcar.io/inject: disabled
 `
+
+// TestHelmPodsAreRestricted: the injector's pods and the helm test pod pass
+// PodSecurity "restricted", so the chart installs and tests in a namespace
+// that enforces it (the self-test's dry-run pod: TestSelfTestPodIsRestricted).
+func TestHelmPodsAreRestricted(t *testing.T) {
+	r := decodeRendered(t, helm(t, "template", "rel", chartDir, "--namespace", "vatcar-system", "--kube-version", "1.31.0"))
+	if len(r.deployments) != 1 || len(r.pods) != 1 {
+		t.Fatalf("rendered %d deployments and %d pods, want one each", len(r.deployments), len(r.pods))
+	}
+	injector := &corev1.Pod{ObjectMeta: r.deployments[0].Spec.Template.ObjectMeta, Spec: r.deployments[0].Spec.Template.Spec}
+	for _, pod := range []*corev1.Pod{injector, &r.pods[0]} {
+		if v := restrictedViolations(pod); v != nil {
+			t.Errorf("pod %s violates restricted: %v", pod.Name, v)
+		}
+	}
+}
+
+// TestHelmTemplateStableWithExistingSecret: with tls.existingSecret and
+// tls.caBundle the chart renders no key material, so two renders are the
+// same (GitOps), the webhooks carry the given CA and the injector and the
+// helm test mount the given Secret. One of the two alone is an error.
+func TestHelmTemplateStableWithExistingSecret(t *testing.T) {
+	args := []string{"template", "rel", chartDir, "--namespace", "vatcar-system", "--kube-version", "1.31.0",
+		"--set", "tls.existingSecret=my-webhook-tls", "--set", "tls.caBundle=Q0EgUEVNCg=="}
+	first, second := helm(t, args...), helm(t, args...)
+	if !bytes.Equal(first, second) {
+		t.Fatal("two renders with tls.existingSecret differ")
+	}
+	r := decodeRendered(t, first)
+	for _, s := range r.secrets {
+		t.Errorf("rendered Secret %s, want none (the user's %s)", s.Name, "my-webhook-tls")
+	}
+	for _, w := range r.webhooks {
+		for _, h := range w.Webhooks {
+			if string(h.ClientConfig.CABundle) != "CA PEM\n" {
+				t.Errorf("webhook %s caBundle %q, want tls.caBundle's", h.Name, h.ClientConfig.CABundle)
+			}
+		}
+	}
+	mounts := 0
+	for _, spec := range []corev1.PodSpec{r.deployments[0].Spec.Template.Spec, r.pods[0].Spec} {
+		for _, v := range spec.Volumes {
+			if v.Secret != nil && v.Secret.SecretName == "my-webhook-tls" {
+				mounts++
+			}
+		}
+	}
+	if mounts != 2 {
+		t.Errorf("%d pods mount my-webhook-tls, want the injector and the helm test", mounts)
+	}
+	// Without it, each render makes a new CA: documented in values.yaml.
+	for _, set := range []string{"tls.existingSecret=x", "tls.caBundle=Q0EK"} {
+		cmd := exec.Command(helmBinary(t), "template", "rel", chartDir, "--kube-version", "1.31.0", "--set", set)
+		if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "needs tls.") {
+			t.Errorf("--set %s alone: %v, want an error saying what else it needs:\n%s", set, err, out)
+		}
+	}
+}
+
+// TestHelmNotesSayHowToGetURIs: NOTES.txt tells how to get a workload's
+// sturdy URIs from its distroless sidecar: exec the binary where the image
+// has it, with the key where the injector mounts it (helm lint renders the
+// template; this pins the commands to the injector's names).
+func TestHelmNotesSayHowToGetURIs(t *testing.T) {
+	notes, err := os.ReadFile(filepath.Join(chartDir, "templates", "NOTES.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"exec deploy/WORKLOAD -c " + SidecarName + " -- " + SidecarBinary + " uri",
+		"--secret-key-file " + KeyDir + "/" + KeySecretKey,
+		"-c " + SidecarName + " -- " + SidecarBinary + " ctl list-exports --show-uris",
+		"vatcar keygen --k8s-secret WORKLOAD-vatcar-key",
+		"vatcar check -f",
+	} {
+		if !strings.Contains(string(notes), want) {
+			t.Errorf("NOTES.txt lacks %q", want)
+		}
+	}
+}

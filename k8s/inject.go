@@ -3,6 +3,7 @@ package k8s
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -28,9 +29,10 @@ type Target struct {
 	// NamespaceLabels are the labels of the pod's namespace; nil: none.
 	NamespaceLabels map[string]string
 	// Workload names the pod's workload (Deployment, StatefulSet, ...) when
-	// the caller knows it. Empty: the pod's vatcar.io/workload annotation,
-	// else its generateName (less a Deployment's pod-template-hash), else its
-	// name.
+	// the caller knows it. The pod's vatcar.io/workload annotation wins over
+	// it. Empty: the name of the pod's controller (see controllerWorkload:
+	// a Deployment's for its ReplicaSet's pods, a CronJob's for its Jobs'),
+	// else its generateName (less a pod-template-hash), else its name.
 	Workload string
 	// Force injects pods that did not opt in (as `vatcar inject -f` does).
 	// Opt-outs still win.
@@ -167,6 +169,9 @@ func workloadName(pod *corev1.Pod, t Target) (string, error) {
 	if name == "" {
 		name = t.Workload
 	}
+	if name == "" {
+		name = controllerWorkload(pod)
+	}
 	if name == "" && pod.GenerateName != "" {
 		name = strings.TrimSuffix(pod.GenerateName, "-")
 		if h := pod.Labels["pod-template-hash"]; h != "" {
@@ -183,6 +188,37 @@ func workloadName(pod *corev1.Pod, t Target) (string, error) {
 		return "", badAnnotation(AnnotationWorkload, "%q is not a DNS label", name)
 	}
 	return name, nil
+}
+
+// cronJobSuffixRE is what the CronJob controller appends to a CronJob's
+// name to name each of its Jobs: the scheduled time in minutes since the
+// epoch (8 digits from 1989 to 2160).
+var cronJobSuffixRE = regexp.MustCompile(`-[0-9]{8,}$`)
+
+// controllerWorkload names the workload of pod's controller (the owner
+// reference with controller: true) as the user wrote it: a ReplicaSet's
+// name less the pod's pod-template-hash (the Deployment), a Job's name less
+// a CronJob's schedule suffix (the CronJob: every run of it then shares one
+// key Secret and Service; a Job of one's own whose name ends in 8 or more
+// digits loses them too), any other controller's own name (StatefulSet,
+// DaemonSet, a ReplicaSet or Job of one's own). Empty: no controller.
+func controllerWorkload(pod *corev1.Pod) string {
+	for _, ref := range pod.OwnerReferences {
+		if ref.Controller == nil || !*ref.Controller || ref.Name == "" {
+			continue
+		}
+		name := ref.Name
+		switch ref.Kind {
+		case "ReplicaSet":
+			if h := pod.Labels["pod-template-hash"]; h != "" {
+				name = strings.TrimSuffix(name, "-"+h)
+			}
+		case "Job":
+			name = cronJobSuffixRE.ReplaceAllString(name, "")
+		}
+		return name
+	}
+	return ""
 }
 
 // toJSONValue encodes v and decodes it as generic JSON (numbers kept exact).

@@ -94,15 +94,7 @@ func SelfTest(ctx context.Context, cfg SelfTestConfig) error {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return fmt.Errorf("self-test: no certificate in %s", cfg.CAFile)
 	}
-	pod := corev1.Pod{
-		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
-		ObjectMeta: metav1.ObjectMeta{
-			GenerateName: "vatcar-selftest-",
-			Annotations:  map[string]string{AnnotationInject: "true", AnnotationWorkload: "vatcar-selftest"},
-		},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: cfg.Image}}},
-	}
-	body, err := json.Marshal(pod)
+	body, err := json.Marshal(selfTestPod(cfg.Image))
 	if err != nil {
 		return fmt.Errorf("self-test: %w", err)
 	}
@@ -138,4 +130,39 @@ func SelfTest(ctx context.Context, cfg SelfTestConfig) error {
 		return fmt.Errorf("%w (is the webhook reachable? its failurePolicy Ignore lets pods through uninjected)", ErrNotInjected)
 	}
 	return nil
+}
+
+// selfTestUID is the test pod's user: the pause image's own (65535).
+const selfTestUID = 65535
+
+// selfTestPod is the pod SelfTest asks the API server to create (dry run).
+// It passes the Pod Security Standard "restricted" (non-root, no privilege
+// escalation, every capability dropped, RuntimeDefault seccomp), as the
+// sidecar the injector adds does, so `helm test` works in a namespace that
+// enforces it.
+func selfTestPod(image string) *corev1.Pod {
+	return &corev1.Pod{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{
+			GenerateName: "vatcar-selftest-",
+			Annotations:  map[string]string{AnnotationInject: "true", AnnotationWorkload: "vatcar-selftest"},
+		},
+		Spec: corev1.PodSpec{
+			SecurityContext: &corev1.PodSecurityContext{
+				RunAsNonRoot:   ptr(true),
+				RunAsUser:      ptr(int64(selfTestUID)),
+				RunAsGroup:     ptr(int64(selfTestUID)),
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			},
+			Containers: []corev1.Container{{
+				Name:  "app",
+				Image: image,
+				SecurityContext: &corev1.SecurityContext{
+					AllowPrivilegeEscalation: ptr(false),
+					Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+					ReadOnlyRootFilesystem:   ptr(true),
+				},
+			}},
+		},
+	}
 }

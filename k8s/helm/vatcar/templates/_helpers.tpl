@@ -57,7 +57,11 @@ the injector's repository less its "-injector" suffix, with the same tag. */}}
 
 {{/* The Secret holding the webhook's certificate (tls.crt, tls.key, ca.crt). */}}
 {{- define "vatcar.tlsSecretName" -}}
+{{- if .Values.tls.existingSecret }}
+{{- .Values.tls.existingSecret }}
+{{- else }}
 {{- printf "%s-tls" (include "vatcar.fullname" .) }}
+{{- end }}
 {{- end }}
 
 {{/* The webhook Service's DNS names. */}}
