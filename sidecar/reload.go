@@ -4,6 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
+
+	"github.com/vatcar/vatcar/vat"
 )
 
 // Reload applies the exports, imports, routes and revocation list of cfg (a
@@ -13,7 +17,10 @@ import (
 // added, changed ones replaced; unchanged ones, and those added through the
 // admin API, are not touched, so their connections and calls go on. Other
 // settings need a restart; a change to them is logged and ignored. An
-// invalid cfg changes nothing.
+// invalid cfg changes nothing, and neither does one whose changes cannot
+// all be made: every change is prepared (cap files read, URIs parsed, new
+// listen addresses tried, export URIs made) before any is applied. What
+// fails after that (a port taken meanwhile) is reported as applied in part.
 func (s *Sidecar) Reload(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -31,6 +38,11 @@ func (s *Sidecar) Reload(cfg Config) error {
 	dropExports, addExports := changes(s.exports, cfg.Exports, func(ex *export) (Export, bool) { return ex.Export, ex.fromConfig })
 	dropImports, addImports := changes(s.imports, cfg.Imports, func(im *imported) (Import, bool) { return im.Import, im.fromConfig })
 	s.mu.Unlock()
+
+	if err := s.prepareReload(addExports, dropImports, addImports); err != nil {
+		s.log.Warn("reload refused: nothing changed", "err", err)
+		return fmt.Errorf("reload refused, nothing changed: %w", err)
+	}
 
 	for _, e := range dropExports {
 		if err := s.removeExport(e.Name); err != nil && !errors.Is(err, ErrNotFound) {
@@ -61,9 +73,63 @@ func (s *Sidecar) Reload(cfg Config) error {
 		"exports_added", len(addExports), "exports_removed", len(dropExports),
 		"imports_added", len(addImports), "imports_removed", len(dropImports))
 	if len(errs) > 0 {
-		return fmt.Errorf("reload: %w", errors.Join(errs...))
+		return fmt.Errorf("reload applied in part: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// prepareReload checks, before anything changes, that the exports and
+// imports a reload adds can be made: each export's URI, the cap directory
+// they are written to, each import's URI (its cap file read and parsed), and
+// each new listen address (bound and closed again, unless an import the
+// reload removes holds it). It reports every problem.
+func (s *Sidecar) prepareReload(addExports []Export, dropImports, addImports []Import) error {
+	var errs []error
+	for _, e := range addExports {
+		if _, err := s.vat.SturdyURI(s.vat.DeriveID(e.Name)); err != nil {
+			errs = append(errs, fmt.Errorf("%w: export %q: %w", ErrConfig, e.Name, err))
+		}
+	}
+	if len(addExports) > 0 && s.cfg.CapDir != "" {
+		if err := checkWritableDir(s.cfg.CapDir); err != nil {
+			errs = append(errs, fmt.Errorf("%w: --cap-dir %q: %w", ErrConfig, s.cfg.CapDir, err))
+		}
+	}
+	freed := map[string]bool{}
+	for _, im := range dropImports {
+		if im.Listen != "" {
+			freed[loopbackIfNoHost(im.Listen)] = true
+		}
+	}
+	for _, im := range addImports {
+		uri, err := vat.ReadURI(im.URI)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%w: import %q: unreadable cap file %q: %w", ErrConfig, im.Name, im.URI, err))
+			continue
+		}
+		if _, err := s.vat.Import(uri); err != nil {
+			errs = append(errs, fmt.Errorf("%w: import %q: %s: %w", ErrConfig, im.Name, describeURI(im.URI, uri, err), err))
+		}
+		if addr := loopbackIfNoHost(im.Listen); im.Listen != "" && !freed[addr] {
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%w: import %q listen %q: %w", ErrConfig, im.Name, im.Listen, err))
+				continue
+			}
+			ln.Close()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkWritableDir reports whether a file can be made in dir.
+func checkWritableDir(dir string) error {
+	f, err := os.CreateTemp(dir, ".reload-check-*")
+	if err != nil {
+		return err
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }
 
 // named is an export or import as configured.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -44,9 +45,10 @@ func runRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 				err = s.Reload(next) // rereads the revocation list too
 			} else {
 				s.RereadRevocations()
+				err = fmt.Errorf("reload refused, nothing changed: %w", err)
 			}
 			if err != nil {
-				log.Error("reload failed; the running configuration stays", "err", err)
+				log.Error("reload failed", "err", err) // the error says whether anything changed
 			}
 		case <-ctx.Done():
 			// A drain cut short by --drain-timeout is logged, not an error:
