@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -98,6 +99,33 @@ func (c IngressConfig) Validate() error {
 	return validateSize(c.MaxMessageSize)
 }
 
+// Caller is who makes a call through the egress, as the backend learns it.
+type Caller struct {
+	// Peer is the calling vat's key digest, "sha-256:..." (vatcar-peer).
+	Peer string
+	// Ref is the revocation id of the ref the call came through
+	// (vatcar-ref).
+	Ref string
+	// Check, if not nil, vets a call's full method name before the backend
+	// sees it; an error refuses the call with its text (PERMISSION_DENIED
+	// when the text has RefusedByCaveat).
+	Check func(method string) error
+	// Expires, if not zero, ends a call still running at that time
+	// (PERMISSION_DENIED).
+	Expires time.Time
+}
+
+// Metadata keys the egress sets from the Caller; the bridge drops any
+// vatcar-* key an app sets.
+const (
+	MetadataPeer = "vatcar-peer"
+	MetadataRef  = "vatcar-ref"
+)
+
+// RefusedByCaveat is in the text of every refusal by a narrowed ref's
+// caveat; the bridge maps such failures to PERMISSION_DENIED.
+const RefusedByCaveat = "narrowed ref refuses this"
+
 // EgressConfig configures an egress (see NewEgress). The zero value of each
 // field but Conn means the documented default.
 type EgressConfig struct {
@@ -144,6 +172,12 @@ type EgressConfig struct {
 	// CallOptions are added to every call made on Conn, after the bridge's
 	// own (codec and message sizes).
 	CallOptions []grpc.CallOption
+
+	// Caller, if not nil, says who makes a call, from the capnp call's
+	// context: the egress checks the call against it first, then replaces
+	// the call's vatcar-* metadata with vatcar-peer and vatcar-ref. Nil:
+	// calls carry no caller, and vatcar-* keys are still dropped.
+	Caller func(ctx context.Context) (Caller, bool)
 
 	// Context, if not nil, bounds every backend call: once it ends, calls
 	// in flight are cancelled and new ones fail with its error, as their

@@ -7,8 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"capnproto.org/go/capnp/v3/exc"
 	"google.golang.org/grpc"
@@ -32,6 +34,7 @@ type egress struct {
 	plain  []grpc.CallOption // every call's options for the default content-subtype
 	base   context.Context   // EgressConfig.Context; nil: none
 	kinds  Kinds
+	caller func(context.Context) (Caller, bool) // EgressConfig.Caller
 	log    *slog.Logger
 	active atomic.Int64 // calls admitted and not done, of every caller
 
@@ -69,14 +72,15 @@ func newEgress(cfg EgressConfig) (*egress, error) {
 		limit = DefaultMaxConcurrentCalls
 	}
 	e := &egress{
-		conn:  cfg.Conn,
-		max:   maxMessageSize(cfg.MaxMessageSize),
-		maxMD: maxMetadataSize(cfg.MaxMetadataSize),
-		limit: int64(limit),
-		opts:  cfg.CallOptions,
-		base:  cfg.Context,
-		kinds: cfg.Kinds,
-		log:   logger(cfg.Logger),
+		conn:   cfg.Conn,
+		max:    maxMessageSize(cfg.MaxMessageSize),
+		maxMD:  maxMetadataSize(cfg.MaxMetadataSize),
+		limit:  int64(limit),
+		opts:   cfg.CallOptions,
+		base:   cfg.Context,
+		kinds:  cfg.Kinds,
+		log:    logger(cfg.Logger),
+		caller: cfg.Caller,
 	}
 	if cfg.CallerKey != nil {
 		e.callerKey = cfg.CallerKey
@@ -215,6 +219,28 @@ func (e *egress) newCall(parent context.Context, h captp.CallHead, sl slot) (*eg
 	if err != nil {
 		return nil, err
 	}
+	for k := range head.md {
+		if strings.HasPrefix(k, vatcarPrefix) {
+			delete(head.md, k) // only the egress says who calls
+		}
+	}
+	var who Caller
+	if e.caller != nil {
+		var ok bool
+		if who, ok = e.caller(parent); ok {
+			if who.Check != nil {
+				if err := who.Check(head.method); err != nil {
+					return nil, err
+				}
+			}
+			if who.Peer != "" {
+				head.md[MetadataPeer] = []string{who.Peer}
+			}
+			if who.Ref != "" {
+				head.md[MetadataRef] = []string{who.Ref}
+			}
+		}
+	}
 	// The call's lifetime is its own (deadline, cancellation by the
 	// caller), bounded by the egress's base context if any; values come
 	// from parent only without one.
@@ -230,6 +256,13 @@ func (e *egress) newCall(parent context.Context, h captp.CallHead, sl slot) (*eg
 	}
 	ctx = metadata.NewOutgoingContext(ctx, head.md)
 	c := &egressCall{e: e, slot: sl, head: head, ctx: ctx, cancel: cancel, ob: newOutbox(queueBytes)}
+	if !who.Expires.IsZero() {
+		// A call (an open stream) still running when its ref expires ends.
+		t := time.AfterFunc(time.Until(who.Expires), func() {
+			c.fail(status.New(codes.PermissionDenied, "vatcar: "+RefusedByCaveat+": expiry caveat: the ref expired during the call"))
+		})
+		context.AfterFunc(ctx, func() { t.Stop() })
+	}
 	c.life, c.abandon = context.WithCancel(context.Background())
 	return c, nil
 }

@@ -28,7 +28,8 @@ const noRestorer = "This vat has no restorer"
 //   - a capnp Overloaded exception -> RESOURCE_EXHAUSTED;
 //   - a capnp Unimplemented exception -> UNIMPLEMENTED;
 //   - a failure whose text has "Unknown persistent service ID" or "This vat
-//     has no restorer" -> NOT_FOUND with that text;
+//     has no restorer" -> NOT_FOUND with that text; one whose text has
+//     RefusedByCaveat -> PERMISSION_DENIED;
 //   - ErrMessageTooLarge and ErrMetadataTooLarge -> RESOURCE_EXHAUSTED,
 //     ErrStreamLost -> UNAVAILABLE;
 //   - anything else -> UNKNOWN with the error's text.
@@ -63,6 +64,9 @@ func Status(err error) *status.Status {
 	}
 	if strings.Contains(msg, unknownServiceID) || strings.Contains(msg, noRestorer) {
 		return status.New(codes.NotFound, msg)
+	}
+	if strings.Contains(msg, RefusedByCaveat) {
+		return status.New(codes.PermissionDenied, msg)
 	}
 	var ne net.Error
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.As(err, &ne) {

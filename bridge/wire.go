@@ -78,7 +78,13 @@ func keepForward(k string) bool { return !skipHeader(k) }
 
 // keepRequest also keeps the request's content-type, from which the egress
 // takes the content-subtype to use towards the app.
-func keepRequest(k string) bool { return k == "content-type" || !skipHeader(k) }
+// vatcar-* keys an app sets are dropped: only the egress says who calls.
+func keepRequest(k string) bool {
+	return k == "content-type" || !skipHeader(k) && !strings.HasPrefix(k, vatcarPrefix)
+}
+
+// vatcarPrefix starts the metadata keys that only vatcar sets.
+const vatcarPrefix = "vatcar-"
 
 // headerOverhead is what HTTP/2 adds to each header entry's key and value
 // when it counts a header list's size (RFC 9113, SETTINGS_MAX_HEADER_LIST_SIZE).

@@ -2,8 +2,10 @@ package sidecar
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
 	"google.golang.org/grpc"
@@ -55,7 +57,37 @@ func newIngressServer(d director, kinds bridge.Kinds, maxMessageSize, maxMetadat
 // newEgress returns the capability that forwards calls to cc; the caller
 // owns it (the restorer table takes it over).
 // Its calls end when cut does (revocation).
-func newEgress(cut context.Context, cc grpc.ClientConnInterface, kinds bridge.Kinds, maxMessageSize, maxMetadataSize, maxConcurrentCalls int, log *slog.Logger) (capnp.Client, error) {
+// caller tells the egress who makes a call: the grant of the restore the
+// call came through (vat.GrantFromContext), with a narrowed ref's per-call
+// caveats (method, expiry).
+func (s *Sidecar) caller(ctx context.Context) (bridge.Caller, bool) {
+	g, ok := vat.GrantFromContext(ctx)
+	if !ok {
+		return bridge.Caller{}, false
+	}
+	c := bridge.Caller{Ref: g.Ref.String()}
+	if !g.Peer.IsZero() {
+		c.Peer = g.Peer.String()
+	}
+	if len(g.Caveats.Blocks) > 0 {
+		cv := g.Caveats
+		c.Check = func(method string) error {
+			err := cv.CheckMethod(method)
+			if err == nil {
+				err = cv.CheckTime(time.Now())
+			}
+			var ce *vat.CaveatError
+			if errors.As(err, &ce) {
+				s.metrics.caveatRefusals.WithLabelValues(ce.Kind).Inc()
+			}
+			return err
+		}
+		c.Expires = cv.Expiry()
+	}
+	return c, true
+}
+
+func newEgress(cut context.Context, cc grpc.ClientConnInterface, kinds bridge.Kinds, maxMessageSize, maxMetadataSize, maxConcurrentCalls int, caller func(context.Context) (bridge.Caller, bool), log *slog.Logger) (capnp.Client, error) {
 	svc, err := bridge.NewEgress(bridge.EgressConfig{
 		Conn:               cc,
 		Context:            cut,
@@ -65,6 +97,7 @@ func newEgress(cut context.Context, cc grpc.ClientConnInterface, kinds bridge.Ki
 		MaxConcurrentCalls: maxConcurrentCalls,
 		CallerKey:          vat.CallerOf, // the limit is per peer connection
 		Logger:             log,
+		Caller:             caller,
 	})
 	if err != nil {
 		return capnp.Client{}, fmt.Errorf("egress: %w", err)

@@ -156,6 +156,10 @@ type Config struct {
 	// DrainTimeout is how long in-flight calls may run after SIGTERM.
 	// Zero: DefaultDrainTimeout.
 	DrainTimeout Duration `json:"drainTimeout,omitempty"`
+	// ClockSkew is how far past its expiry (or before its not-before) a
+	// narrowed ref still works, for clocks that disagree. Zero:
+	// vat.DefaultClockSkew (30s); negative: none.
+	ClockSkew Duration `json:"clockSkew,omitempty"`
 	// LogFormat is "text" (the default when empty) or "json".
 	LogFormat string `json:"logFormat,omitempty"`
 	// LogLevel is "debug", "info" (the default when empty), "warn" or

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/vatcar/vatcar/bridge"
 	"github.com/vatcar/vatcar/proto/captp"
 	"github.com/vatcar/vatcar/vat"
 )
@@ -288,6 +289,8 @@ func unavailable(name string, err error) error {
 	switch {
 	case vat.IsUnknownService(err) || errors.Is(err, vat.ErrUnknownService):
 		return status.Errorf(codes.NotFound, "vatcar: import %q: Unknown persistent service ID", name)
+	case errors.As(err, new(*vat.CaveatError)) || strings.Contains(fmt.Sprint(err), bridge.RefusedByCaveat):
+		return status.Errorf(codes.PermissionDenied, "vatcar: import %q: %v", name, err)
 	case errors.Is(err, vat.ErrKeyMismatch):
 		return status.Errorf(code, "vatcar: import %q: peer vat key mismatch (the peer's key does not match the URI's digest): %v", name, err)
 	}

@@ -45,9 +45,12 @@ type Metrics struct {
 	// which the import's addresses appeared, "other" past 63).
 	importCalls *prometheus.CounterVec // import, address_index
 	importUp    *prometheus.GaugeVec   // import: addresses connected
-	exports     prometheus.Gauge
-	imports     prometheus.Gauge
-	ready       prometheus.Gauge
+	// caveatRefusals counts restores and calls refused by a narrowed
+	// ref's caveat, by caveat kind (methods, expiry, not-before, peer).
+	caveatRefusals *prometheus.CounterVec
+	exports        prometheus.Gauge
+	imports        prometheus.Gauge
+	ready          prometheus.Gauge
 
 	mu      sync.Mutex
 	methods map[string]map[string]bool // side -> method labels in use
@@ -122,6 +125,10 @@ func NewMetrics() *Metrics {
 			Name: "vatcar_import_connected_addresses",
 			Help: "Addresses of an import (those its host name resolves to) with a live connection, by import name.",
 		}, []string{"import"}),
+		caveatRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vatcar_caveat_refusals_total",
+			Help: "Restores and calls refused by a narrowed ref's caveat, by caveat kind (methods, expiry, not-before, peer).",
+		}, []string{"caveat"}),
 		exports: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vatcar_exports",
 			Help: "Services exported now.",
@@ -137,7 +144,7 @@ func NewMetrics() *Metrics {
 		methods: map[string]map[string]bool{},
 	}
 	m.Registry.MustRegister(m.calls, m.latency, m.bytes, m.inflight, m.conns, m.restores,
-		m.refused, m.dials, m.importCalls, m.importUp, m.exports, m.imports, m.ready, buildInfoMetric(buildinfo.Read()),
+		m.refused, m.dials, m.importCalls, m.importUp, m.caveatRefusals, m.exports, m.imports, m.ready, buildInfoMetric(buildinfo.Read()),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -293,6 +293,13 @@ func (s *Sidecar) RereadRevocations() { s.readRevocations(true) }
 func (s *Sidecar) readRevocations(force bool) {
 	if added := s.revs.read(force); len(added) > 0 {
 		s.applyRevocations()
+		// Narrowed refs: their live capabilities break too (new restores
+		// are refused by the table's policy).
+		for _, r := range added {
+			if n := s.table.RevokeRef(r); n > 0 {
+				s.log.Info("narrowed ref revoked by the revocation list", "revocation_id", r.String(), "capabilities", n)
+			}
+		}
 	}
 }
 

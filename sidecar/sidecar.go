@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	capnp "capnproto.org/go/capnp/v3"
+
 	"github.com/vatcar/vatcar/bridge"
 	"github.com/vatcar/vatcar/vat"
 )
@@ -92,7 +94,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		KeyFile:            cfg.SecretKeyFile,
 		ListenAddress:      cfg.Listen,
 		PublicAddress:      cfg.PublicAddress,
-		Restorer:           s.table,
+		Restorer:           vat.RestorerFunc(s.restore),
 		Logger:             s.log,
 		Insecure:           cfg.Insecure,
 		MaxConcurrentCalls: cfg.MaxConcurrentCalls,
@@ -115,6 +117,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 	s.vat = v
 	s.serveCtx, s.stopServing = context.WithCancel(context.Background())
 	s.revs = newRevocations(cfg.Revocations, s.metrics.Registry, s.log)
+	s.table.SetPolicy(vat.Policy{Revoked: s.revs.set.has, ClockSkew: time.Duration(cfg.ClockSkew)})
 	if cfg.SecretKeyFile == "" && len(cfg.Exports) > 0 {
 		s.log.Warn("no --secret-key-file: the vat key is ephemeral, so export URIs change on every restart")
 	}
@@ -457,6 +460,20 @@ func (s *Sidecar) doClose() {
 func (s *Sidecar) Close() error {
 	s.closeAll()
 	return nil
+}
+
+// restore is the vat's restorer: the table (root ids and narrowed refs,
+// checked against the revocation list), with a log line and a count for
+// every restore a narrowed ref's caveat refuses.
+func (s *Sidecar) restore(ctx context.Context, seg vat.ServiceID) (capnp.Client, error) {
+	c, err := s.table.Restore(ctx, seg)
+	var ce *vat.CaveatError
+	if errors.As(err, &ce) {
+		peer, _ := vat.PeerFromContext(ctx)
+		s.metrics.caveatRefusals.WithLabelValues(ce.Kind).Inc()
+		s.log.Info("restore refused by a narrowed ref's caveat", "caveat", ce.Kind, "peer", peer.String(), "detail", ce.Detail)
+	}
+	return c, err
 }
 
 func (s *Sidecar) onConnection(peer vat.Digest, up bool) {

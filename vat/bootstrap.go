@@ -45,7 +45,7 @@ func (b *bootstrap) Restore(ctx context.Context, call captp.Restorer_restore) er
 		return wireError(ErrUnknownService)
 	}
 	id := append(ServiceID(nil), raw...)
-	c, err := b.vat.restoreLocal(ctx, id)
+	c, err := b.vat.restoreLocal(withPeer(ctx, b.conn.key.digest), id)
 	if b.vat.cfg.OnRestore != nil {
 		b.vat.cfg.OnRestore(err == nil)
 	}
@@ -66,6 +66,9 @@ func (v *Vat) restoreLocal(ctx context.Context, id ServiceID) (capnp.Client, err
 	if v.restorer == nil {
 		return capnp.Client{}, ErrNoRestorer
 	}
+	if _, ok := PeerFromContext(ctx); !ok {
+		ctx = withPeer(ctx, v.Digest()) // a restore of our own ref
+	}
 	c, err := v.restorer.Restore(ctx, id)
 	if err != nil {
 		return capnp.Client{}, err
@@ -84,6 +87,10 @@ func wireError(err error) error {
 		return exc.New(exc.Failed, "", unknownServiceText)
 	case errors.Is(err, ErrNoRestorer):
 		return exc.New(exc.Failed, "", noRestorerText)
+	}
+	var ce *CaveatError
+	if errors.As(err, &ce) {
+		return exc.New(exc.Failed, "", ce.Error())
 	}
 	return err
 }

@@ -26,11 +26,20 @@ type forwarder struct {
 	dispatching int          // calls being handed to target right now
 	limit       *limiter     // nil: no limit
 	onShut      func()       // called once at shutdown; may be nil
+	grant       *Grant       // attached to every call's context; nil: none (immutable)
 }
 
 func newForwarder(target capnp.Client, limit *limiter, onShut func()) (*forwarder, capnp.Client) {
 	f := &forwarder{target: target, limit: limit, onShut: onShut}
 	return f, capnp.NewClient(f)
+}
+
+// withGrant adds f's grant to a call's context.
+func (f *forwarder) withGrant(ctx context.Context) context.Context {
+	if f.grant == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, grantKey{}, f.grant)
 }
 
 // revoke makes every later call fail with err and drops the target.
@@ -81,7 +90,7 @@ func (f *forwarder) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capn
 		return capnp.ErrorAnswer(s.Method, err), func() {}
 	}
 	defer f.giveBack()
-	return t.SendCall(ctx, s)
+	return t.SendCall(f.withGrant(ctx), s)
 }
 
 func (f *forwarder) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
@@ -99,7 +108,7 @@ func (f *forwarder) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller
 		r.Returner = &limitedReturner{Returner: r.Returner, limit: f.limit}
 		ctx = context.WithValue(ctx, callerKey{}, f.limit)
 	}
-	return t.RecvCall(ctx, r)
+	return t.RecvCall(f.withGrant(ctx), r)
 }
 
 // callerKey is the context key of CallerOf's value.

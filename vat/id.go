@@ -7,6 +7,8 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
+	"strings"
 )
 
 // b64 is the encoding of digests and service ids in URIs: unpadded base64url,
@@ -78,3 +80,17 @@ func (d Digest) Base64() string { return b64.EncodeToString(d[:]) }
 
 // Compare compares digests bytewise, as the crossed-connection rule does.
 func (d Digest) Compare(other Digest) int { return bytes.Compare(d[:], other[:]) }
+
+// ParseDigest parses a digest as Digest.String prints it,
+// "sha-256:<base64url>".
+func ParseDigest(s string) (Digest, error) {
+	v, ok := strings.CutPrefix(s, "sha-256:")
+	if !ok {
+		return Digest{}, fmt.Errorf("digest %q: want sha-256:<base64url>", s)
+	}
+	raw, err := b64.DecodeString(v)
+	if err != nil || len(raw) != sha256.Size {
+		return Digest{}, fmt.Errorf("digest %q: want 32 bytes in unpadded base64url", s)
+	}
+	return Digest(raw), nil
+}

@@ -72,5 +72,8 @@ func URIRevocationID(uri string) (RevocationID, error) {
 	if len(id) == 0 {
 		return "", fmt.Errorf("%w: no service id", ErrInvalidURI)
 	}
+	if tok, err := ParseToken(id); err == nil {
+		return tok.RevocationID(), nil // a narrowed ref
+	}
 	return id.RevocationID(), nil
 }

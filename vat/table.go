@@ -5,7 +5,10 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
 )
@@ -36,6 +39,7 @@ func (f LoaderFunc) Load(ctx context.Context, id ServiceID) (capnp.Client, error
 // calling a capability, or releasing one.
 type Table struct {
 	loader Loader
+	policy atomic.Pointer[Policy] // nil: DefaultClockSkew, nothing revoked
 
 	mu      sync.Mutex
 	entries map[[sha256.Size]byte]*entry
@@ -43,6 +47,7 @@ type Table struct {
 }
 
 type entry struct {
+	id      ServiceID    // the root of narrowed refs
 	cap     capnp.Client // owned by the table
 	loaded  bool         // made by the loader: dropped when unused
 	proxies map[*forwarder]struct{}
@@ -71,9 +76,105 @@ func (t *Table) Add(id ServiceID, cap capnp.Client) {
 	t.mu.Lock()
 	old := t.entries[h]
 	proxies := old.proxyList()
-	t.entries[h] = &entry{cap: cap, proxies: make(map[*forwarder]struct{})}
+	t.entries[h] = &entry{id: append(ServiceID(nil), id...), cap: cap, proxies: make(map[*forwarder]struct{})}
 	t.mu.Unlock()
 	old.revoke(proxies)
+}
+
+// DefaultClockSkew is how far past its expiry (or before its not-before) a
+// narrowed ref still works, for clocks that disagree.
+const DefaultClockSkew = 30 * time.Second
+
+// Policy is how a Table treats narrowed refs. The zero Policy means
+// DefaultClockSkew and nothing revoked.
+type Policy struct {
+	// Revoked, if not nil, reports whether a revocation id is revoked: a
+	// ref whose chain holds one is unknown (ErrUnknownService).
+	Revoked func(RevocationID) bool
+	// ClockSkew is the allowance on expiry and not-before; zero means
+	// DefaultClockSkew, negative none.
+	ClockSkew time.Duration
+	// Now, if not nil, is the clock (tests).
+	Now func() time.Time
+}
+
+// SetPolicy sets how later restores treat narrowed refs.
+func (t *Table) SetPolicy(p Policy) { t.policy.Store(&p) }
+
+func (t *Table) currentPolicy() Policy {
+	p := Policy{}
+	if cur := t.policy.Load(); cur != nil {
+		p = *cur
+	}
+	switch {
+	case p.ClockSkew == 0:
+		p.ClockSkew = DefaultClockSkew
+	case p.ClockSkew < 0:
+		p.ClockSkew = 0
+	}
+	if p.Now == nil {
+		p.Now = time.Now
+	}
+	return p
+}
+
+// RevokeRef breaks every live capability restored through a ref whose chain
+// holds r (a narrowed ref and all refs narrowed from it), and reports how
+// many. Later restores of those refs are refused by Policy.Revoked.
+func (t *Table) RevokeRef(r RevocationID) int {
+	t.mu.Lock()
+	var hit []*forwarder
+	for _, e := range t.entries {
+		for f := range e.proxies {
+			if f.grant.revokedBy(r) {
+				hit = append(hit, f)
+			}
+		}
+	}
+	t.mu.Unlock()
+	for _, f := range hit {
+		f.revoke(ErrRevoked)
+	}
+	return len(hit)
+}
+
+// restoreToken restores a narrowed ref: its root must be in the table, its
+// chain must verify, no prefix may be revoked (else ErrUnknownService,
+// exactly as for an unknown id), and its restore-time caveats (peer,
+// expiry) must hold (else a *CaveatError).
+func (t *Table) restoreToken(ctx context.Context, tok *Token) (capnp.Client, error) {
+	t.mu.Lock()
+	e := t.entries[tok.Locator]
+	var root ServiceID
+	if e != nil {
+		root = e.id
+	}
+	t.mu.Unlock()
+	if e == nil {
+		return capnp.Client{}, ErrUnknownService
+	}
+	revs, ok := tok.Verify(root)
+	if !ok {
+		return capnp.Client{}, ErrUnknownService
+	}
+	p := t.currentPolicy()
+	if p.Revoked != nil && slices.ContainsFunc(revs, p.Revoked) {
+		return capnp.Client{}, ErrUnknownService
+	}
+	g := &Grant{Ref: revs[len(revs)-1], Chain: revs, Caveats: Caveats{Blocks: tok.Blocks, Skew: p.ClockSkew}}
+	g.Peer, _ = PeerFromContext(ctx)
+	if err := g.Caveats.CheckPeer(g.Peer); err != nil {
+		return capnp.Client{}, err
+	}
+	if err := g.Caveats.CheckTime(p.Now()); err != nil {
+		return capnp.Client{}, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.entries[tok.Locator] != e {
+		return capnp.Client{}, ErrUnknownService // removed meanwhile
+	}
+	return t.proxyLocked(tok.Locator, e, g), nil
 }
 
 // Remove withdraws service id: later restores fail with ErrUnknownService
@@ -103,9 +204,16 @@ func (t *Table) Restore(ctx context.Context, id ServiceID) (capnp.Client, error)
 	for {
 		t.mu.Lock()
 		if e := t.entries[h]; e != nil {
-			c := t.proxyLocked(h, e)
+			rev := id.RevocationID()
+			g := &Grant{Ref: rev, Chain: []RevocationID{rev}}
+			g.Peer, _ = PeerFromContext(ctx)
+			c := t.proxyLocked(h, e, g)
 			t.mu.Unlock()
 			return c, nil
+		}
+		if tok, err := ParseToken(id); err == nil {
+			t.mu.Unlock()
+			return t.restoreToken(ctx, tok)
 		}
 		if t.loader == nil {
 			t.mu.Unlock()
@@ -149,7 +257,7 @@ func (t *Table) load(ctx context.Context, h [sha256.Size]byte, id ServiceID, l *
 	delete(t.loads, h)
 	if err == nil {
 		if t.entries[h] == nil {
-			t.entries[h] = &entry{cap: c, loaded: true, proxies: make(map[*forwarder]struct{})}
+			t.entries[h] = &entry{id: append(ServiceID(nil), id...), cap: c, loaded: true, proxies: make(map[*forwarder]struct{})}
 			c = capnp.Client{}
 		}
 	} else {
@@ -161,9 +269,10 @@ func (t *Table) load(ctx context.Context, h [sha256.Size]byte, id ServiceID, l *
 }
 
 // proxyLocked returns a new revocable proxy for e. t.mu is held.
-func (t *Table) proxyLocked(h [sha256.Size]byte, e *entry) capnp.Client {
+func (t *Table) proxyLocked(h [sha256.Size]byte, e *entry, g *Grant) capnp.Client {
 	var f *forwarder
 	f, c := newForwarder(e.cap.AddRef(), nil, func() { t.dropProxy(h, e, f) })
+	f.grant = g
 	e.proxies[f] = struct{}{}
 	return c
 }

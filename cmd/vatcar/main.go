@@ -39,6 +39,7 @@ commands:
   demo     run the whole path on one machine, then exit
   keygen   create a vat key file and print its digest
   uri      print the sturdy URI of an export
+  ref      narrow a sturdy ref offline, or inspect one
   ctl      talk to a running sidecar's admin API
   inject   run the Kubernetes sidecar injector webhook
   check    check Kubernetes manifests for what the sidecar needs (offline)
@@ -59,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runKeygen(ctx, args[1:], stdout, stderr)
 	case "uri":
 		return runURI(ctx, args[1:], stdout, stderr)
+	case "ref":
+		return runRef(ctx, args[1:], stdout, stderr)
 	case "ctl":
 		return runCtl(ctx, args[1:], stdout, stderr)
 	case "inject":

@@ -1,0 +1,261 @@
+package main_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/interop"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/vat"
+)
+
+// mdBackend serves the interop TestService and remembers the metadata of
+// the last call.
+type mdBackend struct {
+	mu   sync.Mutex
+	last metadata.MD
+}
+
+func (b *mdBackend) lastMD() metadata.MD {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.last
+}
+
+func startMDBackend(t *testing.T) (string, *mdBackend) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &mdBackend{}
+	record := func(ctx context.Context) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		b.mu.Lock()
+		b.last = md
+		b.mu.Unlock()
+	}
+	srv := grpc.NewServer(
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			record(ctx)
+			return h(ctx, req)
+		}),
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			record(ss.Context())
+			return h(srv, ss)
+		}))
+	testgrpc.RegisterTestServiceServer(srv, interop.NewTestServer())
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return ln.Addr().String(), b
+}
+
+// narrow runs `vatcar ref narrow ref args...` and returns the new URI.
+func narrow(t *testing.T, ref string, args ...string) string {
+	t.Helper()
+	out := strings.TrimSpace(run(t, append([]string{"ref", "narrow", ref}, args...)...))
+	if !strings.HasPrefix(out, "capnp://") || strings.Contains(out, "\n") {
+		t.Fatalf("ref narrow printed %q, want one URI", out)
+	}
+	return out
+}
+
+// importClient starts an importing sidecar for uri (with key file key, or
+// an ephemeral key) and returns a client of the import.
+func importClient(t *testing.T, uri, key string) testgrpc.TestServiceClient {
+	t.Helper()
+	args := []string{"--import", "n=" + uri}
+	if key != "" {
+		args = append(args, "--secret-key-file", key)
+	}
+	_, a := startSidecar(t, args...)
+	return testgrpc.NewTestServiceClient(dial(t, a.Imports["n"]))
+}
+
+func wantCode(t *testing.T, what string, err error, code codes.Code, text string) {
+	t.Helper()
+	if status.Code(err) != code || !strings.Contains(status.Convert(err).Message(), text) {
+		t.Errorf("%s: got %v, want %v with %q", what, err, code, text)
+	}
+}
+
+const (
+	unaryM = "/grpc.testing.TestService/UnaryCall"
+	emptyM = "/grpc.testing.TestService/EmptyCall"
+	outM   = "/grpc.testing.TestService/StreamingOutputCall"
+)
+
+func TestNarrowedRefs(t *testing.T) {
+	backend, seen := startMDBackend(t)
+	dir := t.TempDir()
+	revocations := filepath.Join(dir, "revocations")
+	exporter, _ := startSidecar(t, "--listen", "tcp:127.0.0.1:0", "--secret-key-file", filepath.Join(dir, "exporter.pem"),
+		"--export", "test="+backend, "--cap-dir", dir, "--revocations", revocations, "--clock-skew", "-1s")
+	root := strings.TrimSpace(readFile(t, filepath.Join(dir, "test.cap")))
+	ctx := ctxTimeout(t, time.Minute)
+	empty := &testgrpc.Empty{}
+
+	t.Run("methods", func(t *testing.T) {
+		n1 := narrow(t, root, "--methods", unaryM+","+emptyM)
+		n2 := narrow(t, n1, "--methods", emptyM+","+outM) // can only take away
+		c1, c2 := importClient(t, n1, ""), importClient(t, n2, "")
+		if _, err := c1.UnaryCall(ctx, &testgrpc.SimpleRequest{}); err != nil {
+			t.Errorf("n1 UnaryCall: %v", err)
+		}
+		if _, err := c1.EmptyCall(ctx, empty); err != nil {
+			t.Errorf("n1 EmptyCall: %v", err)
+		}
+		s, err := c1.StreamingOutputCall(ctx, &testgrpc.StreamingOutputCallRequest{})
+		if err == nil {
+			_, err = s.Recv()
+		}
+		wantCode(t, "n1 StreamingOutputCall", err, codes.PermissionDenied, "methods caveat")
+		if _, err := c2.EmptyCall(ctx, empty); err != nil {
+			t.Errorf("n2 EmptyCall: %v", err)
+		}
+		_, err = c2.UnaryCall(ctx, &testgrpc.SimpleRequest{})
+		wantCode(t, "n2 UnaryCall (its parent allows it, it does not)", err, codes.PermissionDenied, "methods caveat")
+		s, err = c2.StreamingOutputCall(ctx, &testgrpc.StreamingOutputCallRequest{})
+		if err == nil {
+			_, err = s.Recv()
+		}
+		wantCode(t, "n2 StreamingOutputCall (its parent does not allow it)", err, codes.PermissionDenied, "methods caveat")
+	})
+
+	t.Run("peer", func(t *testing.T) {
+		key := filepath.Join(t.TempDir(), "importer.pem")
+		digest := strings.TrimSpace(run(t, "keygen", "--secret-key-file", key))
+		bound := narrow(t, root, "--peer", digest)
+		if _, err := importClient(t, bound, key).EmptyCall(ctx, empty); err != nil {
+			t.Errorf("ref bound to the importer: %v", err)
+		}
+		_, err := importClient(t, bound, "").EmptyCall(ctx, empty)
+		wantCode(t, "ref bound to another vat", err, codes.PermissionDenied, "peer caveat")
+		if md := seen.lastMD(); len(md["vatcar-peer"]) != 1 || md["vatcar-peer"][0] != digest {
+			t.Errorf("backend saw vatcar-peer %v, want the bound importer %s", md["vatcar-peer"], digest)
+		}
+	})
+
+	t.Run("backend learns who calls", func(t *testing.T) {
+		key := filepath.Join(t.TempDir(), "importer.pem")
+		digest := strings.TrimSpace(run(t, "keygen", "--secret-key-file", key))
+		n := narrow(t, root, "--methods", emptyM)
+		spoof := metadata.AppendToOutgoingContext(ctx, "vatcar-peer", "sha-256:spoofed", "vatcar-ref", "rev1:spoofed", "vatcar-other", "x")
+		if _, err := importClient(t, n, key).EmptyCall(spoof, empty); err != nil {
+			t.Fatal(err)
+		}
+		md := seen.lastMD()
+		wantRef, err := vat.URIRevocationID(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := md["vatcar-peer"]; len(got) != 1 || got[0] != digest {
+			t.Errorf("vatcar-peer = %v, want [%s]", got, digest)
+		}
+		if got := md["vatcar-ref"]; len(got) != 1 || got[0] != wantRef.String() {
+			t.Errorf("vatcar-ref = %v, want [%s]", got, wantRef)
+		}
+		if got := md["vatcar-other"]; len(got) != 0 {
+			t.Errorf("an app-set vatcar-other reached the backend: %v", got)
+		}
+	})
+
+	t.Run("tampered token", func(t *testing.T) {
+		n := narrow(t, root, "--methods", emptyM)
+		loc, seg, err := vat.ParseURI(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range []int{0, 1, 40, len(seg) / 2, len(seg) - 1} {
+			bad := append([]byte(nil), seg...)
+			bad[i] ^= 0x10
+			_, err := importClient(t, vat.FormatURI(loc, bad), "").EmptyCall(ctx, empty)
+			wantCode(t, "a token with a flipped bit", err, codes.NotFound, "Unknown persistent service ID")
+		}
+	})
+
+	t.Run("expiry", func(t *testing.T) {
+		n := narrow(t, root, "--expires", "8s") // room for a slow importer start
+		c := importClient(t, n, "")
+		if _, err := c.EmptyCall(ctx, empty); err != nil {
+			t.Fatalf("before expiry: %v", err)
+		}
+		// A server stream of 150 messages 100ms apart, open across the expiry.
+		params := make([]*testgrpc.ResponseParameters, 150)
+		for i := range params {
+			params[i] = &testgrpc.ResponseParameters{Size: 1, IntervalUs: 100_000}
+		}
+		s, err := c.StreamingOutputCall(ctx, &testgrpc.StreamingOutputCallRequest{ResponseParameters: params})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for {
+			if _, err = s.Recv(); err != nil {
+				break
+			}
+			got++
+		}
+		if err == io.EOF || got >= 150 {
+			t.Fatalf("the stream outlived the ref: %d messages, %v", got, err)
+		}
+		wantCode(t, "stream open across expiry", err, codes.PermissionDenied, "expir")
+		_, err = c.EmptyCall(ctx, empty)
+		wantCode(t, "after expiry", err, codes.PermissionDenied, "expir")
+	})
+
+	t.Run("revocation list", func(t *testing.T) {
+		parent := narrow(t, root, "--methods", emptyM+","+unaryM)
+		child := narrow(t, parent, "--methods", emptyM)
+		cr, cp, cc := importClient(t, root, ""), importClient(t, parent, ""), importClient(t, child, "")
+		for name, c := range map[string]testgrpc.TestServiceClient{"root": cr, "parent": cp, "child": cc} {
+			if _, err := c.EmptyCall(ctx, empty); err != nil {
+				t.Fatalf("%s before revocation: %v", name, err)
+			}
+		}
+		if err := os.WriteFile(revocations, []byte("# leaked\n"+parent+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		waitFor(t, 10*time.Second, "parent and child refused", func() bool {
+			_, ep := cp.EmptyCall(ctx, empty)
+			_, ec := cc.EmptyCall(ctx, empty)
+			return status.Code(ep) == codes.NotFound && status.Code(ec) == codes.NotFound
+		})
+		t.Logf("narrowed ref and its child refused %v after the list was written", time.Since(start).Round(time.Millisecond))
+		if _, err := cr.EmptyCall(ctx, empty); err != nil {
+			t.Errorf("root after revoking a narrowed ref: %v", err)
+		}
+	})
+	_ = exporter
+}
+
+// TestNarrowedRefOnEveryReplica narrows the replicas' shared URI offline:
+// every replica sharing the key accepts it.
+func TestNarrowedRefOnEveryReplica(t *testing.T) {
+	rs := startReplicas(t)
+	n := narrow(t, "@"+rs.capFile, "--methods", unaryM)
+	_, imp := startSidecar(t, "--hosts-file", rs.hostFile, "--import", "test="+n)
+	client := testgrpc.NewTestServiceClient(dial(t, imp.Imports["test"]))
+	ctx := ctxTimeout(t, time.Minute)
+	waitFor(t, 30*time.Second, "every replica served the narrowed ref", func() bool {
+		if _, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{}); err != nil {
+			t.Fatalf("UnaryCall: %v", err)
+		}
+		return rs.served[0].Load() > 0 && rs.served[1].Load() > 0 && rs.served[2].Load() > 0
+	})
+	_, err := client.EmptyCall(ctx, &testgrpc.Empty{})
+	wantCode(t, "EmptyCall on a ref narrowed to UnaryCall", err, codes.PermissionDenied, "methods caveat")
+}
