@@ -1,0 +1,395 @@
+package engine
+
+import (
+	"context"
+	"sync/atomic"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+)
+
+// answer is a call (or Bootstrap) the peer sent; it is the call's
+// capnp.Returner. The Returner methods run on the one goroutine that
+// returns (the handler's), which owns msg, payload, content and err.
+type answer struct {
+	c      *Conn
+	id     uint32
+	cancel context.CancelFunc
+	args   atomic.Pointer[capnp.Message] // the Call, until ReleaseArgs
+
+	msg     *capnp.Message // the Return being built
+	payload rpccp.Payload
+	content capnp.Ptr
+	err     error
+
+	// Guarded by c.mu:
+	pipe              capnp.PipelineCaller // pipelined calls go here until returned
+	returned          bool
+	finished          bool // the peer's Finish came
+	releaseResultCaps bool
+	results           *capnp.Message // the Return sent, until the Finish
+	resultContent     capnp.Ptr
+	resultErr         error
+	exported          []uint32 // exports in the Return, one reference each
+}
+
+func (a *answer) releaseArgs() {
+	if m := a.args.Swap(nil); m != nil {
+		m.Release()
+	}
+}
+
+// newReturn starts the Return message.
+func (a *answer) newReturn() (rpccp.Return, error) {
+	msg, m, err := newMessage()
+	if err != nil {
+		return rpccp.Return{}, err
+	}
+	ret, err := m.NewReturn()
+	if err != nil {
+		msg.Release()
+		return rpccp.Return{}, err
+	}
+	ret.SetAnswerId(a.id)
+	ret.SetReleaseParamCaps(false)
+	a.msg = msg
+	return ret, nil
+}
+
+func (a *answer) AllocResults(sz capnp.ObjectSize) (capnp.Struct, error) {
+	ret, err := a.newReturn()
+	if err != nil {
+		return capnp.Struct{}, err
+	}
+	p, err := ret.NewResults()
+	if err != nil {
+		return capnp.Struct{}, err
+	}
+	st, err := capnp.NewStruct(p.Segment(), sz)
+	if err != nil {
+		return capnp.Struct{}, err
+	}
+	if err := p.SetContent(st.ToPtr()); err != nil {
+		return capnp.Struct{}, err
+	}
+	a.payload, a.content = p, st.ToPtr()
+	return st, nil
+}
+
+func (a *answer) PrepareReturn(e error) {
+	if e == nil && a.msg != nil {
+		return
+	}
+	if a.msg != nil {
+		a.msg.Release()
+		a.msg = nil
+	}
+	ret, err := a.newReturn()
+	if err != nil {
+		return
+	}
+	if e == nil {
+		a.payload, _ = ret.NewResults()
+		return
+	}
+	a.err = e
+	if ex, err := ret.NewException(); err == nil {
+		setException(ex, e)
+	}
+}
+
+// returnCap answers a Bootstrap with cap (taken over).
+func (a *answer) returnCap(cl capnp.Client) {
+	ret, err := a.newReturn()
+	if err != nil {
+		cl.Release()
+		return
+	}
+	p, err := ret.NewResults()
+	if err != nil {
+		cl.Release()
+		return
+	}
+	id := a.msg.CapTable().Add(cl)
+	iface := capnp.NewInterface(p.Segment(), id)
+	_ = p.SetContent(iface.ToPtr())
+	a.payload, a.content = p, iface.ToPtr()
+	a.Return()
+}
+
+func (a *answer) Return() {
+	c := a.c
+	if a.msg == nil {
+		a.PrepareReturn(nil)
+		if a.msg == nil {
+			return
+		}
+	}
+	var caps []outCap
+	if a.err == nil {
+		caps = c.classify(a.msg.CapTable())
+	}
+	msg := a.msg
+	a.msg = nil
+	c.mu.Lock()
+	if c.closed || c.answers[a.id] != a {
+		c.mu.Unlock()
+		msg.Release()
+		return
+	}
+	var exported []uint32
+	if a.err == nil {
+		var err error
+		exported, err = c.describeLocked(a.payload, caps)
+		if err != nil {
+			c.log.Debug("describing results", "err", err)
+		}
+	}
+	a.returned = true
+	a.pipe = nil
+	a.resultContent, a.resultErr = a.content, a.err
+	finished := a.finished
+	if finished {
+		delete(c.answers, a.id)
+	} else {
+		a.results, a.exported = msg, exported
+	}
+	c.mu.Unlock()
+	_ = c.send(msg)
+	if finished {
+		if a.releaseResultCaps {
+			c.releaseExports(exported)
+		}
+		msg.Release()
+		a.cancel()
+	}
+}
+
+func (a *answer) ReleaseResults() {}
+
+// resultClientLocked returns the capability at ops in the returned
+// results, a new reference. c.mu is held.
+func (a *answer) resultClientLocked(ops []capnp.PipelineOp) capnp.Client {
+	if a.resultErr != nil {
+		return capnp.ErrorClient(a.resultErr)
+	}
+	ptr, err := capnp.Transform(a.resultContent, ops)
+	if err != nil {
+		return capnp.ErrorClient(err)
+	}
+	iface := ptr.Interface()
+	if ptr.IsValid() && !iface.IsValid() {
+		return capnp.ErrorClient(errNotCap)
+	}
+	return iface.Client().AddRef()
+}
+
+// recvOnAnswer delivers r, a call to the results of answer ta at ops.
+func (c *Conn) recvOnAnswer(ctx context.Context, ta *answer, ops []capnp.PipelineOp, r capnp.Recv) capnp.PipelineCaller {
+	c.mu.Lock()
+	if ta.returned {
+		cl := ta.resultClientLocked(ops)
+		c.mu.Unlock()
+		defer cl.Release()
+		return cl.RecvCall(ctx, r)
+	}
+	pipe := ta.pipe
+	c.mu.Unlock()
+	if pipe == nil {
+		r.Reject(exc.New(exc.Failed, "", "pipelined call on a call not yet dispatched"))
+		return nil
+	}
+	return pipe.PipelineRecv(ctx, ops, r)
+}
+
+// handleCall dispatches a call from the peer to its target.
+func (c *Conn) handleCall(msg *capnp.Message, m rpccp.Message) bool {
+	call, err := m.Call()
+	var (
+		params  rpccp.Payload
+		content capnp.Ptr
+		list    rpccp.CapDescriptor_List
+		tgt     rpccp.MessageTarget
+	)
+	if err == nil {
+		params, err = call.Params()
+	}
+	if err == nil {
+		content, err = params.Content()
+	}
+	if err == nil {
+		list, err = params.CapTable()
+	}
+	if err == nil {
+		tgt, err = call.Target()
+	}
+	if err != nil {
+		msg.Release()
+		c.abort("unreadable Call: " + err.Error())
+		return false
+	}
+	qid := call.QuestionId()
+	a := &answer{c: c, id: qid}
+	a.args.Store(msg)
+
+	var (
+		target   capnp.Client
+		onAnswer *answer
+		ops      []capnp.PipelineOp
+		reject   error
+	)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		msg.Release()
+		return false
+	}
+	if c.answers[qid] != nil {
+		c.mu.Unlock()
+		msg.Release()
+		c.abort("Call reuses a question id in use")
+		return false
+	}
+	if _, err := c.importCapsLocked(msg, list); err != nil {
+		c.mu.Unlock()
+		msg.Release()
+		c.abort("bad Call: " + err.Error())
+		return false
+	}
+	c.answers[qid] = a
+	switch tgt.Which() {
+	case rpccp.MessageTarget_Which_importedCap:
+		// Borrowed: only this loop's Release handling or shutdown (which
+		// waits for this loop) drop exports.
+		cl, ok := c.exportClientLocked(tgt.ImportedCap())
+		if ok {
+			target = cl
+		} else {
+			reject = exc.New(exc.Failed, "", "call to an unknown export")
+		}
+	case rpccp.MessageTarget_Which_promisedAnswer:
+		pa, err := tgt.PromisedAnswer()
+		if err == nil {
+			ops, err = readTransform(pa)
+		}
+		if err == nil {
+			onAnswer = c.answers[pa.QuestionId()]
+			if onAnswer == nil || onAnswer == a {
+				reject = exc.New(exc.Failed, "", "pipelined call on an unknown question")
+			}
+		} else {
+			reject = err
+		}
+	default:
+		reject = exc.New(exc.Unimplemented, "", "unknown call target")
+	}
+	if reject == nil && call.SendResultsTo().Which() != rpccp.Call_sendResultsTo_Which_caller {
+		reject = errSendResultTo
+	}
+	c.mu.Unlock()
+
+	ctx, cancel := context.WithCancel(c.ctx)
+	a.cancel = cancel
+	r := capnp.Recv{
+		Method:      capnp.Method{InterfaceID: call.InterfaceId(), MethodID: call.MethodId()},
+		Args:        content.Struct(),
+		ReleaseArgs: a.releaseArgs,
+		Returner:    a,
+	}
+	var pc capnp.PipelineCaller
+	switch {
+	case reject != nil:
+		r.Reject(reject)
+	case onAnswer != nil:
+		pc = c.recvOnAnswer(ctx, onAnswer, ops, r)
+	default:
+		pc = target.RecvCall(ctx, r)
+	}
+	if pc != nil {
+		c.mu.Lock()
+		if !a.returned {
+			a.pipe = pc
+		}
+		c.mu.Unlock()
+	}
+	return true
+}
+
+// handleFinish ends an answer: a running call is cancelled, returned
+// results are dropped.
+func (c *Conn) handleFinish(m rpccp.Message) bool {
+	fin, err := m.Finish()
+	if err != nil {
+		c.abort("unreadable Finish")
+		return false
+	}
+	c.mu.Lock()
+	a := c.answers[fin.QuestionId()]
+	if a == nil || a.finished {
+		c.mu.Unlock()
+		c.abort("Finish for an unknown question")
+		return false
+	}
+	a.finished = true
+	a.releaseResultCaps = fin.ReleaseResultCaps()
+	if !a.returned {
+		c.mu.Unlock()
+		a.cancel() // the Return follows from the handler
+		return true
+	}
+	delete(c.answers, a.id)
+	rm := a.results
+	a.results = nil
+	var exps []uint32
+	if a.releaseResultCaps {
+		exps = a.exported
+	}
+	a.exported = nil
+	c.mu.Unlock()
+	a.cancel()
+	c.releaseExports(exps)
+	if rm != nil {
+		rm.Release()
+	}
+	return true
+}
+
+// answerPipe is a capability the peer named as receiverAnswer: a pipeline
+// on one of its calls to this side that has not returned yet.
+type answerPipe struct {
+	c         *Conn
+	a         *answer
+	transform []capnp.PipelineOp
+}
+
+func (p *answerPipe) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		return capnp.ErrorAnswer(s.Method, err), func() {}
+	}
+	args, err := capnp.NewRootStruct(seg, s.ArgsSize)
+	if err == nil && s.PlaceArgs != nil {
+		err = s.PlaceArgs(args)
+	}
+	if err != nil {
+		msg.Release()
+		return capnp.ErrorAnswer(s.Method, err), func() {}
+	}
+	ret := new(capnp.StructReturner)
+	pc := p.c.recvOnAnswer(ctx, p.a, p.transform, capnp.Recv{
+		Method:      s.Method,
+		Args:        args,
+		ReleaseArgs: msg.Release,
+		Returner:    ret,
+	})
+	return ret.Answer(s.Method, pc)
+}
+
+func (p *answerPipe) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
+	return p.c.recvOnAnswer(ctx, p.a, p.transform, r)
+}
+
+func (p *answerPipe) Brand() capnp.Brand { return capnp.Brand{Value: p} }
+func (p *answerPipe) Shutdown()          {}
+func (p *answerPipe) String() string     { return "engine.answerPipe" }

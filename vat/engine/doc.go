@@ -1,0 +1,46 @@
+// Package engine is vatcar's own Cap'n Proto RPC (CapTP) engine, level 1:
+// Bootstrap (with and without a deprecated object id), Call, Return,
+// Finish, Release, Resolve, Disembargo and Abort, promise pipelining with
+// transforms, embargoes, and Unimplemented answers for level 3 and 4
+// messages. It uses go-capnp only for message encoding (capnp.Message and
+// the generated std/capnp/rpc code) and for capability plumbing
+// (capnp.Client, capnp.ClientHook, capnp.Promise), so generated stubs and
+// servers (proto/captp, server.Server) work unchanged on top of it.
+//
+// One file per protocol concern: conn.go (the connection, its receive loop,
+// sending and shutdown), questions.go (calls this side makes), answers.go
+// (calls the peer makes), imports.go (the peer's capabilities held here),
+// exports.go (capabilities held by the peer), embargo.go (Disembargo),
+// bootstrap.go (Bootstrap both ways) and errors.go (exceptions).
+//
+// # Cost
+//
+// No goroutine and no timer per call: an outbound call is encoded on the
+// caller's goroutine and its cancellation is a context.AfterFunc; an
+// inbound call is handed to its target's RecvCall from the receive loop
+// (server.Server queues it on the server's own goroutine); a Finish after a
+// Return is written at once (the vat's codec holds it back until the next
+// write). A Bootstrap with an object id runs the restorer on a goroutine of
+// its own, since a restore may block on a loader.
+//
+// # Locking
+//
+//   - Conn.mu guards the four tables (questions, answers, imports, exports),
+//     the embargoes and the closed state, and every field marked "guarded
+//     by c.mu" in the types of this package.
+//   - Nothing that may call back into the engine runs under c.mu: no
+//     capnp.Client method other than AddRef, no promise resolution, no
+//     RecvCall, no Encode. Work found under the lock is done after it is
+//     released (release lists, send lists).
+//   - Messages leave in the order of their Encode calls. The receive loop is
+//     the only goroutine that forwards calls arriving from the peer, so the
+//     peer's E-order is kept for everything it sends.
+//   - Conn.order orders pipelined sends against embargoes: a call sent to a
+//     promise (a question not yet returned, a promise import not yet
+//     resolved) holds order.RLock from the moment it checks the promise to
+//     the end of its Encode; when the promise resolves to a capability on
+//     this side, the receive loop marks it resolved under c.mu, then takes
+//     and drops order.Lock (every send that saw it unresolved is encoded)
+//     before it sends the Disembargo. Later calls go to the embargoed
+//     capability, which holds them until the Disembargo comes back.
+package engine

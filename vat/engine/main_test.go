@@ -1,0 +1,32 @@
+package engine_test
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+	"testing"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"go.uber.org/goleak"
+)
+
+var leaks atomic.Int64
+
+func TestMain(m *testing.M) {
+	capnp.SetClientLeakFunc(func(msg string) {
+		leaks.Add(1)
+		fmt.Fprintln(os.Stderr, msg)
+	})
+	code := m.Run()
+	if n := leaks.Load(); n > 0 && code == 0 {
+		fmt.Fprintf(os.Stderr, "%d capnp clients leaked\n", n)
+		code = 1
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
