@@ -461,4 +461,6 @@ type rpcLogger struct{ l *slog.Logger }
 func (r rpcLogger) Debug(msg string, args ...any) { r.l.Debug(msg, args...) }
 func (r rpcLogger) Info(msg string, args ...any)  { r.l.Debug(msg, args...) }
 func (r rpcLogger) Warn(msg string, args ...any)  { r.l.Info(msg, args...) }
-func (r rpcLogger) Error(msg string, args ...any) { r.l.Warn(msg, args...) }
+func (r rpcLogger) Error(msg string, args ...any) {
+	r.l.Log(context.Background(), rpcErrorLevel(msg), msg, args...)
+}

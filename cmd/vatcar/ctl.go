@@ -47,7 +47,7 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	showURIs := fs.Bool("show-uris", false, "print full sturdy URIs (bearer secrets) in list-exports and list-imports; without it their service ids are hidden")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up after `D`")
 	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %w", errUsage, err)
+		return usageErr(err) // -h, --help: the usage, exit 0
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()

@@ -78,7 +78,7 @@ func runURI(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	insecure := set.Bool("insecure", false, "print a capnp://insecure@... URI")
 	revocationID := set.Bool("revocation-id", false, "print the ref's revocation id (not secret; an entry for --revocations) instead of its URI")
 	if err := set.Parse(args); err != nil {
-		return fmt.Errorf("%w: %w", errUsage, err)
+		return usageErr(err) // -h, --help: the usage, exit 0
 	}
 	if set.NArg() != 1 {
 		set.Usage()
