@@ -315,7 +315,8 @@ func (m *imported) close() {
 
 // status reports the import: connected while any address is, connecting
 // while some address makes an attempt, unavailable when every address
-// failed, idle before the first call.
+// failed (not_found or revoked when the peer refused the ref), idle before
+// the first call.
 func (m *imported) status() ImportStatus {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -326,7 +327,7 @@ func (m *imported) status() ImportStatus {
 	if !m.started {
 		return st
 	}
-	st.State = stateUnavailable
+	st.State = m.failedStateLocked()
 	if m.waitingLocked() {
 		st.State = stateConnecting
 	}

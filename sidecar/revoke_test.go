@@ -62,3 +62,36 @@ func TestRevokeCutsOffCallsInFlight(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // polling interval
 	}
 }
+
+// TestRevokedImportState: an import whose ref was revoked at the exporter
+// reports not_found (or revoked) in the admin list, not unavailable: its
+// calls fail with NOT_FOUND and retrying will not help.
+func TestRevokedImportState(t *testing.T) {
+	p := startTestPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := p.client.EmptyCall(ctx, &testgrpc.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.importer.ListImports()[0].State; got != stateConnected {
+		t.Fatalf("state before the revocation %q, want connected", got)
+	}
+	if _, err := p.exporter.Revoke("test"); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, err := p.client.EmptyCall(ctx, &testgrpc.Empty{})
+		if status.Code(err) != codes.NotFound {
+			t.Fatalf("call after the revocation: %v, want NotFound", err)
+		}
+		if st := p.importer.ListImports()[0].State; st == stateNotFound || st == stateRevoked {
+			break
+		} else if st == stateUnavailable {
+			t.Fatalf("state after a NOT_FOUND call %q, want not_found or revoked", st)
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the import's state never became not_found")
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval
+	}
+}

@@ -104,7 +104,9 @@ type Import struct {
 	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Uri    string                 `protobuf:"bytes,2,opt,name=uri,proto3" json:"uri,omitempty"`
 	Listen string                 `protobuf:"bytes,3,opt,name=listen,proto3" json:"listen,omitempty"`
-	// state is "idle", "connecting", "connected" or "unavailable".
+	// state is "idle", "connecting", "connected", "unavailable" (retrying), or
+	// "not_found" or "revoked" when the peer refuses the ref (NOT_FOUND: retrying
+	// will not help).
 	State         string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
