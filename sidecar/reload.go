@@ -69,6 +69,7 @@ func (s *Sidecar) Reload(cfg Config) error {
 			errs = append(errs, err)
 		}
 	}
+	s.pruneCapDir()
 	s.log.Info("reloaded",
 		"exports_added", len(addExports), "exports_removed", len(dropExports),
 		"imports_added", len(addImports), "imports_removed", len(dropImports))

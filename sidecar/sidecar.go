@@ -223,6 +223,7 @@ func (s *Sidecar) Start() (err error) {
 			return err
 		}
 	}
+	s.pruneCapDir()
 	s.mu.Lock()
 	imps := make([]*imported, 0, len(s.imports))
 	for _, im := range s.imports {
