@@ -259,3 +259,49 @@ func TestNarrowedRefOnEveryReplica(t *testing.T) {
 	_, err := client.EmptyCall(ctx, &testgrpc.Empty{})
 	wantCode(t, "EmptyCall on a ref narrowed to UnaryCall", err, codes.PermissionDenied, "methods caveat")
 }
+
+// TestRefCommands checks `vatcar ref inspect` output and `ref narrow`'s
+// refusals of bad input (exit status 2, a message naming the problem).
+func TestRefCommands(t *testing.T) {
+	const root = "capnp://sha-256:s16WV4JeGusAL_nTjvICiQOFqm3LqYrDj3K-HXdMi8s@localhost:7000/bWFpbmJ1dHJhdGhlcmxvbmdlcnRoYW50aGlzaXM"
+	n := narrow(t, root, "--methods", emptyM, "--expires", "2099-01-02T03:04:05Z", "--peer", "sha-256:s16WV4JeGusAL_nTjvICiQOFqm3LqYrDj3K-HXdMi8s")
+	_, rootID, _ := vat.ParseURI(root)
+	_, seg, _ := vat.ParseURI(n)
+	out := run(t, "ref", "inspect", n)
+	rev, _ := vat.URIRevocationID(n)
+	for _, want := range []string{"vat:     sha-256:s16WV4", "address: tcp:localhost:7000", "narrowed, 1 block(s)",
+		"methods: " + emptyM, "expires: 2099-01-02T03:04:05Z", "peer: sha-256:s16WV4", "expired: false", "revocation id: " + rev.String()} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ref inspect lacks %q:\n%s", want, out)
+		}
+	}
+	for _, secret := range []string{vat.ServiceID(rootID).Base64(), vat.ServiceID(seg).Base64(), vat.ServiceID(seg[len(seg)-32:]).Base64()} {
+		if strings.Contains(out, secret) {
+			t.Errorf("ref inspect shows a secret:\n%s", out)
+		}
+	}
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"bad method pattern", []string{root, "--methods", "/pkg.S/Hel*"}, "bad method pattern"},
+		{"expiry in the past", []string{root, "--expires", "2001-01-01T00:00:00Z"}, "in the past"},
+		{"negative duration", []string{root, "--expires", "-1h"}, "not in the future"},
+		{"bad expiry", []string{root, "--expires", "tomorrow"}, "neither a duration"},
+		{"bad peer", []string{root, "--peer", "sha-256:short"}, "digest"},
+		{"not a sturdy ref", []string{"http://example.com/x"}, "not a sturdy ref"},
+		{"no service", []string{"capnp://sha-256:s16WV4JeGusAL_nTjvICiQOFqm3LqYrDj3K-HXdMi8s@localhost:7000"}, "names no service"},
+		{"unknown flag", []string{root, "--widen"}, "widen"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := start(t, append([]string{"ref", "narrow"}, tt.args...)...)
+			if code := p.wait(30 * time.Second); code != 2 {
+				t.Errorf("exit status %d, want 2", code)
+			}
+			if out := p.stderr.String(); !strings.Contains(out, tt.want) || strings.Contains(out, "bWFpbmJ1dHJh") {
+				t.Errorf("output %q: want %q and no service id", out, tt.want)
+			}
+		})
+	}
+}
