@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	adminv1 "github.com/vatcar/vatcar/proto/vatcar/admin/v1"
+	"github.com/vatcar/vatcar/vat"
 )
 
 // ExportStatus describes one export for the admin API.
@@ -41,6 +43,8 @@ type adminBackend interface {
 	AddImport(ctx context.Context, im Import) (ImportStatus, error)
 	RemoveImport(name string) error
 	Revoke(name string) (RevokeResult, error)
+	RevokeRef(r vat.RevocationID) (RevokeResult, error)
+	Narrow(name string, b vat.Block) (uri string, r vat.RevocationID, err error)
 	Dump(w io.Writer) error
 }
 
@@ -182,6 +186,37 @@ func (a *adminServer) Revoke(_ context.Context, req *adminv1.RevokeRequest) (*ad
 		return nil, adminError(err)
 	}
 	return &adminv1.RevokeResponse{RevocationId: res.RevocationID.String(), RevocationList: res.List, LocalReason: res.LocalReason}, nil
+}
+
+func (a *adminServer) RevokeRef(_ context.Context, req *adminv1.RevokeRefRequest) (*adminv1.RevokeResponse, error) {
+	r, err := vat.ParseRevocationID(req.GetRevocationId())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	res, err := a.b.RevokeRef(r)
+	if err != nil {
+		return nil, adminError(err)
+	}
+	return &adminv1.RevokeResponse{RevocationId: res.RevocationID.String(), RevocationList: res.List, LocalReason: res.LocalReason}, nil
+}
+
+func (a *adminServer) Narrow(_ context.Context, req *adminv1.NarrowRequest) (*adminv1.NarrowResponse, error) {
+	b := vat.Block{Methods: req.GetMethods()}
+	if s := req.GetExpiresInSeconds(); s > 0 {
+		b.NotAfter = time.Now().Add(time.Duration(s) * time.Second)
+	}
+	for _, p := range req.GetPeers() {
+		d, err := vat.ParseDigest(p)
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		b.Peers = append(b.Peers, d)
+	}
+	uri, r, err := a.b.Narrow(req.GetName(), b)
+	if err != nil {
+		return nil, adminError(err)
+	}
+	return &adminv1.NarrowResponse{Uri: uri, RevocationId: r.String()}, nil
 }
 
 func (a *adminServer) Dump(context.Context, *adminv1.DumpRequest) (*adminv1.DumpResponse, error) {

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	adminv1 "github.com/vatcar/vatcar/proto/vatcar/admin/v1"
+	"github.com/vatcar/vatcar/vat"
 )
 
 // memBackend is an adminBackend over two maps: it lets the admin API's
@@ -71,6 +72,14 @@ func (m *memBackend) RemoveImport(name string) error {
 
 func (m *memBackend) Revoke(name string) (RevokeResult, error) {
 	return RevokeResult{}, m.RemoveExport(name)
+}
+
+func (m *memBackend) RevokeRef(r vat.RevocationID) (RevokeResult, error) {
+	return RevokeResult{RevocationID: r, LocalReason: "test"}, nil
+}
+
+func (m *memBackend) Narrow(name string, b vat.Block) (string, vat.RevocationID, error) {
+	return "", "", fmt.Errorf("export %q: %w", name, ErrNotFound)
 }
 
 func (m *memBackend) Dump(w io.Writer) error {

@@ -281,6 +281,51 @@ func (s *Sidecar) Revoke(name string) (RevokeResult, error) {
 	return res, nil
 }
 
+// RevokeRef revokes the ref named by r, a revocation id (of a narrowed ref
+// or a root one), as a revocation list entry does: at once on this sidecar,
+// and on every replica once appended to a writable list.
+func (s *Sidecar) RevokeRef(r vat.RevocationID) (RevokeResult, error) {
+	s.revs.set.add([]vat.RevocationID{r})
+	s.applyRevocations()
+	n := s.table.RevokeRef(r)
+	s.log.Info("ref revoked", "revocation_id", r.String(), "capabilities", n)
+	res := RevokeResult{RevocationID: r}
+	path, err := s.revs.appendEntry(fmt.Sprintf("%s # revoked by ctl, %s\n", r, time.Now().UTC().Format(time.RFC3339)))
+	if err != nil {
+		res.LocalReason = err.Error()
+		s.log.Warn("revocation is local to this sidecar: not added to the revocation list", "revocation_id", r.String(), "err", err)
+		return res, nil
+	}
+	res.List = path
+	s.readRevocations(false)
+	return res, nil
+}
+
+// Narrow mints a narrowed ref of export name with the caveats of b.
+func (s *Sidecar) Narrow(name string, b vat.Block) (string, vat.RevocationID, error) {
+	s.mu.Lock()
+	ex, ok := s.exports[name]
+	s.mu.Unlock()
+	if !ok {
+		return "", "", fmt.Errorf("export %q: %w", name, ErrNotFound)
+	}
+	loc, _, err := vat.ParseURI(ex.uri)
+	if err != nil {
+		return "", "", err
+	}
+	seg, err := vat.Narrow(ex.id, b)
+	if err != nil {
+		return "", "", fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	uri := vat.FormatURI(loc, seg)
+	r, err := vat.URIRevocationID(uri)
+	if err != nil {
+		return "", "", err
+	}
+	s.log.Info("narrowed ref minted", "name", name, "revocation_id", r.String())
+	return uri, r, nil
+}
+
 // cutExport takes a revoked export out of service: its id leaves the
 // restorer (live capabilities break), its calls in flight end, its cap file
 // goes.

@@ -305,3 +305,39 @@ func TestRefCommands(t *testing.T) {
 		})
 	}
 }
+
+// TestCtlNarrowAndRevokeRef mints a narrowed ref through the admin API and
+// revokes it by its URI with ctl: the narrowed ref stops, the root goes on.
+func TestCtlNarrowAndRevokeRef(t *testing.T) {
+	p := startPair(t)
+	admin := "--admin=" + p.exp.Admin
+	n := strings.TrimSpace(run(t, "ctl", admin, "narrow", "test", "--methods", emptyM, "--expires", "1h"))
+	if !strings.HasPrefix(n, "capnp://") {
+		t.Fatalf("ctl narrow printed %q", n)
+	}
+	out := run(t, "ref", "inspect", n)
+	if !strings.Contains(out, "methods: "+emptyM) || !strings.Contains(out, "expires: ") {
+		t.Errorf("minted ref lacks its caveats:\n%s", out)
+	}
+	ctx := ctxTimeout(t, time.Minute)
+	c := importClient(t, n, "")
+	if _, err := c.EmptyCall(ctx, &testgrpc.Empty{}); err != nil {
+		t.Fatalf("minted ref: %v", err)
+	}
+	_, err := c.UnaryCall(ctx, &testgrpc.SimpleRequest{})
+	wantCode(t, "minted ref, another method", err, codes.PermissionDenied, "methods caveat")
+
+	bad := start(t, "ctl", admin, "narrow", "test", "--methods", "nope")
+	if code := bad.wait(30 * time.Second); code == 0 {
+		t.Error("ctl narrow with a malformed method exited 0")
+	}
+	rev, _ := vat.URIRevocationID(n)
+	if out := run(t, "ctl", admin, "revoke", n); !strings.Contains(out, rev.String()) {
+		t.Errorf("ctl revoke URI printed %q, want the revocation id %s", out, rev)
+	}
+	_, err = c.EmptyCall(ctx, &testgrpc.Empty{})
+	wantCode(t, "revoked narrowed ref", err, codes.NotFound, "")
+	if _, err := p.client.EmptyCall(ctx, &testgrpc.Empty{}); err != nil {
+		t.Errorf("root after revoking a narrowed ref: %v", err)
+	}
+}

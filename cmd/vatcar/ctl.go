@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -34,6 +35,9 @@ commands:
   remove-import NAME                     close an import's endpoint
   revoke NAME                            revoke the sturdy ref of export NAME; prints its
                                          revocation id and whether the revocation list has it
+  revoke URI|@FILE|REVOCATION-ID         revoke a ref (narrowed: with every ref narrowed from it)
+  narrow NAME [--methods M1,M2,...] [--expires DURATION|RFC3339] [--peer sha-256:DIGEST]...
+                                         mint a narrowed sturdy ref of export NAME
   dump                                   describe the vat: address, peers, connections
 `
 
@@ -191,9 +195,24 @@ func ctlRequest(cmd string, args []string) (proto.Message, ctlCall, error) {
 			return c.RemoveImport(ctx, r.(*adminv1.RemoveImportRequest))
 		}, want(1, "NAME")
 	case "revoke":
-		return &adminv1.RevokeRequest{Name: first(args)}, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
+		if err := want(1, "NAME, URI, @FILE or REVOCATION-ID"); err != nil {
+			return nil, nil, err
+		}
+		if rev, ok, err := refRevocationID(args[0]); ok || err != nil {
+			// A ref (narrowed or root) or its revocation id: revoked as a
+			// revocation list entry would.
+			return &adminv1.RevokeRefRequest{RevocationId: rev.String()}, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
+				return c.RevokeRef(ctx, r.(*adminv1.RevokeRefRequest))
+			}, err
+		}
+		return &adminv1.RevokeRequest{Name: args[0]}, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
 			return c.Revoke(ctx, r.(*adminv1.RevokeRequest))
-		}, want(1, "NAME")
+		}, nil
+	case "narrow":
+		req, err := narrowRequest(args)
+		return req, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
+			return c.Narrow(ctx, r.(*adminv1.NarrowRequest))
+		}, err
 	case "dump":
 		return &adminv1.DumpRequest{}, func(ctx context.Context, c adminv1.AdminServiceClient, r proto.Message) (proto.Message, error) {
 			return c.Dump(ctx, r.(*adminv1.DumpRequest))
@@ -218,6 +237,8 @@ func printCtl(w io.Writer, resp proto.Message) error {
 		for _, e := range r.GetExports() {
 			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", e.GetName(), e.GetTarget(), e.GetRevoked(), e.GetUri())
 		}
+	case *adminv1.NarrowResponse:
+		fmt.Fprintln(tw, r.GetUri())
 	case *adminv1.AddExportResponse:
 		fmt.Fprintln(tw, r.GetExport().GetUri())
 	case *adminv1.ListImportsResponse:
@@ -241,4 +262,66 @@ func printCtl(w io.Writer, resp proto.Message) error {
 		}
 	}
 	return tw.Flush()
+}
+
+// refRevocationID returns the revocation id that arg, given to ctl revoke,
+// names when it is a sturdy ref (URI or @FILE) or a revocation id; ok is
+// false for an export name.
+func refRevocationID(arg string) (vat.RevocationID, bool, error) {
+	switch {
+	case strings.HasPrefix(arg, vat.RevocationIDPrefix):
+		r, err := vat.ParseRevocationID(arg)
+		return r, true, err
+	case strings.HasPrefix(arg, "capnp://"), strings.HasPrefix(arg, "@"):
+		uri, err := vat.ReadURI(arg)
+		if err != nil {
+			return "", true, err
+		}
+		r, err := vat.URIRevocationID(uri)
+		if err != nil {
+			return "", true, fmt.Errorf("not a sturdy ref: %w", err)
+		}
+		return r, true, nil
+	}
+	return "", false, nil
+}
+
+// narrowRequest parses `ctl narrow NAME [--methods M1,...] [--expires
+// DURATION|RFC3339] [--peer sha-256:DIGEST]...`.
+func narrowRequest(args []string) (*adminv1.NarrowRequest, error) {
+	fs := flag.NewFlagSet("ctl narrow", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	methods := fs.String("methods", "", "")
+	expires := fs.String("expires", "", "")
+	var peers peerList
+	fs.Var(&peers, "peer", "")
+	pos, flags := splitArgs(args)
+	if err := fs.Parse(flags); err != nil {
+		return nil, err
+	}
+	if len(pos) != 1 {
+		return nil, errors.New("narrow takes NAME and flags: --methods M1,M2 --expires DURATION|RFC3339 --peer sha-256:DIGEST")
+	}
+	req := &adminv1.NarrowRequest{Name: pos[0]}
+	if *methods != "" {
+		for _, m := range strings.Split(*methods, ",") {
+			m = strings.TrimSpace(m)
+			if err := vat.CheckMethodPattern(m); err != nil {
+				return nil, fmt.Errorf("--methods: %w", err)
+			}
+			req.Methods = append(req.Methods, m)
+		}
+	}
+	if *expires != "" {
+		now := time.Now()
+		at, err := parseExpiry(*expires, now)
+		if err != nil {
+			return nil, fmt.Errorf("--expires: %w", err)
+		}
+		req.ExpiresInSeconds = int64(at.Sub(now).Round(time.Second) / time.Second)
+	}
+	for _, p := range peers {
+		req.Peers = append(req.Peers, p.String())
+	}
+	return req, nil
 }

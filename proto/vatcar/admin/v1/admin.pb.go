@@ -806,6 +806,181 @@ func (x *RevokeResponse) GetLocalReason() string {
 	return ""
 }
 
+type RevokeRefRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revocation_id as `vatcar ref inspect` prints it, "rev1:" and 22
+	// base64url characters.
+	RevocationId  string `protobuf:"bytes,1,opt,name=revocation_id,json=revocationId,proto3" json:"revocation_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeRefRequest) Reset() {
+	*x = RevokeRefRequest{}
+	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeRefRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeRefRequest) ProtoMessage() {}
+
+func (x *RevokeRefRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeRefRequest.ProtoReflect.Descriptor instead.
+func (*RevokeRefRequest) Descriptor() ([]byte, []int) {
+	return file_vatcar_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RevokeRefRequest) GetRevocationId() string {
+	if x != nil {
+		return x.RevocationId
+	}
+	return ""
+}
+
+type NarrowRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of the export whose ref is narrowed.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// methods the narrowed ref may call: /pkg.Service/Method or
+	// /pkg.Service/*; none: every method the parent allows.
+	Methods []string `protobuf:"bytes,2,rep,name=methods,proto3" json:"methods,omitempty"`
+	// expires_in_seconds, when positive, makes the ref expire that long from
+	// now (at most ten years).
+	ExpiresInSeconds int64 `protobuf:"varint,3,opt,name=expires_in_seconds,json=expiresInSeconds,proto3" json:"expires_in_seconds,omitempty"`
+	// peers are the key digests (sha-256:...) of the vats that may restore
+	// the ref; none: any vat.
+	Peers         []string `protobuf:"bytes,4,rep,name=peers,proto3" json:"peers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NarrowRequest) Reset() {
+	*x = NarrowRequest{}
+	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NarrowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NarrowRequest) ProtoMessage() {}
+
+func (x *NarrowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NarrowRequest.ProtoReflect.Descriptor instead.
+func (*NarrowRequest) Descriptor() ([]byte, []int) {
+	return file_vatcar_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *NarrowRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NarrowRequest) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+func (x *NarrowRequest) GetExpiresInSeconds() int64 {
+	if x != nil {
+		return x.ExpiresInSeconds
+	}
+	return 0
+}
+
+func (x *NarrowRequest) GetPeers() []string {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+type NarrowResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// uri is the narrowed sturdy ref (a secret, like any sturdy ref).
+	Uri string `protobuf:"bytes,1,opt,name=uri,proto3" json:"uri,omitempty"`
+	// revocation_id names it in a revocation list.
+	RevocationId  string `protobuf:"bytes,2,opt,name=revocation_id,json=revocationId,proto3" json:"revocation_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NarrowResponse) Reset() {
+	*x = NarrowResponse{}
+	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NarrowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NarrowResponse) ProtoMessage() {}
+
+func (x *NarrowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NarrowResponse.ProtoReflect.Descriptor instead.
+func (*NarrowResponse) Descriptor() ([]byte, []int) {
+	return file_vatcar_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *NarrowResponse) GetUri() string {
+	if x != nil {
+		return x.Uri
+	}
+	return ""
+}
+
+func (x *NarrowResponse) GetRevocationId() string {
+	if x != nil {
+		return x.RevocationId
+	}
+	return ""
+}
+
 type DumpRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -814,7 +989,7 @@ type DumpRequest struct {
 
 func (x *DumpRequest) Reset() {
 	*x = DumpRequest{}
-	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +1001,7 @@ func (x *DumpRequest) String() string {
 func (*DumpRequest) ProtoMessage() {}
 
 func (x *DumpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +1014,7 @@ func (x *DumpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpRequest.ProtoReflect.Descriptor instead.
 func (*DumpRequest) Descriptor() ([]byte, []int) {
-	return file_vatcar_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_vatcar_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 type DumpResponse struct {
@@ -851,7 +1026,7 @@ type DumpResponse struct {
 
 func (x *DumpResponse) Reset() {
 	*x = DumpResponse{}
-	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +1038,7 @@ func (x *DumpResponse) String() string {
 func (*DumpResponse) ProtoMessage() {}
 
 func (x *DumpResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_vatcar_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +1051,7 @@ func (x *DumpResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpResponse.ProtoReflect.Descriptor instead.
 func (*DumpResponse) Descriptor() ([]byte, []int) {
-	return file_vatcar_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_vatcar_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DumpResponse) GetText() string {
@@ -929,10 +1104,21 @@ const file_vatcar_admin_v1_admin_proto_rawDesc = "" +
 	"\x0eRevokeResponse\x12#\n" +
 	"\rrevocation_id\x18\x01 \x01(\tR\frevocationId\x12'\n" +
 	"\x0frevocation_list\x18\x02 \x01(\tR\x0erevocationList\x12!\n" +
-	"\flocal_reason\x18\x03 \x01(\tR\vlocalReason\"\r\n" +
+	"\flocal_reason\x18\x03 \x01(\tR\vlocalReason\"X\n" +
+	"\x10RevokeRefRequest\x12D\n" +
+	"\rrevocation_id\x18\x01 \x01(\tB\x1f\xfaB\x1cr\x1a2\x18^rev1:[A-Za-z0-9_-]{22}$R\frevocationId\"\x90\x02\n" +
+	"\rNarrowRequest\x12;\n" +
+	"\x04name\x18\x01 \x01(\tB'\xfaB$r\"\x10\x01\x18?2\x1c^[A-Za-z0-9][A-Za-z0-9._-]*$R\x04name\x12D\n" +
+	"\amethods\x18\x02 \x03(\tB*\xfaB'\x92\x01$\x10 \" r\x1e\x18\x80\x022\x19^/[^/*\\s]+/([^/*\\s]+|\\*)$R\amethods\x12;\n" +
+	"\x12expires_in_seconds\x18\x03 \x01(\x03B\r\xfaB\n" +
+	"\"\b\x18\x80\x86\xb0\x96\x01(\x00R\x10expiresInSeconds\x12?\n" +
+	"\x05peers\x18\x04 \x03(\tB)\xfaB&\x92\x01#\x10\x10\"\x1fr\x1d2\x1b^sha-256:[A-Za-z0-9_-]{43}$R\x05peers\"G\n" +
+	"\x0eNarrowResponse\x12\x10\n" +
+	"\x03uri\x18\x01 \x01(\tR\x03uri\x12#\n" +
+	"\rrevocation_id\x18\x02 \x01(\tR\frevocationId\"\r\n" +
 	"\vDumpRequest\"\"\n" +
 	"\fDumpResponse\x12\x12\n" +
-	"\x04text\x18\x01 \x01(\tR\x04text2\xb4\x05\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text2\xd0\x06\n" +
 	"\fAdminService\x12X\n" +
 	"\vListExports\x12#.vatcar.admin.v1.ListExportsRequest\x1a$.vatcar.admin.v1.ListExportsResponse\x12R\n" +
 	"\tAddExport\x12!.vatcar.admin.v1.AddExportRequest\x1a\".vatcar.admin.v1.AddExportResponse\x12[\n" +
@@ -940,7 +1126,9 @@ const file_vatcar_admin_v1_admin_proto_rawDesc = "" +
 	"\vListImports\x12#.vatcar.admin.v1.ListImportsRequest\x1a$.vatcar.admin.v1.ListImportsResponse\x12R\n" +
 	"\tAddImport\x12!.vatcar.admin.v1.AddImportRequest\x1a\".vatcar.admin.v1.AddImportResponse\x12[\n" +
 	"\fRemoveImport\x12$.vatcar.admin.v1.RemoveImportRequest\x1a%.vatcar.admin.v1.RemoveImportResponse\x12I\n" +
-	"\x06Revoke\x12\x1e.vatcar.admin.v1.RevokeRequest\x1a\x1f.vatcar.admin.v1.RevokeResponse\x12C\n" +
+	"\x06Revoke\x12\x1e.vatcar.admin.v1.RevokeRequest\x1a\x1f.vatcar.admin.v1.RevokeResponse\x12O\n" +
+	"\tRevokeRef\x12!.vatcar.admin.v1.RevokeRefRequest\x1a\x1f.vatcar.admin.v1.RevokeResponse\x12I\n" +
+	"\x06Narrow\x12\x1e.vatcar.admin.v1.NarrowRequest\x1a\x1f.vatcar.admin.v1.NarrowResponse\x12C\n" +
 	"\x04Dump\x12\x1c.vatcar.admin.v1.DumpRequest\x1a\x1d.vatcar.admin.v1.DumpResponseB8Z6github.com/vatcar/vatcar/proto/vatcar/admin/v1;adminv1b\x06proto3"
 
 var (
@@ -955,7 +1143,7 @@ func file_vatcar_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_vatcar_admin_v1_admin_proto_rawDescData
 }
 
-var file_vatcar_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_vatcar_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_vatcar_admin_v1_admin_proto_goTypes = []any{
 	(*Export)(nil),               // 0: vatcar.admin.v1.Export
 	(*Import)(nil),               // 1: vatcar.admin.v1.Import
@@ -973,8 +1161,11 @@ var file_vatcar_admin_v1_admin_proto_goTypes = []any{
 	(*RemoveImportResponse)(nil), // 13: vatcar.admin.v1.RemoveImportResponse
 	(*RevokeRequest)(nil),        // 14: vatcar.admin.v1.RevokeRequest
 	(*RevokeResponse)(nil),       // 15: vatcar.admin.v1.RevokeResponse
-	(*DumpRequest)(nil),          // 16: vatcar.admin.v1.DumpRequest
-	(*DumpResponse)(nil),         // 17: vatcar.admin.v1.DumpResponse
+	(*RevokeRefRequest)(nil),     // 16: vatcar.admin.v1.RevokeRefRequest
+	(*NarrowRequest)(nil),        // 17: vatcar.admin.v1.NarrowRequest
+	(*NarrowResponse)(nil),       // 18: vatcar.admin.v1.NarrowResponse
+	(*DumpRequest)(nil),          // 19: vatcar.admin.v1.DumpRequest
+	(*DumpResponse)(nil),         // 20: vatcar.admin.v1.DumpResponse
 }
 var file_vatcar_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: vatcar.admin.v1.ListExportsResponse.exports:type_name -> vatcar.admin.v1.Export
@@ -988,17 +1179,21 @@ var file_vatcar_admin_v1_admin_proto_depIdxs = []int32{
 	10, // 8: vatcar.admin.v1.AdminService.AddImport:input_type -> vatcar.admin.v1.AddImportRequest
 	12, // 9: vatcar.admin.v1.AdminService.RemoveImport:input_type -> vatcar.admin.v1.RemoveImportRequest
 	14, // 10: vatcar.admin.v1.AdminService.Revoke:input_type -> vatcar.admin.v1.RevokeRequest
-	16, // 11: vatcar.admin.v1.AdminService.Dump:input_type -> vatcar.admin.v1.DumpRequest
-	3,  // 12: vatcar.admin.v1.AdminService.ListExports:output_type -> vatcar.admin.v1.ListExportsResponse
-	5,  // 13: vatcar.admin.v1.AdminService.AddExport:output_type -> vatcar.admin.v1.AddExportResponse
-	7,  // 14: vatcar.admin.v1.AdminService.RemoveExport:output_type -> vatcar.admin.v1.RemoveExportResponse
-	9,  // 15: vatcar.admin.v1.AdminService.ListImports:output_type -> vatcar.admin.v1.ListImportsResponse
-	11, // 16: vatcar.admin.v1.AdminService.AddImport:output_type -> vatcar.admin.v1.AddImportResponse
-	13, // 17: vatcar.admin.v1.AdminService.RemoveImport:output_type -> vatcar.admin.v1.RemoveImportResponse
-	15, // 18: vatcar.admin.v1.AdminService.Revoke:output_type -> vatcar.admin.v1.RevokeResponse
-	17, // 19: vatcar.admin.v1.AdminService.Dump:output_type -> vatcar.admin.v1.DumpResponse
-	12, // [12:20] is the sub-list for method output_type
-	4,  // [4:12] is the sub-list for method input_type
+	16, // 11: vatcar.admin.v1.AdminService.RevokeRef:input_type -> vatcar.admin.v1.RevokeRefRequest
+	17, // 12: vatcar.admin.v1.AdminService.Narrow:input_type -> vatcar.admin.v1.NarrowRequest
+	19, // 13: vatcar.admin.v1.AdminService.Dump:input_type -> vatcar.admin.v1.DumpRequest
+	3,  // 14: vatcar.admin.v1.AdminService.ListExports:output_type -> vatcar.admin.v1.ListExportsResponse
+	5,  // 15: vatcar.admin.v1.AdminService.AddExport:output_type -> vatcar.admin.v1.AddExportResponse
+	7,  // 16: vatcar.admin.v1.AdminService.RemoveExport:output_type -> vatcar.admin.v1.RemoveExportResponse
+	9,  // 17: vatcar.admin.v1.AdminService.ListImports:output_type -> vatcar.admin.v1.ListImportsResponse
+	11, // 18: vatcar.admin.v1.AdminService.AddImport:output_type -> vatcar.admin.v1.AddImportResponse
+	13, // 19: vatcar.admin.v1.AdminService.RemoveImport:output_type -> vatcar.admin.v1.RemoveImportResponse
+	15, // 20: vatcar.admin.v1.AdminService.Revoke:output_type -> vatcar.admin.v1.RevokeResponse
+	15, // 21: vatcar.admin.v1.AdminService.RevokeRef:output_type -> vatcar.admin.v1.RevokeResponse
+	18, // 22: vatcar.admin.v1.AdminService.Narrow:output_type -> vatcar.admin.v1.NarrowResponse
+	20, // 23: vatcar.admin.v1.AdminService.Dump:output_type -> vatcar.admin.v1.DumpResponse
+	14, // [14:24] is the sub-list for method output_type
+	4,  // [4:14] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -1015,7 +1210,7 @@ func file_vatcar_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vatcar_admin_v1_admin_proto_rawDesc), len(file_vatcar_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1993,6 +1993,427 @@ var _ interface {
 	ErrorName() string
 } = RevokeResponseValidationError{}
 
+// Validate checks the field values on RevokeRefRequest with the rules defined
+// in the proto definition for this message. If any rules are violated, the
+// first error encountered is returned, or nil if there are no violations.
+func (m *RevokeRefRequest) Validate() error {
+	return m.validate(false)
+}
+
+// ValidateAll checks the field values on RevokeRefRequest with the rules
+// defined in the proto definition for this message. If any rules are
+// violated, the result is a list of violation errors wrapped in
+// RevokeRefRequestMultiError, or nil if none found.
+func (m *RevokeRefRequest) ValidateAll() error {
+	return m.validate(true)
+}
+
+func (m *RevokeRefRequest) validate(all bool) error {
+	if m == nil {
+		return nil
+	}
+
+	var errors []error
+
+	if !_RevokeRefRequest_RevocationId_Pattern.MatchString(m.GetRevocationId()) {
+		err := RevokeRefRequestValidationError{
+			field:  "RevocationId",
+			reason: "value does not match regex pattern \"^rev1:[A-Za-z0-9_-]{22}$\"",
+		}
+		if !all {
+			return err
+		}
+		errors = append(errors, err)
+	}
+
+	if len(errors) > 0 {
+		return RevokeRefRequestMultiError(errors)
+	}
+
+	return nil
+}
+
+// RevokeRefRequestMultiError is an error wrapping multiple validation errors
+// returned by RevokeRefRequest.ValidateAll() if the designated constraints
+// aren't met.
+type RevokeRefRequestMultiError []error
+
+// Error returns a concatenation of all the error messages it wraps.
+func (m RevokeRefRequestMultiError) Error() string {
+	msgs := make([]string, 0, len(m))
+	for _, err := range m {
+		msgs = append(msgs, err.Error())
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// AllErrors returns a list of validation violation errors.
+func (m RevokeRefRequestMultiError) AllErrors() []error { return m }
+
+// RevokeRefRequestValidationError is the validation error returned by
+// RevokeRefRequest.Validate if the designated constraints aren't met.
+type RevokeRefRequestValidationError struct {
+	field  string
+	reason string
+	cause  error
+	key    bool
+}
+
+// Field function returns field value.
+func (e RevokeRefRequestValidationError) Field() string { return e.field }
+
+// Reason function returns reason value.
+func (e RevokeRefRequestValidationError) Reason() string { return e.reason }
+
+// Cause function returns cause value.
+func (e RevokeRefRequestValidationError) Cause() error { return e.cause }
+
+// Key function returns key value.
+func (e RevokeRefRequestValidationError) Key() bool { return e.key }
+
+// ErrorName returns error name.
+func (e RevokeRefRequestValidationError) ErrorName() string { return "RevokeRefRequestValidationError" }
+
+// Error satisfies the builtin error interface
+func (e RevokeRefRequestValidationError) Error() string {
+	cause := ""
+	if e.cause != nil {
+		cause = fmt.Sprintf(" | caused by: %v", e.cause)
+	}
+
+	key := ""
+	if e.key {
+		key = "key for "
+	}
+
+	return fmt.Sprintf(
+		"invalid %sRevokeRefRequest.%s: %s%s",
+		key,
+		e.field,
+		e.reason,
+		cause)
+}
+
+var _ error = RevokeRefRequestValidationError{}
+
+var _ interface {
+	Field() string
+	Reason() string
+	Key() bool
+	Cause() error
+	ErrorName() string
+} = RevokeRefRequestValidationError{}
+
+var _RevokeRefRequest_RevocationId_Pattern = regexp.MustCompile("^rev1:[A-Za-z0-9_-]{22}$")
+
+// Validate checks the field values on NarrowRequest with the rules defined in
+// the proto definition for this message. If any rules are violated, the first
+// error encountered is returned, or nil if there are no violations.
+func (m *NarrowRequest) Validate() error {
+	return m.validate(false)
+}
+
+// ValidateAll checks the field values on NarrowRequest with the rules defined
+// in the proto definition for this message. If any rules are violated, the
+// result is a list of violation errors wrapped in NarrowRequestMultiError, or
+// nil if none found.
+func (m *NarrowRequest) ValidateAll() error {
+	return m.validate(true)
+}
+
+func (m *NarrowRequest) validate(all bool) error {
+	if m == nil {
+		return nil
+	}
+
+	var errors []error
+
+	if l := utf8.RuneCountInString(m.GetName()); l < 1 || l > 63 {
+		err := NarrowRequestValidationError{
+			field:  "Name",
+			reason: "value length must be between 1 and 63 runes, inclusive",
+		}
+		if !all {
+			return err
+		}
+		errors = append(errors, err)
+	}
+
+	if !_NarrowRequest_Name_Pattern.MatchString(m.GetName()) {
+		err := NarrowRequestValidationError{
+			field:  "Name",
+			reason: "value does not match regex pattern \"^[A-Za-z0-9][A-Za-z0-9._-]*$\"",
+		}
+		if !all {
+			return err
+		}
+		errors = append(errors, err)
+	}
+
+	if len(m.GetMethods()) > 32 {
+		err := NarrowRequestValidationError{
+			field:  "Methods",
+			reason: "value must contain no more than 32 item(s)",
+		}
+		if !all {
+			return err
+		}
+		errors = append(errors, err)
+	}
+
+	for idx, item := range m.GetMethods() {
+		_, _ = idx, item
+
+		if utf8.RuneCountInString(item) > 256 {
+			err := NarrowRequestValidationError{
+				field:  fmt.Sprintf("Methods[%v]", idx),
+				reason: "value length must be at most 256 runes",
+			}
+			if !all {
+				return err
+			}
+			errors = append(errors, err)
+		}
+
+		if !_NarrowRequest_Methods_Pattern.MatchString(item) {
+			err := NarrowRequestValidationError{
+				field:  fmt.Sprintf("Methods[%v]", idx),
+				reason: "value does not match regex pattern \"^/[^/*\\\\s]+/([^/*\\\\s]+|\\\\*)$\"",
+			}
+			if !all {
+				return err
+			}
+			errors = append(errors, err)
+		}
+
+	}
+
+	if val := m.GetExpiresInSeconds(); val < 0 || val > 315360000 {
+		err := NarrowRequestValidationError{
+			field:  "ExpiresInSeconds",
+			reason: "value must be inside range [0, 315360000]",
+		}
+		if !all {
+			return err
+		}
+		errors = append(errors, err)
+	}
+
+	if len(m.GetPeers()) > 16 {
+		err := NarrowRequestValidationError{
+			field:  "Peers",
+			reason: "value must contain no more than 16 item(s)",
+		}
+		if !all {
+			return err
+		}
+		errors = append(errors, err)
+	}
+
+	for idx, item := range m.GetPeers() {
+		_, _ = idx, item
+
+		if !_NarrowRequest_Peers_Pattern.MatchString(item) {
+			err := NarrowRequestValidationError{
+				field:  fmt.Sprintf("Peers[%v]", idx),
+				reason: "value does not match regex pattern \"^sha-256:[A-Za-z0-9_-]{43}$\"",
+			}
+			if !all {
+				return err
+			}
+			errors = append(errors, err)
+		}
+
+	}
+
+	if len(errors) > 0 {
+		return NarrowRequestMultiError(errors)
+	}
+
+	return nil
+}
+
+// NarrowRequestMultiError is an error wrapping multiple validation errors
+// returned by NarrowRequest.ValidateAll() if the designated constraints
+// aren't met.
+type NarrowRequestMultiError []error
+
+// Error returns a concatenation of all the error messages it wraps.
+func (m NarrowRequestMultiError) Error() string {
+	msgs := make([]string, 0, len(m))
+	for _, err := range m {
+		msgs = append(msgs, err.Error())
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// AllErrors returns a list of validation violation errors.
+func (m NarrowRequestMultiError) AllErrors() []error { return m }
+
+// NarrowRequestValidationError is the validation error returned by
+// NarrowRequest.Validate if the designated constraints aren't met.
+type NarrowRequestValidationError struct {
+	field  string
+	reason string
+	cause  error
+	key    bool
+}
+
+// Field function returns field value.
+func (e NarrowRequestValidationError) Field() string { return e.field }
+
+// Reason function returns reason value.
+func (e NarrowRequestValidationError) Reason() string { return e.reason }
+
+// Cause function returns cause value.
+func (e NarrowRequestValidationError) Cause() error { return e.cause }
+
+// Key function returns key value.
+func (e NarrowRequestValidationError) Key() bool { return e.key }
+
+// ErrorName returns error name.
+func (e NarrowRequestValidationError) ErrorName() string { return "NarrowRequestValidationError" }
+
+// Error satisfies the builtin error interface
+func (e NarrowRequestValidationError) Error() string {
+	cause := ""
+	if e.cause != nil {
+		cause = fmt.Sprintf(" | caused by: %v", e.cause)
+	}
+
+	key := ""
+	if e.key {
+		key = "key for "
+	}
+
+	return fmt.Sprintf(
+		"invalid %sNarrowRequest.%s: %s%s",
+		key,
+		e.field,
+		e.reason,
+		cause)
+}
+
+var _ error = NarrowRequestValidationError{}
+
+var _ interface {
+	Field() string
+	Reason() string
+	Key() bool
+	Cause() error
+	ErrorName() string
+} = NarrowRequestValidationError{}
+
+var _NarrowRequest_Name_Pattern = regexp.MustCompile("^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+var _NarrowRequest_Methods_Pattern = regexp.MustCompile("^/[^/*\\s]+/([^/*\\s]+|\\*)$")
+
+var _NarrowRequest_Peers_Pattern = regexp.MustCompile("^sha-256:[A-Za-z0-9_-]{43}$")
+
+// Validate checks the field values on NarrowResponse with the rules defined in
+// the proto definition for this message. If any rules are violated, the first
+// error encountered is returned, or nil if there are no violations.
+func (m *NarrowResponse) Validate() error {
+	return m.validate(false)
+}
+
+// ValidateAll checks the field values on NarrowResponse with the rules defined
+// in the proto definition for this message. If any rules are violated, the
+// result is a list of violation errors wrapped in NarrowResponseMultiError,
+// or nil if none found.
+func (m *NarrowResponse) ValidateAll() error {
+	return m.validate(true)
+}
+
+func (m *NarrowResponse) validate(all bool) error {
+	if m == nil {
+		return nil
+	}
+
+	var errors []error
+
+	// no validation rules for Uri
+
+	// no validation rules for RevocationId
+
+	if len(errors) > 0 {
+		return NarrowResponseMultiError(errors)
+	}
+
+	return nil
+}
+
+// NarrowResponseMultiError is an error wrapping multiple validation errors
+// returned by NarrowResponse.ValidateAll() if the designated constraints
+// aren't met.
+type NarrowResponseMultiError []error
+
+// Error returns a concatenation of all the error messages it wraps.
+func (m NarrowResponseMultiError) Error() string {
+	msgs := make([]string, 0, len(m))
+	for _, err := range m {
+		msgs = append(msgs, err.Error())
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// AllErrors returns a list of validation violation errors.
+func (m NarrowResponseMultiError) AllErrors() []error { return m }
+
+// NarrowResponseValidationError is the validation error returned by
+// NarrowResponse.Validate if the designated constraints aren't met.
+type NarrowResponseValidationError struct {
+	field  string
+	reason string
+	cause  error
+	key    bool
+}
+
+// Field function returns field value.
+func (e NarrowResponseValidationError) Field() string { return e.field }
+
+// Reason function returns reason value.
+func (e NarrowResponseValidationError) Reason() string { return e.reason }
+
+// Cause function returns cause value.
+func (e NarrowResponseValidationError) Cause() error { return e.cause }
+
+// Key function returns key value.
+func (e NarrowResponseValidationError) Key() bool { return e.key }
+
+// ErrorName returns error name.
+func (e NarrowResponseValidationError) ErrorName() string { return "NarrowResponseValidationError" }
+
+// Error satisfies the builtin error interface
+func (e NarrowResponseValidationError) Error() string {
+	cause := ""
+	if e.cause != nil {
+		cause = fmt.Sprintf(" | caused by: %v", e.cause)
+	}
+
+	key := ""
+	if e.key {
+		key = "key for "
+	}
+
+	return fmt.Sprintf(
+		"invalid %sNarrowResponse.%s: %s%s",
+		key,
+		e.field,
+		e.reason,
+		cause)
+}
+
+var _ error = NarrowResponseValidationError{}
+
+var _ interface {
+	Field() string
+	Reason() string
+	Key() bool
+	Cause() error
+	ErrorName() string
+} = NarrowResponseValidationError{}
+
 // Validate checks the field values on DumpRequest with the rules defined in
 // the proto definition for this message. If any rules are violated, the first
 // error encountered is returned, or nil if there are no violations.

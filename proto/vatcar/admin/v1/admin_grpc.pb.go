@@ -32,6 +32,8 @@ const (
 	AdminService_AddImport_FullMethodName    = "/vatcar.admin.v1.AdminService/AddImport"
 	AdminService_RemoveImport_FullMethodName = "/vatcar.admin.v1.AdminService/RemoveImport"
 	AdminService_Revoke_FullMethodName       = "/vatcar.admin.v1.AdminService/Revoke"
+	AdminService_RevokeRef_FullMethodName    = "/vatcar.admin.v1.AdminService/RevokeRef"
+	AdminService_Narrow_FullMethodName       = "/vatcar.admin.v1.AdminService/Narrow"
 	AdminService_Dump_FullMethodName         = "/vatcar.admin.v1.AdminService/Dump"
 )
 
@@ -60,6 +62,14 @@ type AdminServiceClient interface {
 	// which every replica reading the list applies; otherwise the revocation
 	// is local to this sidecar.
 	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
+	// RevokeRef revokes a ref by its revocation id (of a narrowed ref, or of
+	// a root ref), as an entry of the revocation list does: that ref and every
+	// ref narrowed from it stop working; a narrowed ref's parent goes on. The
+	// entry is appended to a writable revocation list, as for Revoke.
+	RevokeRef(ctx context.Context, in *RevokeRefRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
+	// Narrow mints a narrowed sturdy ref of export NAME: only the given
+	// methods, until the expiry, for the given importing vats.
+	Narrow(ctx context.Context, in *NarrowRequest, opts ...grpc.CallOption) (*NarrowResponse, error)
 	// Dump describes the vat: address, peers, connections and their tables.
 	Dump(ctx context.Context, in *DumpRequest, opts ...grpc.CallOption) (*DumpResponse, error)
 }
@@ -142,6 +152,26 @@ func (c *adminServiceClient) Revoke(ctx context.Context, in *RevokeRequest, opts
 	return out, nil
 }
 
+func (c *adminServiceClient) RevokeRef(ctx context.Context, in *RevokeRefRequest, opts ...grpc.CallOption) (*RevokeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeResponse)
+	err := c.cc.Invoke(ctx, AdminService_RevokeRef_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) Narrow(ctx context.Context, in *NarrowRequest, opts ...grpc.CallOption) (*NarrowResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NarrowResponse)
+	err := c.cc.Invoke(ctx, AdminService_Narrow_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) Dump(ctx context.Context, in *DumpRequest, opts ...grpc.CallOption) (*DumpResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DumpResponse)
@@ -177,6 +207,14 @@ type AdminServiceServer interface {
 	// which every replica reading the list applies; otherwise the revocation
 	// is local to this sidecar.
 	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
+	// RevokeRef revokes a ref by its revocation id (of a narrowed ref, or of
+	// a root ref), as an entry of the revocation list does: that ref and every
+	// ref narrowed from it stop working; a narrowed ref's parent goes on. The
+	// entry is appended to a writable revocation list, as for Revoke.
+	RevokeRef(context.Context, *RevokeRefRequest) (*RevokeResponse, error)
+	// Narrow mints a narrowed sturdy ref of export NAME: only the given
+	// methods, until the expiry, for the given importing vats.
+	Narrow(context.Context, *NarrowRequest) (*NarrowResponse, error)
 	// Dump describes the vat: address, peers, connections and their tables.
 	Dump(context.Context, *DumpRequest) (*DumpResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
@@ -209,6 +247,12 @@ func (UnimplementedAdminServiceServer) RemoveImport(context.Context, *RemoveImpo
 }
 func (UnimplementedAdminServiceServer) Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Revoke not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeRef(context.Context, *RevokeRefRequest) (*RevokeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeRef not implemented")
+}
+func (UnimplementedAdminServiceServer) Narrow(context.Context, *NarrowRequest) (*NarrowResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Narrow not implemented")
 }
 func (UnimplementedAdminServiceServer) Dump(context.Context, *DumpRequest) (*DumpResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Dump not implemented")
@@ -360,6 +404,42 @@ func _AdminService_Revoke_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RevokeRef_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeRefRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeRef(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeRef_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeRef(ctx, req.(*RevokeRefRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_Narrow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NarrowRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Narrow(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Narrow_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Narrow(ctx, req.(*NarrowRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_Dump_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DumpRequest)
 	if err := dec(in); err != nil {
@@ -412,6 +492,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Revoke",
 			Handler:    _AdminService_Revoke_Handler,
+		},
+		{
+			MethodName: "RevokeRef",
+			Handler:    _AdminService_RevokeRef_Handler,
+		},
+		{
+			MethodName: "Narrow",
+			Handler:    _AdminService_Narrow_Handler,
 		},
 		{
 			MethodName: "Dump",

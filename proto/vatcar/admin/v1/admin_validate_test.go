@@ -36,6 +36,12 @@ func TestValidateRejectsEachBadField(t *testing.T) {
 		{"remove export empty", &adminv1.RemoveExportRequest{}, []string{"Name"}},
 		{"remove import bad", &adminv1.RemoveImportRequest{Name: "x y"}, []string{"Name"}},
 		{"revoke empty", &adminv1.RevokeRequest{}, []string{"Name"}},
+		{"revoke ref not an id", &adminv1.RevokeRefRequest{RevocationId: "capnp://x"}, []string{"RevocationId"}},
+		{"narrow bad method", &adminv1.NarrowRequest{Name: "echo", Methods: []string{"/pkg.S/M", "pkg.S/M"}}, []string{"Methods[1]"}},
+		{"narrow partial wildcard", &adminv1.NarrowRequest{Name: "echo", Methods: []string{"/pkg.S/M*"}}, []string{"Methods[0]"}},
+		{"narrow negative expiry", &adminv1.NarrowRequest{Name: "echo", ExpiresInSeconds: -1}, []string{"ExpiresInSeconds"}},
+		{"narrow bad peer", &adminv1.NarrowRequest{Name: "echo", Peers: []string{"sha-256:short"}}, []string{"Peers[0]"}},
+		{"narrow everything bad", &adminv1.NarrowRequest{Name: "a b", Methods: []string{"*"}, ExpiresInSeconds: 1 << 40, Peers: []string{"x"}}, []string{"Name", "Methods[0]", "ExpiresInSeconds", "Peers[0]"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -74,6 +80,10 @@ func TestValidateAcceptsGoodRequests(t *testing.T) {
 		&adminv1.AddImportRequest{Name: "echo", Uri: "capnp://insecure@localhost:7000/bWFpbg", Listen: ":9000"},
 		&adminv1.RemoveExportRequest{Name: "echo"},
 		&adminv1.RevokeRequest{Name: "echo"},
+		&adminv1.RevokeRefRequest{RevocationId: "rev1:B015wnUJAxb-Wys32ywjHA"},
+		&adminv1.NarrowRequest{Name: "echo"},
+		&adminv1.NarrowRequest{Name: "echo", Methods: []string{"/helloworld.Greeter/SayHello", "/pkg.Admin/*"}, ExpiresInSeconds: 3600,
+			Peers: []string{"sha-256:s16WV4JeGusAL_nTjvICiQOFqm3LqYrDj3K-HXdMi8s"}},
 		&adminv1.DumpRequest{},
 	}
 	for _, req := range good {
