@@ -3,7 +3,6 @@ package sidecar
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"strings"
 	"time"
@@ -86,17 +85,14 @@ func invalidArgument(err error) error {
 		all = []error{err}
 	}
 	br := &errdetails.BadRequest{}
-	msgs := make([]string, 0, len(all))
 	for _, e := range all {
-		msgs = append(msgs, e.Error())
-		var fv fieldViolation
-		if errors.As(e, &fv) {
+		if field, rule := humanViolation(e); field != "" {
 			br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{
-				Field: snakeCase(fv.Field()), Description: fv.Reason(),
+				Field: field, Description: rule,
 			})
 		}
 	}
-	st := status.New(codes.InvalidArgument, fmt.Sprintf("%d invalid field(s): %s", len(all), strings.Join(msgs, "; ")))
+	st := status.New(codes.InvalidArgument, violationMessage(all))
 	if withDetails, err := st.WithDetails(br); err == nil {
 		st = withDetails
 	}

@@ -157,9 +157,13 @@ func TestAdminValidation(t *testing.T) {
 				t.Errorf("violations on fields %v, want %v (message %q)", got, tt.wantFields, st.Message())
 			}
 			for _, f := range tt.wantFields {
-				if !strings.Contains(strings.ToLower(st.Message()), "request."+f+":") {
-					t.Errorf("message %q does not name field %s", st.Message(), f)
+				if !strings.Contains(st.Message(), f+": want ") {
+					t.Errorf("message %q does not name field %s with what it wants", st.Message(), f)
 				}
+			}
+			// Words, not regular expressions (issue 15).
+			if strings.ContainsAny(st.Message(), "^$[]\\") || strings.Contains(st.Message(), "regex") {
+				t.Errorf("message %q quotes a pattern", st.Message())
 			}
 		})
 	}
