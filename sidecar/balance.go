@@ -264,29 +264,43 @@ func (m *imported) changedLocked() {
 }
 
 // pickLocked returns a connected backend for a new call, the less loaded
-// of two chosen at random (power of two choices), or nil. m.mu is held.
+// of two chosen at random (power of two choices), or nil. m.mu is held. It
+// allocates nothing: it runs on every call.
 func (m *imported) pickLocked() *backend {
-	var up []*backend
+	n := 0
+	var only *backend
 	for _, b := range m.backends {
 		if b.state == stateConnected {
-			up = append(up, b)
+			n++
+			only = b
 		}
 	}
-	switch len(up) {
-	case 0:
-		return nil
-	case 1:
-		return up[0]
+	if n < 2 {
+		return only
 	}
-	i := rand.IntN(len(up))
-	j := rand.IntN(len(up) - 1)
+	i := rand.IntN(n)
+	j := rand.IntN(n - 1)
 	if j >= i {
 		j++
 	}
-	if up[j].outstanding.Load() < up[i].outstanding.Load() {
-		return up[j]
+	var bi, bj *backend
+	k := 0
+	for _, b := range m.backends {
+		if b.state != stateConnected {
+			continue
+		}
+		switch k {
+		case i:
+			bi = b
+		case j:
+			bj = b
+		}
+		k++
 	}
-	return up[i]
+	if bj.outstanding.Load() < bi.outstanding.Load() {
+		return bj
+	}
+	return bi
 }
 
 // maxAddressLabels bounds the address_index label values of an import.

@@ -60,3 +60,30 @@ func TestIsName(t *testing.T) {
 		}
 	}
 }
+
+func TestPickPrefersTheLessLoaded(t *testing.T) {
+	m := &imported{}
+	if m.pickLocked() != nil {
+		t.Fatal("pick with no backends")
+	}
+	idle, busy1, busy2, down := &backend{state: stateConnected}, &backend{state: stateConnected}, &backend{state: stateConnected}, &backend{state: stateUnavailable}
+	busy1.outstanding.Store(5)
+	busy2.outstanding.Store(5)
+	m.backends = []*backend{down, busy1}
+	if got := m.pickLocked(); got != busy1 {
+		t.Fatal("one connected backend: not picked")
+	}
+	m.backends = []*backend{busy1, down, idle, busy2}
+	counts := map[*backend]int{}
+	const n = 3000
+	for range n {
+		counts[m.pickLocked()]++
+	}
+	if counts[down] != 0 {
+		t.Errorf("a backend that is not connected got %d picks", counts[down])
+	}
+	// The idle one wins whenever it is one of the two drawn: 2/3 of picks.
+	if got := counts[idle]; got < n/2 || got > n*5/6 {
+		t.Errorf("idle backend picked %d of %d times, want about 2/3", got, n)
+	}
+}
