@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"math"
 	"context"
 	"encoding/json"
 	"errors"
@@ -60,11 +61,13 @@ func TestRunDirectWritesSaneResults(t *testing.T) {
 		if r.Scenario != sc.Name || r.Path != pathDirect {
 			t.Errorf("row %d: got %s/%s, want %s/direct", i, r.Scenario, r.Path, sc.Name)
 		}
-		if r.CallsPerS <= 0 || r.MBPerS <= 0 {
-			t.Errorf("%s: got %v calls/s and %v MB/s, want both > 0", r.Scenario, r.CallsPerS, r.MBPerS)
+		if r.CallsPerS <= 0 {
+			t.Errorf("%s: got %v calls/s, want > 0", r.Scenario, r.CallsPerS)
 		}
-		// Every op carries Size bytes back: MB/s follows from calls/s.
-		if want := r.CallsPerS * float64(sc.Size) / 1e6; !near(r.MBPerS, want, 0.05) {
+		// Every op carries Size bytes back: MB/s follows from calls/s, up to
+		// the report's rounding to 0.01 MB/s (which a slow machine's
+		// 100-byte scenarios come near).
+		if want := r.CallsPerS * float64(sc.Size) / 1e6; !near(r.MBPerS, want, 0.05) && math.Abs(r.MBPerS-want) > 0.005 {
 			t.Errorf("%s: got %v MB/s, want about %v from %v calls/s of %d bytes", r.Scenario, r.MBPerS, want, r.CallsPerS, sc.Size)
 		}
 		if sc.Kind == stream {
