@@ -2,10 +2,10 @@ package main
 
 import (
 	"bytes"
-	"math"
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
