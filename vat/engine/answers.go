@@ -32,6 +32,7 @@ type answer struct {
 	resultContent     capnp.Ptr
 	resultErr         error
 	exported          []uint32 // exports in the Return, one reference each
+	sending           bool     // the Return is being encoded: results stay
 }
 
 func (a *answer) releaseArgs() {
@@ -149,20 +150,38 @@ func (a *answer) Return() {
 	a.returned = true
 	a.pipe = nil
 	a.resultContent, a.resultErr = a.content, a.err
-	finished := a.finished
-	if finished {
-		delete(c.answers, a.id)
-	} else {
-		a.results, a.exported = msg, exported
-	}
+	a.results, a.exported = msg, exported
+	a.sending = true
 	c.mu.Unlock()
 	_ = c.send(msg)
-	if finished {
-		if a.releaseResultCaps {
-			c.releaseExports(exported)
-		}
-		msg.Release()
-		a.cancel()
+	c.mu.Lock()
+	a.sending = false
+	if !a.finished {
+		c.mu.Unlock()
+		return
+	}
+	// The Finish came before or while the Return was sent.
+	c.dropAnswerLocked(a)
+}
+
+// dropAnswerLocked forgets a returned and finished answer and unlocks
+// c.mu; its results go, with the exports in them if the peer asked.
+func (c *Conn) dropAnswerLocked(a *answer) {
+	if c.answers[a.id] == a {
+		delete(c.answers, a.id)
+	}
+	rm := a.results
+	a.results = nil
+	var exps []uint32
+	if a.releaseResultCaps {
+		exps = a.exported
+	}
+	a.exported = nil
+	c.mu.Unlock()
+	a.cancel()
+	c.releaseExports(exps)
+	if rm != nil {
+		rm.Release()
 	}
 }
 
@@ -192,15 +211,16 @@ func (c *Conn) recvOnAnswer(ctx context.Context, ta *answer, ops []capnp.Pipelin
 		cl := ta.resultClientLocked(ops)
 		c.mu.Unlock()
 		defer cl.Release()
-		return cl.RecvCall(ctx, r)
+		return orErrPipe(cl.RecvCall(ctx, r), errReturned)
 	}
 	pipe := ta.pipe
 	c.mu.Unlock()
 	if pipe == nil {
-		r.Reject(exc.New(exc.Failed, "", "pipelined call on a call not yet dispatched"))
-		return nil
+		err := exc.New(exc.Failed, "", "pipelined call on a call not yet dispatched")
+		r.Reject(err)
+		return errPipe{err}
 	}
-	return pipe.PipelineRecv(ctx, ops, r)
+	return orErrPipe(pipe.PipelineRecv(ctx, ops, r), errReturned)
 }
 
 // handleCall dispatches a call from the peer to its target.
@@ -333,25 +353,17 @@ func (c *Conn) handleFinish(m rpccp.Message) bool {
 	}
 	a.finished = true
 	a.releaseResultCaps = fin.ReleaseResultCaps()
-	if !a.returned {
+	if a.sending {
+		// The peer has the Return: its id may come again at once. Return
+		// releases the results when its send is over.
+		delete(c.answers, a.id)
+	}
+	if !a.returned || a.sending {
 		c.mu.Unlock()
-		a.cancel() // the Return follows from the handler
+		a.cancel() // Return finishes the job
 		return true
 	}
-	delete(c.answers, a.id)
-	rm := a.results
-	a.results = nil
-	var exps []uint32
-	if a.releaseResultCaps {
-		exps = a.exported
-	}
-	a.exported = nil
-	c.mu.Unlock()
-	a.cancel()
-	c.releaseExports(exps)
-	if rm != nil {
-		rm.Release()
-	}
+	c.dropAnswerLocked(a)
 	return true
 }
 

@@ -317,6 +317,11 @@ func (c *Conn) shutdown(err error, abortReason string) {
 				a.cancel()
 			}
 			c.mu.Lock()
+			if a.sending { // Return releases them when its send is over
+				a.finished, a.releaseResultCaps = true, false
+				c.mu.Unlock()
+				continue
+			}
 			rm := a.results
 			a.results = nil
 			c.mu.Unlock()

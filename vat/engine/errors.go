@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"context"
+
 	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
@@ -24,6 +26,7 @@ func setException(e rpccp.Exception, err error) {
 }
 
 var (
+	errReturned     = exc.New(exc.Failed, "", "call already returned")
 	errReleased     = exc.New(exc.Failed, "", "call released before it returned")
 	errNotCap       = exc.New(exc.Failed, "", "pipelined call on a field that is not a capability")
 	errNoBootstrap  = exc.New(exc.Failed, "", "this vat serves no bootstrap capability")
@@ -64,4 +67,26 @@ func writePromisedAnswer(pa rpccp.PromisedAnswer, id uint32, transform []capnp.P
 		list.At(i).SetGetPointerField(op.Field)
 	}
 	return nil
+}
+
+// errPipe is the PipelineCaller of a call that failed at once: calls
+// pipelined on it fail the same way. (go-capnp's AnswerQueue needs a
+// non-nil PipelineCaller from every delivery.)
+type errPipe struct{ err error }
+
+func (p errPipe) PipelineSend(ctx context.Context, _ []capnp.PipelineOp, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	return capnp.ErrorAnswer(s.Method, p.err), func() {}
+}
+
+func (p errPipe) PipelineRecv(ctx context.Context, _ []capnp.PipelineOp, r capnp.Recv) capnp.PipelineCaller {
+	r.Reject(p.err)
+	return p
+}
+
+// orErrPipe returns pc, or an errPipe if pc is nil.
+func orErrPipe(pc capnp.PipelineCaller, err error) capnp.PipelineCaller {
+	if pc == nil {
+		return errPipe{err}
+	}
+	return pc
 }

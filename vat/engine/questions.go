@@ -223,11 +223,11 @@ func (c *Conn) forward(ctx context.Context, t callTarget, r capnp.Recv) capnp.Pi
 	q, redirect, err := c.startCall(ctx, t, r.Method, place, sz, r.Returner)
 	if redirect != nil {
 		defer redirect.Release()
-		return redirect.RecvCall(ctx, r)
+		return orErrPipe(redirect.RecvCall(ctx, r), errReturned)
 	}
 	if err != nil {
 		r.Reject(err)
-		return nil
+		return errPipe{err}
 	}
 	r.ReleaseArgs()
 	return q
