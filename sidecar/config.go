@@ -327,7 +327,7 @@ func (c Config) Validate() error {
 		}
 		names[im.Name] = true
 		if err := checkImportURI(im.URI); err != nil {
-			bad("bad import URI %q: %w", im.URI, err)
+			bad("bad import URI %q: %w", hideServiceID(im.URI), err)
 		}
 		if im.Listen != "" {
 			if err := CheckHostPort(im.Listen); err != nil {

@@ -298,13 +298,36 @@ func TestParseByteSize(t *testing.T) {
 	}
 }
 
+func TestImportErrorsHideServiceID(t *testing.T) {
+	id := testURI[strings.LastIndex(testURI, "/")+1:]
+	for _, in := range []string{
+		testURI,                        // no NAME=
+		"b=" + testURI + ",lisen=1",    // unknown option
+		"b=" + testURI + ",listen=x,y", // unknown option after a good one
+	} {
+		_, err := ParseImport(in)
+		if err == nil || strings.Contains(err.Error(), id) || !strings.Contains(err.Error(), "/...") {
+			t.Errorf("ParseImport(%q) = %v: want an error with the service id hidden", in, err)
+		}
+	}
+	c := Config{Imports: []Import{{Name: "b", URI: "capnps" + strings.TrimPrefix(testURI, "capnp")}}}
+	if err := c.Validate(); err == nil || strings.Contains(err.Error(), id) {
+		t.Errorf("Validate with a mistyped URI = %v: want an error with the service id hidden", err)
+	}
+}
+
 func FuzzParseImport(f *testing.F) {
+	f.Add("b=" + testURI + ",lisen=127.0.0.1:9000")
 	f.Add("b=" + testURI + ",listen=127.0.0.1:9000")
 	f.Add("b=@/x.cap")
 	f.Add("=,,=")
 	f.Fuzz(func(t *testing.T, s string) {
 		im, err := ParseImport(s)
 		if err != nil {
+			id := testURI[strings.LastIndex(testURI, "/")+1:]
+			if strings.Contains(s, testURI) && strings.Contains(err.Error(), id) {
+				t.Errorf("ParseImport(%q) error shows the service id: %v", s, err)
+			}
 			return
 		}
 		if !strings.HasPrefix(s, im.Name+"="+im.URI) {

@@ -152,7 +152,7 @@ func ParseExport(s string) (Export, error) {
 func ParseImport(s string) (Import, error) {
 	name, rest, ok := strings.Cut(s, "=")
 	if !ok {
-		return Import{}, fmt.Errorf("--import %q: want NAME=URI|@FILE[,listen=HOST:PORT]", s)
+		return Import{}, fmt.Errorf("--import %q: want NAME=URI|@FILE[,listen=HOST:PORT]", hideServiceID(s))
 	}
 	parts := strings.Split(rest, ",")
 	im := Import{Name: name, URI: parts[0]}
@@ -162,10 +162,23 @@ func ParseImport(s string) (Import, error) {
 		case "listen":
 			im.Listen = value
 		default:
-			return Import{}, fmt.Errorf("--import %q: unknown option %q (want listen=HOST:PORT)", s, opt)
+			return Import{}, fmt.Errorf("--import %q: unknown option %q (want listen=HOST:PORT)", name+"="+hideServiceID(parts[0])+","+strings.Join(parts[1:], ","), opt)
 		}
 	}
 	return im, nil
+}
+
+// hideServiceID returns s for an error message, with the service id (the
+// last path segment) hidden when s looks like a sturdy URI, even a
+// malformed one ("capnp" in it): a bearer secret, even in a wrong flag.
+func hideServiceID(s string) string {
+	if !strings.Contains(strings.ToLower(s), "capnp") {
+		return s
+	}
+	if i := strings.LastIndex(s, "/"); i >= 0 {
+		return s[:i+1] + "..."
+	}
+	return "..."
 }
 
 // ParseRoute parses a --route value, SERVICE=IMPORT.

@@ -107,7 +107,7 @@ func NewMetrics() *Metrics {
 		}, []string{"peer"}),
 		restores: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vatcar_restores_total",
-			Help: "Sturdy ref restores served by this vat, by result (ok, unknown, error).",
+			Help: "Sturdy ref restores peers asked this vat for, by result: ok, unknown (no such id, revoked ones included), error, empty (an empty id: heartbeats of vatcar peers, or probes).",
 		}, []string{"result"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vatcar_vat_refused_connections_total",

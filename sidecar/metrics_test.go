@@ -1,10 +1,20 @@
 package sidecar
 
 import (
+	"context"
 	"maps"
+	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 
 	"github.com/vatcar/vatcar/internal/buildinfo"
+	"github.com/vatcar/vatcar/vat"
 )
 
 // peerGauges returns the vatcar_vat_connections series by peer.
@@ -82,4 +92,73 @@ func TestBuildInfoMetric(t *testing.T) {
 		return
 	}
 	t.Fatal("no vatcar_build_info metric")
+}
+
+// counterValue returns the counter name{label=value} from m; 0 when absent.
+func counterValue(t *testing.T, m *Metrics, name, label, value string) float64 {
+	t.Helper()
+	families, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, metric := range f.GetMetric() {
+			for _, l := range metric.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return metric.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// TestRestoresByResult checks vatcar_restores_total's results: ok for a
+// served restore, unknown for an id the exporter does not have, empty for
+// the empty ids of heartbeats.
+func TestRestoresByResult(t *testing.T) {
+	backend := startTestBackend(t)
+	dir := t.TempDir()
+	exporter := startTestSidecar(t, Config{
+		Listen: "tcp:127.0.0.1:0", CapDir: dir,
+		Exports: []Export{{Name: "test", Target: backend}},
+	})
+	uri := exporter.ListExports()[0].URI
+	unknown := uri[:strings.LastIndex(uri, "/")+1] + vat.GenerateID().Base64()
+	importer := startTestSidecar(t, Config{
+		HeartbeatInterval: Duration(20 * time.Millisecond),
+		Imports:           []Import{{Name: "test", URI: uri}, {Name: "unknown", URI: unknown}},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	call := func(name string) error {
+		cc, err := grpc.NewClient(importer.Addresses().Imports[name], grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		_, err = testgrpc.NewTestServiceClient(cc).EmptyCall(ctx, &testgrpc.Empty{})
+		return err
+	}
+	if err := call("test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := call("unknown"); status.Code(err) != codes.NotFound {
+		t.Fatalf("call on an unknown id: %v, want NOT_FOUND", err)
+	}
+	m := exporter.Metrics()
+	const name = "vatcar_restores_total"
+	if ok, unk, bad := counterValue(t, m, name, "result", "ok"), counterValue(t, m, name, "result", "unknown"), counterValue(t, m, name, "result", "error"); ok != 1 || unk < 1 || bad != 0 {
+		t.Errorf("restores ok %v, unknown %v, error %v; want 1, at least 1, 0", ok, unk, bad)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for counterValue(t, m, name, "result", "empty") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no empty-id restore (heartbeat) counted")
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval
+	}
 }

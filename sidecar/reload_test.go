@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -85,4 +86,20 @@ func names[T any](items []T, key func(T) string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// TestAddImportRefusesEmptyServiceID checks that the admin API refuses a
+// URI that names a vat and no service, as bad input.
+func TestAddImportRefusesEmptyServiceID(t *testing.T) {
+	s := startTestSidecar(t, Config{})
+	uri := testURI[:strings.LastIndex(testURI, "/")]
+	for _, u := range []string{uri, uri + "/"} {
+		_, err := s.AddImport(context.Background(), Import{Name: "x", URI: u})
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "Missing service id") {
+			t.Errorf("AddImport(%q) = %v, want ErrConfig saying the service id is missing", u, err)
+		}
+	}
+	if got := len(s.ListImports()); got != 0 {
+		t.Errorf("%d imports after refused AddImports, want 0", got)
+	}
 }

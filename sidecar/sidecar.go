@@ -481,10 +481,6 @@ func (s *Sidecar) onConnection(peer vat.Digest, up bool) {
 	s.metrics.peerConnection(peer.String(), up)
 }
 
-func (s *Sidecar) onRestore(ok bool) {
-	if ok {
-		s.metrics.restores.WithLabelValues("ok").Inc()
-	} else {
-		s.metrics.restores.WithLabelValues("error").Inc()
-	}
+func (s *Sidecar) onRestore(result vat.RestoreResult) {
+	s.metrics.restores.WithLabelValues(string(result)).Inc()
 }

@@ -40,14 +40,17 @@ func (b *bootstrap) Restore(ctx context.Context, call captp.Restorer_restore) er
 		return err
 	}
 	if len(raw) == 0 {
-		// A peer's heartbeat: answered without the restorer, the hook or a
-		// log record.
+		// A peer's heartbeat (or a probe): answered without the restorer or
+		// a log record, and counted.
+		if b.vat.cfg.OnRestore != nil {
+			b.vat.cfg.OnRestore(RestoreEmpty)
+		}
 		return wireError(ErrUnknownService)
 	}
 	id := append(ServiceID(nil), raw...)
 	c, err := b.vat.restoreLocal(withPeer(ctx, b.conn.key.digest), id)
 	if b.vat.cfg.OnRestore != nil {
-		b.vat.cfg.OnRestore(err == nil)
+		b.vat.cfg.OnRestore(restoreResult(err))
 	}
 	if err != nil {
 		b.vat.log.Debug("restore failed", "id", id.String(), "err", err)

@@ -131,8 +131,41 @@ type Config struct {
 	OnConnection func(peer Digest, up bool)
 
 	// OnRestore, if not nil, is called after each restore requested by a
-	// peer, with whether it succeeded. It must not block.
-	OnRestore func(ok bool)
+	// peer, with how it ended (empty ids, which heartbeats use, included).
+	// It must not block.
+	OnRestore func(result RestoreResult)
+}
+
+// RestoreResult is how a restore requested by a peer ended, for
+// Config.OnRestore. Its values are short, fixed strings fit for a metric
+// label; none holds an id.
+type RestoreResult string
+
+// The results of a restore.
+const (
+	// RestoreOK: the service was restored.
+	RestoreOK RestoreResult = "ok"
+	// RestoreUnknown: the Restorer has no service with the id
+	// (ErrUnknownService), a revoked one included.
+	RestoreUnknown RestoreResult = "unknown"
+	// RestoreError: the restore failed otherwise (no Restorer, a Loader's
+	// error).
+	RestoreError RestoreResult = "error"
+	// RestoreEmpty: the id was empty, which a vatcar peer's heartbeat sends
+	// (and which names no service); answered ErrUnknownService without
+	// asking the Restorer.
+	RestoreEmpty RestoreResult = "empty"
+)
+
+// restoreResult classifies the error of a restore of a non-empty id.
+func restoreResult(err error) RestoreResult {
+	switch {
+	case err == nil:
+		return RestoreOK
+	case errors.Is(err, ErrUnknownService):
+		return RestoreUnknown
+	}
+	return RestoreError
 }
 
 // Validate reports the first problem with c: unparsable addresses, a key

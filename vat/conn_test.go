@@ -83,9 +83,9 @@ func TestWrongDigestRefused(t *testing.T) {
 func TestUnknownID(t *testing.T) {
 	ctx := testContext(t)
 	var restores, failed atomic.Int64
-	b, _, good := hostEcho(t, "b", vat.Config{OnRestore: func(ok bool) {
+	b, _, good := hostEcho(t, "b", vat.Config{OnRestore: func(r vat.RestoreResult) {
 		restores.Add(1)
-		if !ok {
+		if r == vat.RestoreUnknown {
 			failed.Add(1)
 		}
 	}})
@@ -110,7 +110,7 @@ func TestUnknownID(t *testing.T) {
 	}
 	c.Release()
 	if restores.Load() != 2 || failed.Load() != 1 {
-		t.Errorf("OnRestore saw %d restores, %d failed; want 2, 1", restores.Load(), failed.Load())
+		t.Errorf("OnRestore saw %d restores, %d unknown; want 2, 1", restores.Load(), failed.Load())
 	}
 }
 

@@ -42,8 +42,9 @@
 // still acknowledges), so each connection also has a heartbeat: after every
 // Config.HeartbeatInterval (15 s) in which nothing arrived from the peer,
 // the vat restores the empty id on the peer's Restorer, a cheap round trip
-// answered "Unknown persistent service ID" (not passed to the Restorer, to
-// OnRestore or to the log). When neither the answer nor any other bytes
+// answered "Unknown persistent service ID" (not passed to the Restorer or
+// to the log; counted by OnRestore as RestoreEmpty, so a flood of them
+// shows). When neither the answer nor any other bytes
 // come within Config.HeartbeatTimeout (10 s), the connection is closed: its
 // capabilities break as disconnected and the next Connect dials again.
 //

@@ -135,12 +135,16 @@ func TestHeartbeatClosesFrozenPeer(t *testing.T) {
 	_, svc := newEcho("b")
 	id := vat.GenerateID()
 	table.Add(id, svc)
-	var failedRestores atomic.Int64
+	var failedRestores, emptyRestores atomic.Int64
 	bcfg := fast
 	bcfg.ListenAddress = "tcp:127.0.0.1:0"
 	bcfg.Restorer = table
-	bcfg.OnRestore = func(ok bool) {
-		if !ok {
+	bcfg.OnRestore = func(r vat.RestoreResult) {
+		switch r {
+		case vat.RestoreEmpty:
+			emptyRestores.Add(1)
+		case vat.RestoreOK:
+		default:
 			failedRestores.Add(1)
 		}
 	}
@@ -179,6 +183,9 @@ func TestHeartbeatClosesFrozenPeer(t *testing.T) {
 	}
 	if n := failedRestores.Load(); n != 0 {
 		t.Errorf("heartbeats counted as %d failed restores", n)
+	}
+	if emptyRestores.Load() == 0 {
+		t.Error("heartbeats (empty-id restores) were not counted as RestoreEmpty")
 	}
 
 	f.freeze()

@@ -133,6 +133,9 @@ func (v *Vat) Import(uri string) (*SturdyRef, error) {
 	if err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
+	if len(id) == 0 {
+		return nil, fmt.Errorf("import %s: %w: Missing service id (the URI names a vat, not a service)", redact(uri), ErrInvalidURI)
+	}
 	if loc.Digest.IsZero() != v.cfg.Insecure {
 		return nil, fmt.Errorf("import %s: %w", redact(uri), ErrInsecureMismatch)
 	}

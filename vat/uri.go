@@ -65,8 +65,11 @@ func ParseURI(uri string) (Locator, ServiceID, error) {
 		if err != nil || strings.ContainsAny(digest, "\r\n") {
 			return bad("Bad base64 digest %q", digest)
 		}
-		if len(raw) != len(loc.Digest) || (Digest(raw) == Digest{}) {
+		if len(raw) != len(loc.Digest) {
 			return bad("Bad sha-256 digest length %d", len(raw))
+		}
+		if (Digest(raw) == Digest{}) {
+			return bad("All-zero sha-256 digest: no key has it (for a vat without TLS write 'capnp://insecure@...')")
 		}
 		loc.Digest = Digest(raw)
 	}

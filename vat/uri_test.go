@@ -79,6 +79,7 @@ func TestParseURIErrors(t *testing.T) {
 		{"capnp://sha-256:" + d + "@localhost:99999/bWFpbg", "invalid port"},
 		{"capnp://sha-256:bad*digest@localhost:7000/bWFpbg", "Bad base64 digest"},
 		{"capnp://sha-256:AAAA@localhost:7000/bWFpbg", "digest length"},
+		{"capnp://sha-256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA@localhost:7000/bWFpbg", "All-zero sha-256 digest"},
 		{"capnp://sha-256:" + d + "@localhost:7000/bWFpbh", "Bad base64 service id"},
 		{"capnp://sha-256:" + d + "@localhost:7000/a/b", "Unexpected '/'"},
 		{"capnp://sha-256:" + d + "@localhost:7000/bWFpbg?x=1", "Unexpected query"},
@@ -214,4 +215,28 @@ func FuzzParseAddress(f *testing.F) {
 			t.Fatalf("URI round trip of %+v via %q: %+v %q, %v", a, uri, loc.Address, id, err)
 		}
 	})
+}
+
+// TestImportRefusesEmptyServiceID checks that Import refuses a URI naming a
+// vat but no service: restoring it could only fail, at the peer.
+func TestImportRefusesEmptyServiceID(t *testing.T) {
+	v, err := vat.New(vat.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	const d = "s16WV4JeGusAL_nTjvICiQOFqm3LqYrDj3K-HXdMi8s"
+	for _, uri := range []string{
+		"capnp://sha-256:" + d + "@localhost:7000",
+		"capnp://sha-256:" + d + "@localhost:7000/",
+		"capnp://sha-256:" + d + "@/run/vat.sock/",
+	} {
+		_, err := v.Import(uri)
+		if !errors.Is(err, vat.ErrInvalidURI) || !strings.Contains(err.Error(), "Missing service id") {
+			t.Errorf("Import(%q) = %v, want ErrInvalidURI saying the service id is missing", uri, err)
+		}
+	}
+	if _, err := v.Import("capnp://sha-256:" + d + "@localhost:7000/bWFpbg"); err != nil {
+		t.Errorf("Import with a service id: %v", err)
+	}
 }
