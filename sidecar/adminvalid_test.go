@@ -51,3 +51,15 @@ func TestViolationMessage(t *testing.T) {
 		t.Errorf("message repeats the uri: %q", got)
 	}
 }
+
+// TestViolationMessageListItems: an item of a list names its index and
+// gets the list's words.
+func TestViolationMessageListItems(t *testing.T) {
+	req := &adminv1.NarrowRequest{Name: "a", Methods: []string{"/ok.S/M", "nope"}, ExpiresInSeconds: -1}
+	all := req.ValidateAll().(interface{ AllErrors() []error }).AllErrors()
+	got := violationMessage(all)
+	want := "invalid request: methods[1]: " + fieldRules["methods"] + "; expires_in_seconds: " + fieldRules["expires_in_seconds"]
+	if got != want {
+		t.Errorf("violationMessage = %q\nwant %q", got, want)
+	}
+}

@@ -112,7 +112,7 @@ func TestCtl(t *testing.T) {
 	if code := bad.wait(20 * time.Second); code != 2 {
 		t.Errorf("ctl add-export with bad values: exit %d, want 2\n%s", code, bad.stderr.String())
 	}
-	if out := bad.stderr.String(); !strings.Contains(out, "Name") || !strings.Contains(out, "Target") {
+	if out := bad.stderr.String(); !strings.Contains(out, "name: want") || !strings.Contains(out, "target: want") {
 		t.Errorf("ctl error does not list both violations:\n%s", out)
 	}
 }

@@ -101,7 +101,7 @@ func TestBadURIArgsExitWithStatus2(t *testing.T) {
 		{"uri --revocation-id: URI without id", []string{"uri", "--revocation-id", "capnp://insecure@h:1"}, "no service id"},
 		{"uri --revocation-id: missing cap file", []string{"uri", "--revocation-id", "@" + filepath.Join(dir, "none.cap")}, "none.cap"},
 		{"ctl add-import: malformed URI", []string{"ctl", "--admin", admin.Admin, "add-import", "b=capnp://sha-256:%%%@h:1/x"}, `capnp://sha-256:%%%@h:1/...`},
-		{"ctl add-import: not capnp", []string{"ctl", "--admin", admin.Admin, "add-import", "b=http://x/y"}, `Uri`},
+		{"ctl add-import: not capnp", []string{"ctl", "--admin", admin.Admin, "add-import", "b=http://x/y"}, `uri: want a capnp://`},
 		{"ctl add-import: missing cap file", []string{"ctl", "--admin", admin.Admin, "add-import", "b=@" + filepath.Join(dir, "none.cap")}, "none.cap"},
 		{"ctl add-import: garbage cap file", []string{"ctl", "--admin", admin.Admin, "add-import", "b=@" + garbageCap}, `malformed URI in cap file "` + garbageCap + `"`},
 	}
