@@ -1,0 +1,96 @@
+package main_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+)
+
+// TestOnePeerCannotTakeAnExport is the attack of issue 14's first row,
+// against the built binary with the default --max-concurrent-calls (1024):
+// one importer's app opens 1,100 streams on an export and keeps them open;
+// the exporter refuses that peer's streams past 1,024, and another
+// importer's calls and streams still go through.
+func TestOnePeerCannotTakeAnExport(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1,100 streams through two sidecars")
+	}
+	const streams, perConn = 1100, 1024
+	p := startPair(t) // exporter with --max-concurrent-calls at its default
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	if _, err := p.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	goroutinesBefore := scrape(t, p.exp.Health, "go_goroutines", nil)
+
+	// The attacker: 1,100 streams through its sidecar, each carrying one
+	// echo and then held open until the test ends.
+	var opened, refused atomic.Int64
+	var other sync.Map // unexpected errors, by code
+	jobs := make(chan struct{}, streams)
+	for range streams {
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range 32 {
+		wg.Go(func() {
+			for range jobs {
+				st, err := p.client.FullDuplexCall(ctx)
+				if err == nil {
+					err = st.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}})
+				}
+				if err == nil {
+					_, err = st.Recv()
+				}
+				switch status.Code(err) {
+				case codes.OK:
+					opened.Add(1)
+				case codes.ResourceExhausted:
+					refused.Add(1)
+				default:
+					other.Store(status.Code(err), err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	other.Range(func(code, err any) bool {
+		t.Errorf("attacker stream: %v (code %v)", err, code)
+		return true
+	})
+	if opened.Load() != perConn || refused.Load() != streams-perConn {
+		t.Errorf("attacker: %d streams open, %d refused; want %d and %d", opened.Load(), refused.Load(), perConn, streams-perConn)
+	}
+	goroutinesHeld := scrape(t, p.exp.Health, "go_goroutines", nil)
+
+	// Another importer (its own key, its own connection) gets calls and
+	// streams through while the attacker holds its maximum.
+	_, second := startSidecar(t, "--import", "test=@"+p.capFile)
+	victim := testpb.NewTestServiceClient(dial(t, second.Imports["test"]))
+	for i := range 20 {
+		if _, err := victim.EmptyCall(ctx, &testpb.Empty{}); err != nil {
+			t.Fatalf("another importer's call %d during the attack: %v", i, err)
+		}
+	}
+	st, err := victim.FullDuplexCall(ctx)
+	if err == nil {
+		err = st.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}})
+	}
+	if err == nil {
+		_, err = st.Recv()
+	}
+	if err != nil {
+		t.Errorf("another importer's stream during the attack: %v", err)
+	}
+	t.Logf("attacker: %d streams open, %d refused in %v; exporter goroutines %v -> %v",
+		opened.Load(), refused.Load(), time.Since(start).Round(time.Millisecond), goroutinesBefore, goroutinesHeld)
+}
