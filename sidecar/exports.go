@@ -285,7 +285,7 @@ func (s *Sidecar) Revoke(name string) (RevokeResult, error) {
 // or a root one), as a revocation list entry does: at once on this sidecar,
 // and on every replica once appended to a writable list.
 func (s *Sidecar) RevokeRef(r vat.RevocationID) (RevokeResult, error) {
-	s.revs.set.add([]vat.RevocationID{r})
+	s.revs.add(r)
 	s.applyRevocations()
 	n := s.table.RevokeRef(r)
 	s.log.Info("ref revoked", "revocation_id", r.String(), "capabilities", n)

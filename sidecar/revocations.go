@@ -204,6 +204,13 @@ func (r *revocations) read(force bool) []vat.RevocationID {
 	return added
 }
 
+// add revokes ids without the list (ctl revoke of a ref), keeping
+// vatcar_revocations true.
+func (r *revocations) add(ids ...vat.RevocationID) {
+	_, total := r.set.add(ids)
+	r.metrics.inForce.Set(float64(total))
+}
+
 // stampOf stats path, following symlinks.
 func stampOf(path string) (fileStamp, error) {
 	resolved, err := filepath.EvalSymlinks(path)
