@@ -94,6 +94,7 @@ func TestSidecarBuildRefusesInjector(t *testing.T) {
 		{"inject", "--kube-version", "1.31", "-f", "deploy.yaml"},
 		{"inject", "serve", "--listen", "127.0.0.1:0"},
 		{"inject", "selftest"},
+		{"check", "-f", "-"},
 	} {
 		code, out := exitOf(t, args...)
 		if code != 2 {
