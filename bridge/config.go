@@ -169,6 +169,14 @@ type EgressConfig struct {
 	// Zero means DefaultMaxMetadataSize; at most MaxMetadataSizeLimit.
 	MaxMetadataSize int
 
+	// StreamIdleTimeout, if positive, ends a stream (a call opened with
+	// GrpcService.open) on which no message has passed in either direction
+	// for that long: the backend call is cancelled and the caller gets
+	// DEADLINE_EXCEEDED "vatcar: stream idle for D (--stream-idle-timeout)",
+	// which frees its slot (MaxConcurrentCalls). Zero: streams may idle
+	// for as long as their deadline allows.
+	StreamIdleTimeout time.Duration
+
 	// CallOptions are added to every call made on Conn, after the bridge's
 	// own (codec and message sizes).
 	CallOptions []grpc.CallOption
@@ -208,6 +216,9 @@ func (c EgressConfig) Validate() error {
 	}
 	if c.MaxConcurrentCalls < 0 {
 		return fmt.Errorf("max concurrent calls %d: %w", c.MaxConcurrentCalls, ErrConcurrency)
+	}
+	if c.StreamIdleTimeout < 0 {
+		return fmt.Errorf("stream idle timeout %v: must not be negative", c.StreamIdleTimeout)
 	}
 	if c.MaxTotalCalls < 0 {
 		return fmt.Errorf("max total calls %d: %w", c.MaxTotalCalls, ErrConcurrency)

@@ -36,7 +36,8 @@ type egress struct {
 	kinds  Kinds
 	caller func(context.Context) (Caller, bool) // EgressConfig.Caller
 	log    *slog.Logger
-	active atomic.Int64 // calls admitted and not done, of every caller
+	idle   time.Duration // EgressConfig.StreamIdleTimeout; zero: off
+	active atomic.Int64  // calls admitted and not done, of every caller
 
 	// Per-caller admission (EgressConfig.CallerKey). Locking: mu guards
 	// callers; it is held only to count.
@@ -81,6 +82,7 @@ func newEgress(cfg EgressConfig) (*egress, error) {
 		kinds:  cfg.Kinds,
 		log:    logger(cfg.Logger),
 		caller: cfg.Caller,
+		idle:   cfg.StreamIdleTimeout,
 	}
 	if cfg.CallerKey != nil {
 		e.callerKey = cfg.CallerKey
@@ -180,20 +182,22 @@ type egressCall struct {
 	life    context.Context
 	abandon context.CancelFunc
 	bs      grpc.ClientStream
-	ob      *outbox // backend events, read by pump
+	ob      *outbox    // backend events, read by pump
+	idle    *idleWatch // streams only, with EgressConfig.StreamIdleTimeout; nil: none
 
 	mu     sync.Mutex
 	failed *status.Status // set by fail: replaces the backend's status
 	over   bool           // set by done
 }
 
-// start opens the backend stream and starts reading its response. The
-// call's context is newCall's.
+// start opens the backend stream and starts reading its response, watching
+// it for idleness (StreamIdleTimeout). The call's context is newCall's.
 func (e *egress) start(parent context.Context, h captp.CallHead, sl slot) (*egressCall, error) {
 	c, err := e.newCall(parent, h, sl)
 	if err != nil {
 		return nil, err
 	}
+	c.idle = watchIdle(c, e.idle) // before the pump reads it
 	c.open()
 	return c, nil
 }
@@ -324,6 +328,7 @@ func (c *egressCall) pumpMessages() {
 			c.ob.put(c.life, event{kind: evEnd, st: st, md: trailers})
 			return
 		}
+		c.idle.touch()
 		if !c.ob.put(c.life, event{kind: evMsg, msg: f}) {
 			c.drain()
 			return
@@ -379,6 +384,7 @@ func (c *egressCall) done() {
 	c.cancel()
 	c.abandon()
 	c.ob.stop()
+	c.idle.stop()
 	c.e.release(c.slot)
 }
 
@@ -558,6 +564,7 @@ func (c *egressCall) header(metadata.MD) error { return nil }
 // message implements target: a request message goes to the backend. An
 // error there ends the backend call, whose status comes down as usual.
 func (c *egressCall) message(f *frame) error {
+	c.idle.touch()
 	if c.bs == nil {
 		f.free()
 		return nil

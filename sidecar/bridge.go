@@ -54,6 +54,22 @@ func newIngressServer(d director, kinds bridge.Kinds, maxMessageSize, maxMetadat
 	return in.NewServer(append(windowServerOptions(), opts...)...), nil
 }
 
+// egressLimits are the bounds of an export's egress, from the Config.
+type egressLimits struct {
+	maxMessageSize, maxMetadataSize, maxConcurrentCalls int
+	streamIdleTimeout                                   time.Duration
+}
+
+// egressLimits returns the egress bounds of cfg (with defaults).
+func (c Config) egressLimits() egressLimits {
+	return egressLimits{
+		maxMessageSize:     int(c.MaxMessageSize),
+		maxMetadataSize:    int(c.MaxMetadataSize),
+		maxConcurrentCalls: c.MaxConcurrentCalls,
+		streamIdleTimeout:  time.Duration(c.StreamIdleTimeout),
+	}
+}
+
 // newEgress returns the capability that forwards calls to cc; the caller
 // owns it (the restorer table takes it over).
 // Its calls end when cut does (revocation).
@@ -87,14 +103,15 @@ func (s *Sidecar) caller(ctx context.Context) (bridge.Caller, bool) {
 	return c, true
 }
 
-func newEgress(cut context.Context, cc grpc.ClientConnInterface, kinds bridge.Kinds, maxMessageSize, maxMetadataSize, maxConcurrentCalls int, caller func(context.Context) (bridge.Caller, bool), log *slog.Logger) (capnp.Client, error) {
+func newEgress(cut context.Context, cc grpc.ClientConnInterface, kinds bridge.Kinds, lim egressLimits, caller func(context.Context) (bridge.Caller, bool), log *slog.Logger) (capnp.Client, error) {
 	svc, err := bridge.NewEgress(bridge.EgressConfig{
 		Conn:               cc,
 		Context:            cut,
 		Kinds:              kinds,
-		MaxMessageSize:     maxMessageSize,
-		MaxMetadataSize:    maxMetadataSize,
-		MaxConcurrentCalls: maxConcurrentCalls,
+		MaxMessageSize:     lim.maxMessageSize,
+		MaxMetadataSize:    lim.maxMetadataSize,
+		MaxConcurrentCalls: lim.maxConcurrentCalls,
+		StreamIdleTimeout:  lim.streamIdleTimeout,
 		CallerKey:          vat.CallerOf, // the limit is per peer connection
 		Logger:             log,
 		Caller:             caller,

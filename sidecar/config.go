@@ -124,6 +124,13 @@ type Config struct {
 	// on our exports (over it: RESOURCE_EXHAUSTED). Zero:
 	// DefaultMaxConcurrentCalls.
 	MaxConcurrentCalls int `json:"maxConcurrentCalls,omitempty"`
+	// StreamIdleTimeout, when positive, ends a stream from a peer on one of
+	// our exports once no message has passed on it, either way, for that
+	// long: the backend call is cancelled and the peer's app gets
+	// DEADLINE_EXCEEDED "vatcar: stream idle for D (--stream-idle-timeout)",
+	// which frees its call slot (MaxConcurrentCalls). Zero: off, streams
+	// last as long as their deadlines.
+	StreamIdleTimeout Duration `json:"streamIdleTimeout,omitempty"`
 	// MaxConnections bounds the inbound CapTP connections the vat holds at
 	// once, counting those still in their TLS handshake; one more is closed
 	// at once and counted in
@@ -373,6 +380,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxConcurrentCalls < 0 {
 		bad("bad --max-concurrent-calls %d: must not be negative", c.MaxConcurrentCalls)
+	}
+	if c.StreamIdleTimeout < 0 {
+		bad("bad --stream-idle-timeout %s: must not be negative (0 turns it off)", time.Duration(c.StreamIdleTimeout))
 	}
 	if c.MaxConnections < 0 {
 		bad("bad --max-connections %d: must not be negative", c.MaxConnections)

@@ -49,6 +49,8 @@ func TestConfigValidate(t *testing.T) {
 		{"admin socket relative", func(c *Config) { c.AdminListen = "unix:admin.sock" }, `bad --admin-listen "unix:admin.sock": unix socket path must be absolute`},
 		{"bad health", func(c *Config) { c.HealthListen = "localhost" }, `bad --health-listen "localhost"`},
 		{"metadata size", func(c *Config) { c.MaxMetadataSize = 1 << 20 }, ""},
+		{"stream idle timeout", func(c *Config) { c.StreamIdleTimeout = Duration(time.Minute) }, ""},
+		{"negative stream idle timeout", func(c *Config) { c.StreamIdleTimeout = Duration(-time.Second) }, "bad --stream-idle-timeout -1s"},
 		{"metadata size too big", func(c *Config) { c.MaxMetadataSize = 32 << 20 }, `bad --max-metadata-size 33554432`},
 		{"metadata size negative", func(c *Config) { c.MaxMetadataSize = -1 }, `bad --max-metadata-size -1`},
 		{"health off", func(c *Config) { c.HealthListen = "off" }, ""},

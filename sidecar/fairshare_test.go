@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -91,5 +92,50 @@ func TestFairSharesPerConnection(t *testing.T) {
 	}
 	if err := echoOnce(ctx, greedy); status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("the greedy peer's stream %d: %v, want RESOURCE_EXHAUSTED", perConn+1, err)
+	}
+}
+
+// TestStreamIdleTimeout checks --stream-idle-timeout through two sidecars:
+// a stream on which nothing passes ends with DEADLINE_EXCEEDED naming the
+// flag, and the peer's slot comes back (a stream as large as its limit
+// opens afterwards).
+func TestStreamIdleTimeout(t *testing.T) {
+	backend := startTestBackend(t)
+	dir := t.TempDir()
+	startTestSidecar(t, Config{
+		Listen: "tcp:127.0.0.1:0", CapDir: dir, MaxConcurrentCalls: 1,
+		StreamIdleTimeout: Duration(300 * time.Millisecond),
+		Exports:           []Export{{Name: "test", Target: backend}},
+	})
+	importer := startTestSidecar(t, Config{Imports: []Import{{Name: "test", URI: "@" + filepath.Join(dir, "test.cap")}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client := holdStreams(ctx, t, importer, 0)
+	st, err := client.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&testgrpc.StreamingOutputCallRequest{ResponseParameters: []*testgrpc.ResponseParameters{{Size: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = st.Recv()
+	if s := status.Convert(err); s.Code() != codes.DeadlineExceeded || !strings.Contains(s.Message(), "--stream-idle-timeout") {
+		t.Fatalf("idle stream: %v, want DEADLINE_EXCEEDED naming --stream-idle-timeout", err)
+	}
+	// Its slot (the only one) is free again, once the exporter has
+	// finished the call (just after the status went out).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := echoOnce(ctx, client)
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			t.Fatalf("a stream after the idle one ended: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval
 	}
 }

@@ -97,6 +97,7 @@ func newRunFlags(c *Config, output io.Writer) *runFlags {
 	fs.Var(&c.MaxMessageSize, "max-message-size", "largest gRPC message in `BYTES` (suffixes KiB, MiB, GiB; default 4MiB)")
 	fs.Var(&c.MaxMetadataSize, "max-metadata-size", "largest metadata (headers, or trailers) of one call in `BYTES`, counted as HTTP/2 does; over it the call fails with RESOURCE_EXHAUSTED (suffixes KiB, MiB; default 64KiB)")
 	fs.IntVar(&c.MaxConcurrentCalls, "max-concurrent-calls", c.MaxConcurrentCalls, "calls one peer connection may run at once on our exports (`N`, default "+strconv.Itoa(DefaultMaxConcurrentCalls)+")")
+	fs.Var((*durationFlag)(&c.StreamIdleTimeout), "stream-idle-timeout", "end a peer's stream on our exports once nothing passed on it for `DURATION`, with DEADLINE_EXCEEDED (default 0: off)")
 	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections, "inbound CapTP connections the vat holds at once; over it new ones are refused (`N`, default "+strconv.Itoa(DefaultMaxConnections)+")")
 	fs.Var((*durationFlag)(&c.HeartbeatInterval), "heartbeat-interval", "how often the vat checks, by one round trip, a peer connection on which nothing arrived (`DURATION`, default "+DefaultHeartbeatInterval.String()+"; negative: no heartbeat)")
 	fs.StringVar(&c.HostsFile, "hosts-file", c.HostsFile, "resolve import host names from the hosts(5)-style `FILE` before DNS (re-read at each resolution)")
