@@ -450,3 +450,26 @@ func TestHelmNotesSayHowToGetURIs(t *testing.T) {
 		}
 	}
 }
+
+// TestHelmSidecarHealthPort checks that sidecar.healthPort reaches the
+// injector's config, and that the old name, sidecar.adminPort, still does.
+func TestHelmSidecarHealthPort(t *testing.T) {
+	for _, tc := range []struct {
+		set  string
+		want int32
+	}{
+		{"tests.enabled=false", DefaultHealthPort},
+		{"sidecar.healthPort=9001", 9001},
+		{"sidecar.adminPort=9002", 9002},
+		{"sidecar.adminAddress=127.0.0.1", DefaultHealthPort},
+	} {
+		r := decodeRendered(t, helm(t, "template", "rel", chartDir, "--kube-version", "1.31.0", "--set", "tests.enabled=false", "--set", tc.set))
+		cfg, err := ParseConfig([]byte(r.configMaps[0].Data["config.yaml"]))
+		if err != nil {
+			t.Fatalf("--set %s: chart's config.yaml: %v", tc.set, err)
+		}
+		if got := cfg.withDefaults(); got.HealthPort != tc.want || got.HealthAddress != DefaultHealthAddress {
+			t.Errorf("--set %s: health %s:%d, want %s:%d", tc.set, got.HealthAddress, got.HealthPort, DefaultHealthAddress, tc.want)
+		}
+	}
+}
