@@ -69,7 +69,8 @@ const (
 // Config is the whole configuration of a sidecar. The YAML config file holds
 // the same fields (their json names, camelCase); flags override it. The zero
 // value is a valid client-only sidecar with an ephemeral key, TLS on, the
-// admin listener on DefaultAdminListen and no exports or imports.
+// admin API on its default Unix socket (DefaultAdminListen), health and
+// metrics on DefaultHealthListen, and no exports or imports.
 type Config struct {
 	// Listen is the CapTP listen address: tcp:HOST:PORT, tcp:[V6]:PORT or
 	// unix:PATH. Empty: a client-only vat, which can import but not export.

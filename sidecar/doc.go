@@ -15,8 +15,10 @@
 //     connection lives, and after a failure fails calls at once with
 //     UNAVAILABLE (NOT_FOUND for an unknown id) until a backoff lets the next
 //     call try again;
-//   - the admin listener serves the admin gRPC API (with reflection), /healthz,
-//     /readyz and /metrics on one port, HTTP/1.1 and h2c together.
+//   - the admin gRPC API (with reflection) listens on a Unix socket in a
+//     private directory by default (TCP only when asked), and /healthz,
+//     /readyz and /metrics on a health listener of their own (HTTP/1.1 and
+//     h2c), which may face the pod network.
 //
 // Revoke takes an export's id out of the Table and cuts off its calls in
 // flight: every call on the revoked ref, live or restored afresh, fails with

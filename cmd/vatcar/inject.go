@@ -23,7 +23,7 @@ import (
 const injectUsage = `usage:
   vatcar inject [flags] -f FILE|-     print the manifests with the sidecar added
   vatcar inject serve [flags]         run the mutating admission webhook (HTTPS)
-  vatcar inject probe [flags] URL     GET URL, exit 0 on 2xx (the sidecar's probes)
+  vatcar inject probe [flags] URL     GET URL, exit 0 on 2xx (a regular sidecar's start-up gate)
   vatcar inject selftest [flags]      in a pod: dry-run create a pod, check it is injected (helm test)
 `
 

@@ -3,8 +3,8 @@
 // The sidecar image's build (-tags nok8s, tools/build.sh --sidecar) links no
 // Kubernetes package: an idle sidecar's RSS is mostly its binary's touched
 // pages, and k8s.io/api and its dependencies add about 4 MiB. It keeps
-// `vatcar inject probe` (injectcmd.go, probe.go), which the injected sidecar's
-// probes run, and refuses the injector's commands with exit status 2.
+// `vatcar inject probe` (injectcmd.go, probe.go), which the injected regular
+// sidecar's postStart hook runs, and refuses the injector's commands with exit status 2.
 
 package main
 

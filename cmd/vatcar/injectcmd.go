@@ -9,7 +9,8 @@ import (
 )
 
 // `vatcar inject` is split by build tag. This file and probe.go are in every
-// build: the injected sidecar's exec probes run `vatcar inject probe`, so the
+// build: the injected regular sidecar's postStart hook runs `vatcar inject
+// probe` (its probes are httpGet), so the
 // sidecar image's binary (-tags nok8s, tools/build.sh --sidecar) needs them.
 // The commands that use the Kubernetes packages, -f, serve and selftest, are
 // in inject.go (the default build); inject_nok8s.go refuses them.

@@ -10,9 +10,9 @@ import (
 	"github.com/vatcar/vatcar/internal/probe"
 )
 
-// runInjectProbe is `vatcar inject probe URL`: the injected sidecar's exec
-// probes and start-up gate (k8s.Injector writes the command lines). They run
-// inside the pod, so the admin listener can stay on loopback. It is in every
+// runInjectProbe is `vatcar inject probe URL`: the start-up gate of a
+// regular (pre-1.29) injected sidecar, its postStart hook (k8s.Injector
+// writes the command line; the probes themselves are httpGet). It is in every
 // build, the sidecar image's too, and uses no Kubernetes package.
 func runInjectProbe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("inject probe", flag.ContinueOnError)
