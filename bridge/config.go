@@ -81,6 +81,13 @@ type IngressConfig struct {
 	// which carries any kind, exactly as without Kinds.
 	Kinds Kinds
 
+	// OnCapTPFailure, if not nil, is called with the call's context when a
+	// call fails because of CapTP (an exception from the capability or its
+	// connection, or a lost stream), before its status reaches the client;
+	// never for a status the far app returned, whatever its code. A
+	// director uses it to drop a capability that broke.
+	OnCapTPFailure func(ctx context.Context, err error)
+
 	// Logger receives debug logs of failed calls. Nil discards them.
 	Logger *slog.Logger
 }

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 
 	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
@@ -31,6 +32,7 @@ type Ingress struct {
 	kinds    Kinds
 	log      *slog.Logger
 	onCall   func(*ingressCall) // tests: called as each call starts
+	onCapTP  func(context.Context, error)
 
 	unaryCalls, streamCalls atomic.Int64 // calls by path taken
 	knownUnaryCalls         atomic.Int64 // unary calls that took the known-unary fast path
@@ -47,6 +49,7 @@ func NewIngress(cfg IngressConfig) (*Ingress, error) {
 		maxMD:    maxMetadataSize(cfg.MaxMetadataSize),
 		kinds:    cfg.Kinds,
 		log:      logger(cfg.Logger),
+		onCapTP:  cfg.OnCapTPFailure,
 	}
 	return in, nil
 }
@@ -349,8 +352,10 @@ func (c *ingressCall) wait(opened *capnp.Future) error {
 	}
 }
 
-// fail logs err and returns its status.
+// fail logs err and returns its status, telling OnCapTPFailure when err
+// came from CapTP.
 func (c *ingressCall) fail(err error) error {
+	c.capTPFailure(err)
 	st := Status(err)
 	c.in.log.DebugContext(c.ctx, "bridge: call failed", "method", c.method, "code", st.Code(), "err", err)
 	return st.Err()
@@ -427,7 +432,24 @@ func (c *ingressCall) end(st *status.Status, trailers metadata.MD) {
 }
 
 // lost implements target.
-func (c *ingressCall) lost(err error) { c.deliver(final{st: Status(err), lost: true}) }
+func (c *ingressCall) lost(err error) {
+	c.capTPFailure(err)
+	c.deliver(final{st: Status(err), lost: true})
+}
+
+// capTPFailure calls OnCapTPFailure when err came from CapTP: a capnp
+// exception (the capability's, or its connection's) or a lost stream. A
+// status the far app returned arrives as a Status struct, never as an
+// exception, and a local client's error is neither.
+func (c *ingressCall) capTPFailure(err error) {
+	if c.in.onCapTP == nil {
+		return
+	}
+	var e *exc.Exception
+	if errors.As(err, &e) || errors.Is(err, ErrStreamLost) {
+		c.in.onCapTP(c.ctx, err)
+	}
+}
 
 // newData allocates a Data of bs's length in seg and copies bs into it: the
 // one copy from gRPC memory to capnp memory.

@@ -46,6 +46,7 @@ func newIngressServer(d director, kinds bridge.Kinds, maxMessageSize, maxMetadat
 		Kinds:           kinds,
 		MaxMessageSize:  maxMessageSize,
 		MaxMetadataSize: maxMetadataSize,
+		OnCapTPFailure:  markCapTPFailure,
 		Logger:          log,
 	})
 	if err != nil {
@@ -70,9 +71,6 @@ func (c Config) egressLimits() egressLimits {
 	}
 }
 
-// newEgress returns the capability that forwards calls to cc; the caller
-// owns it (the restorer table takes it over).
-// Its calls end when cut does (revocation).
 // caller tells the egress who makes a call: the grant of the restore the
 // call came through (vat.GrantFromContext), with a narrowed ref's per-call
 // caveats (method, expiry).
@@ -103,6 +101,9 @@ func (s *Sidecar) caller(ctx context.Context) (bridge.Caller, bool) {
 	return c, true
 }
 
+// newEgress returns the capability that forwards calls to cc; the caller
+// owns it (the restorer table takes it over). Its calls end when cut does
+// (revocation).
 func newEgress(cut context.Context, cc grpc.ClientConnInterface, kinds bridge.Kinds, lim egressLimits, caller func(context.Context) (bridge.Caller, bool), log *slog.Logger) (capnp.Client, error) {
 	svc, err := bridge.NewEgress(bridge.EgressConfig{
 		Conn:               cc,

@@ -273,16 +273,6 @@ func (b *backend) done(failedByCapTP bool) {
 	}
 }
 
-// capTPFailure reports whether a call's error came from CapTP rather than
-// from the app: the peer is gone, the ref was revoked or is unknown there.
-// The app's own statuses keep the capability.
-func capTPFailure(err error) bool {
-	msg := status.Convert(err).Message()
-	return vat.IsUnknownService(err) || vat.IsNoRestorer(err) ||
-		strings.Contains(msg, vat.ErrRevoked.Error()) || strings.Contains(msg, vat.ErrDisconnected.Error()) ||
-		strings.Contains(msg, "disconnected") || strings.Contains(msg, "connection closed")
-}
-
 // unavailable is the status of a call on an import that cannot connect.
 func unavailable(name string, err error) error {
 	code := codes.Unavailable

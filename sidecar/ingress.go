@@ -105,30 +105,32 @@ func (in *ingress) stop() {
 	<-in.done
 }
 
-// forgetOnCapTPFailure makes the import that served a call drop its
-// capability when the call failed because of CapTP (peer gone, ref revoked or
-// unknown), before the status reaches the client: the client's next call
-// connects again.
+// forgetOnCapTPFailure ends a call on the import address (backend) that
+// served it, and makes that address restore its capability again when the
+// call failed because of CapTP (peer gone, ref revoked or unknown), before
+// the status reaches the client. The origin is the ingress's typed signal
+// (bridge.IngressConfig.OnCapTPFailure, recorded by markCapTPFailure), never
+// the status text: an app's own UNAVAILABLE "db disconnected" keeps the
+// capability. A call the exporter cut off because it revoked the export
+// carries a typed ErrorInfo (errRevokedCall).
 //
 // A call on a capability revoked by its exporter fails with NOT_FOUND, as
 // every later call on that import does (the exporter no longer knows the
 // id), rather than with the UNKNOWN of a plain capnp exception.
 func forgetOnCapTPFailure(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	err := handler(srv, ss)
-	failed := err != nil && capTPFailure(err)
-	if info, _ := ss.Context().Value(rpcKey{}).(*rpcInfo); info != nil {
-		if b := info.backend.Load(); b != nil {
-			b.done(failed)
-		}
+	info, _ := ss.Context().Value(rpcKey{}).(*rpcInfo)
+	if info == nil {
+		return err
+	}
+	failed := err != nil && (info.capTP.Load() || revokedByExporter(err))
+	if b := info.backend.Load(); b != nil {
+		b.done(failed)
 	}
 	if !failed {
 		return err
 	}
-	var im *imported
-	if info, _ := ss.Context().Value(rpcKey{}).(*rpcInfo); info != nil {
-		im = info.imp.Load()
-	}
-	return revokedNotFound(err, im)
+	return revokedNotFound(err, info.imp.Load())
 }
 
 // revokedNotFound turns the error of a call on a revoked capability into

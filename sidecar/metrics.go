@@ -201,6 +201,15 @@ type rpcInfo struct {
 	method  string
 	imp     atomic.Pointer[imported]
 	backend atomic.Pointer[backend]
+	capTP   atomic.Bool // the call failed because of CapTP (markCapTPFailure)
+}
+
+// markCapTPFailure is the ingress's OnCapTPFailure: it records that the
+// call of ctx failed because of CapTP, not because of the far app.
+func markCapTPFailure(ctx context.Context, _ error) {
+	if info, _ := ctx.Value(rpcKey{}).(*rpcInfo); info != nil {
+		info.capTP.Store(true)
+	}
 }
 
 // markImport records that im serves the call of ctx at b, and reports

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,11 +21,39 @@ import (
 // flight end with NOT_FOUND naming the revocation, the status a new call
 // on the revoked ref gets.
 
+// revokedReason and errorDomain mark the status of a call cut off by its
+// export's revocation with an ErrorInfo detail: the importing sidecar
+// recognises it by this typed detail (never by message text) and restores
+// its capability again (revokedByExporter).
+const (
+	revokedReason = "REVOKED"
+	errorDomain   = "vatcar.io"
+)
+
 // errRevokedCall is the status of a call cut off by its export's
-// revocation. Its message holds vat.ErrRevoked's text, which the importing
-// sidecar recognises to drop its capability.
+// revocation.
 func errRevokedCall() error {
-	return status.Error(codes.NotFound, fmt.Sprintf("vatcar: %v by its exporter", vat.ErrRevoked))
+	st, err := status.New(codes.NotFound, fmt.Sprintf("vatcar: %v by its exporter", vat.ErrRevoked)).
+		WithDetails(&errdetails.ErrorInfo{Reason: revokedReason, Domain: errorDomain})
+	if err != nil {
+		return status.Error(codes.NotFound, fmt.Sprintf("vatcar: %v by its exporter", vat.ErrRevoked))
+	}
+	return st.Err()
+}
+
+// revokedByExporter reports whether err is errRevokedCall's status, as it
+// reached the importer.
+func revokedByExporter(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.NotFound {
+		return false
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == errorDomain && info.GetReason() == revokedReason {
+			return true
+		}
+	}
+	return false
 }
 
 // revocable reports the calls of an export's client that cut ended as

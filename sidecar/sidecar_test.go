@@ -344,24 +344,6 @@ func TestServiceOf(t *testing.T) {
 	}
 }
 
-func TestCapTPFailure(t *testing.T) {
-	tests := []struct {
-		err  error
-		want bool
-	}{
-		{status.Error(codes.NotFound, "Unknown persistent service ID"), true},
-		{status.Error(codes.Unknown, "remote: capability revoked"), true},
-		{status.Error(codes.Unavailable, "rpc: disconnected: connection closed"), true},
-		{status.Error(codes.NotFound, "user 7 not found"), false},
-		{status.Error(codes.Unavailable, "backend overloaded"), false},
-	}
-	for _, tt := range tests {
-		if got := capTPFailure(tt.err); got != tt.want {
-			t.Errorf("capTPFailure(%v) = %v, want %v", tt.err, got, tt.want)
-		}
-	}
-}
-
 func TestStartCreatesMissingCapDir(t *testing.T) {
 	backend := startTestBackend(t)
 	dir := filepath.Join(t.TempDir(), "not", "yet")

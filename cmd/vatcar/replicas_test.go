@@ -233,3 +233,31 @@ func TestReplicasSharingAKeyImportWithoutFailures(t *testing.T) {
 		t.Errorf("exporter connections: %v, want 3 (one per importer)", got)
 	}
 }
+
+// TestAppUnavailableKeepsTheImport has the backend answer UNAVAILABLE "db
+// disconnected" itself: the status reaches the client unchanged, and the
+// import keeps its capability (no new connect), since the origin of a
+// failure is a typed signal, not the status text.
+func TestAppUnavailableKeepsTheImport(t *testing.T) {
+	p := startPair(t)
+	ctx := ctxTimeout(t, time.Minute)
+	if _, err := p.client.EmptyCall(ctx, &testgrpc.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	connects := func() float64 {
+		return scrape(t, p.imp.Admin, "vatcar_import_connects_total", map[string]string{"import": "test", "result": "ok"})
+	}
+	before := connects()
+	for range 3 {
+		_, err := p.client.UnaryCall(ctx, &testgrpc.SimpleRequest{ResponseStatus: &testgrpc.EchoStatus{Code: int32(codes.Unavailable), Message: "db disconnected"}})
+		if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != "db disconnected" {
+			t.Fatalf("app's status: got %v, want UNAVAILABLE \"db disconnected\"", err)
+		}
+	}
+	if _, err := p.client.EmptyCall(ctx, &testgrpc.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	if after := connects(); after != before {
+		t.Errorf("import connected %v times after the app's UNAVAILABLE, want %v (capability kept)", after, before)
+	}
+}
