@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"math"
@@ -116,16 +117,54 @@ func TestOpenStreamsHoldsEveryStream(t *testing.T) {
 	}
 }
 
-// TestNginxPairCarriesCalls brings up the nginx-tls path when nginx is installed (the
-// test never installs it) and runs one scenario through it, with its proxy costs.
-func TestNginxPairCarriesCalls(t *testing.T) {
-	bin, err := findNginx(context.Background(), "", false, t.Logf)
+// findPeer finds a peer proxy's binary for a test, installing Debian's package as the
+// harness does when it is missing and the test runs as root. It skips the test only
+// when the proxy is missing and cannot be installed, and fails it then under CI
+// (CI=true), whose tools/install.sh installs both peers.
+func findPeer(t *testing.T, name string) string {
+	t.Helper()
+	bin, err := findDebianBinary(context.Background(), name, "", true, t.Logf)
 	if errors.Is(err, errSkipped) {
-		t.Skipf("nginx-tls path: %v", err)
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s under CI: %v (tools/install.sh installs it)", name, err)
+		}
+		t.Skipf("%s: %v", name, err)
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
+	return bin
+}
+
+// carriesCalls runs a unary scenario and the stream scenario through p briefly and
+// checks that calls went through without errors and that the proxies' costs were
+// measured. It asserts nothing about speed.
+func carriesCalls(t *testing.T, p path) {
+	t.Helper()
+	cc, err := dial(p.Target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	for _, name := range []string{"unary-100B-c16", "stream-1KiB", "pingpong-c1"} {
+		i := slices.IndexFunc(allScenarios, func(sc scenario) bool { return sc.Name == name })
+		m := runScenario(context.Background(), cc, allScenarios[i], time.Millisecond, 300*time.Millisecond, pids(p), nil)
+		if m.errs != 0 || m.ops == 0 {
+			t.Fatalf("%s: got %d operations and %d errors (last %v), want operations and no errors", name, m.ops, m.errs, m.lastEr)
+		}
+		if m.rss <= 0 {
+			t.Errorf("%s: proxy RSS: got %d, want > 0", name, m.rss)
+		}
+	}
+	if err := p.Exited(); err != nil {
+		t.Errorf("a proxy exited: %v", err)
+	}
+}
+
+// TestNginxPairCarriesCalls brings up the nginx-tls path and runs calls through it,
+// with its proxy costs.
+func TestNginxPairCarriesCalls(t *testing.T) {
+	bin := findPeer(t, "nginx")
 	be, err := startBackend()
 	if err != nil {
 		t.Fatal(err)
@@ -139,18 +178,64 @@ func TestNginxPairCarriesCalls(t *testing.T) {
 	if n := len(pids(p)); n != 4 {
 		t.Errorf("proxy processes: got %d, want 4 (two masters, two workers)", n)
 	}
-	cc, err := dial(p.Target())
+	carriesCalls(t, p)
+}
+
+// TestHAProxyPairCarriesCalls brings up the haproxy-tls path and runs unary,
+// server-streaming and bidi calls through it, with its proxy costs; then checks that
+// the hop between the two instances is TLS 1.3 with ALPN h2, as the configuration
+// says.
+func TestHAProxyPairCarriesCalls(t *testing.T) {
+	bin := findPeer(t, "haproxy")
+	be, err := startBackend()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cc.Close()
-	m := runScenario(context.Background(), cc, allScenarios[1], time.Millisecond, 300*time.Millisecond, pids(p), nil)
-	if m.errs != 0 || m.ops == 0 {
-		t.Fatalf("got %d calls and %d errors (last %v), want calls and no errors", m.ops, m.errs, m.lastEr)
+	defer be.Close()
+	dir := t.TempDir()
+	p, err := startHAProxy(context.Background(), bin, dir, be.Addr())
+	if err != nil {
+		t.Fatalf("startHAProxy: %v", err)
 	}
-	if m.rss <= 0 {
-		t.Errorf("proxy RSS: got %d, want > 0", m.rss)
+	defer p.Close()
+	if p.Name() != "haproxy-tls" {
+		t.Errorf("name: got %q, want haproxy-tls", p.Name())
 	}
+	ins := p.Instances()
+	if len(ins) != 2 || len(pids(p)) != 2 {
+		t.Errorf("instances %+v: want two, one process each (nbthread 1, no master)", ins)
+	}
+	carriesCalls(t, p)
+	// The back instance's listener speaks TLS 1.3 and picks h2.
+	addr := haproxyBind(t, filepath.Join(dir, "back.cfg"))
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2", "http/1.1"}})
+	if err != nil {
+		t.Fatalf("TLS to the back instance at %s: %v", addr, err)
+	}
+	st := conn.ConnectionState()
+	conn.Close()
+	if st.Version != tls.VersionTLS13 || st.NegotiatedProtocol != "h2" {
+		t.Errorf("back instance: got TLS version %#x and ALPN %q, want TLS 1.3 and h2", st.Version, st.NegotiatedProtocol)
+	}
+	if _, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12}); err == nil {
+		t.Errorf("back instance accepted TLS 1.2, want TLS 1.3 only")
+	}
+}
+
+// haproxyBind returns the address of the first bind line of an HAProxy configuration.
+func haproxyBind(t *testing.T, conf string) string {
+	t.Helper()
+	b, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "bind" {
+			return f[1]
+		}
+	}
+	t.Fatalf("%s has no bind line", conf)
+	return ""
 }
 
 func TestPercentile(t *testing.T) {
@@ -279,5 +364,55 @@ func TestRoundsReportOneRowEach(t *testing.T) {
 	}
 	if n := strings.Count(stderr.String(), "unary-100B-c1    direct"); n != 2 {
 		t.Errorf("log shows %d runs of unary-100B-c1, want 2:\n%s", n, stderr.String())
+	}
+}
+
+// TestMarkdownComparesWithBestPeer writes the report of made-up rows: each ratio to the
+// best peer takes the better of nginx-tls and haproxy-tls column by column (the higher
+// calls/s, the lower p50 and CPU), and the targets are checked against it.
+func TestMarkdownComparesWithBestPeer(t *testing.T) {
+	row := func(sc, p string, calls, p50, cpu float64) Result {
+		return Result{Scenario: sc, Path: p, CallsPerS: calls, P50us: p50, ProxyCPUmsPerKcall: cpu, ProxyRSSMiB: 30}
+	}
+	rep := Report{Results: []Result{
+		row("unary-100B-c1", pathNginx, 4000, 250, 140),
+		row("unary-100B-c1", pathHAProxy, 5000, 200, 150),
+		row("unary-100B-c1", pathVatcar, 4500, 170, 140),
+		row("unary-100B-c16", pathNginx, 12000, 1200, 70),
+		row("unary-100B-c16", pathHAProxy, 10000, 1500, 30),
+		row("unary-100B-c16", pathVatcar, 16000, 1000, 60),
+		// Only one peer measured: it is the best.
+		row("pingpong-c1", pathNginx, 6000, 150, 90),
+		row("pingpong-c1", pathVatcar, 6000, 150, 80),
+	}}
+	info := runInfo{Instances: map[string][]instanceRSS{pathVatcar: {
+		{Scenario: scenarioIdle, Name: "vatcar import", MiB: 17.5},
+		{Scenario: scenarioOpenStreams(10000), Name: "vatcar export", MiB: 600},
+	}}}
+	var b bytes.Buffer
+	writeMarkdown(&b, rep, info)
+	md := b.String()
+	for _, want := range []string{
+		// calls/s vs nginx-tls, then vs the best peer (haproxy at c1), p50 vs the lower
+		// (haproxy's 200), CPU vs the lower (nginx's 140).
+		"| unary-100B-c1 | vatcar | 4500 | 170 | — | — | 140 | 30.0 | — | 1.12x | 0.90x haproxy-tls | 0.85x haproxy-tls | 1.00x nginx-tls |",
+		"| unary-100B-c16 | vatcar | 16000 | 1000 | — | — | 60.0 | 30.0 | — | 1.33x | 1.33x nginx-tls | 0.83x nginx-tls | 2.00x haproxy-tls |",
+		"| unary-100B-c16 | haproxy-tls | 10000 | 1500 | — | — | 30.0 | 30.0 | — | 0.83x | 0.83x nginx-tls | 1.25x nginx-tls | 1.00x haproxy-tls |",
+		"| pingpong-c1 | vatcar | 6000 | 150 | — | — | 80.0 | 30.0 | — | 1.00x | 1.00x nginx-tls | 1.00x nginx-tls | 0.89x nginx-tls |",
+		"- pass: unary-100B-c16 calls/s >= 1.3x the best peer's: 1.33x nginx-tls (16000 vs 12000)",
+		"- pass: unary-100B-c1 p50 <= 0.9x the best peer's: 0.85x haproxy-tls (170 vs 200)",
+		"- pass: pingpong-c1 calls/s >= 1.0x the best peer's: 1.00x nginx-tls",
+		"- pass: unary-100B-c1 proxy CPU per call <= 1.0x the best peer's: 1.00x nginx-tls",
+		"- FAIL: unary-100B-c16 proxy CPU per call <= 1.0x the best peer's: 2.00x haproxy-tls (60.0 vs 30.0)",
+		"- pass: idle vatcar import <= 20 MiB RSS: 17.5 MiB",
+		"- FAIL: open-streams-10000, vatcar export <= 512 MiB RSS: 600.0 MiB",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("Markdown lacks %q:\n%s", want, md)
+		}
+	}
+	// A scenario vatcar did not run is not checked.
+	if strings.Contains(md, "unary-100B-c64 calls/s") {
+		t.Errorf("Markdown checks a scenario without rows:\n%s", md)
 	}
 }

@@ -21,7 +21,7 @@ type Config struct {
 	// Rounds is how many times each scenario runs on each path, the paths taking
 	// turns; every column reported is the median over the rounds. Zero: 1.
 	Rounds int
-	// Paths to measure, from direct, nginx-tls, vatcar. Empty: all.
+	// Paths to measure, from direct, nginx-tls, haproxy-tls, vatcar. Empty: all.
 	Paths []string
 	// Scenarios to run, by name. Empty: all.
 	Scenarios []string
@@ -42,9 +42,10 @@ type Config struct {
 	// VatcarEnv are KEY=VALUE variables added to both sidecars' environment (GOGC=200,
 	// GOMAXPROCS=1, ...), to measure runtime settings.
 	VatcarEnv []string
-	// Nginx is the nginx binary. Empty: nginx from PATH or /usr/sbin, installed with
-	// apt-get when missing unless NoInstall.
+	// Nginx and HAProxy are the peer proxies' binaries. Empty: nginx or haproxy from
+	// PATH or /usr/sbin, installed with apt-get when missing unless NoInstall.
 	Nginx     string
+	HAProxy   string
 	NoInstall bool
 	// PprofDir, when set, receives CPU, allocation, block and mutex profiles of each
 	// vatcar sidecar during the profiled scenarios. The sidecars are then built from
@@ -132,7 +133,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.Out, "out", "", "JSON results `file` (default bench-results.json); the Markdown table goes beside it")
 	fs.BoolVar(&c.Quick, "quick", false, "short windows: the whole run stays under 5 minutes")
 	fs.IntVar(&c.Rounds, "rounds", 0, "run every scenario `N` times per path, paths taking turns, and report medians (default 1)")
-	fs.StringVar(&paths, "paths", "", "comma-separated paths (default direct,nginx-tls,vatcar)")
+	fs.StringVar(&paths, "paths", "", "comma-separated paths (default direct,nginx-tls,haproxy-tls,vatcar)")
 	fs.StringVar(&scenarios, "scenarios", "", "comma-separated scenarios (default all)")
 	fs.DurationVar(&c.Warmup, "warmup", 0, "warm-up per scenario and path (default 2s, quick 0.5s)")
 	fs.DurationVar(&c.Duration, "duration", 0, "measured window per scenario and path (default 10s, quick 2s)")
@@ -142,7 +143,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.BoolVar(&c.NoDescriptors, "no-descriptors", false, "run the sidecars without --proto-descriptors (every call on the general path)")
 	fs.StringVar(&vatcarEnv, "vatcar-env", "", "extra space-separated KEY=VALUE environment for both sidecars")
 	fs.StringVar(&c.Nginx, "nginx", "", "nginx `binary` (default: from PATH, apt-get installed if missing)")
-	fs.BoolVar(&c.NoInstall, "no-install", false, "never apt-get install nginx")
+	fs.StringVar(&c.HAProxy, "haproxy", "", "haproxy `binary` (default: from PATH, apt-get installed if missing)")
+	fs.BoolVar(&c.NoInstall, "no-install", false, "never apt-get install nginx or haproxy")
 	fs.StringVar(&c.PprofDir, "pprof-dir", "", "write CPU and allocation profiles of the sidecars here")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the temporary directory with configs and logs")
 	if err := fs.Parse(args); err != nil {

@@ -47,7 +47,7 @@ func measureAll(ctx context.Context, cfg Config, stdout, stderr io.Writer) error
 	}
 	info := runInfo{
 		Started: time.Now(), Quick: cfg.Quick, Rounds: cfg.Rounds, Warmup: cfg.Warmup, Duration: cfg.Duration,
-		Nginx: "nginx not used", Skipped: map[string]string{}, Errors: map[string]string{},
+		Nginx: "nginx not used", HAProxy: "HAProxy not used", Skipped: map[string]string{}, Errors: map[string]string{},
 		Instances: map[string][]instanceRSS{},
 	}
 	dir, err := os.MkdirTemp("", "vatcar-bench-")
@@ -191,6 +191,13 @@ func startPath(ctx context.Context, cfg Config, name, dir, backendAddr string, i
 		}
 		info.Nginx = nginxVersion(bin)
 		return startNginx(ctx, bin, dir, backendAddr)
+	case pathHAProxy:
+		bin, err := findHAProxy(ctx, cfg.HAProxy, !cfg.NoInstall, logf)
+		if err != nil {
+			return nil, err
+		}
+		info.HAProxy = haproxyVersion(bin)
+		return startHAProxy(ctx, bin, dir, backendAddr)
 	case pathVatcar:
 		bin := cfg.Vatcar
 		if bin == "" {

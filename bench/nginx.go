@@ -33,53 +33,11 @@ func (n *nginxPair) Close() {
 	}
 }
 
-// findNginx returns the nginx binary, installing Debian's package when it is missing
-// and install is true. A failure wraps errSkipped with the reason.
+// findNginx returns the nginx binary: bin when set, else from PATH or /usr/sbin,
+// installing Debian's package when it is missing and install is true. A failure wraps
+// errSkipped with the reason.
 func findNginx(ctx context.Context, bin string, install bool, log func(string, ...any)) (string, error) {
-	if bin != "" {
-		return bin, nil
-	}
-	look := func() (string, bool) {
-		if p, err := exec.LookPath("nginx"); err == nil {
-			return p, true
-		}
-		if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
-			return "/usr/sbin/nginx", true
-		}
-		return "", false
-	}
-	if p, ok := look(); ok {
-		return p, nil
-	}
-	if !install {
-		return "", fmt.Errorf("%w: nginx not found and --no-install given", errSkipped)
-	}
-	if os.Geteuid() != 0 {
-		return "", fmt.Errorf("%w: nginx not found and not root to apt-get install it", errSkipped)
-	}
-	log("nginx not found: installing Debian's nginx with apt-get")
-	aptInstall := func() error {
-		cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "-q", "nginx")
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("apt-get install nginx: %w: %s", err, lastLines(string(out), 3))
-		}
-		return nil
-	}
-	if err := aptInstall(); err != nil {
-		// The package lists may be missing or stale: refresh them once.
-		if out, uerr := exec.CommandContext(ctx, "apt-get", "update", "-q").CombinedOutput(); uerr != nil {
-			return "", fmt.Errorf("%w: %v; apt-get update: %v: %s", errSkipped, err, uerr, lastLines(string(out), 3))
-		}
-		if err := aptInstall(); err != nil {
-			return "", fmt.Errorf("%w: %v", errSkipped, err)
-		}
-	}
-	if p, ok := look(); ok {
-		return p, nil
-	}
-	return "", fmt.Errorf("%w: nginx still not found after apt-get install", errSkipped)
+	return findDebianBinary(ctx, "nginx", bin, install, log)
 }
 
 // startNginx writes the two configurations and a fresh TLS certificate into dir, starts
@@ -205,13 +163,6 @@ http {
 %[4]s
 }
 `, dir, name, tmp, servers)
-}
-
-// lastLines returns the last n non-empty lines of s, joined by " | ".
-func lastLines(s string, n int) string {
-	t := &tailWriter{max: len(s) + 1}
-	_, _ = t.Write([]byte(s))
-	return t.LastLines(n)
 }
 
 // nginxVersion is the output of nginx -v, for the report.

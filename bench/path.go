@@ -2,12 +2,17 @@ package main
 
 // Path names, in report order.
 const (
-	pathDirect = "direct"
-	pathNginx  = "nginx-tls"
-	pathVatcar = "vatcar"
+	pathDirect  = "direct"
+	pathNginx   = "nginx-tls"
+	pathHAProxy = "haproxy-tls"
+	pathVatcar  = "vatcar"
 )
 
-var allPaths = []string{pathDirect, pathNginx, pathVatcar}
+var allPaths = []string{pathDirect, pathNginx, pathHAProxy, pathVatcar}
+
+// peerPaths are the proxy pairs a user would deploy instead of vatcar; the report
+// compares vatcar with the better of them.
+var peerPaths = []string{pathNginx, pathHAProxy}
 
 // path is one way from the load generator to the backend.
 type path interface {

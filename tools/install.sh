@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs the pinned tools that code generation and CI need.
-# Debian packages (capnproto, protobuf-compiler) when missing, Go tools by exact version.
+# Debian packages when missing (capnproto, protobuf-compiler; nginx and haproxy, the peer
+# proxy pairs bench/ measures and tests), Go tools by exact version.
 set -euo pipefail
 
-if ! command -v capnp >/dev/null || ! command -v protoc >/dev/null; then
+# nginx and haproxy live in /usr/sbin, which a non-root PATH may lack.
+if ! command -v capnp >/dev/null || ! command -v protoc >/dev/null ||
+  [ ! -x /usr/sbin/nginx ] || [ ! -x /usr/sbin/haproxy ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq capnproto protobuf-compiler >/dev/null
+  # The tests start their own nginx and haproxy instances on free loopback ports.
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq capnproto protobuf-compiler nginx haproxy >/dev/null
 fi
 
 # Versions are pinned: capnpc-go must match the capnp runtime in go.mod.
