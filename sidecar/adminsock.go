@@ -113,6 +113,15 @@ func privateDir(dir string) error {
 	return nil
 }
 
+// errSocketInUse says an admin socket path is served by a live process.
+var errSocketInUse = errors.New("socket in use")
+
+// fallbackAdminListen is the admin socket of a sidecar that found the
+// default one taken by another sidecar: admin-PID.sock beside it.
+func fallbackAdminListen() string {
+	return unixPrefix + filepath.Join(filepath.Dir(DefaultAdminSocket()), "admin-"+strconv.Itoa(os.Getpid())+".sock")
+}
+
 // clearStaleSocket removes a socket left at path by a sidecar that is gone;
 // a socket something still answers on is in use, and anything else at path
 // is not ours to remove.
@@ -129,7 +138,7 @@ func clearStaleSocket(path string) error {
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
-		return fmt.Errorf("admin socket %s is in use by another process (another sidecar?): stop it or choose another --admin-listen", path)
+		return fmt.Errorf("%w: admin socket %s is in use by another process (another sidecar?): stop it or choose another --admin-listen", errSocketInUse, path)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove stale admin socket: %w", err)

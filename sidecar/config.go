@@ -194,6 +194,11 @@ type Config struct {
 	// Resolve, when not nil, resolves the host names of imports instead of
 	// HostsFile and the system resolver (tests).
 	Resolve Resolver `json:"-"`
+
+	// defaultAdmin and defaultHealth record that withDefaults chose
+	// AdminListen and HealthListen: a second sidecar on the host finds
+	// them taken and takes listeners of its own (startAdminListeners).
+	defaultAdmin, defaultHealth bool
 }
 
 // Export is one local gRPC server served as the sturdy ref Name.
@@ -472,10 +477,13 @@ func (c Config) withDefaults() Config {
 		c.HealthListen = DefaultHealthListen
 		if adminOnTCP(c.AdminListen) {
 			c.HealthListen = c.AdminListen
+		} else {
+			c.defaultHealth = true
 		}
 	}
 	if c.AdminListen == "" {
 		c.AdminListen = DefaultAdminListen()
+		c.defaultAdmin = true
 	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize

@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
@@ -275,6 +276,13 @@ func (s *Sidecar) startAdminListeners() error {
 	}
 	if adminAddr != AdminListenOff {
 		a, err := startGRPC(adminAddr, newAdminGRPCServer(s), s.log)
+		if err != nil && s.cfg.defaultAdmin && errors.Is(err, errSocketInUse) {
+			// Another sidecar on this host holds the default: take a
+			// socket of our own rather than fail (flags are obeyed).
+			if a, err = startGRPC(fallbackAdminListen(), newAdminGRPCServer(s), s.log); err == nil {
+				s.log.Warn("the default admin socket is another sidecar's: this one's admin API is elsewhere", "address", a.addr, "ctl", "vatcar ctl --admin "+a.addr)
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("%w: --admin-listen %q: %w", ErrConfig, adminAddr, err)
 		}
@@ -287,6 +295,12 @@ func (s *Sidecar) startAdminListeners() error {
 	}
 	if healthAddr != AdminListenOff {
 		h, err := startHTTP(healthAddr, nil, health, s.log)
+		if err != nil && s.cfg.defaultHealth && errors.Is(err, syscall.EADDRINUSE) {
+			// The default port is another sidecar's: take a free one.
+			if h, err = startHTTP("127.0.0.1:0", nil, health, s.log); err == nil {
+				s.log.Warn("the default health port is taken (another sidecar?): health and metrics listen elsewhere", "address", h.addr)
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("%w: --health-listen %q: %w", ErrConfig, healthAddr, err)
 		}

@@ -257,3 +257,32 @@ func TestDrainTimeoutCutsOffStreams(t *testing.T) {
 		t.Errorf("the cut-off is not logged:\n%s", out)
 	}
 }
+
+// TestTwoSidecarsOnDefaultsDoNotCollide starts two sidecars with the
+// default admin socket and health port on one host: the second takes a
+// socket and a port of its own instead of failing, and each answers on
+// what its ready file names.
+func TestTwoSidecarsOnDefaultsDoNotCollide(t *testing.T) {
+	env := []string{"XDG_RUNTIME_DIR=" + t.TempDir()}
+	var got []addresses
+	for i := range 2 {
+		ready := filepath.Join(t.TempDir(), "ready.json")
+		p := startEnv(t, env, "run", "--ready-file", ready, "--log-level", "info")
+		p.ready = ready
+		got = append(got, p.waitReady())
+		if i == 1 && !strings.Contains(p.stderr.String(), "another sidecar") {
+			t.Errorf("second sidecar does not say why it moved:\n%s", p.stderr.String())
+		}
+	}
+	if got[0].Admin == got[1].Admin || got[0].Health == got[1].Health {
+		t.Fatalf("admin %s and %s, health %s and %s: want each its own", got[0].Admin, got[1].Admin, got[0].Health, got[1].Health)
+	}
+	for _, a := range got {
+		if out := run(t, "ctl", "--admin", a.Admin, "dump"); !strings.Contains(out, a.Vat) {
+			t.Errorf("ctl --admin %s dump does not show vat %s:\n%s", a.Admin, a.Vat, out)
+		}
+		if code, _ := httpGet(a.Health + "/healthz"); code != 200 {
+			t.Errorf("GET %s/healthz: %d, want 200", a.Health, code)
+		}
+	}
+}
