@@ -86,14 +86,27 @@ func TestAdminSocketByDefault(t *testing.T) {
 		t.Errorf("Revoke on the health port reached the admin API (%v)", err)
 	}
 
-	// A second sidecar finds the socket in use and says so.
+	// A second sidecar on the default takes a socket of its own beside it.
 	other, err := New(Config{HealthListen: AdminListenOff}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = other.Start()
+	if err := other.Start(); err != nil {
+		t.Fatalf("second sidecar on the default socket: Start() = %v, want a socket of its own", err)
+	}
+	if got := other.Addresses().Admin; got == addrs.Admin || !strings.Contains(got, "admin-") {
+		t.Errorf("second sidecar's admin socket = %q, want its own beside %q", got, addrs.Admin)
+	}
+	other.Close()
+	// One given explicitly is never moved: in use is an error that says so.
+	explicit, err := New(Config{AdminListen: addrs.Admin, HealthListen: AdminListenOff}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = explicit.Start()
 	if err == nil || !strings.Contains(err.Error(), "in use") {
-		t.Errorf("second sidecar on the same socket: Start() = %v, want an error saying the socket is in use", err)
+		explicit.Close()
+		t.Errorf("second sidecar given the same socket: Start() = %v, want an error saying the socket is in use", err)
 	}
 
 	// The socket goes away with the sidecar.
