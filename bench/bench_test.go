@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
 )
 
 func TestMain(m *testing.M) {
@@ -414,5 +416,43 @@ func TestMarkdownComparesWithBestPeer(t *testing.T) {
 	// A scenario vatcar did not run is not checked.
 	if strings.Contains(md, "unary-100B-c64 calls/s") {
 		t.Errorf("Markdown checks a scenario without rows:\n%s", md)
+	}
+}
+
+// TestStalledCallsEndTheScenario runs a scenario against a server that never answers:
+// the harness cancels the calls stallGrace after the window and reports them, instead
+// of waiting for good.
+func TestStalledCallsEndTheScenario(t *testing.T) {
+	defer func(g time.Duration) { stallGrace = g }(stallGrace)
+	stallGrace = 200 * time.Millisecond
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(rawCodec{}),
+		grpc.UnknownServiceHandler(func(_ any, s grpc.ServerStream) error {
+			<-s.Context().Done()
+			return s.Context().Err()
+		}))
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	cc, err := dial(lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	for _, sc := range []scenario{allScenarios[1], {"stream", stream, 10, 1}, {"pingpong", pingpong, 10, 1}} {
+		done := make(chan measurement, 1)
+		go func() {
+			done <- runScenario(context.Background(), cc, sc, time.Millisecond, 100*time.Millisecond, nil, nil)
+		}()
+		select {
+		case m := <-done:
+			if !errors.Is(m.lastEr, errStalled) || m.errs == 0 {
+				t.Errorf("%s: got %d errors, last %v; want the stall reported", sc.Name, m.errs, m.lastEr)
+			}
+		case <-time.After(time.Minute):
+			t.Fatalf("%s: runScenario still waits a minute after a %v grace", sc.Name, stallGrace)
+		}
 	}
 }

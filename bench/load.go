@@ -103,6 +103,16 @@ type measurement struct {
 	rss     int64         // RSS of the path's proxies at the end of the window
 }
 
+// stallGrace is how long a scenario's operations may still run after its window
+// before the harness cancels them and counts them as failed: far beyond what any
+// operation takes on a loaded machine (a 4 MiB call, well under a second), it only
+// keeps a proxy that stalls a call for good (HAProxy with a larger HTTP/2 window did)
+// from hanging the whole run. A variable for the test.
+var stallGrace = 2 * time.Minute
+
+// errStalled is the last error of a scenario whose operations outlasted stallGrace.
+var errStalled = errors.New("operations still running long after the window: cancelled")
+
 // runScenario drives sc through cc for warmup+duration and measures the window after
 // the warmup, sampling the CPU of procs from warm until the last operation ended and
 // their RSS at end. at, when not nil, is
@@ -110,6 +120,10 @@ type measurement struct {
 func runScenario(ctx context.Context, cc *grpc.ClientConn, sc scenario, warmup, duration time.Duration, procs []int, at func(time.Duration)) measurement {
 	start := time.Now()
 	w := window{warm: start.Add(warmup), end: start.Add(warmup + duration)}
+	outer := ctx
+	stallAt := w.end.Add(stallGrace)
+	ctx, cancel := context.WithDeadline(ctx, stallAt)
+	defer cancel()
 	workers := sc.Concurrency
 	tallies := make([]tally, workers)
 	var wg sync.WaitGroup
@@ -137,6 +151,11 @@ func runScenario(ctx context.Context, cc *grpc.ClientConn, sc scenario, warmup, 
 	m.cpu = cpuOf(procs) - cpu0
 	for _, t := range tallies {
 		m.add(t)
+	}
+	// The clock, not only ctx: a server that saw the deadline (grpc-timeout) may end the
+	// calls a moment before ctx's own timer fires.
+	if outer.Err() == nil && (ctx.Err() != nil || !time.Now().Before(stallAt)) {
+		m.fail(fmt.Errorf("%w (%v after the window)", errStalled, stallGrace))
 	}
 	m.seconds = duration.Seconds()
 	if m.last.After(w.end) {
