@@ -291,10 +291,8 @@ func refRevocationID(arg string) (vat.RevocationID, bool, error) {
 func narrowRequest(args []string) (*adminv1.NarrowRequest, error) {
 	fs := flag.NewFlagSet("ctl narrow", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	methods := fs.String("methods", "", "")
-	expires := fs.String("expires", "", "")
-	var peers peerList
-	fs.Var(&peers, "peer", "")
+	var cf caveatFlags
+	cf.register(fs)
 	pos, flags := splitArgs(args)
 	if err := fs.Parse(flags); err != nil {
 		return nil, err
@@ -302,25 +300,16 @@ func narrowRequest(args []string) (*adminv1.NarrowRequest, error) {
 	if len(pos) != 1 {
 		return nil, errors.New("narrow takes NAME and flags: --methods M1,M2 --expires DURATION|RFC3339 --peer sha-256:DIGEST")
 	}
-	req := &adminv1.NarrowRequest{Name: pos[0]}
-	if *methods != "" {
-		for _, m := range strings.Split(*methods, ",") {
-			m = strings.TrimSpace(m)
-			if err := vat.CheckMethodPattern(m); err != nil {
-				return nil, fmt.Errorf("--methods: %w", err)
-			}
-			req.Methods = append(req.Methods, m)
-		}
+	now := time.Now()
+	b, err := cf.block(now)
+	if err != nil {
+		return nil, err
 	}
-	if *expires != "" {
-		now := time.Now()
-		at, err := parseExpiry(*expires, now)
-		if err != nil {
-			return nil, fmt.Errorf("--expires: %w", err)
-		}
-		req.ExpiresInSeconds = int64(at.Sub(now).Round(time.Second) / time.Second)
+	req := &adminv1.NarrowRequest{Name: pos[0], Methods: b.Methods}
+	if !b.NotAfter.IsZero() {
+		req.ExpiresInSeconds = int64(b.NotAfter.Sub(now).Round(time.Second) / time.Second)
 	}
-	for _, p := range peers {
+	for _, p := range b.Peers {
 		req.Peers = append(req.Peers, p.String())
 	}
 	return req, nil

@@ -76,13 +76,47 @@ func splitArgs(args []string) (pos, flags []string) {
 	return pos, flags
 }
 
+// caveatFlags are the caveat flags of `ref narrow` and `ctl narrow`.
+type caveatFlags struct {
+	methods, expires string
+	peers            peerList
+}
+
+// register adds the flags to fs.
+func (c *caveatFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.methods, "methods", "", "allow only these gRPC methods, `M1,M2,...` (/pkg.Service/Method or /pkg.Service/*)")
+	fs.StringVar(&c.expires, "expires", "", "expire after `DURATION` from now, or at an RFC 3339 time")
+	fs.Var(&c.peers, "peer", "only the vat with key digest `sha-256:DIGEST` may restore it (repeatable: any of them)")
+}
+
+// block checks the flags and returns the block they describe, at now.
+func (c *caveatFlags) block(now time.Time) (vat.Block, error) {
+	var b vat.Block
+	if c.methods != "" {
+		for _, m := range strings.Split(c.methods, ",") {
+			m = strings.TrimSpace(m)
+			if err := vat.CheckMethodPattern(m); err != nil {
+				return b, fmt.Errorf("--methods: %w", err)
+			}
+			b.Methods = append(b.Methods, m)
+		}
+	}
+	if c.expires != "" {
+		at, err := parseExpiry(c.expires, now)
+		if err != nil {
+			return b, fmt.Errorf("--expires: %w", err)
+		}
+		b.NotAfter = at
+	}
+	b.Peers = c.peers
+	return b, nil
+}
+
 func runRefNarrow(args []string, now time.Time, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ref narrow", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	methods := fs.String("methods", "", "allow only these gRPC methods, `M1,M2,...` (/pkg.Service/Method or /pkg.Service/*)")
-	expires := fs.String("expires", "", "expire after `DURATION` from now, or at an RFC 3339 time")
-	var peers peerList
-	fs.Var(&peers, "peer", "only the vat with key digest `sha-256:DIGEST` may restore it (repeatable: any of them)")
+	var cf caveatFlags
+	cf.register(fs)
 	pos, flags := splitArgs(args)
 	if err := fs.Parse(flags); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -97,23 +131,10 @@ func runRefNarrow(args []string, now time.Time, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	var b vat.Block
-	if *methods != "" {
-		for _, m := range strings.Split(*methods, ",") {
-			if err := vat.CheckMethodPattern(strings.TrimSpace(m)); err != nil {
-				return fmt.Errorf("%w: --methods: %w", errUsage, err)
-			}
-			b.Methods = append(b.Methods, strings.TrimSpace(m))
-		}
+	b, err := cf.block(now)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
-	if *expires != "" {
-		at, err := parseExpiry(*expires, now)
-		if err != nil {
-			return fmt.Errorf("%w: --expires: %w", errUsage, err)
-		}
-		b.NotAfter = at
-	}
-	b.Peers = peers
 	out, err := vat.Narrow(seg, b)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
