@@ -56,25 +56,27 @@ func (t *firstMessageTransport) RecvMessage() (transport.IncomingMessage, error)
 	return m, err
 }
 
-// heartbeat closes c when its peer stops answering: after each interval in
-// which nothing arrived, it restores the empty id on the peer's Restorer
+// heartbeat closes c when its peer stops answering: once nothing has
+// arrived for an interval, it restores the empty id on the peer's Restorer
 // (the peer answers "Unknown persistent service ID", or anything else: an
 // answer is all that counts) and closes c if neither the answer nor any
-// other bytes come within the timeout.
+// other bytes come within the timeout. It looks every quarter interval, so
+// a frozen peer is found within 1.25 intervals plus the timeout of its last
+// bytes (about 29 s with the defaults), and the calls in flight on it fail
+// then with Disconnected.
 func (v *Vat) heartbeat(c *Connection) {
 	defer v.wg.Done()
 	interval, timeout := v.cfg.heartbeatInterval(), v.cfg.heartbeatTimeout()
-	tick := time.NewTicker(interval)
+	tick := time.NewTicker(max(interval/4, time.Millisecond))
 	defer tick.Stop()
 	for {
-		mark := c.act.now()
 		select {
 		case <-c.conn.Done():
 			return
 		case <-tick.C:
 		}
-		if c.act.readSince(mark) {
-			continue // the peer is talking
+		if c.act.readSince(c.act.now() - int64(interval)) {
+			continue // the peer talked within the interval
 		}
 		if !c.ping(timeout) {
 			return

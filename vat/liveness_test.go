@@ -189,7 +189,17 @@ func TestHeartbeatClosesFrozenPeer(t *testing.T) {
 	}
 
 	f.freeze()
+	// A call in flight on the frozen peer fails when the heartbeat finds
+	// it, not at its own deadline (ctx's, far later).
+	inflight := make(chan error, 1)
+	go func() {
+		_, err := call(ctx, c, "in flight")
+		inflight <- err
+	}()
 	waitFor(t, "a to close the frozen connection", func() bool { return conns.downs.Load() == 1 })
+	if err := <-inflight; !vat.IsDisconnected(err) {
+		t.Errorf("call in flight on the frozen peer: %v, want a disconnected error", err)
+	}
 	if _, err := call(ctx, c, "z"); !vat.IsDisconnected(err) {
 		t.Errorf("call over the closed connection: %v, want a disconnected error", err)
 	}
