@@ -56,6 +56,7 @@ func (b *bootstrap) Restore(ctx context.Context, call captp.Restorer_restore) er
 		b.vat.log.Debug("restore failed", "id", id.String(), "err", err)
 		return wireError(err)
 	}
+	b.conn.restored.Store(true)
 	res, err := call.AllocResults()
 	if err != nil {
 		c.Release()

@@ -15,6 +15,7 @@ const (
 	DefaultHeartbeatInterval  = 15 * time.Second
 	DefaultHeartbeatTimeout   = 10 * time.Second
 	DefaultMaxConnections     = 1024
+	DefaultStrangerGrace      = 3 * time.Second
 )
 
 // Reasons given to Config.OnRefused.
@@ -24,6 +25,16 @@ const (
 	RefusedMaxConnections = "max connections"
 	// RefusedHandshake: the TLS handshake failed or timed out.
 	RefusedHandshake = "handshake"
+	// RefusedIdle: with every slot held, a connection that had restored
+	// nothing for StrangerGrace since it was accepted (its handshake
+	// included) was closed to make room for a new one.
+	RefusedIdle = "evicted idle"
+	// RefusedKeyShare: with every slot held and no idle connection, a
+	// connection of the key holding the most connections, more than an
+	// equal share of MaxConnections among the keys connected (the
+	// newcomer's counted as one more), was closed to make room for a new
+	// one.
+	RefusedKeyShare = "evicted over key share"
 )
 
 // Config configures a Vat. Its zero value is an ephemeral, client-only vat
@@ -74,6 +85,13 @@ type Config struct {
 	// bytes; a larger one aborts the connection (go-capnp's behaviour).
 	// Zero means DefaultMaxMessageSize (64 MiB).
 	MaxMessageSize uint64
+
+	// StrangerGrace is how long an inbound connection may go without a
+	// successful restore (counting from its accept, the handshake included)
+	// before, when all MaxConnections slots are held, it is the first to be
+	// closed to make room for a new connection, oldest first
+	// (RefusedIdle). Zero means DefaultStrangerGrace; negative: never.
+	StrangerGrace time.Duration
 
 	// HandshakeTimeout bounds the TLS handshake of each connection, inbound
 	// or outbound. Zero means DefaultHandshakeTimeout.
@@ -259,4 +277,12 @@ func (c Config) maxConnections() int {
 		return DefaultMaxConnections
 	}
 	return c.MaxConnections
+}
+
+// strangerGrace returns StrangerGrace with its default; negative: never.
+func (c Config) strangerGrace() time.Duration {
+	if c.StrangerGrace == 0 {
+		return DefaultStrangerGrace
+	}
+	return c.StrangerGrace
 }

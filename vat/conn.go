@@ -69,6 +69,8 @@ type Connection struct {
 	bootOnce sync.Once
 	boot     capnp.Client // the peer's Restorer; see restorer()
 
+	restored atomic.Bool // a restore succeeded, either way: in use (see inbound.victimLocked)
+
 	closing atomic.Bool            // set when Close starts or the rpc.Conn ends
 	done    chan struct{}          // closed after removal from the vat's cache
 	reason  atomic.Pointer[string] // why this vat closed it, if it did
@@ -160,6 +162,7 @@ func (c *Connection) restore(ctx context.Context, id ServiceID) (capnp.Client, e
 		}
 		return capnp.Client{}, err
 	}
+	c.restored.Store(true) // in use, this way: not an idle stranger
 	return res.Cap().AddRef(), nil
 }
 

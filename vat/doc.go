@@ -73,7 +73,12 @@
 // messages over Config.MaxMessageSize abort the connection, as go-capnp does.
 //
 // Serve holds at most Config.MaxConnections (1024) inbound connections at
-// once, those in their handshake included; one more is closed at once. A
+// once, those in their handshake included. One more takes the slot of the
+// oldest connection that restored nothing (either way) within
+// Config.StrangerGrace (3 s) of its accept, else of the newest connection of
+// a key holding more than an equal share of the slots; failing both it is
+// closed at once. Evictions are reported to OnRefused (RefusedIdle,
+// RefusedKeyShare). A
 // TLS handshake must finish within Config.HandshakeTimeout, and on an
 // insecure vat, where there is no handshake, an accepted connection's first
 // message must arrive within it. Refused connections (over the limit, or a

@@ -269,7 +269,9 @@ func TestMaxConnections(t *testing.T) {
 	ctx := testContext(t)
 	var mu sync.Mutex
 	refused := map[string]int{}
-	b, _, uri := hostEcho(t, "b", vat.Config{MaxConnections: 2, OnRefused: func(reason string) {
+	// StrangerGrace off: the held slots are never given to newcomers here
+	// (TestIdleStrangersMakeRoom covers that).
+	b, _, uri := hostEcho(t, "b", vat.Config{MaxConnections: 2, StrangerGrace: -1, OnRefused: func(reason string) {
 		mu.Lock()
 		refused[reason]++
 		mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/vatcar/vatcar/internal/rawconn"
 )
@@ -206,21 +207,30 @@ func (v *Vat) Serve(ctx context.Context, l net.Listener) error {
 		}
 		tuneSocket(c)
 		c = rawconn.Wrap(c)
-		if !v.inbound.admit(v.cfg.maxConnections()) {
+		cc := &countedConn{Conn: c, in: &v.inbound, since: time.Now()}
+		ok, ev := v.inbound.admit(cc, v.cfg.maxConnections(), v.cfg.strangerGrace())
+		if !ok {
 			c.Close()
 			v.refuse(RefusedMaxConnections, slog.LevelWarn, c.RemoteAddr(), nil)
 			continue
 		}
-		c = &countedConn{Conn: c, in: &v.inbound}
+		if ev.victim != nil {
+			v.evict(ev)
+		}
 		if !v.track() {
-			c.Close()
+			cc.Close()
 			return nil
 		}
 		go func() {
 			defer v.wg.Done()
-			if _, err := v.AddConnection(v.ctx, c, Accept); err != nil && !errors.Is(err, ErrClosed) && v.ctx.Err() == nil {
-				v.refuse(RefusedHandshake, slog.LevelInfo, c.RemoteAddr(), err)
+			conn, err := v.AddConnection(v.ctx, cc, Accept)
+			if err != nil {
+				if !errors.Is(err, ErrClosed) && v.ctx.Err() == nil {
+					v.refuse(RefusedHandshake, slog.LevelInfo, cc.RemoteAddr(), err)
+				}
+				return
 			}
+			v.inbound.attach(cc, conn)
 		}()
 	}
 }

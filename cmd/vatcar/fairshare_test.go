@@ -2,6 +2,9 @@ package main_test
 
 import (
 	"context"
+	"crypto/tls"
+	"net"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -93,4 +96,69 @@ func TestOnePeerCannotTakeAnExport(t *testing.T) {
 	}
 	t.Logf("attacker: %d streams open, %d refused in %v; exporter goroutines %v -> %v",
 		opened.Load(), refused.Load(), time.Since(start).Round(time.Millisecond), goroutinesBefore, goroutinesHeld)
+}
+
+// TestIdleStrangersDoNotLockOut is issue 14's fifth row against the built
+// binary: 1,030 TLS connections with fresh keys that never restore fill
+// the exporter's 1,024 slots; a legitimate importer still connects (the
+// oldest stranger past the 3 s grace makes room) and its calls pass.
+func TestIdleStrangersDoNotLockOut(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1,030 TLS connections")
+	}
+	const strangers = 1030
+	backend := startBackend(t)
+	dir := t.TempDir()
+	_, exp := startSidecar(t, "--listen", "tcp:127.0.0.1:0", "--export", "test="+backend, "--cap-dir", dir)
+	target := exp.Listen[len("tcp:"):]
+	var wg sync.WaitGroup
+	var connected, refused atomic.Int64
+	var mu sync.Mutex
+	var conns []net.Conn
+	jobs := make(chan struct{}, strangers)
+	for range strangers {
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	start := time.Now()
+	for range 16 {
+		wg.Go(func() {
+			for range jobs {
+				c, err := tls.Dial("tcp", target, &tls.Config{
+					Certificates: []tls.Certificate{selfSigned(t)}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13,
+				})
+				if err != nil {
+					refused.Add(1)
+					continue
+				}
+				connected.Add(1)
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	held := scrape(t, exp.Health, "vatcar_vat_connections", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, imp := startSidecar(t, "--import", "test=@"+filepath.Join(dir, "test.cap"))
+	client := testpb.NewTestServiceClient(dial(t, imp.Imports["test"]))
+	dialled := time.Since(start)
+	var err error
+	waitFor(t, 30*time.Second, "the importer's call to pass", func() bool {
+		_, err = client.EmptyCall(ctx, &testpb.Empty{})
+		return err == nil
+	})
+	t.Logf("%d strangers connected, %d refused (exporter peers %v); importer served %v after the last stranger; evicted %v",
+		connected.Load(), refused.Load(), held, (time.Since(start) - dialled).Round(time.Millisecond),
+		scrape(t, exp.Health, "vatcar_vat_refused_connections_total", map[string]string{"reason": "evicted idle"}))
+	if got := scrape(t, exp.Health, "vatcar_vat_refused_connections_total", map[string]string{"reason": "evicted idle"}); got < 1 {
+		t.Errorf("no stranger evicted as idle: %v", got)
+	}
 }
