@@ -111,17 +111,22 @@ backend app
 
 // haproxyConf is a whole HAProxy configuration: one thread, HTTP mode (HTTP/2 end to
 // end, as gRPC needs), keep-alive on both sides with idle server connections reused by
-// every request (http-reuse always), timeouts long enough for the longest stream, no
-// logs, and the given proxies.
+// every request (http-reuse always), timeouts long enough for the longest stream, only
+// failed requests logged (to stderr, the instance's log file: --keep keeps it), and the
+// given proxies.
 func haproxyConf(proxies string) string {
 	return `# Written by vatcar's bench harness.
 global
 	nbthread 1
 	maxconn 4096
 	tune.h2.max-concurrent-streams 1024
+	log stderr format short local0
 
 defaults
 	mode http
+	log global
+	option httplog
+	option dontlog-normal
 	option http-keep-alive
 	http-reuse always
 	timeout connect 5s
