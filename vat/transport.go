@@ -50,7 +50,7 @@ var errTransportClosed = errors.New("vat: transport closed")
 // conn at a time, the one that set writing; it takes the whole of pending
 // under mu and writes without holding it.
 type codec struct {
-	dec    *capnp.Decoder
+	dec    *frameReader
 	conn   io.ReadWriteCloser
 	direct *bufio.Writer  // to conn, for large messages; used while writing
 	denc   *capnp.Encoder // encodes into direct
@@ -93,9 +93,13 @@ func newTransport(rwc io.ReadWriteCloser, maxMessageSize uint64, lazyReturn func
 
 // newCodec returns a codec on rwc and starts its writer.
 func newCodec(rwc io.ReadWriteCloser, maxMessageSize uint64) *codec {
-	dec := capnp.NewDecoder(bufio.NewReaderSize(rwc, 32<<10))
+	br := bufio.NewReaderSize(rwc, 32<<10)
+	dec := capnp.NewDecoder(br)
 	dec.MaxMessageSize = maxMessageSize
-	c := &codec{dec: dec, conn: rwc, lazyDelay: lazyDelay, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	if maxMessageSize == 0 {
+		maxMessageSize = DefaultMaxMessageSize
+	}
+	c := &codec{dec: &frameReader{br: br, dec: dec, max: maxMessageSize, closeConn: rwc.Close}, conn: rwc, lazyDelay: lazyDelay, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	c.space.L = &c.mu
 	c.enc = capnp.NewEncoder(pendingWriter{c})
 	c.direct = bufio.NewWriterSize(rwc, 32<<10)
@@ -254,7 +258,7 @@ func (c *codec) writeLoop() {
 }
 
 func (c *codec) Decode() (*capnp.Message, error) {
-	m, err := c.dec.Decode()
+	m, err := c.dec.decode()
 	if err == nil && c.lazyReturn != nil && c.lazyDelay > 0 {
 		c.noteCall(m)
 	}

@@ -3,6 +3,7 @@ package main_test
 import (
 	"context"
 	"crypto/tls"
+	bin "encoding/binary"
 	"net"
 	"path/filepath"
 	"sync"
@@ -160,5 +161,51 @@ func TestIdleStrangersDoNotLockOut(t *testing.T) {
 		scrape(t, exp.Health, "vatcar_vat_refused_connections_total", map[string]string{"reason": "evicted idle"}))
 	if got := scrape(t, exp.Health, "vatcar_vat_refused_connections_total", map[string]string{"reason": "evicted idle"}); got < 1 {
 		t.Errorf("no stranger evicted as idle: %v", got)
+	}
+}
+
+// TestClaimedMessageSizesCostNothing is issue 14's fourth row against the
+// built binary: 10 TLS connections each send a capnp frame header claiming
+// 60 MiB and then a byte now and then. The exporter's memory grows with
+// what arrived, not with the claims (before: RSS 647 MB). The test reads
+// the Go heap in use: a claimed buffer's untouched pages need not show in
+// RSS at once, but they are the process's to touch.
+func TestClaimedMessageSizesCostNothing(t *testing.T) {
+	p, ctx := startCalledPair(t)
+	target := p.exp.Listen[len("tcp:"):]
+	heapBefore := scrape(t, p.exp.Health, "go_memstats_heap_inuse_bytes", nil)
+	hdr := make([]byte, 8)
+	bin.LittleEndian.PutUint32(hdr[4:], (60<<20)/8) // one segment of 60 MiB
+	var conns []*tls.Conn
+	for range 10 {
+		c, err := tls.Dial("tcp", target, &tls.Config{
+			Certificates: []tls.Certificate{selfSigned(t)}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write(append(hdr, make([]byte, 4096)...)); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	// Trickle a little more, then see what the exporter holds.
+	for _, c := range conns {
+		if _, err := c.Write(make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 20*time.Second, "the exporter to hold the connections", func() bool {
+		return scrape(t, p.exp.Health, "vatcar_vat_connections", nil) >= 11
+	})
+	heap := scrape(t, p.exp.Health, "go_memstats_heap_inuse_bytes", nil)
+	t.Logf("exporter heap in use %.0f MiB before, %.0f MiB with 10 connections claiming 60 MiB each", heapBefore/(1<<20), heap/(1<<20))
+	if heap-heapBefore > 100<<20 {
+		t.Errorf("exporter heap grew by %.0f MiB: the claimed sizes were allocated", (heap-heapBefore)/(1<<20))
+	}
+	// The legitimate importer is still served.
+	if _, err := p.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
+		t.Errorf("importer's call during the trickle: %v", err)
 	}
 }

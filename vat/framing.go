@@ -1,0 +1,113 @@
+package vat
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+)
+
+// An inbound message's stream header claims its size before any of it
+// arrives. go-capnp's Decoder allocates the claimed size at once, so a peer
+// that claims 60 MiB and then trickles makes the vat hold 60 MiB for
+// nothing. The codec therefore reads a large message as it arrives: its
+// buffer grows with the bytes received, and the message must be complete
+// within largeMessageGrace plus its size at minMessageRate, or the
+// connection is dead and closed. Small messages keep go-capnp's pooled
+// path.
+var (
+	// largeMessage is the size above which a message is read as it
+	// arrives.
+	largeMessage = 1 << 20
+	// largeMessageGrace and minMessageRate bound how long a large message
+	// may take: the grace plus its size at the rate.
+	largeMessageGrace = 10 * time.Second
+	minMessageRate    = 1 << 20 // bytes per second
+)
+
+// firstRead is the first read of a large message: what a peer that claims a
+// large message and sends nothing more makes the vat hold.
+const firstRead = 64 << 10
+
+// maxStreamSegments is go-capnp's limit on a message's segments.
+const maxStreamSegments = 512
+
+// frameReader reads stream-framed capnp messages from br, large ones as
+// they arrive (see above). closeConn closes the connection under it: the
+// bound on a large message's completion.
+type frameReader struct {
+	br        *bufio.Reader
+	dec       *capnp.Decoder // on br, for small messages
+	max       uint64         // the decode limit
+	closeConn func() error
+
+	timedOut atomic.Bool // a large message outlived its bound
+}
+
+// decode returns the next message.
+func (f *frameReader) decode() (*capnp.Message, error) {
+	hdrLen, total, err := f.peekSize()
+	if err != nil || total <= uint64(largeMessage) || hdrLen+total > f.max {
+		// Small, or refused by the Decoder's own checks (size, segments),
+		// or the stream ended: go-capnp's Decoder, as before.
+		return f.dec.Decode()
+	}
+	return f.decodeLarge(int(hdrLen + total))
+}
+
+// peekSize returns the length of the next message's stream header and the
+// size of its segments, without consuming them. An error (or an empty
+// message) leaves the Decoder to report it.
+func (f *frameReader) peekSize() (hdrLen, total uint64, err error) {
+	first, err := f.br.Peek(4)
+	if err != nil {
+		return 0, 0, err
+	}
+	maxSeg := binary.LittleEndian.Uint32(first)
+	if maxSeg >= maxStreamSegments {
+		return 0, 0, fmt.Errorf("decode: %d segments", uint64(maxSeg)+1)
+	}
+	hdrLen = (uint64(maxSeg+2)*4 + 7) &^ 7
+	hdr, err := f.br.Peek(int(hdrLen))
+	if err != nil {
+		return 0, 0, err
+	}
+	for i := range uint64(maxSeg) + 1 {
+		total += uint64(binary.LittleEndian.Uint32(hdr[4+4*i:])) * 8
+	}
+	return hdrLen, total, nil
+}
+
+// decodeLarge reads a message of size bytes (header included), growing its
+// buffer with what arrives, and closes the connection if it does not
+// complete in time.
+func (f *frameReader) decodeLarge(size int) (*capnp.Message, error) {
+	bound := largeMessageGrace + time.Duration(size/minMessageRate)*time.Second
+	timer := time.AfterFunc(bound, func() {
+		f.timedOut.Store(true)
+		f.closeConn()
+	})
+	defer timer.Stop()
+	buf := make([]byte, 0, firstRead)
+	for len(buf) < size {
+		// Ask for as much again as has arrived (at least firstRead): the
+		// buffer grows geometrically with the bytes received, never to the
+		// size the header claims before they come.
+		n := min(size-len(buf), max(len(buf), firstRead))
+		buf = slices.Grow(buf, n)
+		m, err := io.ReadFull(f.br, buf[len(buf):len(buf)+n])
+		buf = buf[:len(buf)+m]
+		if err != nil {
+			if f.timedOut.Load() {
+				return nil, fmt.Errorf("decode: message of %d bytes not complete within %v (%d bytes arrived): connection closed", size, bound, len(buf))
+			}
+			return nil, fmt.Errorf("decode: read segments: %w", err)
+		}
+	}
+	return capnp.Unmarshal(buf)
+}
