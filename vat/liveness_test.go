@@ -135,11 +135,11 @@ func TestHeartbeatClosesFrozenPeer(t *testing.T) {
 	_, svc := newEcho("b")
 	id := vat.GenerateID()
 	table.Add(id, svc)
+	// Either side may be the one that pings: the other's answers keep the
+	// pinging side's peer looking alive and the pings keep its own, so
+	// count both sides' restores.
 	var failedRestores, emptyRestores atomic.Int64
-	bcfg := fast
-	bcfg.ListenAddress = "tcp:127.0.0.1:0"
-	bcfg.Restorer = table
-	bcfg.OnRestore = func(r vat.RestoreResult) {
+	onRestore := func(r vat.RestoreResult) {
 		switch r {
 		case vat.RestoreEmpty:
 			emptyRestores.Add(1)
@@ -148,6 +148,10 @@ func TestHeartbeatClosesFrozenPeer(t *testing.T) {
 			failedRestores.Add(1)
 		}
 	}
+	bcfg := fast
+	bcfg.ListenAddress = "tcp:127.0.0.1:0"
+	bcfg.Restorer = table
+	bcfg.OnRestore = onRestore
 	b, err := vat.New(bcfg)
 	if err != nil {
 		t.Fatal(err)
@@ -159,6 +163,7 @@ func TestHeartbeatClosesFrozenPeer(t *testing.T) {
 	var conns connCounter
 	acfg := fast
 	acfg.OnConnection = conns.hook
+	acfg.OnRestore = onRestore
 	a := startVat(t, acfg)
 	uri, _ := b.SturdyURI(id)
 	ref := a.MustImport(uri)
