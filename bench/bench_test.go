@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"os"
@@ -206,6 +207,11 @@ func TestHAProxyPairCarriesCalls(t *testing.T) {
 	ins := p.Instances()
 	if len(ins) != 2 || len(pids(p)) != 2 {
 		t.Errorf("instances %+v: want two, one process each (nbthread 1, no master)", ins)
+	}
+	for _, pid := range pids(p) {
+		if tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); err != nil || len(tasks) != 1 {
+			t.Errorf("haproxy %d: got %d threads (%v), want 1 (nbthread 1)", pid, len(tasks), err)
+		}
 	}
 	carriesCalls(t, p)
 	// The back instance's listener speaks TLS 1.3 and picks h2.
