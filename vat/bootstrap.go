@@ -39,30 +39,40 @@ func (b *bootstrap) Restore(ctx context.Context, call captp.Restorer_restore) er
 	if err != nil {
 		return err
 	}
-	if len(raw) == 0 {
-		// A peer's heartbeat (or a probe): answered without the restorer or
-		// a log record, and counted.
-		if b.vat.cfg.OnRestore != nil {
-			b.vat.cfg.OnRestore(RestoreEmpty)
-		}
-		return wireError(ErrUnknownService)
-	}
-	id := append(ServiceID(nil), raw...)
-	c, err := b.vat.restoreLocal(withPeer(ctx, b.conn.key.digest), id)
-	if b.vat.cfg.OnRestore != nil {
-		b.vat.cfg.OnRestore(restoreResult(err))
-	}
+	c, err := b.vat.restoreForPeer(ctx, b.conn, append(ServiceID(nil), raw...))
 	if err != nil {
-		b.vat.log.Debug("restore failed", "id", id.String(), "err", err)
-		return wireError(err)
+		return err
 	}
-	b.conn.restored.Store(true)
 	res, err := call.AllocResults()
 	if err != nil {
 		c.Release()
 		return err
 	}
-	return res.SetCap(b.conn.limit.wrap(c))
+	return res.SetCap(c)
+}
+
+// restoreForPeer restores id for the peer on conn, through the Restorer
+// or OCaml's object-id Bootstrap: the capability (bound to the
+// connection's call limit), or the exception the peer gets.
+func (v *Vat) restoreForPeer(ctx context.Context, conn *Connection, id ServiceID) (capnp.Client, error) {
+	if len(id) == 0 {
+		// A peer's heartbeat (or a probe): answered without the restorer or
+		// a log record, and counted.
+		if v.cfg.OnRestore != nil {
+			v.cfg.OnRestore(RestoreEmpty)
+		}
+		return capnp.Client{}, wireError(ErrUnknownService)
+	}
+	c, err := v.restoreLocal(withPeer(ctx, conn.key.digest), id)
+	if v.cfg.OnRestore != nil {
+		v.cfg.OnRestore(restoreResult(err))
+	}
+	if err != nil {
+		v.log.Debug("restore failed", "id", id.String(), "err", err)
+		return capnp.Client{}, wireError(err)
+	}
+	conn.restored.Store(true)
+	return conn.limit.wrap(c), nil
 }
 
 // restoreLocal restores id with the vat's own restorer.

@@ -152,6 +152,10 @@ type Config struct {
 	// peer, with how it ended (empty ids, which heartbeats use, included).
 	// It must not block.
 	OnRestore func(result RestoreResult)
+
+	// Engine picks the CapTP implementation connections run on (see
+	// Engine). The zero value is go-capnp's rpc.Conn.
+	Engine Engine
 }
 
 // RestoreResult is how a restore requested by a peer ended, for
@@ -285,4 +289,23 @@ func (c Config) strangerGrace() time.Duration {
 		return DefaultStrangerGrace
 	}
 	return c.StrangerGrace
+}
+
+// Engine names a CapTP implementation.
+type Engine int
+
+const (
+	// EngineGoCapnp runs connections on go-capnp's rpc.Conn (the default
+	// until vatcar's own engine passes the whole suite).
+	EngineGoCapnp Engine = iota
+	// EngineVatcar runs connections on vatcar's own engine (vat/engine):
+	// OCaml's object-id restore both ways, no goroutine or timer per call.
+	EngineVatcar
+)
+
+func (e Engine) String() string {
+	if e == EngineVatcar {
+		return "vatcar"
+	}
+	return "go-capnp"
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vatcar/vatcar/internal/rawconn"
 	"github.com/vatcar/vatcar/proto/captp"
+	"github.com/vatcar/vatcar/vat/engine"
 )
 
 // Mode says which side made a connection: the crossed-connection rule
@@ -60,7 +61,8 @@ type Connection struct {
 	key    peerKey
 	mode   Mode
 	remote string
-	conn   *rpc.Conn
+	conn   capConn
+	eng    *engine.Conn // conn, when it runs on vatcar's engine
 	limit  *limiter
 	wire   *wireStats
 	act    *activity // when bytes last arrived, for the heartbeat
@@ -74,6 +76,14 @@ type Connection struct {
 	closing atomic.Bool            // set when Close starts or the rpc.Conn ends
 	done    chan struct{}          // closed after removal from the vat's cache
 	reason  atomic.Pointer[string] // why this vat closed it, if it did
+}
+
+// capConn is what a Connection needs of a CapTP implementation: go-capnp's
+// *rpc.Conn and vatcar's *engine.Conn both are one.
+type capConn interface {
+	Bootstrap(ctx context.Context) capnp.Client
+	Close() error
+	Done() <-chan struct{}
 }
 
 // Peer returns the digest of the peer's key; zero for an insecure peer.
@@ -148,6 +158,9 @@ func (c *Connection) Restore(ctx context.Context, id ServiceID) (capnp.Client, e
 
 // restore asks the peer for service id and waits for the answer.
 func (c *Connection) restore(ctx context.Context, id ServiceID) (capnp.Client, error) {
+	if c.eng != nil {
+		return c.restoreByObjectID(ctx, id)
+	}
 	fut, release := c.restorer().Restore(ctx, func(p captp.Restorer_restore_Params) error {
 		return p.SetId(id)
 	})
@@ -227,14 +240,19 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 		}
 	}
 	boot := captp.Restorer_ServerToClient(&bootstrap{vat: v, conn: c})
-	var tr transport.Transport = newTransport(activityConn{Conn: endpoint, act: c.act}, v.cfg.maxMessageSize(), v.cfg.LazyReturn)
-	if v.cfg.Insecure && mode == Accept {
-		tr = &firstMessageTransport{Transport: tr, conn: endpoint} // see handshake
+	if v.cfg.Engine == EngineVatcar {
+		c.eng = v.newEngineConn(c, endpoint, mode, c.limit.wrap(capnp.Client(boot)), log)
+		c.conn = c.eng
+	} else {
+		var tr transport.Transport = newTransport(activityConn{Conn: endpoint, act: c.act}, v.cfg.maxMessageSize(), v.cfg.LazyReturn)
+		if v.cfg.Insecure && mode == Accept {
+			tr = &firstMessageTransport{Transport: tr, conn: endpoint} // see handshake
+		}
+		c.conn = rpc.NewConn(countingTransport{tr, c.wire}, &rpc.Options{
+			BootstrapClient: c.limit.wrap(capnp.Client(boot)), // restores count as calls too
+			Logger:          rpcLogger{log},
+		})
 	}
-	c.conn = rpc.NewConn(countingTransport{tr, c.wire}, &rpc.Options{
-		BootstrapClient: c.limit.wrap(capnp.Client(boot)), // restores count as calls too
-		Logger:          rpcLogger{log},
-	})
 	if anonymous {
 		v.anon[c] = struct{}{}
 	} else {

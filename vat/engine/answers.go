@@ -24,7 +24,8 @@ type answer struct {
 	err     error
 
 	// Guarded by c.mu:
-	pipe              capnp.PipelineCaller // pipelined calls go here until returned
+	queued            []queuedCall // pipelined calls waiting for the Return
+	draining          bool         // Return is delivering queued calls
 	returned          bool
 	finished          bool // the peer's Finish came
 	releaseResultCaps bool
@@ -148,12 +149,13 @@ func (a *answer) Return() {
 		}
 	}
 	a.returned = true
-	a.pipe = nil
+	a.draining = true
 	a.resultContent, a.resultErr = a.content, a.err
 	a.results, a.exported = msg, exported
 	a.sending = true
 	c.mu.Unlock()
 	_ = c.send(msg)
+	c.drainQueued(a)
 	c.mu.Lock()
 	a.sending = false
 	if !a.finished {
@@ -204,23 +206,50 @@ func (a *answer) resultClientLocked(ops []capnp.PipelineOp) capnp.Client {
 	return iface.Client().AddRef()
 }
 
-// recvOnAnswer delivers r, a call to the results of answer ta at ops.
+// queuedCall is a call pipelined on an answer that has not returned.
+type queuedCall struct {
+	ctx context.Context
+	ops []capnp.PipelineOp
+	r   capnp.Recv
+}
+
+// recvOnAnswer delivers r, a call to the results of answer ta at ops: at
+// once if ta has returned, else when it does (in arrival order).
 func (c *Conn) recvOnAnswer(ctx context.Context, ta *answer, ops []capnp.PipelineOp, r capnp.Recv) capnp.PipelineCaller {
 	c.mu.Lock()
-	if ta.returned {
-		cl := ta.resultClientLocked(ops)
+	if !ta.returned || ta.draining {
+		ta.queued = append(ta.queued, queuedCall{ctx: ctx, ops: ops, r: r})
 		c.mu.Unlock()
-		defer cl.Release()
-		return orErrPipe(cl.RecvCall(ctx, r), errReturned)
+		return errPipe{errReturned} // never used: this engine queues pipelined calls itself
 	}
-	pipe := ta.pipe
+	cl := ta.resultClientLocked(ops)
 	c.mu.Unlock()
-	if pipe == nil {
-		err := exc.New(exc.Failed, "", "pipelined call on a call not yet dispatched")
-		r.Reject(err)
-		return errPipe{err}
+	defer cl.Release()
+	return orErrPipe(cl.RecvCall(ctx, r), errReturned)
+}
+
+// drainQueued delivers the calls pipelined on a, in order, once it has
+// returned; calls that arrive meanwhile queue behind them.
+func (c *Conn) drainQueued(a *answer) {
+	for {
+		c.mu.Lock()
+		q := a.queued
+		a.queued = nil
+		if len(q) == 0 {
+			a.draining = false
+			c.mu.Unlock()
+			return
+		}
+		cls := make([]capnp.Client, len(q))
+		for i, qc := range q {
+			cls[i] = a.resultClientLocked(qc.ops)
+		}
+		c.mu.Unlock()
+		for i, qc := range q {
+			cls[i].RecvCall(qc.ctx, qc.r)
+			cls[i].Release()
+		}
 	}
-	return orErrPipe(pipe.PipelineRecv(ctx, ops, r), errReturned)
 }
 
 // handleCall dispatches a call from the peer to its target.
@@ -317,21 +346,13 @@ func (c *Conn) handleCall(msg *capnp.Message, m rpccp.Message) bool {
 		ReleaseArgs: a.releaseArgs,
 		Returner:    a,
 	}
-	var pc capnp.PipelineCaller
 	switch {
 	case reject != nil:
 		r.Reject(reject)
 	case onAnswer != nil:
-		pc = c.recvOnAnswer(ctx, onAnswer, ops, r)
+		c.recvOnAnswer(ctx, onAnswer, ops, r)
 	default:
-		pc = target.RecvCall(ctx, r)
-	}
-	if pc != nil {
-		c.mu.Lock()
-		if !a.returned {
-			a.pipe = pc
-		}
-		c.mu.Unlock()
+		target.RecvCall(ctx, r)
 	}
 	return true
 }

@@ -49,6 +49,7 @@ func (c *Conn) bootstrap(ctx context.Context, id []byte, withID bool) capnp.Clie
 	if c.closed {
 		err := c.closedErrLocked()
 		c.mu.Unlock()
+		q.resolve(capnp.Ptr{}, err)
 		cl.Release()
 		return capnp.ErrorClient(err)
 	}
@@ -133,39 +134,21 @@ func (c *Conn) handleBootstrap(m rpccp.Message) bool {
 		return true
 	}
 	// The restore may block: it runs on its own goroutine, and calls
-	// pipelined on the answer meanwhile wait in a local promise, which is
-	// fulfilled before the Return leaves so that they keep their order.
-	p, r := capnp.NewLocalPromise[capnp.Client]()
-	a.pipe = clientPipe{p}
+	// pipelined on the answer meanwhile queue in it (recvOnAnswer).
 	c.tasks.Add(1)
 	c.mu.Unlock()
 	go func() {
 		defer c.tasks.Done()
-		defer p.Release()
 		cl, err := c.opts.Restore(ctx, id)
 		if err == nil && !cl.IsValid() {
 			err = exc.New(exc.Failed, "", "restore returned no capability")
 		}
 		if err != nil {
-			r.Reject(err)
 			a.PrepareReturn(err)
 			a.Return()
 			return
 		}
-		r.Fulfill(cl.AddRef())
 		a.returnCap(cl)
 	}()
 	return true
-}
-
-// clientPipe pipelines calls to a client, whatever the transform (a
-// bootstrap answer's content is the capability itself).
-type clientPipe struct{ cl capnp.Client }
-
-func (p clientPipe) PipelineSend(ctx context.Context, _ []capnp.PipelineOp, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
-	return p.cl.SendCall(ctx, s)
-}
-
-func (p clientPipe) PipelineRecv(ctx context.Context, _ []capnp.PipelineOp, r capnp.Recv) capnp.PipelineCaller {
-	return p.cl.RecvCall(ctx, r)
 }

@@ -317,6 +317,13 @@ func (c *Conn) shutdown(err error, abortReason string) {
 				a.cancel()
 			}
 			c.mu.Lock()
+			queued := a.queued
+			a.queued = nil
+			c.mu.Unlock()
+			for _, qc := range queued {
+				qc.r.Reject(err)
+			}
+			c.mu.Lock()
 			if a.sending { // Return releases them when its send is over
 				a.finished, a.releaseResultCaps = true, false
 				c.mu.Unlock()

@@ -266,8 +266,8 @@ func (q *question) release() {
 	c.mu.Unlock()
 	if cancel {
 		c.finish(q, true)
-		q.resolve(capnp.Ptr{}, errReleased)
 	}
+	q.resolve(capnp.Ptr{}, errReleased) // no-op if settled; else nothing else will
 	q.p.ReleaseClients()
 	if rm != nil {
 		rm.Release()

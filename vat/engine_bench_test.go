@@ -1,0 +1,77 @@
+package vat_test
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"testing"
+
+	"github.com/vatcar/vatcar/vat"
+)
+
+var benchEngines = []vat.Engine{vat.EngineGoCapnp, vat.EngineVatcar}
+
+// BenchmarkEngineCall is one unary call at a time between two vats over
+// loopback TLS, on each engine (both vats on it); allocs/op counts both
+// sides.
+func BenchmarkEngineCall(b *testing.B) {
+	for _, eng := range benchEngines {
+		b.Run(eng.String(), func(b *testing.B) {
+			ctx := context.Background()
+			_, _, uri := hostEcho(b, "b", vat.Config{Engine: eng})
+			a := startVat(b, vat.Config{Engine: eng})
+			c, err := a.MustImport(uri).Connect(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Release()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := call(ctx, c, "x"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkEngineCallsInFlight holds 256 unary calls in flight (their
+// handler blocks) and reports the goroutines each costs on both vats
+// together, beyond the caller's own goroutine. The handler's goroutine
+// (go-capnp's server.Call.Go) is one of them on either engine.
+func BenchmarkEngineCallsInFlight(b *testing.B) {
+	const n = 256
+	for _, eng := range benchEngines {
+		b.Run(eng.String(), func(b *testing.B) {
+			ctx := context.Background()
+			_, e, uri := hostEcho(b, "b", vat.Config{Engine: eng, MaxConcurrentCalls: 2 * n})
+			a := startVat(b, vat.Config{Engine: eng})
+			c, err := a.MustImport(uri).Connect(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Release()
+			var perCall float64
+			for b.Loop() {
+				e.block = make(chan struct{})
+				before := e.calls.Load()
+				base := runtime.NumGoroutine()
+				var wg sync.WaitGroup
+				for i := 0; i < n; i++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						if _, err := call(ctx, c, "x"); err != nil {
+							b.Error(err)
+						}
+					}()
+				}
+				waitFor(b, "calls in flight", func() bool { return e.calls.Load()-before == n })
+				perCall = float64(runtime.NumGoroutine()-base-n) / n
+				close(e.block)
+				wg.Wait()
+			}
+			b.ReportMetric(perCall, "goroutines/call")
+		})
+	}
+}

@@ -1,0 +1,92 @@
+package vat
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+
+	"github.com/vatcar/vatcar/proto/captp"
+	"github.com/vatcar/vatcar/vat/engine"
+)
+
+// newEngineConn runs vatcar's own engine on endpoint for c: the codec is
+// the same write-behind codec as go-capnp's transport gets, a Bootstrap
+// without an object id gets boot (the Restorer), one with an object id
+// restores it as the Restorer would (OCaml's way).
+func (v *Vat) newEngineConn(c *Connection, endpoint net.Conn, mode Mode, boot capnp.Client, log *slog.Logger) *engine.Conn {
+	cd := newCodec(activityConn{Conn: endpoint, act: c.act}, v.cfg.maxMessageSize())
+	cd.lazyReturn = v.cfg.LazyReturn
+	var codec engine.Codec = cd
+	if v.cfg.Insecure && mode == Accept {
+		codec = &firstMessageCodec{Codec: cd, conn: endpoint} // see handshake
+	}
+	return engine.NewConn(codec, &engine.Options{
+		Bootstrap: boot,
+		Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
+			if !c.limit.acquire() { // the restore counts as a call while it runs
+				return capnp.Client{}, exc.New(exc.Overloaded, "", ErrOverloaded.Error())
+			}
+			defer c.limit.release()
+			return v.restoreForPeer(ctx, c, ServiceID(id))
+		},
+		NoRestorer:  noRestorerText,
+		BaseContext: v.ctx,
+		Logger:      log,
+		Observe:     func(m rpccp.Message, out bool) { c.wire.observe(m, out) },
+	})
+}
+
+// restoreByObjectID restores id OCaml's way: a Bootstrap whose
+// deprecatedObjectId is the id. An older vatcar peer (on go-capnp) ignores
+// the id and answers with its Restorer, so Restorer.restore(id) is
+// pipelined on the answer in the same flight: if it returns a capability,
+// the peer was an older vatcar and that capability is the service; if it
+// fails as Unimplemented, the bootstrap answer is the service itself (a
+// vatcar engine, OCaml or C++ peer); any other failure is the restore's.
+func (c *Connection) restoreByObjectID(ctx context.Context, id ServiceID) (capnp.Client, error) {
+	boot := c.eng.BootstrapID(ctx, id)
+	fut, release := captp.Restorer(boot).Restore(ctx, func(p captp.Restorer_restore_Params) error {
+		return p.SetId(id)
+	})
+	defer release()
+	res, err := fut.Struct()
+	if err == nil {
+		boot.Release()
+		return res.Cap().AddRef(), nil
+	}
+	if exc.TypeOf(err) == exc.Unimplemented {
+		if rerr := boot.Resolve(ctx); rerr != nil {
+			boot.Release()
+			return capnp.Client{}, rerr
+		}
+		return boot, nil
+	}
+	boot.Release()
+	if !c.usable() && !IsDisconnected(err) && !IsUnknownService(err) && !IsNoRestorer(err) {
+		err = fmt.Errorf("%w: %w", ErrDisconnected, err)
+	}
+	return capnp.Client{}, err
+}
+
+// firstMessageCodec clears the read deadline that bounds the wait for a
+// peer's first message once that message has arrived.
+type firstMessageCodec struct {
+	engine.Codec
+	conn net.Conn
+	once sync.Once
+}
+
+func (c *firstMessageCodec) Decode() (*capnp.Message, error) {
+	m, err := c.Codec.Decode()
+	if err == nil {
+		c.once.Do(func() { _ = c.conn.SetReadDeadline(time.Time{}) })
+	}
+	return m, err
+}
