@@ -59,6 +59,7 @@ func (c *Connection) restoreByObjectID(ctx context.Context, id ServiceID) (capnp
 	res, err := fut.Struct()
 	if err == nil {
 		boot.Release()
+		c.restored.Store(true) // in use, this way: not an idle stranger
 		return res.Cap().AddRef(), nil
 	}
 	if exc.TypeOf(err) == exc.Unimplemented {
@@ -66,6 +67,7 @@ func (c *Connection) restoreByObjectID(ctx context.Context, id ServiceID) (capnp
 			boot.Release()
 			return capnp.Client{}, rerr
 		}
+		c.restored.Store(true)
 		return boot, nil
 	}
 	boot.Release()
