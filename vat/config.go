@@ -16,6 +16,7 @@ const (
 	DefaultHeartbeatTimeout   = 10 * time.Second
 	DefaultMaxConnections     = 1024
 	DefaultStrangerGrace      = 3 * time.Second
+	DefaultMaxAnswers         = 32768
 )
 
 // Reasons given to Config.OnRefused.
@@ -29,6 +30,10 @@ const (
 	// nothing for StrangerGrace since it was accepted (its handshake
 	// included) was closed to make room for a new one.
 	RefusedIdle = "evicted idle"
+	// RefusedAnswerBudget: a connection was closed because its peer had
+	// more calls (restores included) that it had not finished (no Finish
+	// sent) than MaxAnswers: each holds an answer in memory until then.
+	RefusedAnswerBudget = "answer budget"
 	// RefusedKeyShare: with every slot held and no idle connection, a
 	// connection of the key holding the most connections, more than an
 	// equal share of MaxConnections among the keys connected (the
@@ -80,6 +85,15 @@ type Config struct {
 	// limit fail at once with an exception of type Overloaded. Zero means
 	// DefaultMaxConcurrentCalls; negative means no limit.
 	MaxConcurrentCalls int
+
+	// MaxAnswers bounds, per connection, the calls (restores included) the
+	// peer has made and not yet finished: the vat keeps each one's answer
+	// until the peer's Finish (go-capnp sends it about 250 ms after the
+	// Return). Over it the connection is closed, logged and reported to
+	// OnRefused (RefusedAnswerBudget); other connections go on. Zero means
+	// DefaultMaxAnswers (32768, some 60 MB of answers); negative: no
+	// bound.
+	MaxAnswers int
 
 	// MaxMessageSize is the largest inbound capnp message accepted, in
 	// bytes; a larger one aborts the connection (go-capnp's behaviour).
@@ -308,4 +322,15 @@ func (e Engine) String() string {
 		return "vatcar"
 	}
 	return "go-capnp"
+}
+
+// maxAnswers returns MaxAnswers with its default; 0: no bound.
+func (c Config) maxAnswers() int {
+	switch {
+	case c.MaxAnswers < 0:
+		return 0
+	case c.MaxAnswers == 0:
+		return DefaultMaxAnswers
+	}
+	return c.MaxAnswers
 }

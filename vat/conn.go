@@ -109,6 +109,17 @@ func (c *Connection) Close() error {
 	return c.conn.Close()
 }
 
+// answerBudget is the codec's Config.MaxAnswers for a connection: going
+// over it is logged on log and reported to OnRefused.
+func (v *Vat) answerBudget(log *slog.Logger) answerBudget {
+	return answerBudget{max: v.cfg.maxAnswers(), over: func() {
+		log.Warn("closing the connection: the peer made more calls than it finished", "budget", v.cfg.maxAnswers())
+		if v.cfg.OnRefused != nil {
+			v.cfg.OnRefused(RefusedAnswerBudget)
+		}
+	}}
+}
+
 // closeBecause closes c in the background, for reason.
 func (c *Connection) closeBecause(reason string) {
 	c.reason.CompareAndSwap(nil, &reason)
@@ -244,7 +255,7 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 		c.eng = v.newEngineConn(c, endpoint, mode, c.limit.wrap(capnp.Client(boot)), log)
 		c.conn = c.eng
 	} else {
-		var tr transport.Transport = newTransport(activityConn{Conn: endpoint, act: c.act}, v.cfg.maxMessageSize(), v.cfg.LazyReturn)
+		var tr transport.Transport = newTransport(activityConn{Conn: endpoint, act: c.act}, v.cfg.maxMessageSize(), v.cfg.LazyReturn, v.answerBudget(log))
 		if v.cfg.Insecure && mode == Accept {
 			tr = &firstMessageTransport{Transport: tr, conn: endpoint} // see handshake
 		}

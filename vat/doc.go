@@ -70,7 +70,12 @@
 // hands out are counted: over Config.MaxConcurrentCalls running at once on
 // one connection, a call fails at once with an exception of type Overloaded. (Calls on capabilities
 // passed back from those, such as stream sinks, are not counted.) Inbound
-// messages over Config.MaxMessageSize abort the connection, as go-capnp does.
+// messages over Config.MaxMessageSize abort the connection, as go-capnp does;
+// one over 1 MiB is buffered as its bytes arrive, not at the size its header
+// claims, and must complete within 10 s plus its size at 1 MiB/s. A peer
+// with more than Config.MaxAnswers (32768) calls it has not finished (each
+// holds an answer until the peer's Finish) has its connection closed, and
+// OnRefused is told (RefusedAnswerBudget).
 //
 // Serve holds at most Config.MaxConnections (1024) inbound connections at
 // once, those in their handshake included. One more takes the slot of the

@@ -50,6 +50,10 @@ var (
 	// calls.
 	ErrOverloaded = errors.New("too many concurrent calls on this connection")
 
+	// ErrAnswerBudget ends a connection whose peer made more calls it had
+	// not finished than Config.MaxAnswers.
+	ErrAnswerBudget = errors.New("answer budget exceeded")
+
 	// ErrClosed is returned by operations on a closed vat.
 	ErrClosed = errors.New("vat closed")
 

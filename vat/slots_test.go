@@ -182,3 +182,26 @@ func TestKeyShareMakesRoom(t *testing.T) {
 		t.Error("the hog's newest connection is still open")
 	}
 }
+
+// TestAnswerBudgetKeepsBusyPeers: a peer making many calls, each finished
+// as go-capnp does (a Finish some 250 ms after the Return), stays well under
+// a modest budget and keeps its connection.
+func TestAnswerBudgetKeepsBusyPeers(t *testing.T) {
+	ctx := testContext(t)
+	var r refusals
+	_, _, uri := hostEcho(t, "b", vat.Config{MaxAnswers: 2000, OnRefused: r.hook})
+	a := startVat(t, vat.Config{})
+	c, err := a.MustImport(uri).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	for i := range 500 {
+		if got, err := call(ctx, c, "x"); err != nil || got != "b:x" {
+			t.Fatalf("call %d = %q, %v", i, got, err)
+		}
+	}
+	if n := r.count(vat.RefusedAnswerBudget); n != 0 {
+		t.Errorf("%d connections closed over the answer budget, want 0", n)
+	}
+}

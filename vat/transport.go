@@ -3,6 +3,7 @@ package vat
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/rpc/transport"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
 // DefaultMaxMessageSize is go-capnp's own limit on an inbound message.
@@ -60,6 +62,12 @@ type codec struct {
 	// lazyReturn, if not nil, names the methods whose Returns are lazy
 	// (Config.LazyReturn). Set before the first Decode.
 	lazyReturn func(interfaceID uint64, methodID uint16) bool
+	// maxAnswers bounds the peer's calls not yet finished (Config.MaxAnswers;
+	// 0: none); overBudget, if not nil, is told when Decode refuses for it.
+	// Set before the first Decode. unfinished is used by Decode alone.
+	maxAnswers int
+	overBudget func()
+	unfinished int
 
 	mu        sync.Mutex
 	space     sync.Cond      // signalled when pending shrinks, a write ends, or err is set
@@ -85,10 +93,18 @@ type codec struct {
 }
 
 // newTransport returns a transport on rwc; lazyReturn is Config.LazyReturn.
-func newTransport(rwc io.ReadWriteCloser, maxMessageSize uint64, lazyReturn func(uint64, uint16) bool) transport.Transport {
+func newTransport(rwc io.ReadWriteCloser, maxMessageSize uint64, lazyReturn func(uint64, uint16) bool, budget answerBudget) transport.Transport {
 	c := newCodec(rwc, maxMessageSize)
 	c.lazyReturn = lazyReturn
+	c.maxAnswers, c.overBudget = budget.max, budget.over
 	return transport.New(c)
+}
+
+// answerBudget is Config.MaxAnswers for a codec, and whom to tell when a
+// peer goes over it.
+type answerBudget struct {
+	max  int // 0: no bound
+	over func()
 }
 
 // newCodec returns a codec on rwc and starts its writer.
@@ -259,10 +275,49 @@ func (c *codec) writeLoop() {
 
 func (c *codec) Decode() (*capnp.Message, error) {
 	m, err := c.dec.decode()
-	if err == nil && c.lazyReturn != nil && c.lazyDelay > 0 {
-		c.noteCall(m)
+	if err != nil {
+		return m, err
 	}
-	return m, err
+	lazy := c.lazyReturn != nil && c.lazyDelay > 0
+	if c.maxAnswers == 0 && !lazy {
+		return m, nil
+	}
+	root, rerr := rpccp.ReadRootMessage(m)
+	if rerr != nil {
+		return m, nil // go-capnp reports it
+	}
+	if err := c.countAnswers(root); err != nil {
+		m.Release()
+		return nil, err
+	}
+	if lazy {
+		c.noteCall(root, m)
+	}
+	return m, nil
+}
+
+// countAnswers keeps the count of the peer's calls it has not finished: a
+// Call or Bootstrap adds one, a Finish takes one away. Over maxAnswers it
+// fails, which ends the connection.
+func (c *codec) countAnswers(root rpccp.Message) error {
+	if c.maxAnswers == 0 {
+		return nil
+	}
+	switch root.Which() {
+	case rpccp.Message_Which_call, rpccp.Message_Which_bootstrap:
+		c.unfinished++
+		if c.unfinished > c.maxAnswers {
+			if c.overBudget != nil {
+				c.overBudget()
+			}
+			return fmt.Errorf("%w: the peer made %d calls it has not finished, over the budget of %d", ErrAnswerBudget, c.unfinished, c.maxAnswers)
+		}
+	case rpccp.Message_Which_finish:
+		if c.unfinished > 0 {
+			c.unfinished--
+		}
+	}
+	return nil
 }
 
 // Close lets the writer finish what is pending, for at most

@@ -80,9 +80,8 @@ func (c *codec) classifyLazy(m *capnp.Message) (lazy bool, answer uint64, result
 // noteCall remembers the question id and size of m if m is a call to a
 // method lazyReturn names, small enough, whose results go to the caller (a
 // Return answers it): its Return may then be lazy.
-func (c *codec) noteCall(m *capnp.Message) {
-	root, err := rpccp.ReadRootMessage(m)
-	if err != nil || root.Which() != rpccp.Message_Which_call {
+func (c *codec) noteCall(root rpccp.Message, m *capnp.Message) {
+	if root.Which() != rpccp.Message_Which_call {
 		return
 	}
 	call, err := root.Call()

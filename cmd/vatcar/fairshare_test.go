@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	capnp "capnproto.org/go/capnp/v3"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
@@ -207,5 +209,52 @@ func TestClaimedMessageSizesCostNothing(t *testing.T) {
 	// The legitimate importer is still served.
 	if _, err := p.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
 		t.Errorf("importer's call during the trickle: %v", err)
+	}
+}
+
+// TestUnfinishedRestoresCloseTheConnection is issue 14's second row against
+// the built binary: one TLS connection makes 200,000 restores (Bootstrap
+// messages) and never finishes them nor reads the answers. Past the answer
+// budget (32,768) the exporter closes that connection and counts it; its
+// heap stays bounded, and another importer is served.
+func TestUnfinishedRestoresCloseTheConnection(t *testing.T) {
+	p, ctx := startCalledPair(t)
+	target := p.exp.Listen[len("tcp:"):]
+	c, err := tls.Dial("tcp", target, &tls.Config{
+		Certificates: []tls.Certificate{selfSigned(t)}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const restores = 200000
+	enc := capnp.NewEncoder(c)
+	sent := 0
+	for i := range restores {
+		msg, seg := capnp.NewMultiSegmentMessage(nil)
+		m, err := rpccp.NewRootMessage(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := m.NewBootstrap()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.SetQuestionId(uint32(i))
+		if err := enc.Encode(msg); err != nil {
+			break // the exporter closed the connection
+		}
+		sent++
+	}
+	waitFor(t, 30*time.Second, "the exporter to close the connection over its answer budget", func() bool {
+		return scrape(t, p.exp.Health, "vatcar_vat_refused_connections_total", map[string]string{"reason": "answer budget"}) == 1
+	})
+	heap := scrape(t, p.exp.Health, "go_memstats_heap_inuse_bytes", nil)
+	t.Logf("%d restores sent before the close; exporter heap in use %.0f MiB", sent, heap/(1<<20))
+	if heap > 200<<20 {
+		t.Errorf("exporter heap in use %.0f MiB after the attack", heap/(1<<20))
+	}
+	if _, err := p.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
+		t.Errorf("importer's call after the attack: %v", err)
 	}
 }
