@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Installs the pinned tools that code generation and CI need.
 # Debian packages when missing (capnproto, protobuf-compiler; nginx and haproxy, the peer
-# proxy pairs bench/ measures and tests), Go tools by exact version.
+# proxy pairs bench/ measures and tests; libcapnp-dev, g++ and pkg-config, the C++ reference
+# peer vat's tests build), Go tools by exact version.
 set -euo pipefail
 
 # nginx and haproxy live in /usr/sbin, which a non-root PATH may lack.
 if ! command -v capnp >/dev/null || ! command -v protoc >/dev/null ||
-  [ ! -x /usr/sbin/nginx ] || [ ! -x /usr/sbin/haproxy ]; then
+  [ ! -x /usr/sbin/nginx ] || [ ! -x /usr/sbin/haproxy ] ||
+  ! command -v g++ >/dev/null || ! pkg-config --exists capnp-rpc 2>/dev/null; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq
   # The tests start their own nginx and haproxy instances on free loopback ports.
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq capnproto protobuf-compiler nginx haproxy >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq capnproto protobuf-compiler nginx haproxy \
+    libcapnp-dev g++ pkg-config >/dev/null
 fi
 
 # Versions are pinned: capnpc-go must match the capnp runtime in go.mod.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/vatcar/vatcar/vat"
@@ -26,18 +27,23 @@ func BenchmarkEngineCall(b *testing.B) {
 			}
 			defer c.Release()
 			b.ReportAllocs()
+			cpu0 := cpuTime()
+			n := 0
 			for b.Loop() {
 				if _, err := call(ctx, c, "x"); err != nil {
 					b.Fatal(err)
 				}
+				n++
 			}
+			b.ReportMetric(float64(cpuTime()-cpu0)/float64(n), "cpu-ns/op")
 		})
 	}
 }
 
 // BenchmarkEngineCallsInFlight holds 256 unary calls in flight (their
 // handler blocks) and reports the goroutines each costs on both vats
-// together, beyond the caller's own goroutine. The handler's goroutine
+// together, beyond the caller's own goroutine; callers' contexts are
+// cancellable, as a bridged gRPC call's is. The handler's goroutine
 // (go-capnp's server.Call.Go) is one of them on either engine.
 func BenchmarkEngineCallsInFlight(b *testing.B) {
 	const n = 256
@@ -53,6 +59,8 @@ func BenchmarkEngineCallsInFlight(b *testing.B) {
 			defer c.Release()
 			var perCall float64
 			for b.Loop() {
+				// A cancellable context, as a bridged gRPC call's is.
+				ctx, cancel := context.WithCancel(context.Background())
 				e.block = make(chan struct{})
 				before := e.calls.Load()
 				base := runtime.NumGoroutine()
@@ -70,8 +78,18 @@ func BenchmarkEngineCallsInFlight(b *testing.B) {
 				perCall = float64(runtime.NumGoroutine()-base-n) / n
 				close(e.block)
 				wg.Wait()
+				cancel()
 			}
 			b.ReportMetric(perCall, "goroutines/call")
 		})
 	}
+}
+
+// cpuTime is the process's user and system CPU time so far, in ns.
+func cpuTime() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
