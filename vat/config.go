@@ -168,7 +168,7 @@ type Config struct {
 	OnRestore func(result RestoreResult)
 
 	// Engine picks the CapTP implementation connections run on (see
-	// Engine). The zero value is go-capnp's rpc.Conn.
+	// Engine). The zero value is vatcar's own engine.
 	Engine Engine
 }
 
@@ -309,12 +309,13 @@ func (c Config) strangerGrace() time.Duration {
 type Engine int
 
 const (
-	// EngineGoCapnp runs connections on go-capnp's rpc.Conn (the default
-	// until vatcar's own engine passes the whole suite).
-	EngineGoCapnp Engine = iota
 	// EngineVatcar runs connections on vatcar's own engine (vat/engine):
 	// OCaml's object-id restore both ways, no goroutine or timer per call.
-	EngineVatcar
+	// The default.
+	EngineVatcar Engine = iota
+	// EngineGoCapnp runs connections on go-capnp's rpc.Conn, as vatcar did
+	// before its own engine.
+	EngineGoCapnp
 )
 
 func (e Engine) String() string {

@@ -23,6 +23,8 @@ import (
 func (v *Vat) newEngineConn(c *Connection, endpoint net.Conn, mode Mode, boot capnp.Client, log *slog.Logger) *engine.Conn {
 	cd := newCodec(activityConn{Conn: endpoint, act: c.act}, v.cfg.maxMessageSize())
 	cd.lazyReturn = v.cfg.LazyReturn
+	budget := v.answerBudget(log)
+	cd.maxAnswers, cd.overBudget = budget.max, budget.over
 	var codec engine.Codec = cd
 	if v.cfg.Insecure && mode == Accept {
 		codec = &firstMessageCodec{Codec: cd, conn: endpoint} // see handshake
