@@ -269,6 +269,16 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 	} else {
 		v.peers[key] = c
 	}
+	if old != nil {
+		// The address that reached the old connection reaches the same
+		// process: the new one takes its place (a dial's connection that
+		// lost to the peer's crossed one hands its address over).
+		for k, bc := range v.byAddr {
+			if bc == old {
+				v.byAddr[k] = c
+			}
+		}
+	}
 	v.wg.Add(1)
 	heartbeat := v.cfg.heartbeatInterval() > 0
 	if heartbeat {
