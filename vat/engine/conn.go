@@ -65,9 +65,13 @@ type Conn struct {
 	efree     []uint32  // free export ids. Guarded by c.mu.
 	embargoes map[uint32]*embargo
 	nextEmb   uint32
-	closed    bool
-	err       error // why the connection ended, once closed
-	boot      capnp.Client
+	// resolvedHooks are promise imports holding their resolution; go-capnp
+	// does not always shut a resolved promise's hook down, so shutdown
+	// releases what is left. Guarded by c.mu.
+	resolvedHooks map[*importClient]struct{}
+	closed        bool
+	err           error // why the connection ended, once closed
+	boot          capnp.Client
 
 	tasks    sync.WaitGroup // restores running
 	recvDone chan struct{}
@@ -78,12 +82,13 @@ type Conn struct {
 // NewConn runs CapTP over codec and starts the receive loop.
 func NewConn(codec Codec, opts *Options) *Conn {
 	c := &Conn{
-		codec:     codec,
-		answers:   make(map[uint32]*answer),
-		imports:   make(map[uint32]*importEntry),
-		embargoes: make(map[uint32]*embargo),
-		recvDone:  make(chan struct{}),
-		done:      make(chan struct{}),
+		codec:         codec,
+		answers:       make(map[uint32]*answer),
+		imports:       make(map[uint32]*importEntry),
+		embargoes:     make(map[uint32]*embargo),
+		resolvedHooks: make(map[*importClient]struct{}),
+		recvDone:      make(chan struct{}),
+		done:          make(chan struct{}),
 	}
 	if opts != nil {
 		c.opts = *opts
@@ -291,7 +296,18 @@ func (c *Conn) shutdown(err error, abortReason string) {
 		c.embargoes = map[uint32]*embargo{}
 		boot := c.boot
 		c.boot = capnp.Client{}
+		var resolved []capnp.Client
+		for h := range c.resolvedHooks {
+			resolved = append(resolved, h.resolved)
+			h.resolved = capnp.Client{}
+		}
+		c.resolvedHooks = nil
 		c.mu.Unlock()
+		defer func() {
+			for _, r := range resolved {
+				r.Release()
+			}
+		}()
 
 		if abortReason != "" {
 			if msg, m, e := newMessage(); e == nil {

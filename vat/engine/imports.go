@@ -142,6 +142,7 @@ func (h *importClient) Shutdown() {
 	c.mu.Lock()
 	resolved := h.resolved
 	h.resolved = capnp.Client{}
+	delete(c.resolvedHooks, h)
 	if c.closed {
 		c.mu.Unlock()
 		resolved.Release()
@@ -247,6 +248,7 @@ func (c *Conn) handleResolve(msg *capnp.Message, m rpccp.Message) bool {
 	}
 	for _, h := range hooks {
 		h.resolved = resolution.AddRef()
+		c.resolvedHooks[h] = struct{}{}
 	}
 	c.mu.Unlock()
 

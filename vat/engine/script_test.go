@@ -1,0 +1,301 @@
+package engine_test
+
+import (
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+
+	"github.com/vatcar/vatcar/proto/captp"
+	"github.com/vatcar/vatcar/vat/engine"
+)
+
+// chanCodec connects a Conn to a test that plays the peer message by
+// message.
+type chanCodec struct {
+	in     chan *capnp.Message // to the Conn
+	out    chan *capnp.Message // from the Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newChanCodec() *chanCodec {
+	return &chanCodec{in: make(chan *capnp.Message, 64), out: make(chan *capnp.Message, 64), closed: make(chan struct{})}
+}
+
+func (c *chanCodec) Encode(m *capnp.Message) error {
+	b, err := m.Marshal()
+	if err != nil {
+		return err
+	}
+	cp, err := capnp.Unmarshal(b)
+	if err != nil {
+		return err
+	}
+	select {
+	case c.out <- cp:
+		return nil
+	case <-c.closed:
+		return io.ErrClosedPipe
+	}
+}
+
+func (c *chanCodec) Decode() (*capnp.Message, error) {
+	select {
+	case m := <-c.in:
+		return m, nil
+	case <-c.closed:
+		return nil, io.EOF
+	}
+}
+
+func (c *chanCodec) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return nil
+}
+
+// script is the test's side of a chanCodec.
+type script struct {
+	t  *testing.T
+	cc *chanCodec
+}
+
+func (s script) send(build func(m rpccp.Message)) {
+	s.t.Helper()
+	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	m, err := rpccp.NewRootMessage(seg)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	build(m)
+	s.cc.in <- msg
+}
+
+// expect returns the next message the Conn sends, skipping Finish and
+// Release messages unless asked for them.
+func (s script) expect(which rpccp.Message_Which) rpccp.Message {
+	s.t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case msg := <-s.cc.out:
+			m, err := rpccp.ReadRootMessage(msg)
+			if err != nil {
+				s.t.Fatal(err)
+			}
+			if m.Which() == which {
+				return m
+			}
+			if m.Which() == rpccp.Message_Which_finish || m.Which() == rpccp.Message_Which_release {
+				continue
+			}
+			s.t.Fatalf("got %v, want %v", m.Which(), which)
+		case <-deadline:
+			s.t.Fatalf("no %v came", which)
+		}
+	}
+}
+
+func newScript(t *testing.T, opts engine.Options) (script, *engine.Conn) {
+	cc := newChanCodec()
+	c := engine.NewConn(cc, &opts)
+	t.Cleanup(func() { c.Close() })
+	return script{t: t, cc: cc}, c
+}
+
+func sinkHeadersCall(qid uint32, target func(rpccp.MessageTarget), key string) func(rpccp.Message) {
+	return func(m rpccp.Message) {
+		call, _ := m.NewCall()
+		call.SetQuestionId(qid)
+		call.SetInterfaceId(captp.Sink_TypeID)
+		call.SetMethodId(0)
+		t, _ := call.NewTarget()
+		target(t)
+		p, _ := call.NewParams()
+		args, _ := captp.NewSink_headers_Params(p.Segment())
+		md, _ := args.NewMd(1)
+		_ = md.At(0).SetKey(key)
+		_ = p.SetContent(args.ToPtr())
+	}
+}
+
+// TestScriptPipelinedBeforeReturn: calls pipelined on a Bootstrap whose
+// restore is still running are delivered, in order, once it returns; after
+// the Finishes and the Release every table is empty.
+func TestScriptPipelinedBeforeReturn(t *testing.T) {
+	rec := &recorder{}
+	gate := make(chan struct{})
+	s, c := newScript(t, engine.Options{Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
+		<-gate
+		return capnp.Client(captp.Sink_ServerToClient(rec)), nil
+	}})
+	s.send(func(m rpccp.Message) {
+		b, _ := m.NewBootstrap()
+		b.SetQuestionId(0)
+		txt, _ := capnp.NewText(b.Segment(), "svc")
+		_ = b.SetDeprecatedObjectId(txt.ToPtr())
+	})
+	for i, k := range []string{"a", "b", "c"} {
+		s.send(sinkHeadersCall(uint32(i+1), func(t rpccp.MessageTarget) {
+			pa, _ := t.NewPromisedAnswer()
+			pa.SetQuestionId(0)
+		}, k))
+	}
+	close(gate)
+	ret := s.expect(rpccp.Message_Which_return)
+	r, _ := ret.Return()
+	if r.AnswerId() != 0 || r.Which() != rpccp.Return_Which_results {
+		t.Fatalf("bootstrap return: answer %d, %v", r.AnswerId(), r.Which())
+	}
+	p, _ := r.Results()
+	ct, _ := p.CapTable()
+	if ct.Len() != 1 || ct.At(0).Which() != rpccp.CapDescriptor_Which_senderHosted {
+		t.Fatalf("bootstrap results cap table %v", ct)
+	}
+	export := ct.At(0).SenderHosted()
+	for i := 0; i < 3; i++ {
+		ret := s.expect(rpccp.Message_Which_return)
+		r, _ := ret.Return()
+		if r.Which() != rpccp.Return_Which_results {
+			t.Fatalf("call return %v", r.Which())
+		}
+	}
+	// A call straight to the export now.
+	s.send(sinkHeadersCall(4, func(t rpccp.MessageTarget) { t.SetImportedCap(export) }, "d"))
+	s.expect(rpccp.Message_Which_return)
+	keys, _ := rec.snapshot()
+	if got := strings.Join(keys, ""); got != "abcd" {
+		t.Fatalf("delivered %q, want abcd", got)
+	}
+	for q := uint32(0); q <= 4; q++ {
+		s.send(func(m rpccp.Message) {
+			f, _ := m.NewFinish()
+			f.SetQuestionId(q)
+			f.SetReleaseResultCaps(false)
+		})
+	}
+	s.send(func(m rpccp.Message) {
+		r, _ := m.NewRelease()
+		r.SetId(export)
+		r.SetReferenceCount(1)
+	})
+	poll(t, "tables empty", zeroStats(c))
+}
+
+// TestScriptFinishCancelsHandler: a Finish before the Return cancels the
+// running handler; its Return still comes, and the tables empty.
+func TestScriptFinishCancelsHandler(t *testing.T) {
+	svc := &service{cancelled: make(chan struct{})}
+	s, c := newScript(t, engine.Options{Bootstrap: capnp.Client(captp.GrpcService_ServerToClient(svc))})
+	s.send(func(m rpccp.Message) {
+		b, _ := m.NewBootstrap()
+		b.SetQuestionId(0)
+	})
+	r, _ := s.expect(rpccp.Message_Which_return).Return()
+	p, _ := r.Results()
+	ct, _ := p.CapTable()
+	export := ct.At(0).SenderHosted()
+	s.send(func(m rpccp.Message) {
+		call, _ := m.NewCall()
+		call.SetQuestionId(1)
+		call.SetInterfaceId(captp.GrpcService_TypeID)
+		call.SetMethodId(0)
+		t, _ := call.NewTarget()
+		t.SetImportedCap(export)
+		p, _ := call.NewParams()
+		args, _ := captp.NewGrpcService_unary_Params(p.Segment())
+		head, _ := args.NewCall()
+		_ = head.SetMethod("block")
+		_ = p.SetContent(args.ToPtr())
+	})
+	s.send(func(m rpccp.Message) {
+		f, _ := m.NewFinish()
+		f.SetQuestionId(1)
+		f.SetReleaseResultCaps(true)
+	})
+	select {
+	case <-svc.cancelled:
+	case <-time.After(30 * time.Second):
+		t.Fatal("handler not cancelled by Finish")
+	}
+	r2, _ := s.expect(rpccp.Message_Which_return).Return()
+	if r2.AnswerId() != 1 || r2.Which() != rpccp.Return_Which_exception {
+		t.Fatalf("return %d %v, want answer 1 exception", r2.AnswerId(), r2.Which())
+	}
+	s.send(func(m rpccp.Message) {
+		f, _ := m.NewFinish()
+		f.SetQuestionId(0)
+	})
+	s.send(func(m rpccp.Message) {
+		r, _ := m.NewRelease()
+		r.SetId(export)
+		r.SetReferenceCount(1)
+	})
+	poll(t, "tables empty", zeroStats(c))
+}
+
+// TestScriptUnimplementedAndAbort: a level 3 message comes back as
+// Unimplemented; releasing an export the peer does not hold is a protocol
+// violation: the Conn aborts with a reason and ends.
+func TestScriptUnimplementedAndAbort(t *testing.T) {
+	s, c := newScript(t, engine.Options{})
+	s.send(func(m rpccp.Message) {
+		p, _ := m.NewProvide()
+		p.SetQuestionId(7)
+	})
+	u, _ := s.expect(rpccp.Message_Which_unimplemented).Unimplemented()
+	if u.Which() != rpccp.Message_Which_provide {
+		t.Fatalf("unimplemented echoes %v", u.Which())
+	}
+	s.send(func(m rpccp.Message) {
+		r, _ := m.NewRelease()
+		r.SetId(3)
+		r.SetReferenceCount(1)
+	})
+	ab, _ := s.expect(rpccp.Message_Which_abort).Abort()
+	if reason, _ := ab.Reason(); !strings.Contains(reason, "Release") {
+		t.Fatalf("abort reason %q", reason)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("conn did not end after the abort")
+	}
+	if c.Err() == nil || !strings.Contains(c.Err().Error(), "protocol violation") {
+		t.Fatalf("Err() = %v", c.Err())
+	}
+}
+
+// TestScriptPeerAbort: the peer's Abort ends the connection with its
+// reason; a call in flight fails.
+func TestScriptPeerAbort(t *testing.T) {
+	s, c := newScript(t, engine.Options{})
+	boot := c.Bootstrap(context.Background())
+	defer boot.Release()
+	s.expect(rpccp.Message_Which_bootstrap)
+	s.send(func(m rpccp.Message) {
+		e, _ := m.NewAbort()
+		_ = e.SetReason("going away")
+	})
+	select {
+	case <-c.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("conn did not end")
+	}
+	if err := boot.Resolve(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	fut, rel := captp.Sink(boot).Headers(context.Background(), nil)
+	defer rel()
+	if _, err := fut.Struct(); err == nil || !strings.Contains(err.Error(), "going away") {
+		t.Fatalf("call after abort: %v", err)
+	}
+}
