@@ -144,8 +144,13 @@ func (a *answer) Return() {
 	if a.err == nil {
 		var err error
 		exported, err = c.describeLocked(a.payload, caps)
-		if err != nil {
-			c.log.Debug("describing results", "err", err)
+		if err != nil { // over MaxExports: the call fails instead
+			c.mu.Unlock()
+			c.releaseExports(exported)
+			msg.Release()
+			a.PrepareReturn(err)
+			a.Return()
+			return
 		}
 	}
 	a.returned = true
@@ -300,13 +305,23 @@ func (c *Conn) handleCall(msg *capnp.Message, m rpccp.Message) bool {
 		c.abort("Call reuses a question id in use")
 		return false
 	}
-	if _, err := c.importCapsLocked(msg, list); err != nil {
+	_, failed, err := c.importCapsLocked(msg, list)
+	if err != nil && err != errTooManyImports {
 		c.mu.Unlock()
 		msg.Release()
 		c.abort("bad Call: " + err.Error())
 		return false
 	}
 	c.answers[qid] = a
+	if err != nil { // over MaxImports: this call fails, the connection lives
+		_, a.cancel = context.WithCancel(c.ctx)
+		c.mu.Unlock()
+		c.refuseImports(list, failed)
+		a.releaseArgs()
+		a.PrepareReturn(err)
+		a.Return()
+		return true
+	}
 	switch tgt.Which() {
 	case rpccp.MessageTarget_Which_importedCap:
 		// Borrowed: only this loop's Release handling or shutdown (which

@@ -40,6 +40,24 @@ type Options struct {
 	// Observe, if set, sees every message sent (out) and received, before
 	// it is handled; it must not keep m.
 	Observe func(m rpccp.Message, out bool)
+	// MaxImports and MaxExports bound the peer's capabilities held here and
+	// this side's held by the peer (0: DefaultMaxCaps; negative: no
+	// bound). Over either, the call, return or restore that would cross it
+	// fails with an Overloaded exception; the connection lives.
+	MaxImports, MaxExports int
+}
+
+// DefaultMaxCaps is the default of Options.MaxImports and MaxExports.
+const DefaultMaxCaps = 1 << 16
+
+func capLimit(n int) int {
+	switch {
+	case n == 0:
+		return DefaultMaxCaps
+	case n < 0:
+		return int(^uint(0) >> 1)
+	}
+	return n
 }
 
 // ErrClosed is the cause of the exception (type Disconnected) of calls on

@@ -486,3 +486,49 @@ func TestCloseFailsCalls(t *testing.T) {
 		t.Fatal("engine conn not done")
 	}
 }
+
+// TestCapLimits: past MaxExports (caller side) or MaxImports (callee side)
+// the call that would cross the limit fails with a named Overloaded
+// exception; the connection lives and the tables drain afterwards.
+func TestCapLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		client, srv  engine.Options
+		wantContains string
+	}{
+		{"exports", engine.Options{MaxExports: 1}, engine.Options{}, "too many capabilities exported"},
+		{"imports", engine.Options{}, engine.Options{MaxImports: 1}, "too many capabilities imported"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			svc := &service{gate: make(chan struct{})}
+			a, b := tcpPair(t)
+			tc.srv.Bootstrap = capnp.Client(captp.GrpcService_ServerToClient(svc))
+			sc, srv := enginePeer(b, tc.srv)
+			defer srv.close()
+			cc, cl := enginePeer(a, tc.client)
+			defer cl.close()
+			g := captp.GrpcService(cc.Bootstrap(ctx))
+			d1 := captp.Sink_ServerToClient(&recorder{})
+			d2 := captp.Sink_ServerToClient(&recorder{})
+			f1, rel1 := g.Open(ctx, func(p captp.GrpcService_open_Params) error { return p.SetDown(d1.AddRef()) })
+			poll(t, "the first open to hold its Sink", func() bool { return sc.Stats().Imports == 1 })
+			f2, rel2 := g.Open(ctx, func(p captp.GrpcService_open_Params) error { return p.SetDown(d2.AddRef()) })
+			_, err := f2.Struct()
+			if err == nil || !strings.Contains(err.Error(), tc.wantContains) || !exc.IsType(err, exc.Overloaded) {
+				t.Fatalf("second open: %v, want Overloaded %q", err, tc.wantContains)
+			}
+			close(svc.gate)
+			if _, err := f1.Struct(); err != nil {
+				t.Fatalf("first open: %v", err)
+			}
+			rel2()
+			rel1()
+			d1.Release()
+			d2.Release()
+			g.Release()
+			poll(t, "client tables empty", zeroStats(cc))
+			poll(t, "server tables empty", zeroStats(sc))
+		})
+	}
+}

@@ -26,12 +26,14 @@ func setException(e rpccp.Exception, err error) {
 }
 
 var (
-	errReturned     = exc.New(exc.Failed, "", "call already returned")
-	errReleased     = exc.New(exc.Failed, "", "call released before it returned")
-	errNotCap       = exc.New(exc.Failed, "", "pipelined call on a field that is not a capability")
-	errNoBootstrap  = exc.New(exc.Failed, "", "this vat serves no bootstrap capability")
-	errResultsKind  = exc.New(exc.Unimplemented, "", "unsupported kind of Return")
-	errSendResultTo = exc.New(exc.Unimplemented, "", "results may only go to the caller")
+	errTooManyImports = exc.New(exc.Overloaded, "", "too many capabilities imported on this connection")
+	errTooManyExports = exc.New(exc.Overloaded, "", "too many capabilities exported on this connection")
+	errReturned       = exc.New(exc.Failed, "", "call already returned")
+	errReleased       = exc.New(exc.Failed, "", "call released before it returned")
+	errNotCap         = exc.New(exc.Failed, "", "pipelined call on a field that is not a capability")
+	errNoBootstrap    = exc.New(exc.Failed, "", "this vat serves no bootstrap capability")
+	errResultsKind    = exc.New(exc.Unimplemented, "", "unsupported kind of Return")
+	errSendResultTo   = exc.New(exc.Unimplemented, "", "results may only go to the caller")
 )
 
 // readTransform decodes a PromisedAnswer's transform.

@@ -101,6 +101,9 @@ func (c *Conn) describeLocked(p rpccp.Payload, caps []outCap) ([]uint32, error) 
 			d.SetNone()
 			continue
 		}
+		if len(c.exports)-len(c.efree) >= capLimit(c.opts.MaxExports) {
+			return ids, errTooManyExports
+		}
 		id := c.exportLocked(oc.client)
 		d.SetSenderHosted(id)
 		ids = append(ids, id)

@@ -38,15 +38,15 @@ func (c *Conn) importCapLocked(d rpccp.CapDescriptor) (cl capnp.Client, local bo
 	case rpccp.CapDescriptor_Which_none:
 		return capnp.Client{}, false, nil
 	case rpccp.CapDescriptor_Which_senderHosted:
-		return c.newImportLocked(d.SenderHosted(), false), false, nil
+		return c.newImportLocked(d.SenderHosted(), false)
 	case rpccp.CapDescriptor_Which_senderPromise:
-		return c.newImportLocked(d.SenderPromise(), true), false, nil
+		return c.newImportLocked(d.SenderPromise(), true)
 	case rpccp.CapDescriptor_Which_thirdPartyHosted:
 		tp, err := d.ThirdPartyHosted()
 		if err != nil {
 			return capnp.Client{}, false, err
 		}
-		return c.newImportLocked(tp.VineId(), false), false, nil
+		return c.newImportLocked(tp.VineId(), false)
 	case rpccp.CapDescriptor_Which_receiverHosted:
 		e, ok := c.exportClientLocked(d.ReceiverHosted())
 		if !ok {
@@ -75,37 +75,55 @@ func (c *Conn) importCapLocked(d rpccp.CapDescriptor) (cl capnp.Client, local bo
 }
 
 // newImportLocked counts one more reference to import id and returns a
-// client owning it. c.mu is held.
-func (c *Conn) newImportLocked(id uint32, promise bool) capnp.Client {
+// client owning it; past MaxImports it fails with errTooManyImports. c.mu
+// is held.
+func (c *Conn) newImportLocked(id uint32, promise bool) (capnp.Client, bool, error) {
 	e := c.imports[id]
 	if e == nil {
+		if len(c.imports) >= capLimit(c.opts.MaxImports) {
+			return capnp.Client{}, false, errTooManyImports
+		}
 		e = &importEntry{}
 		c.imports[id] = e
 	}
 	e.refs++
 	h := &importClient{c: c, id: id, promise: promise}
 	if !promise {
-		return capnp.NewClient(h)
+		return capnp.NewClient(h), false, nil
 	}
 	cl, r := capnp.NewPromisedClient(h)
 	h.resolver = r
 	e.resolvers = append(e.resolvers, h)
-	return cl
+	return cl, false, nil
+}
+
+// refuseImports gives back the references of the descriptors in list from
+// index from on (they were not imported: over MaxImports).
+func (c *Conn) refuseImports(list rpccp.CapDescriptor_List, from int) {
+	for i := from; i < list.Len(); i++ {
+		d := list.At(i)
+		switch d.Which() {
+		case rpccp.CapDescriptor_Which_senderHosted:
+			c.sendRelease(d.SenderHosted(), 1)
+		case rpccp.CapDescriptor_Which_senderPromise:
+			c.sendRelease(d.SenderPromise(), 1)
+		}
+	}
 }
 
 // importCapsLocked fills msg's cap table from the descriptors in list and
-// reports which entries are this side's own. c.mu is held.
-func (c *Conn) importCapsLocked(msg *capnp.Message, list rpccp.CapDescriptor_List) ([]bool, error) {
+// reports which entries are this side's own. On errTooManyImports, failed
+// is the index of the first descriptor not imported. c.mu is held.
+func (c *Conn) importCapsLocked(msg *capnp.Message, list rpccp.CapDescriptor_List) (local []bool, failed int, err error) {
 	n := list.Len()
 	if n == 0 {
-		return nil, nil
+		return nil, 0, nil
 	}
 	t := msg.CapTable()
-	var local []bool
 	for i := 0; i < n; i++ {
 		cl, loc, err := c.importCapLocked(list.At(i))
 		if err != nil {
-			return local, err
+			return local, i, err
 		}
 		if loc {
 			if local == nil {
@@ -115,7 +133,7 @@ func (c *Conn) importCapsLocked(msg *capnp.Message, list rpccp.CapDescriptor_Lis
 		}
 		t.Add(cl)
 	}
-	return local, nil
+	return local, 0, nil
 }
 
 func (h *importClient) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
@@ -199,9 +217,10 @@ func (c *Conn) handleResolve(msg *capnp.Message, m rpccp.Message) bool {
 	}
 	id := res.PromiseId()
 	var (
-		to    capnp.Client
-		rerr  error
-		local bool
+		to     capnp.Client
+		rerr   error
+		local  bool
+		refuse rpccp.CapDescriptor
 	)
 	c.mu.Lock()
 	if c.closed {
@@ -213,6 +232,10 @@ func (c *Conn) handleResolve(msg *capnp.Message, m rpccp.Message) bool {
 		d, err := res.Cap()
 		if err == nil {
 			to, local, err = c.importCapLocked(d)
+		}
+		if err == errTooManyImports { // the promise breaks; the reference goes back
+			refuse = d
+			to, err = capnp.ErrorClient(errTooManyImports), nil
 		}
 		if err != nil {
 			c.mu.Unlock()
@@ -255,6 +278,9 @@ func (c *Conn) handleResolve(msg *capnp.Message, m rpccp.Message) bool {
 	if emb != nil {
 		c.barrier()
 		c.sendDisembargoSender(emb.id, id)
+	}
+	if refuse.IsValid() && refuse.Which() == rpccp.CapDescriptor_Which_senderHosted {
+		c.sendRelease(refuse.SenderHosted(), 1)
 	}
 	for _, h := range hooks {
 		h.resolver.Fulfill(resolution)

@@ -400,8 +400,17 @@ func (c *Conn) handleReturn(msg *capnp.Message, m rpccp.Message) bool {
 		if err == nil {
 			list, err = p.CapTable()
 		}
+		failed := 0
 		if err == nil {
-			local, err = c.importCapsLocked(msg, list)
+			local, failed, err = c.importCapsLocked(msg, list)
+		}
+		if err == errTooManyImports { // the question fails, the connection lives
+			c.mu.Unlock()
+			c.refuseImports(list, failed)
+			msg.CapTable().Reset()
+			c.mu.Lock()
+			content, local, rerr = capnp.Ptr{}, nil, err
+			err = nil
 		}
 		if err != nil {
 			c.mu.Unlock()
