@@ -381,8 +381,7 @@ func (c *Conn) shutdown(err error, abortReason string) {
 			}
 		}
 		for _, e := range embs {
-			e.resolver.Reject(err)
-			e.target.Release()
+			e.hook.fail(err)
 		}
 		boot.Release()
 		c.tasks.Wait()

@@ -1,7 +1,11 @@
 package engine
 
 import (
+	"context"
+	"sync"
+
 	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
@@ -10,9 +14,8 @@ import (
 // back: the calls sent to the promise before it resolved loop back through
 // the peer first, so E-order is kept.
 type embargo struct {
-	id       uint32
-	target   capnp.Client // owned until fulfilled
-	resolver capnp.Resolver[capnp.Client]
+	id   uint32
+	hook *embargoHook
 }
 
 // pathEmbargo is an embargo on the capability at path in a question's
@@ -22,15 +25,124 @@ type pathEmbargo struct {
 	path []capnp.PipelineOp
 }
 
-// embargoLocked takes target and returns a promise of it (owned by the
-// caller) that resolves when the embargo lifts. c.mu is held.
+// embargoLocked takes target and returns a client (owned by the caller)
+// that queues calls until the embargo lifts, then passes them on in order.
+// c.mu is held.
 func (c *Conn) embargoLocked(target capnp.Client) (capnp.Client, *embargo) {
-	p, r := capnp.NewLocalPromise[capnp.Client]()
+	h := &embargoHook{target: target}
 	c.nextEmb++
-	e := &embargo{id: c.nextEmb, target: target, resolver: r}
+	e := &embargo{id: c.nextEmb, hook: h}
 	c.embargoes[e.id] = e
-	return p, e
+	return capnp.NewClient(h), e
 }
+
+// embargoHook is an embargoed capability. Calls pipelined on a call made
+// while it is embargoed fail until that call returns.
+//
+// Locking: mu guards every field.
+type embargoHook struct {
+	mu       sync.Mutex
+	target   capnp.Client // owned
+	queue    []queuedCall
+	lifted   bool  // calls go straight to target (once the queue drained)
+	draining bool  // lift is delivering the queue
+	err      error // the embargo failed (the connection ended)
+}
+
+var errEmbargoed = exc.New(exc.Failed, "", "pipelined call on a call held by an embargo")
+
+func (h *embargoHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
+	h.mu.Lock()
+	switch {
+	case h.err != nil:
+		err := h.err
+		h.mu.Unlock()
+		r.Reject(err)
+		return errPipe{err}
+	case !h.lifted || h.draining:
+		h.queue = append(h.queue, queuedCall{ctx: ctx, r: r})
+		h.mu.Unlock()
+		return errPipe{errEmbargoed}
+	}
+	t := h.target.AddRef()
+	h.mu.Unlock()
+	defer t.Release()
+	return orErrPipe(t.RecvCall(ctx, r), errReturned)
+}
+
+func (h *embargoHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	h.mu.Lock()
+	if h.lifted && !h.draining && h.err == nil {
+		t := h.target.AddRef()
+		h.mu.Unlock()
+		defer t.Release()
+		return t.SendCall(ctx, s)
+	}
+	h.mu.Unlock()
+	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		return capnp.ErrorAnswer(s.Method, err), func() {}
+	}
+	args, err := capnp.NewRootStruct(seg, s.ArgsSize)
+	if err == nil && s.PlaceArgs != nil {
+		err = s.PlaceArgs(args)
+	}
+	if err != nil {
+		msg.Release()
+		return capnp.ErrorAnswer(s.Method, err), func() {}
+	}
+	ret := new(capnp.StructReturner)
+	pc := h.Recv(ctx, capnp.Recv{Method: s.Method, Args: args, ReleaseArgs: msg.Release, Returner: ret})
+	return ret.Answer(s.Method, pc)
+}
+
+// lift delivers the queued calls in order, then lets calls through.
+func (h *embargoHook) lift() {
+	for {
+		h.mu.Lock()
+		q := h.queue
+		h.queue = nil
+		if len(q) == 0 || h.err != nil {
+			h.lifted, h.draining = true, false
+			h.mu.Unlock()
+			return
+		}
+		h.draining = true
+		t := h.target.AddRef()
+		h.mu.Unlock()
+		for _, qc := range q {
+			t.RecvCall(qc.ctx, qc.r)
+		}
+		t.Release()
+	}
+}
+
+// fail rejects the queued calls and every later one with err.
+func (h *embargoHook) fail(err error) {
+	h.mu.Lock()
+	q := h.queue
+	h.queue = nil
+	if h.err == nil {
+		h.err = err
+	}
+	h.mu.Unlock()
+	for _, qc := range q {
+		qc.r.Reject(err)
+	}
+}
+
+func (h *embargoHook) Brand() capnp.Brand { return capnp.Brand{Value: h} }
+
+func (h *embargoHook) Shutdown() {
+	h.fail(exc.New(exc.Failed, "", "embargoed capability released"))
+	h.mu.Lock()
+	t := h.target
+	h.target = capnp.Client{}
+	h.mu.Unlock()
+	t.Release()
+}
+
+func (h *embargoHook) String() string { return "engine.embargo" }
 
 // embargoResultsLocked embargoes the capabilities of this side in a
 // question's results that pipelined calls went to, replacing them in the
@@ -157,7 +269,7 @@ func (c *Conn) handleDisembargo(msg *capnp.Message, m rpccp.Message) bool {
 			c.abort("Disembargo for an unknown embargo")
 			return false
 		}
-		e.resolver.Fulfill(e.target)
+		e.hook.lift()
 	default:
 		out, om, err := newMessage()
 		if err == nil {

@@ -299,3 +299,74 @@ func TestScriptPeerAbort(t *testing.T) {
 		t.Fatalf("call after abort: %v", err)
 	}
 }
+
+// TestScriptEOrderAcrossResolve: the peer's promise resolves to this
+// side's own capability. A call sent to the promise before the Resolve
+// loops back through the peer; a call made after it waits (embargo) until
+// the Disembargo comes back, so the two arrive in order.
+func TestScriptEOrderAcrossResolve(t *testing.T) {
+	rec := &recorder{}
+	s, c := newScript(t, engine.Options{Bootstrap: capnp.Client(captp.Sink_ServerToClient(rec))})
+	ctx := ctxT(t)
+
+	// The peer learns this side's Sink (export e).
+	s.send(func(m rpccp.Message) {
+		b, _ := m.NewBootstrap()
+		b.SetQuestionId(0)
+	})
+	r, _ := s.expect(rpccp.Message_Which_return).Return()
+	p, _ := r.Results()
+	ct, _ := p.CapTable()
+	export := ct.At(0).SenderHosted()
+
+	// This side bootstraps the peer, which answers with a promise (import 9).
+	boot := captp.Sink(c.Bootstrap(ctx))
+	defer boot.Release()
+	bq, _ := s.expect(rpccp.Message_Which_bootstrap).Bootstrap()
+	s.send(func(m rpccp.Message) {
+		ret, _ := m.NewReturn()
+		ret.SetAnswerId(bq.QuestionId())
+		res, _ := ret.NewResults()
+		list, _ := res.NewCapTable(1)
+		list.At(0).SetSenderPromise(9)
+		_ = res.SetContent(capnp.NewInterface(res.Segment(), 0).ToPtr())
+	})
+	poll(t, "the bootstrap to return", func() bool { return c.Stats().Questions == 0 })
+	// Call a goes to the promise on the wire.
+	_, relA := boot.Headers(ctx, headers("a"))
+	defer relA()
+	call, _ := s.expect(rpccp.Message_Which_call).Call()
+	tgt, _ := call.Target()
+	if tgt.Which() != rpccp.MessageTarget_Which_importedCap || tgt.ImportedCap() != 9 {
+		t.Fatalf("call a went to %v", tgt)
+	}
+	// The promise resolves to this side's Sink.
+	s.send(func(m rpccp.Message) {
+		res, _ := m.NewResolve()
+		res.SetPromiseId(9)
+		d, _ := res.NewCap()
+		d.SetReceiverHosted(export)
+	})
+	dm, _ := s.expect(rpccp.Message_Which_disembargo).Disembargo()
+	if dm.Context().Which() != rpccp.Disembargo_context_Which_senderLoopback {
+		t.Fatalf("disembargo %v", dm.Context().Which())
+	}
+	// Call b, made now, must wait for a (without the embargo it would
+	// reach the Sink before the peer reflects a).
+	fb, relB := boot.Headers(ctx, headers("b"))
+	defer relB()
+	// The peer reflects call a back, then the Disembargo.
+	s.send(sinkHeadersCall(5, func(t rpccp.MessageTarget) { t.SetImportedCap(export) }, "a"))
+	s.send(func(m rpccp.Message) {
+		d, _ := m.NewDisembargo()
+		t, _ := d.NewTarget()
+		t.SetImportedCap(export)
+		d.Context().SetReceiverLoopback(dm.Context().SenderLoopback())
+	})
+	if _, err := fb.Struct(); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _ := rec.snapshot(); strings.Join(keys, "") != "ab" {
+		t.Fatalf("delivered %v, want a then b", keys)
+	}
+}
