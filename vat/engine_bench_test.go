@@ -93,3 +93,32 @@ func cpuTime() int64 {
 	}
 	return ru.Utime.Nano() + ru.Stime.Nano()
 }
+
+// BenchmarkEngineCallParallel is BenchmarkEngineCall with 32 callers (16
+// per core) sharing the one connection.
+func BenchmarkEngineCallParallel(b *testing.B) {
+	for _, eng := range benchEngines {
+		b.Run(eng.String(), func(b *testing.B) {
+			ctx := context.Background()
+			_, _, uri := hostEcho(b, "b", vat.Config{Engine: eng})
+			a := startVat(b, vat.Config{Engine: eng})
+			c, err := a.MustImport(uri).Connect(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Release()
+			b.ReportAllocs()
+			b.SetParallelism(16)
+			cpu0 := cpuTime()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := call(ctx, c, "x"); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
