@@ -167,8 +167,15 @@ func (c *Connection) Restore(ctx context.Context, id ServiceID) (capnp.Client, e
 	return cap, nil
 }
 
-// restore asks the peer for service id and waits for the answer.
+// restore asks the peer for service id and waits for the answer. An error
+// never holds the id: some peers put it in their exception's text (C++
+// EzRpcServer: "...; name = ID").
 func (c *Connection) restore(ctx context.Context, id ServiceID) (capnp.Client, error) {
+	cap, err := c.restoreRaw(ctx, id)
+	return cap, redactID(err, id)
+}
+
+func (c *Connection) restoreRaw(ctx context.Context, id ServiceID) (capnp.Client, error) {
 	if c.eng != nil {
 		return c.restoreByObjectID(ctx, id)
 	}

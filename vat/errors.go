@@ -1,6 +1,7 @@
 package vat
 
 import (
+	"encoding/base64"
 	"errors"
 	"io"
 	"net"
@@ -127,4 +128,31 @@ func IsDisconnected(err error) bool {
 // IsOverloaded reports whether err is an exception of type Overloaded.
 func IsOverloaded(err error) bool {
 	return err != nil && (errors.Is(err, ErrOverloaded) || exc.IsType(err, exc.Overloaded))
+}
+
+// redactedError is an error whose text had a service id taken out; the
+// original stays reachable for errors.Is and errors.As.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// redactID returns err with every spelling of id in its text (raw, as C++
+// and OCaml peers quote a Text id, and base64) replaced by "<service id>".
+func redactID(err error, id ServiceID) error {
+	if err == nil || len(id) < 4 {
+		return err
+	}
+	msg := err.Error()
+	out := msg
+	for _, s := range []string{string(id), id.Base64(), base64.StdEncoding.EncodeToString(id), base64.RawStdEncoding.EncodeToString(id)} {
+		out = strings.ReplaceAll(out, s, "<service id>")
+	}
+	if out == msg {
+		return err
+	}
+	return &redactedError{msg: out, err: err}
 }

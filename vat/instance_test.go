@@ -2,6 +2,8 @@ package vat
 
 import (
 	"crypto/x509"
+	"errors"
+	"strings"
 	"testing"
 )
 
@@ -79,5 +81,20 @@ func TestCertificateAnnouncesInstance(t *testing.T) {
 		if got := certInstance(c); !got.IsZero() {
 			t.Errorf("certInstance(serial %q) = %v, want zero", serial, got)
 		}
+	}
+}
+
+func TestRedactID(t *testing.T) {
+	id := ServiceID("0123456789abcdefghij")
+	peer := errors.Join(ErrUnknownService, errors.New("Server exports no such capability.; name = "+string(id)+" ("+id.Base64()+")"))
+	err := redactID(peer, id)
+	if msg := err.Error(); strings.Contains(msg, string(id)) || strings.Contains(msg, id.Base64()) || !strings.Contains(msg, "<service id>") {
+		t.Errorf("redacted error %q still holds the id, or says nothing of it", msg)
+	}
+	if !errors.Is(err, ErrUnknownService) {
+		t.Error("redaction lost the error's sentinel")
+	}
+	if plain := errors.New("connection refused"); redactID(plain, id) != plain {
+		t.Error("an error without the id was rewrapped")
 	}
 }
