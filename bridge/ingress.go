@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -437,18 +438,24 @@ func (c *ingressCall) lost(err error) {
 	c.deliver(final{st: Status(err), lost: true})
 }
 
-// capTPFailure calls OnCapTPFailure when err came from CapTP: a capnp
-// exception (the capability's, or its connection's) or a lost stream. A
-// status the far app returned arrives as a Status struct, never as an
-// exception, and a local client's error is neither.
+// capTPFailure calls OnCapTPFailure when err came from CapTP and may mean
+// the capability broke: a capnp exception (the capability's, or its
+// connection's) or a lost stream. Not when the capability is sound and
+// only refused this call: Overloaded (a limit), Unimplemented, or a
+// narrowed ref's caveat. A status the far app returned arrives as a Status
+// struct, never as an exception, and a local client's error is neither.
 func (c *ingressCall) capTPFailure(err error) {
 	if c.in.onCapTP == nil {
 		return
 	}
 	var e *exc.Exception
-	if errors.As(err, &e) || errors.Is(err, ErrStreamLost) {
-		c.in.onCapTP(c.ctx, err)
+	switch {
+	case errors.Is(err, ErrStreamLost):
+	case !errors.As(err, &e), e.Type == exc.Overloaded, e.Type == exc.Unimplemented,
+		strings.Contains(err.Error(), RefusedByCaveat):
+		return
 	}
+	c.in.onCapTP(c.ctx, err)
 }
 
 // newData allocates a Data of bs's length in seg and copies bs into it: the
