@@ -10,28 +10,10 @@ import (
 	"time"
 )
 
-// haproxyPair is client -> HAProxy (h2c) -> TLS 1.3 (ALPN h2) -> HAProxy -> backend
-// (h2c): the second peer proxy pair a user would deploy instead of vatcar. Each
-// HAProxy is one process with one thread, in the foreground, without a master.
-type haproxyPair struct {
-	target      string
-	front, back *process
-	instances   []instance
-}
-
-func (h *haproxyPair) Name() string          { return pathHAProxy }
-func (h *haproxyPair) Target() string        { return h.target }
-func (h *haproxyPair) Instances() []instance { return h.instances }
-
-func (h *haproxyPair) Exited() error { return firstExited(h.front, h.back) }
-
-func (h *haproxyPair) Close() {
-	for _, p := range []*process{h.front, h.back} {
-		if p != nil {
-			p.Stop()
-		}
-	}
-}
+// The haproxy-tls path is client -> HAProxy (h2c) -> TLS 1.3 (ALPN h2) -> HAProxy ->
+// backend (h2c): the second peer proxy pair a user would deploy instead of vatcar (a
+// proxyPair). Each HAProxy is one process with one thread, in the foreground, without a
+// master.
 
 // findHAProxy returns the haproxy binary: bin when set, else from PATH or /usr/sbin,
 // installing Debian's package when it is missing and install is true. A failure wraps
@@ -78,7 +60,7 @@ backend app
 	server app %s proto h2
 `, backAddr, pemPath, backendAddr)),
 	}
-	h := &haproxyPair{target: frontAddr}
+	h := &proxyPair{name: pathHAProxy, target: frontAddr}
 	for _, name := range []string{"back", "front"} {
 		conf := filepath.Join(dir, name+".cfg")
 		if err := os.WriteFile(conf, []byte(confs[name]), 0o644); err != nil {

@@ -11,24 +11,25 @@ import (
 	"time"
 )
 
-// nginxPair is client -> nginx (h2c) -> TLS 1.3 -> nginx -> backend (h2c): the peer
-// proxy pair a user would deploy instead of vatcar.
-type nginxPair struct {
+// proxyPair is a peer proxy pair a user would deploy instead of vatcar: a front and a
+// back process with TLS 1.3 between them, h2c on both ends (nginx-tls, haproxy-tls).
+type proxyPair struct {
+	name        string // pathNginx or pathHAProxy
 	target      string
 	front, back *process
 	instances   []instance
 }
 
-func (n *nginxPair) Name() string          { return pathNginx }
-func (n *nginxPair) Target() string        { return n.target }
-func (n *nginxPair) Instances() []instance { return n.instances }
+func (p *proxyPair) Name() string          { return p.name }
+func (p *proxyPair) Target() string        { return p.target }
+func (p *proxyPair) Instances() []instance { return p.instances }
 
-func (n *nginxPair) Exited() error { return firstExited(n.front, n.back) }
+func (p *proxyPair) Exited() error { return firstExited(p.front, p.back) }
 
-func (n *nginxPair) Close() {
-	for _, p := range []*process{n.front, n.back} {
-		if p != nil {
-			p.Stop()
+func (p *proxyPair) Close() {
+	for _, proc := range []*process{p.front, p.back} {
+		if proc != nil {
+			proc.Stop()
 		}
 	}
 }
@@ -97,7 +98,7 @@ func startNginx(ctx context.Context, bin, dir, backendAddr string) (path, error)
 		}
 	}`, backendAddr, backAddr, cert, key)),
 	}
-	n := &nginxPair{target: frontAddr}
+	n := &proxyPair{name: pathNginx, target: frontAddr}
 	for _, name := range []string{"back", "front"} {
 		conf := filepath.Join(dir, name+".conf")
 		if err := os.WriteFile(conf, []byte(confs[name]), 0o644); err != nil {
