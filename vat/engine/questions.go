@@ -92,26 +92,32 @@ func (c *Conn) startCall(ctx context.Context, t callTarget, m capnp.Method, plac
 	if t.q != nil || t.imp != nil && t.imp.promise {
 		// Sent to a promise: ordered against its settling (see order).
 		c.order.RLock()
-		defer c.order.RUnlock()
 		c.mu.Lock()
 		switch {
 		case c.closed:
 			err = c.closedErrLocked()
 		case t.q != nil && t.q.returned:
 			c.mu.Unlock()
+			// Its Return is being handled: the receive loop may be in
+			// barrier, waiting for this very read lock before it resolves
+			// the answer, so the lock goes before the wait.
+			c.order.RUnlock()
 			cl := t.q.waitClient(ctx, t.transform)
 			return nil, &cl, nil
 		case t.imp != nil && t.imp.resolved.IsValid():
 			cl := t.imp.resolved.AddRef()
 			c.mu.Unlock()
+			c.order.RUnlock()
 			return nil, &cl, nil
 		case t.q != nil:
 			t.q.pipelined = append(t.q.pipelined, t.transform)
 		}
 		c.mu.Unlock()
 		if err != nil {
+			c.order.RUnlock()
 			return nil, nil, err
 		}
+		defer c.order.RUnlock()
 	}
 	msg, mm, err := newMessage()
 	if err != nil {
