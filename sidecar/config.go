@@ -164,9 +164,9 @@ type Config struct {
 	// DrainTimeout is how long in-flight calls may run after SIGTERM.
 	// Zero: DefaultDrainTimeout.
 	DrainTimeout Duration `json:"drainTimeout,omitempty"`
-	// Engine is the CapTP implementation: "go-capnp" (the default when
-	// empty) or "vatcar", vatcar's own engine (experimental: docs/design.md,
-	// "CapTP engines").
+	// Engine is the CapTP implementation: "vatcar", vatcar's own engine
+	// (the default when empty), or "go-capnp", go-capnp's rpc.Conn
+	// (docs/design.md, "CapTP engines").
 	Engine string `json:"engine,omitempty"`
 	// ClockSkew is how far past its expiry (or before its not-before) a
 	// narrowed ref still works, for clocks that disagree. Zero:
@@ -518,8 +518,8 @@ func (c Config) withDefaults() Config {
 
 // engine returns the vat engine Engine names (checked by Validate).
 func (c Config) engine() vat.Engine {
-	if c.Engine == "vatcar" {
-		return vat.EngineVatcar
+	if c.Engine == "go-capnp" {
+		return vat.EngineGoCapnp
 	}
-	return vat.EngineGoCapnp
+	return vat.EngineVatcar
 }

@@ -379,7 +379,7 @@ func TestEngineFlag(t *testing.T) {
 		want  vat.Engine
 		ok    bool
 	}{
-		{"", vat.EngineGoCapnp, true},
+		{"", vat.EngineVatcar, true},
 		{"go-capnp", vat.EngineGoCapnp, true},
 		{"vatcar", vat.EngineVatcar, true},
 		{"capnp-go", 0, false},

@@ -309,13 +309,13 @@ func (c Config) strangerGrace() time.Duration {
 type Engine int
 
 const (
-	// EngineGoCapnp runs connections on go-capnp's rpc.Conn. The default
-	// until vatcar's own engine carries large unary calls (4 MiB calls at
-	// 4 in flight stall on it: docs/design.md).
-	EngineGoCapnp Engine = iota
 	// EngineVatcar runs connections on vatcar's own engine (vat/engine):
 	// OCaml's object-id restore both ways, no goroutine or timer per call.
-	EngineVatcar
+	// The default.
+	EngineVatcar Engine = iota
+	// EngineGoCapnp runs connections on go-capnp's rpc.Conn, the engine of
+	// vatcar's first releases.
+	EngineGoCapnp
 )
 
 func (e Engine) String() string {
