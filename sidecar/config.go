@@ -164,10 +164,6 @@ type Config struct {
 	// DrainTimeout is how long in-flight calls may run after SIGTERM.
 	// Zero: DefaultDrainTimeout.
 	DrainTimeout Duration `json:"drainTimeout,omitempty"`
-	// Engine is the CapTP implementation: "vatcar", vatcar's own engine
-	// (the default when empty), or "go-capnp", go-capnp's rpc.Conn
-	// (docs/design.md, "CapTP engines").
-	Engine string `json:"engine,omitempty"`
 	// ClockSkew is how far past its expiry (or before its not-before) a
 	// narrowed ref still works, for clocks that disagree. Zero:
 	// vat.DefaultClockSkew (30s); negative: none.
@@ -312,9 +308,6 @@ func (c Config) Validate() error {
 		if err := checkVatAddress(c.Listen); err != nil {
 			bad("bad --listen %q: %w", c.Listen, err)
 		}
-	}
-	if c.Engine != "" && c.Engine != "go-capnp" && c.Engine != "vatcar" {
-		bad("bad --engine %q: want go-capnp or vatcar", c.Engine)
 	}
 	if c.PublicAddress != "" {
 		if c.Listen == "" {
@@ -514,12 +507,4 @@ func (c Config) withDefaults() Config {
 		c.HeartbeatTimeout = Duration(DefaultHeartbeatTimeout)
 	}
 	return c
-}
-
-// engine returns the vat engine Engine names (checked by Validate).
-func (c Config) engine() vat.Engine {
-	if c.Engine == "go-capnp" {
-		return vat.EngineGoCapnp
-	}
-	return vat.EngineVatcar
 }

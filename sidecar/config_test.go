@@ -11,8 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/vatcar/vatcar/vat"
 )
 
 const testURI = "capnp://sha-256:s16WV4JeGusAL_nTjvICiQOFqm3LqYrDj3K-HXdMi8s@localhost:7000/bWFpbg"
@@ -371,30 +369,4 @@ func FuzzParseByteSize(f *testing.F) {
 			t.Errorf("ByteSize.UnmarshalJSON(%q) = %d, %v; want %d as ParseByteSize", s, b, err, n)
 		}
 	})
-}
-
-func TestEngineFlag(t *testing.T) {
-	for _, tt := range []struct {
-		value string
-		want  vat.Engine
-		ok    bool
-	}{
-		{"", vat.EngineVatcar, true},
-		{"go-capnp", vat.EngineGoCapnp, true},
-		{"vatcar", vat.EngineVatcar, true},
-		{"capnp-go", 0, false},
-	} {
-		c := Config{Engine: tt.value}
-		err := c.Validate()
-		if (err == nil) != tt.ok {
-			t.Errorf("Validate(engine %q) = %v, want ok %v", tt.value, err, tt.ok)
-			continue
-		}
-		if err == nil && c.engine() != tt.want {
-			t.Errorf("engine %q = %v, want %v", tt.value, c.engine(), tt.want)
-		}
-		if err != nil && !strings.Contains(err.Error(), "--engine") {
-			t.Errorf("error %q does not name --engine", err)
-		}
-	}
 }

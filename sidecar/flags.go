@@ -104,7 +104,6 @@ func newRunFlags(c *Config, output io.Writer) *runFlags {
 	fs.Var((*durationFlag)(&c.HeartbeatTimeout), "heartbeat-timeout", "close a peer connection whose heartbeat gets no answer within `DURATION` (default "+DefaultHeartbeatTimeout.String()+")")
 	fs.Var(&r.protos, "proto-descriptors", "FileDescriptorSet `FILE` (protoc --descriptor_set_out) of bridged services: their unary methods take the fast path (repeatable)")
 	fs.IntVar(&c.CPUs, "cpus", c.CPUs, "CPUs the Go runtime runs on at once, GOMAXPROCS (`N`, default "+strconv.Itoa(DefaultCPUs)+" unless the environment sets GOMAXPROCS)")
-	fs.StringVar(&c.Engine, "engine", c.Engine, "CapTP engine, `vatcar` (default) or go-capnp")
 	fs.Var((*durationFlag)(&c.ClockSkew), "clock-skew", "accept narrowed refs this long past their expiry, for clocks that disagree (`DURATION`, default 30s)")
 	fs.Var((*durationFlag)(&c.DrainTimeout), "drain-timeout", "how long in-flight calls may run after SIGTERM (`DURATION`, default "+DefaultDrainTimeout.String()+")")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log `FORMAT`: text or json (default text)")

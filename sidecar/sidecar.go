@@ -108,7 +108,6 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		OnRestore:          s.onRestore,
 		OnRefused:          func(reason string) { s.metrics.refused.WithLabelValues(reason).Inc() },
 		LazyReturn:         bridge.LazyReturn,
-		Engine:             cfg.engine(),
 	})
 	if err != nil {
 		if cfg.SecretKeyFile != "" {

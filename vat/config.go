@@ -167,9 +167,9 @@ type Config struct {
 	// It must not block.
 	OnRestore func(result RestoreResult)
 
-	// Engine picks the CapTP implementation connections run on (see
-	// Engine). The zero value is vatcar's own engine.
-	Engine Engine
+	// goCapnp runs connections on go-capnp's rpc.Conn instead of vatcar's
+	// engine: tests only (newGoCapnpConn).
+	goCapnp bool
 }
 
 // RestoreResult is how a restore requested by a peer ended, for
@@ -303,26 +303,6 @@ func (c Config) strangerGrace() time.Duration {
 		return DefaultStrangerGrace
 	}
 	return c.StrangerGrace
-}
-
-// Engine names a CapTP implementation.
-type Engine int
-
-const (
-	// EngineVatcar runs connections on vatcar's own engine (vat/engine):
-	// OCaml's object-id restore both ways, no goroutine or timer per call.
-	// The default.
-	EngineVatcar Engine = iota
-	// EngineGoCapnp runs connections on go-capnp's rpc.Conn, the engine of
-	// vatcar's first releases.
-	EngineGoCapnp
-)
-
-func (e Engine) String() string {
-	if e == EngineVatcar {
-		return "vatcar"
-	}
-	return "go-capnp"
 }
 
 // maxAnswers returns MaxAnswers with its default; 0: no bound.

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
-	"capnproto.org/go/capnp/v3/rpc"
-	"capnproto.org/go/capnp/v3/rpc/transport"
 
 	"github.com/vatcar/vatcar/internal/rawconn"
 	"github.com/vatcar/vatcar/proto/captp"
@@ -73,13 +71,13 @@ type Connection struct {
 
 	restored atomic.Bool // a restore succeeded, either way: in use (see inbound.victimLocked)
 
-	closing atomic.Bool            // set when Close starts or the rpc.Conn ends
+	closing atomic.Bool            // set when Close starts or the engine's connection ends
 	done    chan struct{}          // closed after removal from the vat's cache
 	reason  atomic.Pointer[string] // why this vat closed it, if it did
 }
 
-// capConn is what a Connection needs of a CapTP implementation: go-capnp's
-// *rpc.Conn and vatcar's *engine.Conn both are one.
+// capConn is what a Connection needs of a CapTP implementation: vatcar's
+// *engine.Conn, or in tests go-capnp's *rpc.Conn (see newGoCapnpConn).
 type capConn interface {
 	Bootstrap(ctx context.Context) capnp.Client
 	Close() error
@@ -258,18 +256,11 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 		}
 	}
 	boot := captp.Restorer_ServerToClient(&bootstrap{vat: v, conn: c})
-	if v.cfg.Engine == EngineVatcar {
+	if v.cfg.goCapnp {
+		c.conn = newGoCapnpConn(v, c, endpoint, mode, c.limit.wrap(capnp.Client(boot)), log)
+	} else {
 		c.eng = v.newEngineConn(c, endpoint, mode, c.limit.wrap(capnp.Client(boot)), log)
 		c.conn = c.eng
-	} else {
-		var tr transport.Transport = newTransport(activityConn{Conn: endpoint, act: c.act}, v.cfg.maxMessageSize(), v.cfg.LazyReturn, v.answerBudget(log))
-		if v.cfg.Insecure && mode == Accept {
-			tr = &firstMessageTransport{Transport: tr, conn: endpoint} // see handshake
-		}
-		c.conn = rpc.NewConn(countingTransport{tr, c.wire}, &rpc.Options{
-			BootstrapClient: c.limit.wrap(capnp.Client(boot)), // restores count as calls too
-			Logger:          rpcLogger{log},
-		})
 	}
 	if anonymous {
 		v.anon[c] = struct{}{}
@@ -353,7 +344,7 @@ func (v *Vat) handshake(ctx context.Context, endpoint net.Conn, mode Mode, insec
 			return peerKey{addr: insecureName}, endpoint, nil
 		}
 		// No handshake to bound: the peer's first message must come within
-		// the handshake timeout (firstMessageTransport lifts the deadline).
+		// the handshake timeout (firstMessageCodec lifts the deadline).
 		if err := endpoint.SetReadDeadline(time.Now().Add(v.cfg.handshakeTimeout())); err != nil {
 			return peerKey{}, endpoint, fmt.Errorf("add connection: %w", err)
 		}
@@ -503,13 +494,8 @@ func (v *Vat) dialConn(ctx context.Context, loc Locator, insecureName string) (*
 	return c, nil
 }
 
-// rpcLogger passes go-capnp's logs on at one level lower: what it calls an
-// error is usually a peer going away.
-type rpcLogger struct{ l *slog.Logger }
-
-func (r rpcLogger) Debug(msg string, args ...any) { r.l.Debug(msg, args...) }
-func (r rpcLogger) Info(msg string, args ...any)  { r.l.Debug(msg, args...) }
-func (r rpcLogger) Warn(msg string, args ...any)  { r.l.Info(msg, args...) }
-func (r rpcLogger) Error(msg string, args ...any) {
-	r.l.Log(context.Background(), rpcErrorLevel(msg), msg, args...)
-}
+// newGoCapnpConn runs a connection on go-capnp's rpc.Conn, the engine of
+// vatcar's first releases. Only tests set it (gocapnp_test.go): a vat on
+// it is an older vatcar peer, for the tests of how this engine talks to
+// one. It is nil in the sidecar.
+var newGoCapnpConn func(v *Vat, c *Connection, endpoint net.Conn, mode Mode, boot capnp.Client, log *slog.Logger) capConn

@@ -85,7 +85,7 @@ func TestCppClientRestoresByObjectID(t *testing.T) {
 	defer table.Close()
 	_, svc := newEcho("b")
 	table.Add(vat.ServiceID("svc-cpp"), svc)
-	v := startVat(t, vat.Config{Insecure: true, Restorer: table, Engine: vat.EngineVatcar})
+	v := startVat(t, vat.Config{Insecure: true, Restorer: table})
 	pub, _ := v.PublicAddress()
 	addr := fmt.Sprintf("127.0.0.1:%d", pub.Port)
 	for _, tc := range []struct{ id, want string }{
@@ -128,7 +128,7 @@ func TestImportFromCppVat(t *testing.T) {
 	if _, err := fmt.Sscanf(line, "port %d", &port); err != nil {
 		t.Fatalf("C++ server said %q", line)
 	}
-	a := startVat(t, vat.Config{Insecure: true, Engine: vat.EngineVatcar})
+	a := startVat(t, vat.Config{Insecure: true})
 	uri := fmt.Sprintf("capnp://insecure@127.0.0.1:%d/%s", port, base64.RawURLEncoding.EncodeToString([]byte("svc")))
 	c, err := a.MustImport(uri).Connect(ctx)
 	if err != nil {

@@ -1,5 +1,5 @@
 // Package vat is a CapTP endpoint with its own identity: the Go port of OCaml
-// capnp-rpc's Networking.Vat on go-capnp's rpc.Conn.
+// capnp-rpc's Networking.Vat, on vatcar's own CapTP engine (vat/engine).
 //
 // A Vat holds a secret key, accepts and makes key-pinned TLS connections to
 // other vats, names the capabilities it exports with capnp:// sturdy ref URIs

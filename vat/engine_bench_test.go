@@ -19,8 +19,8 @@ func BenchmarkEngineCall(b *testing.B) {
 	for _, eng := range benchEngines {
 		b.Run(eng.String(), func(b *testing.B) {
 			ctx := context.Background()
-			_, _, uri := hostEcho(b, "b", vat.Config{Engine: eng})
-			a := startVat(b, vat.Config{Engine: eng})
+			_, _, uri := hostEcho(b, "b", vat.WithEngine(vat.Config{}, eng))
+			a := startVat(b, vat.WithEngine(vat.Config{}, eng))
 			c, err := a.MustImport(uri).Connect(ctx)
 			if err != nil {
 				b.Fatal(err)
@@ -50,8 +50,8 @@ func BenchmarkEngineCallsInFlight(b *testing.B) {
 	for _, eng := range benchEngines {
 		b.Run(eng.String(), func(b *testing.B) {
 			ctx := context.Background()
-			_, e, uri := hostEcho(b, "b", vat.Config{Engine: eng, MaxConcurrentCalls: 2 * n})
-			a := startVat(b, vat.Config{Engine: eng})
+			_, e, uri := hostEcho(b, "b", vat.WithEngine(vat.Config{MaxConcurrentCalls: 2 * n}, eng))
+			a := startVat(b, vat.WithEngine(vat.Config{}, eng))
 			c, err := a.MustImport(uri).Connect(ctx)
 			if err != nil {
 				b.Fatal(err)
@@ -100,8 +100,8 @@ func BenchmarkEngineCallParallel(b *testing.B) {
 	for _, eng := range benchEngines {
 		b.Run(eng.String(), func(b *testing.B) {
 			ctx := context.Background()
-			_, _, uri := hostEcho(b, "b", vat.Config{Engine: eng})
-			a := startVat(b, vat.Config{Engine: eng})
+			_, _, uri := hostEcho(b, "b", vat.WithEngine(vat.Config{}, eng))
+			a := startVat(b, vat.WithEngine(vat.Config{}, eng))
 			c, err := a.MustImport(uri).Connect(ctx)
 			if err != nil {
 				b.Fatal(err)

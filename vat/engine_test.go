@@ -20,8 +20,8 @@ func TestEnginesInteroperate(t *testing.T) {
 		for _, client := range engines {
 			t.Run(fmt.Sprintf("%v-imports-from-%v", client, server), func(t *testing.T) {
 				ctx := testContext(t)
-				b, _, uri := hostEcho(t, "b", vat.Config{Engine: server})
-				a := startVat(t, vat.Config{Engine: client})
+				b, _, uri := hostEcho(t, "b", vat.WithEngine(vat.Config{}, server))
+				a := startVat(t, vat.WithEngine(vat.Config{}, client))
 				c, err := a.MustImport(uri).Connect(ctx)
 				if err != nil {
 					t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 	"syscall"
 
 	"capnproto.org/go/capnp/v3/exc"
-	"capnproto.org/go/capnp/v3/rpc"
 )
 
 // Exception texts that cross the wire. They are those of OCaml capnp-rpc, and
@@ -104,7 +103,7 @@ func IsDisconnected(err error) bool {
 		return false
 	}
 	if errors.Is(err, ErrDisconnected) || errors.Is(err, ErrKeyMismatch) || errors.Is(err, ErrClosed) ||
-		errors.Is(err, rpc.ErrConnClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, syscall.ECONNREFUSED) {
 		return true

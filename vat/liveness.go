@@ -2,11 +2,8 @@ package vat
 
 import (
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
-
-	"capnproto.org/go/capnp/v3/rpc/transport"
 
 	"github.com/vatcar/vatcar/proto/captp"
 )
@@ -38,22 +35,6 @@ func (c activityConn) Read(b []byte) (int, error) {
 		c.act.last.Store(c.act.now())
 	}
 	return n, err
-}
-
-// firstMessageTransport clears the read deadline that bounds the wait for
-// a peer's first message once that message has arrived.
-type firstMessageTransport struct {
-	transport.Transport
-	conn net.Conn
-	once sync.Once
-}
-
-func (t *firstMessageTransport) RecvMessage() (transport.IncomingMessage, error) {
-	m, err := t.Transport.RecvMessage()
-	if err == nil {
-		t.once.Do(func() { _ = t.conn.SetReadDeadline(time.Time{}) })
-	}
-	return m, err
 }
 
 // heartbeat closes c when its peer stops answering: once nothing has

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
-	"capnproto.org/go/capnp/v3/rpc/transport"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
@@ -90,14 +89,6 @@ type codec struct {
 	wake chan struct{} // one token: pending, due or closing changed
 	done chan struct{} // closed when the writer has returned
 	once sync.Once
-}
-
-// newTransport returns a transport on rwc; lazyReturn is Config.LazyReturn.
-func newTransport(rwc io.ReadWriteCloser, maxMessageSize uint64, lazyReturn func(uint64, uint16) bool, budget answerBudget) transport.Transport {
-	c := newCodec(rwc, maxMessageSize)
-	c.lazyReturn = lazyReturn
-	c.maxAnswers, c.overBudget = budget.max, budget.over
-	return transport.New(c)
 }
 
 // answerBudget is Config.MaxAnswers for a codec, and whom to tell when a

@@ -15,10 +15,11 @@ import (
 )
 
 // Locking: Vat.mu guards the fields below it. It is never held while
-// dialling, handshaking, calling a capability, calling a hook, or closing an
-// rpc.Conn; each of those happens after unlocking. (addConnection does call
-// rpc.NewConn under it, so that choosing between crossed connections and
-// publishing the winner is one step; NewConn only starts goroutines.)
+// dialling, handshaking, calling a capability, calling a hook, or closing a
+// connection; each of those happens after unlocking. (addConnection does
+// call engine.NewConn under it, so that choosing between crossed
+// connections and publishing the winner is one step; NewConn only starts
+// goroutines.)
 
 // Vat is a CapTP endpoint with its own key: it serves its Restorer to peers
 // and connects to the vats named by sturdy refs, keeping one connection per

@@ -3,7 +3,6 @@ package vat
 import (
 	"sync"
 
-	"capnproto.org/go/capnp/v3/rpc/transport"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
@@ -114,36 +113,4 @@ func countCap(d rpccp.CapDescriptor, caps map[uint32]uint32) {
 	case rpccp.CapDescriptor_Which_senderPromise:
 		caps[d.SenderPromise()]++
 	}
-}
-
-// countingTransport is a transport that feeds every message to a wireStats.
-type countingTransport struct {
-	transport.Transport
-	stats *wireStats
-}
-
-func (t countingTransport) NewMessage() (transport.OutgoingMessage, error) {
-	m, err := t.Transport.NewMessage()
-	if err != nil {
-		return nil, err
-	}
-	return countingOutgoing{OutgoingMessage: m, stats: t.stats}, nil
-}
-
-func (t countingTransport) RecvMessage() (transport.IncomingMessage, error) {
-	m, err := t.Transport.RecvMessage()
-	if err == nil {
-		t.stats.observe(m.Message(), false)
-	}
-	return m, err
-}
-
-type countingOutgoing struct {
-	transport.OutgoingMessage
-	stats *wireStats
-}
-
-func (m countingOutgoing) Send() error {
-	m.stats.observe(m.Message(), true)
-	return m.OutgoingMessage.Send()
 }
