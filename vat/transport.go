@@ -2,9 +2,11 @@ package vat
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"sync"
 	"time"
@@ -69,17 +71,16 @@ type codec struct {
 	unfinished int
 
 	mu        sync.Mutex
-	space     sync.Cond      // signalled when pending shrinks, a write ends, or err is set
-	pending   []byte         // encoded messages not yet given to a writer
-	spare     []byte         // the previous write's buffer, for pending to reuse
-	enc       *capnp.Encoder // appends to pending; used under mu
-	due       bool           // pending holds a message that must leave now
-	lazySince time.Time      // when the oldest pending lazy message came, while not due
-	lazyTimer *time.Timer    // runs lazyTimeout; nil until first armed
-	timerOn   bool           // lazyTimer is armed
-	writing   bool           // someone (the writer, or Encode for a large message) writes to conn
-	closing   bool           // Close was called: the writer exits when pending is empty
-	err       error          // sticky: the failed write, or errTransportClosed
+	space     sync.Cond   // signalled when pending shrinks, a write ends, or err is set
+	pending   []byte      // encoded messages not yet given to a writer
+	spare     []byte      // the previous write's buffer, for pending to reuse
+	due       bool        // pending holds a message that must leave now
+	lazySince time.Time   // when the oldest pending lazy message came, while not due
+	lazyTimer *time.Timer // runs lazyTimeout; nil until first armed
+	timerOn   bool        // lazyTimer is armed
+	writing   bool        // someone (the writer, or Encode for a large message) writes to conn
+	closing   bool        // Close was called: the writer exits when pending is empty
+	err       error       // sticky: the failed write, or errTransportClosed
 	// lazyAnswers are the question ids of received calls whose Return may
 	// be lazy, with the calls' sizes (see noteCall); an id leaves when its
 	// Return is encoded.
@@ -108,19 +109,43 @@ func newCodec(rwc io.ReadWriteCloser, maxMessageSize uint64) *codec {
 	}
 	c := &codec{dec: &frameReader{br: br, dec: dec, max: maxMessageSize, closeConn: rwc.Close}, conn: rwc, lazyDelay: lazyDelay, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	c.space.L = &c.mu
-	c.enc = capnp.NewEncoder(pendingWriter{c})
 	c.direct = bufio.NewWriterSize(rwc, 32<<10)
 	c.denc = capnp.NewEncoder(c.direct)
 	go c.writeLoop()
 	return c
 }
 
-// pendingWriter appends to the codec's pending buffer; the caller holds mu.
-type pendingWriter struct{ c *codec }
-
-func (w pendingWriter) Write(b []byte) (int, error) {
-	w.c.pending = append(w.c.pending, b...)
-	return len(b), nil
+// appendFrame appends m in the stream framing (capnp.Encoder's: the
+// segment count less one, each segment's size in words, padding to a word,
+// then the segments) to dst. Unlike capnp.Encoder it allocates nothing:
+// the Encoder's net.Buffers write escapes to the heap once per message. On
+// error dst is returned as it was.
+func appendFrame(dst []byte, m *capnp.Message) ([]byte, error) {
+	n := m.NumSegments()
+	if n <= 0 || n > 1<<16 {
+		return dst, fmt.Errorf("encode: message has %d segments", n)
+	}
+	start := len(dst)
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(n-1))
+	for i := range n {
+		s, err := m.Segment(capnp.SegmentID(i))
+		if err != nil {
+			return dst[:start], fmt.Errorf("encode: %w", err)
+		}
+		d := s.Data()
+		if len(d)%8 != 0 || uint64(len(d)) > math.MaxUint32-8 {
+			return dst[:start], fmt.Errorf("encode: segment %d has %d bytes", i, len(d))
+		}
+		dst = binary.LittleEndian.AppendUint32(dst, uint32(len(d)/8))
+	}
+	if n%2 == 0 {
+		dst = binary.LittleEndian.AppendUint32(dst, 0)
+	}
+	for i := range n {
+		s, _ := m.Segment(capnp.SegmentID(i))
+		dst = append(dst, s.Data()...)
+	}
+	return dst, nil
 }
 
 func (c *codec) Encode(m *capnp.Message) error {
@@ -140,7 +165,7 @@ func (c *codec) Encode(m *capnp.Message) error {
 	}
 	err := c.usable()
 	if err == nil {
-		err = c.enc.Encode(m)
+		c.pending, err = appendFrame(c.pending, m)
 	}
 	if err == nil {
 		if lazy {
