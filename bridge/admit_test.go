@@ -59,7 +59,7 @@ func TestAdmitPerCaller(t *testing.T) {
 	for _, sl := range slots {
 		e.release(sl)
 	}
-	if got, n := e.active.Load(), len(e.callers); got != 0 || n != 0 {
+	if got, n := e.active.Load(), e.slots.Callers(); got != 0 || n != 0 {
 		t.Errorf("after releasing all: active %d, %d callers; want 0, 0", got, n)
 	}
 	// Without a CallerKey the limit is the total.

@@ -81,6 +81,16 @@ type IngressConfig struct {
 	// which carries any kind, exactly as without Kinds.
 	Kinds Kinds
 
+	// StreamIdleTimeout, if positive, ends a call on a streaming path (one
+	// that went out with GrpcService.open, or whose response streams) on
+	// which no message has passed in either direction for that long: the
+	// client gets DEADLINE_EXCEEDED "vatcar: stream idle for D
+	// (--stream-idle-timeout)" and the capnp call is cancelled. A call
+	// that went out as one unary call is not watched (a slow backend is
+	// not an idle stream). Zero: streams may idle for as long as their
+	// deadline allows.
+	StreamIdleTimeout time.Duration
+
 	// OnCapTPFailure, if not nil, is called with the call's context when a
 	// call fails because of CapTP (an exception from the capability or its
 	// connection, or a lost stream), before its status reaches the client;
@@ -96,6 +106,9 @@ type IngressConfig struct {
 func (c IngressConfig) Validate() error {
 	if c.Director == nil {
 		return ErrNoDirector
+	}
+	if c.StreamIdleTimeout < 0 {
+		return fmt.Errorf("stream idle timeout %v: must not be negative", c.StreamIdleTimeout)
 	}
 	if err := c.Kinds.Validate(); err != nil {
 		return err
@@ -163,9 +176,10 @@ type EgressConfig struct {
 	// MaxTotalCalls bounds the calls of all callers together when
 	// CallerKey is set: over it, a call is refused unless its caller holds
 	// fewer calls than an equal share of MaxTotalCalls among the callers
-	// with calls running, so a new caller always gets calls through and all
-	// together hold at most about twice MaxTotalCalls. Zero means
-	// DefaultTotalCallsFactor times MaxConcurrentCalls.
+	// with calls running, so a new caller gets calls through as long as
+	// the callers number at most MaxTotalCalls (see NewSlots for how far
+	// past it they may go). Zero means DefaultTotalCallsFactor times
+	// MaxConcurrentCalls.
 	MaxTotalCalls int
 
 	// MaxMetadataSize is the largest metadata, in bytes counted as HTTP/2

@@ -93,5 +93,10 @@
 // (EgressConfig.CallerKey, typically the CapTP connection; without one, for
 // all calls together) and MaxTotalCalls for all callers, and answers more
 // with an Overloaded exception (RESOURCE_EXHAUSTED at the client). A caller
-// under its fair share of MaxTotalCalls is always admitted.
+// under its fair share of MaxTotalCalls is always admitted. Slots does the
+// counting, and also serves to share an import's calls among its apps.
+//
+// An ingress's calls on a streaming path that carry nothing for
+// IngressConfig.StreamIdleTimeout end with DEADLINE_EXCEEDED, as an
+// egress's streams do with EgressConfig.StreamIdleTimeout.
 package bridge

@@ -39,12 +39,9 @@ type egress struct {
 	idle   time.Duration // EgressConfig.StreamIdleTimeout; zero: off
 	active atomic.Int64  // calls admitted and not done, of every caller
 
-	// Per-caller admission (EgressConfig.CallerKey). Locking: mu guards
-	// callers; it is held only to count.
+	// Per-caller admission (EgressConfig.CallerKey).
 	callerKey func(context.Context) any // nil: one caller, limit bounds active
-	total     int64                     // the cap of active when callerKey is set
-	mu        sync.Mutex
-	callers   map[any]int64 // calls admitted and not done, by caller; no zero entries
+	slots     *Slots                    // with callerKey: limit per caller, MaxTotalCalls shared
 
 	wholeReplies, streamedReplies atomic.Int64 // unary calls by how they were answered
 	knownUnaryCalls               atomic.Int64 // unary calls that took the known-unary fast path
@@ -86,11 +83,11 @@ func newEgress(cfg EgressConfig) (*egress, error) {
 	}
 	if cfg.CallerKey != nil {
 		e.callerKey = cfg.CallerKey
-		e.callers = map[any]int64{}
-		e.total = int64(cfg.MaxTotalCalls)
-		if e.total == 0 {
-			e.total = e.limit * DefaultTotalCallsFactor
+		total := cfg.MaxTotalCalls
+		if total == 0 {
+			total = limit * DefaultTotalCallsFactor
 		}
+		e.slots = NewSlots(limit, total)
 	}
 	e.plain = e.callOptions("")
 	return e, nil
@@ -115,11 +112,7 @@ type slot struct {
 
 // admit takes a call slot for a call arriving with ctx, or answers
 // Overloaded. Without a CallerKey, limit bounds all calls together. With
-// one, limit bounds each caller's calls, and total bounds all of them,
-// except that a caller holding fewer than its fair share (total divided
-// among the callers with calls running, itself included) is still
-// admitted: however the slots are taken, a caller with no calls running
-// gets one, and all callers together hold at most about twice total.
+// one, Slots count them: limit per caller, MaxTotalCalls shared fairly.
 func (e *egress) admit(ctx context.Context) (slot, error) {
 	if e.callerKey == nil {
 		if e.active.Add(1) > e.limit {
@@ -129,39 +122,21 @@ func (e *egress) admit(ctx context.Context) (slot, error) {
 		return slot{}, nil
 	}
 	key := e.callerKey(ctx)
-	e.mu.Lock()
-	n, running := e.callers[key]
-	callers := int64(len(e.callers))
-	if !running {
-		callers++
-	}
-	total := e.active.Load()
-	switch {
-	case n >= e.limit:
-		e.mu.Unlock()
+	if err := e.slots.Take(key); err != nil {
+		var se *SlotsError
+		if errors.As(err, &se) && !se.PerCaller {
+			return slot{}, exc.New(exc.Overloaded, "", fmt.Sprintf("%v on this export (%d, %d callers)", ErrOverloaded, se.Limit, se.Callers))
+		}
 		return slot{}, exc.New(exc.Overloaded, "", fmt.Sprintf("%v on this connection (%d)", ErrOverloaded, e.limit))
-	case total >= e.total && n >= e.total/callers:
-		e.mu.Unlock()
-		return slot{}, exc.New(exc.Overloaded, "", fmt.Sprintf("%v on this export (%d, %d callers)", ErrOverloaded, e.total, callers))
 	}
-	e.callers[key] = n + 1
 	e.active.Add(1)
-	e.mu.Unlock()
 	return slot{caller: key}, nil
 }
 
 // release gives back a slot taken by admit.
 func (e *egress) release(s slot) {
 	if e.callerKey != nil {
-		e.mu.Lock()
-		if n := e.callers[s.caller] - 1; n > 0 {
-			e.callers[s.caller] = n
-		} else {
-			delete(e.callers, s.caller)
-		}
-		e.active.Add(-1)
-		e.mu.Unlock()
-		return
+		e.slots.Give(s.caller)
 	}
 	e.active.Add(-1)
 }
@@ -197,9 +172,22 @@ func (e *egress) start(parent context.Context, h captp.CallHead, sl slot) (*egre
 	if err != nil {
 		return nil, err
 	}
-	c.idle = watchIdle(c, e.idle) // before the pump reads it
+	c.idle = watchIdle(e.idle, c.idled) // before the pump reads it
 	c.open()
 	return c, nil
+}
+
+// idled ends c, a stream idle for the egress's StreamIdleTimeout, unless
+// it is over already.
+func (c *egressCall) idled() {
+	c.mu.Lock()
+	over := c.over
+	c.mu.Unlock()
+	if over {
+		return
+	}
+	c.e.log.Debug("bridge: idle stream ended", "method", c.head.method, "idle", c.e.idle.String())
+	c.fail(idleStatus(c.e.idle))
 }
 
 // open opens the backend stream and starts reading its response. A call

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -10,24 +11,51 @@ import (
 )
 
 // idleWatch ends a stream on which no message has passed, either way, for
-// a while (EgressConfig.StreamIdleTimeout). Each message stores the time;
-// one timer per stream wakes when the stream could first be idle for the
-// whole timeout, and either ends it or waits for the rest.
+// a while (EgressConfig.StreamIdleTimeout, IngressConfig.StreamIdleTimeout).
+// Each message stores the time; one timer per stream wakes when the stream
+// could first be idle for the whole timeout, and either ends it or waits
+// for the rest.
 type idleWatch struct {
 	timeout time.Duration
 	last    atomic.Int64 // unix nanoseconds of the last message
-	timer   *time.Timer
+	end     func()       // ends the stream; called at most once, on the timer's goroutine
+
+	mu      sync.Mutex  // guards timer (set by arm, reset by check) and stopped
+	timer   *time.Timer // nil until armed
+	stopped bool        // stop was called: check neither resets nor ends
 }
 
-// watchIdle starts watching c, or returns nil when timeout is not positive.
-func watchIdle(c *egressCall, timeout time.Duration) *idleWatch {
+// watchIdle starts watching a stream that end ends, or returns nil when
+// timeout is not positive. end must do nothing to a stream already over.
+func watchIdle(timeout time.Duration, end func()) *idleWatch {
+	w := newIdleWatch(timeout, end)
+	w.arm()
+	return w
+}
+
+// newIdleWatch is watchIdle without starting the timer: messages are
+// recorded, and arm starts watching (once the call turns out to be a
+// stream). Nil when timeout is not positive.
+func newIdleWatch(timeout time.Duration, end func()) *idleWatch {
 	if timeout <= 0 {
 		return nil
 	}
-	w := &idleWatch{timeout: timeout}
+	w := &idleWatch{timeout: timeout, end: end}
 	w.touch()
-	w.timer = time.AfterFunc(timeout, func() { w.check(c) })
 	return w
+}
+
+// arm starts the timer, from the last message. Nil-safe; call it once, on
+// the goroutine that calls stop.
+func (w *idleWatch) arm() {
+	if w != nil {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.stopped {
+			return
+		}
+		w.timer = time.AfterFunc(idleLeft(w.last.Load(), time.Now().UnixNano(), w.timeout), w.check)
+	}
 }
 
 // touch records a message. Nil-safe.
@@ -37,27 +65,34 @@ func (w *idleWatch) touch() {
 	}
 }
 
-// stop stops the timer. Nil-safe.
+// stop stops the timer, if armed. Nil-safe.
 func (w *idleWatch) stop() {
-	if w != nil {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	w.stopped = true
+	if w.timer != nil {
 		w.timer.Stop()
 	}
+	w.mu.Unlock()
 }
 
-// check ends c if it has been idle for the timeout, else waits for the rest.
-func (w *idleWatch) check(c *egressCall) {
-	c.mu.Lock()
-	over := c.over
-	c.mu.Unlock()
-	if over {
+// check ends the stream if it has been idle for the timeout, else waits
+// for the rest.
+func (w *idleWatch) check() {
+	w.mu.Lock()
+	if w.stopped {
+		w.mu.Unlock()
 		return
 	}
 	if wait := idleLeft(w.last.Load(), time.Now().UnixNano(), w.timeout); wait > 0 {
 		w.timer.Reset(wait)
+		w.mu.Unlock()
 		return
 	}
-	c.e.log.Debug("bridge: idle stream ended", "method", c.head.method, "idle", w.timeout.String())
-	c.fail(idleStatus(w.timeout))
+	w.mu.Unlock()
+	w.end()
 }
 
 // idleLeft returns how much longer a stream whose last message passed at

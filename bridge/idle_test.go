@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -55,4 +56,50 @@ func TestIdleLeft(t *testing.T) {
 			t.Errorf("idleLeft(%v since the last message) = %v, want %v", tt.sinceLast, got, tt.want)
 		}
 	}
+}
+
+// TestIngressIdleStreamEnds checks IngressConfig.StreamIdleTimeout: an
+// app's stream on which nothing passes ends at the ingress with
+// DEADLINE_EXCEEDED naming the setting, the capnp call is cancelled (the
+// egress's slot comes back), and a unary call slower than the timeout is
+// not cut.
+func TestIngressIdleStreamEnds(t *testing.T) {
+	b := newBackend(t)
+	const idle = time.Second
+	h := newHop(t, b.addr, hopConfig{ingress: IngressConfig{StreamIdleTimeout: idle, Kinds: Kinds{"/t.T/Hang": KindUnary}}})
+	cc := dial(t, h.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := rawStream(ctx, t, cc, "/t.T/Echo")
+	// Messages spaced below the timeout keep it alive past the timeout.
+	for range 4 {
+		if err := s.SendMsg([]byte("one")); err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		if err := s.RecvMsg(&got); err != nil {
+			t.Fatalf("echo: %v", err)
+		}
+		time.Sleep(idle / 4) // spacing the activity, not waiting for a condition
+	}
+	start := time.Now()
+	var got []byte
+	err := s.RecvMsg(&got)
+	if st := status.Convert(err); st.Code() != codes.DeadlineExceeded || !strings.Contains(st.Message(), "--stream-idle-timeout") {
+		t.Fatalf("idle stream: %v, want DEADLINE_EXCEEDED naming --stream-idle-timeout", err)
+	}
+	if waited := time.Since(start); waited < idle/2 {
+		t.Errorf("the stream ended %v after its last message, before the %v timeout", waited, idle)
+	}
+	poll(t, func() bool { return h.eg.active.Load() == 0 }, "the egress's call to end")
+
+	// A unary call on a backend that answers after twice the timeout ends
+	// by its own deadline, not as an idle stream.
+	uctx, ucancel := context.WithTimeout(ctx, 2*idle)
+	defer ucancel()
+	err = cc.Invoke(uctx, "/t.T/Hang", []byte("x"), new([]byte), grpc.ForceCodecV2(Codec()))
+	if st := status.Convert(err); st.Code() != codes.DeadlineExceeded || strings.Contains(st.Message(), "--stream-idle-timeout") {
+		t.Fatalf("slow unary call: %v, want its own DEADLINE_EXCEEDED", err)
+	}
+	<-b.started
 }

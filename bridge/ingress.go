@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
@@ -32,6 +33,7 @@ type Ingress struct {
 	maxMD    int // metadata limit
 	kinds    Kinds
 	log      *slog.Logger
+	idle     time.Duration      // IngressConfig.StreamIdleTimeout; zero: off
 	onCall   func(*ingressCall) // tests: called as each call starts
 	onCapTP  func(context.Context, error)
 
@@ -50,6 +52,7 @@ func NewIngress(cfg IngressConfig) (*Ingress, error) {
 		maxMD:    maxMetadataSize(cfg.MaxMetadataSize),
 		kinds:    cfg.Kinds,
 		log:      logger(cfg.Logger),
+		idle:     cfg.StreamIdleTimeout,
 		onCapTP:  cfg.OnCapTPFailure,
 	}
 	return in, nil
@@ -120,6 +123,7 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 	}
 	defer svc.Release()
 	c := &ingressCall{in: in, ss: ss, ctx: ctx, method: method, ob: newOutbox(queueBytes), final: make(chan final, 1)}
+	c.idle = newIdleWatch(in.idle, c.idled)
 	defer c.finish()
 	if in.onCall != nil {
 		in.onCall(c)
@@ -140,6 +144,7 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 		if !closed {
 			go c.pump()
 		}
+		c.idle.arm()
 		return c.stream(svc)
 	}
 	go c.pump()
@@ -149,6 +154,7 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 		return c.unary(svc, req)
 	}
 	in.streamCalls.Add(1)
+	c.idle.arm()
 	return c.stream(svc)
 }
 
@@ -170,7 +176,8 @@ type ingressCall struct {
 	ss      grpc.ServerStream
 	ctx     context.Context
 	method  string
-	ob      *outbox // client messages, read by pump
+	ob      *outbox    // client messages, read by pump
+	idle    *idleWatch // with IngressConfig.StreamIdleTimeout (armed on a streaming path); nil: none
 	final   chan final
 	upStats sendStats // of the request stream's sender
 
@@ -197,6 +204,7 @@ func (c *ingressCall) pump() {
 			c.deliver(final{st: Status(err)})
 			return
 		}
+		c.idle.touch()
 		if !c.ob.put(c.ctx, event{kind: evMsg, msg: f}) {
 			return
 		}
@@ -242,6 +250,7 @@ func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 		// call until the end (releasing it cancels).
 		rest := res.Rest().AddRef()
 		defer rest.Release()
+		c.idle.arm()
 		af, arelease := rest.Attach(c.ctx, func(p captp.Call_attach_Params) error {
 			return p.SetDown(newSink(c, c.in.max, c.in.maxMD))
 		})
@@ -390,10 +399,18 @@ func (c *ingressCall) onEnd(stop context.CancelFunc) {
 
 // finish marks the call ended: the down Sink no longer touches ss.
 func (c *ingressCall) finish() {
+	c.idle.stop()
 	c.mu.Lock()
 	c.finished = true
 	c.mu.Unlock()
 	c.ob.stop()
+}
+
+// idled ends c, a stream idle for the ingress's StreamIdleTimeout (a call
+// already over ignores it).
+func (c *ingressCall) idled() {
+	c.in.log.DebugContext(c.ctx, "bridge: idle stream ended", "method", c.method, "idle", c.in.idle.String())
+	c.deliver(final{st: idleStatus(c.in.idle)})
 }
 
 // header implements target.
@@ -403,6 +420,7 @@ func (c *ingressCall) header(md metadata.MD) error {
 	if c.finished {
 		return errCallDone
 	}
+	c.idle.touch()
 	return c.ss.SendHeader(md)
 }
 
@@ -417,10 +435,12 @@ func (c *ingressCall) message(f *frame) error {
 		f.free()
 		return errCallDone
 	}
+	c.idle.touch()
 	if err := c.ss.SendMsg(f); err != nil {
 		f.free()
 		return err
 	}
+	c.idle.touch() // a slow client's SendMsg may have blocked for long
 	return nil
 }
 
