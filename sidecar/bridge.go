@@ -40,14 +40,15 @@ func windowDialOptions() []grpc.DialOption {
 	return []grpc.DialOption{grpc.WithStaticStreamWindowSize(streamWindow), grpc.WithStaticConnWindowSize(connWindow)}
 }
 
-func newIngressServer(d director, kinds bridge.Kinds, maxMessageSize, maxMetadataSize int, log *slog.Logger, opts ...grpc.ServerOption) (*grpc.Server, error) {
+func newIngressServer(d director, kinds bridge.Kinds, lim egressLimits, log *slog.Logger, opts ...grpc.ServerOption) (*grpc.Server, error) {
 	in, err := bridge.NewIngress(bridge.IngressConfig{
-		Director:        bridge.Director(d),
-		Kinds:           kinds,
-		MaxMessageSize:  maxMessageSize,
-		MaxMetadataSize: maxMetadataSize,
-		OnCapTPFailure:  markCapTPFailure,
-		Logger:          log,
+		Director:          bridge.Director(d),
+		Kinds:             kinds,
+		MaxMessageSize:    lim.maxMessageSize,
+		MaxMetadataSize:   lim.maxMetadataSize,
+		StreamIdleTimeout: lim.streamIdleTimeout,
+		OnCapTPFailure:    markCapTPFailure,
+		Logger:            log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ingress: %w", err)
@@ -55,7 +56,8 @@ func newIngressServer(d director, kinds bridge.Kinds, maxMessageSize, maxMetadat
 	return in.NewServer(append(windowServerOptions(), opts...)...), nil
 }
 
-// egressLimits are the bounds of an export's egress, from the Config.
+// egressLimits are the bounds of an export's egress, and of an ingress's
+// calls (the same flags bound both sides), from the Config.
 type egressLimits struct {
 	maxMessageSize, maxMetadataSize, maxConcurrentCalls int
 	streamIdleTimeout                                   time.Duration

@@ -122,14 +122,18 @@ type Config struct {
 	// DefaultMaxMetadataSize.
 	MaxMetadataSize ByteSize `json:"maxMetadataSize,omitempty"`
 	// MaxConcurrentCalls bounds the calls one peer connection may run at once
-	// on our exports (over it: RESOURCE_EXHAUSTED). Zero:
-	// DefaultMaxConcurrentCalls.
+	// on each of our exports (over it: RESOURCE_EXHAUSTED), and the calls
+	// each import runs at once, which stay below it, shared by the apps'
+	// connections: one app connection holds at most as many as stay free
+	// (alone, half). Zero: DefaultMaxConcurrentCalls.
 	MaxConcurrentCalls int `json:"maxConcurrentCalls,omitempty"`
-	// StreamIdleTimeout, when positive, ends a stream from a peer on one of
-	// our exports once no message has passed on it, either way, for that
-	// long: the backend call is cancelled and the peer's app gets
-	// DEADLINE_EXCEEDED "vatcar: stream idle for D (--stream-idle-timeout)",
-	// which frees its call slot (MaxConcurrentCalls). Zero: off, streams
+	// StreamIdleTimeout, when positive, ends a stream on which no message
+	// has passed, either way, for that long, on both sides: a peer's
+	// stream on one of our exports (the backend call is cancelled and the
+	// peer's app gets DEADLINE_EXCEEDED "vatcar: stream idle for D
+	// (--stream-idle-timeout)"), and an app's stream on one of our imports
+	// (the app gets that status and the CapTP call is cancelled). Either
+	// frees the stream's call slot (MaxConcurrentCalls). Zero: off, streams
 	// last as long as their deadlines.
 	StreamIdleTimeout Duration `json:"streamIdleTimeout,omitempty"`
 	// MaxConnections bounds the inbound CapTP connections the vat holds at

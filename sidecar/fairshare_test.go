@@ -139,3 +139,105 @@ func TestStreamIdleTimeout(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // polling interval
 	}
 }
+
+// TestImportFairSharesPerAppConnection checks the importer's side of fair
+// shares, with the same --max-concurrent-calls on both sidecars: one app
+// connection holds all the streams an import lets it (half of N), one more
+// of its own is refused with RESOURCE_EXHAUSTED naming the import, and
+// other apps' calls still go through, the exporter never refusing any.
+func TestImportFairSharesPerAppConnection(t *testing.T) {
+	const n = 8
+	backend := startTestBackend(t)
+	dir := t.TempDir()
+	startTestSidecar(t, Config{
+		Listen: "tcp:127.0.0.1:0", CapDir: dir, MaxConcurrentCalls: n,
+		Exports: []Export{{Name: "test", Target: backend}},
+	})
+	imp := startTestSidecar(t, Config{MaxConcurrentCalls: n, Imports: []Import{{Name: "test", URI: "@" + filepath.Join(dir, "test.cap")}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	greedy := holdStreams(ctx, t, imp, n/2)
+	if err := echoOnce(ctx, greedy); !refusedByImport(err) {
+		t.Fatalf("stream %d of one app: %v, want RESOURCE_EXHAUSTED naming the import and the flag", n/2+1, err)
+	}
+	if _, err := greedy.EmptyCall(ctx, &testgrpc.Empty{}); !refusedByImport(err) {
+		t.Fatalf("a unary call of the app at its maximum: %v, want the import's RESOURCE_EXHAUSTED", err)
+	}
+
+	// Other apps: each gets calls through while the ones before hold all
+	// they can (half of what is free), until one slot is left.
+	for app, free := 1, n/2; free > 1; app, free = app+1, free/2 {
+		other := holdStreams(ctx, t, imp, 0)
+		for i := range 3 {
+			if _, err := other.EmptyCall(ctx, &testgrpc.Empty{}); err != nil {
+				t.Fatalf("app %d's call %d while others hold %d of %d: %v", app, i, n-free, n, err)
+			}
+		}
+		for i := range free / 2 {
+			if err := echoOnce(ctx, other); err != nil {
+				t.Fatalf("app %d's stream %d: %v", app, i+1, err)
+			}
+		}
+		if err := echoOnce(ctx, other); !refusedByImport(err) {
+			t.Fatalf("app %d's stream %d: %v, want the import's RESOURCE_EXHAUSTED", app, free/2+1, err)
+		}
+	}
+	// Still one slot free for a newcomer.
+	if _, err := holdStreams(ctx, t, imp, 0).EmptyCall(ctx, &testgrpc.Empty{}); err != nil {
+		t.Errorf("the last newcomer's call: %v", err)
+	}
+}
+
+// refusedByImport reports whether err is the importer's refusal of a call
+// for want of the import's slots (not the exporter's).
+func refusedByImport(err error) bool {
+	s := status.Convert(err)
+	return s.Code() == codes.ResourceExhausted && strings.Contains(s.Message(), `import "test"`) &&
+		strings.Contains(s.Message(), "--max-concurrent-calls")
+}
+
+// TestImportStreamIdleTimeout checks --stream-idle-timeout on the importer:
+// an app's stream on which nothing passes ends with DEADLINE_EXCEEDED
+// naming the flag, and its slot of the import comes back.
+func TestImportStreamIdleTimeout(t *testing.T) {
+	backend := startTestBackend(t)
+	dir := t.TempDir()
+	startTestSidecar(t, Config{Listen: "tcp:127.0.0.1:0", CapDir: dir, Exports: []Export{{Name: "test", Target: backend}}})
+	imp := startTestSidecar(t, Config{
+		MaxConcurrentCalls: 2, StreamIdleTimeout: Duration(300 * time.Millisecond), // one stream per app
+		Imports: []Import{{Name: "test", URI: "@" + filepath.Join(dir, "test.cap")}},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client := holdStreams(ctx, t, imp, 0)
+	st, err := client.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&testgrpc.StreamingOutputCallRequest{ResponseParameters: []*testgrpc.ResponseParameters{{Size: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if err := echoOnce(ctx, client); !refusedByImport(err) {
+		t.Fatalf("a second stream of the app: %v, want the import's RESOURCE_EXHAUSTED", err)
+	}
+	_, err = st.Recv()
+	if s := status.Convert(err); s.Code() != codes.DeadlineExceeded || !strings.Contains(s.Message(), "--stream-idle-timeout") {
+		t.Fatalf("idle stream: %v, want DEADLINE_EXCEEDED naming --stream-idle-timeout", err)
+	}
+	// Its slot is free again once the handler has returned.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := echoOnce(ctx, client)
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			t.Fatalf("a stream after the idle one ended: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval
+	}
+}

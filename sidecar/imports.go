@@ -52,6 +52,7 @@ type imported struct {
 	metrics     *Metrics
 	resolve     Resolver
 	resolveSoon chan struct{} // (cap 1) asks resolveLoop to resolve again
+	slots       *bridge.Slots // the import's call slots, by app connection (director)
 	stop        context.CancelFunc
 	wg          sync.WaitGroup // resolveLoop and run
 
@@ -86,6 +87,7 @@ func (s *Sidecar) newImport(im Import, fromConfig bool) (*imported, error) {
 	m := &imported{
 		Import: im, ref: ref, fromConfig: fromConfig, metrics: s.metrics, resolve: s.cfg.resolver(),
 		log: s.log.With("import", im.Name), resolveSoon: make(chan struct{}, 1), changed: make(chan struct{}),
+		slots: bridge.NewCappedSlots(s.cfg.MaxConcurrentCalls, s.cfg.MaxConcurrentCalls),
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -232,18 +234,49 @@ func (m *imported) client(ctx context.Context) (svc captp.GrpcService, b *backen
 	}
 }
 
-// director is client for the ingress: it records the import and the
-// backend serving the call, so that forgetOnCapTPFailure ends the call
-// there (backend.done).
+// director is client for the ingress, once the call has a slot of the
+// import's (see refused): it records the import and the backend serving
+// the call, so that forgetOnCapTPFailure ends the call there
+// (backend.done) and gives the slot back.
 func (m *imported) director(ctx context.Context) (captp.GrpcService, error) {
+	app := appConnOf(ctx)
+	if err := m.slots.Take(app); err != nil {
+		return captp.GrpcService{}, m.refused(err)
+	}
 	svc, b, err := m.client(ctx)
 	if err != nil {
+		m.slots.Give(app)
 		return svc, err
 	}
 	if !markImport(ctx, m, b) {
 		b.done(false) // no stats handler: the call is not tracked
+		m.slots.Give(app)
 	}
 	return svc, nil
+}
+
+// refused is the status of a call the import's slots refused
+// (RESOURCE_EXHAUSTED, naming the import, the bound and the flag).
+//
+// An import's call slots: its calls in flight stay below
+// --max-concurrent-calls N, which is what an exporter with the same
+// setting lets one connection run on one export, and an app connection
+// (one HTTP/2 connection to the import's endpoint) may hold at most N of
+// them and no more than stay free (bridge.NewCappedSlots). So an app alone
+// gets N/2 calls at once, and another app's calls get through while one
+// holds all it can.
+func (m *imported) refused(err error) error {
+	var se *bridge.SlotsError
+	if !errors.As(err, &se) {
+		return status.Errorf(codes.ResourceExhausted, "vatcar: import %q: %v", m.Name, err)
+	}
+	if se.PerCaller {
+		return status.Errorf(codes.ResourceExhausted,
+			"vatcar: import %q: too many concurrent calls from this app connection (%d, --max-concurrent-calls)", m.Name, se.Limit)
+	}
+	return status.Errorf(codes.ResourceExhausted,
+		"vatcar: import %q: too many concurrent calls: an app connection may hold no more than the import has free (%d in all; app connections with calls: %d; --max-concurrent-calls)",
+		m.Name, se.Limit, se.Callers)
 }
 
 // waitingLocked reports whether a call should wait for a backend: the host

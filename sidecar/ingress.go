@@ -61,7 +61,7 @@ func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv, err := newIngressServer(d, s.kinds, int(s.cfg.MaxMessageSize), int(s.cfg.MaxMetadataSize), s.log,
+	srv, err := newIngressServer(d, s.kinds, s.cfg.egressLimits(), s.log,
 		grpc.ConnectionTimeout(appHandshakeTimeout),
 		grpc.StatsHandler(s.metrics.statsHandler(SideIngress, nil)),
 		grpc.ChainStreamInterceptor(forgetOnCapTPFailure))
@@ -126,6 +126,9 @@ func forgetOnCapTPFailure(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInf
 	failed := err != nil && (info.capTP.Load() || revokedByExporter(err))
 	if b := info.backend.Load(); b != nil {
 		b.done(failed)
+	}
+	if im := info.imp.Load(); im != nil {
+		im.slots.Give(appConnOf(ss.Context())) // taken by the director
 	}
 	if !failed {
 		return err

@@ -196,10 +196,11 @@ type rpcKey struct{}
 
 // rpcInfo is what the stats handler keeps per call. The ingress director
 // records the import serving the call in imp, so that forgetOnCapTPFailure
-// can make it drop its capability when the call fails because of CapTP.
+// can make it drop its capability when the call fails because of CapTP, and
+// give back the call's slot.
 type rpcInfo struct {
 	method  string
-	imp     atomic.Pointer[imported]
+	imp     atomic.Pointer[imported] // set: the call holds a slot of imp's (imported.slots)
 	backend atomic.Pointer[backend]
 	capTP   atomic.Bool // the call failed because of CapTP (markCapTPFailure)
 }
@@ -255,8 +256,29 @@ func (h *statsHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
 	}
 }
 
+// TagConn names each app connection to an ingress (appConnOf), the unit
+// an import's call slots are shared by.
 func (h *statsHandler) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
-	return ctx
+	if h.side != SideIngress {
+		return ctx
+	}
+	return context.WithValue(ctx, appConnKey{}, new(appConn))
+}
+
+// appConn names one app connection (one HTTP/2 transport) to an ingress.
+// It is never empty, so that every new(appConn) is a distinct pointer.
+type appConn struct{ _ byte }
+
+type appConnKey struct{}
+
+// appConnOf returns the app connection a call of ctx came on (a comparable
+// value, equal exactly for the calls of one connection); nil without the
+// ingress's stats handler.
+func appConnOf(ctx context.Context) any {
+	if c, ok := ctx.Value(appConnKey{}).(*appConn); ok {
+		return c
+	}
+	return nil
 }
 
 func (h *statsHandler) HandleConn(context.Context, stats.ConnStats) {}
