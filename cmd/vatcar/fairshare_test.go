@@ -6,6 +6,7 @@ import (
 	bin "encoding/binary"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,17 +19,82 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// echoStream opens a FullDuplexCall stream and waits for one echo; the
+// stream stays open until ctx ends. It returns the stream's error, if any.
+func echoStream(ctx context.Context, client testpb.TestServiceClient) error {
+	st, err := client.FullDuplexCall(ctx)
+	if err != nil {
+		return err
+	}
+	// A Send on a stream the server already ended fails with io.EOF; the
+	// status comes from Recv either way.
+	_ = st.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}})
+	_, err = st.Recv()
+	return err
+}
+
+// streamLoad is what openStreams saw.
+type streamLoad struct {
+	opened, refused int64          // streams that carried their echo; RESOURCE_EXHAUSTED
+	refusals        map[string]int // refusal messages, with their counts
+	took            time.Duration
+}
+
+// openStreams opens n streams on client (echoStream, 32 at a time), each
+// held open until ctx ends, and counts how they went; any outcome other
+// than an echo or RESOURCE_EXHAUSTED fails the test.
+func openStreams(ctx context.Context, t *testing.T, client testpb.TestServiceClient, n int) streamLoad {
+	t.Helper()
+	var opened, refused atomic.Int64
+	var mu sync.Mutex
+	refusals := map[string]int{}
+	var other sync.Map // unexpected errors, by code
+	jobs := make(chan struct{}, n)
+	for range n {
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range 32 {
+		wg.Go(func() {
+			for range jobs {
+				err := echoStream(ctx, client)
+				switch status.Code(err) {
+				case codes.OK:
+					opened.Add(1)
+				case codes.ResourceExhausted:
+					refused.Add(1)
+					mu.Lock()
+					refusals[status.Convert(err).Message()]++
+					mu.Unlock()
+				default:
+					other.Store(status.Code(err), err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	other.Range(func(code, err any) bool {
+		t.Errorf("stream: %v (code %v)", err, code)
+		return true
+	})
+	return streamLoad{opened: opened.Load(), refused: refused.Load(), refusals: refusals, took: time.Since(start)}
+}
+
 // TestOnePeerCannotTakeAnExport is the attack of issue 14's first row,
 // against the built binary with the default --max-concurrent-calls (1024):
 // one importer's app opens 1,100 streams on an export and keeps them open;
 // the exporter refuses that peer's streams past 1,024, and another
-// importer's calls and streams still go through.
+// importer's calls and streams still go through. (The attacker's sidecar
+// runs with a higher --max-concurrent-calls, so that its own share of the
+// import among its apps lets all 1,100 through to the exporter.)
 func TestOnePeerCannotTakeAnExport(t *testing.T) {
 	if testing.Short() {
 		t.Skip("1,100 streams through two sidecars")
 	}
 	const streams, perConn = 1100, 1024
-	p := startPair(t) // exporter with --max-concurrent-calls at its default
+	p := startPairArgs(t, []string{"--max-concurrent-calls", "4096"}) // exporter with --max-concurrent-calls at its default
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	if _, err := p.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
@@ -38,43 +104,9 @@ func TestOnePeerCannotTakeAnExport(t *testing.T) {
 
 	// The attacker: 1,100 streams through its sidecar, each carrying one
 	// echo and then held open until the test ends.
-	var opened, refused atomic.Int64
-	var other sync.Map // unexpected errors, by code
-	jobs := make(chan struct{}, streams)
-	for range streams {
-		jobs <- struct{}{}
-	}
-	close(jobs)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for range 32 {
-		wg.Go(func() {
-			for range jobs {
-				st, err := p.client.FullDuplexCall(ctx)
-				if err == nil {
-					err = st.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}})
-				}
-				if err == nil {
-					_, err = st.Recv()
-				}
-				switch status.Code(err) {
-				case codes.OK:
-					opened.Add(1)
-				case codes.ResourceExhausted:
-					refused.Add(1)
-				default:
-					other.Store(status.Code(err), err)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	other.Range(func(code, err any) bool {
-		t.Errorf("attacker stream: %v (code %v)", err, code)
-		return true
-	})
-	if opened.Load() != perConn || refused.Load() != streams-perConn {
-		t.Errorf("attacker: %d streams open, %d refused; want %d and %d", opened.Load(), refused.Load(), perConn, streams-perConn)
+	load := openStreams(ctx, t, p.client, streams)
+	if load.opened != perConn || load.refused != streams-perConn {
+		t.Errorf("attacker: %d streams open, %d refused; want %d and %d", load.opened, load.refused, perConn, streams-perConn)
 	}
 	goroutinesHeld := scrape(t, p.exp.Health, "go_goroutines", nil)
 
@@ -87,18 +119,62 @@ func TestOnePeerCannotTakeAnExport(t *testing.T) {
 			t.Fatalf("another importer's call %d during the attack: %v", i, err)
 		}
 	}
-	st, err := victim.FullDuplexCall(ctx)
-	if err == nil {
-		err = st.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}})
-	}
-	if err == nil {
-		_, err = st.Recv()
-	}
-	if err != nil {
+	if err := echoStream(ctx, victim); err != nil {
 		t.Errorf("another importer's stream during the attack: %v", err)
 	}
-	t.Logf("attacker: %d streams open, %d refused in %v; exporter goroutines %v -> %v",
-		opened.Load(), refused.Load(), time.Since(start).Round(time.Millisecond), goroutinesBefore, goroutinesHeld)
+	t.Logf("attacker: %d streams open, %d refused in %v (%v); exporter goroutines %v -> %v",
+		load.opened, load.refused, load.took.Round(time.Millisecond), load.refusals, goroutinesBefore, goroutinesHeld)
+}
+
+// TestOneAppCannotTakeAnImport is the importer's side of issue 14's first
+// row, against the built binaries with the default --max-concurrent-calls
+// (1024) on both: one app (one gRPC connection to the import) opens 1,100
+// streams and keeps them open. The importer lets it hold 512 (half of what
+// the exporter grants the connection) and refuses the rest with its own
+// RESOURCE_EXHAUSTED; another app's unary calls and a stream pass
+// meanwhile, and the exporter refuses nothing. (Before: the app got 1,024
+// streams, the exporter refused the rest, and so every other app's call.)
+func TestOneAppCannotTakeAnImport(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1,100 streams through two sidecars")
+	}
+	const streams, perApp = 1100, 512
+	p := startPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	if _, err := p.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	goroutinesBefore := scrape(t, p.imp.Health, "go_goroutines", nil)
+	rssBefore := scrape(t, p.imp.Health, "process_resident_memory_bytes", nil)
+
+	load := openStreams(ctx, t, p.client, streams)
+	if load.opened != perApp || load.refused != streams-perApp {
+		t.Errorf("greedy app: %d streams open, %d refused; want %d and %d", load.opened, load.refused, perApp, streams-perApp)
+	}
+	for msg := range load.refusals {
+		if !strings.Contains(msg, `import "test"`) || !strings.Contains(msg, "--max-concurrent-calls") {
+			t.Errorf("a refusal not the importer's: %q", msg)
+		}
+	}
+	goroutinesHeld := scrape(t, p.imp.Health, "go_goroutines", nil)
+	rssHeld := scrape(t, p.imp.Health, "process_resident_memory_bytes", nil)
+
+	// Another app of the pod: its own gRPC connection to the same import.
+	other := testpb.NewTestServiceClient(dial(t, p.imp.Imports["test"]))
+	for i := range 20 {
+		if _, err := other.EmptyCall(ctx, &testpb.Empty{}); err != nil {
+			t.Fatalf("another app's call %d while one holds its maximum: %v", i, err)
+		}
+	}
+	if err := echoStream(ctx, other); err != nil {
+		t.Errorf("another app's stream while one holds its maximum: %v", err)
+	}
+	t.Logf("greedy app: %d streams open, %d refused in %v; importer goroutines %v -> %v, RSS %.0f -> %.0f MiB",
+		load.opened, load.refused, load.took.Round(time.Millisecond), goroutinesBefore, goroutinesHeld, rssBefore/(1<<20), rssHeld/(1<<20))
+	if rssHeld > 400<<20 {
+		t.Errorf("importer RSS %.0f MiB with %d streams held, want under 400 MiB", rssHeld/(1<<20), load.opened)
+	}
 }
 
 // TestIdleStrangersDoNotLockOut is issue 14's fifth row against the built
