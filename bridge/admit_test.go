@@ -20,9 +20,11 @@ func TestAdmitPerCaller(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cc.Close()
+	refused := map[bool]int{}
 	e, err := newEgress(EgressConfig{
 		Conn: cc, MaxConcurrentCalls: 2, MaxTotalCalls: 4,
-		CallerKey: func(ctx context.Context) any { return ctx.Value(callerCtxKey{}) },
+		CallerKey:    func(ctx context.Context) any { return ctx.Value(callerCtxKey{}) },
+		OnOverloaded: func(perCaller bool) { refused[perCaller]++ },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -52,6 +54,9 @@ func TestAdmitPerCaller(t *testing.T) {
 		case err == nil:
 			slots = append(slots, sl)
 		}
+	}
+	if refused[true] != 2 || refused[false] != 1 {
+		t.Errorf("OnOverloaded saw %d per-caller and %d total refusals, want 2 and 1", refused[true], refused[false])
 	}
 	if got := e.active.Load(); got != 6 {
 		t.Errorf("active = %d, want 6", got)

@@ -182,6 +182,13 @@ type EgressConfig struct {
 	// MaxConcurrentCalls.
 	MaxTotalCalls int
 
+	// OnOverloaded, if not nil, is called for each call the admission
+	// refuses (MaxConcurrentCalls, MaxTotalCalls), with perCaller true when
+	// the caller held MaxConcurrentCalls (without a CallerKey: always) and
+	// false when the callers together held MaxTotalCalls. It must not
+	// block; a metrics counter is what it is for. Nil: refusals go uncounted.
+	OnOverloaded func(perCaller bool)
+
 	// MaxMetadataSize is the largest metadata, in bytes counted as HTTP/2
 	// does (key + value + 32 per entry), of a request arriving over CapTP or
 	// of the backend's response headers or trailers; larger fails the call

@@ -37,6 +37,7 @@ type egress struct {
 	caller func(context.Context) (Caller, bool) // EgressConfig.Caller
 	log    *slog.Logger
 	idle   time.Duration // EgressConfig.StreamIdleTimeout; zero: off
+	onOver func(bool)    // EgressConfig.OnOverloaded; nil: none
 	active atomic.Int64  // calls admitted and not done, of every caller
 
 	// Per-caller admission (EgressConfig.CallerKey).
@@ -80,6 +81,7 @@ func newEgress(cfg EgressConfig) (*egress, error) {
 		log:    logger(cfg.Logger),
 		caller: cfg.Caller,
 		idle:   cfg.StreamIdleTimeout,
+		onOver: cfg.OnOverloaded,
 	}
 	if cfg.CallerKey != nil {
 		e.callerKey = cfg.CallerKey
@@ -117,6 +119,7 @@ func (e *egress) admit(ctx context.Context) (slot, error) {
 	if e.callerKey == nil {
 		if e.active.Add(1) > e.limit {
 			e.active.Add(-1)
+			e.overloaded(true)
 			return slot{}, exc.New(exc.Overloaded, "bridge", fmt.Sprintf("%v (%d)", ErrOverloaded, e.limit))
 		}
 		return slot{}, nil
@@ -125,12 +128,21 @@ func (e *egress) admit(ctx context.Context) (slot, error) {
 	if err := e.slots.Take(key); err != nil {
 		var se *SlotsError
 		if errors.As(err, &se) && !se.PerCaller {
+			e.overloaded(false)
 			return slot{}, exc.New(exc.Overloaded, "", fmt.Sprintf("%v on this export (%d, %d callers)", ErrOverloaded, se.Limit, se.Callers))
 		}
+		e.overloaded(true)
 		return slot{}, exc.New(exc.Overloaded, "", fmt.Sprintf("%v on this connection (%d)", ErrOverloaded, e.limit))
 	}
 	e.active.Add(1)
 	return slot{caller: key}, nil
+}
+
+// overloaded tells EgressConfig.OnOverloaded, if set, of a refusal.
+func (e *egress) overloaded(perCaller bool) {
+	if e.onOver != nil {
+		e.onOver(perCaller)
+	}
 }
 
 // release gives back a slot taken by admit.

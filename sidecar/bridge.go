@@ -61,6 +61,7 @@ func newIngressServer(d director, kinds bridge.Kinds, lim egressLimits, log *slo
 type egressLimits struct {
 	maxMessageSize, maxMetadataSize, maxConcurrentCalls int
 	streamIdleTimeout                                   time.Duration
+	onOverloaded                                        func(perCaller bool) // counts refusals; nil: none
 }
 
 // egressLimits returns the egress bounds of cfg (with defaults).
@@ -115,6 +116,7 @@ func newEgress(cut context.Context, cc grpc.ClientConnInterface, kinds bridge.Ki
 		MaxMetadataSize:    lim.maxMetadataSize,
 		MaxConcurrentCalls: lim.maxConcurrentCalls,
 		StreamIdleTimeout:  lim.streamIdleTimeout,
+		OnOverloaded:       lim.onOverloaded,
 		CallerKey:          vat.CallerOf, // the limit is per peer connection
 		Logger:             log,
 		Caller:             caller,

@@ -80,7 +80,9 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("%w: export %q target %q: %w", ErrConfig, e.Name, e.Target, err)
 	}
-	egress, err := newEgress(cut, cc, s.kinds, s.cfg.egressLimits(), s.caller, s.log)
+	lim := s.cfg.egressLimits()
+	lim.onOverloaded = s.metrics.overloaded()
+	egress, err := newEgress(cut, cc, s.kinds, lim, s.caller, s.log)
 	if err != nil {
 		cc.Close()
 		ex.cut()

@@ -270,6 +270,11 @@ func (m *imported) refused(err error) error {
 	if !errors.As(err, &se) {
 		return status.Errorf(codes.ResourceExhausted, "vatcar: import %q: %v", m.Name, err)
 	}
+	reason := refusedImport
+	if se.PerCaller {
+		reason = refusedApp
+	}
+	m.metrics.refusedCalls.WithLabelValues(SideIngress, reason).Inc()
 	if se.PerCaller {
 		return status.Errorf(codes.ResourceExhausted,
 			"vatcar: import %q: too many concurrent calls from this app connection (%d, --max-concurrent-calls)", m.Name, se.Limit)

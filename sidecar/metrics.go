@@ -40,7 +40,10 @@ type Metrics struct {
 	conns    *prometheus.GaugeVec     // peer (vat digest)
 	restores *prometheus.CounterVec   // result
 	refused  *prometheus.CounterVec   // reason
-	dials    *prometheus.CounterVec   // import, result
+	// refusedCalls counts calls refused for want of call slots, by side
+	// and reason (refusedConn, refusedExport, refusedApp, refusedImport).
+	refusedCalls *prometheus.CounterVec
+	dials        *prometheus.CounterVec // import, result
 	// importCalls counts calls per import and address index (the order in
 	// which the import's addresses appeared, "other" past 63).
 	importCalls *prometheus.CounterVec // import, address_index
@@ -113,6 +116,10 @@ func NewMetrics() *Metrics {
 			Name: "vatcar_vat_refused_connections_total",
 			Help: "Inbound CapTP connections the vat refused, by reason (handshake: failed TLS or protocol handshake; max connections: over the inbound limit).",
 		}, []string{"reason"}),
+		refusedCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vatcar_refused_calls_total",
+			Help: "Calls refused with RESOURCE_EXHAUSTED for want of call slots (--max-concurrent-calls), by side and reason (egress: connection, export; ingress: app connection, import).",
+		}, []string{"side", "reason"}),
 		dials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vatcar_import_connects_total",
 			Help: "Attempts to connect an import to its peer, by import name and result (ok, error).",
@@ -144,9 +151,32 @@ func NewMetrics() *Metrics {
 		methods: map[string]map[string]bool{},
 	}
 	m.Registry.MustRegister(m.calls, m.latency, m.bytes, m.inflight, m.conns, m.restores,
-		m.refused, m.dials, m.importCalls, m.importUp, m.caveatRefusals, m.exports, m.imports, m.ready, buildInfoMetric(buildinfo.Read()),
+		m.refused, m.refusedCalls, m.dials, m.importCalls, m.importUp, m.caveatRefusals, m.exports, m.imports, m.ready, buildInfoMetric(buildinfo.Read()),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, l := range [][2]string{{SideEgress, refusedConn}, {SideEgress, refusedExport}, {SideIngress, refusedApp}, {SideIngress, refusedImport}} {
+		m.refusedCalls.WithLabelValues(l[0], l[1]) // shown at 0 from the start
+	}
 	return m
+}
+
+// Reasons of vatcar_refused_calls_total.
+const (
+	refusedConn   = "connection"     // egress: a peer connection held its --max-concurrent-calls on an export
+	refusedExport = "export"         // egress: the export's total was held and the connection its share
+	refusedApp    = "app connection" // ingress: an app connection held --max-concurrent-calls on an import
+	refusedImport = "import"         // ingress: an app connection held as many as the import had free
+)
+
+// overloaded returns an EgressConfig.OnOverloaded that counts refusals.
+func (m *Metrics) overloaded() func(perCaller bool) {
+	conn, export := m.refusedCalls.WithLabelValues(SideEgress, refusedConn), m.refusedCalls.WithLabelValues(SideEgress, refusedExport)
+	return func(perCaller bool) {
+		if perCaller {
+			conn.Inc()
+		} else {
+			export.Inc()
+		}
+	}
 }
 
 // methodLabel returns method, or "other" once a side has maxMethodLabels.

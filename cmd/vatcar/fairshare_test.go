@@ -157,6 +157,9 @@ func TestOnePeerCannotTakeAnExport(t *testing.T) {
 	if load.opened != perConn || load.refused != streams-perConn {
 		t.Errorf("attacker: %d streams open, %d refused; want %d and %d", load.opened, load.refused, perConn, streams-perConn)
 	}
+	if got := scrape(t, p.exp.Health, "vatcar_refused_calls_total", map[string]string{"side": "egress", "reason": "connection"}); got != float64(load.refused) {
+		t.Errorf("exporter counted %v calls refused for the connection, want %d", got, load.refused)
+	}
 	goroutinesHeld := scrape(t, p.exp.Health, "go_goroutines", nil)
 	rss := scrape(t, p.exp.Health, "process_resident_memory_bytes", nil)
 	if rss > maxAttackRSS {
@@ -209,6 +212,9 @@ func TestOneAppCannotTakeAnImport(t *testing.T) {
 		if !strings.Contains(msg, `import "test"`) || !strings.Contains(msg, "--max-concurrent-calls") {
 			t.Errorf("a refusal not the importer's: %q", msg)
 		}
+	}
+	if got := scrape(t, p.imp.Health, "vatcar_refused_calls_total", map[string]string{"side": "ingress", "reason": "import"}); got != float64(load.refused) {
+		t.Errorf("importer counted %v calls refused for the import's share, want %d", got, load.refused)
 	}
 	goroutinesHeld := scrape(t, p.imp.Health, "go_goroutines", nil)
 	rssHeld := scrape(t, p.imp.Health, "process_resident_memory_bytes", nil)
