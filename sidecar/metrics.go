@@ -114,7 +114,7 @@ func NewMetrics() *Metrics {
 		}, []string{"result"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vatcar_vat_refused_connections_total",
-			Help: "Inbound CapTP connections the vat refused, by reason (handshake: failed TLS or protocol handshake; max connections: over the inbound limit).",
+			Help: "CapTP connections the vat refused or closed for their peer's behaviour, by reason (handshake: failed TLS or protocol handshake; max connections: over the inbound limit; evicted idle, evicted over key share: made room for a newcomer; answer budget: too many calls unfinished; heartbeat: the peer did not answer).",
 		}, []string{"reason"}),
 		refusedCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vatcar_refused_calls_total",

@@ -40,6 +40,10 @@ const (
 	// newcomer's counted as one more), was closed to make room for a new
 	// one.
 	RefusedKeyShare = "evicted over key share"
+	// RefusedHeartbeat: a connection (inbound or outbound) was closed
+	// because its peer sent nothing, not even the answer to a heartbeat,
+	// within HeartbeatTimeout of the heartbeat (a frozen or cut-off peer).
+	RefusedHeartbeat = "heartbeat"
 )
 
 // Config configures a Vat. Its zero value is an ephemeral, client-only vat
@@ -138,8 +142,9 @@ type Config struct {
 	MaxConnections int
 
 	// OnRefused, if not nil, is called for each inbound connection Serve
-	// refuses, with the reason: RefusedMaxConnections or RefusedHandshake.
-	// It must not block.
+	// refuses, and each connection the vat closes for its peer's
+	// behaviour, with the reason (the Refused... constants). It must not
+	// block.
 	OnRefused func(reason string)
 
 	// LazyReturn, if not nil, names the methods whose results nobody waits

@@ -89,6 +89,9 @@ func (c *Connection) ping(timeout time.Duration) bool {
 	if !alive {
 		c.log.Info("peer did not answer the heartbeat; closing the connection", "timeout", timeout.String())
 		c.closeBecause("peer did not answer the heartbeat within " + timeout.String())
+		if f := c.vat.cfg.OnRefused; f != nil {
+			f(RefusedHeartbeat)
+		}
 	}
 	select {
 	case <-fut.Done():

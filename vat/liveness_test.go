@@ -161,9 +161,15 @@ func TestHeartbeatClosesFrozenPeer(t *testing.T) {
 	serveOn(t, b, func(l net.Listener) net.Listener { return freezeListener{l, f} })
 
 	var conns connCounter
+	var heartbeatCloses atomic.Int64
 	acfg := fast
 	acfg.OnConnection = conns.hook
 	acfg.OnRestore = onRestore
+	acfg.OnRefused = func(reason string) {
+		if reason == vat.RefusedHeartbeat {
+			heartbeatCloses.Add(1)
+		}
+	}
 	a := startVat(t, acfg)
 	uri, _ := b.SturdyURI(id)
 	ref := a.MustImport(uri)
@@ -202,6 +208,9 @@ func TestHeartbeatClosesFrozenPeer(t *testing.T) {
 		inflight <- err
 	}()
 	waitFor(t, "a to close the frozen connection", func() bool { return conns.downs.Load() == 1 })
+	if n := heartbeatCloses.Load(); n != 1 {
+		t.Errorf("OnRefused saw %d heartbeat closes, want 1", n)
+	}
 	if err := <-inflight; !vat.IsDisconnected(err) {
 		t.Errorf("call in flight on the frozen peer: %v, want a disconnected error", err)
 	}

@@ -39,4 +39,7 @@ func TestFrozenExporterFailsCallsInFlight(t *testing.T) {
 		t.Errorf("the stream failed after %v: that is its deadline, not the heartbeat", took)
 	}
 	t.Logf("stream in flight failed with UNAVAILABLE %v after the exporter froze", took.Round(time.Millisecond))
+	waitFor(t, 10*time.Second, "the importer to count the connection closed by the heartbeat", func() bool {
+		return scrape(t, p.imp.Health, "vatcar_vat_refused_connections_total", map[string]string{"reason": "heartbeat"}) == 1
+	})
 }
