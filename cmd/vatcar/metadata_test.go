@@ -47,6 +47,10 @@ func TestHugeMetadataFailsAlone(t *testing.T) {
 	if want := float64(1 + calls.ok); backendCalls != want {
 		t.Errorf("the exporter made %v backend calls, want %v (the other app's): a huge call crossed", backendCalls, want)
 	}
+	// The importer counted the refusals.
+	if got := scrape(t, p.imp.Health, "vatcar_grpc_calls_total", map[string]string{"side": "ingress", "method": method, "code": "ResourceExhausted"}); got != huge {
+		t.Errorf("the importer counted %v calls refused with RESOURCE_EXHAUSTED, want %d", got, huge)
+	}
 	if rss := scrape(t, p.imp.Health, "process_resident_memory_bytes", nil); rss > maxAttackRSS {
 		t.Errorf("importer RSS %.0f MiB after the attack, want under %d MiB", rss/(1<<20), maxAttackRSS>>20)
 	}
