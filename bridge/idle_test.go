@@ -71,16 +71,15 @@ func TestIngressIdleStreamEnds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s := rawStream(ctx, t, cc, "/t.T/Echo")
-	// Messages spaced below the timeout keep it alive past the timeout.
-	for range 4 {
+	// Messages keep it alive past the timeout.
+	for opened := time.Now(); time.Since(opened) < 2*idle; {
 		if err := s.SendMsg([]byte("one")); err != nil {
 			t.Fatal(err)
 		}
 		var got []byte
 		if err := s.RecvMsg(&got); err != nil {
-			t.Fatalf("echo: %v", err)
+			t.Fatalf("echo %v after the stream opened: %v", time.Since(opened), err)
 		}
-		time.Sleep(idle / 4) // spacing the activity, not waiting for a condition
 	}
 	start := time.Now()
 	var got []byte
