@@ -66,8 +66,10 @@ func buildVatcar(ctx context.Context, dir, pkg string) (string, error) {
 // echoes exactly 4 MiB, the sidecar's default limit, so it needs a little more.
 const vatcarMaxMessage = "8MiB"
 
-// vatcarMaxCalls is the exporter's --max-concurrent-calls: above the 10,000 streams the
-// memory row holds open over its one peer connection (the default is 1,024).
+// vatcarMaxCalls is both sidecars' --max-concurrent-calls: above the 10,000 streams the
+// memory row holds open over one peer connection (the default is 1,024), which the
+// importer shares among the row's 10 app connections (about N/11 each when they grow
+// together: docs/design.md).
 const vatcarMaxCalls = "16384"
 
 // startVatcar starts the exporting sidecar in front of the backend, waits for its cap
@@ -121,6 +123,7 @@ func startVatcar(ctx context.Context, bin, dir, backendAddr string, extra, env [
 		"--import", "bench=@" + capFile + ",listen=" + target,
 		"--admin-listen", impAdmin,
 		"--max-message-size", vatcarMaxMessage,
+		"--max-concurrent-calls", vatcarMaxCalls,
 	}, extra...)
 	p, err = startProcess("vatcar import", bin, impArgs, impEnv, filepath.Join(dir, "import.log"))
 	if err != nil {
