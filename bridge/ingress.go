@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vatcar/vatcar/proto/captp"
+	"github.com/vatcar/vatcar/vat/engine"
 )
 
 // Ingress turns gRPC calls into calls on GrpcService capabilities. Use
@@ -122,7 +123,7 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 		return Status(err).Err()
 	}
 	defer svc.Release()
-	c := &ingressCall{in: in, ss: ss, ctx: ctx, method: method, ob: newOutbox(queueBytes), final: make(chan final, 1)}
+	c := &ingressCall{in: in, ss: ss, ctx: ctx, method: method, md: md, ob: newOutbox(queueBytes), final: make(chan final, 1)}
 	c.idle = newIdleWatch(in.idle, c.idled)
 	defer c.finish()
 	if in.onCall != nil {
@@ -176,8 +177,9 @@ type ingressCall struct {
 	ss      grpc.ServerStream
 	ctx     context.Context
 	method  string
-	ob      *outbox    // client messages, read by pump
-	idle    *idleWatch // with IngressConfig.StreamIdleTimeout (armed on a streaming path); nil: none
+	md      metadata.MD // the request's, from ctx (a copy: read-only here)
+	ob      *outbox     // client messages, read by pump
+	idle    *idleWatch  // with IngressConfig.StreamIdleTimeout (armed on a streaming path); nil: none
 	final   chan final
 	upStats sendStats // of the request stream's sender
 
@@ -226,12 +228,19 @@ func (c *ingressCall) unaryRequest() *frame {
 // unary makes the call with GrpcService.unary.
 func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 	defer req.free()
-	fut, release := svc.Unary(c.ctx, func(p captp.GrpcService_unary_Params) error {
+	ctx := c.ctx
+	if n := req.data.Len(); n >= sizeHintMin {
+		// The params are the request, the metadata and a few words: the
+		// engine builds them in one buffer (the function below may run
+		// twice, see engine.WithSizeHint).
+		ctx = engine.WithSizeHint(ctx, n+len(c.method)+metadataSize(c.md, keepRequest)+512)
+	}
+	fut, release := svc.Unary(ctx, func(p captp.GrpcService_unary_Params) error {
 		h, err := p.NewCall()
 		if err != nil {
 			return err
 		}
-		if err := writeCallHead(h, c.ctx, c.method); err != nil {
+		if err := writeCallHead(h, c.ctx, c.method, c.md); err != nil {
 			return err
 		}
 		d, err := newData(p.Segment(), req.data)
@@ -283,7 +292,7 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 		if err != nil {
 			return err
 		}
-		if err := writeCallHead(h, c.ctx, c.method); err != nil {
+		if err := writeCallHead(h, c.ctx, c.method, c.md); err != nil {
 			return err
 		}
 		return p.SetDown(newSink(c, c.in.max, c.in.maxMD))

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/mem"
 
 	"github.com/vatcar/vatcar/proto/captp"
+	"github.com/vatcar/vatcar/vat/engine"
 )
 
 // Sizes of what one Sink call carries. A gRPC message larger than chunkSize
@@ -37,6 +38,11 @@ const (
 	// before the gRPC reader blocks (plus one message of any size).
 	queueBytes = 4 << 20
 )
+
+// sizeHintMin is the size of params from which a call tells the engine how
+// large they will be (engine.WithSizeHint): it then builds them in one
+// buffer instead of growing one step by step.
+const sizeHintMin = 8 << 10
 
 // newFlowLimiter returns the flow limiter set on every Sink the bridge sends
 // on.
@@ -146,9 +152,17 @@ func (s *sender) flush(ctx context.Context) error {
 		return nil
 	}
 	pieces := s.piece
+	// s.batched counts chunkOverhead per chunk (its struct, list entry and
+	// padding): with the list's own words, the params fit in the hint, and
+	// the engine builds the call in one buffer of that size.
+	if s.batched >= sizeHintMin {
+		ctx = engine.WithSizeHint(ctx, s.batched+64)
+	}
 	s.piece, s.batched = s.piece[:0], 0
 	copied, ends := 0, 0
 	err := s.sink.Send(ctx, func(p captp.Sink_send_Params) error {
+		// Runs again if the params outgrow the hint (see WithSizeHint).
+		copied, ends = 0, 0
 		l, err := p.NewChunks(int32(len(pieces)))
 		if err != nil {
 			return err

@@ -224,14 +224,13 @@ func remainingNanos(ctx context.Context) int64 {
 	return max(int64(time.Until(d)), 1)
 }
 
-// writeCallHead fills a CallHead for a call to method with ctx's metadata
-// and deadline.
-func writeCallHead(h captp.CallHead, ctx context.Context, method string) error {
+// writeCallHead fills a CallHead for a call to method with the request
+// metadata md and ctx's deadline.
+func writeCallHead(h captp.CallHead, ctx context.Context, method string, md metadata.MD) error {
 	if err := h.SetMethod(method); err != nil {
 		return fmt.Errorf("encode method: %w", err)
 	}
 	h.SetTimeoutNanos(remainingNanos(ctx))
-	md, _ := metadata.FromIncomingContext(ctx)
 	return writeHeaders(md, keepRequest, h.NewMd)
 }
 

@@ -42,7 +42,7 @@ func TestCallHeadRoundTrip(t *testing.T) {
 		":authority":   {"dropped"},
 		"grpc-timeout": {"dropped"},
 	}
-	ctx, cancel := context.WithTimeout(metadata.NewIncomingContext(context.Background(), md), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
 	if err != nil {
@@ -52,7 +52,7 @@ func TestCallHeadRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeCallHead(h, ctx, "/p.S/M"); err != nil {
+	if err := writeCallHead(h, ctx, "/p.S/M", md); err != nil {
 		t.Fatal(err)
 	}
 	got, err := readCallHead(h, DefaultMaxMetadataSize)
@@ -100,8 +100,7 @@ func TestStatusRoundTrip(t *testing.T) {
 func FuzzReadCallHead(f *testing.F) {
 	_, seg, _ := capnp.NewMessage(capnp.SingleSegment(nil))
 	h, _ := captp.NewRootCallHead(seg)
-	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("x-k", "v", "content-type", "application/grpc"))
-	writeCallHead(h, ctx, "/a.B/C")
+	writeCallHead(h, context.Background(), "/a.B/C", metadata.Pairs("x-k", "v", "content-type", "application/grpc"))
 	b, _ := seg.Message().Marshal()
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 
 	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
@@ -85,6 +86,75 @@ func (c *Conn) questionOf(ans *capnp.Answer) *question {
 
 type questionKey struct{ c *Conn }
 
+// buildCall builds a Call message for m with its params placed, to be
+// released with sm.release. With a size hint (WithSizeHint) it is built in a pooled
+// buffer; if the params do not fit there (and hold no capabilities), it is
+// built again the usual way.
+func buildCall(hint int, m capnp.Method, place func(capnp.Struct) error, sz capnp.ObjectSize) (sm sizedMessage, call rpccp.Call, params rpccp.Payload, err error) {
+	if hint > 0 && place != nil {
+		sm, mm, ok, err := newSizedMessage(hint)
+		if err != nil {
+			return sizedMessage{}, rpccp.Call{}, rpccp.Payload{}, err
+		}
+		if ok {
+			call, params, err := fillCall(mm, m, place, sz)
+			// The target and the capability descriptors are written
+			// after the params: they need room too.
+			caps := sm.msg.CapTable().Len()
+			if err == nil && sm.spare() >= hintSlack/2+32*caps {
+				return sm, call, params, nil
+			}
+			sm.release()
+			if caps > 0 {
+				// place put capabilities in: not placed again (the release
+				// just released them).
+				if err == nil {
+					err = errors.New("a call with a size hint carries capabilities")
+				}
+				return sizedMessage{}, rpccp.Call{}, rpccp.Payload{}, err
+			}
+		}
+	}
+	msg, mm, err := newMessage()
+	if err != nil {
+		return sizedMessage{}, rpccp.Call{}, rpccp.Payload{}, err
+	}
+	sm = sizedMessage{msg: msg}
+	call, params, err = fillCall(mm, m, place, sz)
+	if err != nil {
+		sm.release()
+		return sizedMessage{}, rpccp.Call{}, rpccp.Payload{}, err
+	}
+	return sm, call, params, nil
+}
+
+// fillCall makes mm a Call of m and places its params.
+func fillCall(mm rpccp.Message, m capnp.Method, place func(capnp.Struct) error, sz capnp.ObjectSize) (rpccp.Call, rpccp.Payload, error) {
+	call, err := mm.NewCall()
+	if err != nil {
+		return rpccp.Call{}, rpccp.Payload{}, err
+	}
+	call.SetInterfaceId(m.InterfaceID)
+	call.SetMethodId(m.MethodID)
+	params, err := call.NewParams()
+	if err != nil {
+		return rpccp.Call{}, rpccp.Payload{}, err
+	}
+	if place != nil {
+		st, err := capnp.NewStruct(params.Segment(), sz)
+		if err != nil {
+			return rpccp.Call{}, rpccp.Payload{}, err
+		}
+		if err := params.SetContent(st.ToPtr()); err != nil {
+			return rpccp.Call{}, rpccp.Payload{}, err
+		}
+		if err := place(st); err != nil {
+			return rpccp.Call{}, rpccp.Payload{}, exc.WrapError("place args", err)
+		}
+	}
+	return call, params, nil
+}
+
 // startCall sends a call to t. place fills the params (sz big). When t is
 // a promise that has settled, nothing is sent and redirect (a reference
 // the caller releases) is where the call must go instead.
@@ -119,33 +189,12 @@ func (c *Conn) startCall(ctx context.Context, t callTarget, m capnp.Method, plac
 		}
 		defer c.order.RUnlock()
 	}
-	msg, mm, err := newMessage()
+	sm, call, params, err := buildCall(sizeHint(ctx), m, place, sz)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer msg.Release()
-	call, err := mm.NewCall()
-	if err != nil {
-		return nil, nil, err
-	}
-	call.SetInterfaceId(m.InterfaceID)
-	call.SetMethodId(m.MethodID)
-	params, err := call.NewParams()
-	if err != nil {
-		return nil, nil, err
-	}
-	if place != nil {
-		st, err := capnp.NewStruct(params.Segment(), sz)
-		if err != nil {
-			return nil, nil, err
-		}
-		if err := params.SetContent(st.ToPtr()); err != nil {
-			return nil, nil, err
-		}
-		if err := place(st); err != nil {
-			return nil, nil, exc.WrapError("place args", err)
-		}
-	}
+	defer sm.release()
+	msg := sm.msg
 	tgt, err := call.NewTarget()
 	if err != nil {
 		return nil, nil, err

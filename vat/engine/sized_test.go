@@ -1,0 +1,90 @@
+package engine_test
+
+import (
+	"bytes"
+	"testing"
+
+	capnp "capnproto.org/go/capnp/v3"
+
+	"github.com/vatcar/vatcar/proto/captp"
+	"github.com/vatcar/vatcar/vat/engine"
+)
+
+// TestSizeHint: calls made with engine.WithSizeHint carry their params
+// whatever the hint: one that fits, one too small (the params are placed
+// again without it), one too large to pool; a pooled buffer reused for a
+// call that sets fewer fields shows nothing of the call before it; and a
+// hinted call may carry a capability.
+func TestSizeHint(t *testing.T) {
+	for _, s := range setups {
+		if s.name == "gocapnp-to-engine" {
+			continue // the hint is the calling engine's
+		}
+		t.Run(s.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			boot := capnp.Client(captp.Restorer_ServerToClient(&restorer{svc: &service{}}))
+			cl, cc, sc := s.make(t, boot)
+			r := captp.Restorer(cl.bootstrap(ctx))
+			fut, rel := r.Restore(ctx, func(p captp.Restorer_restore_Params) error { return p.SetId([]byte("svc")) })
+			svc := captp.GrpcService(fut.Cap())
+			unary := func(hint int, req []byte) (string, int) {
+				t.Helper()
+				placed := 0
+				ufut, urel := svc.Unary(engine.WithSizeHint(ctx, hint), func(p captp.GrpcService_unary_Params) error {
+					placed++
+					if req == nil {
+						return nil
+					}
+					return p.SetRequest(req)
+				})
+				defer urel()
+				res, err := ufut.Struct()
+				if err != nil {
+					t.Fatalf("hint %d, %d bytes: %v", hint, len(req), err)
+				}
+				reply, _ := res.Reply()
+				body, _ := reply.Message_()
+				return string(body), placed
+			}
+			big := bytes.Repeat([]byte{0xff}, 30<<10)
+			for _, c := range []struct {
+				name       string
+				hint       int
+				req        []byte
+				wantPlaced int
+			}{
+				{"fits", len(big) + 64, big, 1},
+				{"too small", 10 << 10, big, 2},
+				{"too large to pool", 64 << 20, []byte("x"), 1},
+				{"reused buffer, no request", len(big) + 64, nil, 1},
+			} {
+				body, placed := unary(c.hint, c.req)
+				if want := "echo:" + string(c.req); body != want {
+					t.Errorf("%s: reply of %d bytes, want %d", c.name, len(body), len(want))
+				}
+				if placed != c.wantPlaced {
+					t.Errorf("%s: params placed %d times, want %d", c.name, placed, c.wantPlaced)
+				}
+			}
+			// A hinted call carrying a capability: open's down Sink.
+			rec := &recorder{}
+			ofut, orel := svc.Open(engine.WithSizeHint(ctx, 16<<10), func(p captp.GrpcService_open_Params) error {
+				return p.SetDown(captp.Sink_ServerToClient(rec))
+			})
+			up := ofut.Up()
+			if err := up.Send(ctx, func(p captp.Sink_send_Params) error { return nil }); err != nil {
+				t.Fatal(err)
+			}
+			if err := up.WaitStreaming(); err != nil {
+				t.Fatal(err)
+			}
+			poll(t, "the send through the echoed Sink", func() bool { _, n := rec.snapshot(); return n == 1 })
+			up.Release()
+			orel()
+			rel()
+			r.Release()
+			poll(t, "client tables empty", zeroStats(cc))
+			poll(t, "server tables empty", zeroStats(sc))
+		})
+	}
+}
