@@ -413,7 +413,8 @@ func TestCancelStreamingResponse(t *testing.T) {
 }
 
 // TestContentSubtype checks that any content-subtype passes without parsing
-// and reaches the backend unchanged.
+// and reaches the backend unchanged, also when it repeats and alternates
+// (the egress keeps the last one's call options).
 func TestContentSubtype(t *testing.T) {
 	got := make(chan string, 4)
 	backend := serve(t, func(s *grpc.Server) {}, grpc.ForceServerCodecV2(Codec()), grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
@@ -427,7 +428,7 @@ func TestContentSubtype(t *testing.T) {
 	}))
 	h := newHop(t, backend, hopConfig{})
 	cc := dial(t, h.addr)
-	for _, sub := range []string{"", "json", "proto", "x-custom"} {
+	for _, sub := range []string{"", "json", "proto", "proto", "json", "", "json", "x-custom", "x-custom"} {
 		t.Run("subtype="+sub, func(t *testing.T) {
 			opts := []grpc.CallOption{grpc.ForceCodecV2(rawCodec{name: sub})}
 			msg := []byte("{not a protobuf \xff}")
