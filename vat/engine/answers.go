@@ -29,6 +29,7 @@ type answer struct {
 	returned          bool
 	finished          bool // the peer's Finish came
 	releaseResultCaps bool
+	releaseParamCaps  bool           // the Return says the params' capabilities are released
 	results           *capnp.Message // the Return sent, until the Finish
 	resultContent     capnp.Ptr
 	resultErr         error
@@ -54,7 +55,7 @@ func (a *answer) newReturn() (rpccp.Return, error) {
 		return rpccp.Return{}, err
 	}
 	ret.SetAnswerId(a.id)
-	ret.SetReleaseParamCaps(false)
+	ret.SetReleaseParamCaps(a.releaseParamCaps)
 	a.msg = msg
 	return ret, nil
 }
@@ -146,6 +147,9 @@ func (a *answer) Return() {
 		exported, err = c.describeLocked(a.payload, caps)
 		if err != nil { // over MaxExports: the call fails instead
 			c.mu.Unlock()
+			if err == errTooManyExports {
+				c.limit(LimitExports)
+			}
 			c.releaseExports(exported)
 			msg.Release()
 			a.PrepareReturn(err)
@@ -305,6 +309,16 @@ func (c *Conn) handleCall(msg *capnp.Message, m rpccp.Message) bool {
 		c.abort("Call reuses a question id in use")
 		return false
 	}
+	if reason, refuse := c.admitAnswerLocked(); reason != "" {
+		c.mu.Unlock()
+		msg.Release()
+		c.closeForLimit(LimitAnswersHeld, reason)
+		return false
+	} else if refuse != nil { // its capabilities go back, one Release each
+		c.refuseAnswerLocked(a, refuse, list, false)
+		c.limit(LimitAnswers)
+		return true
+	}
 	_, failed, err := c.importCapsLocked(msg, list)
 	if err != nil && err != errTooManyImports {
 		c.mu.Unlock()
@@ -320,6 +334,7 @@ func (c *Conn) handleCall(msg *capnp.Message, m rpccp.Message) bool {
 		a.releaseArgs()
 		a.PrepareReturn(err)
 		a.Return()
+		c.limit(LimitImports)
 		return true
 	}
 	switch tgt.Which() {

@@ -109,6 +109,15 @@ func (c *Conn) handleBootstrap(m rpccp.Message) bool {
 		c.abort("Bootstrap reuses a question id in use")
 		return false
 	}
+	if reason, refuse := c.admitAnswerLocked(); reason != "" {
+		c.mu.Unlock()
+		c.closeForLimit(LimitAnswersHeld, reason)
+		return false
+	} else if refuse != nil {
+		c.refuseAnswerLocked(a, refuse, rpccp.CapDescriptor_List{}, false)
+		c.limit(LimitAnswers)
+		return true
+	}
 	c.answers[qid] = a
 	ctx, cancel := context.WithCancel(c.ctx)
 	a.cancel = cancel

@@ -45,6 +45,15 @@ type Options struct {
 	// bound). Over either, the call, return or restore that would cross it
 	// fails with an Overloaded exception; the connection lives.
 	MaxImports, MaxExports int
+	// MaxAnswers bounds the peer's calls (Bootstraps included) that this
+	// side holds an answer for until the peer's Finish (0:
+	// DefaultMaxAnswers; negative: no bound). A call over it is answered
+	// at once with an Overloaded exception; a peer holding twice as many
+	// (refused ones included) has its connection closed.
+	MaxAnswers int
+	// OnLimit, if set, is told of each call, question or connection that
+	// failed for a limit: one of the Limit constants. It must not block.
+	OnLimit func(reason string)
 }
 
 // DefaultMaxCaps is the default of Options.MaxImports and MaxExports.
@@ -150,6 +159,12 @@ func (c *Conn) receive() {
 	defer close(c.recvDone)
 	for {
 		msg, err := c.codec.Decode()
+		if tl, ok := err.(*MessageTooLarge); ok {
+			if !c.handleTooLarge(tl) {
+				return
+			}
+			continue
+		}
 		if err != nil {
 			go c.shutdown(exc.New(exc.Disconnected, "", "connection lost: "+err.Error()), "")
 			return

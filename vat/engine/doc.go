@@ -23,6 +23,16 @@
 // write). A Bootstrap with an object id runs the restorer on a goroutine of
 // its own, since a restore may block on a loader.
 //
+// # Limits
+//
+// Per connection, every limit fails one call or question with a named
+// Overloaded exception and the connection lives (limits.go): a message the
+// codec skipped for its size (MessageTooLarge), a call past MaxAnswers
+// unfinished, capabilities past MaxImports or MaxExports. The one
+// exception: a peer holding twice MaxAnswers answers it never finished has
+// its connection closed. Protocol violations abort only their connection,
+// with a reason. OnLimit is told of each.
+//
 // # Locking
 //
 //   - Conn.mu guards the four tables (questions, answers, imports, exports),

@@ -279,8 +279,11 @@ func (c *Conn) handleResolve(msg *capnp.Message, m rpccp.Message) bool {
 		c.barrier()
 		c.sendDisembargoSender(emb.id, id)
 	}
-	if refuse.IsValid() && refuse.Which() == rpccp.CapDescriptor_Which_senderHosted {
-		c.sendRelease(refuse.SenderHosted(), 1)
+	if refuse.IsValid() {
+		c.limit(LimitImports)
+		if refuse.Which() == rpccp.CapDescriptor_Which_senderHosted {
+			c.sendRelease(refuse.SenderHosted(), 1)
+		}
 	}
 	for _, h := range hooks {
 		h.resolver.Fulfill(resolution)

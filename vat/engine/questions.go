@@ -229,6 +229,9 @@ func (c *Conn) startCall(ctx context.Context, t callTarget, m capnp.Method, plac
 		c.freeQuestionLocked(q)
 		exps := q.paramExports
 		c.mu.Unlock()
+		if err == errTooManyExports {
+			c.limit(LimitExports)
+		}
 		c.releaseExports(exps)
 		return nil, nil, err
 	}
@@ -461,6 +464,7 @@ func (c *Conn) handleReturn(msg *capnp.Message, m rpccp.Message) bool {
 		}
 		if err == errTooManyImports { // the question fails, the connection lives
 			c.mu.Unlock()
+			c.limit(LimitImports)
 			c.refuseImports(list, failed)
 			msg.CapTable().Reset()
 			c.mu.Lock()

@@ -18,14 +18,14 @@ import (
 // chanCodec connects a Conn to a test that plays the peer message by
 // message.
 type chanCodec struct {
-	in     chan *capnp.Message // to the Conn
+	in     chan any // to the Conn: a *capnp.Message, or an error for Decode
 	out    chan *capnp.Message // from the Conn
 	closed chan struct{}
 	once   sync.Once
 }
 
 func newChanCodec() *chanCodec {
-	return &chanCodec{in: make(chan *capnp.Message, 64), out: make(chan *capnp.Message, 64), closed: make(chan struct{})}
+	return &chanCodec{in: make(chan any, 64), out: make(chan *capnp.Message, 64), closed: make(chan struct{})}
 }
 
 func (c *chanCodec) Encode(m *capnp.Message) error {
@@ -47,8 +47,11 @@ func (c *chanCodec) Encode(m *capnp.Message) error {
 
 func (c *chanCodec) Decode() (*capnp.Message, error) {
 	select {
-	case m := <-c.in:
-		return m, nil
+	case v := <-c.in:
+		if err, ok := v.(error); ok {
+			return nil, err
+		}
+		return v.(*capnp.Message), nil
 	case <-c.closed:
 		return nil, io.EOF
 	}

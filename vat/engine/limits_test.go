@@ -1,0 +1,261 @@
+package engine_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+
+	"github.com/vatcar/vatcar/proto/captp"
+	"github.com/vatcar/vatcar/vat/engine"
+)
+
+// limits records what OnLimit was told.
+type limits struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (l *limits) on(reason string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.got = append(l.got, reason)
+}
+
+func (l *limits) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.got, ",")
+}
+
+// bootstrapExport has the peer bootstrap the Conn with question qid and
+// returns the export id of the capability it got.
+func (s script) bootstrapExport(qid uint32) uint32 {
+	s.t.Helper()
+	s.send(func(m rpccp.Message) {
+		b, _ := m.NewBootstrap()
+		b.SetQuestionId(qid)
+	})
+	r, _ := s.expect(rpccp.Message_Which_return).Return()
+	if r.AnswerId() != qid || r.Which() != rpccp.Return_Which_results {
+		s.t.Fatalf("bootstrap %d: return %d %v", qid, r.AnswerId(), r.Which())
+	}
+	p, _ := r.Results()
+	ct, _ := p.CapTable()
+	return ct.At(0).SenderHosted()
+}
+
+func (s script) finish(qid uint32) {
+	s.send(func(m rpccp.Message) {
+		f, _ := m.NewFinish()
+		f.SetQuestionId(qid)
+		f.SetReleaseResultCaps(false)
+	})
+}
+
+// expectException returns the next Return, which must be an exception of
+// type want answering qid, and its reason.
+func (s script) expectException(qid uint32, want rpccp.Exception_Type) (rpccp.Return, string) {
+	s.t.Helper()
+	r, _ := s.expect(rpccp.Message_Which_return).Return()
+	if r.AnswerId() != qid || r.Which() != rpccp.Return_Which_exception {
+		s.t.Fatalf("got return %d %v, want an exception for %d", r.AnswerId(), r.Which(), qid)
+	}
+	e, _ := r.Exception()
+	reason, _ := e.Reason()
+	if e.Type() != want {
+		s.t.Fatalf("exception %v %q, want type %v", e.Type(), reason, want)
+	}
+	return r, reason
+}
+
+// callErr returns the error of a Sink.headers call on cl.
+func callErr(ctx context.Context, cl capnp.Client) error {
+	fut, release := captp.Sink(cl).Headers(ctx, nil)
+	defer release()
+	_, err := fut.Struct()
+	return err
+}
+
+func waitDone(t *testing.T, c *engine.Conn) {
+	t.Helper()
+	select {
+	case <-c.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("conn did not end")
+	}
+}
+
+// TestScriptCallTooLarge: a Call the codec skipped for its size gets an
+// Overloaded exception naming the size and the limit, whose Return says
+// the params' capabilities are released; the connection goes on.
+func TestScriptCallTooLarge(t *testing.T) {
+	rec := &recorder{}
+	lim := &limits{}
+	s, c := newScript(t, engine.Options{Bootstrap: capnp.Client(captp.Sink_ServerToClient(rec)), OnLimit: lim.on})
+	export := s.bootstrapExport(0)
+	s.cc.in <- &engine.MessageTooLarge{Known: true, Which: rpccp.Message_Which_call, ID: 1, Size: 5 << 20, Limit: 2 << 20}
+	r, reason := s.expectException(1, rpccp.Exception_Type_overloaded)
+	for _, want := range []string{"5242880 bytes", "2097152 bytes"} {
+		if !strings.Contains(reason, want) {
+			t.Errorf("reason %q does not name %q", reason, want)
+		}
+	}
+	if !r.ReleaseParamCaps() {
+		t.Error("releaseParamCaps false: the peer would wait for Releases of capabilities never read")
+	}
+	// The connection lives: the next call passes.
+	s.send(sinkHeadersCall(2, func(t rpccp.MessageTarget) { t.SetImportedCap(export) }, "after"))
+	r2, _ := s.expect(rpccp.Message_Which_return).Return()
+	if r2.AnswerId() != 2 || r2.Which() != rpccp.Return_Which_results {
+		t.Fatalf("call after the large one: %d %v", r2.AnswerId(), r2.Which())
+	}
+	if got := lim.String(); got != engine.LimitMessageSize {
+		t.Errorf("OnLimit got %q, want %q", got, engine.LimitMessageSize)
+	}
+	for q := uint32(0); q <= 2; q++ {
+		s.finish(q)
+	}
+	s.send(func(m rpccp.Message) {
+		r, _ := m.NewRelease()
+		r.SetId(export)
+		r.SetReferenceCount(1)
+	})
+	poll(t, "tables empty", zeroStats(c))
+	if c.Err() != nil {
+		t.Fatalf("connection ended: %v", c.Err())
+	}
+}
+
+// TestScriptReturnTooLarge: a Return the codec skipped for its size fails
+// its question with an Overloaded exception; the Finish releases the
+// results' capabilities; the connection goes on.
+func TestScriptReturnTooLarge(t *testing.T) {
+	lim := &limits{}
+	s, c := newScript(t, engine.Options{OnLimit: lim.on})
+	ctx := ctxT(t)
+	boot := c.Bootstrap(ctx)
+	defer boot.Release()
+	bq, _ := s.expect(rpccp.Message_Which_bootstrap).Bootstrap()
+	s.cc.in <- &engine.MessageTooLarge{Known: true, Which: rpccp.Message_Which_return, ID: bq.QuestionId(), ReleaseParamCaps: true, Size: 70 << 20, Limit: 5 << 20}
+	fin, _ := s.expect(rpccp.Message_Which_finish).Finish()
+	if fin.QuestionId() != bq.QuestionId() || !fin.ReleaseResultCaps() {
+		t.Fatalf("finish %d releaseResultCaps %v", fin.QuestionId(), fin.ReleaseResultCaps())
+	}
+	poll(t, "the bootstrap to settle", func() bool { return c.Stats().Questions == 0 })
+	if err := callErr(ctx, boot); exc.TypeOf(err) != exc.Overloaded || !strings.Contains(err.Error(), "73400320 bytes") {
+		t.Fatalf("bootstrap over the limit: %v, want Overloaded naming the size", err)
+	}
+	// The connection lives: a second bootstrap is asked and answered.
+	boot2 := c.Bootstrap(ctx)
+	defer boot2.Release()
+	bq2, _ := s.expect(rpccp.Message_Which_bootstrap).Bootstrap()
+	s.send(func(m rpccp.Message) {
+		ret, _ := m.NewReturn()
+		ret.SetAnswerId(bq2.QuestionId())
+		_, _ = ret.NewException()
+	})
+	poll(t, "the second bootstrap to settle", func() bool { return c.Stats().Questions == 0 })
+	if err := callErr(ctx, boot2); err == nil || exc.TypeOf(err) == exc.Overloaded {
+		t.Fatalf("second bootstrap: %v, want the peer's exception", err)
+	}
+	if got := lim.String(); got != engine.LimitMessageSize {
+		t.Errorf("OnLimit got %q", got)
+	}
+	if c.Err() != nil {
+		t.Fatalf("connection ended: %v", c.Err())
+	}
+}
+
+// TestScriptTooLargeUnattributed: an oversize message whose id could not
+// be read, or of another kind, is a protocol violation: that connection
+// aborts with a reason naming the size.
+func TestScriptTooLargeUnattributed(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		e    engine.MessageTooLarge
+		want string
+	}{
+		{"unknown", engine.MessageTooLarge{Size: 9 << 20, Limit: 1 << 20}, "9437184 bytes"},
+		{"resolve", engine.MessageTooLarge{Known: true, Which: rpccp.Message_Which_resolve, Size: 9 << 20, Limit: 1 << 20}, "resolve message of 9437184 bytes"},
+		{"return for no question", engine.MessageTooLarge{Known: true, Which: rpccp.Message_Which_return, ID: 7, Size: 9 << 20, Limit: 1 << 20}, "unknown question"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, c := newScript(t, engine.Options{})
+			e := tc.e
+			s.cc.in <- &e
+			ab, _ := s.expect(rpccp.Message_Which_abort).Abort()
+			if reason, _ := ab.Reason(); !strings.Contains(reason, tc.want) {
+				t.Fatalf("abort reason %q, want it to contain %q", reason, tc.want)
+			}
+			waitDone(t, c)
+		})
+	}
+}
+
+// TestScriptAnswerBudget: past MaxAnswers unfinished calls the peer's
+// calls get an Overloaded exception (their capabilities go back, one
+// Release each) and the connection lives; once the peer finishes, calls
+// pass again; a peer that holds twice the budget has its connection
+// closed with a reason.
+func TestScriptAnswerBudget(t *testing.T) {
+	rec := &recorder{}
+	lim := &limits{}
+	s, c := newScript(t, engine.Options{Bootstrap: capnp.Client(captp.Sink_ServerToClient(rec)), MaxAnswers: 2, OnLimit: lim.on})
+	export := s.bootstrapExport(0)
+	s.bootstrapExport(1)
+	// Third unfinished call: refused, its capability given back.
+	s.send(func(m rpccp.Message) {
+		sinkHeadersCall(2, func(t rpccp.MessageTarget) { t.SetImportedCap(export) }, "x")(m)
+		call, _ := m.Call()
+		p, _ := call.Params()
+		ct, _ := p.NewCapTable(1)
+		ct.At(0).SetSenderHosted(42)
+	})
+	rel, _ := s.expect(rpccp.Message_Which_release).Release()
+	if rel.Id() != 42 || rel.ReferenceCount() != 1 {
+		t.Fatalf("release %d x%d, want 42 x1", rel.Id(), rel.ReferenceCount())
+	}
+	_, reason := s.expectException(2, rpccp.Exception_Type_overloaded)
+	if !strings.Contains(reason, "too many unfinished calls") {
+		t.Fatalf("reason %q", reason)
+	}
+	if keys, _ := rec.snapshot(); len(keys) != 0 {
+		t.Fatalf("refused call delivered: %v", keys)
+	}
+	// Finishing makes room again.
+	s.finish(1)
+	s.finish(2)
+	s.send(sinkHeadersCall(3, func(t rpccp.MessageTarget) { t.SetImportedCap(export) }, "y"))
+	r, _ := s.expect(rpccp.Message_Which_return).Return()
+	if r.AnswerId() != 3 || r.Which() != rpccp.Return_Which_results {
+		t.Fatalf("call after finishing: %d %v", r.AnswerId(), r.Which())
+	}
+	// A peer that finishes nothing: answers 0 and 3 held, 4 and 5
+	// refused (and held until their Finish), 6 closes the connection.
+	boot := func(qid uint32) {
+		s.send(func(m rpccp.Message) {
+			b, _ := m.NewBootstrap()
+			b.SetQuestionId(qid)
+		})
+	}
+	boot(4)
+	s.expectException(4, rpccp.Exception_Type_overloaded)
+	boot(5)
+	s.expectException(5, rpccp.Exception_Type_overloaded)
+	boot(6)
+	ab, _ := s.expect(rpccp.Message_Which_abort).Abort()
+	if reason, _ := ab.Reason(); !strings.Contains(reason, "answer budget") || !strings.Contains(reason, "4 answers") {
+		t.Fatalf("abort reason %q", reason)
+	}
+	waitDone(t, c)
+	want := strings.Join([]string{engine.LimitAnswers, engine.LimitAnswers, engine.LimitAnswers, engine.LimitAnswersHeld}, ",")
+	if got := lim.String(); got != want {
+		t.Errorf("OnLimit got %q, want %q", got, want)
+	}
+}
