@@ -168,7 +168,16 @@ func (a *answer) Return() {
 	c.mu.Lock()
 	a.sending = false
 	if !a.finished {
+		// An exception's Return holds nothing pipelined calls need
+		// (resultErr does): only the answer waits for the Finish.
+		var rm *capnp.Message
+		if a.resultErr != nil {
+			rm, a.results = a.results, nil
+		}
 		c.mu.Unlock()
+		if rm != nil {
+			rm.Release()
+		}
 		return
 	}
 	// The Finish came before or while the Return was sent.

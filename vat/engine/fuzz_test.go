@@ -15,11 +15,11 @@ import (
 	"github.com/vatcar/vatcar/vat/engine"
 )
 
-// scriptCodec feeds a script of messages to a Conn, then EOF; what the
-// Conn sends is counted and dropped.
+// scriptCodec feeds a script of messages (and *engine.MessageTooLarge
+// errors) to a Conn, then EOF; what the Conn sends is counted and dropped.
 type scriptCodec struct {
 	mu     sync.Mutex
-	script []*capnp.Message
+	script []any
 	sent   int
 	closed chan struct{}
 	once   sync.Once
@@ -35,10 +35,13 @@ func (s *scriptCodec) Encode(m *capnp.Message) error {
 func (s *scriptCodec) Decode() (*capnp.Message, error) {
 	s.mu.Lock()
 	if len(s.script) > 0 {
-		m := s.script[0]
+		v := s.script[0]
 		s.script = s.script[1:]
 		s.mu.Unlock()
-		return m, nil
+		if e, ok := v.(*engine.MessageTooLarge); ok {
+			return nil, e
+		}
+		return v.(*capnp.Message), nil
 	}
 	s.mu.Unlock()
 	<-s.closed
@@ -52,16 +55,21 @@ func (s *scriptCodec) Close() error {
 
 // buildScript turns fuzz bytes into rpc messages: each 5 bytes pick a kind
 // and small ids, so that sequences hit live questions, answers, imports and
-// exports.
-func buildScript(data []byte) []*capnp.Message {
-	var out []*capnp.Message
+// exports; kind 12 is a message the codec skipped for its size.
+func buildScript(data []byte) []any {
+	var out []any
 	ifaces := []uint64{captp.Restorer_TypeID, captp.Sink_TypeID, captp.GrpcService_TypeID, 0x1234}
 	for len(data) >= 5 {
 		kind, a, b, c, d := data[0], uint32(data[1]%8), uint32(data[2]%8), data[3], data[4]
 		data = data[5:]
+		if kind%13 == 12 {
+			kinds := []rpccp.Message_Which{rpccp.Message_Which_call, rpccp.Message_Which_bootstrap, rpccp.Message_Which_return, rpccp.Message_Which_resolve}
+			out = append(out, &engine.MessageTooLarge{Known: c%4 != 0, Which: kinds[int(d)%len(kinds)], ID: a, ReleaseParamCaps: c%2 == 1, Size: 1 << 20, Limit: 1 << 10})
+			continue
+		}
 		msg, seg, _ := capnp.NewMessage(capnp.SingleSegment(nil))
 		m, _ := rpccp.NewRootMessage(seg)
-		switch kind % 12 {
+		switch kind % 13 {
 		case 0:
 			bs, _ := m.NewBootstrap()
 			bs.SetQuestionId(a)
@@ -75,7 +83,7 @@ func buildScript(data []byte) []*capnp.Message {
 			call.SetInterfaceId(ifaces[int(c)%len(ifaces)])
 			call.SetMethodId(uint16(d % 3))
 			tgt, _ := call.NewTarget()
-			if kind%12 == 1 {
+			if kind%13 == 1 {
 				tgt.SetImportedCap(b)
 			} else {
 				pa, _ := tgt.NewPromisedAnswer()
@@ -169,13 +177,15 @@ func FuzzConn(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 1, 3, 2, 1, 0, 0, 1, 7, 0, 0, 0, 0})
 	f.Add([]byte{1, 0, 1, 0, 0, 5, 1, 0, 0, 0, 4, 1, 0, 1, 0, 6, 0, 0, 0, 0})
 	f.Add([]byte{9, 0, 0, 0, 0, 11, 0, 0, 0, 0, 10, 0, 0, 0, 0, 8, 0, 0, 0, 0})
+	f.Add([]byte{0, 0, 0, 0, 0, 12, 1, 0, 1, 0, 3, 1, 0, 0, 0, 12, 2, 0, 1, 2, 0, 3, 0, 0, 0, 0, 4, 0, 0, 0, 0, 5, 0, 0, 0, 0, 6, 0, 0, 0, 12, 7, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) > 5*64 {
 			return
 		}
 		sc := &scriptCodec{script: buildScript(data), closed: make(chan struct{})}
 		c := engine.NewConn(sc, &engine.Options{
-			Bootstrap: capnp.Client(captp.Restorer_ServerToClient(fuzzRestorer{})),
+			MaxAnswers: 3,
+			Bootstrap:  capnp.Client(captp.Restorer_ServerToClient(fuzzRestorer{})),
 			Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
 				if string(id) == "svc" {
 					return capnp.Client(captp.Sink_ServerToClient(&recorder{})), nil

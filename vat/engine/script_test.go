@@ -18,7 +18,7 @@ import (
 // chanCodec connects a Conn to a test that plays the peer message by
 // message.
 type chanCodec struct {
-	in     chan any // to the Conn: a *capnp.Message, or an error for Decode
+	in     chan any            // to the Conn: a *capnp.Message, or an error for Decode
 	out    chan *capnp.Message // from the Conn
 	closed chan struct{}
 	once   sync.Once
