@@ -10,7 +10,7 @@ import (
 
 // rpcMessage builds an rpc Message: a Bootstrap, a Call or a Finish for
 // question id.
-func rpcMessage(t *testing.T, kind rpccp.Message_Which, id uint32) *capnp.Message {
+func rpcMessage(t testing.TB, kind rpccp.Message_Which, id uint32) *capnp.Message {
 	t.Helper()
 	msg, seg := capnp.NewMultiSegmentMessage(nil)
 	m, err := rpccp.NewRootMessage(seg)

@@ -17,6 +17,7 @@ const (
 	DefaultMaxConnections     = 1024
 	DefaultStrangerGrace      = 3 * time.Second
 	DefaultMaxAnswers         = 32768
+	DefaultWriteStallTimeout  = 15 * time.Second
 )
 
 // Reasons given to Config.OnRefused.
@@ -44,6 +45,10 @@ const (
 	// because its peer sent nothing, not even the answer to a heartbeat,
 	// within HeartbeatTimeout of the heartbeat (a frozen or cut-off peer).
 	RefusedHeartbeat = "heartbeat"
+	// RefusedSendQueue: a connection was closed because a write to its
+	// peer made no progress for WriteStallTimeout (the peer read nothing
+	// while messages, its replies say, waited for it).
+	RefusedSendQueue = "send queue"
 )
 
 // Config configures a Vat. Its zero value is an ephemeral, client-only vat
@@ -93,15 +98,21 @@ type Config struct {
 	// MaxAnswers bounds, per connection, the calls (restores included) the
 	// peer has made and not yet finished: the vat keeps each one's answer
 	// until the peer's Finish (go-capnp sends it about 250 ms after the
-	// Return). Over it the connection is closed, logged and reported to
-	// OnRefused (RefusedAnswerBudget); other connections go on. Zero means
+	// Return). A call over it fails at once with an Overloaded exception
+	// (OnLimit: engine.LimitAnswers), and a peer holding twice as many
+	// answers has its connection closed, logged and reported to OnRefused
+	// (RefusedAnswerBudget). Other connections go on. Zero means
 	// DefaultMaxAnswers (32768, some 60 MB of answers); negative: no
 	// bound.
 	MaxAnswers int
 
 	// MaxMessageSize is the largest inbound capnp message accepted, in
-	// bytes; a larger one aborts the connection (go-capnp's behaviour).
-	// Zero means DefaultMaxMessageSize (64 MiB).
+	// bytes. A larger one is skipped as it arrives (never buffered) and
+	// fails the call it carries, or the question it answers, with an
+	// Overloaded exception naming both sizes (OnLimit:
+	// engine.LimitMessageSize); the connection goes on. One whose id
+	// cannot be read, or of another kind, aborts that connection. Zero
+	// means DefaultMaxMessageSize (64 MiB).
 	MaxMessageSize uint64
 
 	// StrangerGrace is how long an inbound connection may go without a
@@ -134,6 +145,14 @@ type Config struct {
 	// (or for any bytes from it). Zero means DefaultHeartbeatTimeout.
 	HeartbeatTimeout time.Duration
 
+	// WriteStallTimeout is how long a write to a peer may make no progress
+	// (the peer reads nothing while messages queue for it; every 256 KiB
+	// written counts as progress) before the connection is closed, logged
+	// and reported to OnRefused (RefusedSendQueue).
+	// Meanwhile the bytes queued are bounded (4 MiB, then senders wait).
+	// Zero means DefaultWriteStallTimeout (15 s); negative: no bound.
+	WriteStallTimeout time.Duration
+
 	// MaxConnections bounds the inbound connections Serve holds at once,
 	// counting those still in their handshake; one more is closed at once
 	// (and logged at warn, at most once a second). It keeps a stranger with
@@ -146,6 +165,14 @@ type Config struct {
 	// behaviour, with the reason (the Refused... constants). It must not
 	// block.
 	OnRefused func(reason string)
+
+	// OnLimit, if not nil, is told of each call or question that failed
+	// with an Overloaded exception for a per-connection limit while its
+	// connection went on, with the limit:
+	// engine.LimitMessageSize (a message over MaxMessageSize),
+	// LimitAnswers (over MaxAnswers unfinished calls), LimitImports or
+	// LimitExports. It must not block.
+	OnLimit func(reason string)
 
 	// LazyReturn, if not nil, names the methods whose results nobody waits
 	// for promptly: a successful Return to a call of such a method is lazy
@@ -308,6 +335,17 @@ func (c Config) strangerGrace() time.Duration {
 		return DefaultStrangerGrace
 	}
 	return c.StrangerGrace
+}
+
+// writeStallTimeout returns WriteStallTimeout with its default; 0: none.
+func (c Config) writeStallTimeout() time.Duration {
+	switch {
+	case c.WriteStallTimeout < 0:
+		return 0
+	case c.WriteStallTimeout == 0:
+		return DefaultWriteStallTimeout
+	}
+	return c.WriteStallTimeout
 }
 
 // maxAnswers returns MaxAnswers with its default; 0: no bound.

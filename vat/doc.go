@@ -69,13 +69,16 @@
 // calls the vat's Restorer. Restores and the calls on the capabilities it
 // hands out are counted: over Config.MaxConcurrentCalls running at once on
 // one connection, a call fails at once with an exception of type Overloaded. (Calls on capabilities
-// passed back from those, such as stream sinks, are not counted.) Inbound
-// messages over Config.MaxMessageSize abort the connection, as go-capnp does;
-// one over 1 MiB is buffered as its bytes arrive, not at the size its header
-// claims, and must complete within 10 s plus its size at 1 MiB/s. A peer
-// with more than Config.MaxAnswers (32768) calls it has not finished (each
-// holds an answer until the peer's Finish) has its connection closed, and
-// OnRefused is told (RefusedAnswerBudget).
+// passed back from those, such as stream sinks, are not counted.) An
+// inbound message over 1 MiB is buffered as its bytes arrive, not at the
+// size its header claims, and must complete within 10 s plus its size at
+// 1 MiB/s. Limits fail one call and the connection lives: a message over
+// Config.MaxMessageSize is skipped unbuffered and fails the call it carries
+// (or the question it answers) with an Overloaded exception, as does a call
+// past Config.MaxAnswers (32768) unfinished; Config.OnLimit is told. A peer holding twice MaxAnswers
+// answers, or reading nothing for Config.WriteStallTimeout (15 s) while
+// messages wait for it, has its connection closed, and OnRefused is told
+// (RefusedAnswerBudget, RefusedSendQueue).
 //
 // Serve holds at most Config.MaxConnections (1024) inbound connections at
 // once, those in their handshake included. One more takes the slot of the

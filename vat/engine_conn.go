@@ -21,10 +21,15 @@ import (
 // without an object id gets boot (the Restorer), one with an object id
 // restores it as the Restorer would (OCaml's way).
 func (v *Vat) newEngineConn(c *Connection, endpoint net.Conn, mode Mode, boot capnp.Client, log *slog.Logger) *engine.Conn {
-	cd := newCodec(activityConn{Conn: endpoint, act: c.act}, v.cfg.maxMessageSize())
+	stalled := func() {
+		log.Warn("closing the connection: the peer read nothing while messages waited for it", "for", v.cfg.writeStallTimeout())
+		if v.cfg.OnRefused != nil {
+			v.cfg.OnRefused(RefusedSendQueue)
+		}
+	}
+	rw := newStallConn(activityConn{Conn: endpoint, act: c.act}, v.cfg.writeStallTimeout(), stalled)
+	cd := newCodec(rw, v.cfg.maxMessageSize())
 	cd.lazyReturn = v.cfg.LazyReturn
-	budget := v.answerBudget(log)
-	cd.maxAnswers, cd.overBudget = budget.max, budget.over
 	var codec engine.Codec = cd
 	if v.cfg.Insecure && mode == Accept {
 		codec = &firstMessageCodec{Codec: cd, conn: endpoint} // see handshake
@@ -42,6 +47,8 @@ func (v *Vat) newEngineConn(c *Connection, endpoint net.Conn, mode Mode, boot ca
 		BaseContext: v.ctx,
 		Logger:      log,
 		Observe:     func(m rpccp.Message, out bool) { c.wire.observe(m, out) },
+		MaxAnswers:  engineMaxAnswers(v.cfg.maxAnswers()),
+		OnLimit:     v.onEngineLimit,
 	})
 }
 
@@ -93,4 +100,28 @@ func (c *firstMessageCodec) Decode() (*capnp.Message, error) {
 		c.once.Do(func() { _ = c.conn.SetReadDeadline(time.Time{}) })
 	}
 	return m, err
+}
+
+// engineMaxAnswers is Config.MaxAnswers for the engine (the vat's 0, no
+// bound, is the engine's negative).
+func engineMaxAnswers(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
+}
+
+// onEngineLimit reports a limit the engine met: a connection closed for
+// its answer budget to OnRefused (the engine logged it), a call or
+// question refused to OnLimit.
+func (v *Vat) onEngineLimit(reason string) {
+	if reason == engine.LimitAnswersHeld {
+		if v.cfg.OnRefused != nil {
+			v.cfg.OnRefused(RefusedAnswerBudget)
+		}
+		return
+	}
+	if v.cfg.OnLimit != nil {
+		v.cfg.OnLimit(reason)
+	}
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
+
+	"github.com/vatcar/vatcar/vat/engine"
 )
 
 // An inbound message's stream header claims its size before any of it
@@ -52,12 +54,70 @@ type frameReader struct {
 // decode returns the next message.
 func (f *frameReader) decode() (*capnp.Message, error) {
 	hdrLen, total, err := f.peekSize()
-	if err != nil || total <= uint64(largeMessage) || hdrLen+total > f.max {
-		// Small, or refused by the Decoder's own checks (size, segments),
-		// or the stream ended: go-capnp's Decoder, as before.
+	if err == nil && hdrLen+total > f.max {
+		return nil, f.skip(hdrLen, total)
+	}
+	if err != nil || total <= uint64(largeMessage) {
+		// Small, or refused by the Decoder's own checks (segments), or
+		// the stream ended: go-capnp's Decoder, as before.
 		return f.dec.Decode()
 	}
 	return f.decodeLarge(int(hdrLen + total))
+}
+
+// oversizePrefix is how much of an oversize message's first segment skip
+// reads to learn its kind and id: the root Message and its Call or Return
+// come first in every implementation's encoding.
+const oversizePrefix = 1 << 10
+
+// maxSkipBound is the most of an oversize message's size that counts
+// towards the time it may take to arrive.
+const maxSkipBound = 1 << 30
+
+// skip reads past a message over the limit without keeping it: the
+// header, the first oversizePrefix bytes of its first segment (whence
+// engine.ReadMessageTooLarge learns the kind and id), and the rest
+// discarded as it arrives. It returns the *engine.MessageTooLarge the
+// engine fails one call or question with, or the read error; like a large
+// message, an oversize one must arrive within largeMessageGrace plus its
+// size (at most maxSkipBound of it) at minMessageRate, or the connection
+// is closed.
+func (f *frameReader) skip(hdrLen, total uint64) error {
+	hdr, err := f.br.Peek(int(hdrLen))
+	if err != nil {
+		return err
+	}
+	seg0 := uint64(binary.LittleEndian.Uint32(hdr[4:])) * 8
+	e := &engine.MessageTooLarge{Size: hdrLen + total, Limit: f.max}
+	bound := largeMessageGrace + time.Duration(min(e.Size, maxSkipBound)/uint64(minMessageRate))*time.Second
+	timer := time.AfterFunc(bound, func() {
+		f.timedOut.Store(true)
+		f.closeConn()
+	})
+	defer timer.Stop()
+	fail := func(err error, arrived uint64) error {
+		if f.timedOut.Load() {
+			return fmt.Errorf("decode: message of %d bytes over the limit not complete within %v (%d bytes arrived): connection closed", e.Size, bound, arrived)
+		}
+		return fmt.Errorf("decode: skip a message of %d bytes over the limit: %w", e.Size, err)
+	}
+	if _, err := f.br.Discard(int(hdrLen)); err != nil {
+		return fail(err, 0)
+	}
+	prefix := make([]byte, min(seg0, oversizePrefix))
+	if _, err := io.ReadFull(f.br, prefix); err != nil {
+		return fail(err, hdrLen)
+	}
+	engine.ReadMessageTooLarge(e, prefix)
+	arrived := hdrLen + uint64(len(prefix))
+	for arrived < e.Size {
+		n, err := f.br.Discard(int(min(e.Size-arrived, 1<<30)))
+		arrived += uint64(n)
+		if err != nil {
+			return fail(err, arrived)
+		}
+	}
+	return e
 }
 
 // peekSize returns the length of the next message's stream header and the

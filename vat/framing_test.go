@@ -1,14 +1,19 @@
 package vat
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+
+	"github.com/vatcar/vatcar/vat/engine"
 )
 
 // TestLargeMessagesDecode sends messages around and far above largeMessage,
@@ -111,4 +116,137 @@ func TestClaimedSizeNotAllocated(t *testing.T) {
 	if _, err := a.Read(make([]byte, 1)); err == nil {
 		t.Error("the connection is still open after the overdue message")
 	}
+}
+
+// TestOversizeSkipped sends a Call and a Return over the codec's limit,
+// each followed by a small message: Decode reports each oversize one as an
+// engine.MessageTooLarge with its kind and id, having read past it without
+// buffering it, and the small messages after it come through whole. A
+// message whose kind cannot be read is reported unknown.
+func TestOversizeSkipped(t *testing.T) {
+	a, b := tcpPair(t)
+	const limit = 64 << 10
+	c := newCodec(b, limit)
+	defer c.Close()
+	big := func(kind rpccp.Message_Which, id uint32, n int) *capnp.Message {
+		msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := rpccp.NewRootMessage(seg)
+		var p rpccp.Payload
+		switch kind {
+		case rpccp.Message_Which_call:
+			call, _ := m.NewCall()
+			call.SetQuestionId(id)
+			p, _ = call.NewParams()
+		case rpccp.Message_Which_return:
+			ret, _ := m.NewReturn()
+			ret.SetAnswerId(id)
+			ret.SetReleaseParamCaps(false)
+			p, _ = ret.NewResults()
+		}
+		d, err := capnp.NewData(seg, make([]byte, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.SetContent(d.ToPtr()); err != nil {
+			t.Fatal(err)
+		}
+		return msg
+	}
+	const size = 8 << 20
+	seq := []*capnp.Message{
+		big(rpccp.Message_Which_call, 7, size),
+		rpcMessage(t, rpccp.Message_Which_finish, 1),
+		big(rpccp.Message_Which_return, 9, size),
+		rpcMessage(t, rpccp.Message_Which_finish, 2),
+		testMessage(1, size), // a bare Data root: no Message to read
+		rpcMessage(t, rpccp.Message_Which_finish, 3),
+	}
+	sent := make(chan error, 1)
+	go func() {
+		enc := capnp.NewEncoder(a)
+		for _, m := range seq {
+			if err := enc.Encode(m); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- nil
+	}()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	want := []struct {
+		known bool
+		which rpccp.Message_Which
+		id    uint32
+	}{{true, rpccp.Message_Which_call, 7}, {true, rpccp.Message_Which_return, 9}, {false, 0, 0}}
+	for i, w := range want {
+		_, err := c.Decode()
+		var tl *engine.MessageTooLarge
+		if !errors.As(err, &tl) {
+			t.Fatalf("oversize message %d: %v, want a MessageTooLarge", i, err)
+		}
+		if tl.Known != w.known || tl.Known && (tl.Which != w.which || tl.ID != w.id) || tl.Limit != limit || tl.Size < size {
+			t.Errorf("oversize message %d: %+v, want known=%v %v id %d, limit %d", i, *tl, w.known, w.which, w.id, limit)
+		}
+		if w.which == rpccp.Message_Which_return && tl.ReleaseParamCaps {
+			t.Error("Return's releaseParamCaps read as true, sent false")
+		}
+		m, err := c.Decode()
+		if err != nil {
+			t.Fatalf("message after oversize %d: %v", i, err)
+		}
+		root, err := rpccp.ReadRootMessage(m)
+		if err != nil || root.Which() != rpccp.Message_Which_finish {
+			t.Fatalf("message after oversize %d: %v %v, want a Finish", i, root.Which(), err)
+		}
+		if f, _ := root.Finish(); f.QuestionId() != uint32(i+1) {
+			t.Errorf("Finish %d after oversize %d, want %d", f.QuestionId(), i, i+1)
+		}
+		m.Release()
+	}
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 4<<20 {
+		t.Errorf("skipping three messages of %d MiB allocated %d MiB", size>>20, grew>>20)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// FuzzFrames feeds arbitrary bytes to the codec's reader with a 1 KiB
+// limit: it must not panic, must end (every message consumes bytes), and
+// every oversize message it reports must be over the limit.
+func FuzzFrames(f *testing.F) {
+	var buf bytes.Buffer
+	enc := capnp.NewEncoder(&buf)
+	_ = enc.Encode(rpcMessage(f, rpccp.Message_Which_call, 3))
+	_ = enc.Encode(testMessage(1, 2<<10))
+	_ = enc.Encode(rpcMessage(f, rpccp.Message_Which_finish, 3))
+	f.Add(buf.Bytes())
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0x10, 0}) // claims 8 MiB, sends nothing
+	f.Fuzz(func(t *testing.T, data []byte) {
+		const limit = 1 << 10
+		br := bufio.NewReader(bytes.NewReader(data))
+		dec := capnp.NewDecoder(br)
+		dec.MaxMessageSize = limit
+		fr := &frameReader{br: br, dec: dec, max: limit, closeConn: func() error { return nil }}
+		for range len(data) + 1 {
+			m, err := fr.decode()
+			var tl *engine.MessageTooLarge
+			if errors.As(err, &tl) {
+				if tl.Size <= limit {
+					t.Fatalf("reported too large: %+v", *tl)
+				}
+				continue
+			}
+			if err != nil {
+				return
+			}
+			m.Release()
+		}
+		t.Fatal("decode did not end")
+	})
 }

@@ -11,6 +11,7 @@ import (
 	capnp "capnproto.org/go/capnp/v3"
 
 	"github.com/vatcar/vatcar/vat"
+	"github.com/vatcar/vatcar/vat/engine"
 )
 
 func TestInsecureVats(t *testing.T) {
@@ -92,10 +93,19 @@ func TestConcurrencyLimitOverloaded(t *testing.T) {
 	}
 }
 
+// TestMaxMessageSize: a call over the callee's limit, and a reply over
+// the caller's, fail that call with Overloaded naming the sizes; the
+// connection lives and the next call on the same capability passes.
 func TestMaxMessageSize(t *testing.T) {
 	ctx := testContext(t)
 	_, _, uri := hostEcho(t, "b", vat.Config{MaxMessageSize: 8 << 10})
-	a := startVat(t, vat.Config{})
+	var limits []string
+	var mu sync.Mutex
+	a := startVat(t, vat.Config{MaxMessageSize: 4 << 10, OnLimit: func(r string) {
+		mu.Lock()
+		defer mu.Unlock()
+		limits = append(limits, r)
+	}})
 	ref := a.MustImport(uri)
 	c, err := ref.Connect(ctx)
 	if err != nil {
@@ -105,19 +115,25 @@ func TestMaxMessageSize(t *testing.T) {
 	if _, err := call(ctx, c, strings.Repeat("s", 1<<10)); err != nil {
 		t.Fatalf("small call: %v", err)
 	}
-	// go-capnp aborts the whole connection on an oversize message.
 	_, err = call(ctx, c, strings.Repeat("L", 64<<10))
-	if !vat.IsDisconnected(err) {
-		t.Errorf("oversize call: got %v, want the connection to break", err)
+	if !vat.IsOverloaded(err) || !strings.Contains(err.Error(), "limit of 8192 bytes") {
+		t.Errorf("call over the callee's limit: got %v, want Overloaded naming the limit", err)
 	}
-	// A fresh Connect makes a new connection.
-	c2, err := ref.Connect(ctx)
-	if err != nil {
-		t.Fatalf("Connect after the abort: %v", err)
+	if got, err := call(ctx, c, "ok"); err != nil || got != "b:ok" {
+		t.Errorf("call after: %q, %v", got, err)
 	}
-	defer c2.Release()
-	if got, err := call(ctx, c2, "ok"); err != nil || got != "b:ok" {
-		t.Errorf("call = %q, %v", got, err)
+	// Under b's limit, but b's echo comes back over a's.
+	_, err = call(ctx, c, strings.Repeat("R", 6<<10))
+	if !vat.IsOverloaded(err) || !strings.Contains(err.Error(), "reply message of") || !strings.Contains(err.Error(), "limit of 4096 bytes") {
+		t.Errorf("reply over the caller's limit: got %v, want Overloaded naming the limit", err)
+	}
+	if got, err := call(ctx, c, "ok2"); err != nil || got != "b:ok2" {
+		t.Errorf("call after: %q, %v", got, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(limits) != 1 || limits[0] != engine.LimitMessageSize {
+		t.Errorf("a's OnLimit got %v, want one %q", limits, engine.LimitMessageSize)
 	}
 }
 
