@@ -43,7 +43,10 @@ type Metrics struct {
 	// refusedCalls counts calls refused for want of call slots, by side
 	// and reason (refusedConn, refusedExport, refusedApp, refusedImport).
 	refusedCalls *prometheus.CounterVec
-	dials        *prometheus.CounterVec // import, result
+	// limited counts calls and questions failed for a per-connection
+	// limit while their connection went on, by limit (vat.Config.OnLimit).
+	limited *prometheus.CounterVec
+	dials   *prometheus.CounterVec // import, result
 	// importCalls counts calls per import and address index (the order in
 	// which the import's addresses appeared, "other" past 63).
 	importCalls *prometheus.CounterVec // import, address_index
@@ -114,7 +117,11 @@ func NewMetrics() *Metrics {
 		}, []string{"result"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vatcar_vat_refused_connections_total",
-			Help: "CapTP connections the vat refused or closed for their peer's behaviour, by reason (handshake: failed TLS or protocol handshake; max connections: over the inbound limit; evicted idle, evicted over key share: made room for a newcomer; answer budget: too many calls unfinished; heartbeat: the peer did not answer).",
+			Help: "CapTP connections the vat refused or closed for their peer's behaviour, by reason (handshake: failed TLS or protocol handshake; max connections: over the inbound limit; evicted idle, evicted over key share: made room for a newcomer; answer budget: too many answers held unfinished; send queue: the peer read nothing while messages waited; heartbeat: the peer did not answer).",
+		}, []string{"reason"}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vatcar_vat_limited_calls_total",
+			Help: "CapTP calls (or replies) failed with an Overloaded exception for a per-connection limit while the connection went on, by limit (message size: over the decode limit; answers: too many unfinished calls; imports, exports: too many capabilities held).",
 		}, []string{"reason"}),
 		refusedCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vatcar_refused_calls_total",
@@ -151,7 +158,7 @@ func NewMetrics() *Metrics {
 		methods: map[string]map[string]bool{},
 	}
 	m.Registry.MustRegister(m.calls, m.latency, m.bytes, m.inflight, m.conns, m.restores,
-		m.refused, m.refusedCalls, m.dials, m.importCalls, m.importUp, m.caveatRefusals, m.exports, m.imports, m.ready, buildInfoMetric(buildinfo.Read()),
+		m.refused, m.refusedCalls, m.limited, m.dials, m.importCalls, m.importUp, m.caveatRefusals, m.exports, m.imports, m.ready, buildInfoMetric(buildinfo.Read()),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, l := range [][2]string{{SideEgress, refusedConn}, {SideEgress, refusedExport}, {SideIngress, refusedApp}, {SideIngress, refusedImport}} {
 		m.refusedCalls.WithLabelValues(l[0], l[1]) // shown at 0 from the start

@@ -99,7 +99,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		Logger:             s.log,
 		Insecure:           cfg.Insecure,
 		MaxConcurrentCalls: cfg.MaxConcurrentCalls,
-		MaxMessageSize:     capnpMessageLimit(int(cfg.MaxMessageSize)),
+		MaxMessageSize:     capnpMessageLimit(int(cfg.MaxMessageSize), int(cfg.MaxMetadataSize)),
 		DialTimeout:        importDialTimeout,
 		HeartbeatInterval:  time.Duration(cfg.HeartbeatInterval),
 		HeartbeatTimeout:   time.Duration(cfg.HeartbeatTimeout),
@@ -107,6 +107,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		OnConnection:       s.onConnection,
 		OnRestore:          s.onRestore,
 		OnRefused:          func(reason string) { s.metrics.refused.WithLabelValues(reason).Inc() },
+		OnLimit:            func(reason string) { s.metrics.limited.WithLabelValues(reason).Inc() },
 		LazyReturn:         bridge.LazyReturn,
 	})
 	if err != nil {
@@ -150,14 +151,14 @@ func checkKeyFile(path string) error {
 // on an unreachable peer fails within it even without a deadline.
 const importDialTimeout = 5 * time.Second
 
-// capnpMessageLimit is the capnp decode limit for a gRPC message limit: room
-// for one chunk of the message plus framing.
-func capnpMessageLimit(maxMessage int) uint64 {
-	const floor = 64 << 20
-	if n := uint64(maxMessage) + 1<<20; n > floor {
-		return n
-	}
-	return floor
+// capnpMessageLimit is the capnp decode limit for the gRPC limits: a
+// message (the bridge carries at most 1 MiB of one in a capnp message,
+// but the limit does not count on it), a call's headers and trailers, and
+// 1 MiB for framing. It has no floor: a larger capnp message fails its
+// call alone (RESOURCE_EXHAUSTED), so sidecars with different limits do not
+// abort each other's connections.
+func capnpMessageLimit(maxMessage, maxMetadata int) uint64 {
+	return uint64(maxMessage) + 2*uint64(maxMetadata) + 1<<20
 }
 
 func routeMap(routes []Route) map[string]string {
