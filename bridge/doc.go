@@ -73,9 +73,9 @@
 // timer). Sends are capnp `-> stream` calls under a fixed flow limiter, and
 // each direction queues at most a few MiB, so a fast sender facing a slow
 // receiver blocks instead of buffering. Messages larger than 1 MiB travel in
-// chunks and one capnp message carries at most 1 MiB of them, far below
-// go-capnp's 64 MiB decode limit (an oversize message would abort the whole
-// connection); MaxMessageSize bounds a reassembled message, and a larger one
+// chunks and one capnp message carries at most 1 MiB of them, below the
+// vat's decode limit (the sidecar's is MaxMessageSize plus room for
+// metadata; a capnp message over it fails its call alone); MaxMessageSize bounds a reassembled message, and a larger one
 // fails its call alone with RESOURCE_EXHAUSTED.
 //
 // Buffer ownership: a message read from gRPC is kept in gRPC's own buffers
