@@ -138,8 +138,9 @@ func TestOversizeCapTPMessageFailsThatCall(t *testing.T) {
 // TestDecodeLimitMismatchFailsOnlyThatCall: the importer allows 8 MiB of
 // metadata, the exporter 64 KiB (its decode limit about 5 MiB). An app
 // call carrying 6 MiB of metadata becomes a CapTP message over the
-// exporter's limit: the app gets RESOURCE_EXHAUSTED naming the limit, and
-// the next calls on the same CapTP connection pass.
+// exporter's limit: the app gets RESOURCE_EXHAUSTED naming the limit, for
+// a unary call and for a stream, and the next calls on the same CapTP
+// connection pass.
 func TestDecodeLimitMismatchFailsOnlyThatCall(t *testing.T) {
 	p := startPairArgs(t, []string{"--max-metadata-size", "8MiB"})
 	ctx := ctxTimeout(t, 60*time.Second)
@@ -152,6 +153,14 @@ func TestDecodeLimitMismatchFailsOnlyThatCall(t *testing.T) {
 		t.Errorf("call with 6 MiB of metadata: %v, want RESOURCE_EXHAUSTED naming the limit", err)
 	}
 	t.Logf("app got: %v", err)
+	// The same for a stream: its open call is the oversize message.
+	stream, err := p.client.FullDuplexCall(metadata.NewOutgoingContext(ctx, md))
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "limit") {
+		t.Errorf("stream with 6 MiB of metadata: %v, want RESOURCE_EXHAUSTED naming the limit", err)
+	}
 	for i := range 3 {
 		if _, err := p.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
 			t.Errorf("call %d after: %v", i, err)
