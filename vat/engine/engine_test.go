@@ -495,12 +495,19 @@ func TestCapLimits(t *testing.T) {
 		name         string
 		client, srv  engine.Options
 		wantContains string
+		limitOnSrv   bool // which side's OnLimit hears of it
 	}{
-		{"exports", engine.Options{MaxExports: 1}, engine.Options{}, "too many capabilities exported"},
-		{"imports", engine.Options{}, engine.Options{MaxImports: 1}, "too many capabilities imported"},
+		{"exports", engine.Options{MaxExports: 1}, engine.Options{}, "too many capabilities exported", false},
+		{"imports", engine.Options{}, engine.Options{MaxImports: 1}, "too many capabilities imported", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := ctxT(t)
+			lim := &limits{}
+			if tc.limitOnSrv {
+				tc.srv.OnLimit = lim.on
+			} else {
+				tc.client.OnLimit = lim.on
+			}
 			svc := &service{gate: make(chan struct{})}
 			a, b := tcpPair(t)
 			tc.srv.Bootstrap = capnp.Client(captp.GrpcService_ServerToClient(svc))
@@ -517,6 +524,9 @@ func TestCapLimits(t *testing.T) {
 			_, err := f2.Struct()
 			if err == nil || !strings.Contains(err.Error(), tc.wantContains) || !exc.IsType(err, exc.Overloaded) {
 				t.Fatalf("second open: %v, want Overloaded %q", err, tc.wantContains)
+			}
+			if got := lim.String(); got != tc.name {
+				t.Errorf("OnLimit got %q, want %q", got, tc.name)
 			}
 			close(svc.gate)
 			if _, err := f1.Struct(); err != nil {

@@ -74,7 +74,7 @@ func ReadMessageTooLarge(e *MessageTooLarge, prefix []byte) {
 	}
 	defer msg.Release()
 	m, err := rpccp.ReadRootMessage(msg)
-	if err != nil {
+	if err != nil || !capnp.Struct(m).IsValid() { // a null root says nothing
 		return
 	}
 	switch m.Which() {

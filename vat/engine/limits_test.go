@@ -259,3 +259,50 @@ func TestScriptAnswerBudget(t *testing.T) {
 		t.Errorf("OnLimit got %q, want %q", got, want)
 	}
 }
+
+// TestReadMessageTooLarge reads the kind and id from the first bytes of a
+// message's first segment, and leaves unknown what they do not hold.
+func TestReadMessageTooLarge(t *testing.T) {
+	seg0 := func(build func(rpccp.Message)) []byte {
+		msg, seg, _ := capnp.NewMessage(capnp.SingleSegment(nil))
+		m, _ := rpccp.NewRootMessage(seg)
+		build(m)
+		b, err := msg.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b[8:] // past the one-segment stream header
+	}
+	call := seg0(func(m rpccp.Message) {
+		c, _ := m.NewCall()
+		c.SetQuestionId(41)
+		p, _ := c.NewParams()
+		d, _ := capnp.NewData(p.Segment(), make([]byte, 4096))
+		_ = p.SetContent(d.ToPtr())
+	})
+	ret := seg0(func(m rpccp.Message) {
+		r, _ := m.NewReturn()
+		r.SetAnswerId(7)
+		r.SetReleaseParamCaps(true)
+	})
+	for _, tc := range []struct {
+		name   string
+		prefix []byte
+		want   engine.MessageTooLarge
+	}{
+		{"call", call[:1024], engine.MessageTooLarge{Known: true, Which: rpccp.Message_Which_call, ID: 41}},
+		{"return", ret, engine.MessageTooLarge{Known: true, Which: rpccp.Message_Which_return, ID: 7, ReleaseParamCaps: true}},
+		{"root only", call[:8], engine.MessageTooLarge{}},
+		{"zeros", make([]byte, 1024), engine.MessageTooLarge{}},
+		{"nothing", nil, engine.MessageTooLarge{}},
+		{"odd length", call[:13], engine.MessageTooLarge{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got engine.MessageTooLarge
+			engine.ReadMessageTooLarge(&got, tc.prefix)
+			if got != tc.want {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
