@@ -100,6 +100,12 @@ type Conn struct {
 	err           error // why the connection ended, once closed
 	boot          capnp.Client
 
+	// finMsg is the Finish message sendFinish reuses, fin its Finish;
+	// both guarded by finMu, held while it is encoded.
+	finMu  sync.Mutex
+	finMsg *capnp.Message
+	fin    rpccp.Finish
+
 	tasks    sync.WaitGroup // restores running
 	recvDone chan struct{}
 	done     chan struct{}

@@ -42,6 +42,8 @@
 //     capnp.Client method other than AddRef, no promise resolution, no
 //     RecvCall, no Encode. Work found under the lock is done after it is
 //     released (release lists, send lists).
+//   - Conn.finMu guards the one Finish message sendFinish reuses; it is
+//     held while that message is encoded and taken under no other lock.
 //   - Messages leave in the order of their Encode calls. The receive loop is
 //     the only goroutine that forwards calls arriving from the peer, so the
 //     peer's E-order is kept for everything it sends.

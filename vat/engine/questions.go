@@ -400,19 +400,28 @@ func (c *Conn) finish(q *question, releaseResultCaps bool) {
 }
 
 // sendFinish tells the peer this side is done with question id.
+// One Finish message per connection is built once and reused (one per
+// call otherwise: a Message, a buffer from go-capnp's pool and its
+// zeroing, about a third of sendFinish's cost); the codec copies what it
+// encodes, so the message is free again when send returns.
 func (c *Conn) sendFinish(id uint32, releaseResultCaps bool) {
-	msg, m, err := newMessage()
-	if err != nil {
-		return
+	c.finMu.Lock()
+	defer c.finMu.Unlock()
+	if c.finMsg == nil {
+		msg, m, err := newMessage()
+		if err != nil {
+			return
+		}
+		fin, err := m.NewFinish()
+		if err != nil {
+			msg.Release()
+			return
+		}
+		c.finMsg, c.fin = msg, fin
 	}
-	defer msg.Release()
-	fin, err := m.NewFinish()
-	if err != nil {
-		return
-	}
-	fin.SetQuestionId(id)
-	fin.SetReleaseResultCaps(releaseResultCaps)
-	_ = c.send(msg)
+	c.fin.SetQuestionId(id)
+	c.fin.SetReleaseResultCaps(releaseResultCaps)
+	_ = c.send(c.finMsg)
 }
 
 // handleReturn settles a question.
