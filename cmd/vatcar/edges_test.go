@@ -12,6 +12,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/proto/captp"
 )
 
 // rawPeer is a TLS connection to a vat's CapTP port that speaks capnp
@@ -168,5 +170,74 @@ func TestDecodeLimitMismatchFailsOnlyThatCall(t *testing.T) {
 	}
 	if got := scrape(t, p.exp.Health, "vatcar_vat_connections", nil); got != 1 {
 		t.Errorf("exporter holds %v connections, want the one it had", got)
+	}
+}
+
+// TestUnreadRepliesCloseTheConnection is issue 14's third row against the
+// built binary: one TLS connection makes empty-id restores (pipelined on
+// its Bootstrap) as fast as it can and finishes each at once, but never
+// reads a reply. The exporter queues at most 4 MiB for it and stops
+// reading it; once its writes make no progress for 15 s it closes the
+// connection and counts it (send queue). The legitimate importer's calls
+// pass throughout and the exporter's memory stays bounded.
+func TestUnreadRepliesCloseTheConnection(t *testing.T) {
+	p, ctx := startCalledPair(t)
+	peer := dialRaw(t, p.exp.Listen[len("tcp:"):])
+	legit := keepCalling(ctx, p.client)
+	start := time.Now()
+	peer.send(func(m rpccp.Message) {
+		b, _ := m.NewBootstrap()
+		b.SetQuestionId(0)
+	})
+	restore := func(qid uint32) *capnp.Message {
+		msg, seg := capnp.NewMultiSegmentMessage(nil)
+		m, _ := rpccp.NewRootMessage(seg)
+		call, _ := m.NewCall()
+		call.SetQuestionId(qid)
+		call.SetInterfaceId(captp.Restorer_TypeID)
+		call.SetMethodId(0)
+		tgt, _ := call.NewTarget()
+		pa, _ := tgt.NewPromisedAnswer()
+		pa.SetQuestionId(0)
+		params, _ := call.NewParams()
+		args, _ := captp.NewRestorer_restore_Params(params.Segment())
+		_ = params.SetContent(args.ToPtr())
+		return msg
+	}
+	finish := func(qid uint32) *capnp.Message {
+		msg, seg := capnp.NewMultiSegmentMessage(nil)
+		m, _ := rpccp.NewRootMessage(seg)
+		f, _ := m.NewFinish()
+		f.SetQuestionId(qid)
+		return msg
+	}
+	const restores = 400000
+	sent := 0
+	for qid := uint32(1); qid <= restores; qid++ {
+		if peer.enc.Encode(restore(qid)) != nil || peer.enc.Encode(finish(qid)) != nil {
+			break // the exporter closed the connection
+		}
+		sent++
+	}
+	closedAfter := time.Since(start)
+	waitFor(t, 30*time.Second, "the close to be counted", func() bool {
+		return scrape(t, p.exp.Health, "vatcar_vat_refused_connections_total", map[string]string{"reason": "send queue"}) == 1
+	})
+	calls := legit()
+	heap := scrape(t, p.exp.Health, "go_memstats_heap_inuse_bytes", nil)
+	rss := scrape(t, p.exp.Health, "process_resident_memory_bytes", nil)
+	t.Logf("%d restores sent, connection closed %v after the first; exporter heap in use %.0f MiB, RSS %.0f MiB; importer's calls meanwhile: %d ok, %d failed, slowest %v",
+		sent, closedAfter.Round(time.Millisecond), heap/(1<<20), rss/(1<<20), calls.ok, calls.failed, calls.slowest)
+	if sent == restores {
+		t.Errorf("all %d restores went onto the wire: the exporter kept reading a peer that reads nothing", restores)
+	}
+	if rss > maxAttackRSS {
+		t.Errorf("exporter RSS %.0f MiB, want under %d MiB", rss/(1<<20), maxAttackRSS>>20)
+	}
+	if calls.ok == 0 || calls.failed > 0 {
+		t.Errorf("the importer's calls during the attack: %d ok, %d failed (first error: %v)", calls.ok, calls.failed, calls.err)
+	}
+	if got := scrape(t, p.exp.Health, "vatcar_vat_refused_connections_total", map[string]string{"reason": "answer budget"}); got != 0 {
+		t.Errorf("closed for its answer budget (%v), though it finished every call", got)
 	}
 }
