@@ -15,8 +15,9 @@ import (
 
 // Sizes of what one Sink call carries. A gRPC message larger than chunkSize
 // is split into chunks; one send carries at most batchBytes of chunks, so a
-// capnp message stays far below go-capnp's 64 MiB decode limit (an oversize
-// message aborts the whole connection). go-capnp builds a call's message
+// capnp message stays below the vat's decode limit (the sidecar's is
+// --max-message-size plus room for metadata; an oversize message fails its
+// call). go-capnp builds a call's message
 // under its connection's one lock, so a batch is kept to 1 MiB: copying it
 // holds up the connection's other calls for well under a millisecond.
 const (
