@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vatcar/vatcar/internal/buildinfo"
+	"github.com/vatcar/vatcar/vat/engine"
 )
 
 // Metric label values for the two sides of the bridge.
@@ -85,6 +86,9 @@ func (m *Metrics) peerConnection(peer string, up bool) {
 	m.peers[peer]--
 	m.conns.WithLabelValues(peer).Set(float64(m.peers[peer]))
 }
+
+// limitReasons are the reasons of vatcar_vat_limited_calls_total.
+var limitReasons = []string{engine.LimitMessageSize, engine.LimitAnswers, engine.LimitImports, engine.LimitExports}
 
 // NewMetrics makes the sidecar's metrics in a new registry.
 func NewMetrics() *Metrics {
@@ -162,6 +166,9 @@ func NewMetrics() *Metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, l := range [][2]string{{SideEgress, refusedConn}, {SideEgress, refusedExport}, {SideIngress, refusedApp}, {SideIngress, refusedImport}} {
 		m.refusedCalls.WithLabelValues(l[0], l[1]) // shown at 0 from the start
+	}
+	for _, r := range limitReasons {
+		m.limited.WithLabelValues(r)
 	}
 	return m
 }

@@ -162,3 +162,32 @@ func TestRestoresByResult(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // polling interval
 	}
 }
+
+// TestLimitedCallsShownAtZero: vatcar_vat_limited_calls_total has its
+// four reasons from the start, at 0, and counts what the vat reports.
+func TestLimitedCallsShownAtZero(t *testing.T) {
+	m := NewMetrics()
+	const name = "vatcar_vat_limited_calls_total"
+	for _, r := range []string{"message size", "answers", "imports", "exports"} {
+		if got := counterValue(t, m, name, "reason", r); got != 0 {
+			t.Errorf("%s{reason=%q} = %v at start, want 0", name, r, got)
+		}
+	}
+	families, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := 0
+	for _, f := range families {
+		if f.GetName() == name {
+			series = len(f.GetMetric())
+		}
+	}
+	if series != 4 {
+		t.Errorf("%s has %d series at start, want 4", name, series)
+	}
+	m.limited.WithLabelValues("message size").Inc()
+	if got := counterValue(t, m, name, "reason", "message size"); got != 1 {
+		t.Errorf("after one: %v", got)
+	}
+}
