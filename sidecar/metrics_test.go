@@ -191,3 +191,24 @@ func TestLimitedCallsShownAtZero(t *testing.T) {
 		t.Errorf("after one: %v", got)
 	}
 }
+
+// TestCapnpMessageLimit: the vat's decode limit follows the gRPC limits,
+// with room for headers, trailers and framing, and no 64 MiB floor; it
+// never drops below what one bridge send may carry.
+func TestCapnpMessageLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		message, metadata int
+		want              uint64
+	}{
+		{"defaults", DefaultMaxMessageSize, DefaultMaxMetadataSize, 4<<20 + 128<<10 + 1<<20},
+		{"large", 64 << 20, 1 << 20, 67 << 20},
+		{"tiny limits", 1 << 10, 1 << 10, minCapnpMessageLimit},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := capnpMessageLimit(tc.message, tc.metadata); got != tc.want {
+				t.Errorf("capnpMessageLimit(%d, %d) = %d, want %d", tc.message, tc.metadata, got, tc.want)
+			}
+		})
+	}
+}

@@ -154,12 +154,19 @@ const importDialTimeout = 5 * time.Second
 // capnpMessageLimit is the capnp decode limit for the gRPC limits: a
 // message (the bridge carries at most 1 MiB of one in a capnp message,
 // but the limit does not count on it), a call's headers and trailers, and
-// 1 MiB for framing. It has no floor: a larger capnp message fails its
-// call alone (RESOURCE_EXHAUSTED), so sidecars with different limits do not
-// abort each other's connections.
+// 1 MiB for framing; at least minCapnpMessageLimit, so that one of the
+// bridge's stream sends (1 MiB of chunks, tiny ones included, plus their
+// overhead) always fits however low the gRPC limits are. There is no
+// 64 MiB floor any more: a larger capnp message fails its call alone
+// (RESOURCE_EXHAUSTED), so sidecars with different limits do not abort
+// each other's connections.
 func capnpMessageLimit(maxMessage, maxMetadata int) uint64 {
-	return uint64(maxMessage) + 2*uint64(maxMetadata) + 1<<20
+	return max(uint64(maxMessage)+2*uint64(maxMetadata)+1<<20, minCapnpMessageLimit)
 }
+
+// minCapnpMessageLimit is the least capnp decode limit: twice the
+// bridge's largest send.
+const minCapnpMessageLimit = 2 << 20
 
 func routeMap(routes []Route) map[string]string {
 	m := make(map[string]string, len(routes))
