@@ -24,8 +24,9 @@ type answer struct {
 	err     error
 
 	// Guarded by c.mu:
-	queued            []queuedCall // pipelined calls waiting for the Return
-	draining          bool         // Return is delivering queued calls
+	queued            []queuedCall  // pipelined calls waiting for the Return
+	pipes             []*answerPipe // receiverAnswer capabilities to settle after the drain
+	draining          bool          // Return is delivering queued calls
 	returned          bool
 	finished          bool // the peer's Finish came
 	releaseResultCaps bool
@@ -137,8 +138,13 @@ func (a *answer) Return() {
 	a.msg = nil
 	c.mu.Lock()
 	if c.closed || c.answers[a.id] != a {
+		pipes := a.pipes
+		a.pipes = nil
 		c.mu.Unlock()
 		msg.Release()
+		for _, p := range pipes {
+			p.resolver.Reject(exc.New(exc.Disconnected, "", ErrClosed.Error()))
+		}
 		return
 	}
 	var exported []uint32
@@ -224,17 +230,27 @@ func (a *answer) resultClientLocked(ops []capnp.PipelineOp) capnp.Client {
 	return iface.Client().AddRef()
 }
 
-// queuedCall is a call pipelined on an answer that has not returned.
+// queuedCall is a call pipelined on an answer that has not returned, or
+// (disembargo) the peer's senderLoopback Disembargo aimed at it, to be
+// reflected after the calls queued before it.
 type queuedCall struct {
-	ctx context.Context
-	ops []capnp.PipelineOp
-	r   capnp.Recv
+	ctx        context.Context
+	ops        []capnp.PipelineOp
+	r          capnp.Recv
+	disembargo bool
+	embID      uint32
 }
 
 // recvOnAnswer delivers r, a call to the results of answer ta at ops: at
 // once if ta has returned, else when it does (in arrival order).
 func (c *Conn) recvOnAnswer(ctx context.Context, ta *answer, ops []capnp.PipelineOp, r capnp.Recv) capnp.PipelineCaller {
 	c.mu.Lock()
+	if c.closed {
+		err := c.closedErrLocked()
+		c.mu.Unlock()
+		r.Reject(err)
+		return errPipe{err}
+	}
 	if !ta.returned || ta.draining {
 		ta.queued = append(ta.queued, queuedCall{ctx: ctx, ops: ops, r: r})
 		c.mu.Unlock()
@@ -247,7 +263,9 @@ func (c *Conn) recvOnAnswer(ctx context.Context, ta *answer, ops []capnp.Pipelin
 }
 
 // drainQueued delivers the calls pipelined on a, in order, once it has
-// returned; calls that arrive meanwhile queue behind them.
+// returned; calls that arrive meanwhile queue behind them. Then the
+// receiverAnswer capabilities of a get their resolution: calls made on
+// them from then on go straight to it.
 func (c *Conn) drainQueued(a *answer) {
 	for {
 		c.mu.Lock()
@@ -255,7 +273,15 @@ func (c *Conn) drainQueued(a *answer) {
 		a.queued = nil
 		if len(q) == 0 {
 			a.draining = false
+			pipes := a.pipes
+			a.pipes = nil
+			for _, p := range pipes {
+				p.resolved = a.resultClientLocked(p.transform)
+			}
 			c.mu.Unlock()
+			for _, p := range pipes {
+				p.settle()
+			}
 			return
 		}
 		cls := make([]capnp.Client, len(q))
@@ -264,6 +290,10 @@ func (c *Conn) drainQueued(a *answer) {
 		}
 		c.mu.Unlock()
 		for i, qc := range q {
+			if qc.disembargo {
+				c.reflectDisembargo(cls[i], qc.embID) // takes cls[i]
+				continue
+			}
 			cls[i].RecvCall(qc.ctx, qc.r)
 			cls[i].Release()
 		}
@@ -428,11 +458,47 @@ func (c *Conn) handleFinish(m rpccp.Message) bool {
 }
 
 // answerPipe is a capability the peer named as receiverAnswer: a pipeline
-// on one of its calls to this side that has not returned yet.
+// on one of its calls to this side that has not returned yet. It is the
+// hook of a promised client: once the answer has returned and its queued
+// calls are delivered, drainQueued fulfils the promise with the
+// capability at transform (resolved, a reference of its own), so nothing
+// reads the answer's results after its Finish; shutdown rejects it.
 type answerPipe struct {
 	c         *Conn
 	a         *answer
 	transform []capnp.PipelineOp
+	resolver  capnp.Resolver[capnp.Client]
+
+	resolved capnp.Client // guarded by c.mu; owned until settle or Shutdown
+}
+
+// newAnswerPipe returns a promised client for a's results at ops, settled
+// by drainQueued. c.mu is held.
+func (c *Conn) newAnswerPipeLocked(a *answer, ops []capnp.PipelineOp) capnp.Client {
+	p := &answerPipe{c: c, a: a, transform: ops}
+	cl, r := capnp.NewPromisedClient(p)
+	p.resolver = r
+	a.pipes = append(a.pipes, p)
+	return cl
+}
+
+// settle fulfils p's promise with its resolution.
+func (p *answerPipe) settle() {
+	p.c.mu.Lock()
+	cl := p.resolved.AddRef()
+	p.c.mu.Unlock()
+	p.resolver.Fulfill(cl) // borrows cl
+	cl.Release()
+}
+
+// target returns p's resolution (a new reference) if it has one.
+func (p *answerPipe) target() (capnp.Client, bool) {
+	p.c.mu.Lock()
+	defer p.c.mu.Unlock()
+	if !p.resolved.IsValid() {
+		return capnp.Client{}, false
+	}
+	return p.resolved.AddRef(), true
 }
 
 func (p *answerPipe) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
@@ -449,7 +515,7 @@ func (p *answerPipe) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, cap
 		return capnp.ErrorAnswer(s.Method, err), func() {}
 	}
 	ret := new(capnp.StructReturner)
-	pc := p.c.recvOnAnswer(ctx, p.a, p.transform, capnp.Recv{
+	pc := p.Recv(ctx, capnp.Recv{
 		Method:      s.Method,
 		Args:        args,
 		ReleaseArgs: msg.Release,
@@ -459,9 +525,19 @@ func (p *answerPipe) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, cap
 }
 
 func (p *answerPipe) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
+	if cl, ok := p.target(); ok { // a call that raced the fulfilment
+		defer cl.Release()
+		return orErrPipe(cl.RecvCall(ctx, r), errReturned)
+	}
 	return p.c.recvOnAnswer(ctx, p.a, p.transform, r)
 }
 
 func (p *answerPipe) Brand() capnp.Brand { return capnp.Brand{Value: p} }
-func (p *answerPipe) Shutdown()          {}
-func (p *answerPipe) String() string     { return "engine.answerPipe" }
+func (p *answerPipe) Shutdown() {
+	p.c.mu.Lock()
+	cl := p.resolved
+	p.resolved = capnp.Client{}
+	p.c.mu.Unlock()
+	cl.Release()
+}
+func (p *answerPipe) String() string { return "engine.answerPipe" }

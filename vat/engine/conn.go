@@ -372,11 +372,16 @@ func (c *Conn) shutdown(err error, abortReason string) {
 				a.cancel()
 			}
 			c.mu.Lock()
-			queued := a.queued
-			a.queued = nil
+			queued, pipes := a.queued, a.pipes
+			a.queued, a.pipes = nil, nil
 			c.mu.Unlock()
 			for _, qc := range queued {
-				qc.r.Reject(err)
+				if !qc.disembargo {
+					qc.r.Reject(err)
+				}
+			}
+			for _, p := range pipes {
+				p.resolver.Reject(err)
 			}
 			c.mu.Lock()
 			if a.sending { // Return releases them when its send is over

@@ -214,6 +214,25 @@ func (c *Conn) sendDisembargo(target func(rpccp.MessageTarget) error, embID uint
 	_ = c.send(msg)
 }
 
+// reflectDisembargo sends the peer's senderLoopback embID back to it as a
+// receiverLoopback on cl (taken over), which must be one of the peer's
+// own capabilities; anything else is a protocol violation.
+func (c *Conn) reflectDisembargo(cl capnp.Client, embID uint32) bool {
+	snap := cl.Snapshot()
+	h, ok := snap.Brand().Value.(*importClient)
+	snap.Release()
+	cl.Release()
+	if !ok || h.c != c {
+		c.abort("Disembargo target does not point back to the sender")
+		return false
+	}
+	c.sendDisembargo(func(t rpccp.MessageTarget) error {
+		t.SetImportedCap(h.id)
+		return nil
+	}, embID, false)
+	return true
+}
+
 // handleDisembargo reflects the peer's senderLoopback back to it and lifts
 // this side's embargoes on receiverLoopback.
 func (c *Conn) handleDisembargo(msg *capnp.Message, m rpccp.Message) bool {
@@ -244,22 +263,20 @@ func (c *Conn) handleDisembargo(msg *capnp.Message, m rpccp.Message) bool {
 				ops, err = readTransform(pa)
 			}
 			if a := c.answers[pa.QuestionId()]; err == nil && a != nil && a.returned {
+				if a.draining {
+					// Calls pipelined on the answer are still being
+					// delivered (back to the peer): the reflection goes
+					// after them, or the peer would lift its embargo
+					// before they arrive.
+					a.queued = append(a.queued, queuedCall{ops: ops, disembargo: true, embID: dc.SenderLoopback()})
+					c.mu.Unlock()
+					return true
+				}
 				cl = a.resultClientLocked(ops)
 			}
 		}
 		c.mu.Unlock()
-		snap := cl.Snapshot()
-		h, ok := snap.Brand().Value.(*importClient)
-		snap.Release()
-		cl.Release()
-		if !ok || h.c != c {
-			c.abort("Disembargo target does not point back to the sender")
-			return false
-		}
-		c.sendDisembargo(func(t rpccp.MessageTarget) error {
-			t.SetImportedCap(h.id)
-			return nil
-		}, dc.SenderLoopback(), false)
+		return c.reflectDisembargo(cl, dc.SenderLoopback())
 	case rpccp.Disembargo_context_Which_receiverLoopback:
 		c.mu.Lock()
 		e := c.embargoes[dc.ReceiverLoopback()]

@@ -27,7 +27,7 @@ type outCap struct {
 	id        uint32 // kindImport: the import id
 	q         *question
 	transform []capnp.PipelineOp
-	client    capnp.Client // kindExport: borrowed from the message's table
+	client    capnp.Client // kindExport, kindAnswer: borrowed from the message's table
 }
 
 // classify looks at the capabilities of an outgoing message. It calls into
@@ -54,7 +54,7 @@ func (c *Conn) classify(t *capnp.CapTable) []outCap {
 			}
 		case capnp.PipelineClient:
 			if q := c.questionOf(v.Answer()); q != nil {
-				out[i] = outCap{kind: kindAnswer, q: q, transform: v.Transform()}
+				out[i] = outCap{kind: kindAnswer, q: q, transform: v.Transform(), client: cl}
 				continue
 			}
 		}
@@ -86,7 +86,7 @@ func (c *Conn) describeLocked(p rpccp.Payload, caps []outCap) ([]uint32, error) 
 				continue
 			}
 		case kindAnswer:
-			if !oc.q.returned && c.questionLocked(oc.q.id) == oc.q {
+			if !oc.q.returned && !oc.q.finished && c.questionLocked(oc.q.id) == oc.q {
 				pa, err := d.NewReceiverAnswer()
 				if err != nil {
 					return ids, err

@@ -66,10 +66,10 @@ func (c *Conn) importCapLocked(d rpccp.CapDescriptor) (cl capnp.Client, local bo
 		if a == nil {
 			return capnp.Client{}, false, exc.New(exc.Failed, "", "receiverAnswer names no answer")
 		}
-		if a.returned {
+		if a.returned && !a.draining {
 			return a.resultClientLocked(ops), true, nil
 		}
-		return capnp.NewClient(&answerPipe{c: c, a: a, transform: ops}), true, nil
+		return c.newAnswerPipeLocked(a, ops), true, nil
 	}
 	return capnp.Client{}, false, exc.New(exc.Failed, "", "unknown capability descriptor "+strconv.Itoa(int(d.Which())))
 }

@@ -166,11 +166,12 @@ func (c *Conn) startCall(ctx context.Context, t callTarget, m capnp.Method, plac
 		switch {
 		case c.closed:
 			err = c.closedErrLocked()
-		case t.q != nil && t.q.returned:
+		case t.q != nil && (t.q.returned || t.q.finished):
 			c.mu.Unlock()
-			// Its Return is being handled: the receive loop may be in
+			// Its Return is being handled (the receive loop may be in
 			// barrier, waiting for this very read lock before it resolves
-			// the answer, so the lock goes before the wait.
+			// the answer), or it was cancelled or released and is being
+			// settled with that error: the lock goes before the wait.
 			c.order.RUnlock()
 			cl := t.q.waitClient(ctx, t.transform)
 			return nil, &cl, nil
@@ -208,6 +209,12 @@ func (c *Conn) startCall(ctx context.Context, t callTarget, m capnp.Method, plac
 		err := c.closedErrLocked()
 		c.mu.Unlock()
 		return nil, nil, err
+	}
+	if t.q != nil && (t.q.finished || c.questionLocked(t.q.id) != t.q) {
+		// Cancelled or released while the params were built: its id may
+		// already name another question, so nothing may be sent to it.
+		c.mu.Unlock()
+		return nil, nil, exc.New(exc.Failed, "", "call pipelined on a question that was cancelled")
 	}
 	if t.imp != nil {
 		tgt.SetImportedCap(t.imp.id)
