@@ -264,8 +264,11 @@ func (c *Conn) handleUnimplemented(m rpccp.Message) bool {
 		return true
 	}
 	q.returned, q.finished, q.finishSent = true, true, true // the peer keeps no answer
+	exps := q.paramExports                                  // nor the params' capabilities
+	q.paramExports = nil
 	c.freeQuestionLocked(q)
 	c.mu.Unlock()
+	c.releaseExports(exps)
 	q.resolve(capnp.Ptr{}, exc.New(exc.Unimplemented, "", "peer does not implement "+um.Which().String()))
 	return true
 }

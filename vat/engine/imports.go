@@ -281,8 +281,11 @@ func (c *Conn) handleResolve(msg *capnp.Message, m rpccp.Message) bool {
 	}
 	if refuse.IsValid() {
 		c.limit(LimitImports)
-		if refuse.Which() == rpccp.CapDescriptor_Which_senderHosted {
+		switch refuse.Which() {
+		case rpccp.CapDescriptor_Which_senderHosted:
 			c.sendRelease(refuse.SenderHosted(), 1)
+		case rpccp.CapDescriptor_Which_senderPromise:
+			c.sendRelease(refuse.SenderPromise(), 1)
 		}
 	}
 	for _, h := range hooks {

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 
 	"github.com/vatcar/vatcar/proto/captp"
@@ -143,4 +144,43 @@ func TestScriptImportReleaseCounts(t *testing.T) {
 		t.Fatalf("released %d references, want 2", released)
 	}
 	poll(t, "tables empty", zeroStats(c))
+}
+
+// TestScriptUnimplementedCallReleasesParams: the peer echoes a Call of
+// ours as Unimplemented; the capabilities in its params were never taken,
+// so their exports go, and the call fails as Unimplemented.
+func TestScriptUnimplementedCallReleasesParams(t *testing.T) {
+	s, c := newScript(t, engine.Options{})
+	ctx := ctxT(t)
+	boot := captp.GrpcService(c.Bootstrap(ctx))
+	defer boot.Release()
+	bq, _ := s.expect(rpccp.Message_Which_bootstrap).Bootstrap()
+	s.send(func(m rpccp.Message) {
+		ret, _ := m.NewReturn()
+		ret.SetAnswerId(bq.QuestionId())
+		res, _ := ret.NewResults()
+		list, _ := res.NewCapTable(1)
+		list.At(0).SetSenderHosted(7)
+		_ = res.SetContent(capnp.NewInterface(res.Segment(), 0).ToPtr())
+	})
+	if err := capnp.Client(boot).Resolve(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fut, rel := boot.Open(ctx, func(p captp.GrpcService_open_Params) error {
+		return p.SetDown(captp.Sink_ServerToClient(&recorder{}))
+	})
+	defer rel()
+	call := s.expect(rpccp.Message_Which_call)
+	if st := c.Stats(); st.Exports != 1 {
+		t.Fatalf("exports %d with the call in flight, want 1 (its Sink)", st.Exports)
+	}
+	s.send(func(m rpccp.Message) {
+		if err := m.SetUnimplemented(call); err != nil {
+			t.Error(err)
+		}
+	})
+	if _, err := fut.Struct(); exc.TypeOf(err) != exc.Unimplemented {
+		t.Fatalf("echoed call: %v, want Unimplemented", err)
+	}
+	poll(t, "the param's export released", func() bool { return c.Stats().Exports == 0 })
 }
