@@ -121,7 +121,7 @@ func NewMetrics() *Metrics {
 		}, []string{"result"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vatcar_vat_refused_connections_total",
-			Help: "CapTP connections the vat refused or closed for their peer's behaviour, by reason (handshake: failed TLS or protocol handshake; max connections: over the inbound limit; evicted idle, evicted over key share: made room for a newcomer; answer budget: too many answers held unfinished; send queue: the peer read nothing while messages waited; heartbeat: the peer did not answer).",
+			Help: "CapTP connections the vat refused or closed for their peer's behaviour, by reason (handshake: failed TLS or protocol handshake; max connections: over the inbound limit; evicted idle, evicted over key share: made room for a newcomer; answer budget: too many answers held unfinished; send queue: the peer read nothing while messages waited; protocol violation: the peer broke CapTP; heartbeat: the peer did not answer).",
 		}, []string{"reason"}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vatcar_vat_limited_calls_total",

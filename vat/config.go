@@ -49,6 +49,10 @@ const (
 	// peer made no progress for WriteStallTimeout (the peer read nothing
 	// while messages, its replies say, waited for it).
 	RefusedSendQueue = "send queue"
+	// RefusedProtocol: a connection was aborted because its peer broke
+	// the CapTP protocol (an unreadable or unattributable message, an id
+	// it does not hold); the Abort sent names the violation.
+	RefusedProtocol = "protocol violation"
 )
 
 // Config configures a Vat. Its zero value is an ephemeral, client-only vat

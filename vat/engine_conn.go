@@ -112,12 +112,18 @@ func engineMaxAnswers(n int) int {
 }
 
 // onEngineLimit reports a limit the engine met: a connection closed for
-// its answer budget to OnRefused (the engine logged it), a call or
-// question refused to OnLimit.
+// its answer budget or a protocol violation to OnRefused (the engine
+// logged it), a call or question refused to OnLimit.
 func (v *Vat) onEngineLimit(reason string) {
-	if reason == engine.LimitAnswersHeld {
+	switch reason {
+	case engine.LimitAnswersHeld:
 		if v.cfg.OnRefused != nil {
 			v.cfg.OnRefused(RefusedAnswerBudget)
+		}
+		return
+	case engine.ClosedProtocolViolation:
+		if v.cfg.OnRefused != nil {
+			v.cfg.OnRefused(RefusedProtocol)
 		}
 		return
 	}

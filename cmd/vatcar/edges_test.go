@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"crypto/tls"
+	bin "encoding/binary"
 	"strings"
 	"testing"
 	"time"
@@ -95,7 +96,8 @@ func (p *rawPeer) bootstrap(qid uint32) rpccp.Return {
 // room for metadata: about 5 MiB): the call gets an Overloaded exception
 // naming both sizes, the connection lives (a Bootstrap after it is
 // answered), it is counted, and the exporter's heap does not hold the
-// message. Before, the limit had a 64 MiB floor and a larger message
+// message. An oversize message that cannot be attributed then aborts that
+// connection, counted as a protocol violation. Before, the limit had a 64 MiB floor and a larger message
 // aborted the connection.
 func TestOversizeCapTPMessageFailsThatCall(t *testing.T) {
 	p, ctx := startCalledPair(t)
@@ -132,6 +134,33 @@ func TestOversizeCapTPMessageFailsThatCall(t *testing.T) {
 	if got := scrape(t, p.exp.Health, "vatcar_vat_limited_calls_total", map[string]string{"reason": "message size"}); got != 1 {
 		t.Errorf("vatcar_vat_limited_calls_total{reason=\"message size\"} = %v, want 1", got)
 	}
+	// An oversize message that is no Call or Return (all zeros: a null
+	// root) cannot be attributed: the exporter aborts this connection
+	// alone, with a reason, and counts it.
+	hdr := make([]byte, 8)
+	bin.LittleEndian.PutUint32(hdr[4:], (8<<20)/8)
+	if _, err := peer.c.Write(append(hdr, make([]byte, 8<<20)...)); err != nil {
+		t.Fatal(err)
+	}
+	peer.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		msg, err := peer.dec.Decode()
+		if err != nil {
+			t.Fatalf("waiting for the Abort: %v", err)
+		}
+		m, _ := rpccp.ReadRootMessage(msg)
+		if m.Which() == rpccp.Message_Which_abort {
+			e, _ := m.Abort()
+			reason, _ := e.Reason()
+			if !strings.Contains(reason, "8388616 bytes") {
+				t.Errorf("abort reason %q, want the size", reason)
+			}
+			break
+		}
+	}
+	waitFor(t, 10*time.Second, "the abort to be counted", func() bool {
+		return scrape(t, p.exp.Health, "vatcar_vat_refused_connections_total", map[string]string{"reason": "protocol violation"}) == 1
+	})
 	if _, err := p.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
 		t.Errorf("importer's call: %v", err)
 	}

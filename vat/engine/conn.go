@@ -314,15 +314,20 @@ func (c *Conn) closedErrLocked() error {
 // Abort with reason.
 func (c *Conn) abort(reason string) {
 	c.log.Debug("capnp protocol violation", "reason", reason)
-	go c.shutdown(exc.New(exc.Failed, "", "protocol violation: "+reason), reason)
+	go func() {
+		if c.shutdown(exc.New(exc.Failed, "", "protocol violation: "+reason), reason) {
+			c.limit(ClosedProtocolViolation)
+		}
+	}()
 }
 
 // shutdown ends the connection once: tables are emptied, questions fail
 // with err, inbound calls are cancelled, and, if abortReason is set, the
 // peer gets an Abort first. It waits for the receive loop unless called
 // from it.
-func (c *Conn) shutdown(err error, abortReason string) {
+func (c *Conn) shutdown(err error, abortReason string) (ended bool) {
 	c.once.Do(func() {
+		ended = true
 		c.mu.Lock()
 		c.closed = true
 		c.err = err
@@ -416,6 +421,7 @@ func (c *Conn) shutdown(err error, abortReason string) {
 		c.tasks.Wait()
 		close(c.done)
 	})
+	return ended
 }
 
 // Stats counts what a connection holds.

@@ -8,9 +8,9 @@ import (
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
-// Limits reported to Options.OnLimit. Each but LimitAnswersHeld failed one
-// call or question with an Overloaded exception and the connection lived;
-// LimitAnswersHeld closed the connection.
+// Limits reported to Options.OnLimit. Each but LimitAnswersHeld and
+// ClosedProtocolViolation failed one call or question with an Overloaded
+// exception and the connection lived; those two closed the connection.
 const (
 	// LimitMessageSize: an inbound message over the codec's size limit
 	// failed the call it carried, or the question it answered.
@@ -27,6 +27,10 @@ const (
 	// LimitAnswersHeld: the peer held twice MaxAnswers answers it had not
 	// finished, refused ones included, so the connection was closed.
 	LimitAnswersHeld = "answers held"
+	// ClosedProtocolViolation: the peer broke the protocol (a message
+	// that cannot be read or attributed, an id it does not hold), so the
+	// connection was aborted with the reason.
+	ClosedProtocolViolation = "protocol violation"
 )
 
 // DefaultMaxAnswers is the default of Options.MaxAnswers.
@@ -140,8 +144,11 @@ func (c *Conn) admitAnswerLocked() (closeReason string, refuse error) {
 // gets an Abort with reason, and OnLimit is told.
 func (c *Conn) closeForLimit(limit, reason string) {
 	c.log.Warn("closing the connection", "reason", reason)
-	c.limit(limit)
-	go c.shutdown(exc.New(exc.Overloaded, "", reason), reason)
+	go func() {
+		if c.shutdown(exc.New(exc.Overloaded, "", reason), reason) {
+			c.limit(limit)
+		}
+	}()
 }
 
 // refuseAnswerLocked enters a and answers it at once with err (the peer's

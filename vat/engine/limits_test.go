@@ -205,7 +205,8 @@ func TestScriptTooLargeUnattributed(t *testing.T) {
 		{"return for no question", engine.MessageTooLarge{Known: true, Which: rpccp.Message_Which_return, ID: 7, Size: 9 << 20, Limit: 1 << 20}, "unknown question"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, c := newScript(t, engine.Options{})
+			lim := &limits{}
+			s, c := newScript(t, engine.Options{OnLimit: lim.on})
 			e := tc.e
 			s.cc.in <- &e
 			ab, _ := s.expect(rpccp.Message_Which_abort).Abort()
@@ -213,6 +214,7 @@ func TestScriptTooLargeUnattributed(t *testing.T) {
 				t.Fatalf("abort reason %q, want it to contain %q", reason, tc.want)
 			}
 			waitDone(t, c)
+			poll(t, "OnLimit to hear of the violation", func() bool { return lim.String() == engine.ClosedProtocolViolation })
 		})
 	}
 }
@@ -274,9 +276,7 @@ func TestScriptAnswerBudget(t *testing.T) {
 	}
 	waitDone(t, c)
 	want := strings.Join([]string{engine.LimitAnswers, engine.LimitAnswers, engine.LimitAnswers, engine.LimitAnswersHeld}, ",")
-	if got := lim.String(); got != want {
-		t.Errorf("OnLimit got %q, want %q", got, want)
-	}
+	poll(t, "OnLimit to hear of the close", func() bool { return lim.String() == want })
 }
 
 // TestReadMessageTooLarge reads the kind and id from the first bytes of a
