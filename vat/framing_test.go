@@ -5,8 +5,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
+	"net"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -249,4 +252,48 @@ func FuzzFrames(f *testing.F) {
 		}
 		t.Fatal("decode did not end")
 	})
+}
+
+// TestOversizeTrickleClosed: a header claiming more than the limit, then a
+// trickle. The codec discards what comes, holds none of it, and closes the
+// connection once the message is overdue, as for a large message.
+func TestOversizeTrickleClosed(t *testing.T) {
+	defer func(g time.Duration, r int) { largeMessageGrace, minMessageRate = g, r }(largeMessageGrace, minMessageRate)
+	largeMessageGrace, minMessageRate = 300*time.Millisecond, 1<<40
+
+	a, b := tcpPair(t)
+	c := newCodec(b, 1<<20)
+	defer c.Close()
+	hdr := make([]byte, 8)
+	binary.LittleEndian.PutUint32(hdr[4:], (60<<20)/8)
+	if _, err := a.Write(append(hdr, make([]byte, 4096)...)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := c.Decode()
+	var tl *engine.MessageTooLarge
+	if errors.As(err, &tl) || err == nil || !strings.Contains(err.Error(), "not complete within") {
+		t.Fatalf("Decode of a trickling oversize message: %v, want an error saying it was not complete in time", err)
+	}
+	if took := time.Since(start); took < largeMessageGrace {
+		t.Errorf("given up after %v, before its %v bound", took, largeMessageGrace)
+	}
+	a.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if err := readToEOF(a); err != nil {
+		t.Errorf("the connection is still open after the overdue message: %v", err)
+	}
+}
+
+// readToEOF reads c until it ends; an error other than the end is
+// returned.
+func readToEOF(c net.Conn) error {
+	buf := make([]byte, 4096)
+	for {
+		if _, err := c.Read(buf); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+				return nil
+			}
+			return err
+		}
+	}
 }
