@@ -66,14 +66,23 @@ func TestConcurrencyLimitOverloaded(t *testing.T) {
 
 	var wg sync.WaitGroup
 	results := make([]error, 2)
+	var failed atomic.Pointer[error] // a held call that ended early, and why
 	for i := range 2 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			_, results[i] = call(ctx, c, "held")
+			if results[i] != nil {
+				failed.CompareAndSwap(nil, &results[i])
+			}
 		}()
 	}
-	waitFor(t, "two calls running", func() bool { return e.calls.Load() == 2 })
+	waitFor(t, "two calls running", func() bool {
+		if err := failed.Load(); err != nil {
+			t.Fatalf("a held call failed before both ran: %v", *err)
+		}
+		return e.calls.Load() == 2
+	})
 	if got := b.Stats().CallsRunning; got != 2 {
 		t.Errorf("Stats().CallsRunning = %d, want 2", got)
 	}
