@@ -23,20 +23,8 @@ func TestScriptPipelinedOnCancelledQuestion(t *testing.T) {
 	s, c := newScript(t, engine.Options{})
 	ctx := ctxT(t)
 
-	boot := captp.GrpcService(c.Bootstrap(ctx))
+	boot := captp.GrpcService(s.bootstrapPeer(ctx, c, 7))
 	defer boot.Release()
-	bq, _ := s.expect(rpccp.Message_Which_bootstrap).Bootstrap()
-	s.send(func(m rpccp.Message) {
-		ret, _ := m.NewReturn()
-		ret.SetAnswerId(bq.QuestionId())
-		res, _ := ret.NewResults()
-		list, _ := res.NewCapTable(1)
-		list.At(0).SetSenderHosted(7)
-		_ = res.SetContent(capnp.NewInterface(res.Segment(), 0).ToPtr())
-	})
-	if err := capnp.Client(boot).Resolve(ctx); err != nil {
-		t.Fatal(err)
-	}
 	poll(t, "bootstrap question freed", func() bool { return c.Stats().Questions == 0 })
 
 	qctx, cancelQ := context.WithCancel(ctx)
@@ -90,6 +78,27 @@ func TestScriptPipelinedOnCancelledQuestion(t *testing.T) {
 	}
 }
 
+// openWithAnswerSink is the peer's call qid of open on export, whose down
+// Sink is receiverAnswer(answer): a pipeline on a call the peer made to
+// this side that has not returned.
+func openWithAnswerSink(qid, export, answer uint32) func(rpccp.Message) {
+	return func(m rpccp.Message) {
+		call, _ := m.NewCall()
+		call.SetQuestionId(qid)
+		call.SetInterfaceId(captp.GrpcService_TypeID)
+		call.SetMethodId(1)
+		tg, _ := call.NewTarget()
+		tg.SetImportedCap(export)
+		pl, _ := call.NewParams()
+		args, _ := captp.NewGrpcService_open_Params(pl.Segment())
+		_ = capnp.Struct(args).SetPtr(1, capnp.NewInterface(pl.Segment(), 0).ToPtr())
+		_ = pl.SetContent(args.ToPtr())
+		list, _ := pl.NewCapTable(1)
+		ra, _ := list.At(0).NewReceiverAnswer()
+		ra.SetQuestionId(answer)
+	}
+}
+
 // keeper is a GrpcService whose open keeps down for later.
 type keeper struct{ down chan captp.Sink }
 
@@ -117,36 +126,10 @@ func TestScriptReceiverAnswerAfterFinish(t *testing.T) {
 		},
 	})
 	ctx := ctxT(t)
-	s.send(func(m rpccp.Message) {
-		b, _ := m.NewBootstrap()
-		b.SetQuestionId(0)
-	})
-	r, _ := s.expect(rpccp.Message_Which_return).Return()
-	p, _ := r.Results()
-	ct, _ := p.CapTable()
-	export := ct.At(0).SenderHosted()
-	s.send(func(m rpccp.Message) {
-		b, _ := m.NewBootstrap()
-		b.SetQuestionId(1)
-		txt, _ := capnp.NewText(b.Segment(), "svc")
-		_ = b.SetDeprecatedObjectId(txt.ToPtr())
-	})
+	export := s.bootstrapConn(0)
+	s.restoreFromConn(1, "svc")
 	// open(down = receiverAnswer(1)) on the keeper.
-	s.send(func(m rpccp.Message) {
-		call, _ := m.NewCall()
-		call.SetQuestionId(2)
-		call.SetInterfaceId(captp.GrpcService_TypeID)
-		call.SetMethodId(1)
-		tg, _ := call.NewTarget()
-		tg.SetImportedCap(export)
-		pl, _ := call.NewParams()
-		args, _ := captp.NewGrpcService_open_Params(pl.Segment())
-		_ = capnp.Struct(args).SetPtr(1, capnp.NewInterface(pl.Segment(), 0).ToPtr())
-		_ = pl.SetContent(args.ToPtr())
-		list, _ := pl.NewCapTable(1)
-		ra, _ := list.At(0).NewReceiverAnswer()
-		ra.SetQuestionId(1)
-	})
+	s.send(openWithAnswerSink(2, export, 1))
 	down := <-k.down
 	defer down.Release()
 	s.expect(rpccp.Message_Which_return) // open's Return (q2)
@@ -231,12 +214,7 @@ func TestScriptDisembargoAfterQueuedCalls(t *testing.T) {
 	}
 	// The peer restores "svc" (answer 0, held by gate) and pipelines a
 	// call on it.
-	s.send(func(m rpccp.Message) {
-		b, _ := m.NewBootstrap()
-		b.SetQuestionId(0)
-		txt, _ := capnp.NewText(b.Segment(), "svc")
-		_ = b.SetDeprecatedObjectId(txt.ToPtr())
-	})
+	s.restoreFromConn(0, "svc")
 	s.send(sinkHeadersCall(1, func(t rpccp.MessageTarget) {
 		pa, _ := t.NewPromisedAnswer()
 		pa.SetQuestionId(0)
@@ -286,35 +264,9 @@ func TestScriptReceiverAnswerAfterClose(t *testing.T) {
 			return capnp.Client{}, ctx.Err()
 		},
 	})
-	s.send(func(m rpccp.Message) {
-		b, _ := m.NewBootstrap()
-		b.SetQuestionId(0)
-	})
-	r, _ := s.expect(rpccp.Message_Which_return).Return()
-	p, _ := r.Results()
-	ct, _ := p.CapTable()
-	export := ct.At(0).SenderHosted()
-	s.send(func(m rpccp.Message) {
-		b, _ := m.NewBootstrap()
-		b.SetQuestionId(1)
-		txt, _ := capnp.NewText(b.Segment(), "svc")
-		_ = b.SetDeprecatedObjectId(txt.ToPtr())
-	})
-	s.send(func(m rpccp.Message) {
-		call, _ := m.NewCall()
-		call.SetQuestionId(2)
-		call.SetInterfaceId(captp.GrpcService_TypeID)
-		call.SetMethodId(1)
-		tg, _ := call.NewTarget()
-		tg.SetImportedCap(export)
-		pl, _ := call.NewParams()
-		args, _ := captp.NewGrpcService_open_Params(pl.Segment())
-		_ = capnp.Struct(args).SetPtr(1, capnp.NewInterface(pl.Segment(), 0).ToPtr())
-		_ = pl.SetContent(args.ToPtr())
-		list, _ := pl.NewCapTable(1)
-		ra, _ := list.At(0).NewReceiverAnswer()
-		ra.SetQuestionId(1)
-	})
+	export := s.bootstrapConn(0)
+	s.restoreFromConn(1, "svc")
+	s.send(openWithAnswerSink(2, export, 1))
 	down := <-k.down
 	defer down.Release()
 	c.Close()

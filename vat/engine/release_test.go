@@ -114,19 +114,7 @@ func TestScriptImportReleaseCounts(t *testing.T) {
 	ctx := ctxT(t)
 	var clients []capnp.Client
 	for i := 0; i < 2; i++ {
-		boot := c.Bootstrap(ctx)
-		bq, _ := s.expect(rpccp.Message_Which_bootstrap).Bootstrap()
-		s.send(func(m rpccp.Message) {
-			ret, _ := m.NewReturn()
-			ret.SetAnswerId(bq.QuestionId())
-			res, _ := ret.NewResults()
-			list, _ := res.NewCapTable(1)
-			list.At(0).SetSenderHosted(7)
-			_ = res.SetContent(capnp.NewInterface(res.Segment(), 0).ToPtr())
-		})
-		if err := boot.Resolve(ctx); err != nil {
-			t.Fatal(err)
-		}
+		boot := s.bootstrapPeer(ctx, c, 7)
 		clients = append(clients, boot)
 	}
 	poll(t, "one import", func() bool { st := c.Stats(); return st.Imports == 1 && st.Questions == 0 })
@@ -152,20 +140,8 @@ func TestScriptImportReleaseCounts(t *testing.T) {
 func TestScriptUnimplementedCallReleasesParams(t *testing.T) {
 	s, c := newScript(t, engine.Options{})
 	ctx := ctxT(t)
-	boot := captp.GrpcService(c.Bootstrap(ctx))
+	boot := captp.GrpcService(s.bootstrapPeer(ctx, c, 7))
 	defer boot.Release()
-	bq, _ := s.expect(rpccp.Message_Which_bootstrap).Bootstrap()
-	s.send(func(m rpccp.Message) {
-		ret, _ := m.NewReturn()
-		ret.SetAnswerId(bq.QuestionId())
-		res, _ := ret.NewResults()
-		list, _ := res.NewCapTable(1)
-		list.At(0).SetSenderHosted(7)
-		_ = res.SetContent(capnp.NewInterface(res.Segment(), 0).ToPtr())
-	})
-	if err := capnp.Client(boot).Resolve(ctx); err != nil {
-		t.Fatal(err)
-	}
 	fut, rel := boot.Open(ctx, func(p captp.GrpcService_open_Params) error {
 		return p.SetDown(captp.Sink_ServerToClient(&recorder{}))
 	})

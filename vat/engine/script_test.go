@@ -140,12 +140,7 @@ func TestScriptPipelinedBeforeReturn(t *testing.T) {
 		<-gate
 		return capnp.Client(captp.Sink_ServerToClient(rec)), nil
 	}})
-	s.send(func(m rpccp.Message) {
-		b, _ := m.NewBootstrap()
-		b.SetQuestionId(0)
-		txt, _ := capnp.NewText(b.Segment(), "svc")
-		_ = b.SetDeprecatedObjectId(txt.ToPtr())
-	})
+	s.restoreFromConn(0, "svc")
 	for i, k := range []string{"a", "b", "c"} {
 		s.send(sinkHeadersCall(uint32(i+1), func(t rpccp.MessageTarget) {
 			pa, _ := t.NewPromisedAnswer()
@@ -198,14 +193,7 @@ func TestScriptPipelinedBeforeReturn(t *testing.T) {
 func TestScriptFinishCancelsHandler(t *testing.T) {
 	svc := &service{cancelled: make(chan struct{})}
 	s, c := newScript(t, engine.Options{Bootstrap: capnp.Client(captp.GrpcService_ServerToClient(svc))})
-	s.send(func(m rpccp.Message) {
-		b, _ := m.NewBootstrap()
-		b.SetQuestionId(0)
-	})
-	r, _ := s.expect(rpccp.Message_Which_return).Return()
-	p, _ := r.Results()
-	ct, _ := p.CapTable()
-	export := ct.At(0).SenderHosted()
+	export := s.bootstrapConn(0)
 	s.send(func(m rpccp.Message) {
 		call, _ := m.NewCall()
 		call.SetQuestionId(1)
@@ -313,14 +301,7 @@ func TestScriptEOrderAcrossResolve(t *testing.T) {
 	ctx := ctxT(t)
 
 	// The peer learns this side's Sink (export e).
-	s.send(func(m rpccp.Message) {
-		b, _ := m.NewBootstrap()
-		b.SetQuestionId(0)
-	})
-	r, _ := s.expect(rpccp.Message_Which_return).Return()
-	p, _ := r.Results()
-	ct, _ := p.CapTable()
-	export := ct.At(0).SenderHosted()
+	export := s.bootstrapConn(0)
 
 	// This side bootstraps the peer, which answers with a promise (import 9).
 	boot := captp.Sink(c.Bootstrap(ctx))
@@ -372,4 +353,51 @@ func TestScriptEOrderAcrossResolve(t *testing.T) {
 	if keys, _ := rec.snapshot(); strings.Join(keys, "") != "ab" {
 		t.Fatalf("delivered %v, want a then b", keys)
 	}
+}
+
+// restoreFromConn plays the peer sending Bootstrap qid to the Conn (with
+// an object id, OCaml's restore, unless id is empty) without waiting.
+func (s script) restoreFromConn(qid uint32, id string) {
+	s.send(func(m rpccp.Message) {
+		b, _ := m.NewBootstrap()
+		b.SetQuestionId(qid)
+		if id != "" {
+			txt, _ := capnp.NewText(b.Segment(), id)
+			_ = b.SetDeprecatedObjectId(txt.ToPtr())
+		}
+	})
+}
+
+// bootstrapConn plays the peer bootstrapping the Conn with question qid
+// and returns the export id of the capability it gets.
+func (s script) bootstrapConn(qid uint32) uint32 {
+	s.t.Helper()
+	s.restoreFromConn(qid, "")
+	r, _ := s.expect(rpccp.Message_Which_return).Return()
+	p, _ := r.Results()
+	ct, _ := p.CapTable()
+	if r.AnswerId() != qid || ct.Len() != 1 || ct.At(0).Which() != rpccp.CapDescriptor_Which_senderHosted {
+		s.t.Fatalf("bootstrap %d: return %d, cap table %v", qid, r.AnswerId(), ct)
+	}
+	return ct.At(0).SenderHosted()
+}
+
+// bootstrapPeer has the Conn bootstrap the peer, which answers with its
+// capability id; it returns the resolved client.
+func (s script) bootstrapPeer(ctx context.Context, c *engine.Conn, id uint32) capnp.Client {
+	s.t.Helper()
+	boot := c.Bootstrap(ctx)
+	bq, _ := s.expect(rpccp.Message_Which_bootstrap).Bootstrap()
+	s.send(func(m rpccp.Message) {
+		ret, _ := m.NewReturn()
+		ret.SetAnswerId(bq.QuestionId())
+		res, _ := ret.NewResults()
+		list, _ := res.NewCapTable(1)
+		list.At(0).SetSenderHosted(id)
+		_ = res.SetContent(capnp.NewInterface(res.Segment(), 0).ToPtr())
+	})
+	if err := boot.Resolve(ctx); err != nil {
+		s.t.Fatal(err)
+	}
+	return boot
 }
