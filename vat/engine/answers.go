@@ -276,7 +276,9 @@ func (c *Conn) drainQueued(a *answer) {
 			pipes := a.pipes
 			a.pipes = nil
 			for _, p := range pipes {
-				p.resolved = a.resultClientLocked(p.transform)
+				if !p.shut { // else its client is gone: nobody would release it
+					p.resolved = a.resultClientLocked(p.transform)
+				}
 			}
 			c.mu.Unlock()
 			for _, p := range pipes {
@@ -469,7 +471,8 @@ type answerPipe struct {
 	transform []capnp.PipelineOp
 	resolver  capnp.Resolver[capnp.Client]
 
-	resolved capnp.Client // guarded by c.mu; owned until settle or Shutdown
+	resolved capnp.Client // guarded by c.mu; owned until Shutdown
+	shut     bool         // guarded by c.mu: Shutdown ran
 }
 
 // newAnswerPipe returns a promised client for a's results at ops, settled
@@ -482,11 +485,15 @@ func (c *Conn) newAnswerPipeLocked(a *answer, ops []capnp.PipelineOp) capnp.Clie
 	return cl
 }
 
-// settle fulfils p's promise with its resolution.
+// settle fulfils p's promise with its resolution (Fulfill then shuts p
+// down, which releases it).
 func (p *answerPipe) settle() {
 	p.c.mu.Lock()
 	cl := p.resolved.AddRef()
 	p.c.mu.Unlock()
+	if !cl.IsValid() { // released meanwhile
+		return
+	}
 	p.resolver.Fulfill(cl) // borrows cl
 	cl.Release()
 }
@@ -536,7 +543,7 @@ func (p *answerPipe) Brand() capnp.Brand { return capnp.Brand{Value: p} }
 func (p *answerPipe) Shutdown() {
 	p.c.mu.Lock()
 	cl := p.resolved
-	p.resolved = capnp.Client{}
+	p.resolved, p.shut = capnp.Client{}, true
 	p.c.mu.Unlock()
 	cl.Release()
 }

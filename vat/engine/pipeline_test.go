@@ -110,10 +110,10 @@ func (k *keeper) Open(ctx context.Context, call captp.GrpcService_open) error {
 
 // TestScriptReceiverAnswerAfterFinish: the peer passes this side a
 // receiverAnswer capability (a pipeline on a call it made to this side that
-// has not returned yet). This side keeps it. The answer returns, the peer
-// finishes it; the answerPipe still points at the answer, whose results
-// message has been released: a later call on the kept capability reads a
-// released message and fails instead of reaching the capability.
+// has not returned yet). This side keeps it. The answer returns and the
+// peer finishes it, which releases the answer's results; a later call on
+// the kept capability still reaches the capability the answer returned
+// (it once read the released message and went elsewhere).
 func TestScriptReceiverAnswerAfterFinish(t *testing.T) {
 	rec := &recorder{}
 	k := &keeper{down: make(chan captp.Sink, 1)}
@@ -280,4 +280,45 @@ func TestScriptReceiverAnswerAfterClose(t *testing.T) {
 		// rel would wait for the Return forever: leave it.
 		t.Fatal("call on a receiverAnswer capability after Close never returned")
 	}
+}
+
+// TestScriptReceiverAnswerReleasedBeforeReturn: a receiverAnswer
+// capability released before its answer returns holds nothing once the
+// answer has: the capability the answer returned shuts down with the
+// connection.
+func TestScriptReceiverAnswerReleasedBeforeReturn(t *testing.T) {
+	sink := &shutdownSink{}
+	k := &keeper{down: make(chan captp.Sink, 1)}
+	gate := make(chan struct{})
+	s, c := newScript(t, engine.Options{
+		Bootstrap: capnp.Client(captp.GrpcService_ServerToClient(k)),
+		Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
+			<-gate
+			return capnp.Client(captp.Sink_ServerToClient(sink)), nil
+		},
+	})
+	export := s.bootstrapConn(0)
+	s.restoreFromConn(1, "svc")
+	s.send(openWithAnswerSink(2, export, 1))
+	down := <-k.down
+	s.expect(rpccp.Message_Which_return) // open's Return (q2)
+	down.Release()
+	close(gate)
+	if ret, _ := s.expect(rpccp.Message_Which_return).Return(); ret.AnswerId() != 1 {
+		t.Fatalf("return of %d, want 1", ret.AnswerId())
+	}
+	for _, q := range []uint32{0, 1, 2} {
+		s.send(func(m rpccp.Message) {
+			f, _ := m.NewFinish()
+			f.SetQuestionId(q)
+		})
+	}
+	s.send(func(m rpccp.Message) {
+		r, _ := m.NewRelease()
+		r.SetId(export)
+		r.SetReferenceCount(1)
+	})
+	poll(t, "tables empty", zeroStats(c))
+	c.Close()
+	poll(t, "the restored Sink shut down", func() bool { return sink.shutdowns.Load() == 1 })
 }
