@@ -150,7 +150,7 @@ type Config struct {
 	HeartbeatTimeout time.Duration
 
 	// WriteStallTimeout is how long a write to a peer may make no progress
-	// (the peer reads nothing while messages queue for it; every 256 KiB
+	// (the peer reads nothing while messages queue for it; every 16 KiB
 	// written counts as progress) before the connection is closed, logged
 	// and reported to OnRefused (RefusedSendQueue).
 	// Meanwhile the bytes queued are bounded (4 MiB, then senders wait).

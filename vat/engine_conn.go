@@ -2,6 +2,7 @@ package vat
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -96,7 +97,8 @@ type firstMessageCodec struct {
 
 func (c *firstMessageCodec) Decode() (*capnp.Message, error) {
 	m, err := c.Codec.Decode()
-	if err == nil {
+	var tooLarge *engine.MessageTooLarge
+	if err == nil || errors.As(err, &tooLarge) { // a message came: the engine answers an oversize one
 		c.once.Do(func() { _ = c.conn.SetReadDeadline(time.Time{}) })
 	}
 	return m, err

@@ -3,6 +3,7 @@ package vat
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -24,8 +25,9 @@ import (
 // path.
 var (
 	// largeMessage is the size above which a message is read as it
-	// arrives.
-	largeMessage = 1 << 20
+	// arrives (unless it has arrived whole): what go-capnp's Decoder may
+	// allocate for a header's claim alone.
+	largeMessage = firstRead
 	// largeMessageGrace and minMessageRate bound how long a large message
 	// may take: the grace plus its size at the rate.
 	largeMessageGrace = 10 * time.Second
@@ -36,7 +38,8 @@ var (
 // large message and sends nothing more makes the vat hold.
 const firstRead = 64 << 10
 
-// maxStreamSegments is go-capnp's limit on a message's segments.
+// maxStreamSegments is go-capnp's limit on a stream header's segment count
+// field (the number of segments less one): its Decoder takes 513 segments.
 const maxStreamSegments = 512
 
 // frameReader reads stream-framed capnp messages from br, large ones as
@@ -57,13 +60,16 @@ func (f *frameReader) decode() (*capnp.Message, error) {
 	if err == nil && hdrLen+total > f.max {
 		return nil, f.skip(hdrLen, total)
 	}
-	if err != nil || total <= uint64(largeMessage) {
-		// Small, or refused by the Decoder's own checks (segments), or
-		// the stream ended: go-capnp's Decoder, as before.
+	if err != nil || total <= uint64(largeMessage) || f.br.Buffered() >= int(hdrLen+total) {
+		// Small, or already here in full, or refused by the Decoder's own
+		// checks (segments), or the stream ended: go-capnp's Decoder.
 		return f.dec.Decode()
 	}
 	return f.decodeLarge(int(hdrLen + total))
 }
+
+// errTimedOut stands for the read a closed connection would have failed.
+var errTimedOut = errors.New("timed out")
 
 // oversizePrefix is how much of an oversize message's first segment skip
 // reads to learn its kind and id: the root Message and its Call or Return
@@ -117,6 +123,9 @@ func (f *frameReader) skip(hdrLen, total uint64) error {
 			return fail(err, arrived)
 		}
 	}
+	if !timer.Stop() { // the bound passed as the last bytes came
+		return fail(errTimedOut, arrived)
+	}
 	return e
 }
 
@@ -129,7 +138,7 @@ func (f *frameReader) peekSize() (hdrLen, total uint64, err error) {
 		return 0, 0, err
 	}
 	maxSeg := binary.LittleEndian.Uint32(first)
-	if maxSeg >= maxStreamSegments {
+	if maxSeg > maxStreamSegments {
 		return 0, 0, fmt.Errorf("decode: %d segments", uint64(maxSeg)+1)
 	}
 	hdrLen = (uint64(maxSeg+2)*4 + 7) &^ 7
@@ -152,13 +161,13 @@ func (f *frameReader) decodeLarge(size int) (*capnp.Message, error) {
 		f.timedOut.Store(true)
 		f.closeConn()
 	})
-	defer timer.Stop()
 	buf := make([]byte, 0, firstRead)
 	for len(buf) < size {
-		// Ask for as much again as has arrived (at least firstRead): the
-		// buffer grows geometrically with the bytes received, never to the
-		// size the header claims before they come.
-		n := min(size-len(buf), max(len(buf), firstRead))
+		// Ask for up to three times what has arrived (at least
+		// firstRead): the buffer grows geometrically with the bytes
+		// received (at most four times them), never to the size the
+		// header claims before they come.
+		n := min(size-len(buf), max(3*len(buf), firstRead))
 		buf = slices.Grow(buf, n)
 		m, err := io.ReadFull(f.br, buf[len(buf):len(buf)+n])
 		buf = buf[:len(buf)+m]
@@ -166,8 +175,14 @@ func (f *frameReader) decodeLarge(size int) (*capnp.Message, error) {
 			if f.timedOut.Load() {
 				return nil, fmt.Errorf("decode: message of %d bytes not complete within %v (%d bytes arrived): connection closed", size, bound, len(buf))
 			}
+			timer.Stop()
 			return nil, fmt.Errorf("decode: read segments: %w", err)
 		}
+	}
+	if !timer.Stop() {
+		// The bound passed as the last bytes came: the connection is
+		// being closed under us.
+		return nil, fmt.Errorf("decode: message of %d bytes not complete within %v: connection closed", size, bound)
 	}
 	return capnp.Unmarshal(buf)
 }

@@ -10,9 +10,13 @@ import (
 )
 
 // stallChunk is the most one write hands the connection under one write
-// deadline: a peer that reads at all gets a fresh deadline every
-// stallChunk bytes, however large the message.
-const stallChunk = 256 << 10
+// deadline: one TLS record. A peer that reads at all gets a fresh
+// deadline every stallChunk bytes, however large the message, so only a
+// peer reading less than stallChunk per WriteStallTimeout (1 KiB/s at the
+// default 15 s) is cut. A finer rule would need the bytes moving under TLS:
+// a write that times out leaves a tls.Conn broken, so the deadline cannot
+// simply be extended.
+const stallChunk = 16 << 10
 
 // errPeerNotReading is the cause of a write that made no progress for
 // Config.WriteStallTimeout.
@@ -48,6 +52,11 @@ func (c stallConn) Write(b []byte) (int, error) {
 		n += m
 		b = b[m:]
 		if err == nil {
+			if len(b) == 0 {
+				// No deadline left behind: crypto/tls writes from its
+				// read path too (a KeyUpdate's answer).
+				_ = c.Conn.SetWriteDeadline(time.Time{})
+			}
 			continue
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {

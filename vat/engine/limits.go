@@ -198,11 +198,11 @@ func (c *Conn) handleTooLarge(e *MessageTooLarge) bool {
 			c.closeForLimit(LimitAnswersHeld, reason)
 			return false
 		}
-		c.log.Debug("inbound message over the size limit", "kind", what, "size", e.Size, "limit", e.Limit)
-		c.limit(LimitMessageSize)
 		// Its capabilities were never read: the Return says they are
 		// released, so the peer drops them without Release messages.
-		c.refuseAnswerLocked(a, err, rpccp.CapDescriptor_List{}, true)
+		c.refuseAnswerLocked(a, err, rpccp.CapDescriptor_List{}, true) // unlocks c.mu
+		c.log.Debug("inbound message over the size limit", "kind", what, "size", e.Size, "limit", e.Limit)
+		c.limit(LimitMessageSize)
 		return true
 	case rpccp.Message_Which_return:
 		return c.returnTooLarge(e)
