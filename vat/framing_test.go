@@ -297,3 +297,38 @@ func readToEOF(c net.Conn) error {
 		}
 	}
 }
+
+// FuzzFramesDecoderClaims: whatever the stream, go-capnp's Decoder (which
+// allocates a header's claim at once) never sees a message claiming more
+// than largeMessage: the frame reader reads those itself as they arrive.
+// The Decoder's own limit is set just above largeMessage, so a larger
+// claim reaching it would fail with its "too large" error.
+func FuzzFramesDecoderClaims(f *testing.F) {
+	var buf bytes.Buffer
+	enc := capnp.NewEncoder(&buf)
+	_ = enc.Encode(rpcMessage(f, rpccp.Message_Which_call, 3))
+	_ = enc.Encode(testMessage(1, 2<<10))
+	f.Add(buf.Bytes())
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0x10, 0}) // claims 8 MiB, sends nothing
+	hdr := make([]byte, 4*(513+1))           // 513 segments, the first claiming 60 MiB
+	binary.LittleEndian.PutUint32(hdr, 512)
+	binary.LittleEndian.PutUint32(hdr[4:], (60<<20)/8)
+	f.Add(hdr)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		br := bufio.NewReader(bytes.NewReader(data))
+		dec := capnp.NewDecoder(br)
+		dec.MaxMessageSize = uint64(largeMessage) + 4*(maxStreamSegments+2)
+		fr := &frameReader{br: br, dec: dec, max: 64 << 20, closeConn: func() error { return nil }}
+		for range len(data) + 1 {
+			m, err := fr.decode()
+			if err != nil {
+				if strings.Contains(err.Error(), "too large") {
+					t.Fatalf("a claim over %d bytes reached the Decoder: %v", largeMessage, err)
+				}
+				return
+			}
+			m.Release()
+		}
+		t.Fatal("decode did not end")
+	})
+}
