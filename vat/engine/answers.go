@@ -509,6 +509,13 @@ func (p *answerPipe) target() (capnp.Client, bool) {
 }
 
 func (p *answerPipe) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	return sendAsRecv(ctx, s, p.Recv)
+}
+
+// sendAsRecv makes a local Send into a Recv for hooks that queue received
+// calls (answerPipe, embargoHook): the params are placed in a message of
+// their own, released once the call is done with them.
+func sendAsRecv(ctx context.Context, s capnp.Send, recv func(context.Context, capnp.Recv) capnp.PipelineCaller) (*capnp.Answer, capnp.ReleaseFunc) {
 	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
 	if err != nil {
 		return capnp.ErrorAnswer(s.Method, err), func() {}
@@ -522,12 +529,7 @@ func (p *answerPipe) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, cap
 		return capnp.ErrorAnswer(s.Method, err), func() {}
 	}
 	ret := new(capnp.StructReturner)
-	pc := p.Recv(ctx, capnp.Recv{
-		Method:      s.Method,
-		Args:        args,
-		ReleaseArgs: msg.Release,
-		Returner:    ret,
-	})
+	pc := recv(ctx, capnp.Recv{Method: s.Method, Args: args, ReleaseArgs: msg.Release, Returner: ret})
 	return ret.Answer(s.Method, pc)
 }
 

@@ -79,21 +79,7 @@ func (h *embargoHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, ca
 		return t.SendCall(ctx, s)
 	}
 	h.mu.Unlock()
-	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
-	if err != nil {
-		return capnp.ErrorAnswer(s.Method, err), func() {}
-	}
-	args, err := capnp.NewRootStruct(seg, s.ArgsSize)
-	if err == nil && s.PlaceArgs != nil {
-		err = s.PlaceArgs(args)
-	}
-	if err != nil {
-		msg.Release()
-		return capnp.ErrorAnswer(s.Method, err), func() {}
-	}
-	ret := new(capnp.StructReturner)
-	pc := h.Recv(ctx, capnp.Recv{Method: s.Method, Args: args, ReleaseArgs: msg.Release, Returner: ret})
-	return ret.Answer(s.Method, pc)
+	return sendAsRecv(ctx, s, h.Recv)
 }
 
 // lift delivers the queued calls in order, then lets calls through.
