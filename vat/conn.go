@@ -62,7 +62,6 @@ type Connection struct {
 	conn   capConn
 	eng    *engine.Conn // conn, when it runs on vatcar's engine
 	limit  *limiter
-	wire   *wireStats
 	act    *activity // when bytes last arrived, for the heartbeat
 	log    *slog.Logger
 
@@ -95,8 +94,37 @@ func (c *Connection) Instance() Instance { return c.key.instance }
 // connection.
 func (c *Connection) Mode() Mode { return c.mode }
 
-// Stats returns what is outstanding on the connection.
-func (c *Connection) Stats() ConnStats { return c.wire.snapshot() }
+// ConnStats counts what is outstanding on one connection: the sizes of its
+// engine's tables, not a count of messages. An entry stays until both sides
+// are done with it, so a call still shows for a moment after its caller has
+// the results: the caller's question goes once the Return is handled and
+// its Finish sent, the callee's answer when that Finish arrives, and the
+// codec may hold a Finish (or a Release) back for a few milliseconds to
+// send it with the next message (see transport_lazy.go). Read right after
+// a call, the counts may still include it; they settle without further
+// traffic.
+type ConnStats struct {
+	// Questions is calls (and bootstraps) this vat sent whose Return has
+	// not come or whose Finish it has not sent yet.
+	Questions int
+	// Answers is calls (and bootstraps) the peer sent whose Finish has
+	// not come yet, returned or not.
+	Answers int
+	// Imports is the peer's capabilities this vat holds references to.
+	Imports int
+	// Exports is this vat's capabilities the peer holds references to.
+	Exports int
+}
+
+// Stats returns what is outstanding on the connection; zero on go-capnp's
+// rpc.Conn (the tests' older vatcar peer), whose tables are private.
+func (c *Connection) Stats() ConnStats {
+	if c.eng == nil {
+		return ConnStats{}
+	}
+	s := c.eng.Stats()
+	return ConnStats{Questions: s.Questions, Answers: s.Answers, Imports: s.Imports, Exports: s.Exports}
+}
 
 // Done is closed once the connection has ended and left the vat's cache.
 func (c *Connection) Done() <-chan struct{} { return c.done }
@@ -224,7 +252,6 @@ func (v *Vat) addConnection(ctx context.Context, endpoint net.Conn, mode Mode, i
 	}
 	c := &Connection{vat: v, key: key, mode: mode, remote: endpoint.RemoteAddr().String(), done: make(chan struct{})}
 	c.limit = newLimiter(v.cfg.maxConcurrentCalls())
-	c.wire = newWireStats()
 	c.act = newActivity()
 	log := v.log.With("peer", key.digest.String(), "mode", mode.String())
 	c.log = log

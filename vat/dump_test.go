@@ -13,48 +13,61 @@ import (
 
 func TestDump(t *testing.T) {
 	ctx := testContext(t)
-	b, _, uri := hostEcho(t, "b", vat.Config{})
+	table := vat.NewTable(nil)
+	defer table.Close()
+	e, svc := newEcho("b")
+	e.block = make(chan struct{})
+	id := vat.GenerateID()
+	table.Add(id, svc)
+	b := startVat(t, vat.Config{Restorer: table})
+	uri, err := b.SturdyURI(id)
+	if err != nil {
+		t.Fatal(err)
+	}
 	a := startVat(t, vat.Config{})
 	c, err := a.MustImport(uri).Connect(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	var out bytes.Buffer
-	if err := a.Dump(&out); err != nil {
-		t.Fatal(err)
-	}
+	// The counts are the engine's tables: the restore's question and
+	// answer go once its Finish has crossed, which may come a moment
+	// after Connect returns. Each check polls for the state it wants.
 	pub, _ := a.PublicAddress()
-	for _, want := range []string{
-		"vat " + a.Digest().String() + " instance " + a.Instance().String(),
-		"address: " + pub.String(),
+	out := waitForDump(t, a,
+		"vat "+a.Digest().String()+" instance "+a.Instance().String(),
+		"address: "+pub.String(),
 		"connecting: 0",
 		"connections: 1",
-		b.Digest().String() + " instance " + b.Instance().String() + " (connect, up, remote 127.0.0.1:",
+		b.Digest().String()+" instance "+b.Instance().String()+" (connect, up, remote 127.0.0.1:",
 		"calls in 0",
 		"questions 0, answers 0, imports 1, exports 0",
-	} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("Dump output lacks %q:\n%s", want, out.String())
-		}
+	)
+	if strings.Contains(out, id.Base64()) {
+		t.Errorf("Dump output reveals a service id:\n%s", out)
 	}
-	_, id, _ := vat.ParseURI(uri)
-	if strings.Contains(out.String(), id.Base64()) {
-		t.Errorf("Dump output reveals a service id:\n%s", out.String())
-	}
-
-	out.Reset()
-	if err := b.Dump(&out); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{
-		a.Digest().String() + " instance " + a.Instance().String() + " (accept, up",
+	waitForDump(t, b,
+		a.Digest().String()+" instance "+a.Instance().String()+" (accept, up",
 		"questions 0, answers 0, imports 0, exports 1", // the echo (restored OCaml's way: no Restorer held)
-	} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("server Dump lacks %q:\n%s", want, out.String())
-		}
+	)
+
+	// A call the echo holds is a question on a, an answer and a call in
+	// on b.
+	held := make(chan error, 1)
+	go func() {
+		_, err := call(ctx, c, "held")
+		held <- err
+	}()
+	waitForDump(t, a, "questions 1, answers 0, imports 1, exports 0")
+	waitForDump(t, b, "questions 0, answers 1, imports 0, exports 1, calls in 1")
+	close(e.block)
+	if err := <-held; err != nil {
+		t.Fatalf("held call: %v", err)
 	}
+	// Once it has returned, both sides settle with no further traffic
+	// (the codec sends a Finish it held back on its own).
+	waitForDump(t, a, "questions 0, answers 0, imports 1, exports 0")
+	waitForDump(t, b, "questions 0, answers 0, imports 0, exports 1, calls in 0")
 
 	// Releasing the capability shows up as one import fewer, one export
 	// fewer.
@@ -63,19 +76,51 @@ func TestDump(t *testing.T) {
 	waitFor(t, "the release to reach both sides", func() bool {
 		return aConn.Stats().Imports == 0 && bConn.Stats().Exports == 0
 	})
+	waitForDump(t, a, "questions 0, answers 0, imports 0, exports 0")
+	waitForDump(t, b, "questions 0, answers 0, imports 0, exports 0")
 
+	var buf bytes.Buffer
 	client, err := vat.New(vat.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	out.Reset()
-	client.Dump(&out)
-	if !strings.Contains(out.String(), "address: none (client only)") {
-		t.Errorf("client-only Dump:\n%s", out.String())
+	client.Dump(&buf)
+	if !strings.Contains(buf.String(), "address: none (client only)") {
+		t.Errorf("client-only Dump:\n%s", buf.String())
 	}
 	if _, err := client.SturdyRef(vat.GenerateID()); !errors.Is(err, vat.ErrNoPublicAddress) {
 		t.Errorf("SturdyRef on a client-only vat: got %v, want ErrNoPublicAddress", err)
+	}
+}
+
+// waitForDump polls v's Dump until it contains every one of wants and
+// returns that output; it fails with the last output if it never does.
+func waitForDump(t *testing.T, v *vat.Vat, wants ...string) string {
+	t.Helper()
+	var out bytes.Buffer
+	missing := func() string {
+		out.Reset()
+		if err := v.Dump(&out); err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range wants {
+			if !strings.Contains(out.String(), w) {
+				return w
+			}
+		}
+		return ""
+	}
+	deadline := time.Now().Add(30 * time.Second) // generous: the machine may be busy
+	for {
+		m := missing()
+		if m == "" {
+			return out.String()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Dump output lacks %q:\n%s", m, out.String())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -11,7 +11,6 @@ import (
 
 	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
-	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 
 	"github.com/vatcar/vatcar/proto/captp"
 	"github.com/vatcar/vatcar/vat/engine"
@@ -47,7 +46,6 @@ func (v *Vat) newEngineConn(c *Connection, endpoint net.Conn, mode Mode, boot ca
 		NoRestorer:  noRestorerText,
 		BaseContext: v.ctx,
 		Logger:      log,
-		Observe:     func(m rpccp.Message, out bool) { c.wire.observe(m, out) },
 		MaxAnswers:  engineMaxAnswers(v.cfg.maxAnswers()),
 		OnLimit:     v.onEngineLimit,
 	})

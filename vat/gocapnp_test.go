@@ -25,7 +25,7 @@ func goCapnpConn(v *Vat, c *Connection, endpoint net.Conn, mode Mode, boot capnp
 	if v.cfg.Insecure && mode == Accept {
 		tr = &firstMessageTransport{Transport: tr, conn: endpoint} // see handshake
 	}
-	return rpc.NewConn(countingTransport{tr, c.wire}, &rpc.Options{
+	return rpc.NewConn(tr, &rpc.Options{
 		BootstrapClient: boot, // restores count as calls too
 		Logger:          rpcLogger{log},
 	})
@@ -53,38 +53,6 @@ func (t *firstMessageTransport) RecvMessage() (transport.IncomingMessage, error)
 		t.once.Do(func() { _ = t.conn.SetReadDeadline(time.Time{}) })
 	}
 	return m, err
-}
-
-// countingTransport is a transport that feeds every message to a wireStats.
-type countingTransport struct {
-	transport.Transport
-	stats *wireStats
-}
-
-func (t countingTransport) NewMessage() (transport.OutgoingMessage, error) {
-	m, err := t.Transport.NewMessage()
-	if err != nil {
-		return nil, err
-	}
-	return countingOutgoing{OutgoingMessage: m, stats: t.stats}, nil
-}
-
-func (t countingTransport) RecvMessage() (transport.IncomingMessage, error) {
-	m, err := t.Transport.RecvMessage()
-	if err == nil {
-		t.stats.observe(m.Message(), false)
-	}
-	return m, err
-}
-
-type countingOutgoing struct {
-	transport.OutgoingMessage
-	stats *wireStats
-}
-
-func (m countingOutgoing) Send() error {
-	m.stats.observe(m.Message(), true)
-	return m.OutgoingMessage.Send()
 }
 
 // rpcLogger passes go-capnp's logs on at one level lower: what it calls an

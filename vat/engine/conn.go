@@ -37,9 +37,6 @@ type Options struct {
 	BaseContext context.Context
 	// Logger gets protocol errors at debug level; nil discards them.
 	Logger *slog.Logger
-	// Observe, if set, sees every message sent (out) and received, before
-	// it is handled; it must not keep m.
-	Observe func(m rpccp.Message, out bool)
 	// MaxImports and MaxExports bound the peer's capabilities held here and
 	// this side's held by the peer (0: DefaultMaxCaps; negative: no
 	// bound). Over either, the call, return or restore that would cross it
@@ -190,9 +187,6 @@ func (c *Conn) handle(msg *capnp.Message) bool {
 		c.abort("unreadable message: " + err.Error())
 		return false
 	}
-	if c.opts.Observe != nil {
-		c.opts.Observe(m, false)
-	}
 	switch m.Which() {
 	case rpccp.Message_Which_call:
 		return c.handleCall(msg, m)
@@ -290,11 +284,6 @@ func newMessage() (*capnp.Message, rpccp.Message, error) {
 // send encodes msg (the caller keeps it). A codec failure ends the
 // connection.
 func (c *Conn) send(msg *capnp.Message) error {
-	if c.opts.Observe != nil {
-		if m, err := rpccp.ReadRootMessage(msg); err == nil {
-			c.opts.Observe(m, true)
-		}
-	}
 	if err := c.codec.Encode(msg); err != nil {
 		go c.shutdown(exc.New(exc.Disconnected, "", "connection lost: "+err.Error()), "")
 		return exc.New(exc.Disconnected, "", "connection lost: "+err.Error())

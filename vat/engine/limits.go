@@ -168,9 +168,6 @@ func (c *Conn) refuseAnswerLocked(a *answer, err error, giveBack rpccp.CapDescri
 
 // handleTooLarge handles a message the codec skipped for its size.
 func (c *Conn) handleTooLarge(e *MessageTooLarge) bool {
-	if c.opts.Observe != nil && e.Known {
-		c.observeSkipped(e)
-	}
 	if !e.Known {
 		c.abort(e.Error() + ", and not a Call or Return whose id could be read")
 		return false
@@ -247,39 +244,4 @@ func (c *Conn) returnTooLarge(e *MessageTooLarge) bool {
 	c.mu.Unlock()
 	c.finish(q, true)
 	return true
-}
-
-// observeSkipped shows Options.Observe a stand-in for a skipped message:
-// its kind and id, nothing else, so that counts kept from what Observe sees
-// (questions, answers) stay true.
-func (c *Conn) observeSkipped(e *MessageTooLarge) {
-	msg, m, err := newMessage()
-	if err != nil {
-		return
-	}
-	defer msg.Release()
-	switch e.Which {
-	case rpccp.Message_Which_call:
-		call, err := m.NewCall()
-		if err != nil {
-			return
-		}
-		call.SetQuestionId(e.ID)
-	case rpccp.Message_Which_bootstrap:
-		b, err := m.NewBootstrap()
-		if err != nil {
-			return
-		}
-		b.SetQuestionId(e.ID)
-	case rpccp.Message_Which_return:
-		r, err := m.NewReturn()
-		if err != nil {
-			return
-		}
-		r.SetAnswerId(e.ID)
-		r.SetCanceled()
-	default:
-		return
-	}
-	c.opts.Observe(m, false)
 }

@@ -174,26 +174,24 @@ func TestScriptDisembargoAfterQueuedCalls(t *testing.T) {
 	var once sync.Once
 	var peerCap capnp.Client
 	gate := make(chan struct{})
-	s, c := newScript(t, engine.Options{
+	cc := newChanCodec()
+	cc.beforeEncode = func(m rpccp.Message) {
+		switch m.Which() {
+		case rpccp.Message_Which_disembargo:
+			once.Do(func() { close(reflected) })
+		case rpccp.Message_Which_call:
+			// The queued call being reflected: give the receive loop a
+			// moment (the fixed engine must not need it).
+			select {
+			case <-reflected:
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	s, c := newScriptOn(t, cc, engine.Options{
 		Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
 			<-gate
 			return peerCap.AddRef(), nil
-		},
-		Observe: func(m rpccp.Message, out bool) {
-			if !out {
-				return
-			}
-			switch m.Which() {
-			case rpccp.Message_Which_disembargo:
-				once.Do(func() { close(reflected) })
-			case rpccp.Message_Which_call:
-				// The queued call being reflected: give the receive
-				// loop a moment (the fixed engine must not need it).
-				select {
-				case <-reflected:
-				case <-time.After(time.Second):
-				}
-			}
 		},
 	})
 	ctx := ctxT(t)

@@ -22,6 +22,9 @@ type chanCodec struct {
 	out    chan *capnp.Message // from the Conn
 	closed chan struct{}
 	once   sync.Once
+	// beforeEncode, if set, sees each message the Conn sends before it
+	// is queued (set before the Conn starts).
+	beforeEncode func(rpccp.Message)
 }
 
 func newChanCodec() *chanCodec {
@@ -29,6 +32,11 @@ func newChanCodec() *chanCodec {
 }
 
 func (c *chanCodec) Encode(m *capnp.Message) error {
+	if c.beforeEncode != nil {
+		if rm, err := rpccp.ReadRootMessage(m); err == nil {
+			c.beforeEncode(rm)
+		}
+	}
 	b, err := m.Marshal()
 	if err != nil {
 		return err
@@ -108,7 +116,11 @@ func (s script) expect(which rpccp.Message_Which) rpccp.Message {
 }
 
 func newScript(t *testing.T, opts engine.Options) (script, *engine.Conn) {
-	cc := newChanCodec()
+	return newScriptOn(t, newChanCodec(), opts)
+}
+
+// newScriptOn is newScript on cc.
+func newScriptOn(t *testing.T, cc *chanCodec, opts engine.Options) (script, *engine.Conn) {
 	c := engine.NewConn(cc, &opts)
 	t.Cleanup(func() { c.Close() })
 	return script{t: t, cc: cc}, c
