@@ -151,7 +151,7 @@ func carriesCalls(t *testing.T, p path) {
 	defer cc.Close()
 	for _, name := range []string{"unary-100B-c16", "stream-1KiB", "pingpong-c1"} {
 		i := slices.IndexFunc(allScenarios, func(sc scenario) bool { return sc.Name == name })
-		m := runScenario(context.Background(), cc, allScenarios[i], time.Millisecond, 300*time.Millisecond, pids(p), nil)
+		m := runScenario(context.Background(), cc, allScenarios[i], time.Millisecond, 300*time.Millisecond, pids(p), nil, nil)
 		if m.errs != 0 || m.ops == 0 {
 			t.Fatalf("%s: got %d operations and %d errors (last %v), want operations and no errors", name, m.ops, m.errs, m.lastEr)
 		}
@@ -450,7 +450,7 @@ func TestStalledCallsEndTheScenario(t *testing.T) {
 	for _, sc := range []scenario{allScenarios[1], {"stream", stream, 10, 1}, {"pingpong", pingpong, 10, 1}} {
 		done := make(chan measurement, 1)
 		go func() {
-			done <- runScenario(context.Background(), cc, sc, time.Millisecond, 100*time.Millisecond, nil, nil)
+			done <- runScenario(context.Background(), cc, sc, time.Millisecond, 100*time.Millisecond, nil, nil, nil)
 		}()
 		select {
 		case m := <-done:

@@ -101,6 +101,9 @@ type measurement struct {
 	seconds float64
 	cpu     time.Duration // CPU time of the path's proxies inside the window
 	rss     int64         // RSS of the path's proxies at the end of the window
+	// rt0 and rt1 are the Go proxies' runtime figures at the window's start
+	// and end (runScenario's sample; nil without).
+	rt0, rt1 []runtimeSample
 }
 
 // stallGrace is how long a scenario's operations may still run after its window
@@ -117,7 +120,7 @@ var errStalled = errors.New("operations still running long after the window: can
 // the warmup, sampling the CPU of procs from warm until the last operation ended and
 // their RSS at end. at, when not nil, is
 // called once the window starts, with its length (profiling hooks in there).
-func runScenario(ctx context.Context, cc *grpc.ClientConn, sc scenario, warmup, duration time.Duration, procs []int, at func(time.Duration)) measurement {
+func runScenario(ctx context.Context, cc *grpc.ClientConn, sc scenario, warmup, duration time.Duration, procs []int, at func(time.Duration), sample func() []runtimeSample) measurement {
 	start := time.Now()
 	w := window{warm: start.Add(warmup), end: start.Add(warmup + duration)}
 	outer := ctx
@@ -142,11 +145,17 @@ func runScenario(ctx context.Context, cc *grpc.ClientConn, sc scenario, warmup, 
 	var m measurement
 	sleepUntil(ctx, w.warm)
 	cpu0 := cpuOf(procs)
+	if sample != nil {
+		m.rt0 = sample()
+	}
 	if at != nil {
 		at(duration)
 	}
 	sleepUntil(ctx, w.end)
 	m.rss = rssOf(procs)
+	if sample != nil {
+		m.rt1 = sample()
+	}
 	wg.Wait()
 	m.cpu = cpuOf(procs) - cpu0
 	for _, t := range tallies {

@@ -91,6 +91,11 @@ func measureAll(ctx context.Context, cfg Config, stdout, stderr io.Writer) error
 			continue
 		}
 		rep.Results = append(rep.Results, memoryRow(scenarioIdle, p, &info))
+		for _, s := range sampleRuntime(ctx, p) {
+			if s.ok {
+				info.IdleGoroutines = append(info.IdleGoroutines, instanceRuntime{Scenario: scenarioIdle, Name: s.name, Goroutines: s.rt.Goroutines})
+			}
+		}
 	}
 	conns := make(map[string]*grpc.ClientConn, len(paths))
 	defer func() {
@@ -105,8 +110,9 @@ func measureAll(ctx context.Context, cfg Config, stdout, stderr io.Writer) error
 		}
 		conns[p.Name()] = cc
 	}
-	var exited []string                 // paths already reported as dead
-	rounds := make(map[string][]Result) // scenario/path -> one result per round
+	var exited []string                              // paths already reported as dead
+	rounds := make(map[string][]Result)              // scenario/path -> one result per round
+	runtimes := make(map[string][][]instanceRuntime) // scenario/path -> one per round
 	for round := range cfg.Rounds {
 		for _, sc := range allScenarios {
 			if !slices.Contains(cfg.Scenarios, sc.Name) {
@@ -121,13 +127,14 @@ func measureAll(ctx context.Context, cfg Config, stdout, stderr io.Writer) error
 				if cfg.PprofDir != "" && round == 0 && slices.Contains(profiledScenarios, sc.Name) {
 					hook = func(d time.Duration) { waitProfiles = startProfiles(ctx, cfg.PprofDir, sc.Name, p, d, logf) }
 				}
-				m := runScenario(ctx, conns[p.Name()], sc, cfg.Warmup, cfg.Duration, pids(p), hook)
+				m := runScenario(ctx, conns[p.Name()], sc, cfg.Warmup, cfg.Duration, pids(p), hook, func() []runtimeSample { return sampleRuntime(ctx, p) })
 				if waitProfiles != nil {
 					waitProfiles()
 				}
 				r := toResult(sc, p.Name(), m, len(p.Instances()) > 0)
 				key := sc.Name + "/" + p.Name()
 				rounds[key] = append(rounds[key], r)
+				runtimes[key] = append(runtimes[key], runtimeRows(sc.Name, m.rt0, m.rt1, m.ops))
 				if m.errs > 0 {
 					info.Errors[sc.Name+"/"+p.Name()] = fmt.Sprintf("%d, last: %v", m.errs, m.lastEr)
 				}
@@ -146,6 +153,7 @@ func measureAll(ctx context.Context, cfg Config, stdout, stderr io.Writer) error
 			if rs := rounds[sc.Name+"/"+p.Name()]; len(rs) > 0 {
 				rep.Results = append(rep.Results, medianResult(rs))
 			}
+			info.Runtime = append(info.Runtime, medianRuntime(runtimes[sc.Name+"/"+p.Name()])...)
 		}
 	}
 	if cfg.OpenStreams > 0 {

@@ -35,6 +35,9 @@ type instance struct {
 	Name  string
 	PIDs  []int
 	Pprof string // host:port serving /debug/pprof, "" when it has none
+	// Metrics is the host:port serving Prometheus /metrics with Go's runtime
+	// figures (go_memstats_mallocs_total, go_goroutines); "" when it has none.
+	Metrics string
 }
 
 // pids lists every process of a path.

@@ -35,18 +35,7 @@ type Result struct {
 // medianResult is rs's scenario and path with each column's median over rs
 // (for an even count, the mean of the middle two).
 func medianResult(rs []Result) Result {
-	col := func(f func(Result) float64) float64 {
-		v := make([]float64, len(rs))
-		for i, r := range rs {
-			v[i] = f(r)
-		}
-		slices.Sort(v)
-		n := len(v)
-		if n%2 == 1 {
-			return v[n/2]
-		}
-		return (v[n/2-1] + v[n/2]) / 2
-	}
+	col := func(f func(Result) float64) float64 { return median(rs, f) }
 	return Result{
 		Scenario:           rs[0].Scenario,
 		Path:               rs[0].Path,
@@ -57,6 +46,21 @@ func medianResult(rs []Result) Result {
 		ProxyCPUmsPerKcall: col(func(r Result) float64 { return r.ProxyCPUmsPerKcall }),
 		ProxyRSSMiB:        col(func(r Result) float64 { return r.ProxyRSSMiB }),
 	}
+}
+
+// median is the median of f over rs (for an even count, the mean of the
+// middle two); rs is not empty.
+func median[T any](rs []T, f func(T) float64) float64 {
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	slices.Sort(v)
+	n := len(v)
+	if n%2 == 1 {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
 }
 
 // Report is the JSON output.
@@ -83,7 +87,12 @@ type runInfo struct {
 	Skipped   map[string]string // path -> reason
 	Errors    map[string]string // "scenario/path" -> count and last error
 	Instances map[string][]instanceRSS
-	Notes     []string
+	// Runtime is the Go proxies' allocations per call and goroutines, per
+	// scenario (medians over the rounds); IdleGoroutines their goroutines
+	// before any load.
+	Runtime        []instanceRuntime
+	IdleGoroutines []instanceRuntime
+	Notes          []string
 }
 
 // instanceRSS is one proxy instance's memory in a memory row.
@@ -206,6 +215,7 @@ func writeMarkdown(w io.Writer, rep Report, info runInfo) {
 			}
 		}
 	}
+	writeRuntime(w, info)
 	writeTargets(w, rep, info)
 	if len(info.Skipped) > 0 {
 		fmt.Fprintln(w)
@@ -323,5 +333,25 @@ func writeTargets(w io.Writer, rep Report, info runInfo) {
 	fmt.Fprintln(w)
 	for _, l := range lines {
 		fmt.Fprintln(w, l)
+	}
+}
+
+// writeRuntime writes the Go proxies' allocations per call and goroutines,
+// from their /metrics, if any were read.
+func writeRuntime(w io.Writer, info runInfo) {
+	if len(info.Runtime) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Go runtime per instance (from its /metrics: heap objects allocated inside the window per call, message or round trip, "+
+		"and goroutines at the window's end, while the load ran):")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| scenario | instance | allocations per call | goroutines |")
+	fmt.Fprintln(w, "|---|---|--:|--:|")
+	for _, r := range info.IdleGoroutines {
+		fmt.Fprintf(w, "| %s | %s | — | %s |\n", r.Scenario, r.Name, num(r.Goroutines))
+	}
+	for _, r := range info.Runtime {
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", r.Scenario, r.Name, num(r.AllocsPerCall), num(r.Goroutines))
 	}
 }

@@ -136,8 +136,8 @@ func startVatcar(ctx context.Context, bin, dir, backendAddr string, extra, env [
 		return nil, fmt.Errorf("%w: vatcar pair: %w", errSkipped, err)
 	}
 	v.instances = []instance{
-		{Name: "vatcar import", PIDs: []int{v.imp.PID()}, Pprof: impPprof},
-		{Name: "vatcar export", PIDs: []int{v.exp.PID()}, Pprof: expPprof},
+		{Name: "vatcar import", PIDs: []int{v.imp.PID()}, Pprof: impPprof, Metrics: impAdmin},
+		{Name: "vatcar export", PIDs: []int{v.exp.PID()}, Pprof: expPprof, Metrics: expAdmin},
 	}
 	return v, nil
 }
