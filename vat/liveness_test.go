@@ -249,7 +249,7 @@ func TestHeartbeatOff(t *testing.T) {
 func TestInsecureSilentConnectionClosed(t *testing.T) {
 	ctx := testContext(t)
 	const timeout = 100 * time.Millisecond
-	b, _, uri := hostEcho(t, "b", vat.Config{Insecure: true, HandshakeTimeout: timeout})
+	b, _, _ := hostEcho(t, "b", vat.Config{Insecure: true, HandshakeTimeout: timeout})
 	baseline := runtime.NumGoroutine()
 
 	addr, _ := b.PublicAddress()
@@ -266,15 +266,20 @@ func TestInsecureSilentConnectionClosed(t *testing.T) {
 	waitFor(t, "b to drop the connection", func() bool { return b.Stats().Anonymous == 0 && b.Stats().Inbound == 0 })
 	waitFor(t, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= baseline })
 
-	// A peer that talks keeps its connection past the timeout.
+	// A peer that talks keeps its connection past the timeout. This vat
+	// gives the first message a second, not 100 ms: a loaded machine
+	// (-race, other tests) may take longer than 100 ms to send it.
+	const talkTimeout = time.Second
+	_, _, uri2 := hostEcho(t, "b2", vat.Config{Insecure: true, HandshakeTimeout: talkTimeout})
 	a := startVat(t, vat.Config{Insecure: true})
-	c, err := a.MustImport(uri).Connect(ctx)
+	connected := time.Now()
+	c, err := a.MustImport(uri2).Connect(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Release()
-	<-time.After(3 * timeout) // past the first-message deadline
-	if got, err := call(ctx, c, "x"); err != nil || got != "b:x" {
+	<-time.After(time.Until(connected.Add(talkTimeout + talkTimeout/2))) // past the first-message deadline
+	if got, err := call(ctx, c, "x"); err != nil || got != "b2:x" {
 		t.Errorf("call after the first-message deadline = %q, %v", got, err)
 	}
 }
