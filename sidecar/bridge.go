@@ -84,7 +84,7 @@ func (s *Sidecar) caller(ctx context.Context) (bridge.Caller, bool) {
 	}
 	c := bridge.Caller{Ref: g.Ref.String()}
 	if !g.Peer.IsZero() {
-		c.Peer = g.Peer.String()
+		c.Peer = g.PeerName()
 	}
 	if len(g.Caveats.Blocks) > 0 {
 		cv := g.Caveats

@@ -20,6 +20,24 @@ type Grant struct {
 	Chain []RevocationID
 	// Caveats are a narrowed ref's checks; empty for a root ref.
 	Caveats Caveats
+
+	peerName string // Peer.String(), set with Peer by the vat (PeerName)
+}
+
+// PeerName returns Peer.String(): kept from when the vat made the grant,
+// so that a sidecar naming the caller of every call does not encode the
+// digest again each time.
+func (g *Grant) PeerName() string {
+	if g.peerName == "" {
+		return g.Peer.String()
+	}
+	return g.peerName
+}
+
+// setPeer records the restoring peer of ctx in g.
+func (g *Grant) setPeer(ctx context.Context) {
+	g.Peer, _ = PeerFromContext(ctx)
+	g.peerName = g.Peer.String()
 }
 
 type grantKey struct{}

@@ -162,7 +162,7 @@ func (t *Table) restoreToken(ctx context.Context, tok *Token) (capnp.Client, err
 		return capnp.Client{}, ErrUnknownService
 	}
 	g := &Grant{Ref: revs[len(revs)-1], Chain: revs, Caveats: Caveats{Blocks: tok.Blocks, Skew: p.ClockSkew}}
-	g.Peer, _ = PeerFromContext(ctx)
+	g.setPeer(ctx)
 	if err := g.Caveats.CheckPeer(g.Peer); err != nil {
 		return capnp.Client{}, err
 	}
@@ -206,7 +206,7 @@ func (t *Table) Restore(ctx context.Context, id ServiceID) (capnp.Client, error)
 		if e := t.entries[h]; e != nil {
 			rev := id.RevocationID()
 			g := &Grant{Ref: rev, Chain: []RevocationID{rev}}
-			g.Peer, _ = PeerFromContext(ctx)
+			g.setPeer(ctx)
 			c := t.proxyLocked(h, e, g)
 			t.mu.Unlock()
 			return c, nil
