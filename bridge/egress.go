@@ -331,7 +331,7 @@ func (c *egressCall) pumpMessages() {
 		if err != nil {
 			st := Status(err)
 			if err == io.EOF {
-				st = status.New(codes.OK, "")
+				st = statusOK
 			}
 			trailers := c.bs.Trailer()
 			if bad := c.responseMetadata("trailers", trailers); bad != nil {

@@ -13,9 +13,7 @@ import (
 	"io"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
-	"google.golang.org/grpc/status"
 
 	"github.com/vatcar/vatcar/proto/captp"
 )
@@ -109,6 +107,7 @@ func (e *egress) unaryKnown(ctx context.Context, call captp.GrpcService_unary, c
 // Headers or trailers over the metadata limit end the call with
 // RESOURCE_EXHAUSTED (headers: the backend call is cancelled).
 func (c *egressCall) readUnary(bs grpc.ClientStream) (evs []event, whole bool) {
+	evs = make([]event, 0, 3) // the usual reply: headers, a message, the end
 	if md, _ := bs.Header(); md != nil {
 		if st := c.responseMetadata("response headers", md); st != nil {
 			c.cancel()
@@ -119,7 +118,7 @@ func (c *egressCall) readUnary(bs grpc.ClientStream) (evs []event, whole bool) {
 	for msgs := 0; ; msgs++ {
 		var f frame
 		if err := bs.RecvMsg(&f); err != nil {
-			st := status.New(codes.OK, "")
+			st := statusOK
 			if err != io.EOF {
 				st = Status(err)
 			}

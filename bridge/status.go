@@ -18,6 +18,10 @@ const unknownServiceID = "Unknown persistent service ID"
 // noRestorer is what a vat without a Restorer answers to every restore.
 const noRestorer = "This vat has no restorer"
 
+// statusOK is the OK status, shared: a *status.Status is never changed
+// (its methods return copies).
+var statusOK = status.New(codes.OK, "")
+
 // Status maps an error from a CapTP call, a director or the bridge itself to
 // the gRPC status the client sees. It is the bridge's one error funnel:
 //
@@ -35,7 +39,7 @@ const noRestorer = "This vat has no restorer"
 //   - anything else -> UNKNOWN with the error's text.
 func Status(err error) *status.Status {
 	if err == nil {
-		return status.New(codes.OK, "")
+		return statusOK
 	}
 	if st, ok := grpcStatus(err); ok {
 		return st

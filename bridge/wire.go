@@ -179,7 +179,7 @@ func writeStatus(dst captp.Status, st *grpcstatus.Status) error {
 	if err := dst.SetMessage_(st.Message()); err != nil {
 		return fmt.Errorf("encode status message: %w", err)
 	}
-	if len(st.Proto().GetDetails()) == 0 {
+	if len(st.Details()) == 0 { // Proto would clone the status first
 		return nil
 	}
 	b, err := proto.Marshal(st.Proto())
