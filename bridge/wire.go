@@ -118,10 +118,10 @@ func metadataTooLarge(what string, n, limit int) error {
 	return fmt.Errorf("%w: %s of %d bytes or more, over the limit of %d", ErrMetadataTooLarge, what, n, limit)
 }
 
-// readHeaders turns a Header list into metadata, leaving out keys the gRPC
-// libraries set themselves. A list larger than limit (counted as HTTP/2
-// does) fails with ErrMetadataTooLarge before its values are copied; what
-// names it in the error.
+// readHeaders turns a Header list into metadata (nil for an empty list). A
+// list larger than limit (counted as HTTP/2 does) fails with
+// ErrMetadataTooLarge before its values are copied; what names it in the
+// error.
 func readHeaders(what string, l captp.Header_List, limit int) (metadata.MD, error) {
 	size := 0
 	for i := 0; i < l.Len(); i++ {
@@ -138,15 +138,41 @@ func readHeaders(what string, l captp.Header_List, limit int) (metadata.MD, erro
 			return nil, metadataTooLarge(what, size, limit)
 		}
 	}
+	if l.Len() == 0 {
+		return nil, nil
+	}
 	md := make(metadata.MD, l.Len())
 	for i := 0; i < l.Len(); i++ {
 		h := l.At(i)
-		k, _ := h.Key()
+		kb, _ := h.KeyBytes()
 		v, _ := h.Value()
-		k = strings.ToLower(k)
-		md[k] = append(md[k], string(v))
+		k := headerKey(kb)
+		md[k] = append(md[k], headerValue(k, v))
 	}
 	return md, nil
+}
+
+// headerKey returns key lowercased, without allocating for the keys every
+// call has.
+func headerKey(key []byte) string {
+	switch string(key) { // compared in place: no allocation
+	case "content-type":
+		return "content-type"
+	case "user-agent":
+		return "user-agent"
+	case "grpc-accept-encoding":
+		return "grpc-accept-encoding"
+	}
+	return strings.ToLower(string(key))
+}
+
+// headerValue returns v as a string, without allocating for the content-type
+// nearly every call has.
+func headerValue(key string, v []byte) string {
+	if key == "content-type" && string(v) == "application/grpc" {
+		return "application/grpc"
+	}
+	return string(v)
 }
 
 // contentSubtype returns the content-subtype of a gRPC content-type
@@ -256,6 +282,9 @@ func readCallHead(h captp.CallHead, maxMD int) (callHead, error) {
 	md, err := readHeaders("request metadata", l, maxMD)
 	if err != nil {
 		return callHead{}, err
+	}
+	if md == nil {
+		md = make(metadata.MD, 2) // the egress may add the caller's keys
 	}
 	var sub string
 	if ct := md["content-type"]; len(ct) > 0 {

@@ -130,3 +130,60 @@ func FuzzContentSubtype(f *testing.F) {
 		}
 	})
 }
+
+// TestReadHeadersKeys checks that keys arrive lowercased whatever a peer
+// wrote, common or not, and values as written; an empty list is nil metadata,
+// and a call head without metadata still gets a map the egress can add to.
+func TestReadHeadersKeys(t *testing.T) {
+	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := captp.NewRootCallHead(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pairs := [][2]string{{"Content-Type", "application/grpc"}, {"content-type", "application/grpc+json"}, {"X-Mixed", "v1"}, {"user-agent", "ua"}, {"x-mixed", "v2"}}
+	l, err := h.NewMd(int32(len(pairs)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range pairs {
+		if err := l.At(i).SetKey(p[0]); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.At(i).SetValue([]byte(p[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	md, err := readHeaders("test", l, DefaultMaxMetadataSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := metadata.MD{"content-type": {"application/grpc", "application/grpc+json"}, "x-mixed": {"v1", "v2"}, "user-agent": {"ua"}}
+	if len(md) != len(want) {
+		t.Fatalf("md = %v, want %v", md, want)
+	}
+	for k, v := range want {
+		if got := md[k]; len(got) != len(v) || got[0] != v[0] || got[len(got)-1] != v[len(v)-1] {
+			t.Errorf("md[%q] = %q, want %q", k, got, v)
+		}
+	}
+
+	empty, err := captp.NewCallHead(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	el, err := empty.NewMd(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if md, err := readHeaders("test", el, DefaultMaxMetadataSize); err != nil || md != nil {
+		t.Errorf("empty list: %v, %v; want nil metadata", md, err)
+	}
+	head, err := readCallHead(empty, DefaultMaxMetadataSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head.md[MetadataPeer] = []string{"p"} // must not panic
+}
