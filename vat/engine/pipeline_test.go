@@ -320,3 +320,49 @@ func TestScriptReceiverAnswerReleasedBeforeReturn(t *testing.T) {
 	c.Close()
 	poll(t, "the restored Sink shut down", func() bool { return sink.shutdowns.Load() == 1 })
 }
+
+// TestScriptPipelinedCapAsParam: a capability pipelined on a question to
+// the peer, passed back to the peer in a call's params before that
+// question returns, goes as receiverAnswer(question, transform): the peer
+// resolves it itself and nothing is exported for it.
+func TestScriptPipelinedCapAsParam(t *testing.T) {
+	s, c := newScript(t, engine.Options{})
+	ctx := ctxT(t)
+	boot := captp.GrpcService(s.bootstrapPeer(ctx, c, 7))
+	defer boot.Release()
+	poll(t, "bootstrap question freed", func() bool { return c.Stats().Questions == 0 })
+
+	fut1, rel1 := boot.Open(ctx, nil)
+	defer rel1()
+	q1, _ := s.expect(rpccp.Message_Which_call).Call()
+	fut2, rel2 := boot.Open(ctx, func(p captp.GrpcService_open_Params) error {
+		return p.SetDown(fut1.Up().AddRef())
+	})
+	defer rel2()
+	q2, _ := s.expect(rpccp.Message_Which_call).Call()
+	params, _ := q2.Params()
+	ct, _ := params.CapTable()
+	if ct.Len() != 1 || ct.At(0).Which() != rpccp.CapDescriptor_Which_receiverAnswer {
+		t.Fatalf("cap table %v, want one receiverAnswer", ct)
+	}
+	ra, _ := ct.At(0).ReceiverAnswer()
+	tr, _ := ra.Transform()
+	if ra.QuestionId() != q1.QuestionId() || tr.Len() != 1 || tr.At(0).Which() != rpccp.PromisedAnswer_Op_Which_getPointerField || tr.At(0).GetPointerField() != 0 {
+		t.Fatalf("receiverAnswer(%d, %d ops), want (%d, [getPointerField 0])", ra.QuestionId(), tr.Len(), q1.QuestionId())
+	}
+	if st := c.Stats(); st.Exports != 0 || st.Questions != 2 {
+		t.Errorf("Stats() = %+v, want two questions and no export", st)
+	}
+	for _, q := range []uint32{q1.QuestionId(), q2.QuestionId()} {
+		s.send(func(m rpccp.Message) {
+			ret, _ := m.NewReturn()
+			ret.SetAnswerId(q)
+			ex, _ := ret.NewException()
+			_ = ex.SetReason("no")
+		})
+	}
+	if _, err := fut2.Struct(); err == nil {
+		t.Error("the second open succeeded; the peer failed it")
+	}
+	poll(t, "both questions finished", func() bool { st := c.Stats(); return st.Questions == 0 && st.Exports == 0 })
+}

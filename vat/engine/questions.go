@@ -247,7 +247,11 @@ func (c *Conn) startCall(ctx context.Context, t callTarget, m capnp.Method, plac
 
 	_ = c.send(msg) // a failure ends the connection, which fails q
 	if ctx.Done() != nil {
-		stop := context.AfterFunc(ctx, func() { q.cancel(ctx) })
+		// The closure takes a copy: capturing the result q itself would
+		// move it to the heap, an allocation per call even when no
+		// context can end.
+		cq := q
+		stop := context.AfterFunc(ctx, func() { cq.cancel(ctx) })
 		c.mu.Lock()
 		if q.settled {
 			stop()
