@@ -81,8 +81,11 @@ type Conn struct {
 	order sync.RWMutex // see the package comment
 
 	mu        sync.Mutex
-	questions []*question        // by question id; nil: free. Guarded by c.mu.
-	qfree     []uint32           // free question ids. Guarded by c.mu.
+	questions []*question // by question id; nil: free. Guarded by c.mu.
+	qfree     []uint32    // free question ids. Guarded by c.mu.
+	// byAnswer finds the question of a call's answer (questionOf): every
+	// call question from startCall until its id is freed. Guarded by c.mu.
+	byAnswer  map[*capnp.Answer]*question
 	answers   map[uint32]*answer // by question id. Guarded by c.mu.
 	imports   map[uint32]*importEntry
 	exports   []*export // by export id; nil: free. Guarded by c.mu.
@@ -114,6 +117,7 @@ func NewConn(codec Codec, opts *Options) *Conn {
 	c := &Conn{
 		codec:         codec,
 		answers:       make(map[uint32]*answer),
+		byAnswer:      make(map[*capnp.Answer]*question),
 		imports:       make(map[uint32]*importEntry),
 		embargoes:     make(map[uint32]*embargo),
 		resolvedHooks: make(map[*importClient]struct{}),
@@ -321,7 +325,7 @@ func (c *Conn) shutdown(err error, abortReason string) (ended bool) {
 		c.closed = true
 		c.err = err
 		qs := c.questions
-		c.questions, c.qfree = nil, nil
+		c.questions, c.qfree, c.byAnswer = nil, nil, nil
 		as := c.answers
 		c.answers = map[uint32]*answer{}
 		es := c.exports

@@ -67,24 +67,19 @@ func (c *Conn) freeQuestionLocked(q *question) {
 	}
 	c.questions[q.id] = nil
 	c.qfree = append(c.qfree, q.id)
+	delete(c.byAnswer, q.p.Answer())
 }
 
 // questionOf returns the live question whose answer is ans, or nil.
 func (c *Conn) questionOf(ans *capnp.Answer) *question {
-	v, ok := ans.Metadata().Get(questionKey{c})
-	if !ok {
-		return nil
-	}
-	q := v.(*question)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if q.returned || c.questionLocked(q.id) != q {
+	q := c.byAnswer[ans]
+	if q == nil || q.returned || c.questionLocked(q.id) != q {
 		return nil
 	}
 	return q
 }
-
-type questionKey struct{ c *Conn }
 
 // buildCall builds a Call message for m with its params placed, to be
 // released with sm.release. With a size hint (WithSizeHint) it is built in a pooled
@@ -229,6 +224,7 @@ func (c *Conn) startCall(ctx context.Context, t callTarget, m capnp.Method, plac
 		}
 	}
 	c.newQuestionLocked(q)
+	c.byAnswer[q.p.Answer()] = q // a map the Conn keeps: the answer's Metadata map would allocate per call
 	call.SetQuestionId(q.id)
 	q.paramExports, err = c.describeLocked(params, caps)
 	if err != nil {
@@ -243,7 +239,6 @@ func (c *Conn) startCall(ctx context.Context, t callTarget, m capnp.Method, plac
 		return nil, nil, err
 	}
 	c.mu.Unlock()
-	q.p.Answer().Metadata().Put(questionKey{c}, q)
 
 	_ = c.send(msg) // a failure ends the connection, which fails q
 	if ctx.Done() != nil {
