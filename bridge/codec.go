@@ -25,6 +25,10 @@ func (f *frame) free() {
 // them. Its name becomes the content-subtype of outgoing calls.
 type rawCodec struct {
 	name string
+	// onMessage, if not nil, is told each message's size: sent on
+	// Marshal, received on Unmarshal (IngressConfig.OnMessage,
+	// EgressConfig.OnMessage).
+	onMessage func(sent bool, size int)
 }
 
 var _ encoding.CodecV2 = rawCodec{}
@@ -42,24 +46,31 @@ func (c rawCodec) Name() string { return c.name }
 // Marshal returns v's bytes. A *frame's buffers move to gRPC (which frees
 // them once written); a []byte is wrapped, not copied, so the caller must not
 // change it until gRPC is done with it.
-func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	var data mem.BufferSlice
 	switch m := v.(type) {
 	case *frame:
-		data := m.data
+		data = m.data
 		m.data = nil
-		return data, nil
 	case []byte:
-		return mem.BufferSlice{mem.SliceBuffer(m)}, nil
+		data = mem.BufferSlice{mem.SliceBuffer(m)}
 	case *[]byte:
-		return mem.BufferSlice{mem.SliceBuffer(*m)}, nil
+		data = mem.BufferSlice{mem.SliceBuffer(*m)}
 	default:
 		return nil, fmt.Errorf("bridge codec: marshal %T: %w", v, ErrMessageType)
 	}
+	if c.onMessage != nil {
+		c.onMessage(true, data.Len())
+	}
+	return data, nil
 }
 
 // Unmarshal stores data in v: a *frame keeps a reference on gRPC's buffers
 // (no copy), a *[]byte gets a copy.
-func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if c.onMessage != nil {
+		c.onMessage(false, data.Len())
+	}
 	switch m := v.(type) {
 	case *frame:
 		data.Ref()

@@ -98,6 +98,13 @@ type IngressConfig struct {
 	// director uses it to drop a capability that broke.
 	OnCapTPFailure func(ctx context.Context, err error)
 
+	// OnMessage, if not nil, is called with the size in bytes of each
+	// message a server made with ServerOptions or NewServer reads from a
+	// client (sent false) or encodes to send to one (sent true), as gRPC
+	// decodes or encodes it (uncompressed). It must not block; a metrics
+	// counter is what it is for. Nil: sizes go uncounted.
+	OnMessage func(sent bool, size int)
+
 	// Logger receives debug logs of failed calls. Nil discards them.
 	Logger *slog.Logger
 }
@@ -188,6 +195,12 @@ type EgressConfig struct {
 	// false when the callers together held MaxTotalCalls. It must not
 	// block; a metrics counter is what it is for. Nil: refusals go uncounted.
 	OnOverloaded func(perCaller bool)
+
+	// OnMessage, if not nil, is called with the size in bytes of each
+	// message of a backend call the egress encodes to send (sent true) or
+	// gRPC decodes from the backend (sent false), uncompressed. It must not
+	// block; a metrics counter is what it is for. Nil: sizes go uncounted.
+	OnMessage func(sent bool, size int)
 
 	// MaxMetadataSize is the largest metadata, in bytes counted as HTTP/2
 	// does (key + value + 32 per entry), of a request arriving over CapTP or

@@ -31,6 +31,7 @@ type egress struct {
 	maxMD int // metadata limit
 	limit int64
 	opts  []grpc.CallOption // the config's
+	onMsg func(bool, int)   // EgressConfig.OnMessage; nil: none
 	plain []grpc.CallOption // every call's options for the default content-subtype
 	// lastSub is the options of the content-subtype a call last had, if
 	// not the default (read-only once stored).
@@ -85,6 +86,7 @@ func newEgress(cfg EgressConfig) (*egress, error) {
 		caller: cfg.Caller,
 		idle:   cfg.StreamIdleTimeout,
 		onOver: cfg.OnOverloaded,
+		onMsg:  cfg.OnMessage,
 	}
 	if cfg.CallerKey != nil {
 		e.callerKey = cfg.CallerKey
@@ -302,7 +304,7 @@ type subtypeOptions struct {
 // calls, and an append further down (an interceptor's) must copy it.
 func (e *egress) callOptions(subtype string) []grpc.CallOption {
 	return slices.Clip(append([]grpc.CallOption{
-		grpc.ForceCodecV2(rawCodec{name: subtype}),
+		grpc.ForceCodecV2(rawCodec{name: subtype, onMessage: e.onMsg}),
 		grpc.MaxCallRecvMsgSize(e.max),
 		grpc.MaxCallSendMsgSize(e.max),
 	}, e.opts...))

@@ -38,6 +38,7 @@ type Ingress struct {
 	idle     time.Duration      // IngressConfig.StreamIdleTimeout; zero: off
 	onCall   func(*ingressCall) // tests: called as each call starts
 	onCapTP  func(context.Context, error)
+	onMsg    func(sent bool, size int) // IngressConfig.OnMessage
 
 	unaryCalls, streamCalls atomic.Int64 // calls by path taken
 	knownUnaryCalls         atomic.Int64 // unary calls that took the known-unary fast path
@@ -56,6 +57,7 @@ func NewIngress(cfg IngressConfig) (*Ingress, error) {
 		log:      logger(cfg.Logger),
 		idle:     cfg.StreamIdleTimeout,
 		onCapTP:  cfg.OnCapTPFailure,
+		onMsg:    cfg.OnMessage,
 	}
 	return in, nil
 }
@@ -76,7 +78,7 @@ func (in *Ingress) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.UnknownServiceHandler(in.handle),
 		grpc.InTapHandle(tapMetadata),
-		grpc.ForceServerCodecV2(Codec()),
+		grpc.ForceServerCodecV2(rawCodec{name: "proto", onMessage: in.onMsg}),
 		grpc.MaxRecvMsgSize(in.max),
 		grpc.MaxSendMsgSize(in.max),
 		grpc.NumStreamWorkers(streamWorkers),

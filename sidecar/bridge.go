@@ -15,7 +15,7 @@ import (
 )
 
 // newIngressServer returns a gRPC server that bridges every call through d,
-// with opts (stats handlers) after the bridge's own options.
+// with opts (interceptors) after the bridge's own options.
 // The flow-control windows of the sidecar's own gRPC connections (the
 // app's client connection to an ingress, an egress's connection to its
 // backend). Fixed windows turn off grpc-go's bandwidth estimator, which
@@ -48,6 +48,7 @@ func newIngressServer(d director, kinds bridge.Kinds, lim egressLimits, log *slo
 		MaxMetadataSize:   lim.maxMetadataSize,
 		StreamIdleTimeout: lim.streamIdleTimeout,
 		OnCapTPFailure:    markCapTPFailure,
+		OnMessage:         lim.onMessage,
 		Logger:            log,
 	})
 	if err != nil {
@@ -61,7 +62,8 @@ func newIngressServer(d director, kinds bridge.Kinds, lim egressLimits, log *slo
 type egressLimits struct {
 	maxMessageSize, maxMetadataSize, maxConcurrentCalls int
 	streamIdleTimeout                                   time.Duration
-	onOverloaded                                        func(perCaller bool) // counts refusals; nil: none
+	onOverloaded                                        func(perCaller bool)      // counts refusals; nil: none
+	onMessage                                           func(sent bool, size int) // counts message bytes; nil: none
 }
 
 // egressLimits returns the egress bounds of cfg (with defaults).
@@ -117,6 +119,7 @@ func newEgress(cut context.Context, cc grpc.ClientConnInterface, kinds bridge.Ki
 		MaxConcurrentCalls: lim.maxConcurrentCalls,
 		StreamIdleTimeout:  lim.streamIdleTimeout,
 		OnOverloaded:       lim.onOverloaded,
+		OnMessage:          lim.onMessage,
 		CallerKey:          vat.CallerOf, // the limit is per peer connection
 		Logger:             log,
 		Caller:             caller,

@@ -67,11 +67,7 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 	cc, err := grpc.NewClient(grpcTarget(e.Target), append(windowDialOptions(),
 		grpc.WithContextDialer(backendDialer(e.Target)), grpc.WithNoProxy(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithStatsHandler(s.metrics.statsHandler(SideEgress, &s.egressInflight)),
-		grpc.WithChainStreamInterceptor(s.refuseStreamWhileDraining, ex.calls.stream),
-		grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(int(s.cfg.MaxMessageSize)),
-			grpc.MaxCallSendMsgSize(int(s.cfg.MaxMessageSize))),
+		grpc.WithStreamInterceptor(s.backendStream(ex.calls)),
 	)...)
 	if err != nil {
 		ex.cut()
@@ -82,6 +78,7 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 	}
 	lim := s.cfg.egressLimits()
 	lim.onOverloaded = s.metrics.overloaded()
+	lim.onMessage = s.metrics.egress.onMessage
 	egress, err := newEgress(cut, cc, s.kinds, lim, s.caller, s.log)
 	if err != nil {
 		cc.Close()
@@ -171,14 +168,40 @@ func backendDialer(target string) func(context.Context, string) (net.Conn, error
 	}
 }
 
-// refuseStreamWhileDraining fails new calls to an export's server once the
-// drain began; calls already running go on. (The egress makes every backend
-// call as a stream, so there is no unary twin.)
-func (s *Sidecar) refuseStreamWhileDraining(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	if s.isDraining() {
-		return nil, status.Error(codes.Unavailable, "vatcar sidecar is shutting down")
+// backendStream returns the stream interceptor of an export's client
+// (the egress makes every backend call as a stream, so there is no unary
+// twin). It fails new calls once the drain began (calls already running go
+// on) or the export was cut off (calls: revoked); it counts the calls it
+// lets through in the egress metrics and in s.egressInflight until grpc-go
+// reports their end (grpc.OnFinish); and it reports the revocation instead
+// of the cancellation it causes (revocableStream). One interceptor, not a
+// chain of three: grpc-go's chaining costs a closure per link and call.
+// (The message sizes of every call made with the bridge's options already
+// bound its calls, so the client has no default call options: grpc-go
+// would copy them into every call's options.)
+func (s *Sidecar) backendStream(calls revocable) grpc.StreamClientInterceptor {
+	egress := s.metrics.egress
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		// Counted before the drain flag is read: a drain that set the
+		// flag and then sees no call in flight knows none gets through.
+		s.egressInflight.Add(1)
+		if s.isDraining() {
+			s.egressInflight.Add(-1)
+			return nil, status.Error(codes.Unavailable, "vatcar sidecar is shutting down")
+		}
+		if calls.cut.Err() != nil {
+			s.egressInflight.Add(-1)
+			return nil, errRevokedCall()
+		}
+		ms := egress.series(method)
+		start := ms.begin()
+		opts = append(opts[:len(opts):len(opts)], ms.finishOption(start, &s.egressInflight))
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil {
+			return nil, calls.cutOff(err)
+		}
+		return revocableStream{ClientStream: cs, r: calls}, nil
 	}
-	return streamer(ctx, desc, cc, method, opts...)
 }
 
 func (s *Sidecar) isDraining() bool { return s.drainFlag.Load() }

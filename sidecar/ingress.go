@@ -7,10 +7,12 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/vatcar/vatcar/internal/rawconn"
@@ -51,7 +53,52 @@ func (l appListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	_ = rawconn.SetUserTimeout(c, int(appUserTimeout/time.Millisecond))
-	return newPingAckConn(rawconn.Wrap(c), pingAckDelay), nil
+	return &appConn{pingAckConn: newPingAckConn(rawconn.Wrap(c), pingAckDelay), addr: &appAddr{remote: c.RemoteAddr()}}, nil
+}
+
+// appConn is an app's connection to an ingress. Its RemoteAddr, which
+// grpc-go gives every call of the connection as its peer's address
+// (peer.FromContext), is a pointer of its own: the connection's identity
+// for appConnOf.
+type appConn struct {
+	*pingAckConn
+	addr *appAddr
+}
+
+func (c *appConn) RemoteAddr() net.Addr { return c.addr }
+
+// appAddr names one app connection (one HTTP/2 transport) to an ingress:
+// the address the app connected from, in a pointer of the connection's
+// own. It is never empty, so that every new appAddr is a distinct pointer
+// (also for Unix sockets, whose clients have no address).
+type appAddr struct{ remote net.Addr }
+
+func (a *appAddr) Network() string {
+	if a.remote == nil {
+		return "unknown"
+	}
+	return a.remote.Network()
+}
+
+func (a *appAddr) String() string {
+	if a.remote == nil {
+		return ""
+	}
+	return a.remote.String()
+}
+
+// appConnOf returns the app connection a call of ctx came on (a comparable
+// value, equal exactly for the calls of one connection); nil for a call
+// that did not come through an appListener. Unlike the client's address
+// it cannot be reused while calls of an old connection run: each call's
+// context holds the pointer.
+func appConnOf(ctx context.Context) any {
+	if p, ok := peer.FromContext(ctx); ok {
+		if a, ok := p.Addr.(*appAddr); ok {
+			return a
+		}
+	}
+	return nil
 }
 
 // startIngress listens on addr (an empty host means loopback) and serves
@@ -61,10 +108,11 @@ func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv, err := newIngressServer(d, s.kinds, s.cfg.egressLimits(), s.log,
+	lim := s.cfg.egressLimits()
+	lim.onMessage = s.metrics.ingress.onMessage
+	srv, err := newIngressServer(d, s.kinds, lim, s.log,
 		grpc.ConnectionTimeout(appHandshakeTimeout),
-		grpc.StatsHandler(s.metrics.statsHandler(SideIngress, nil)),
-		grpc.ChainStreamInterceptor(forgetOnCapTPFailure))
+		grpc.StreamInterceptor(ingressInterceptor(s.metrics.ingress)))
 	if err != nil {
 		ln.Close()
 		return nil, err
@@ -105,30 +153,99 @@ func (in *ingress) stop() {
 	<-in.done
 }
 
-// forgetOnCapTPFailure ends a call on the import address (backend) that
-// served it, and makes that address restore its capability again when the
-// call failed because of CapTP (peer gone, ref revoked or unknown), before
-// the status reaches the client. The origin is the ingress's typed signal
-// (bridge.IngressConfig.OnCapTPFailure, recorded by markCapTPFailure), never
-// the status text: an app's own UNAVAILABLE "db disconnected" keeps the
-// capability. A call the exporter cut off because it revoked the export
-// carries a typed ErrorInfo (errRevokedCall).
+// ingressInterceptor returns the stream interceptor of an ingress's
+// server: it counts each call in calls, gives the call's context an
+// rpcInfo (markImport, markCapTPFailure), and ends the call on its import
+// (forgetOnCapTPFailure). One allocation per call holds all of that.
+func ingressInterceptor(calls *sideMetrics) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ms := calls.series(info.FullMethod)
+		start := ms.begin()
+		c := &ingressStream{ServerStream: ss}
+		c.ctx.Context = ss.Context()
+		err := forgetOnCapTPFailure(&c.ctx, handler(srv, c))
+		ms.end(start, err) // the error as the client gets it
+		return err
+	}
+}
+
+// ingressStream is an app's call as the bridge sees it: the call's
+// stream with a context that carries its rpcInfo.
+type ingressStream struct {
+	grpc.ServerStream
+	ctx callContext
+}
+
+func (s *ingressStream) Context() context.Context { return &s.ctx }
+
+// callContext is a call's context with its rpcInfo as the value of
+// rpcKey{}: context.WithValue without an allocation of its own. Cancellation
+// propagates from it as from its parent (Done and the parent's cancelCtx are
+// the parent's), so contexts derived from it need no goroutine.
+type callContext struct {
+	context.Context
+	info rpcInfo
+}
+
+func (c *callContext) Value(key any) any {
+	if _, ok := key.(rpcKey); ok {
+		return &c.info
+	}
+	return c.Context.Value(key)
+}
+
+type rpcKey struct{}
+
+// rpcInfo is what the ingress keeps per call. The director records the
+// import serving the call in imp, so that forgetOnCapTPFailure can make it
+// drop its capability when the call fails because of CapTP, and give back
+// the call's slot.
+type rpcInfo struct {
+	imp     atomic.Pointer[imported] // set: the call holds a slot of imp's (imported.slots)
+	backend atomic.Pointer[backend]
+	capTP   atomic.Bool // the call failed because of CapTP (markCapTPFailure)
+}
+
+// markCapTPFailure is the ingress's OnCapTPFailure: it records that the
+// call of ctx failed because of CapTP, not because of the far app.
+func markCapTPFailure(ctx context.Context, _ error) {
+	if info, _ := ctx.Value(rpcKey{}).(*rpcInfo); info != nil {
+		info.capTP.Store(true)
+	}
+}
+
+// markImport records that im serves the call of ctx at b, and reports
+// whether it could (the call came through ingressInterceptor).
+func markImport(ctx context.Context, im *imported, b *backend) bool {
+	info, _ := ctx.Value(rpcKey{}).(*rpcInfo)
+	if info == nil {
+		return false
+	}
+	info.imp.Store(im)
+	info.backend.Store(b)
+	return true
+}
+
+// forgetOnCapTPFailure ends a call that returned err on the import address
+// (backend) that served it, and makes that address restore its capability
+// again when the call failed because of CapTP (peer gone, ref revoked or
+// unknown), before the status reaches the client. The origin is the
+// ingress's typed signal (bridge.IngressConfig.OnCapTPFailure, recorded by
+// markCapTPFailure), never the status text: an app's own UNAVAILABLE "db
+// disconnected" keeps the capability. A call the exporter cut off because
+// it revoked the export carries a typed ErrorInfo (errRevokedCall).
 //
 // A call on a capability revoked by its exporter fails with NOT_FOUND, as
 // every later call on that import does (the exporter no longer knows the
 // id), rather than with the UNKNOWN of a plain capnp exception.
-func forgetOnCapTPFailure(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	err := handler(srv, ss)
-	info, _ := ss.Context().Value(rpcKey{}).(*rpcInfo)
-	if info == nil {
-		return err
-	}
+func forgetOnCapTPFailure(ctx *callContext, err error) error {
+	info := &ctx.info
 	failed := err != nil && (info.capTP.Load() || revokedByExporter(err))
 	if b := info.backend.Load(); b != nil {
 		b.done(failed)
 	}
 	if im := info.imp.Load(); im != nil {
-		im.slots.Give(appConnOf(ss.Context())) // taken by the director
+		im.slots.Give(appConnOf(ctx)) // taken by the director
 	}
 	if !failed {
 		return err

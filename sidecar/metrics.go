@@ -1,14 +1,10 @@
 package sidecar
 
 import (
-	"context"
 	"sync"
-	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"google.golang.org/grpc/stats"
-	"google.golang.org/grpc/status"
 
 	"github.com/vatcar/vatcar/internal/buildinfo"
 	"github.com/vatcar/vatcar/vat/engine"
@@ -59,9 +55,12 @@ type Metrics struct {
 	imports        prometheus.Gauge
 	ready          prometheus.Gauge
 
-	mu      sync.Mutex
-	methods map[string]map[string]bool // side -> method labels in use
-	peers   map[string]int             // peer label -> connections open
+	// ingress and egress feed calls, latency, bytes and inflight for
+	// their side (callmetrics.go).
+	ingress, egress *sideMetrics
+
+	mu    sync.Mutex     // guards peers, and the sides' method maps' writers
+	peers map[string]int // peer label -> connections open
 }
 
 // peerConnection counts a connection to or from peer opening (up) or
@@ -159,8 +158,8 @@ func NewMetrics() *Metrics {
 			Name: "vatcar_ready",
 			Help: "1 once listeners are up and cap files written, 0 while starting or draining.",
 		}),
-		methods: map[string]map[string]bool{},
 	}
+	m.ingress, m.egress = m.newSide(SideIngress), m.newSide(SideEgress)
 	m.Registry.MustRegister(m.calls, m.latency, m.bytes, m.inflight, m.conns, m.restores,
 		m.refused, m.refusedCalls, m.limited, m.dials, m.importCalls, m.importUp, m.caveatRefusals, m.exports, m.imports, m.ready, buildInfoMetric(buildinfo.Read()),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -192,137 +191,3 @@ func (m *Metrics) overloaded() func(perCaller bool) {
 		}
 	}
 }
-
-// methodLabel returns method, or "other" once a side has maxMethodLabels.
-func (m *Metrics) methodLabel(side, method string) string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	seen := m.methods[side]
-	if seen == nil {
-		seen = map[string]bool{}
-		m.methods[side] = seen
-	}
-	if seen[method] {
-		return method
-	}
-	if len(seen) >= maxMethodLabels {
-		return "other"
-	}
-	seen[method] = true
-	return method
-}
-
-// statsHandler returns a grpc stats.Handler that records calls, codes,
-// latency and bytes for one side. inflight, when not nil, counts the calls
-// running now (the drain waits for it to reach zero).
-func (m *Metrics) statsHandler(side string, inflight *atomic.Int64) stats.Handler {
-	return &statsHandler{
-		m:        m,
-		side:     side,
-		inflight: inflight,
-		active:   m.inflight.WithLabelValues(side),
-		bytesIn:  m.bytes.WithLabelValues(side, "in"),
-		bytesOut: m.bytes.WithLabelValues(side, "out"),
-	}
-}
-
-// statsHandler feeds the metrics of one side from gRPC's stats events. The
-// series without a method label are looked up once, not per message.
-type statsHandler struct {
-	m                 *Metrics
-	side              string
-	inflight          *atomic.Int64
-	active            prometheus.Gauge
-	bytesIn, bytesOut prometheus.Counter
-}
-
-type rpcKey struct{}
-
-// rpcInfo is what the stats handler keeps per call. The ingress director
-// records the import serving the call in imp, so that forgetOnCapTPFailure
-// can make it drop its capability when the call fails because of CapTP, and
-// give back the call's slot.
-type rpcInfo struct {
-	method  string
-	imp     atomic.Pointer[imported] // set: the call holds a slot of imp's (imported.slots)
-	backend atomic.Pointer[backend]
-	capTP   atomic.Bool // the call failed because of CapTP (markCapTPFailure)
-}
-
-// markCapTPFailure is the ingress's OnCapTPFailure: it records that the
-// call of ctx failed because of CapTP, not because of the far app.
-func markCapTPFailure(ctx context.Context, _ error) {
-	if info, _ := ctx.Value(rpcKey{}).(*rpcInfo); info != nil {
-		info.capTP.Store(true)
-	}
-}
-
-// markImport records that im serves the call of ctx at b, and reports
-// whether it could (the call has a stats handler's rpcInfo).
-func markImport(ctx context.Context, im *imported, b *backend) bool {
-	info, _ := ctx.Value(rpcKey{}).(*rpcInfo)
-	if info == nil {
-		return false
-	}
-	info.imp.Store(im)
-	info.backend.Store(b)
-	return true
-}
-
-func (h *statsHandler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
-	return context.WithValue(ctx, rpcKey{}, &rpcInfo{method: h.m.methodLabel(h.side, info.FullMethodName)})
-}
-
-func (h *statsHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
-	info, _ := ctx.Value(rpcKey{}).(*rpcInfo)
-	if info == nil {
-		return
-	}
-	switch s := s.(type) {
-	case *stats.Begin:
-		h.active.Inc()
-		if h.inflight != nil {
-			h.inflight.Add(1)
-		}
-	case *stats.InPayload:
-		h.bytesIn.Add(float64(s.Length))
-	case *stats.OutPayload:
-		h.bytesOut.Add(float64(s.Length))
-	case *stats.End:
-		h.active.Dec()
-		if h.inflight != nil {
-			h.inflight.Add(-1)
-		}
-		code := status.Code(s.Error)
-		h.m.calls.WithLabelValues(h.side, info.method, code.String()).Inc()
-		h.m.latency.WithLabelValues(h.side, info.method).Observe(s.EndTime.Sub(s.BeginTime).Seconds())
-
-	}
-}
-
-// TagConn names each app connection to an ingress (appConnOf), the unit
-// an import's call slots are shared by.
-func (h *statsHandler) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
-	if h.side != SideIngress {
-		return ctx
-	}
-	return context.WithValue(ctx, appConnKey{}, new(appConn))
-}
-
-// appConn names one app connection (one HTTP/2 transport) to an ingress.
-// It is never empty, so that every new(appConn) is a distinct pointer.
-type appConn struct{ _ byte }
-
-type appConnKey struct{}
-
-// appConnOf returns the app connection a call of ctx came on (a comparable
-// value, equal exactly for the calls of one connection); nil without the
-// ingress's stats handler.
-func appConnOf(ctx context.Context) any {
-	if c, ok := ctx.Value(appConnKey{}).(*appConn); ok {
-		return c
-	}
-	return nil
-}
-
-func (h *statsHandler) HandleConn(context.Context, stats.ConnStats) {}

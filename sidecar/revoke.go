@@ -71,17 +71,6 @@ func (r revocable) cutOff(err error) error {
 	return err
 }
 
-func (r revocable) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	if r.cut.Err() != nil {
-		return nil, errRevokedCall()
-	}
-	cs, err := streamer(ctx, desc, cc, method, opts...)
-	if err != nil {
-		return nil, r.cutOff(err)
-	}
-	return revocableStream{ClientStream: cs, r: r}, nil
-}
-
 // revocableStream reports the revocation instead of the cancellation it
 // caused.
 type revocableStream struct {
