@@ -332,3 +332,87 @@ func FuzzFramesDecoderClaims(f *testing.F) {
 		t.Fatal("decode did not end")
 	})
 }
+
+// TestLargeBufferClasses checks the pool's classes: powers of two from
+// firstRead to maxPooledLarge, and nothing else pooled.
+func TestLargeBufferClasses(t *testing.T) {
+	if firstRead<<(largeClasses-1) != maxPooledLarge {
+		t.Fatalf("largeClasses %d does not reach maxPooledLarge %d from %d", largeClasses, maxPooledLarge, firstRead)
+	}
+	for _, c := range []struct{ n, class int }{
+		{1, firstRead}, {firstRead, firstRead}, {firstRead + 1, 2 * firstRead},
+		{maxPooledLarge, maxPooledLarge}, {maxPooledLarge + 1, maxPooledLarge + 1},
+	} {
+		if got := largeClass(c.n); got != c.class {
+			t.Errorf("largeClass(%d) = %d, want %d", c.n, got, c.class)
+		}
+	}
+	for i := range largeClasses {
+		if got, ok := largeIndex(firstRead << i); !ok || got != i {
+			t.Errorf("largeIndex(%d) = %d, %v; want %d", firstRead<<i, got, ok, i)
+		}
+	}
+	for _, c := range []int{firstRead - 1, firstRead + 8, 3 * firstRead, 2 * maxPooledLarge} {
+		if _, ok := largeIndex(c); ok {
+			t.Errorf("largeIndex(%d) pools a capacity that is no class", c)
+		}
+	}
+	b := getLarge(2 * firstRead)
+	if len(b) != 0 || cap(b) != 2*firstRead {
+		t.Fatalf("getLarge: len %d cap %d", len(b), cap(b))
+	}
+}
+
+// TestPooledLargeMessagesKeepTheirBytes decodes large messages of sizes
+// that share pool classes, holding some while later ones arrive and
+// releasing others before: a released message's buffer is reused by a
+// later one, and a held message's bytes never change.
+func TestPooledLargeMessagesKeepTheirBytes(t *testing.T) {
+	a, b := tcpPair(t)
+	c := newCodec(b, DefaultMaxMessageSize)
+	defer c.Close()
+	sizes := []int{largeMessage + 1, 100 << 10, 300 << 10, 200 << 10, 900 << 10, 150 << 10, 2 << 20, 70 << 10}
+	sent := make(chan error, 1)
+	go func() {
+		enc := capnp.NewEncoder(a)
+		for i, n := range sizes {
+			if err := enc.Encode(testMessage(10+i, n)); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- nil
+	}()
+	check := func(m *capnp.Message, i int) {
+		t.Helper()
+		p, err := m.Root()
+		if err != nil {
+			t.Fatalf("message %d: root: %v", i, err)
+		}
+		if got := p.Data(); !bytes.Equal(got, bytes.Repeat([]byte{byte(10 + i)}, sizes[i])) {
+			t.Fatalf("message %d: %d bytes, not %d bytes of %d", i, len(got), sizes[i], 10+i)
+		}
+	}
+	var held []*capnp.Message
+	for i := range sizes {
+		m, err := c.Decode()
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		check(m, i)
+		if i%2 == 0 {
+			held = append(held, m) // kept while the next ones arrive
+		} else {
+			m.Release() // its buffer goes back for the next
+		}
+		for j, h := range held {
+			check(h, 2*j)
+		}
+	}
+	for _, h := range held {
+		h.Release()
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+}
