@@ -86,12 +86,14 @@ func TestSlowReaderNotCut(t *testing.T) {
 	a, b := tcpPair(t)
 	_ = a.(*net.TCPConn).SetWriteBuffer(16 << 10)
 	_ = b.(*net.TCPConn).SetReadBuffer(16 << 10)
-	const timeout = 500 * time.Millisecond
+	// A second: a 16 KiB chunk needs four of the reader's 20 ms reads, so
+	// the margin holds on a loaded machine (500 ms failed once at load 5).
+	const timeout = time.Second
 	stalled := make(chan struct{})
 	w := newStallConn(a, timeout, func() { close(stalled) })
 	stop := make(chan struct{})
 	var read atomic.Int64
-	go func() { // 4 KiB every 20 ms: about 200 KiB/s, 100 KiB per timeout
+	go func() { // 4 KiB every 20 ms: about 200 KiB/s, 200 KiB per timeout
 		buf := make([]byte, 4<<10)
 		for {
 			select {
@@ -108,7 +110,7 @@ func TestSlowReaderNotCut(t *testing.T) {
 	}()
 	defer close(stop)
 	start := time.Now()
-	_, err := w.Write(make([]byte, 384<<10)) // about two timeouts' worth
+	_, err := w.Write(make([]byte, 448<<10)) // over two timeouts' worth
 	if err != nil {
 		t.Fatalf("write to a reader taking ~200 KiB/s failed after %v with %d bytes read: %v",
 			time.Since(start).Round(time.Millisecond), read.Load(), err)
