@@ -14,8 +14,9 @@ import (
 	"github.com/vatcar/vatcar/vat"
 )
 
-// newIngressServer returns a gRPC server that bridges every call through d,
-// with opts (interceptors) after the bridge's own options.
+// newIngressServer returns a gRPC server that bridges every call through d
+// (counted in calls: serveIngressCall), with opts after the bridge's own
+// options.
 // The flow-control windows of the sidecar's own gRPC connections (the
 // app's client connection to an ingress, an egress's connection to its
 // backend). Fixed windows turn off grpc-go's bandwidth estimator, which
@@ -40,7 +41,7 @@ func windowDialOptions() []grpc.DialOption {
 	return []grpc.DialOption{grpc.WithStaticStreamWindowSize(streamWindow), grpc.WithStaticConnWindowSize(connWindow)}
 }
 
-func newIngressServer(d director, kinds bridge.Kinds, lim egressLimits, log *slog.Logger, opts ...grpc.ServerOption) (*grpc.Server, error) {
+func newIngressServer(d director, kinds bridge.Kinds, lim egressLimits, calls *sideMetrics, log *slog.Logger, opts ...grpc.ServerOption) (*grpc.Server, error) {
 	in, err := bridge.NewIngress(bridge.IngressConfig{
 		Director:          bridge.Director(d),
 		Kinds:             kinds,
@@ -54,7 +55,9 @@ func newIngressServer(d director, kinds bridge.Kinds, lim egressLimits, log *slo
 	if err != nil {
 		return nil, fmt.Errorf("ingress: %w", err)
 	}
-	return in.NewServer(append(windowServerOptions(), opts...)...), nil
+	opts = append(append(windowServerOptions(), opts...),
+		grpc.UnknownServiceHandler(serveIngressCall(calls, in.Handler()))) // in place of the bridge's own
+	return in.NewServer(opts...), nil
 }
 
 // egressLimits are the bounds of an export's egress, and of an ingress's

@@ -5,7 +5,7 @@ package sidecar
 // vatcar_grpc_calls_in_flight) without a grpc stats.Handler: with one
 // installed, grpc-go builds and dispatches an event per header, message,
 // trailer, begin and end of every call. Instead the ingress's stream
-// interceptor (serveIngressCall) and the egress's client interceptor
+// handler (serveIngressCall) and the egress's client interceptor
 // (backendStream) time each call, the bridge's codec reports message sizes
 // (bridge.IngressConfig.OnMessage, bridge.EgressConfig.OnMessage), and the
 // series of a method are looked up once, not per call.

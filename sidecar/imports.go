@@ -249,7 +249,7 @@ func (m *imported) director(ctx context.Context) (captp.GrpcService, error) {
 		return svc, err
 	}
 	if !markImport(ctx, m, b) {
-		b.done(false) // not through ingressInterceptor: the call is not tracked
+		b.done(false) // not through serveIngressCall: the call is not tracked
 		m.slots.Give(app)
 	}
 	return svc, nil

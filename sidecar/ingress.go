@@ -110,9 +110,8 @@ func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
 	}
 	lim := s.cfg.egressLimits()
 	lim.onMessage = s.metrics.ingress.onMessage
-	srv, err := newIngressServer(d, s.kinds, lim, s.log,
-		grpc.ConnectionTimeout(appHandshakeTimeout),
-		grpc.StreamInterceptor(ingressInterceptor(s.metrics.ingress)))
+	srv, err := newIngressServer(d, s.kinds, lim, s.metrics.ingress, s.log,
+		grpc.ConnectionTimeout(appHandshakeTimeout))
 	if err != nil {
 		ln.Close()
 		return nil, err
@@ -153,17 +152,21 @@ func (in *ingress) stop() {
 	<-in.done
 }
 
-// ingressInterceptor returns the stream interceptor of an ingress's
-// server: it counts each call in calls, gives the call's context an
+// serveIngressCall returns the stream handler of an ingress's server,
+// which takes every call (grpc.UnknownServiceHandler) and bridges it with
+// bridged: it counts the call in calls, gives the call's context an
 // rpcInfo (markImport, markCapTPFailure), and ends the call on its import
-// (forgetOnCapTPFailure). One allocation per call holds all of that.
-func ingressInterceptor(calls *sideMetrics) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		ms := calls.series(info.FullMethod)
+// (forgetOnCapTPFailure). One allocation per call holds all of that; as a
+// handler rather than an interceptor it costs grpc-go none (an interceptor
+// gets a StreamServerInfo made for each call).
+func serveIngressCall(calls *sideMetrics, bridged grpc.StreamHandler) grpc.StreamHandler {
+	return func(srv any, ss grpc.ServerStream) error {
+		method, _ := grpc.MethodFromServerStream(ss)
+		ms := calls.series(method)
 		start := ms.begin()
 		c := &ingressStream{ServerStream: ss}
 		c.ctx.Context = ss.Context()
-		err := forgetOnCapTPFailure(&c.ctx, handler(srv, c))
+		err := forgetOnCapTPFailure(&c.ctx, bridged(srv, c))
 		ms.end(start, err) // the error as the client gets it
 		return err
 	}
@@ -215,7 +218,7 @@ func markCapTPFailure(ctx context.Context, _ error) {
 }
 
 // markImport records that im serves the call of ctx at b, and reports
-// whether it could (the call came through ingressInterceptor).
+// whether it could (the call came through serveIngressCall).
 func markImport(ctx context.Context, im *imported, b *backend) bool {
 	info, _ := ctx.Value(rpcKey{}).(*rpcInfo)
 	if info == nil {
