@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -288,5 +291,59 @@ func TestCallContext(t *testing.T) {
 	case <-fired:
 	case <-time.After(10 * time.Second):
 		t.Fatal("AfterFunc on the call's context did not run when its parent ended")
+	}
+}
+
+// TestAppConnIdentity: each connection an appListener accepts, over TCP
+// or a Unix socket, has a remote address of its own (appConnOf's identity
+// of the app connection), which prints as the address it wraps.
+func TestAppConnIdentity(t *testing.T) {
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			addr := "127.0.0.1:0"
+			if network == "unix" {
+				addr = filepath.Join(shortTempDir(t), "s")
+			}
+			ln, err := net.Listen(network, addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			app := appListener{ln}
+			var addrs []net.Addr
+			for range 2 {
+				c, err := net.Dial(network, ln.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				s, err := app.Accept()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer s.Close()
+				a, ok := s.RemoteAddr().(*appAddr)
+				if !ok {
+					t.Fatalf("remote address %T, want *appAddr", s.RemoteAddr())
+				}
+				if network == "tcp" && a.String() != c.LocalAddr().String() {
+					t.Errorf("remote address prints %q, want the client's %q", a.String(), c.LocalAddr().String())
+				}
+				if a.Network() != network && a.Network() != "unknown" {
+					t.Errorf("network %q, want %q", a.Network(), network)
+				}
+				ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: s.RemoteAddr()})
+				if got := appConnOf(ctx); got != any(a) {
+					t.Errorf("appConnOf = %v, want the connection's address", got)
+				}
+				addrs = append(addrs, a)
+			}
+			if addrs[0] == addrs[1] {
+				t.Error("two connections share one identity")
+			}
+		})
+	}
+	if got := appConnOf(context.Background()); got != nil {
+		t.Errorf("appConnOf without a peer = %v, want nil", got)
 	}
 }
