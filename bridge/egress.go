@@ -23,8 +23,8 @@ import (
 )
 
 // egress is the GrpcService server that forwards calls to a gRPC client
-// connection. Every method calls Call.Go at once, so calls run concurrently;
-// admission control bounds how many.
+// connection. Its calls run concurrently, each on a goroutine of its own
+// (serviceHook); admission control bounds how many.
 type egress struct {
 	conn  grpc.ClientConnInterface
 	max   int
@@ -63,7 +63,7 @@ func NewEgress(cfg EgressConfig) (captp.GrpcService, error) {
 	if err != nil {
 		return captp.GrpcService{}, err
 	}
-	return captp.GrpcService_ServerToClient(e), nil
+	return newService(e), nil
 }
 
 func newEgress(cfg EgressConfig) (*egress, error) {
@@ -407,14 +407,13 @@ func (c *egressCall) done() {
 	c.e.release(c.slot)
 }
 
-// Unary implements captp.GrpcService_Server.
-func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error {
+// unary serves GrpcService.unary.
+func (e *egress) unary(ctx context.Context, call unaryCall) error {
 	growStack()
 	sl, err := e.admit(ctx)
 	if err != nil {
 		return err
 	}
-	call.Go()
 	args := call.Args()
 	h, err := args.Call()
 	if err != nil {
@@ -463,7 +462,7 @@ func (e *egress) Unary(ctx context.Context, call captp.GrpcService_unary) error 
 
 // replyWhole answers a unary call with its whole response, then ends the
 // call.
-func (e *egress) replyWhole(call captp.GrpcService_unary, c *egressCall, evs []event) error {
+func (e *egress) replyWhole(call unaryCall, c *egressCall, evs []event) error {
 	e.wholeReplies.Add(1)
 	defer c.done()
 	defer freeEvents(evs)
@@ -481,7 +480,7 @@ func (e *egress) replyWhole(call captp.GrpcService_unary, c *egressCall, evs []e
 // replyRest answers a unary call with the call itself: the caller attaches
 // a Sink, and the response, waiting in the outbox (bounded, as always),
 // goes down it.
-func (e *egress) replyRest(call captp.GrpcService_unary, c *egressCall) error {
+func (e *egress) replyRest(call unaryCall, c *egressCall) error {
 	e.streamedReplies.Add(1)
 	res, err := call.AllocResults()
 	if err != nil {
@@ -526,14 +525,13 @@ func (s *callServer) Shutdown() {
 	}
 }
 
-// Open implements captp.GrpcService_Server.
-func (e *egress) Open(ctx context.Context, call captp.GrpcService_open) error {
+// open serves GrpcService.open.
+func (e *egress) open(ctx context.Context, call openCall) error {
 	growStack()
 	sl, err := e.admit(ctx)
 	if err != nil {
 		return err
 	}
-	call.Go()
 	args := call.Args()
 	if !args.HasDown() {
 		e.release(sl)

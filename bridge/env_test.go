@@ -46,7 +46,7 @@ func newHop(t testing.TB, backend string, cfg hopConfig) *hop {
 	if err != nil {
 		t.Fatalf("newEgress: %v", err)
 	}
-	eg := captp.GrpcService_ServerToClient(egImpl)
+	eg := newService(egImpl)
 	t.Cleanup(eg.Release)
 
 	// The egress side of the capnp connection.

@@ -14,8 +14,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/mem"
-
-	"github.com/vatcar/vatcar/proto/captp"
 )
 
 // recvUnary reads a unary request on the handler's goroutine: one message
@@ -64,7 +62,7 @@ var unaryDesc = grpc.StreamDesc{ServerStreams: true}
 // otherwise (a large message, or more than one) what was read goes to the
 // outbox, a reader goroutine takes over, and the caller gets the call to
 // attach a Sink to, as on the general path.
-func (e *egress) unaryKnown(ctx context.Context, call captp.GrpcService_unary, c *egressCall) error {
+func (e *egress) unaryKnown(ctx context.Context, call unaryCall, c *egressCall) error {
 	stop := context.AfterFunc(ctx, c.cancel)
 	req, err := call.Args().Request()
 	if err != nil {

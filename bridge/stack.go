@@ -1,7 +1,7 @@
 package bridge
 
 // growStackBytes is how much stack growStack makes room for. A bridged call
-// runs on a goroutine that go-capnp (egress) starts for it, or one of the
+// runs on a goroutine that the egress's dispatcher starts for it, or one of the
 // ingress server's stream workers (streamWorkers; a new goroutine when all
 // are busy), often with a small stack, and goes deep: building the capnp call and
 // reading gRPC frames grow that stack two or three times, each time copying
