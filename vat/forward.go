@@ -194,7 +194,11 @@ func (l *limiter) wrap(c capnp.Client) capnp.Client {
 	return fc
 }
 
-// limitedReturner gives the call's slot back when the call returns.
+// limitedReturner gives the call's slot back when the call returns: before
+// the Return is sent, so that a caller who has the results can call again
+// at once. (After it, a restore's slot could still be held when the
+// restored capability's first calls came: TestConcurrencyLimitOverloaded
+// saw one of its two held calls refused under a limit of two.)
 type limitedReturner struct {
 	capnp.Returner
 	limit *limiter
@@ -202,6 +206,6 @@ type limitedReturner struct {
 }
 
 func (r *limitedReturner) Return() {
-	r.Returner.Return()
 	r.once.Do(r.limit.release)
+	r.Returner.Return()
 }
