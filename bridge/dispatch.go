@@ -78,11 +78,16 @@ func startCall(ctx context.Context, r capnp.Recv, e *egress, handle func(*egress
 	return c
 }
 
-// Send implements capnp.ClientHook: a call from this process, made a
-// received one, as server.Server.Send does (its arguments in a message of
-// their own, its results held by a capnp.StructReturner).
+// Send implements capnp.ClientHook: a call from this process.
 func (h *serviceHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
 	m, _, ok := h.method(s.Method)
+	return sendAsRecv(ctx, s, m, ok, h.Recv)
+}
+
+// sendAsRecv makes a local call to method m (known: ok) a received one, as
+// server.Server.Send does: its arguments in a message of their own, its
+// results held by a capnp.StructReturner.
+func sendAsRecv(ctx context.Context, s capnp.Send, m capnp.Method, ok bool, recv func(context.Context, capnp.Recv) capnp.PipelineCaller) (*capnp.Answer, capnp.ReleaseFunc) {
 	if !ok {
 		return capnp.ErrorAnswer(s.Method, capnp.Unimplemented("unimplemented")), func() {}
 	}
@@ -101,10 +106,10 @@ func (h *serviceHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, ca
 		}
 	}
 	ret := new(capnp.StructReturner)
-	pc := h.Recv(ctx, capnp.Recv{
+	pc := recv(ctx, capnp.Recv{
 		Method: m,
 		Args:   args,
-		ReleaseArgs: func() { // called once, by capCall.serve
+		ReleaseArgs: func() { // called once, by capCall.finish
 			if msg := args.Message(); msg != nil {
 				msg.Release()
 			}
@@ -139,12 +144,16 @@ type capCall struct {
 	err  error // its error, once done
 }
 
-// serve runs the call's handler and returns the call, as server.Server
-// does: the arguments are released, the return prepared, calls pipelined
-// on the results delivered, the return sent. A handler's panic is not
-// recovered (as under server.Server): it ends the process.
+// serve runs the call's handler and returns the call. A handler's panic
+// is not recovered (as under server.Server): it ends the process.
 func (c *capCall) serve(ctx context.Context, e *egress, handle func(*egress, context.Context, *capCall) error) {
-	err := handle(e, ctx, c)
+	c.finish(handle(e, ctx, c))
+}
+
+// finish returns the call, whose handler returned err, as server.Server
+// does: the arguments are released, the return prepared, calls pipelined
+// on the results delivered, the return sent.
+func (c *capCall) finish(err error) {
 	c.recv.ReleaseArgs()
 	c.recv.Returner.PrepareReturn(err)
 	c.mu.Lock()

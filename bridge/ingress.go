@@ -319,7 +319,7 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 	c.onEnd(stopSend)
 	// The down Sink is made only as the parameters take it: a call on a
 	// broken capability (its connection gone) never builds them, and a Sink
-	// made earlier would keep its capnp server goroutine forever.
+	// made earlier would never be shut down.
 	fut, release := svc.Open(ctx, func(p captp.GrpcService_open_Params) error {
 		h, err := p.NewCall()
 		if err != nil {

@@ -268,13 +268,14 @@ func TestRequestMetadata(t *testing.T) {
 }
 
 // TestManyStreamsNoLeak opens and closes 1,000 streams and checks that no
-// goroutine outlives them.
+// goroutine and no Sink outlives them.
 func TestManyStreamsNoLeak(t *testing.T) {
 	b := newBackend(t)
 	h := newHop(t, b.addr, hopConfig{})
 	cc := dial(t, h.addr)
 	echoBidi(context.Background(), t, cc, testMessages(2)) // connect everything first
 	queues := countGoroutines("capnproto.org/go/capnp/v3/server.(*Server).handleCalls")
+	sinks := liveSinks.Load()
 	ignore := goleak.IgnoreCurrent()
 	var wg sync.WaitGroup
 	for g := range 10 {
@@ -309,6 +310,7 @@ func TestManyStreamsNoLeak(t *testing.T) {
 		t.Error(err)
 	}
 	poll(t, func() bool { return countGoroutines(queue) <= queues }, "capnp server goroutines back to %d", queues)
+	poll(t, func() bool { return liveSinks.Load() <= sinks }, "live Sinks back to %d (now %d)", sinks, liveSinks.Load())
 }
 
 // countGoroutines returns how many goroutines have fn in their stack.
@@ -504,8 +506,8 @@ func TestUnknownServiceOverTheWire(t *testing.T) {
 
 // TestCallsOnDeadConnectionNoLeak calls through a capability whose capnp
 // connection is gone: every call fails with UNAVAILABLE, and the response
-// Sinks the ingress made for them are released (none keeps a capnp server
-// goroutine).
+// Sinks the ingress made for them are released (shut down), as are the
+// capnp servers' goroutines.
 func TestCallsOnDeadConnectionNoLeak(t *testing.T) {
 	b := newBackend(t)
 	h := newHop(t, b.addr, hopConfig{})
@@ -513,6 +515,7 @@ func TestCallsOnDeadConnectionNoLeak(t *testing.T) {
 	echoBidi(context.Background(), t, cc, testMessages(2)) // connect everything first
 	const queue = "capnproto.org/go/capnp/v3/server.(*Server).handleCalls"
 	queues := countGoroutines(queue)
+	sinks := liveSinks.Load()
 	h.client.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -527,6 +530,7 @@ func TestCallsOnDeadConnectionNoLeak(t *testing.T) {
 		}
 	}
 	poll(t, func() bool { return countGoroutines(queue) <= queues }, "capnp server goroutines back to %d (now %d)", queues, countGoroutines(queue))
+	poll(t, func() bool { return liveSinks.Load() <= sinks }, "live Sinks back to %d (now %d)", sinks, liveSinks.Load())
 }
 
 // TestEgressContextCutsCalls checks EgressConfig.Context: ending it cancels

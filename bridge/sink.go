@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"context"
 	"errors"
 	"fmt"
 
@@ -29,8 +28,8 @@ type target interface {
 
 // sinkServer is the capability side of a Sink: it reassembles chunks into
 // messages and hands them to a target. Its calls run one at a time in order
-// (it never calls Call.Go), which keeps the stream's order and makes a slow
-// target push back through capnp flow control.
+// (sinkHook), which keeps the stream's order and makes a slow target push
+// back through capnp flow control.
 type sinkServer struct {
 	t      target
 	maxMsg int
@@ -42,11 +41,11 @@ type sinkServer struct {
 }
 
 func newSink(t target, maxMsg, maxMD int) captp.Sink {
-	return captp.Sink_ServerToClient(&sinkServer{t: t, maxMsg: maxMsg, maxMD: maxMD})
+	return sinkClient(&sinkServer{t: t, maxMsg: maxMsg, maxMD: maxMD})
 }
 
-// Headers implements captp.Sink_Server.
-func (s *sinkServer) Headers(_ context.Context, call captp.Sink_headers) error {
+// headers serves Sink.headers.
+func (s *sinkServer) headers(call headersCall) error {
 	if s.failed != nil {
 		return s.failed
 	}
@@ -65,10 +64,10 @@ func (s *sinkServer) Headers(_ context.Context, call captp.Sink_headers) error {
 	return s.t.header(md)
 }
 
-// Send implements captp.Sink_Server. It copies each chunk out of the capnp
-// message once (capnp memory goes back when the call returns, and gRPC
-// keeps a reference to what it sends).
-func (s *sinkServer) Send(_ context.Context, call captp.Sink_send) error {
+// send serves Sink.send. It copies each chunk out of the capnp message
+// once (capnp memory goes back when the call returns, and gRPC keeps a
+// reference to what it sends).
+func (s *sinkServer) send(call sendCall) error {
 	if s.failed != nil {
 		return s.failed
 	}
@@ -107,8 +106,8 @@ func (s *sinkServer) Send(_ context.Context, call captp.Sink_send) error {
 	return nil
 }
 
-// Close implements captp.Sink_Server.
-func (s *sinkServer) Close(_ context.Context, call captp.Sink_close) error {
+// close serves Sink.close.
+func (s *sinkServer) close(call closeCall) error {
 	if s.failed != nil {
 		return s.failed
 	}
@@ -150,8 +149,8 @@ func (s *sinkServer) fail(err error) {
 	s.t.lost(err)
 }
 
-// Shutdown implements server.Shutdowner: the last reference to the Sink is
-// gone (it runs after every call on it returned). A Sink's holder keeps it
+// Shutdown is called by sinkHook when the last reference to the Sink is
+// gone (after every call on it returned). A Sink's holder keeps it
 // until the call ends, even after close (a half-close on up), so the target
 // takes this as the end of the call, which matters only if the call has
 // not ended otherwise: the peer cancelled, or its connection is gone.

@@ -1,0 +1,165 @@
+package bridge
+
+// This file is the Sink capability's dispatcher (newSink): a
+// capnp.ClientHook that queues each call and runs the calls one at a time,
+// in the order they arrived, on a goroutine that lives while calls are
+// queued. go-capnp's server.Server kept the same order with a goroutine for
+// the Sink's whole life, and allocated a queue entry, a Call and an
+// AnswerQueue per call (see dispatch.go, which the Sink shares capCall
+// with).
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"capnproto.org/go/capnp/v3"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+// sinkMethods are Sink's methods as the generated code describes them,
+// indexed by method id.
+var sinkMethods = captp.Sink_Methods(nil, nil)
+
+// sinkHandlers are a sinkServer's handlers, indexed by method id.
+var sinkHandlers = [...]func(*sinkServer, *capCall) error{
+	0: func(s *sinkServer, c *capCall) error { return s.headers(headersCall{c}) },
+	1: func(s *sinkServer, c *capCall) error { return s.send(sendCall{c}) },
+	2: func(s *sinkServer, c *capCall) error { return s.close(closeCall{c}) },
+}
+
+// liveSinks counts the Sinks whose Shutdown has not run yet (for tests:
+// every Sink of a call that ended is released).
+var liveSinks atomic.Int64
+
+// sinkHook is the capnp.ClientHook of a Sink. It is safe for concurrent
+// use; its server's handlers run one at a time.
+type sinkHook struct {
+	s *sinkServer
+
+	mu sync.Mutex
+	lk struct { // guarded by mu
+		queue   []*sinkCall // calls not yet run, from head on
+		head    int
+		running bool // a goroutine runs the queue (drain)
+		shut    bool // Shutdown was called: the server's runs once the queue is empty
+		ended   bool // the server's Shutdown has been started
+	}
+}
+
+// sinkCall is a queued call on a Sink.
+type sinkCall struct {
+	capCall
+	handle func(*sinkServer, *capCall) error
+}
+
+// sinkClient returns the Sink capability of s.
+func sinkClient(s *sinkServer) captp.Sink {
+	liveSinks.Add(1)
+	return captp.Sink(capnp.NewClient(&sinkHook{s: s}))
+}
+
+// method returns the method and handler m names, if Sink has it.
+func (h *sinkHook) method(m capnp.Method) (capnp.Method, func(*sinkServer, *capCall) error, bool) {
+	if m.InterfaceID != captp.Sink_TypeID || int(m.MethodID) >= len(sinkHandlers) {
+		return capnp.Method{}, nil, false
+	}
+	return sinkMethods[m.MethodID].Method, sinkHandlers[m.MethodID], true
+}
+
+// Recv implements capnp.ClientHook: the call is queued behind the Sink's
+// earlier calls, and a goroutine runs the queue if none does. An unknown
+// method fails at once as Unimplemented, as under server.Server.
+func (h *sinkHook) Recv(_ context.Context, r capnp.Recv) capnp.PipelineCaller {
+	_, handle, ok := h.method(r.Method)
+	if !ok {
+		r.Reject(capnp.Unimplemented("unimplemented"))
+		return nil
+	}
+	c := &sinkCall{capCall: capCall{recv: r}, handle: handle}
+	h.mu.Lock()
+	h.lk.queue = append(h.lk.queue, c)
+	start := !h.lk.running
+	h.lk.running = true
+	h.mu.Unlock()
+	if start {
+		go h.drain()
+	}
+	return &c.capCall
+}
+
+// drain runs the queued calls in order until none is left; then, after
+// Shutdown, the server's Shutdown.
+func (h *sinkHook) drain() {
+	for {
+		h.mu.Lock()
+		if h.lk.head == len(h.lk.queue) {
+			clear(h.lk.queue)
+			h.lk.queue, h.lk.head = h.lk.queue[:0], 0
+			h.lk.running = false
+			end := h.lk.shut && !h.lk.ended
+			h.lk.ended = h.lk.ended || end
+			h.mu.Unlock()
+			if end {
+				h.end()
+			}
+			return
+		}
+		c := h.lk.queue[h.lk.head]
+		h.lk.queue[h.lk.head] = nil
+		h.lk.head++
+		h.mu.Unlock()
+		c.finish(c.handle(h.s, &c.capCall))
+	}
+}
+
+// end runs the server's Shutdown.
+func (h *sinkHook) end() {
+	h.s.Shutdown()
+	liveSinks.Add(-1)
+}
+
+// Send implements capnp.ClientHook: a call from this process.
+func (h *sinkHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	m, _, ok := h.method(s.Method)
+	return sendAsRecv(ctx, s, m, ok, h.Recv)
+}
+
+// Brand implements capnp.ClientHook.
+func (h *sinkHook) Brand() capnp.Brand { return capnp.Brand{Value: h} }
+
+// Shutdown implements capnp.ClientHook: the last reference is gone. The
+// server's Shutdown runs after the queued calls, on a goroutine (as under
+// server.Server: the caller may be the engine's receive loop).
+func (h *sinkHook) Shutdown() {
+	h.mu.Lock()
+	h.lk.shut = true
+	end := !h.lk.running && !h.lk.ended
+	h.lk.ended = h.lk.ended || end
+	h.mu.Unlock()
+	if end {
+		go h.end()
+	}
+}
+
+// String implements capnp.ClientHook.
+func (h *sinkHook) String() string { return "bridge.Sink" }
+
+// headersCall is a Sink.headers call.
+type headersCall struct{ *capCall }
+
+// Args returns the call's arguments.
+func (c headersCall) Args() captp.Sink_headers_Params { return captp.Sink_headers_Params(c.args()) }
+
+// sendCall is a Sink.send call.
+type sendCall struct{ *capCall }
+
+// Args returns the call's arguments.
+func (c sendCall) Args() captp.Sink_send_Params { return captp.Sink_send_Params(c.args()) }
+
+// closeCall is a Sink.close call.
+type closeCall struct{ *capCall }
+
+// Args returns the call's arguments.
+func (c closeCall) Args() captp.Sink_close_Params { return captp.Sink_close_Params(c.args()) }

@@ -1,0 +1,150 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/vatcar/vatcar/proto/captp"
+)
+
+// gatedTarget is a target whose first message waits for gate; it records
+// what reaches it, safe for concurrent use.
+type gatedTarget struct {
+	gate chan struct{}
+	mu   sync.Mutex
+	got  []string
+}
+
+func (g *gatedTarget) add(e string) {
+	g.mu.Lock()
+	g.got = append(g.got, e)
+	g.mu.Unlock()
+}
+
+func (g *gatedTarget) header(metadata.MD) error { g.add("headers"); return nil }
+func (g *gatedTarget) message(f *frame) error {
+	<-g.gate
+	g.add(string(f.data.Materialize()))
+	f.free()
+	return nil
+}
+func (g *gatedTarget) end(*status.Status, metadata.MD) { g.add("end") }
+func (g *gatedTarget) lost(err error) {
+	if errors.Is(err, ErrStreamLost) {
+		g.add("lost")
+	} else {
+		g.add("lost: " + err.Error())
+	}
+}
+
+func (g *gatedTarget) events() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]string(nil), g.got...)
+}
+
+// TestSinkHookOrder delivers calls to a Sink as the engine's receive loop
+// does (RecvCall, one after another) while its target is blocked: every
+// RecvCall returns at once, the calls run one at a time in arrival order,
+// and the release of the Sink, made while calls are queued, reaches the
+// target (lost) once, after all of them.
+func TestSinkHookOrder(t *testing.T) {
+	tg := &gatedTarget{gate: make(chan struct{})}
+	sinks := liveSinks.Load()
+	sink := capnp.Client(sinkClient(&sinkServer{t: tg, maxMsg: 1 << 20, maxMD: DefaultMaxMetadataSize}))
+	const n = 50
+	var rets []*doneReturner
+	recv := func(m capnp.Method, place func(*capnp.Segment) (capnp.Struct, error)) {
+		msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		args, err := place(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ret := &doneReturner{done: make(chan struct{})}
+		rets = append(rets, ret)
+		sink.RecvCall(context.Background(), capnp.Recv{Method: m, Args: args, ReleaseArgs: msg.Release, Returner: ret})
+	}
+	sendM, closeM := sinkMethods[1].Method, sinkMethods[2].Method
+	start := time.Now()
+	for i := range n {
+		recv(sendM, func(seg *capnp.Segment) (capnp.Struct, error) {
+			p, err := captp.NewRootSink_send_Params(seg)
+			if err != nil {
+				return capnp.Struct{}, err
+			}
+			l, err := p.NewChunks(1)
+			if err != nil {
+				return capnp.Struct{}, err
+			}
+			l.At(0).SetEnd(true)
+			return capnp.Struct(p), l.At(0).SetData(fmt.Appendf(nil, "m%d", i))
+		})
+	}
+	recv(closeM, func(seg *capnp.Segment) (capnp.Struct, error) {
+		p, err := captp.NewRootSink_close_Params(seg)
+		return capnp.Struct(p), err
+	})
+	sink.Release() // Shutdown with every call still queued
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("delivering the calls took %v: RecvCall waited for the handlers", d)
+	}
+	if got := tg.events(); len(got) != 0 {
+		t.Fatalf("the target got %v before its first message was let through", got)
+	}
+	close(tg.gate)
+	for i, r := range rets {
+		select {
+		case <-r.done:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("call %d never returned", i)
+		}
+	}
+	poll(t, func() bool { return liveSinks.Load() <= sinks }, "the Sink's Shutdown to run")
+	var want []string
+	for i := range n {
+		want = append(want, fmt.Sprintf("m%d", i))
+	}
+	want = append(want, "end", "lost")
+	if got := tg.events(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("target got %v, want %v", got, want)
+	}
+}
+
+// TestSinkHookUnknownMethod calls a method Sink does not have, from this
+// process, on the bridge's Sink and on a go-capnp server.Server: both fail
+// alike, as Unimplemented; a Sink released with no call ever made still
+// reaches its target's lost.
+func TestSinkHookUnknownMethod(t *testing.T) {
+	tg := &gatedTarget{gate: make(chan struct{})}
+	ours := capnp.Client(sinkClient(&sinkServer{t: tg, maxMsg: 1 << 20}))
+	theirs := capnp.Client(captp.Sink_ServerToClient(&sizeSink{}))
+	defer theirs.Release()
+	m := capnp.Method{InterfaceID: captp.Sink_TypeID, MethodID: 3}
+	call := func(c capnp.Client) error {
+		ans, release := c.SendCall(context.Background(), capnp.Send{Method: m})
+		defer release()
+		_, err := ans.Struct()
+		return err
+	}
+	got, want := call(ours), call(theirs)
+	if exc.TypeOf(got) != exc.Unimplemented || got == nil || want == nil || got.Error() != want.Error() {
+		t.Errorf("got %v (%v), want %v (%v)", got, exc.TypeOf(got), want, exc.TypeOf(want))
+	}
+	ours.Release()
+	poll(t, func() bool { return len(tg.events()) == 1 }, "the Sink's Shutdown to reach the target")
+	if got := tg.events(); got[0] != "lost" {
+		t.Errorf("target got %v, want [lost]", got)
+	}
+}
