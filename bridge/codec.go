@@ -13,9 +13,21 @@ import (
 // codec hands it to gRPC on Marshal and takes a reference on Unmarshal.
 type frame struct {
 	data mem.BufferSlice
+	// one backs data for a message in one buffer (single): the frame is
+	// allocated anyway (it goes to gRPC as an interface), the slice need
+	// not be. gRPC may keep data after Marshal; the frame stays reachable
+	// through it.
+	one [1]mem.Buffer
 }
 
-// free drops the frame's reference on its buffers.
+// single makes f hold b alone.
+func (f *frame) single(b mem.Buffer) {
+	f.one[0] = b
+	f.data = f.one[:]
+}
+
+// free drops the frame's reference on its buffers. It leaves one alone:
+// after Marshal, gRPC's slice may still be backed by it.
 func (f *frame) free() {
 	f.data.Free()
 	f.data = nil

@@ -438,7 +438,8 @@ func (e *egress) unary(ctx context.Context, call unaryCall) error {
 			c.done()
 			return fmt.Errorf("unary: %w", err)
 		}
-		f := frame{data: mem.BufferSlice{mem.Copy(req, mem.DefaultBufferPool())}}
+		var f frame
+		f.single(mem.Copy(req, mem.DefaultBufferPool()))
 		if err := c.bs.SendMsg(&f); err != nil {
 			f.free() // io.EOF: the status comes from RecvMsg
 		}

@@ -76,7 +76,8 @@ func (e *egress) unaryKnown(ctx context.Context, call unaryCall, c *egressCall) 
 	if err != nil {
 		evs = []event{{kind: evEnd, st: Status(err)}}
 	} else {
-		f := frame{data: mem.BufferSlice{mem.Copy(req, mem.DefaultBufferPool())}}
+		var f frame
+		f.single(mem.Copy(req, mem.DefaultBufferPool()))
 		_ = bs.SendMsg(&f) // a failure's status comes from RecvMsg
 		f.free()           // unless gRPC took the buffers (then f is empty)
 		evs, whole = c.readUnary(bs)

@@ -89,15 +89,21 @@ func (s *sinkServer) send(call sendCall) error {
 			s.fail(err)
 			return err
 		}
-		if len(d) > 0 {
-			s.parts = append(s.parts, mem.Copy(d, pool))
-			s.partsN += len(d)
+		var f *frame
+		if c.End() && s.parts == nil && len(d) > 0 { // a whole message in one chunk: the usual case
+			f = new(frame)
+			f.single(mem.Copy(d, pool))
+		} else {
+			if len(d) > 0 {
+				s.parts = append(s.parts, mem.Copy(d, pool))
+				s.partsN += len(d)
+			}
+			if !c.End() {
+				continue
+			}
+			f = &frame{data: s.parts}
+			s.parts, s.partsN = nil, 0
 		}
-		if !c.End() {
-			continue
-		}
-		f := &frame{data: s.parts}
-		s.parts, s.partsN = nil, 0
 		if err := s.t.message(f); err != nil {
 			s.failed = err
 			return err

@@ -128,7 +128,8 @@ func (c *ingressCall) reply(r captp.Reply) error {
 		if err != nil {
 			return c.fail(err)
 		}
-		f := frame{data: mem.BufferSlice{mem.Copy(b, mem.DefaultBufferPool())}}
+		var f frame
+		f.single(mem.Copy(b, mem.DefaultBufferPool()))
 		if err := c.ss.SendMsg(&f); err != nil {
 			f.free()
 			return err
