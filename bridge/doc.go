@@ -25,7 +25,7 @@
 //		},
 //		MaxMessageSize: 64 << 20,
 //	})
-//	srv := in.NewServer(grpc.StatsHandler(myStats)) // or grpc.NewServer(append(in.ServerOptions(), ...)...)
+//	srv := in.NewServer(grpc.InTapHandle(in.TapHandle(nil)), grpc.StatsHandler(myStats)) // or grpc.NewServer(append(in.ServerOptions(), ...)...)
 //	srv.Serve(listener)
 //
 // Egress side:

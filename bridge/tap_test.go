@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -10,25 +11,42 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 )
 
 // TestRequestMetadataWithAndWithoutTap sends request metadata through the
-// ingress built with ServerOptions (its tap hands the handler the
-// transport's map) and through a server built with Handler alone (the
-// handler copies it from the incoming context): the backend sees the same
-// metadata either way, multiple values and binary values included.
+// ingress's server with its tap handle (the handler reads the transport's
+// map), with the tap chained before a tap of the caller's own (which must
+// still run), and through a server without it (the handler copies the
+// metadata from the incoming context): the backend sees the same metadata
+// every way, multiple values and binary values included.
 func TestRequestMetadataWithAndWithoutTap(t *testing.T) {
 	b := newBackend(t)
 	h := newHop(t, b.addr, hopConfig{})
-	plain := grpc.NewServer(grpc.UnknownServiceHandler(h.in.Handler()), grpc.ForceServerCodecV2(Codec()))
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	start := func(opts ...grpc.ServerOption) string {
+		srv := h.in.NewServer(opts...)
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go srv.Serve(l)
+		t.Cleanup(srv.Stop)
+		return l.Addr().String()
 	}
-	go plain.Serve(l)
-	t.Cleanup(plain.Stop)
+	var ownTapRuns atomic.Int64
+	own := func(ctx context.Context, info *tap.Info) (context.Context, error) {
+		if len(info.Header["x-code"]) == 1 {
+			ownTapRuns.Add(1)
+		}
+		return ctx, nil
+	}
+	servers := map[string]string{
+		"tapped":      h.addr,
+		"own tap too": start(grpc.InTapHandle(h.in.TapHandle(own))),
+		"without tap": start(),
+	}
 
-	for name, addr := range map[string]string{"tapped": h.addr, "handler only": l.Addr().String()} {
+	for name, addr := range servers {
 		t.Run(name, func(t *testing.T) {
 			cc := dial(t, addr)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -48,5 +66,8 @@ func TestRequestMetadataWithAndWithoutTap(t *testing.T) {
 				t.Fatalf("response headers %v: the backend did not see x-send-headers", hdr)
 			}
 		})
+	}
+	if got := ownTapRuns.Load(); got != 1 {
+		t.Errorf("the caller's own tap ran %d times with the call's metadata, want once", got)
 	}
 }

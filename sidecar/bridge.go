@@ -56,6 +56,7 @@ func newIngressServer(d director, kinds bridge.Kinds, lim egressLimits, calls *s
 		return nil, fmt.Errorf("ingress: %w", err)
 	}
 	opts = append(append(windowServerOptions(), opts...),
+		grpc.InTapHandle(in.TapHandle(nil)),
 		grpc.UnknownServiceHandler(serveIngressCall(calls, in.Handler()))) // in place of the bridge's own
 	return in.NewServer(opts...), nil
 }
