@@ -153,7 +153,7 @@ func readHeaders(what string, l captp.Header_List, limit int) (metadata.MD, erro
 }
 
 // headerKey returns key lowercased, without allocating for the keys every
-// call has.
+// call has or that recur (metadataKeys).
 func headerKey(key []byte) string {
 	switch string(key) { // compared in place: no allocation
 	case "content-type":
@@ -163,7 +163,12 @@ func headerKey(key []byte) string {
 	case "grpc-accept-encoding":
 		return "grpc-accept-encoding"
 	}
-	return strings.ToLower(string(key))
+	for _, c := range key {
+		if 'A' <= c && c <= 'Z' {
+			return strings.ToLower(string(key))
+		}
+	}
+	return metadataKeys.get(key)
 }
 
 // headerValue returns v as a string, without allocating for the content-type
@@ -271,10 +276,11 @@ type callHead struct {
 // readCallHead decodes a CallHead; the content-type leaves md and becomes
 // subtype. Metadata larger than maxMD fails with ErrMetadataTooLarge.
 func readCallHead(h captp.CallHead, maxMD int) (callHead, error) {
-	method, err := h.Method()
+	mb, err := h.MethodBytes()
 	if err != nil {
 		return callHead{}, fmt.Errorf("decode method: %w", err)
 	}
+	method := methodNames.get(mb)
 	l, err := h.Md()
 	if err != nil {
 		return callHead{}, fmt.Errorf("decode metadata: %w", err)

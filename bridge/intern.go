@@ -1,0 +1,54 @@
+package bridge
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// intern keeps one copy of strings that recur from call to call (method
+// names, metadata keys), so that decoding them from a capnp message does
+// not allocate each time: a lookup by bytes allocates nothing. The table is
+// a map replaced whole on insert (copy on write): readers take no lock. It
+// holds at most maxInterned strings; later ones are allocated as usual, so
+// a peer sending ever new names cannot grow it.
+type intern struct {
+	names atomic.Pointer[map[string]string]
+	mu    sync.Mutex // serializes inserts
+}
+
+// maxInterned bounds each table.
+const maxInterned = 1024
+
+var (
+	methodNames  intern // CallHead methods, at the egress
+	metadataKeys intern // lowercase metadata keys read from capnp
+)
+
+// get returns b as a string, from the table when it is there.
+func (t *intern) get(b []byte) string {
+	if m := t.names.Load(); m != nil {
+		if s, ok := (*m)[string(b)]; ok { // no allocation for the lookup
+			return s
+		}
+	}
+	s := string(b)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var old map[string]string
+	if m := t.names.Load(); m != nil {
+		old = *m
+	}
+	if v, ok := old[s]; ok {
+		return v
+	}
+	if len(old) >= maxInterned {
+		return s
+	}
+	next := make(map[string]string, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[s] = s
+	t.names.Store(&next)
+	return s
+}

@@ -1,0 +1,54 @@
+package bridge
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"unsafe"
+)
+
+// TestInternKeepsOneCopy checks that a string read twice is the same copy,
+// that the table stops growing at maxInterned (later strings are still
+// returned, as copies of their own), and that concurrent readers and
+// writers agree (run with -race).
+func TestInternKeepsOneCopy(t *testing.T) {
+	var tab intern
+	a := tab.get([]byte("/pkg.Svc/Method"))
+	b := tab.get([]byte("/pkg.Svc/Method"))
+	if a != "/pkg.Svc/Method" || unsafe.StringData(a) != unsafe.StringData(b) {
+		t.Fatalf("two reads of one name: %q and %q are not one copy", a, b)
+	}
+	for i := range maxInterned + 10 {
+		if got, want := tab.get([]byte(fmt.Sprint("m", i))), fmt.Sprint("m", i); got != want {
+			t.Fatalf("get = %q, want %q", got, want)
+		}
+	}
+	if n := len(*tab.names.Load()); n != maxInterned {
+		t.Fatalf("table holds %d strings, want the bound %d", n, maxInterned)
+	}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 200 {
+				name := fmt.Sprint("/c.S/", (g+i)%50)
+				if got := methodNames.get([]byte(name)); got != name {
+					t.Errorf("get = %q, want %q", got, name)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestHeaderKeyLowercase checks that uppercase keys are lowercased and
+// lowercase ones interned.
+func TestHeaderKeyLowercase(t *testing.T) {
+	if got := headerKey([]byte("X-Trace-ID")); got != "x-trace-id" {
+		t.Errorf("headerKey(X-Trace-ID) = %q", got)
+	}
+	a, b := headerKey([]byte("x-request-id")), headerKey([]byte("x-request-id"))
+	if a != "x-request-id" || unsafe.StringData(a) != unsafe.StringData(b) {
+		t.Errorf("x-request-id read twice: %q, %q not one copy", a, b)
+	}
+}
