@@ -174,8 +174,8 @@ func headerKey(key []byte) string {
 // headerValue returns v as a string, without allocating for the content-type
 // nearly every call has.
 func headerValue(key string, v []byte) string {
-	if key == "content-type" && string(v) == "application/grpc" {
-		return "application/grpc"
+	if key == "content-type" && string(v) == plainContentType {
+		return plainContentType
 	}
 	return string(v)
 }
@@ -262,8 +262,22 @@ func writeCallHead(h captp.CallHead, ctx context.Context, method string, md meta
 		return fmt.Errorf("encode method: %w", err)
 	}
 	h.SetTimeoutNanos(remainingNanos(ctx))
-	return writeHeaders(md, keepRequest, h.NewMd)
+	keep := keepRequest
+	if ct := md["content-type"]; len(ct) == 1 && ct[0] == plainContentType {
+		// The egress reads no content-subtype from it, as from none:
+		// most calls need no metadata list at all then.
+		keep = keepRequestButContentType
+	}
+	if countHeaders(md, keep) == 0 {
+		return nil // no list: the egress reads an empty one
+	}
+	return writeHeaders(md, keep, h.NewMd)
 }
+
+// plainContentType is the content-type of gRPC without a content-subtype.
+const plainContentType = "application/grpc"
+
+func keepRequestButContentType(k string) bool { return k != "content-type" && keepRequest(k) }
 
 // callHead is a decoded CallHead.
 type callHead struct {

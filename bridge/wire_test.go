@@ -187,3 +187,52 @@ func TestReadHeadersKeys(t *testing.T) {
 	}
 	head.md[MetadataPeer] = []string{"p"} // must not panic
 }
+
+// TestCallHeadPlainContentType checks that a call with the plain gRPC
+// content-type (no subtype) and no other metadata sends no metadata list,
+// and one with other metadata sends those keys only: the egress reads no
+// subtype either way, as from "application/grpc" itself.
+func TestCallHeadPlainContentType(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		md    metadata.MD
+		list  bool
+		keys  []string
+		subty string
+	}{
+		{"plain only", metadata.MD{"content-type": {"application/grpc"}, ":authority": {"x"}}, false, nil, ""},
+		{"plain and more", metadata.MD{"content-type": {"application/grpc"}, "x-a": {"1"}}, true, []string{"x-a"}, ""},
+		{"with a subtype", metadata.MD{"content-type": {"application/grpc+json"}}, true, nil, "json"},
+		{"none", metadata.MD{}, false, nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, err := captp.NewRootCallHead(seg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := writeCallHead(h, context.Background(), "/p.S/M", tc.md); err != nil {
+				t.Fatal(err)
+			}
+			if h.HasMd() != tc.list {
+				t.Errorf("metadata list sent: %v, want %v", h.HasMd(), tc.list)
+			}
+			got, err := readCallHead(h, DefaultMaxMetadataSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.subtype != tc.subty || len(got.md) != len(tc.keys) {
+				t.Fatalf("subtype %q md %v, want %q and keys %v", got.subtype, got.md, tc.subty, tc.keys)
+			}
+			for _, k := range tc.keys {
+				if len(got.md[k]) != 1 {
+					t.Errorf("md[%q] = %v", k, got.md[k])
+				}
+			}
+			got.md[MetadataPeer] = []string{"p"} // the egress may add to it
+		})
+	}
+}
