@@ -174,7 +174,8 @@ type egressCall struct {
 	life    context.Context
 	abandon context.CancelFunc
 	bs      grpc.ClientStream
-	ob      *outbox    // backend events, read by pump
+	ob      *outbox // backend events, read by pump: &obox
+	obox    outbox
 	idle    *idleWatch // streams only, with EgressConfig.StreamIdleTimeout; nil: none
 
 	mu     sync.Mutex
@@ -264,7 +265,9 @@ func (e *egress) newCall(parent context.Context, h captp.CallHead, sl slot) (*eg
 		ctx, cancel = context.WithCancel(ctx)
 	}
 	ctx = metadata.NewOutgoingContext(ctx, head.md)
-	c := &egressCall{e: e, slot: sl, head: head, ctx: ctx, cancel: cancel, ob: newOutbox(queueBytes)}
+	c := &egressCall{e: e, slot: sl, head: head, ctx: ctx, cancel: cancel}
+	c.obox.init(queueBytes)
+	c.ob = &c.obox
 	if !who.Expires.IsZero() {
 		// A call (an open stream) still running when its ref expires ends.
 		t := time.AfterFunc(time.Until(who.Expires), func() {

@@ -163,7 +163,9 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 		return Status(err).Err()
 	}
 	defer svc.Release()
-	c := &ingressCall{in: in, ss: ss, ctx: ctx, method: method, md: md, ob: newOutbox(queueBytes), final: make(chan final, 1)}
+	c := &ingressCall{in: in, ss: ss, ctx: ctx, method: method, md: md, final: make(chan final, 1)}
+	c.obox.init(queueBytes)
+	c.ob = &c.obox
 	c.idle = newIdleWatch(in.idle, c.idled)
 	defer c.finish()
 	if in.onCall != nil {
@@ -218,8 +220,9 @@ type ingressCall struct {
 	ctx     context.Context
 	method  string
 	md      metadata.MD // the request's (requestMetadata: read-only)
-	ob      *outbox     // client messages, read by pump
-	idle    *idleWatch  // with IngressConfig.StreamIdleTimeout (armed on a streaming path); nil: none
+	ob      *outbox     // client messages, read by pump: &obox
+	obox    outbox
+	idle    *idleWatch // with IngressConfig.StreamIdleTimeout (armed on a streaming path); nil: none
 	final   chan final
 	upStats sendStats // of the request stream's sender
 

@@ -49,8 +49,13 @@ func (e *event) cost() int {
 //
 // Locking: mu guards every field; nothing blocks while holding it. Bytes
 // count from put until the sender reports them copied into capnp (done).
+// The channels are made by the first side that waits on them, under mu
+// (a call on a fast path never waits, and makes none); a side that signals
+// reads them under mu, after the change it signals, so a waiter either
+// sees the change or made the channel before the signaller looked.
 //
-// An outbox is safe for one producer and one consumer at a time.
+// An outbox is safe for one producer and one consumer at a time. The zero
+// outbox with a limit set is ready (init).
 type outbox struct {
 	mu      sync.Mutex
 	items   []event
@@ -58,15 +63,33 @@ type outbox struct {
 	peak    int // most bytes ever held, for tests of the memory bound
 	limit   int
 	stopped bool
-	wake    chan struct{} // consumer: something was put or stopped
-	space   chan struct{} // producer: bytes were released or stopped
+	wake    chan struct{} // consumer: something was put or stopped; nil until it waits
+	space   chan struct{} // producer: bytes were released or stopped; nil until it waits
 }
 
 func newOutbox(limit int) *outbox {
-	return &outbox{limit: limit, wake: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+	o := new(outbox)
+	o.init(limit)
+	return o
 }
 
+// init readies o, which must be new, for limit bytes (an outbox kept in the
+// call's own struct costs no allocation of its own).
+func (o *outbox) init(limit int) { o.limit = limit }
+
+// waitChan returns *c, made if nil; mu is held.
+func waitChan(c *chan struct{}) chan struct{} {
+	if *c == nil {
+		*c = make(chan struct{}, 1)
+	}
+	return *c
+}
+
+// signal wakes c's waiter, if c was made.
 func signal(c chan struct{}) {
+	if c == nil {
+		return
+	}
 	select {
 	case c <- struct{}{}:
 	default:
@@ -88,13 +111,15 @@ func (o *outbox) put(ctx context.Context, ev event) bool {
 			o.items = append(o.items, ev)
 			o.bytes += n
 			o.peak = max(o.peak, o.bytes)
+			wake := o.wake
 			o.mu.Unlock()
-			signal(o.wake)
+			signal(wake)
 			return true
 		}
+		space := waitChan(&o.space)
 		o.mu.Unlock()
 		select {
-		case <-o.space:
+		case <-space:
 		case <-ctx.Done():
 			ev.msg.free()
 			return false
@@ -117,8 +142,9 @@ func (o *outbox) load(evs ...event) {
 	}
 	o.items = append(o.items, evs...)
 	o.peak = max(o.peak, o.bytes)
+	wake := o.wake
 	o.mu.Unlock()
-	signal(o.wake)
+	signal(wake)
 }
 
 // take waits for at least one event and removes all queued events. It
@@ -136,9 +162,10 @@ func (o *outbox) take(ctx context.Context) []event {
 			o.mu.Unlock()
 			return evs
 		}
+		wake := waitChan(&o.wake)
 		o.mu.Unlock()
 		select {
-		case <-o.wake:
+		case <-wake:
 		case <-ctx.Done():
 			return nil
 		}
@@ -161,8 +188,9 @@ func (o *outbox) unget(evs []event) {
 	}
 	o.mu.Lock()
 	o.items = append(evs, o.items...)
+	wake := o.wake
 	o.mu.Unlock()
-	signal(o.wake)
+	signal(wake)
 }
 
 // done reports n bytes of cost copied out (into capnp or gRPC memory).
@@ -172,8 +200,9 @@ func (o *outbox) done(n int) {
 	}
 	o.mu.Lock()
 	o.bytes -= n
+	space := o.space
 	o.mu.Unlock()
-	signal(o.space)
+	signal(space)
 }
 
 // stop ends the outbox: queued messages are freed, put fails from now on
@@ -183,12 +212,13 @@ func (o *outbox) stop() {
 	evs := o.items
 	o.items = nil
 	o.stopped = true
+	wake, space := o.wake, o.space
 	o.mu.Unlock()
 	for i := range evs {
 		evs[i].msg.free()
 	}
-	signal(o.wake)
-	signal(o.space)
+	signal(wake)
+	signal(space)
 }
 
 // peakBytes returns the most message bytes the outbox ever held.
