@@ -109,6 +109,15 @@ func (h *sinkHook) drain() {
 		c := h.lk.queue[h.lk.head]
 		h.lk.queue[h.lk.head] = nil
 		h.lk.head++
+		if q := h.lk.queue; h.lk.head >= 32 && 2*h.lk.head >= len(q) {
+			// Half of the queue is spent: move the rest to the front,
+			// so a Sink that always has a call waiting (a steady
+			// stream a little ahead of its target) does not grow its
+			// queue, and Recv's append, by one entry per call forever.
+			n := copy(q, q[h.lk.head:])
+			clear(q[n:])
+			h.lk.queue, h.lk.head = q[:n], 0
+		}
 		h.mu.Unlock()
 		c.finish(c.handle(h.s, &c.capCall))
 	}

@@ -148,3 +148,65 @@ func TestSinkHookUnknownMethod(t *testing.T) {
 		t.Errorf("target got %v, want [lost]", got)
 	}
 }
+
+// stepTarget lets one message through per step.
+type stepTarget struct{ step chan struct{} }
+
+func (s *stepTarget) header(metadata.MD) error { return nil }
+func (s *stepTarget) message(f *frame) error {
+	<-s.step
+	f.free()
+	return nil
+}
+func (s *stepTarget) end(*status.Status, metadata.MD) {}
+func (s *stepTarget) lost(error)                      {}
+
+// TestSinkQueueStaysSmall: a Sink whose queue never empties (its target
+// always has the next call waiting, as under a steady upload a little
+// ahead of it) must not keep every call it ever queued: Recv appends
+// under the lock the engine's receive loop waits for. (A review found the
+// queue reset only when empty: 100,000 calls left a capacity of 119,808.)
+func TestSinkQueueStaysSmall(t *testing.T) {
+	tg := &stepTarget{step: make(chan struct{})}
+	h := &sinkHook{s: &sinkServer{t: tg, maxMsg: 1 << 20, maxMD: DefaultMaxMetadataSize}}
+	before := liveSinks.Load()
+	liveSinks.Add(1)
+	client := capnp.NewClient(h)
+	sendM := sinkMethods[1].Method
+	recv := func() {
+		msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := captp.NewRootSink_send_Params(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := p.NewChunks(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.At(0).SetEnd(true)
+		if err := l.At(0).SetData([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		client.RecvCall(context.Background(), capnp.Recv{Method: sendM, Args: capnp.Struct(p), ReleaseArgs: msg.Release, Returner: &doneReturner{done: make(chan struct{})}})
+	}
+	const n = 20000
+	recv()
+	recv()
+	for range n {
+		recv()                // one more queued
+		tg.step <- struct{}{} // one delivered: about two stay queued
+	}
+	h.mu.Lock()
+	qcap := cap(h.lk.queue)
+	h.mu.Unlock()
+	tg.step <- struct{}{}
+	tg.step <- struct{}{}
+	client.Release()
+	poll(t, func() bool { return liveSinks.Load() == before }, "the Sink to shut down")
+	if qcap > 1000 {
+		t.Errorf("queue capacity %d after %d calls with about two pending: it grows with every call", qcap, n)
+	}
+}
