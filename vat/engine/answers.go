@@ -169,8 +169,11 @@ func (a *answer) Return() {
 	a.results, a.exported = msg, exported
 	a.sending = true
 	c.mu.Unlock()
-	_ = c.send(msg)
+	// The calls pipelined on the answer go to their targets before the
+	// peer can have the Return: once it has, it may call the results'
+	// capabilities directly, and those calls must not overtake them.
 	c.drainQueued(a)
+	_ = c.send(msg)
 	c.mu.Lock()
 	a.sending = false
 	if !a.finished {

@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -164,11 +165,13 @@ func TestScriptReceiverAnswerAfterFinish(t *testing.T) {
 }
 
 // TestScriptDisembargoAfterQueuedCalls: calls the peer pipelined on an
-// answer are delivered by drainQueued on the returning goroutine after the
-// Return is sent. The answer resolves to the peer's own capability, so the
-// peer sends a Disembargo(senderLoopback) to the answer; the receive loop
-// reflects it at once, before the queued call has been reflected back to
-// the peer: the peer lifts its embargo early and E-order breaks.
+// answer are delivered by drainQueued on the returning goroutine. The
+// answer resolves to the peer's own capability, so the peer sends a
+// Disembargo(senderLoopback) to the answer; it must be reflected after the
+// queued call has been reflected back to the peer, or the peer lifts its
+// embargo early and E-order breaks. (The receive loop once reflected it at
+// once, while the queued call waited; the queued calls now even go before
+// the Return, see TestScriptPipelinedThenDirectOrder.)
 func TestScriptDisembargoAfterQueuedCalls(t *testing.T) {
 	reflected := make(chan struct{})
 	var once sync.Once
@@ -218,7 +221,22 @@ func TestScriptDisembargoAfterQueuedCalls(t *testing.T) {
 		pa.SetQuestionId(0)
 	}, "a"))
 	close(gate)
-	r, _ := s.expect(rpccp.Message_Which_return).Return()
+	var order []string // the call and the Disembargo, as sent
+	var r rpccp.Return
+	for r == (rpccp.Return{}) {
+		select {
+		case msg := <-s.cc.out:
+			m, _ := rpccp.ReadRootMessage(msg)
+			switch m.Which() {
+			case rpccp.Message_Which_return:
+				r, _ = m.Return()
+			case rpccp.Message_Which_call:
+				order = append(order, m.Which().String())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no Return came")
+		}
+	}
 	p, _ := r.Results()
 	ct, _ := p.CapTable()
 	if r.AnswerId() != 0 || ct.Len() != 1 || ct.At(0).Which() != rpccp.CapDescriptor_Which_receiverHosted {
@@ -232,7 +250,6 @@ func TestScriptDisembargoAfterQueuedCalls(t *testing.T) {
 		pa.SetQuestionId(0)
 		d.Context().SetSenderLoopback(42)
 	})
-	var order []string
 	for len(order) < 2 {
 		select {
 		case msg := <-s.cc.out:
@@ -365,4 +382,64 @@ func TestScriptPipelinedCapAsParam(t *testing.T) {
 		t.Error("the second open succeeded; the peer failed it")
 	}
 	poll(t, "both questions finished", func() bool { st := c.Stats(); return st.Questions == 0 && st.Exports == 0 })
+}
+
+// TestScriptPipelinedThenDirectOrder: the peer pipelines call "a" on an
+// answer that has not returned, then, once it has the Return, calls the
+// returned capability directly ("b"). E-order wants a before b at the
+// target. The returning goroutine is held just after its Return is queued
+// (a writer descheduled after its write): the engine once delivered the
+// queued calls only after sending the Return, so b overtook a. (Found by a
+// review.)
+func TestScriptPipelinedThenDirectOrder(t *testing.T) {
+	rec := &recorder{}
+	gate := make(chan struct{})
+	proceed := make(chan struct{})
+	cc := newChanCodec()
+	cc.afterEncode = func(m rpccp.Message) {
+		if m.Which() != rpccp.Message_Which_return {
+			return
+		}
+		if r, err := m.Return(); err != nil || r.AnswerId() != 0 {
+			return
+		}
+		select {
+		case <-proceed:
+		case <-time.After(5 * time.Second):
+		}
+	}
+	s, _ := newScriptOn(t, cc, engine.Options{Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
+		<-gate
+		return capnp.Client(captp.Sink_ServerToClient(rec)), nil
+	}})
+	s.restoreFromConn(0, "svc")
+	s.send(sinkHeadersCall(1, func(t rpccp.MessageTarget) {
+		pa, _ := t.NewPromisedAnswer()
+		pa.SetQuestionId(0)
+	}, "a"))
+	close(gate)
+	r, _ := s.expect(rpccp.Message_Which_return).Return()
+	p, _ := r.Results()
+	ct, _ := p.CapTable()
+	if ct.Len() != 1 || ct.At(0).Which() != rpccp.CapDescriptor_Which_senderHosted {
+		t.Fatalf("return caps %v, want one senderHosted", ct)
+	}
+	s.send(sinkHeadersCall(2, func(t rpccp.MessageTarget) { t.SetImportedCap(ct.At(0).SenderHosted()) }, "b"))
+	// Give b every chance to overtake while the returning goroutine is
+	// held: wait for a first delivery (or 2 s), then let it go on.
+	deadline := time.Now().Add(2 * time.Second)
+	for keys, _ := rec.snapshot(); len(keys) == 0 && time.Now().Before(deadline); keys, _ = rec.snapshot() {
+		runtime.Gosched()
+	}
+	close(proceed)
+	deadline = time.Now().Add(30 * time.Second)
+	for keys, _ := rec.snapshot(); len(keys) < 2; keys, _ = rec.snapshot() {
+		if time.Now().After(deadline) {
+			t.Fatalf("target got only %v", keys)
+		}
+		runtime.Gosched()
+	}
+	if keys, _ := rec.snapshot(); strings.Join(keys, "") != "ab" {
+		t.Fatalf("target got %v, want a then b: the direct call overtook the call pipelined before the Return", keys)
+	}
 }

@@ -25,6 +25,9 @@ type chanCodec struct {
 	// beforeEncode, if set, sees each message the Conn sends before it
 	// is queued (set before the Conn starts).
 	beforeEncode func(rpccp.Message)
+	// afterEncode, if set, sees each message after it is queued (set
+	// before the Conn starts): a writer descheduled after its write.
+	afterEncode func(rpccp.Message)
 }
 
 func newChanCodec() *chanCodec {
@@ -47,6 +50,11 @@ func (c *chanCodec) Encode(m *capnp.Message) error {
 	}
 	select {
 	case c.out <- cp:
+		if c.afterEncode != nil {
+			if rm, err := rpccp.ReadRootMessage(cp); err == nil {
+				c.afterEncode(rm)
+			}
+		}
 		return nil
 	case <-c.closed:
 		return io.ErrClosedPipe
