@@ -32,7 +32,7 @@ var serviceHandlers = [...]func(*egress, context.Context, *capCall) error{
 }
 
 // Result sizes of GrpcService's methods, as the generated AllocResults
-// use (TestResultSizes checks them).
+// use (TestServiceDescriptors checks them).
 var (
 	unaryResultsSize = capnp.ObjectSize{PointerCount: 2} // reply, rest
 	openResultsSize  = capnp.ObjectSize{PointerCount: 1} // up

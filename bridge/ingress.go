@@ -68,7 +68,7 @@ func (in *Ingress) Handler() grpc.StreamHandler { return in.handle }
 
 // ServerOptions returns the options a grpc.Server needs to bridge every
 // method: the unknown-service handler, the raw codec forced for every
-// content-subtype (no payload is ever parsed), the message size limits, and
+// content-subtype (no payload is ever parsed), the message size limits,
 // and a pool of stream workers (streamWorkers). Add your own interceptors
 // and stats handlers after them, and grpc.InTapHandle(in.TapHandle(next))
 // to save a copy of every call's metadata.

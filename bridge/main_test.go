@@ -3,7 +3,9 @@ package bridge
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/grpclog"
@@ -14,7 +16,25 @@ func TestMain(m *testing.M) {
 	// the process; panicking instead lets runInterop turn them into test
 	// failures.
 	grpclog.SetLoggerV2(fatalPanics{})
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(sinksShutDown{m})
+}
+
+// sinksShutDown fails the package if a Sink was never shut down once every
+// test has ended: idle Sinks hold no goroutine, so goleak cannot see one
+// leak (liveSinks counts them).
+type sinksShutDown struct{ m *testing.M }
+
+func (s sinksShutDown) Run() int {
+	code := s.m.Run()
+	deadline := time.Now().Add(30 * time.Second)
+	for liveSinks.Load() != 0 && time.Now().Before(deadline) { // poll: shutdowns run on goroutines
+		runtime.Gosched()
+	}
+	if n := liveSinks.Load(); n != 0 {
+		fmt.Fprintf(os.Stderr, "%d Sinks never shut down\n", n)
+		return 1
+	}
+	return code
 }
 
 // fatalPanic is what fatalPanics panics with.
