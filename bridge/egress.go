@@ -36,13 +36,16 @@ type egress struct {
 	// lastSub is the options of the content-subtype a call last had, if
 	// not the default (read-only once stored).
 	lastSub atomic.Pointer[subtypeOptions]
-	base    context.Context // EgressConfig.Context; nil: none
-	kinds   Kinds
-	caller  func(context.Context) (Caller, bool) // EgressConfig.Caller
-	log     *slog.Logger
-	idle    time.Duration // EgressConfig.StreamIdleTimeout; zero: off
-	onOver  func(bool)    // EgressConfig.OnOverloaded; nil: none
-	active  atomic.Int64  // calls admitted and not done, of every caller
+	// lastCaller is the metadata values of the caller a call last had
+	// (callerValues; read-only once stored).
+	lastCaller atomic.Pointer[callerMD]
+	base       context.Context // EgressConfig.Context; nil: none
+	kinds      Kinds
+	caller     func(context.Context) (Caller, bool) // EgressConfig.Caller
+	log        *slog.Logger
+	idle       time.Duration // EgressConfig.StreamIdleTimeout; zero: off
+	onOver     func(bool)    // EgressConfig.OnOverloaded; nil: none
+	active     atomic.Int64  // calls admitted and not done, of every caller
 
 	// Per-caller admission (EgressConfig.CallerKey).
 	callerKey func(context.Context) any // nil: one caller, limit bounds active
@@ -243,11 +246,12 @@ func (e *egress) newCall(parent context.Context, h captp.CallHead, sl slot) (*eg
 					return nil, err
 				}
 			}
-			if who.Peer != "" {
-				head.md[MetadataPeer] = []string{who.Peer}
+			peer, ref := e.callerValues(who)
+			if peer != nil {
+				head.md[MetadataPeer] = peer
 			}
-			if who.Ref != "" {
-				head.md[MetadataRef] = []string{who.Ref}
+			if ref != nil {
+				head.md[MetadataRef] = ref
 			}
 		}
 	}
@@ -277,6 +281,31 @@ func (e *egress) newCall(parent context.Context, h captp.CallHead, sl slot) (*eg
 	}
 	c.life, c.abandon = context.WithCancel(context.Background())
 	return c, nil
+}
+
+// callerMD is the metadata values naming one caller, shared by its calls
+// (read-only: gRPC only reads metadata it sends).
+type callerMD struct {
+	peer, ref   string
+	peerV, refV []string // nil for an empty peer or ref
+}
+
+// callerValues returns the vatcar-peer and vatcar-ref values for who: the
+// last caller's, kept (an export's calls mostly come from one connection),
+// or new ones.
+func (e *egress) callerValues(who Caller) (peer, ref []string) {
+	if m := e.lastCaller.Load(); m != nil && m.peer == who.Peer && m.ref == who.Ref {
+		return m.peerV, m.refV
+	}
+	m := &callerMD{peer: who.Peer, ref: who.Ref}
+	if who.Peer != "" {
+		m.peerV = []string{who.Peer}
+	}
+	if who.Ref != "" {
+		m.refV = []string{who.Ref}
+	}
+	e.lastCaller.Store(m)
+	return m.peerV, m.refV
 }
 
 // callOptions returns the options of the call's backend call: the raw codec

@@ -52,3 +52,28 @@ func TestHeaderKeyLowercase(t *testing.T) {
 		t.Errorf("x-request-id read twice: %q, %q not one copy", a, b)
 	}
 }
+
+// TestCallerValues checks the caller metadata values an egress keeps: the
+// same caller's calls share them, another caller gets its own, and an
+// empty peer or ref gives none.
+func TestCallerValues(t *testing.T) {
+	var e egress
+	p1, r1 := e.callerValues(Caller{Peer: "sha-256:a", Ref: "rev1:a"})
+	p2, r2 := e.callerValues(Caller{Peer: "sha-256:a", Ref: "rev1:a"})
+	if len(p1) != 1 || p1[0] != "sha-256:a" || len(r1) != 1 || r1[0] != "rev1:a" {
+		t.Fatalf("values %v %v", p1, r1)
+	}
+	if &p1[0] != &p2[0] || &r1[0] != &r2[0] {
+		t.Error("one caller's two calls got new values")
+	}
+	p3, r3 := e.callerValues(Caller{Peer: "sha-256:b", Ref: "rev1:a"})
+	if len(p3) != 1 || p3[0] != "sha-256:b" || r3[0] != "rev1:a" {
+		t.Errorf("another caller: %v %v", p3, r3)
+	}
+	if p, r := e.callerValues(Caller{Ref: "rev1:c"}); p != nil || len(r) != 1 || r[0] != "rev1:c" {
+		t.Errorf("no peer: %v %v", p, r)
+	}
+	if p1[0] != "sha-256:a" {
+		t.Error("a stored value changed")
+	}
+}
