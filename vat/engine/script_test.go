@@ -168,23 +168,25 @@ func TestScriptPipelinedBeforeReturn(t *testing.T) {
 		}, k))
 	}
 	close(gate)
-	ret := s.expect(rpccp.Message_Which_return)
-	r, _ := ret.Return()
-	if r.AnswerId() != 0 || r.Which() != rpccp.Return_Which_results {
-		t.Fatalf("bootstrap return: answer %d, %v", r.AnswerId(), r.Which())
-	}
-	p, _ := r.Results()
-	ct, _ := p.CapTable()
-	if ct.Len() != 1 || ct.At(0).Which() != rpccp.CapDescriptor_Which_senderHosted {
-		t.Fatalf("bootstrap results cap table %v", ct)
-	}
-	export := ct.At(0).SenderHosted()
-	for i := 0; i < 3; i++ {
-		ret := s.expect(rpccp.Message_Which_return)
-		r, _ := ret.Return()
-		if r.Which() != rpccp.Return_Which_results {
-			t.Fatalf("call return %v", r.Which())
+	// Four Returns, in any order: the pipelined calls are delivered
+	// before the restore's Return is sent, so theirs may come first.
+	var export uint32
+	seen := map[uint32]bool{}
+	for len(seen) < 4 {
+		r, _ := s.expect(rpccp.Message_Which_return).Return()
+		if seen[r.AnswerId()] || r.AnswerId() > 3 || r.Which() != rpccp.Return_Which_results {
+			t.Fatalf("return for answer %d (%v), seen %v", r.AnswerId(), r.Which(), seen)
 		}
+		seen[r.AnswerId()] = true
+		if r.AnswerId() != 0 {
+			continue
+		}
+		p, _ := r.Results()
+		ct, _ := p.CapTable()
+		if ct.Len() != 1 || ct.At(0).Which() != rpccp.CapDescriptor_Which_senderHosted {
+			t.Fatalf("bootstrap results cap table %v", ct)
+		}
+		export = ct.At(0).SenderHosted()
 	}
 	// A call straight to the export now.
 	s.send(sinkHeadersCall(4, func(t rpccp.MessageTarget) { t.SetImportedCap(export) }, "d"))
