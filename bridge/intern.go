@@ -9,15 +9,20 @@ import (
 // names, metadata keys), so that decoding them from a capnp message does
 // not allocate each time: a lookup by bytes allocates nothing. The table is
 // a map replaced whole on insert (copy on write): readers take no lock. It
-// holds at most maxInterned strings; later ones are allocated as usual, so
-// a peer sending ever new names cannot grow it.
+// holds at most maxInterned strings of at most maxInternLen bytes; others
+// are allocated as usual, so a peer sending ever new or huge names (a call
+// refused later still has its method read) cannot make it hold more than
+// maxInterned x maxInternLen bytes.
 type intern struct {
 	names atomic.Pointer[map[string]string]
 	mu    sync.Mutex // serializes inserts
 }
 
-// maxInterned bounds each table.
-const maxInterned = 1024
+// maxInterned and maxInternLen bound each table.
+const (
+	maxInterned  = 1024
+	maxInternLen = 128
+)
 
 var (
 	methodNames  intern // CallHead methods, at the egress
@@ -32,6 +37,9 @@ func (t *intern) get(b []byte) string {
 		}
 	}
 	s := string(b)
+	if len(s) > maxInternLen {
+		return s
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var old map[string]string

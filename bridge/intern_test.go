@@ -26,6 +26,11 @@ func TestInternKeepsOneCopy(t *testing.T) {
 	if n := len(*tab.names.Load()); n != maxInterned {
 		t.Fatalf("table holds %d strings, want the bound %d", n, maxInterned)
 	}
+	var small intern
+	long := string(make([]byte, maxInternLen+1))
+	if got := small.get([]byte(long)); got != long || small.names.Load() != nil {
+		t.Fatalf("a %d-byte string was kept (or changed): the table holds names of at most %d bytes", len(long), maxInternLen)
+	}
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Go(func() {

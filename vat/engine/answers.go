@@ -449,8 +449,10 @@ func (c *Conn) handleFinish(m rpccp.Message) bool {
 	a.finished = true
 	a.releaseResultCaps = fin.ReleaseResultCaps()
 	if a.sending {
-		// The peer has the Return: its id may come again at once. Return
-		// releases the results when its send is over.
+		// Return is delivering the queued calls or sending the Return (a
+		// peer may finish early, and once it has the Return its id may
+		// come again at once): Return releases the results when its send
+		// is over.
 		delete(c.answers, a.id)
 	}
 	if !a.returned || a.sending {
