@@ -124,7 +124,11 @@ func TestCrossedConnectionsBetweenInstances(t *testing.T) {
 		wg.Go(func() {
 			<-start
 			ref := d.from.v.MustImport(d.to.uri)
-			for attempt := range 2 { // a capability from the losing connection may break once
+			// A capability from a connection that loses the crossing may
+			// break; rarely a second dial still finds a losing one (about 1
+			// run of this test in 700, before and after issue 16's changes),
+			// so a third must pass.
+			for attempt := range 3 {
 				c, conn, err := ref.Dial(ctx)
 				if err == nil {
 					if conn == nil || conn.Peer() != d.to.v.Digest() || conn.Instance() != d.to.v.Instance() {
