@@ -16,6 +16,7 @@ import (
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
+	"capnproto.org/go/capnp/v3/server"
 
 	"github.com/vatcar/vatcar/proto/captp"
 )
@@ -51,10 +52,17 @@ func newService(e *egress) captp.GrpcService {
 
 // method returns the method and handler m names, if GrpcService has it.
 func (h *serviceHook) method(m capnp.Method) (capnp.Method, func(*egress, context.Context, *capCall) error, bool) {
-	if m.InterfaceID != captp.GrpcService_TypeID || int(m.MethodID) >= len(serviceHandlers) {
-		return capnp.Method{}, nil, false
+	return lookupMethod(m, captp.GrpcService_TypeID, serviceMethods, serviceHandlers[:])
+}
+
+// lookupMethod returns the method and handler m names among an interface's
+// methods (the generated list) and handlers (by method id), if it has it.
+func lookupMethod[H any](m capnp.Method, iface uint64, methods []server.Method, handlers []H) (capnp.Method, H, bool) {
+	if m.InterfaceID != iface || int(m.MethodID) >= len(handlers) {
+		var none H
+		return capnp.Method{}, none, false
 	}
-	return serviceMethods[m.MethodID].Method, serviceHandlers[m.MethodID], true
+	return methods[m.MethodID].Method, handlers[m.MethodID], true
 }
 
 // Recv implements capnp.ClientHook: the call's handler starts on a new

@@ -62,10 +62,7 @@ func sinkClient(s *sinkServer) captp.Sink {
 
 // method returns the method and handler m names, if Sink has it.
 func (h *sinkHook) method(m capnp.Method) (capnp.Method, func(*sinkServer, *capCall) error, bool) {
-	if m.InterfaceID != captp.Sink_TypeID || int(m.MethodID) >= len(sinkHandlers) {
-		return capnp.Method{}, nil, false
-	}
-	return sinkMethods[m.MethodID].Method, sinkHandlers[m.MethodID], true
+	return lookupMethod(m, captp.Sink_TypeID, sinkMethods, sinkHandlers[:])
 }
 
 // Recv implements capnp.ClientHook: the call is queued behind the Sink's

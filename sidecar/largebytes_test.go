@@ -45,6 +45,26 @@ func startRawEcho(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// rawPair starts an exporting sidecar for target and an importing one,
+// and returns the exporter and a raw-codec client of the import (messages
+// up to 8 MiB), closed at the end of the test.
+func rawPair(t *testing.T, target string) (*Sidecar, *grpc.ClientConn) {
+	t.Helper()
+	dir := t.TempDir()
+	exp := startTestSidecar(t, Config{
+		Listen: "tcp:127.0.0.1:0", SecretKeyFile: filepath.Join(dir, "k.pem"), CapDir: dir,
+		Exports: []Export{{Name: "test", Target: target}},
+	})
+	imp := startTestSidecar(t, Config{Imports: []Import{{Name: "test", URI: "@" + filepath.Join(dir, "test.cap")}}})
+	cc, err := grpc.NewClient(imp.Addresses().Imports["test"], grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8<<20), grpc.MaxCallSendMsgSize(8<<20), grpc.ForceCodecV2(bridge.Codec())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return exp, cc
+}
+
 // TestLargeStreamsKeepTheirBytes: many concurrent streams of large,
 // distinct messages through a real sidecar pair come back byte for byte.
 // Messages over 64 KiB are read into pooled buffers that go back when the
@@ -54,20 +74,7 @@ func TestLargeStreamsKeepTheirBytes(t *testing.T) {
 	if raceDetector {
 		t.Skip("tens of MiB of copies take long under -race; CI runs this package without it too")
 	}
-	backend := startRawEcho(t)
-	dir := t.TempDir()
-	exp := startTestSidecar(t, Config{
-		Listen: "tcp:127.0.0.1:0", SecretKeyFile: filepath.Join(dir, "k.pem"), CapDir: dir,
-		Exports: []Export{{Name: "test", Target: backend}},
-	})
-	_ = exp
-	imp := startTestSidecar(t, Config{Imports: []Import{{Name: "test", URI: "@" + filepath.Join(dir, "test.cap")}}})
-	cc, err := grpc.NewClient(imp.Addresses().Imports["test"], grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8<<20), grpc.MaxCallSendMsgSize(8<<20), grpc.ForceCodecV2(bridge.Codec())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	_, cc := rawPair(t, startRawEcho(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	const streams, msgs = 6, 25
@@ -122,19 +129,7 @@ func TestLargeUnaryKeepTheirBytes(t *testing.T) {
 	if raceDetector {
 		t.Skip("tens of MiB of copies take long under -race; CI runs this package without it too")
 	}
-	backend := startRawEcho(t)
-	dir := t.TempDir()
-	startTestSidecar(t, Config{
-		Listen: "tcp:127.0.0.1:0", SecretKeyFile: filepath.Join(dir, "k.pem"), CapDir: dir,
-		Exports: []Export{{Name: "test", Target: backend}},
-	})
-	imp := startTestSidecar(t, Config{Imports: []Import{{Name: "test", URI: "@" + filepath.Join(dir, "test.cap")}}})
-	cc, err := grpc.NewClient(imp.Addresses().Imports["test"], grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8<<20), grpc.MaxCallSendMsgSize(8<<20), grpc.ForceCodecV2(bridge.Codec())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	_, cc := rawPair(t, startRawEcho(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -175,18 +170,7 @@ func TestEgressInflightBackendDown(t *testing.T) {
 	}
 	dead := ln.Addr().String()
 	ln.Close()
-	dir := t.TempDir()
-	exp := startTestSidecar(t, Config{
-		Listen: "tcp:127.0.0.1:0", SecretKeyFile: filepath.Join(dir, "k.pem"), CapDir: dir,
-		Exports: []Export{{Name: "test", Target: dead}},
-	})
-	imp := startTestSidecar(t, Config{Imports: []Import{{Name: "test", URI: "@" + filepath.Join(dir, "test.cap")}}})
-	cc, err := grpc.NewClient(imp.Addresses().Imports["test"], grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(bridge.Codec())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	exp, cc := rawPair(t, dead)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for range 3 {
