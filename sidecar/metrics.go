@@ -124,7 +124,7 @@ func NewMetrics() *Metrics {
 		}, []string{"reason"}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vatcar_vat_limited_calls_total",
-			Help: "CapTP calls (or replies) failed with an Overloaded exception for a per-connection limit while the connection went on, by limit (message size: over the decode limit; answers: too many unfinished calls; imports, exports: too many capabilities held).",
+			Help: "CapTP calls (or replies) failed with an Overloaded exception for a per-connection limit while the connection went on, by limit (message size: over the decode limit; answers: too many unfinished calls; restores: too many object-id restores running at once; imports, exports: too many capabilities held).",
 		}, []string{"reason"}),
 		refusedCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vatcar_refused_calls_total",

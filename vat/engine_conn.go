@@ -47,6 +47,7 @@ func (v *Vat) newEngineConn(c *Connection, endpoint net.Conn, mode Mode, boot ca
 		BaseContext: v.ctx,
 		Logger:      log,
 		MaxAnswers:  engineMaxAnswers(v.cfg.maxAnswers()),
+		MaxRestores: v.cfg.maxConcurrentCalls(), // negative: none, as for calls
 		OnLimit:     v.onEngineLimit,
 	})
 }

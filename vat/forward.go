@@ -165,9 +165,23 @@ func (f *forwarder) String() string { return "vat.forwarder" }
 
 // limiter bounds the calls running at once on one connection. A nil
 // *limiter means no limit.
+//
+// A call holds a slot while it runs and gives it back just before its
+// Return is sent, so that a caller who has the results may call again at
+// once. Sending may wait (the codec queues at most 4 MiB for a peer that
+// reads nothing), so a call that gave its slot back is counted as
+// returning until its Return is queued, and running plus returning is
+// bounded too (2*max): without that, a peer that never reads could start
+// calls without end, each parked on the full queue with its goroutine and
+// messages. Once both are spent, calls are refused from the reading
+// goroutine, whose refusal waits on the same queue, so the vat stops
+// reading that peer.
+//
+// Both fields are atomics; no lock.
 type limiter struct {
-	max     int64
-	running atomic.Int64
+	max       int64
+	running   atomic.Int64 // calls holding a slot
+	returning atomic.Int64 // calls that gave theirs back, Return not yet queued
 }
 
 func newLimiter(max int) *limiter {
@@ -179,13 +193,22 @@ func newLimiter(max int) *limiter {
 
 func (l *limiter) acquire() bool {
 	n := l.running.Add(1)
-	if l.max >= 0 && n > l.max {
+	if l.max >= 0 && (n > l.max || n+l.returning.Load() > 2*l.max) {
 		l.running.Add(-1)
 		return false
 	}
 	return true
 }
 
+// startReturn moves a call from running to returning; endReturn ends it.
+func (l *limiter) startReturn() {
+	l.returning.Add(1)
+	l.running.Add(-1)
+}
+
+func (l *limiter) endReturn() { l.returning.Add(-1) }
+
+// release gives a slot back at once (a restore's: see engine_conn.go).
 func (l *limiter) release() { l.running.Add(-1) }
 
 // wrap returns c behind a forwarder bound to l, taking over c.
@@ -196,16 +219,22 @@ func (l *limiter) wrap(c capnp.Client) capnp.Client {
 
 // limitedReturner gives the call's slot back when the call returns: before
 // the Return is sent, so that a caller who has the results can call again
-// at once. (After it, a restore's slot could still be held when the
+// at once (after it, a restore's slot could still be held when the
 // restored capability's first calls came: TestConcurrencyLimitOverloaded
-// saw one of its two held calls refused under a limit of two.)
+// saw one of its two held calls refused under a limit of two). Until the
+// Return is queued the call counts as returning (see limiter).
 type limitedReturner struct {
 	capnp.Returner
-	limit *limiter
-	once  sync.Once
+	limit    *limiter
+	returned atomic.Bool // the first Return moved the call to returning
 }
 
 func (r *limitedReturner) Return() {
-	r.once.Do(r.limit.release)
+	if r.returned.Swap(true) {
+		r.Returner.Return()
+		return
+	}
+	r.limit.startReturn()
 	r.Returner.Return()
+	r.limit.endReturn()
 }

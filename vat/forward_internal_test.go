@@ -3,6 +3,8 @@ package vat
 import (
 	"context"
 	"testing"
+
+	capnp "capnproto.org/go/capnp/v3"
 )
 
 // TestCallerContext: a callerContext carries CallerOf's value, passes the
@@ -37,3 +39,60 @@ func TestCallerContext(t *testing.T) {
 		t.Errorf("Err() = %v after the parent's cancel", ctx.Err())
 	}
 }
+
+// TestLimiterCountsReturningCalls: a call that gave its slot back before
+// its Return is queued frees the slot for the next call, but calls
+// running and returning together stay within twice the limit, so calls
+// parked on a full send queue cannot grow without end.
+func TestLimiterCountsReturningCalls(t *testing.T) {
+	l := newLimiter(2)
+	if !l.acquire() || !l.acquire() {
+		t.Fatal("two calls refused under a limit of two")
+	}
+	if l.acquire() {
+		t.Fatal("a third running call admitted under a limit of two")
+	}
+	l.startReturn()
+	l.startReturn()
+	if !l.acquire() || !l.acquire() {
+		t.Fatal("calls refused while the two before them were returning")
+	}
+	if l.acquire() {
+		t.Fatal("a fifth call admitted with two running and two returning")
+	}
+	l.startReturn()
+	if l.acquire() {
+		t.Fatal("a call admitted with one running and three returning")
+	}
+	l.endReturn()
+	if !l.acquire() {
+		t.Fatal("a call refused with one running and two returning")
+	}
+	if got := l.running.Load() + l.returning.Load(); got != 4 {
+		t.Errorf("running+returning = %d, want 4", got)
+	}
+
+	// A limitedReturner counts its call as returning only while the
+	// Return is being sent, once however often Return is called.
+	free := newLimiter(1)
+	if !free.acquire() {
+		t.Fatal("refused under an empty limiter")
+	}
+	var during int64
+	r := &limitedReturner{Returner: returnerFunc(func() { during = max(during, free.returning.Load()) }), limit: free}
+	r.Return()
+	r.Return()
+	if during != 1 || free.running.Load() != 0 || free.returning.Load() != 0 {
+		t.Errorf("returning %d while sending, then running %d, returning %d; want 1, 0, 0", during, free.running.Load(), free.returning.Load())
+	}
+}
+
+// returnerFunc is a capnp.Returner whose Return runs f.
+type returnerFunc func()
+
+func (f returnerFunc) AllocResults(capnp.ObjectSize) (capnp.Struct, error) {
+	return capnp.Struct{}, nil
+}
+func (f returnerFunc) PrepareReturn(error) {}
+func (f returnerFunc) Return()             { f() }
+func (f returnerFunc) ReleaseResults()     {}

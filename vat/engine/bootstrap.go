@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 
 	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
@@ -142,12 +143,28 @@ func (c *Conn) handleBootstrap(m rpccp.Message) bool {
 		a.Return()
 		return true
 	}
+	if max := c.restoreLimit(); max > 0 && c.restoring >= max {
+		// Refused from the receive loop: its Return waits for room in the
+		// send queue like any other, so a peer that reads nothing is no
+		// longer read either.
+		c.mu.Unlock()
+		a.PrepareReturn(exc.New(exc.Overloaded, "", fmt.Sprintf("too many restores running on this connection (%d)", max)))
+		a.Return()
+		c.limit(LimitRestores)
+		return true
+	}
 	// The restore may block: it runs on its own goroutine, and calls
 	// pipelined on the answer meanwhile queue in it (recvOnAnswer).
+	c.restoring++
 	c.tasks.Add(1)
 	c.mu.Unlock()
 	go func() {
 		defer c.tasks.Done()
+		defer func() {
+			c.mu.Lock()
+			c.restoring--
+			c.mu.Unlock()
+		}()
 		cl, err := c.opts.Restore(ctx, id)
 		if err == nil && !cl.IsValid() {
 			err = exc.New(exc.Failed, "", "restore returned no capability")

@@ -48,6 +48,13 @@ type Options struct {
 	// at once with an Overloaded exception; a peer holding twice as many
 	// (refused ones included) has its connection closed.
 	MaxAnswers int
+	// MaxRestores bounds the object-id Bootstraps whose Restore runs, or
+	// whose Return waits to be queued, at once (0: DefaultMaxRestores;
+	// negative: no bound). One more is refused with an Overloaded
+	// exception from the receive loop, which then waits, as any send does,
+	// while the peer reads nothing: a peer that never reads cannot start
+	// restores without end.
+	MaxRestores int
 	// OnLimit, if set, is told of each call, question or connection that
 	// failed for a limit: one of the Limit constants. It must not block.
 	OnLimit func(reason string)
@@ -106,10 +113,13 @@ type Conn struct {
 	finMsg *capnp.Message
 	fin    rpccp.Finish
 
-	tasks    sync.WaitGroup // restores running
-	recvDone chan struct{}
-	done     chan struct{}
-	once     sync.Once
+	tasks sync.WaitGroup // restores running
+	// restoring counts restores from their goroutine's start until their
+	// Return is queued (MaxRestores). Guarded by c.mu.
+	restoring int
+	recvDone  chan struct{}
+	done      chan struct{}
+	once      sync.Once
 }
 
 // NewConn runs CapTP over codec and starts the receive loop.

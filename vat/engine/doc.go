@@ -28,7 +28,8 @@
 // Per connection, every limit fails one call or question with a named
 // Overloaded exception and the connection lives (limits.go): a message the
 // codec skipped for its size (MessageTooLarge), a call past MaxAnswers
-// unfinished, capabilities past MaxImports or MaxExports. The one
+// unfinished, an object-id Bootstrap past MaxRestores running,
+// capabilities past MaxImports or MaxExports. The one
 // exception: a peer holding twice MaxAnswers answers it never finished has
 // its connection closed. Protocol violations abort only their connection,
 // with a reason. OnLimit is told of each.

@@ -18,6 +18,9 @@ const (
 	// LimitAnswers: a call or Bootstrap of the peer's was refused: it
 	// already had MaxAnswers calls unfinished.
 	LimitAnswers = "answers"
+	// LimitRestores: an object-id Bootstrap was refused: MaxRestores
+	// restores were running or returning.
+	LimitRestores = "restores"
 	// LimitImports: a call, Return or Resolve would have made this side
 	// hold more than MaxImports of the peer's capabilities.
 	LimitImports = "imports"
@@ -35,6 +38,21 @@ const (
 
 // DefaultMaxAnswers is the default of Options.MaxAnswers.
 const DefaultMaxAnswers = 32768
+
+// DefaultMaxRestores is the default of Options.MaxRestores.
+const DefaultMaxRestores = 1024
+
+// restoreLimit returns MaxRestores with its default; 0: no bound.
+func (c *Conn) restoreLimit() int {
+	switch n := c.opts.MaxRestores; {
+	case n < 0:
+		return 0
+	case n == 0:
+		return DefaultMaxRestores
+	default:
+		return n
+	}
+}
 
 // MessageTooLarge is what a Codec's Decode returns for an inbound message
 // over its size limit that it skipped without keeping it: the connection

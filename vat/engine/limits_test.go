@@ -265,6 +265,50 @@ func TestScriptAnswerBudget(t *testing.T) {
 	poll(t, "OnLimit to hear of the close", func() bool { return lim.String() == want })
 }
 
+// TestScriptRestoreLimit: with MaxRestores restores running, the next
+// object-id Bootstrap is refused at once with an Overloaded exception and
+// OnLimit hears of it; once the running ones have returned, restores are
+// admitted again.
+func TestScriptRestoreLimit(t *testing.T) {
+	rec := &recorder{}
+	lim := &limits{}
+	gate := make(chan struct{})
+	var started sync.WaitGroup
+	started.Add(2)
+	s, _ := newScript(t, engine.Options{MaxRestores: 2, OnLimit: lim.on, Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
+		if string(id) == "held" {
+			started.Done()
+			<-gate
+		}
+		return capnp.Client(captp.Sink_ServerToClient(rec)), nil
+	}})
+	s.restoreFromConn(0, "held")
+	s.restoreFromConn(1, "held")
+	started.Wait()
+	s.restoreFromConn(2, "svc")
+	_, reason := s.expectException(2, rpccp.Exception_Type_overloaded)
+	if !strings.Contains(reason, "too many restores") || lim.String() != engine.LimitRestores {
+		t.Fatalf("reason %q, OnLimit told %q", reason, lim.String())
+	}
+	s.finish(2)
+	close(gate)
+	for range 2 {
+		if r, _ := s.expect(rpccp.Message_Which_return).Return(); r.Which() != rpccp.Return_Which_results {
+			t.Fatalf("held restore %d: %v", r.AnswerId(), r.Which())
+		}
+	}
+	// The running count drops just after each Return is queued: poll
+	// with fresh restores until one is admitted.
+	qid := uint32(3)
+	poll(t, "a restore to be admitted after the held ones returned", func() bool {
+		s.restoreFromConn(qid, "svc")
+		r, _ := s.expect(rpccp.Message_Which_return).Return()
+		s.finish(qid)
+		qid++
+		return r.Which() == rpccp.Return_Which_results
+	})
+}
+
 // TestReadMessageTooLarge reads the kind and id from the first bytes of a
 // message's first segment, and leaves unknown what they do not hold.
 func TestReadMessageTooLarge(t *testing.T) {
