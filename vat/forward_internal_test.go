@@ -46,16 +46,20 @@ func TestCallerContext(t *testing.T) {
 // parked on a full send queue cannot grow without end.
 func TestLimiterCountsReturningCalls(t *testing.T) {
 	l := newLimiter(2)
-	if !l.acquire() || !l.acquire() {
-		t.Fatal("two calls refused under a limit of two")
+	for i := range 2 {
+		if !l.acquire() {
+			t.Fatalf("call %d refused under a limit of two", i)
+		}
 	}
 	if l.acquire() {
 		t.Fatal("a third running call admitted under a limit of two")
 	}
 	l.startReturn()
 	l.startReturn()
-	if !l.acquire() || !l.acquire() {
-		t.Fatal("calls refused while the two before them were returning")
+	for i := range 2 {
+		if !l.acquire() {
+			t.Fatalf("call %d refused while the two before it were returning", i)
+		}
 	}
 	if l.acquire() {
 		t.Fatal("a fifth call admitted with two running and two returning")
