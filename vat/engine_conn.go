@@ -47,7 +47,7 @@ func (v *Vat) newEngineConn(c *Connection, endpoint net.Conn, mode Mode, boot ca
 		BaseContext: v.ctx,
 		Logger:      log,
 		MaxAnswers:  engineMaxAnswers(v.cfg.maxAnswers()),
-		MaxRestores: v.cfg.maxConcurrentCalls(), // negative: none, as for calls
+		MaxRestores: maxRestores(v.cfg.maxConcurrentCalls()),
 		OnLimit:     v.onEngineLimit,
 	})
 }
@@ -131,4 +131,17 @@ func (v *Vat) onEngineLimit(reason string) {
 	if v.cfg.OnLimit != nil {
 		v.cfg.OnLimit(reason)
 	}
+}
+
+// maxRestores is the engine's Options.MaxRestores for a limit on calls:
+// twice it (negative: none, as for calls). The restores running are
+// already held to the limit by the Restore hook's slot; the engine's bound
+// counts a restore until its Return is queued, so that a client restoring
+// again as soon as it has a reply is not refused while the previous
+// restore's Return is still being queued.
+func maxRestores(calls int) int {
+	if calls < 0 {
+		return -1
+	}
+	return 2 * calls
 }

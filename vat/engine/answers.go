@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"slices"
 	"sync/atomic"
 
 	capnp "capnproto.org/go/capnp/v3"
@@ -551,6 +552,15 @@ func (p *answerPipe) Shutdown() {
 	p.c.mu.Lock()
 	cl := p.resolved
 	p.resolved, p.shut = capnp.Client{}, true
+	// Leave the answer's list: a peer naming a running answer in cap
+	// tables or Resolves without end must not grow it (the pipe would
+	// stay listed until the answer returned).
+	if i := slices.Index(p.a.pipes, p); i >= 0 {
+		last := len(p.a.pipes) - 1
+		p.a.pipes[i] = p.a.pipes[last]
+		p.a.pipes[last] = nil
+		p.a.pipes = p.a.pipes[:last]
+	}
 	p.c.mu.Unlock()
 	cl.Release()
 }

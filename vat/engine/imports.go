@@ -101,13 +101,18 @@ func (c *Conn) newImportLocked(id uint32, promise bool) (capnp.Client, bool, err
 // index from on (they were not imported: over MaxImports).
 func (c *Conn) refuseImports(list rpccp.CapDescriptor_List, from int) {
 	for i := from; i < list.Len(); i++ {
-		d := list.At(i)
-		switch d.Which() {
-		case rpccp.CapDescriptor_Which_senderHosted:
-			c.sendRelease(d.SenderHosted(), 1)
-		case rpccp.CapDescriptor_Which_senderPromise:
-			c.sendRelease(d.SenderPromise(), 1)
-		}
+		c.giveBack(list.At(i))
+	}
+}
+
+// giveBack releases the reference a descriptor not imported carries: one
+// Release for a sender-hosted capability or promise, nothing for the rest.
+func (c *Conn) giveBack(d rpccp.CapDescriptor) {
+	switch d.Which() {
+	case rpccp.CapDescriptor_Which_senderHosted:
+		c.sendRelease(d.SenderHosted(), 1)
+	case rpccp.CapDescriptor_Which_senderPromise:
+		c.sendRelease(d.SenderPromise(), 1)
 	}
 }
 
@@ -227,6 +232,19 @@ func (c *Conn) handleResolve(msg *capnp.Message, m rpccp.Message) bool {
 		c.mu.Unlock()
 		return false
 	}
+	if c.imports[id] == nil {
+		// A promise this side no longer holds (released while the Resolve
+		// was on its way): nothing is imported, not even for a moment (a
+		// receiverAnswer would pin its answer until it returned); the
+		// reference a sender-hosted resolution carries goes back.
+		c.mu.Unlock()
+		if res.Which() == rpccp.Resolve_Which_cap {
+			if d, err := res.Cap(); err == nil {
+				c.giveBack(d)
+			}
+		}
+		return true
+	}
 	switch res.Which() {
 	case rpccp.Resolve_Which_cap:
 		d, err := res.Cap()
@@ -281,12 +299,7 @@ func (c *Conn) handleResolve(msg *capnp.Message, m rpccp.Message) bool {
 	}
 	if refuse.IsValid() {
 		c.limit(LimitImports)
-		switch refuse.Which() {
-		case rpccp.CapDescriptor_Which_senderHosted:
-			c.sendRelease(refuse.SenderHosted(), 1)
-		case rpccp.CapDescriptor_Which_senderPromise:
-			c.sendRelease(refuse.SenderPromise(), 1)
-		}
+		c.giveBack(refuse)
 	}
 	for _, h := range hooks {
 		h.resolver.Fulfill(resolution)

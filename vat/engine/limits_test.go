@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -353,5 +354,99 @@ func TestReadMessageTooLarge(t *testing.T) {
 				t.Errorf("got %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+// gatedSink is a Sink whose headers calls wait for gate.
+type gatedSink struct{ gate chan struct{} }
+
+func (g *gatedSink) Headers(ctx context.Context, call captp.Sink_headers) error {
+	<-g.gate
+	return nil
+}
+func (g *gatedSink) Send(ctx context.Context, call captp.Sink_send) error   { return nil }
+func (g *gatedSink) Close(ctx context.Context, call captp.Sink_close) error { return nil }
+
+// heapInUse is the live heap after two collections.
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// TestScriptReceiverAnswersDoNotPinMemory: a peer naming an answer that
+// is still running (receiverAnswer) in Resolves of promises this side
+// does not hold, or in the cap tables of calls, as often as it likes,
+// makes this side hold nothing more for it once each message is handled
+// (each pipe left the answer when its client was released; before, each
+// stayed listed until the answer returned, about 150 bytes apiece); a
+// Resolve's sender-hosted capability is released at once.
+func TestScriptReceiverAnswersDoNotPinMemory(t *testing.T) {
+	g := &gatedSink{gate: make(chan struct{})}
+	s, _ := newScript(t, engine.Options{Bootstrap: capnp.Client(captp.Sink_ServerToClient(g))})
+	export := s.bootstrapExport(0)
+	s.finish(0)
+	s.send(sinkHeadersCall(1, func(t rpccp.MessageTarget) { t.SetImportedCap(export) }, "held")) // runs until gate
+	resolve := func(m rpccp.Message) {
+		r, _ := m.NewResolve()
+		r.SetPromiseId(777) // never exported by the peer
+		d, _ := r.NewCap()
+		pa, _ := d.NewReceiverAnswer()
+		pa.SetQuestionId(1)
+	}
+	// A call whose params carry the running answer; it is refused for an
+	// unknown method, and its params (and the pipe) are released.
+	inParams := func(qid uint32) func(rpccp.Message) {
+		return func(m rpccp.Message) {
+			call, _ := m.NewCall()
+			call.SetQuestionId(qid)
+			call.SetInterfaceId(captp.Sink_TypeID)
+			call.SetMethodId(99)
+			tgt, _ := call.NewTarget()
+			tgt.SetImportedCap(export)
+			p, _ := call.NewParams()
+			ct, _ := p.NewCapTable(1)
+			pa, _ := ct.At(0).NewReceiverAnswer()
+			pa.SetQuestionId(1)
+		}
+	}
+	const resolves, calls = 5000, 300
+	flood := func() {
+		for range resolves {
+			s.send(resolve)
+		}
+		for i := range calls {
+			qid := uint32(2 + i%2)
+			s.send(inParams(qid))
+			s.expectException(qid, rpccp.Exception_Type_unimplemented)
+			s.finish(qid)
+		}
+	}
+	flood()
+	before := heapInUse()
+	flood()
+	after := heapInUse()
+	per := (float64(after) - float64(before)) / (resolves + calls)
+	t.Logf("live heap %d -> %d bytes over %d more messages naming the running answer (%.1f bytes each)", before, after, resolves+calls, per)
+	if per > 16 {
+		t.Errorf("%.1f bytes held per message naming a running answer, want none", per)
+	}
+	// A Resolve of an unknown promise to a sender-hosted capability gives
+	// that reference back.
+	s.send(func(m rpccp.Message) {
+		r, _ := m.NewResolve()
+		r.SetPromiseId(778)
+		d, _ := r.NewCap()
+		d.SetSenderHosted(55)
+	})
+	rel, _ := s.expect(rpccp.Message_Which_release).Release()
+	if rel.Id() != 55 || rel.ReferenceCount() != 1 {
+		t.Errorf("release %d x%d, want 55 x1", rel.Id(), rel.ReferenceCount())
+	}
+	close(g.gate)
+	if r, _ := s.expect(rpccp.Message_Which_return).Return(); r.AnswerId() != 1 || r.Which() != rpccp.Return_Which_results {
+		t.Fatalf("held call: return %d %v", r.AnswerId(), r.Which())
 	}
 }
