@@ -10,10 +10,12 @@ package bridge
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 
 	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
 
 	"github.com/vatcar/vatcar/proto/captp"
 )
@@ -40,8 +42,11 @@ type sinkHook struct {
 
 	mu sync.Mutex
 	lk struct { // guarded by mu
-		queue   []*sinkCall // calls not yet run, from head on
-		head    int
+		queue []*sinkCall // calls not yet run, from head on
+		head  int
+		// bytes is the size of the messages of the calls queued or
+		// running (sinkQueueMax).
+		bytes   int64
 		running bool // a goroutine runs the queue (drain)
 		shut    bool // Shutdown was called: the server's runs once the queue is empty
 		ended   bool // the server's Shutdown has been started
@@ -52,7 +57,21 @@ type sinkHook struct {
 type sinkCall struct {
 	capCall
 	handle func(*sinkServer, *capCall) error
+	size   int64 // its message's bytes, counted in lk.bytes
 }
+
+// sinkQueueMax bounds the message bytes of the calls a Sink holds queued or
+// running, counting sinkCallOverhead for each: twice the window a sender's
+// flow limiter keeps in flight (flowWindow, counted in whole call
+// messages), so a sender that honours flow control is never refused. A
+// call past it, unless it is the only one, fails at once as Overloaded:
+// without the bound a peer that ignores flow control and reads nothing
+// could queue calls without end while the Sink's Returns wait on its full
+// connection.
+const sinkQueueMax = 2 * flowWindow
+
+// sinkCallOverhead is what a queued call holds besides its message.
+const sinkCallOverhead = 256
 
 // sinkClient returns the Sink capability of s.
 func sinkClient(s *sinkServer) captp.Sink {
@@ -74,8 +93,19 @@ func (h *sinkHook) Recv(_ context.Context, r capnp.Recv) capnp.PipelineCaller {
 		r.Reject(capnp.Unimplemented("unimplemented"))
 		return nil
 	}
-	c := &sinkCall{capCall: capCall{recv: r}, handle: handle}
+	size := int64(sinkCallOverhead)
+	if n, err := r.Args.Message().TotalSize(); err == nil {
+		size += int64(n)
+	}
 	h.mu.Lock()
+	if h.lk.bytes > 0 && h.lk.bytes+size > sinkQueueMax {
+		held := h.lk.bytes
+		h.mu.Unlock()
+		r.Reject(exc.New(exc.Overloaded, "bridge", fmt.Sprintf("the stream's receiver holds %d bytes of calls not yet run, over its bound of %d: the sender does not wait for its calls to return", held, sinkQueueMax)))
+		return nil
+	}
+	c := &sinkCall{capCall: capCall{recv: r}, handle: handle, size: size}
+	h.lk.bytes += size
 	h.lk.queue = append(h.lk.queue, c)
 	start := !h.lk.running
 	h.lk.running = true
@@ -89,8 +119,11 @@ func (h *sinkHook) Recv(_ context.Context, r capnp.Recv) capnp.PipelineCaller {
 // drain runs the queued calls in order until none is left; then, after
 // Shutdown, the server's Shutdown.
 func (h *sinkHook) drain() {
+	var ran int64 // the size of the call run last, still counted
 	for {
 		h.mu.Lock()
+		h.lk.bytes -= ran
+		ran = 0
 		if h.lk.head == len(h.lk.queue) {
 			clear(h.lk.queue)
 			h.lk.queue, h.lk.head = h.lk.queue[:0], 0
@@ -117,6 +150,7 @@ func (h *sinkHook) drain() {
 		}
 		h.mu.Unlock()
 		c.finish(c.handle(h.s, &c.capCall))
+		ran = c.size
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -209,4 +210,84 @@ func TestSinkQueueStaysSmall(t *testing.T) {
 	if qcap > 1000 {
 		t.Errorf("queue capacity %d after %d calls with about two pending: it grows with every call", qcap, n)
 	}
+}
+
+// errReturner is a capnp.Returner that keeps the error its call ended with.
+type errReturner struct {
+	doneReturner
+	err error
+}
+
+func (r *errReturner) PrepareReturn(err error) { r.err = err }
+
+// TestSinkQueueBounded: a peer that ignores flow control sends calls to a
+// Sink whose target is stuck: once the calls queued or running hold
+// sinkQueueMax bytes the next one fails at once as Overloaded (the engine
+// sends that from its receive loop, which stops reading a peer that reads
+// nothing), and nothing queued is lost: once the target moves, every
+// queued call runs and the Sink takes calls again.
+func TestSinkQueueBounded(t *testing.T) {
+	tg := &gatedTarget{gate: make(chan struct{})}
+	h := &sinkHook{s: &sinkServer{t: tg, maxMsg: 2 << 20, maxMD: DefaultMaxMetadataSize}}
+	before := liveSinks.Load()
+	liveSinks.Add(1)
+	client := capnp.NewClient(h)
+	sendM := sinkMethods[1].Method
+	chunk := make([]byte, 1<<20)
+	recv := func() *errReturner {
+		msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := captp.NewRootSink_send_Params(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := p.NewChunks(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.At(0).SetEnd(true)
+		if err := l.At(0).SetData(chunk); err != nil {
+			t.Fatal(err)
+		}
+		r := &errReturner{doneReturner: doneReturner{done: make(chan struct{})}}
+		client.RecvCall(context.Background(), capnp.Recv{Method: sendM, Args: capnp.Struct(p), ReleaseArgs: msg.Release, Returner: r})
+		return r
+	}
+	var queued []*errReturner
+	var refused *errReturner
+	for i := 0; refused == nil; i++ {
+		if i > 2*sinkQueueMax/len(chunk) {
+			t.Fatalf("%d calls of 1 MiB queued on a stuck Sink, none refused", i)
+		}
+		r := recv()
+		select {
+		case <-r.done:
+			refused = r
+		default:
+			queued = append(queued, r)
+		}
+	}
+	if n := len(queued); n*len(chunk) > sinkQueueMax || n*len(chunk) < sinkQueueMax/2 {
+		t.Errorf("%d calls of 1 MiB queued before one was refused, want about %d", n, sinkQueueMax/len(chunk))
+	}
+	if !exc.IsType(refused.err, exc.Overloaded) || !strings.Contains(refused.err.Error(), "bytes of calls not yet run") {
+		t.Errorf("refused call: %v, want Overloaded naming the queued bytes", refused.err)
+	}
+	close(tg.gate)
+	for i, r := range queued {
+		<-r.done
+		if r.err != nil {
+			t.Errorf("queued call %d: %v", i, r.err)
+		}
+	}
+	if r := recv(); func() bool { <-r.done; return r.err != nil }() {
+		t.Errorf("a call after the queue drained: %v", r.err)
+	}
+	if got := len(tg.events()); got != len(queued)+1 {
+		t.Errorf("the target got %d messages, want %d", got, len(queued)+1)
+	}
+	client.Release()
+	poll(t, func() bool { return liveSinks.Load() == before }, "the Sink to shut down")
 }
