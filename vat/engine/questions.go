@@ -19,6 +19,8 @@ type question struct {
 	boot capnp.Resolver[capnp.Client]
 	// fwd, for a call forwarded from a capnp.Recv, gets the results.
 	fwd capnp.Returner
+	// direct, for a CallDirect call, gets the results; p is nil then.
+	direct *directCall
 
 	// Guarded by c.mu:
 	returned     bool                 // the Return came (or the question failed locally)
@@ -67,7 +69,9 @@ func (c *Conn) freeQuestionLocked(q *question) {
 	}
 	c.questions[q.id] = nil
 	c.qfree = append(c.qfree, q.id)
-	delete(c.byAnswer, q.p.Answer())
+	if q.p != nil {
+		delete(c.byAnswer, q.p.Answer())
+	}
 }
 
 // questionOf returns the live question whose answer is ans, or nil.
@@ -332,7 +336,9 @@ func (q *question) release() {
 		c.finish(q, true)
 	}
 	q.resolve(capnp.Ptr{}, errReleased) // no-op if settled; else nothing else will
-	q.p.ReleaseClients()
+	if q.p != nil {
+		q.p.ReleaseClients()
+	}
 	if rm != nil {
 		rm.Release()
 	}
@@ -353,6 +359,10 @@ func (q *question) resolve(content capnp.Ptr, err error) {
 	c.mu.Unlock()
 	if stop != nil {
 		stop()
+	}
+	if q.direct != nil {
+		q.direct.settle(content, err)
+		return
 	}
 	q.p.Resolve(content, err)
 	if q.boot != nil {

@@ -1,0 +1,175 @@
+package engine
+
+import (
+	"context"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	"capnproto.org/go/capnp/v3/flowcontrol"
+)
+
+// CallDirect is the engine's own blocking call API, for a caller that
+// makes a call and waits for its results, as the bridge's unary path does.
+//
+// When client is a plain import of an engine connection (a settled,
+// non-promise import, or a promise that has resolved to one, such as a
+// restored bootstrap), the call is made here without go-capnp's call
+// machinery: no capnp.Promise, Answer or Future, no flow-limiter hook, no
+// context.AfterFunc. It is the same question as a normal call's (an id
+// from the question table, reused once the Return came and the Finish went
+// out; MaxImports, the size hint and ConnStats as ever; the results' cap
+// table filled as the normal path fills it, so capabilities in them work),
+// and it blocks until the Return. If ctx ends first, the peer gets the
+// Finish that cancels, the call fails with ctx's error, as a normal call
+// does when its context ends. Errors carry the method's name as a
+// Future's do.
+//
+// Any other client (a local capability, a promise not yet resolved, a
+// promise import, a client with a flow limiter) takes the normal path:
+// client.SendCall, then a wait on the answer, with sizeHint (if positive)
+// given to the engine as WithSizeHint does. Calls on a plain import are
+// never queued on this side, so a direct call is ordered after every call
+// sent before it to the same capability, as a normal call is; calls
+// pipelined on a promise are ordered by the normal path, which promises
+// always take.
+//
+// place fills the params (sz big); with a sizeHint it may run twice (see
+// WithSizeHint). The caller releases the Results. Unlike SendCall,
+// CallDirect does not report a failed earlier streaming call on client:
+// use it on interfaces without "-> stream" methods.
+func CallDirect(ctx context.Context, client capnp.Client, m capnp.Method, sz capnp.ObjectSize, place func(capnp.Struct) error, sizeHint int) (Results, error) {
+	if h, snap := directImport(client); h != nil {
+		d, err := h.c.startDirect(h, m, sz, place, sizeHint)
+		snap.Release() // the question names the import: the hook may go
+		if err != nil {
+			return Results{}, exc.Annotate("", m.String(), err)
+		}
+		return d.wait(ctx, m)
+	}
+	if sizeHint > 0 {
+		ctx = WithSizeHint(ctx, sizeHint)
+	}
+	ans, rel := client.SendCall(ctx, capnp.Send{Method: m, PlaceArgs: place, ArgsSize: sz})
+	st, err := ans.Struct()
+	if err != nil {
+		rel()
+		return Results{}, err
+	}
+	return Results{st: st, rel: rel}, nil
+}
+
+// Results are a CallDirect call's results, valid until Release.
+type Results struct {
+	st  capnp.Struct
+	q   *question         // the direct path's question; nil on the normal path
+	rel capnp.ReleaseFunc // the normal path's release
+}
+
+// Struct returns the results.
+func (r Results) Struct() capnp.Struct { return r.st }
+
+// Direct reports whether the call took the direct path.
+func (r Results) Direct() bool { return r.q != nil }
+
+// Release releases the results and the capabilities in them.
+func (r Results) Release() {
+	switch {
+	case r.q != nil:
+		r.q.release()
+	case r.rel != nil:
+		r.rel()
+	}
+}
+
+// directImport returns the import hook behind client, with a snapshot that
+// keeps it alive until released, if calls on client may take the direct
+// path; otherwise nil.
+func directImport(client capnp.Client) (*importClient, capnp.ClientSnapshot) {
+	if !client.IsValid() {
+		return nil, capnp.ClientSnapshot{}
+	}
+	snap := client.Snapshot() // follows a resolved promise to its resolution
+	h, ok := snap.Brand().Value.(*importClient)
+	if !ok || h.promise || client.GetFlowLimiter() != flowcontrol.NopLimiter {
+		snap.Release()
+		return nil, capnp.ClientSnapshot{}
+	}
+	return h, snap
+}
+
+// directCall is a CallDirect question and what its Return brought: q.resolve
+// sets content and err, then closes done.
+type directCall struct {
+	q       question
+	done    chan struct{}
+	content capnp.Ptr
+	err     error
+}
+
+func (d *directCall) settle(content capnp.Ptr, err error) {
+	d.content, d.err = content, err
+	close(d.done)
+}
+
+// wait waits for the Return, or cancels the question if ctx ends first.
+func (d *directCall) wait(ctx context.Context, m capnp.Method) (Results, error) {
+	select {
+	case <-d.done:
+	case <-ctx.Done():
+		// Sends the Finish and settles the question with ctx's error,
+		// unless the Return came (or the connection ended) first: either
+		// settles it too.
+		d.q.cancel(ctx)
+		<-d.done
+	}
+	if d.err != nil {
+		d.q.release() // an exception's Return message is held until then
+		return Results{}, exc.Annotate("", m.String(), d.err)
+	}
+	return Results{st: d.content.Struct(), q: &d.q}, nil
+}
+
+// startDirect sends a call to import h (not a promise) for CallDirect: what
+// startCall does for such a target, with a directCall for the question.
+func (c *Conn) startDirect(h *importClient, m capnp.Method, sz capnp.ObjectSize, place func(capnp.Struct) error, hint int) (*directCall, error) {
+	sm, call, params, err := buildCall(hint, m, place, sz)
+	if err != nil {
+		return nil, err
+	}
+	defer sm.release()
+	msg := sm.msg
+	tgt, err := call.NewTarget()
+	if err != nil {
+		return nil, err
+	}
+	caps := c.classify(msg.CapTable())
+	d := &directCall{done: make(chan struct{})}
+	q := &d.q
+	q.c, q.method, q.direct = c, m, d
+
+	c.mu.Lock()
+	if c.closed {
+		err := c.closedErrLocked()
+		c.mu.Unlock()
+		return nil, err
+	}
+	tgt.SetImportedCap(h.id)
+	c.newQuestionLocked(q)
+	call.SetQuestionId(q.id)
+	q.paramExports, err = c.describeLocked(params, caps)
+	if err != nil {
+		q.returned, q.finished, q.finishSent = true, true, true
+		c.freeQuestionLocked(q)
+		exps := q.paramExports
+		c.mu.Unlock()
+		if err == errTooManyExports {
+			c.limit(LimitExports)
+		}
+		c.releaseExports(exps)
+		return nil, err
+	}
+	c.mu.Unlock()
+
+	_ = c.send(msg) // a failure ends the connection, which fails q
+	return d, nil
+}
