@@ -33,8 +33,10 @@ var serviceHandlers = [...]func(*egress, context.Context, *capCall) error{
 }
 
 // Result sizes of GrpcService's methods, as the generated AllocResults
-// use (TestServiceDescriptors checks them).
+// use, and unary's params size, as the generated client's (both checked
+// by TestServiceDescriptors).
 var (
+	unaryParamsSize  = capnp.ObjectSize{PointerCount: 2} // call, request
 	unaryResultsSize = capnp.ObjectSize{PointerCount: 2} // reply, rest
 	openResultsSize  = capnp.ObjectSize{PointerCount: 1} // up
 )

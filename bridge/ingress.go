@@ -42,6 +42,7 @@ type Ingress struct {
 
 	unaryCalls, streamCalls atomic.Int64 // calls by path taken
 	knownUnaryCalls         atomic.Int64 // unary calls that took the known-unary fast path
+	directCalls             atomic.Int64 // unary calls made with engine.CallDirect's direct path
 }
 
 // NewIngress returns an Ingress for a valid config.
@@ -268,17 +269,21 @@ func (c *ingressCall) unaryRequest() *frame {
 	return nil
 }
 
-// unary makes the call with GrpcService.unary.
+// unary makes the call with GrpcService.unary. On an engine import it is
+// the engine's own blocking call (engine.CallDirect), which skips
+// go-capnp's Promise, Answer and Future; any other capability gets the
+// generated client's call, which CallDirect falls back to.
 func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 	defer req.free()
-	ctx := c.ctx
+	hint := 0
 	if n := req.data.Len(); n >= sizeHintMin {
 		// The params are the request, the metadata and a few words: the
 		// engine builds them in one buffer (the function below may run
 		// twice, see engine.WithSizeHint).
-		ctx = engine.WithSizeHint(ctx, n+len(c.method)+metadataSize(c.md, keepRequest)+512)
+		hint = n + len(c.method) + metadataSize(c.md, keepRequest) + 512
 	}
-	fut, release := svc.Unary(ctx, func(p captp.GrpcService_unary_Params) error {
+	out, err := engine.CallDirect(c.ctx, capnp.Client(svc), serviceMethods[0].Method, unaryParamsSize, func(s capnp.Struct) error {
+		p := captp.GrpcService_unary_Params(s)
 		h, err := p.NewCall()
 		if err != nil {
 			return err
@@ -291,12 +296,15 @@ func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 			return err
 		}
 		return capnp.Struct(p).SetPtr(1, d.ToPtr()) // request @1
-	})
-	defer release()
-	res, err := fut.Struct()
+	}, hint)
 	if err != nil {
 		return c.fail(err)
 	}
+	defer out.Release()
+	if out.Direct() {
+		c.in.directCalls.Add(1)
+	}
+	res := captp.GrpcService_unary_Results(out.Struct())
 	if res.HasRest() {
 		// The response streams: attach a Sink to the call, and hold the
 		// call until the end (releasing it cancels).
