@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/vatcar/vatcar/internal/cputime"
 )
 
 // BenchmarkPairUnary measures 1 KiB unary calls through an in-process pair
@@ -15,14 +17,17 @@ func BenchmarkPairUnary(b *testing.B) {
 	req := &testgrpc.SimpleRequest{ResponseSize: 1024, Payload: &testgrpc.Payload{Body: make([]byte, 1024)}}
 	ctx := context.Background()
 	b.Run("serial", func(b *testing.B) {
+		cpu := cputime.Start()
 		for b.Loop() {
 			if _, err := p.client.UnaryCall(ctx, req); err != nil {
 				b.Fatal(err)
 			}
 		}
+		b.ReportMetric(cpu.MicrosPer(float64(b.N)), "cpu-us/op")
 	})
 	b.Run("parallel", func(b *testing.B) {
 		b.SetParallelism(benchParallelism)
+		cpu := cputime.Start()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				if _, err := p.client.UnaryCall(ctx, req); err != nil {
@@ -31,6 +36,7 @@ func BenchmarkPairUnary(b *testing.B) {
 				}
 			}
 		})
+		b.ReportMetric(cpu.MicrosPer(float64(b.N)), "cpu-us/op")
 	})
 }
 
