@@ -85,9 +85,8 @@ func (r Results) Release() {
 // keeps it alive until released, if calls on client may take the direct
 // path; otherwise nil.
 func directImport(client capnp.Client) (*importClient, capnp.ClientSnapshot) {
-	if !client.IsValid() {
-		return nil, capnp.ClientSnapshot{}
-	}
+	// A null or released client gives the zero snapshot, whose Brand is
+	// no hook's. (Client.IsValid would cost a snapshot of its own.)
 	snap := client.Snapshot() // follows a resolved promise to its resolution
 	h, ok := snap.Brand().Value.(*importClient)
 	if !ok || h.promise || client.GetFlowLimiter() != flowcontrol.NopLimiter {
