@@ -77,6 +77,15 @@ func startEdgePair(t *testing.T) (*testPair, *edgeBackend) {
 	return p, be
 }
 
+func waitStarted(t *testing.T, be *edgeBackend) {
+	t.Helper()
+	select {
+	case <-be.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the call did not reach the backend")
+	}
+}
+
 func backendEnded(t *testing.T, be *edgeBackend) error {
 	t.Helper()
 	select {
@@ -114,9 +123,13 @@ func TestPairUnaryStatuses(t *testing.T) {
 	if _, err := p.client.UnaryCall(dctx, &testgrpc.SimpleRequest{FillOauthScope: true}); status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("deadline: %v", err)
 	}
-	<-be.started
-	if err := backendEnded(t, be); err == nil {
-		t.Fatal("backend call ended without an error")
+	select {
+	case <-be.started:
+		if err := backendEnded(t, be); err == nil {
+			t.Fatal("backend call ended without an error")
+		}
+	case <-time.After(30 * time.Second):
+		// The deadline passed before the call reached the backend.
 	}
 
 	cctx, ccancel := context.WithCancel(ctx)
@@ -125,7 +138,7 @@ func TestPairUnaryStatuses(t *testing.T) {
 		_, err := p.client.UnaryCall(cctx, &testgrpc.SimpleRequest{FillOauthScope: true})
 		done <- err
 	}()
-	<-be.started
+	waitStarted(t, be)
 	ccancel()
 	if err := <-done; status.Code(err) != codes.Canceled {
 		t.Fatalf("cancel: %v", err)
@@ -173,7 +186,7 @@ func TestPairUnaryConnectionLost(t *testing.T) {
 		_, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{FillOauthScope: true})
 		done <- err
 	}()
-	<-be.started
+	waitStarted(t, be)
 	px.cut()
 	if err := <-done; status.Code(err) != codes.Unavailable {
 		t.Fatalf("call under a lost connection: %v, want UNAVAILABLE", err)
