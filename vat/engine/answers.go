@@ -293,6 +293,9 @@ func (c *Conn) drainQueued(a *answer) {
 		cls := make([]capnp.Client, len(q))
 		for i, qc := range q {
 			cls[i] = a.resultClientLocked(qc.ops)
+			if qc.disembargo {
+				c.heldDisembargoes--
+			}
 		}
 		c.mu.Unlock()
 		for i, qc := range q {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
@@ -114,6 +115,10 @@ type Conn struct {
 	fin    rpccp.Finish
 
 	tasks sync.WaitGroup // restores running
+	// heldDisembargoes counts the peer's Disembargos queued on answers
+	// still delivering pipelined calls (bounded by the answer budget).
+	// Guarded by c.mu.
+	heldDisembargoes int
 	// restoring counts restores from their goroutine's start until their
 	// Return is queued (MaxRestores). Guarded by c.mu.
 	restoring int
@@ -360,14 +365,7 @@ func (c *Conn) shutdown(err error, abortReason string) (ended bool) {
 		}()
 
 		if abortReason != "" {
-			if msg, m, e := newMessage(); e == nil {
-				if ex, e := m.NewAbort(); e == nil {
-					ex.SetType(rpccp.Exception_Type_failed)
-					_ = ex.SetReason(abortReason)
-					_ = c.codec.Encode(msg)
-				}
-				msg.Release()
-			}
+			c.sendAbort(abortReason)
 		}
 		c.stop()
 		_ = c.codec.Close()
@@ -425,6 +423,41 @@ func (c *Conn) shutdown(err error, abortReason string) (ended bool) {
 		close(c.done)
 	})
 	return ended
+}
+
+// abortWait is how long shutdown waits for its Abort to be queued: a peer
+// that reads nothing keeps the codec full, and closing the codec then
+// ends the wait.
+const abortWait = time.Second
+
+// sendAbort sends an Abort with reason, waiting at most abortWait for the
+// codec to take it.
+func (c *Conn) sendAbort(reason string) {
+	msg, m, err := newMessage()
+	if err != nil {
+		return
+	}
+	ex, err := m.NewAbort()
+	if err == nil {
+		ex.SetType(rpccp.Exception_Type_failed)
+		err = ex.SetReason(reason)
+	}
+	if err != nil {
+		msg.Release()
+		return
+	}
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		_ = c.codec.Encode(msg) // returns once queued, or when the codec closes
+		msg.Release()
+	}()
+	t := time.NewTimer(abortWait)
+	defer t.Stop()
+	select {
+	case <-sent:
+	case <-t.C:
+	}
 }
 
 // Stats counts what a connection holds.

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	capnp "capnproto.org/go/capnp/v3"
@@ -254,6 +255,15 @@ func (c *Conn) handleDisembargo(msg *capnp.Message, m rpccp.Message) bool {
 					// delivered (back to the peer): the reflection goes
 					// after them, or the peer would lift its embargo
 					// before they arrive.
+					if max := c.answerLimit(); max > 0 && c.heldDisembargoes >= max {
+						// Nothing answers a Disembargo, so it cannot be
+						// refused; a peer holding this many is not waiting
+						// for its calls to come back.
+						c.mu.Unlock()
+						c.closeForLimit(LimitAnswersHeld, fmt.Sprintf("answer budget: the peer has %d Disembargos waiting for pipelined calls to be delivered, the budget of answers", max))
+						return false
+					}
+					c.heldDisembargoes++
 					a.queued = append(a.queued, queuedCall{ops: ops, disembargo: true, embID: dc.SenderLoopback()})
 					c.mu.Unlock()
 					return true

@@ -450,3 +450,53 @@ func TestScriptReceiverAnswersDoNotPinMemory(t *testing.T) {
 		t.Fatalf("held call: return %d %v", r.AnswerId(), r.Which())
 	}
 }
+
+// TestScriptHeldDisembargoesBounded: Disembargos on an answer still
+// delivering its pipelined calls wait for them (nothing answers a
+// Disembargo, so none can be refused); a peer that leaves the delivery
+// stuck (it reads nothing) and sends them without end has its connection
+// closed at the answer budget, and OnLimit hears of it.
+func TestScriptHeldDisembargoesBounded(t *testing.T) {
+	g := &gatedSink{gate: make(chan struct{})}
+	lim := &limits{}
+	const budget = 300
+	s, c := newScript(t, engine.Options{Bootstrap: capnp.Client(captp.Sink_ServerToClient(g)), MaxAnswers: budget, OnLimit: lim.on})
+	export := s.bootstrapExport(0)
+	s.finish(0)
+	s.send(sinkHeadersCall(1, func(t rpccp.MessageTarget) { t.SetImportedCap(export) }, "held"))
+	// More calls pipelined on answer 1 than the codec takes unread: each
+	// is refused (unknown method) by the delivery, which then waits.
+	const pipelined = 2 * 64
+	for q := uint32(2); q < 2+pipelined; q++ {
+		s.send(func(m rpccp.Message) {
+			call, _ := m.NewCall()
+			call.SetQuestionId(q)
+			call.SetInterfaceId(captp.Sink_TypeID)
+			call.SetMethodId(99)
+			tgt, _ := call.NewTarget()
+			pa, _ := tgt.NewPromisedAnswer()
+			pa.SetQuestionId(1)
+		})
+	}
+	// A round trip: every pipelined call is queued on the answer.
+	s.bootstrapExport(2 + pipelined)
+	s.finish(2 + pipelined)
+	close(g.gate)
+	poll(t, "the delivery to fill the codec", func() bool { return len(s.cc.out) == cap(s.cc.out) })
+	disembargo := func(k uint32) {
+		s.send(func(m rpccp.Message) {
+			d, _ := m.NewDisembargo()
+			tg, _ := d.NewTarget()
+			pa, _ := tg.NewPromisedAnswer()
+			pa.SetQuestionId(1)
+			d.Context().SetSenderLoopback(k)
+		})
+	}
+	for k := range uint32(budget) + 1 {
+		disembargo(k)
+	}
+	// The connection ends though the peer reads nothing (the Abort waits
+	// at most a second for room).
+	waitDone(t, c)
+	poll(t, "OnLimit to hear of the close", func() bool { return strings.Contains(lim.String(), engine.LimitAnswersHeld) })
+}
