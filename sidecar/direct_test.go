@@ -247,3 +247,26 @@ func (px *proxy) cut() {
 	}
 	px.conns = nil
 }
+
+// TestPairUnaryExporterClosed: the exporting sidecar closes under a unary
+// call: the client gets UNAVAILABLE (retryable), not UNKNOWN with the
+// exporter's cancelled context in the message, and the backend's call is
+// cancelled.
+func TestPairUnaryExporterClosed(t *testing.T) {
+	p, be := startEdgePair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.client.UnaryCall(ctx, &testgrpc.SimpleRequest{FillOauthScope: true})
+		done <- err
+	}()
+	waitStarted(t, be)
+	if err := p.exporter.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; status.Code(err) != codes.Unavailable {
+		t.Fatalf("call under a closed exporter: %v, want UNAVAILABLE", err)
+	}
+	backendEnded(t, be)
+}

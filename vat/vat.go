@@ -258,7 +258,6 @@ func (v *Vat) Close() error {
 		return nil
 	}
 	v.closed = true
-	v.cancel()
 	var conns []*Connection
 	for _, c := range v.peers {
 		conns = append(conns, c)
@@ -266,12 +265,23 @@ func (v *Vat) Close() error {
 	for c := range v.anon {
 		conns = append(conns, c)
 	}
+	var listeners []net.Listener
 	for l := range v.listeners {
-		l.Close()
+		listeners = append(listeners, l)
 	}
 	v.mu.Unlock()
+	// The connections close first: calls still running there are ended by
+	// their connection (the peer sees it lost, UNAVAILABLE at its app), not
+	// by the vat's context, whose cancel would let each call's handler
+	// send its Return, "context canceled", before the connection went. A
+	// connection accepted meanwhile is refused (closed is set). The
+	// listeners close after the cancel, which tells Serve it is no error.
 	for _, c := range conns {
 		c.Close()
+	}
+	v.cancel()
+	for _, l := range listeners {
+		l.Close()
 	}
 	v.wg.Wait()
 	return nil
