@@ -276,8 +276,11 @@ func (c *Conn) handleUnimplemented(m rpccp.Message) bool {
 		c.mu.Unlock()
 		return true
 	}
-	q.returned, q.finished, q.finishSent = true, true, true // the peer keeps no answer
-	exps := q.paramExports                                  // nor the params' capabilities
+	q.returned = true
+	if !q.finished { // the peer keeps no answer: no Finish is due
+		q.finished, q.finishSent = true, true
+	} // else a cancel's Finish is on its way: the id is freed once it is out
+	exps := q.paramExports // nor the params' capabilities
 	q.paramExports = nil
 	c.freeQuestionLocked(q)
 	c.mu.Unlock()

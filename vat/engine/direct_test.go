@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -684,3 +685,74 @@ func benchPair(b *testing.B) (net.Conn, net.Conn) {
 }
 
 func processCPU() int64 { return int64(cputime.Process()) }
+
+// TestUnimplementedEchoWaitsForCancelFinish: a call is cancelled (its
+// Finish is being sent) when the peer's Unimplemented echo of it comes:
+// the id must not go to the next question before that Finish is out, or
+// the Finish would cancel the new call. (Found by a review; the normal
+// path had it too.)
+func TestUnimplementedEchoWaitsForCancelFinish(t *testing.T) {
+	cc := newChanCodec()
+	gate := make(chan struct{})
+	held := make(chan struct{}, 1)
+	var armed atomic.Bool
+	cc.beforeEncode = func(m rpccp.Message) {
+		if m.Which() == rpccp.Message_Which_finish && armed.CompareAndSwap(true, false) {
+			held <- struct{}{}
+			<-gate
+		}
+	}
+	s, c := newScriptOn(t, cc, engine.Options{})
+	ctx := ctxT(t)
+	boot := s.bootstrapPeer(ctx, c, 7)
+	defer boot.Release()
+	poll(t, "bootstrap question freed", func() bool { return c.Stats().Questions == 0 })
+
+	armed.Store(true)
+	cctx, cancel := context.WithCancel(ctx)
+	first := make(chan error, 1)
+	go func() {
+		_, err := callDirect(cctx, boot, "m", "a")
+		first <- err
+	}()
+	call1, _ := s.expect(rpccp.Message_Which_call).Call()
+	qid1 := call1.QuestionId()
+	cancel()
+	<-held // the cancel's Finish is about to be encoded
+	s.send(func(m rpccp.Message) {
+		inner, _ := rpccp.NewMessage(m.Segment())
+		ic, _ := inner.NewCall()
+		ic.SetQuestionId(qid1)
+		_ = m.SetUnimplemented(inner)
+	})
+	// A round trip through the receive loop: the echo is handled.
+	s.send(func(m rpccp.Message) {
+		b, _ := m.NewBootstrap()
+		b.SetQuestionId(100)
+	})
+	s.expect(rpccp.Message_Which_return)
+	s.finish(100)
+	second := make(chan error, 1)
+	go func() {
+		out, err := callDirect(ctx, boot, "m", "b")
+		if err == nil {
+			out.Release()
+		}
+		second <- err
+	}()
+	call2, _ := s.expect(rpccp.Message_Which_call).Call()
+	qid2 := call2.QuestionId()
+	close(gate)
+	fin, _ := s.expect(rpccp.Message_Which_finish).Finish()
+	if fin.QuestionId() != qid1 || qid2 == qid1 {
+		t.Errorf("the cancelled call %d's Finish names question %d; the second call is %d", qid1, fin.QuestionId(), qid2)
+	}
+	<-first
+	s.send(func(m rpccp.Message) {
+		ret, _ := m.NewReturn()
+		ret.SetAnswerId(qid2)
+		ret.SetCanceled()
+	})
+	<-second
+	poll(t, "every question freed", func() bool { return c.Stats().Questions == 0 })
+}
