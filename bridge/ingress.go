@@ -522,10 +522,13 @@ func (c *ingressCall) lost(err error) {
 // the capability broke: a capnp exception (the capability's, or its
 // connection's) or a lost stream. Not when the capability is sound and
 // only refused this call: Overloaded (a limit), Unimplemented, or a
-// narrowed ref's caveat. A status the far app returned arrives as a Status
+// narrowed ref's caveat; nor when the client's own call ended first (its
+// cancel or deadline). A status the far app returned arrives as a Status
 // struct, never as an exception, and a local client's error is neither.
 func (c *ingressCall) capTPFailure(err error) {
-	if c.in.onCapTP == nil {
+	if c.in.onCapTP == nil || c.ctx.Err() != nil {
+		// The client's call ended (cancelled, or past its deadline): the
+		// CapTP call failed because of that, not because of CapTP.
 		return
 	}
 	var e *exc.Exception

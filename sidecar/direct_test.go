@@ -270,3 +270,36 @@ func TestPairUnaryExporterClosed(t *testing.T) {
 	}
 	backendEnded(t, be)
 }
+
+// TestPairCancelledCallsKeepTheCapability: calls the client cancels or
+// lets run past their deadline are no CapTP failure: the importer keeps
+// its restored capability (no new connect) and the next call passes.
+func TestPairCancelledCallsKeepTheCapability(t *testing.T) {
+	p, be := startEdgePair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := p.client.UnaryCall(ctx, &testgrpc.SimpleRequest{ResponseSize: 1}); err != nil {
+		t.Fatal(err)
+	}
+	connects := counterValue(t, p.importer.Metrics(), "vatcar_import_connects_total", "import", "test")
+	for range 3 {
+		cctx, ccancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			_, err := p.client.UnaryCall(cctx, &testgrpc.SimpleRequest{FillOauthScope: true})
+			done <- err
+		}()
+		waitStarted(t, be)
+		ccancel()
+		if err := <-done; status.Code(err) != codes.Canceled {
+			t.Fatalf("cancelled call: %v", err)
+		}
+		backendEnded(t, be)
+		if _, err := p.client.UnaryCall(ctx, &testgrpc.SimpleRequest{ResponseSize: 1}); err != nil {
+			t.Fatalf("call after a cancelled one: %v", err)
+		}
+	}
+	if got := counterValue(t, p.importer.Metrics(), "vatcar_import_connects_total", "import", "test"); got != connects {
+		t.Errorf("the importer connected %v times after cancelled calls (%v before), want none", got-connects, connects)
+	}
+}
