@@ -20,6 +20,8 @@ type answer struct {
 	args   atomic.Pointer[capnp.Message] // the Call, until ReleaseArgs
 
 	msg     *capnp.Message // the Return being built
+	ret     rpccp.Return   // its root
+	boot    bool           // a Bootstrap's: the peer's Finish is always needed
 	payload rpccp.Payload
 	content capnp.Ptr
 	err     error
@@ -37,6 +39,7 @@ type answer struct {
 	resultErr         error
 	exported          []uint32 // exports in the Return, one reference each
 	sending           bool     // the Return is being encoded: results stay
+	noFinish          bool     // the Return says noFinishNeeded: no Finish will come
 }
 
 func (a *answer) releaseArgs() {
@@ -58,7 +61,7 @@ func (a *answer) newReturn() (rpccp.Return, error) {
 	}
 	ret.SetAnswerId(a.id)
 	ret.SetReleaseParamCaps(a.releaseParamCaps)
-	a.msg = msg
+	a.msg, a.ret = msg, ret
 	return ret, nil
 }
 
@@ -169,6 +172,18 @@ func (a *answer) Return() {
 	a.resultContent, a.resultErr = a.content, a.err
 	a.results, a.exported = msg, exported
 	a.sending = true
+	if a.err == nil && len(caps) == 0 && !a.boot && !a.finished {
+		// Results without capabilities: nothing for the peer's Finish to
+		// release, so it is not asked for (noFinishNeeded) and the answer
+		// goes once its queued calls are delivered (drainQueued), before
+		// the Return can reach the peer, which may then reuse the id at
+		// once. Calls pipelined on it that arrive later fail as they
+		// would on these results (handleCall), and a Finish that comes
+		// anyway (an older peer, or a cancel that crossed the Return) is
+		// ignored (handleFinish).
+		a.noFinish = true
+		a.ret.SetNoFinishNeeded(true)
+	}
 	c.mu.Unlock()
 	// The calls pipelined on the answer go to their targets before the
 	// peer can have the Return: once it has, it may call the results'
@@ -177,7 +192,7 @@ func (a *answer) Return() {
 	_ = c.send(msg)
 	c.mu.Lock()
 	a.sending = false
-	if !a.finished {
+	if !a.finished && !a.noFinish {
 		// An exception's Return holds nothing pipelined calls need
 		// (resultErr does): only the answer waits for the Finish.
 		var rm *capnp.Message
@@ -190,7 +205,8 @@ func (a *answer) Return() {
 		}
 		return
 	}
-	// The Finish came before or while the Return was sent.
+	// The Finish came before or while the Return was sent, or none is
+	// needed (drainQueued took the answer out of the table).
 	c.dropAnswerLocked(a)
 }
 
@@ -260,6 +276,13 @@ func (c *Conn) recvOnAnswer(ctx context.Context, ta *answer, ops []capnp.Pipelin
 		c.mu.Unlock()
 		return errPipe{errReturned} // never used: this engine queues pipelined calls itself
 	}
+	if ta.noFinish && ta.results == nil {
+		// Dropped (noFinishNeeded) since handleCall found it: its results
+		// message is released.
+		c.mu.Unlock()
+		r.Reject(errNoAnswer)
+		return errPipe{errNoAnswer}
+	}
 	cl := ta.resultClientLocked(ops)
 	c.mu.Unlock()
 	defer cl.Release()
@@ -277,6 +300,9 @@ func (c *Conn) drainQueued(a *answer) {
 		a.queued = nil
 		if len(q) == 0 {
 			a.draining = false
+			if a.noFinish && c.answers[a.id] == a {
+				delete(c.answers, a.id)
+			}
 			pipes := a.pipes
 			a.pipes = nil
 			for _, p := range pipes {
@@ -403,7 +429,11 @@ func (c *Conn) handleCall(msg *capnp.Message, m rpccp.Message) bool {
 		if err == nil {
 			onAnswer = c.answers[pa.QuestionId()]
 			if onAnswer == nil || onAnswer == a {
-				reject = exc.New(exc.Failed, "", "pipelined call on an unknown question")
+				// Also a call pipelined on results that held no
+				// capability, sent before their Return (noFinishNeeded)
+				// reached the peer: it would fail on them anyway.
+				onAnswer = nil
+				reject = errNoAnswer
 			}
 		} else {
 			reject = err
@@ -445,9 +475,20 @@ func (c *Conn) handleFinish(m rpccp.Message) bool {
 	}
 	c.mu.Lock()
 	a := c.answers[fin.QuestionId()]
-	if a == nil || a.finished {
+	if a == nil {
+		// Returned with noFinishNeeded: the peer may finish anyway (the
+		// spec's "silently ignored"; go-capnp v3.1.0-alpha.2, C++ 0.9 and
+		// OCaml always do), and a cancel may cross the Return. It frees
+		// the id only after this Finish, so the id names no newer call.
+		// Not told apart from a Finish that names nothing: that would mean
+		// remembering every such id until the peer reuses it, which it
+		// may never do (docs/design.md).
 		c.mu.Unlock()
-		c.abort("Finish for an unknown question")
+		return true
+	}
+	if a.finished {
+		c.mu.Unlock()
+		c.abort("Finish for a question already finished")
 		return false
 	}
 	a.finished = true

@@ -99,7 +99,7 @@ func (c *Conn) handleBootstrap(m rpccp.Message) bool {
 		id = append([]byte(nil), raw...)
 	}
 	qid := b.QuestionId()
-	a := &answer{c: c, id: qid}
+	a := &answer{c: c, id: qid, boot: true}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()

@@ -20,8 +20,37 @@
 // inbound call is handed to its target's RecvCall from the receive loop
 // (server.Server queues it on the server's own goroutine); a Finish after a
 // Return is written at once (the vat's codec holds it back until the next
-// write). A Bootstrap with an object id runs the restorer on a goroutine of
-// its own, since a restore may block on a loader.
+// write), and most calls need none (below). A Bootstrap with an object id
+// runs the restorer on a goroutine of its own, since a restore may block on
+// a loader.
+//
+// # Finish and noFinishNeeded
+//
+// A Return whose results hold no capability (the bridge's unary replies
+// and Sink.send's empty results) says noFinishNeeded: the answer is dropped
+// from the table once the calls queued on it are delivered, before the
+// Return is sent (the peer may reuse the id the moment it has the Return),
+// and the caller frees the question without a Finish. Never for a Bootstrap's Return (the spec wants its Finish), an
+// exception (a call pipelined on it gets that exception, which needs the
+// answer kept), canceled, or a Return with any capability-table entry.
+// Consequences on the answering side:
+//   - a Finish for an id not in the table is ignored: older peers
+//     (go-capnp v3.1.0-alpha.2, C++ 0.9, OCaml) finish anyway, and a
+//     cancel may cross the Return; either frees the id only after that
+//     Finish, so it never names a newer call. Unknown ids are not told
+//     apart from ids returned so (that would mean remembering every id
+//     until the peer reuses it, which it may never do). A second Finish
+//     for an answer still held is a protocol violation.
+//   - a call on promisedAnswer(id), or a receiverAnswer(id) capability,
+//     for an id not in the table fails (an exception Return, a broken
+//     capability) instead of aborting: the peer may have pipelined on the
+//     results before their Return reached it, and with no capability in
+//     them such a call fails anyway.
+//
+// On the calling side the question is freed after the pipelining barrier
+// of handleReturn, as it was after the Finish: a call pipelined on it is
+// encoded before its id can name another question. MaxAnswers counts the
+// table, so answers without a Finish to wait for stop counting at once.
 //
 // # Limits
 //

@@ -31,6 +31,7 @@ var (
 	errReturned       = exc.New(exc.Failed, "", "call already returned")
 	errReleased       = exc.New(exc.Failed, "", "call released before it returned")
 	errNotCap         = exc.New(exc.Failed, "", "pipelined call on a field that is not a capability")
+	errNoAnswer       = exc.New(exc.Failed, "", "pipelined call on a question this vat does not hold (unknown, or returned without capabilities)")
 	errNoBootstrap    = exc.New(exc.Failed, "", "this vat serves no bootstrap capability")
 	errResultsKind    = exc.New(exc.Unimplemented, "", "unsupported kind of Return")
 	errSendResultTo   = exc.New(exc.Unimplemented, "", "results may only go to the caller")

@@ -178,6 +178,10 @@ func FuzzConn(f *testing.F) {
 	f.Add([]byte{1, 0, 1, 0, 0, 5, 1, 0, 0, 0, 4, 1, 0, 1, 0, 6, 0, 0, 0, 0})
 	f.Add([]byte{9, 0, 0, 0, 0, 11, 0, 0, 0, 0, 10, 0, 0, 0, 0, 8, 0, 0, 0, 0})
 	f.Add([]byte{0, 0, 0, 0, 0, 12, 1, 0, 1, 0, 3, 1, 0, 0, 0, 12, 2, 0, 1, 2, 0, 3, 0, 0, 0, 0, 4, 0, 0, 0, 0, 5, 0, 0, 0, 0, 6, 0, 0, 0, 12, 7, 0, 0, 0})
+	// A restored Sink, headers pipelined on it (results without
+	// capabilities: noFinishNeeded), that call's Finish anyway, a call
+	// pipelined on its answer, then the other Finishes.
+	f.Add([]byte{0, 0, 0, 1, 3, 2, 1, 0, 1, 0, 3, 1, 0, 0, 0, 2, 2, 1, 1, 0, 3, 0, 0, 0, 0, 3, 2, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) > 5*64 {
 			return

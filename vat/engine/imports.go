@@ -64,7 +64,10 @@ func (c *Conn) importCapLocked(d rpccp.CapDescriptor) (cl capnp.Client, local bo
 		}
 		a := c.answers[pa.QuestionId()]
 		if a == nil {
-			return capnp.Client{}, false, exc.New(exc.Failed, "", "receiverAnswer names no answer")
+			// Unknown, or returned with noFinishNeeded before the
+			// descriptor's message reached here: results without
+			// capabilities, so a broken capability either way.
+			return capnp.ErrorClient(errNoAnswer), false, nil
 		}
 		if a.returned && !a.draining {
 			return a.resultClientLocked(ops), true, nil

@@ -120,9 +120,14 @@ func TestScriptCallTooLarge(t *testing.T) {
 		t.Errorf("OnLimit got %q, want %q", got, engine.LimitMessageSize)
 	}
 	// The refused call holds its answer until its Finish, like the
-	// bootstrap and the call after it: its id is not free before.
-	if st := c.Stats(); st.Answers != 3 {
-		t.Errorf("Stats().Answers = %d, want 3 (the bootstrap, the refused call, the call after it)", st.Answers)
+	// bootstrap: its id is not free before. The call after it returned
+	// results without capabilities: no Finish needed, its answer is gone
+	// (the Finish the loop below sends anyway is ignored).
+	if !r2.NoFinishNeeded() {
+		t.Error("the call after the large one: Return without noFinishNeeded")
+	}
+	if st := c.Stats(); st.Answers != 2 {
+		t.Errorf("Stats().Answers = %d, want 2 (the bootstrap, the refused call)", st.Answers)
 	}
 	for q := uint32(0); q <= 2; q++ {
 		s.finish(q)
@@ -241,22 +246,24 @@ func TestScriptAnswerBudget(t *testing.T) {
 	s.finish(2)
 	s.send(sinkHeadersCall(3, func(t rpccp.MessageTarget) { t.SetImportedCap(export) }, "y"))
 	r, _ := s.expect(rpccp.Message_Which_return).Return()
-	if r.AnswerId() != 3 || r.Which() != rpccp.Return_Which_results {
-		t.Fatalf("call after finishing: %d %v", r.AnswerId(), r.Which())
+	if r.AnswerId() != 3 || r.Which() != rpccp.Return_Which_results || !r.NoFinishNeeded() {
+		t.Fatalf("call after finishing: %d %v noFinishNeeded %v", r.AnswerId(), r.Which(), r.NoFinishNeeded())
 	}
-	// A peer that finishes nothing: answers 0 and 3 held, 4 and 5
-	// refused (and held until their Finish), 6 closes the connection.
+	// A peer that finishes nothing: answers 0 and 4 held (3 needs no
+	// Finish and is not held), 5 and 6 refused (and held until their
+	// Finish), 7 closes the connection.
 	boot := func(qid uint32) {
 		s.send(func(m rpccp.Message) {
 			b, _ := m.NewBootstrap()
 			b.SetQuestionId(qid)
 		})
 	}
-	boot(4)
-	s.expectException(4, rpccp.Exception_Type_overloaded)
+	s.bootstrapExport(4)
 	boot(5)
 	s.expectException(5, rpccp.Exception_Type_overloaded)
 	boot(6)
+	s.expectException(6, rpccp.Exception_Type_overloaded)
+	boot(7)
 	ab, _ := s.expect(rpccp.Message_Which_abort).Abort()
 	if reason, _ := ab.Reason(); !strings.Contains(reason, "answer budget") || !strings.Contains(reason, "4 answers") {
 		t.Fatalf("abort reason %q", reason)

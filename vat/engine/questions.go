@@ -457,6 +457,10 @@ func (c *Conn) handleReturn(msg *capnp.Message, m rpccp.Message) bool {
 		return false
 	}
 	q.returned = true
+	// The peer dropped its answer (results without capabilities): no
+	// Finish, the id is free once the barrier below is passed. A
+	// Bootstrap's Finish is sent anyway (the spec wants it).
+	noFinish := ret.NoFinishNeeded() && q.boot == nil
 	var paramExports []uint32
 	if ret.ReleaseParamCaps() {
 		paramExports, q.paramExports = q.paramExports, nil
@@ -537,8 +541,14 @@ func (c *Conn) handleReturn(msg *capnp.Message, m rpccp.Message) bool {
 	if keep {
 		q.results = msg
 	}
+	if noFinish {
+		q.finishSent = true
+		c.freeQuestionLocked(q)
+	}
 	c.mu.Unlock()
-	c.finish(q, false)
+	if !noFinish {
+		c.finish(q, false)
+	}
 	if !keep {
 		msg.Release()
 	}
