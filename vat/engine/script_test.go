@@ -95,7 +95,14 @@ func (s script) send(build func(m rpccp.Message)) {
 		s.t.Fatal(err)
 	}
 	build(m)
-	s.cc.in <- msg
+	select {
+	case s.cc.in <- msg:
+	case <-s.cc.closed:
+		// The Conn ended and reads no more: the message is dropped (a
+		// test waiting for an answer to it fails at its expect, instead
+		// of hanging here).
+		msg.Release()
+	}
 }
 
 // expect returns the next message the Conn sends, skipping Finish and
