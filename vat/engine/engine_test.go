@@ -59,10 +59,12 @@ func (r *recorder) snapshot() ([]string, int) {
 }
 
 // service is a GrpcService: open echoes down as up (after gate, if set);
-// unary "block" waits for its context and reports the cancellation.
+// unary "block" waits for its context and reports the cancellation; unary
+// "hold" waits for hold, whatever its context does.
 type service struct {
 	gate      chan struct{}
 	cancelled chan struct{}
+	hold      chan struct{}
 }
 
 func (s *service) Unary(ctx context.Context, call captp.GrpcService_unary) error {
@@ -73,6 +75,11 @@ func (s *service) Unary(ctx context.Context, call captp.GrpcService_unary) error
 		<-ctx.Done()
 		close(s.cancelled)
 		return ctx.Err()
+	}
+	if m == "hold" {
+		call.Go()
+		<-s.hold
+		return errors.New("held")
 	}
 	res, err := call.AllocResults()
 	if err != nil {

@@ -49,7 +49,7 @@ func (s script) expectReturn(qid uint32, kind rpccp.Return_Which) rpccp.Return {
 // peer finishes anyway) is ignored: the connection lives and the id is
 // used again, with or without that Finish.
 func TestScriptNoFinishNeeded(t *testing.T) {
-	svc := &service{cancelled: make(chan struct{})}
+	svc := &service{cancelled: make(chan struct{}), hold: make(chan struct{})}
 	s, c := newScript(t, engine.Options{Bootstrap: capnp.Client(captp.GrpcService_ServerToClient(svc))})
 	s.restoreFromConn(0, "")
 	br := s.expectReturn(0, rpccp.Return_Which_results)
@@ -126,8 +126,11 @@ func TestScriptNoFinishNeeded(t *testing.T) {
 	if c.Err() != nil {
 		t.Fatalf("connection ended: %v", c.Err())
 	}
-	// A second Finish for an answer still held is still a violation.
-	s.send(unaryCall(5, export, "block"))
+	// A second Finish for an answer still held is still a violation
+	// ("hold" keeps its answer whatever the Finish does: "block" would
+	// return when cancelled, and then the second Finish, for an answer
+	// gone, would be ignored).
+	s.send(unaryCall(5, export, "hold"))
 	s.finish(5)
 	s.finish(5)
 	ab, _ := s.expect(rpccp.Message_Which_abort).Abort()
@@ -135,6 +138,7 @@ func TestScriptNoFinishNeeded(t *testing.T) {
 		t.Fatalf("abort reason %q", reason)
 	}
 	waitDone(t, c)
+	close(svc.hold)
 }
 
 // TestScriptPipelinedOnDroppedAnswer: the peer pipelines on a call's
