@@ -102,7 +102,9 @@ type Config struct {
 	// MaxAnswers bounds, per connection, the calls (restores included) the
 	// peer has made and not yet finished: the vat keeps each one's answer
 	// until the peer's Finish (go-capnp sends it about 250 ms after the
-	// Return). A call over it fails at once with an Overloaded exception
+	// Return), or, for results that hold no capability, until its Return
+	// (noFinishNeeded; a Return waiting on a peer that reads nothing is
+	// bounded by MaxConcurrentCalls instead, see forward.go). A call over it fails at once with an Overloaded exception
 	// (OnLimit: engine.LimitAnswers), and a peer holding twice as many
 	// answers has its connection closed, logged and reported to OnRefused
 	// (RefusedAnswerBudget). Other connections go on. Zero means

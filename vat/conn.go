@@ -98,9 +98,11 @@ func (c *Connection) Mode() Mode { return c.mode }
 // engine's tables, not a count of messages. An entry stays until both sides
 // are done with it, so a call still shows for a moment after its caller has
 // the results: the caller's question goes once the Return is handled and
-// its Finish sent, the callee's answer when that Finish arrives, and the
-// codec may hold a Finish (or a Release) back for a few milliseconds to
-// send it with the next message (see transport_lazy.go). Read right after
+// its Finish sent, the callee's answer when that Finish arrives (or, for a
+// Return whose results hold no capability, which says noFinishNeeded, as
+// the Return is sent, and the caller sends no Finish), and the codec may
+// hold a Finish (or a Release) back for a few milliseconds to send it
+// with the next message (see transport_lazy.go). Read right after
 // a call, the counts may still include it; they settle without further
 // traffic.
 type ConnStats struct {
@@ -108,7 +110,8 @@ type ConnStats struct {
 	// not come or whose Finish it has not sent yet.
 	Questions int
 	// Answers is calls (and bootstraps) the peer sent whose Finish has
-	// not come yet, returned or not.
+	// not come yet, returned or not (a Return with noFinishNeeded ends
+	// its answer at once).
 	Answers int
 	// Imports is the peer's capabilities this vat holds references to.
 	Imports int

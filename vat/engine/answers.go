@@ -326,6 +326,12 @@ func (c *Conn) drainQueued(a *answer) {
 		c.mu.Unlock()
 		for i, qc := range q {
 			if qc.disembargo {
+				if c.isClosed() {
+					// Nothing to reflect to: the connection ended while
+					// the batch was delivered (a peer that queued many).
+					cls[i].Release()
+					continue
+				}
 				c.reflectDisembargo(cls[i], qc.embID) // takes cls[i]
 				continue
 			}
@@ -609,3 +615,10 @@ func (p *answerPipe) Shutdown() {
 	cl.Release()
 }
 func (p *answerPipe) String() string { return "engine.answerPipe" }
+
+// isClosed reports whether the connection has ended.
+func (c *Conn) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}

@@ -44,7 +44,9 @@ type Options struct {
 	// fails with an Overloaded exception; the connection lives.
 	MaxImports, MaxExports int
 	// MaxAnswers bounds the peer's calls (Bootstraps included) that this
-	// side holds an answer for until the peer's Finish (0:
+	// side holds an answer for until the peer's Finish, or until a
+	// noFinishNeeded Return leaves (it is not counted while its send
+	// waits: bound the calls running by other means) (0:
 	// DefaultMaxAnswers; negative: no bound). A call over it is answered
 	// at once with an Overloaded exception; a peer holding twice as many
 	// (refused ones included) has its connection closed.

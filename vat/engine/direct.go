@@ -17,8 +17,9 @@ import (
 // machinery: no capnp.Promise, Answer or Future, no flow-limiter hook, no
 // context.AfterFunc. It is the same question as a normal call's (an id
 // from the question table, reused once the Return came and the Finish went
-// out, or at once if the Return says noFinishNeeded; MaxImports, the size hint and ConnStats as ever; the results' cap
-// table filled as the normal path fills it, so capabilities in them work),
+// out, or at once if the Return says noFinishNeeded; MaxImports, the size
+// hint and ConnStats as ever; the results' cap table filled as the normal
+// path fills it, so capabilities in them work),
 // and it blocks until the Return. If ctx ends first, the peer gets the
 // Finish that cancels, the call fails with ctx's error, as a normal call
 // does when its context ends. Errors carry the method's name as a

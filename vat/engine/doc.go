@@ -48,9 +48,14 @@
 //     them such a call fails anyway.
 //
 // On the calling side the question is freed after the pipelining barrier
-// of handleReturn, as it was after the Finish: a call pipelined on it is
-// encoded before its id can name another question. MaxAnswers counts the
-// table, so answers without a Finish to wait for stop counting at once.
+// of handleReturn, as it was after the Finish: a call pipelined on it
+// (promisedAnswer) is encoded before its id can name another question. A
+// receiverAnswer(id) descriptor in a call's params is not held back that
+// way: a Return handled between the params' description and their send
+// frees the id first (before noFinishNeeded too, right after the Finish;
+// known, not fixed: the bridge never passes a pipelined promise as a
+// parameter). MaxAnswers counts the table, so answers without a Finish to
+// wait for stop counting at once.
 //
 // # Limits
 //

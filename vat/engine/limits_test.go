@@ -464,6 +464,7 @@ func TestScriptReceiverAnswersDoNotPinMemory(t *testing.T) {
 // stuck (it reads nothing) and sends them without end has its connection
 // closed at the answer budget, and OnLimit hears of it.
 func TestScriptHeldDisembargoesBounded(t *testing.T) {
+	goroutines := runtime.NumGoroutine()
 	g := &gatedSink{gate: make(chan struct{})}
 	lim := &limits{}
 	const budget = 300
@@ -506,4 +507,8 @@ func TestScriptHeldDisembargoesBounded(t *testing.T) {
 	// at most a second for room).
 	waitDone(t, c)
 	poll(t, "OnLimit to hear of the close", func() bool { return strings.Contains(lim.String(), engine.LimitAnswersHeld) })
+	// The delivery that was stuck ends too (the package's leak check
+	// would see it otherwise).
+	c.Close()
+	poll(t, "the delivery's goroutine to end", func() bool { return runtime.NumGoroutine() <= goroutines })
 }
