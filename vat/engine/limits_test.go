@@ -419,7 +419,7 @@ func TestScriptReceiverAnswersDoNotPinMemory(t *testing.T) {
 			pa.SetQuestionId(1)
 		}
 	}
-	const resolves, calls = 5000, 300
+	const resolves, calls = 2000, 200
 	flood := func() {
 		for range resolves {
 			s.send(resolve)
