@@ -156,19 +156,9 @@ func (c *Conn) startDirect(h *importClient, m capnp.Method, sz capnp.ObjectSize,
 	tgt.SetImportedCap(h.id)
 	c.newQuestionLocked(q)
 	call.SetQuestionId(q.id)
-	q.paramExports, err = c.describeLocked(params, caps)
-	if err != nil {
-		q.returned, q.finished, q.finishSent = true, true, true
-		c.freeQuestionLocked(q)
-		exps := q.paramExports
-		c.mu.Unlock()
-		if err == errTooManyExports {
-			c.limit(LimitExports)
-		}
-		c.releaseExports(exps)
+	if err := c.describeParamsUnlock(q, params, caps); err != nil {
 		return nil, err
 	}
-	c.mu.Unlock()
 
 	_ = c.send(msg) // a failure ends the connection, which fails q
 	return d, nil

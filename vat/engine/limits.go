@@ -43,16 +43,7 @@ const DefaultMaxAnswers = 32768
 const DefaultMaxRestores = 1024
 
 // restoreLimit returns MaxRestores with its default; 0: no bound.
-func (c *Conn) restoreLimit() int {
-	switch n := c.opts.MaxRestores; {
-	case n < 0:
-		return 0
-	case n == 0:
-		return DefaultMaxRestores
-	default:
-		return n
-	}
-}
+func (c *Conn) restoreLimit() int { return optLimit(c.opts.MaxRestores, DefaultMaxRestores) }
 
 // MessageTooLarge is what a Codec's Decode returns for an inbound message
 // over its size limit that it skipped without keeping it: the connection
@@ -130,12 +121,16 @@ func (c *Conn) limit(reason string) {
 }
 
 // answerLimit returns MaxAnswers with its default; 0: no bound.
-func (c *Conn) answerLimit() int {
-	switch n := c.opts.MaxAnswers; {
+func (c *Conn) answerLimit() int { return optLimit(c.opts.MaxAnswers, DefaultMaxAnswers) }
+
+// optLimit is an Options bound n with its default def: 0 for none (n
+// negative), def for n zero, else n.
+func optLimit(n, def int) int {
+	switch {
 	case n < 0:
 		return 0
 	case n == 0:
-		return DefaultMaxAnswers
+		return def
 	default:
 		return n
 	}

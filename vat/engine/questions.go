@@ -230,19 +230,9 @@ func (c *Conn) startCall(ctx context.Context, t callTarget, m capnp.Method, plac
 	c.newQuestionLocked(q)
 	c.byAnswer[q.p.Answer()] = q // a map the Conn keeps: the answer's Metadata map would allocate per call
 	call.SetQuestionId(q.id)
-	q.paramExports, err = c.describeLocked(params, caps)
-	if err != nil {
-		q.returned, q.finished, q.finishSent = true, true, true
-		c.freeQuestionLocked(q)
-		exps := q.paramExports
-		c.mu.Unlock()
-		if err == errTooManyExports {
-			c.limit(LimitExports)
-		}
-		c.releaseExports(exps)
+	if err := c.describeParamsUnlock(q, params, caps); err != nil {
 		return nil, nil, err
 	}
-	c.mu.Unlock()
 
 	_ = c.send(msg) // a failure ends the connection, which fails q
 	if ctx.Done() != nil {
@@ -553,4 +543,25 @@ func (c *Conn) handleReturn(msg *capnp.Message, m rpccp.Message) bool {
 		msg.Release()
 	}
 	return true
+}
+
+// describeParamsUnlock describes the capabilities of q's params (q is in
+// the table) and unlocks c.mu. Over MaxExports q is freed, the exports
+// made so far are released and OnLimit is told.
+func (c *Conn) describeParamsUnlock(q *question, params rpccp.Payload, caps []outCap) error {
+	var err error
+	q.paramExports, err = c.describeLocked(params, caps)
+	if err != nil {
+		q.returned, q.finished, q.finishSent = true, true, true
+		c.freeQuestionLocked(q)
+		exps := q.paramExports
+		c.mu.Unlock()
+		if err == errTooManyExports {
+			c.limit(LimitExports)
+		}
+		c.releaseExports(exps)
+		return err
+	}
+	c.mu.Unlock()
+	return nil
 }
