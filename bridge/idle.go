@@ -18,7 +18,7 @@ import (
 type idleWatch struct {
 	timeout time.Duration
 	last    atomic.Int64 // unix nanoseconds of the last message
-	end     func()       // ends the stream; called at most once, on the timer's goroutine
+	end     func()       // ends the stream (set by arm); called at most once, on the timer's goroutine
 
 	mu      sync.Mutex  // guards timer (set by arm, reset by check) and stopped
 	timer   *time.Timer // nil until armed
@@ -28,32 +28,34 @@ type idleWatch struct {
 // watchIdle starts watching a stream that end ends, or returns nil when
 // timeout is not positive. end must do nothing to a stream already over.
 func watchIdle(timeout time.Duration, end func()) *idleWatch {
-	w := newIdleWatch(timeout, end)
-	w.arm()
+	w := new(idleWatch).init(timeout)
+	w.arm(end)
 	return w
 }
 
-// newIdleWatch is watchIdle without starting the timer: messages are
-// recorded, and arm starts watching (once the call turns out to be a
-// stream). Nil when timeout is not positive.
-func newIdleWatch(timeout time.Duration, end func()) *idleWatch {
+// init makes w record messages (arm starts watching, once the call turns
+// out to be a stream) and returns it; nil, and w unused, when timeout is
+// not positive. A watch kept inside a call costs the call no allocation
+// until it is armed.
+func (w *idleWatch) init(timeout time.Duration) *idleWatch {
 	if timeout <= 0 {
 		return nil
 	}
-	w := &idleWatch{timeout: timeout, end: end}
+	w.timeout = timeout
 	w.touch()
 	return w
 }
 
-// arm starts the timer, from the last message. Nil-safe; call it once, on
-// the goroutine that calls stop.
-func (w *idleWatch) arm() {
+// arm starts the timer, from the last message; end ends the stream. Nil-
+// safe; call it once, on the goroutine that calls stop.
+func (w *idleWatch) arm(end func()) {
 	if w != nil {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		if w.stopped {
 			return
 		}
+		w.end = end // before the timer that reads it starts
 		w.timer = time.AfterFunc(idleLeft(w.last.Load(), time.Now().UnixNano(), w.timeout), w.check)
 	}
 }

@@ -167,7 +167,7 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 	c := &ingressCall{in: in, ss: ss, ctx: ctx, method: method, md: md, final: make(chan final, 1)}
 	c.obox.init(queueBytes)
 	c.ob = &c.obox
-	c.idle = newIdleWatch(in.idle, c.idled)
+	c.idle = c.idleW.init(in.idle)
 	defer c.finish()
 	if in.onCall != nil {
 		in.onCall(c)
@@ -188,7 +188,7 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 		if !closed {
 			go c.pump()
 		}
-		c.idle.arm()
+		c.idle.arm(c.idled)
 		return c.stream(svc)
 	}
 	go c.pump()
@@ -198,7 +198,7 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 		return c.unary(svc, req)
 	}
 	in.streamCalls.Add(1)
-	c.idle.arm()
+	c.idle.arm(c.idled)
 	return c.stream(svc)
 }
 
@@ -223,7 +223,8 @@ type ingressCall struct {
 	md      metadata.MD // the request's (requestMetadata: read-only)
 	ob      *outbox     // client messages, read by pump: &obox
 	obox    outbox
-	idle    *idleWatch // with IngressConfig.StreamIdleTimeout (armed on a streaming path); nil: none
+	idle    *idleWatch // &idleW with IngressConfig.StreamIdleTimeout (armed on a streaming path); nil: none
+	idleW   idleWatch
 	final   chan final
 	upStats sendStats // of the request stream's sender
 
@@ -310,7 +311,7 @@ func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 		// call until the end (releasing it cancels).
 		rest := res.Rest().AddRef()
 		defer rest.Release()
-		c.idle.arm()
+		c.idle.arm(c.idled)
 		af, arelease := rest.Attach(c.ctx, func(p captp.Call_attach_Params) error {
 			return p.SetDown(newSink(c, c.in.max, c.in.maxMD))
 		})
