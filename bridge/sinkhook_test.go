@@ -173,26 +173,7 @@ func TestSinkQueueStaysSmall(t *testing.T) {
 	before := liveSinks.Load()
 	liveSinks.Add(1)
 	client := capnp.NewClient(h)
-	sendM := sinkMethods[1].Method
-	recv := func() {
-		msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := captp.NewRootSink_send_Params(seg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := p.NewChunks(1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l.At(0).SetEnd(true)
-		if err := l.At(0).SetData([]byte("x")); err != nil {
-			t.Fatal(err)
-		}
-		client.RecvCall(context.Background(), capnp.Recv{Method: sendM, Args: capnp.Struct(p), ReleaseArgs: msg.Release, Returner: &doneReturner{done: make(chan struct{})}})
-	}
+	recv := func() { recvSinkSend(t, client, []byte("x"), &doneReturner{done: make(chan struct{})}) }
 	const n = 20000
 	recv()
 	recv()
@@ -232,27 +213,10 @@ func TestSinkQueueBounded(t *testing.T) {
 	before := liveSinks.Load()
 	liveSinks.Add(1)
 	client := capnp.NewClient(h)
-	sendM := sinkMethods[1].Method
 	chunk := make([]byte, 1<<20)
 	recv := func() *errReturner {
-		msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := captp.NewRootSink_send_Params(seg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := p.NewChunks(1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l.At(0).SetEnd(true)
-		if err := l.At(0).SetData(chunk); err != nil {
-			t.Fatal(err)
-		}
 		r := &errReturner{doneReturner: doneReturner{done: make(chan struct{})}}
-		client.RecvCall(context.Background(), capnp.Recv{Method: sendM, Args: capnp.Struct(p), ReleaseArgs: msg.Release, Returner: r})
+		recvSinkSend(t, client, chunk, r)
 		return r
 	}
 	var queued []*errReturner
@@ -290,4 +254,27 @@ func TestSinkQueueBounded(t *testing.T) {
 	}
 	client.Release()
 	poll(t, func() bool { return liveSinks.Load() == before }, "the Sink to shut down")
+}
+
+// recvSinkSend delivers a Sink.send of one whole message, data, to client
+// as the engine's receive loop does (RecvCall), returning to ret.
+func recvSinkSend(t *testing.T, client capnp.Client, data []byte, ret capnp.Returner) {
+	t.Helper()
+	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := captp.NewRootSink_send_Params(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := p.NewChunks(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.At(0).SetEnd(true)
+	if err := l.At(0).SetData(data); err != nil {
+		t.Fatal(err)
+	}
+	client.RecvCall(context.Background(), capnp.Recv{Method: sinkMethods[1].Method, Args: capnp.Struct(p), ReleaseArgs: msg.Release, Returner: ret})
 }

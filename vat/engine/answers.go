@@ -326,7 +326,7 @@ func (c *Conn) drainQueued(a *answer) {
 		c.mu.Unlock()
 		for i, qc := range q {
 			if qc.disembargo {
-				if c.isClosed() {
+				if c.Err() != nil {
 					// Nothing to reflect to: the connection ended while
 					// the batch was delivered (a peer that queued many).
 					cls[i].Release()
@@ -615,10 +615,3 @@ func (p *answerPipe) Shutdown() {
 	cl.Release()
 }
 func (p *answerPipe) String() string { return "engine.answerPipe" }
-
-// isClosed reports whether the connection has ended.
-func (c *Conn) isClosed() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closed
-}

@@ -159,11 +159,11 @@ func (c *Conn) handleBootstrap(m rpccp.Message) bool {
 	c.tasks.Add(1)
 	c.mu.Unlock()
 	go func() {
-		defer c.tasks.Done()
 		defer func() {
 			c.mu.Lock()
 			c.restoring--
 			c.mu.Unlock()
+			c.tasks.Done()
 		}()
 		cl, err := c.opts.Restore(ctx, id)
 		if err == nil && !cl.IsValid() {
