@@ -59,7 +59,7 @@ type Config struct {
 const maxRounds = 25
 
 // profiledScenarios are the ones PprofDir profiles.
-var profiledScenarios = []string{"unary-100B-c1", "unary-100B-c64", "stream-1KiB"}
+var profiledScenarios = []string{"unary-100B-c1", "unary-100B-c64", "stream-1KiB", "pingpong-c1"}
 
 // withDefaults fills in the zero fields.
 func (c Config) withDefaults() Config {
