@@ -25,8 +25,8 @@ import (
 // empty stream). Then what was read is queued in the outbox, and closed
 // reports that it holds the half-close too: nothing is left to read.
 func (c *ingressCall) recvUnary() (req *frame, closed bool, err error) {
-	var f frame
-	if err := c.ss.RecvMsg(&f); err != nil {
+	f := &c.reqF
+	if err := c.ss.RecvMsg(f); err != nil {
 		if err == io.EOF {
 			c.ob.load(event{kind: evEnd})
 			return nil, true, nil
@@ -34,19 +34,19 @@ func (c *ingressCall) recvUnary() (req *frame, closed bool, err error) {
 		return nil, false, c.fail(err)
 	}
 	if f.data.Len() > inlineMax {
-		c.ob.load(event{kind: evMsg, msg: f})
+		c.ob.load(event{kind: evMsg, msg: *f})
 		return nil, false, nil
 	}
-	var g frame
-	err = c.ss.RecvMsg(&g)
+	g := &c.extraF
+	err = c.ss.RecvMsg(g)
 	if err == io.EOF {
-		return &f, true, nil
+		return f, true, nil
 	}
 	if err != nil {
 		f.free()
 		return nil, false, c.fail(err)
 	}
-	c.ob.load(event{kind: evMsg, msg: f}, event{kind: evMsg, msg: g})
+	c.ob.load(event{kind: evMsg, msg: *f}, event{kind: evMsg, msg: *g})
 	return nil, false, nil
 }
 

@@ -227,6 +227,11 @@ type ingressCall struct {
 	idleW   idleWatch
 	final   chan final
 	upStats sendStats // of the request stream's sender
+	// The fast path's frames live in the call, saving an allocation each
+	// (a frame given to gRPC escapes anyway): reqF and extraF are
+	// recvUnary's (the request; a second message or the half-close),
+	// respF is reply's (the response). Each is used by one goroutine, once.
+	reqF, extraF, respF frame
 
 	mu       sync.Mutex
 	finished bool

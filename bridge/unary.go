@@ -128,9 +128,9 @@ func (c *ingressCall) reply(r captp.Reply) error {
 		if err != nil {
 			return c.fail(err)
 		}
-		var f frame
+		f := &c.respF
 		f.single(mem.Copy(b, mem.DefaultBufferPool()))
-		if err := c.ss.SendMsg(&f); err != nil {
+		if err := c.ss.SendMsg(f); err != nil {
 			f.free()
 			return err
 		}
@@ -147,6 +147,9 @@ func (c *ingressCall) reply(r captp.Reply) error {
 	w, err := r.Status()
 	if err != nil {
 		return c.fail(err)
+	}
+	if w.Code() == 0 && !w.HasMessage_() && !w.HasDetails() {
+		return nil // OK, the usual end: no status to build
 	}
 	st, err := readStatus(w)
 	if err != nil {
