@@ -471,7 +471,7 @@ func (e *egress) unary(ctx context.Context, call unaryCall) error {
 			return fmt.Errorf("unary: %w", err)
 		}
 		var f frame
-		f.single(mem.Copy(req, mem.DefaultBufferPool()))
+		f.single(mem.Copy(req, &bufferPool))
 		if err := c.bs.SendMsg(&f); err != nil {
 			f.free() // io.EOF: the status comes from RecvMsg
 		}

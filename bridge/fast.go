@@ -77,7 +77,7 @@ func (e *egress) unaryKnown(ctx context.Context, call unaryCall, c *egressCall) 
 		evs = []event{{kind: evEnd, st: Status(err)}}
 	} else {
 		var f frame
-		f.single(mem.Copy(req, mem.DefaultBufferPool()))
+		f.single(mem.Copy(req, &bufferPool))
 		_ = bs.SendMsg(&f) // a failure's status comes from RecvMsg
 		f.free()           // unless gRPC took the buffers (then f is empty)
 		evs, whole = c.readUnary(bs)

@@ -16,6 +16,7 @@ import (
 	"capnproto.org/go/capnp/v3/exc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -80,6 +81,7 @@ func (in *Ingress) ServerOptions() []grpc.ServerOption {
 		grpc.MaxRecvMsgSize(in.max),
 		grpc.MaxSendMsgSize(in.max),
 		grpc.NumStreamWorkers(streamWorkers),
+		experimental.BufferPool(&bufferPool),
 	}
 }
 

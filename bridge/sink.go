@@ -75,7 +75,7 @@ func (s *sinkServer) send(call sendCall) error {
 	if err != nil {
 		return fmt.Errorf("sink send: %w", err)
 	}
-	pool := mem.DefaultBufferPool()
+	pool := &bufferPool
 	for i := 0; i < l.Len(); i++ {
 		c := l.At(i)
 		d, err := c.Data()

@@ -129,7 +129,7 @@ func (c *ingressCall) reply(r captp.Reply) error {
 			return c.fail(err)
 		}
 		f := &c.respF
-		f.single(mem.Copy(b, mem.DefaultBufferPool()))
+		f.single(mem.Copy(b, &bufferPool))
 		if err := c.ss.SendMsg(f); err != nil {
 			f.free()
 			return err

@@ -9,6 +9,7 @@ import (
 
 	capnp "capnproto.org/go/capnp/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 
 	"github.com/vatcar/vatcar/bridge"
 	"github.com/vatcar/vatcar/vat"
@@ -32,13 +33,16 @@ const (
 	connWindow   = 16 << 20
 )
 
-// windowServerOptions and windowDialOptions set those windows.
+// windowServerOptions and backendDialOptions set those windows.
 func windowServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{grpc.StaticStreamWindowSize(streamWindow), grpc.StaticConnWindowSize(connWindow)}
 }
 
-func windowDialOptions() []grpc.DialOption {
-	return []grpc.DialOption{grpc.WithStaticStreamWindowSize(streamWindow), grpc.WithStaticConnWindowSize(connWindow)}
+// An egress's connection also reads into the bridge's buffer pool, which
+// does not zero buffers (bridge.BufferPool).
+func backendDialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithStaticStreamWindowSize(streamWindow), grpc.WithStaticConnWindowSize(connWindow),
+		experimental.WithBufferPool(bridge.BufferPool())}
 }
 
 func newIngressServer(d director, kinds bridge.Kinds, lim egressLimits, calls *sideMetrics, log *slog.Logger, opts ...grpc.ServerOption) (*grpc.Server, error) {

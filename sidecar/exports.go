@@ -64,7 +64,7 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 	s.exports[e.Name] = ex // reserve the name
 	s.mu.Unlock()
 
-	cc, err := grpc.NewClient(grpcTarget(e.Target), append(windowDialOptions(),
+	cc, err := grpc.NewClient(grpcTarget(e.Target), append(backendDialOptions(),
 		grpc.WithContextDialer(backendDialer(e.Target)), grpc.WithNoProxy(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStreamInterceptor(s.backendStream(ex.calls)),
