@@ -363,9 +363,9 @@ func (c *egressCall) pumpMessages() {
 		var f frame
 		err := c.bs.RecvMsg(&f)
 		if err != nil {
-			st := Status(err)
-			if err == io.EOF {
-				st = statusOK
+			st := statusOK // a clean io.EOF, which Status would not map
+			if err != io.EOF {
+				st = Status(err)
 			}
 			trailers := c.bs.Trailer()
 			if bad := c.responseMetadata("trailers", trailers); bad != nil {
