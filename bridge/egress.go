@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -228,16 +227,14 @@ func (c *egressCall) open() {
 // egress's base context (EgressConfig.Context), or without one under
 // parent's values (not its cancellation).
 func (e *egress) newCall(parent context.Context, h captp.CallHead, sl slot) (*egressCall, error) {
-	head, err := readCallHead(h, e.maxMD)
+	// Most calls' metadata fits here, off the heap: gRPC copies it.
+	var buf [16]string
+	head, pairs, err := readCallHead(h, e.maxMD, buf[:0])
 	if err != nil {
 		return nil, err
 	}
-	for k := range head.md {
-		if strings.HasPrefix(k, vatcarPrefix) {
-			delete(head.md, k) // only the egress says who calls
-		}
-	}
 	var who Caller
+	var callerMD *callerMD
 	if e.caller != nil {
 		var ok bool
 		if who, ok = e.caller(parent); ok {
@@ -246,13 +243,7 @@ func (e *egress) newCall(parent context.Context, h captp.CallHead, sl slot) (*eg
 					return nil, err
 				}
 			}
-			peer, ref := e.callerValues(who)
-			if peer != nil {
-				head.md[MetadataPeer] = peer
-			}
-			if ref != nil {
-				head.md[MetadataRef] = ref
-			}
+			callerMD = e.callerValues(who)
 		}
 	}
 	// The call's lifetime is its own (deadline, cancellation by the
@@ -268,7 +259,7 @@ func (e *egress) newCall(parent context.Context, h captp.CallHead, sl slot) (*eg
 	} else {
 		ctx, cancel = context.WithCancel(ctx)
 	}
-	ctx = metadata.NewOutgoingContext(ctx, head.md)
+	ctx = outgoing(ctx, pairs, callerMD)
 	c := &egressCall{e: e, slot: sl, head: head, ctx: ctx, cancel: cancel}
 	c.obox.init(queueBytes)
 	c.ob = &c.obox
@@ -283,29 +274,54 @@ func (e *egress) newCall(parent context.Context, h captp.CallHead, sl slot) (*eg
 	return c, nil
 }
 
-// callerMD is the metadata values naming one caller, shared by its calls
-// (read-only: gRPC only reads metadata it sends).
-type callerMD struct {
-	peer, ref   string
-	peerV, refV []string // nil for an empty peer or ref
+// outgoing returns ctx with the backend call's metadata: the request's
+// pairs (readCallHead), then the caller's keys, if any (who: nil for
+// none). It replaces any outgoing metadata ctx has. gRPC keeps what it is
+// given as it is, without a map: pairs are copied once, and the caller's
+// keys alone are a map shared by the caller's calls.
+func outgoing(ctx context.Context, pairs []string, who *callerMD) context.Context {
+	if _, ok := metadata.FromOutgoingContext(ctx); ok {
+		ctx = metadata.NewOutgoingContext(ctx, nil) // none but the call's
+	}
+	switch {
+	case len(pairs) > 0:
+		if who != nil {
+			pairs = append(pairs, who.pairs...)
+		}
+		return metadata.AppendToOutgoingContext(ctx, pairs...)
+	case who != nil && who.md != nil:
+		return metadata.NewOutgoingContext(ctx, who.md)
+	}
+	return ctx
 }
 
-// callerValues returns the vatcar-peer and vatcar-ref values for who: the
+// callerMD is the metadata naming one caller, shared by its calls
+// (read-only: gRPC only reads metadata it sends).
+type callerMD struct {
+	peer, ref string
+	pairs     []string    // vatcar-peer and vatcar-ref, each if not empty
+	md        metadata.MD // pairs as metadata; nil when pairs is empty
+}
+
+// callerValues returns the vatcar-peer and vatcar-ref metadata for who: the
 // last caller's, kept (an export's calls mostly come from one connection),
 // or new ones.
-func (e *egress) callerValues(who Caller) (peer, ref []string) {
+func (e *egress) callerValues(who Caller) *callerMD {
 	if m := e.lastCaller.Load(); m != nil && m.peer == who.Peer && m.ref == who.Ref {
-		return m.peerV, m.refV
+		return m
 	}
 	m := &callerMD{peer: who.Peer, ref: who.Ref}
 	if who.Peer != "" {
-		m.peerV = []string{who.Peer}
+		m.pairs = append(m.pairs, MetadataPeer, who.Peer)
 	}
 	if who.Ref != "" {
-		m.refV = []string{who.Ref}
+		m.pairs = append(m.pairs, MetadataRef, who.Ref)
+	}
+	if len(m.pairs) > 0 {
+		m.md = metadata.Pairs(m.pairs...)
 	}
 	e.lastCaller.Store(m)
-	return m.peerV, m.refV
+	return m
 }
 
 // callOptions returns the options of the call's backend call: the raw codec

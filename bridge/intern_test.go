@@ -2,9 +2,13 @@ package bridge
 
 import (
 	"fmt"
+	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"unsafe"
+
+	"google.golang.org/grpc/metadata"
 )
 
 // TestInternKeepsOneCopy checks that a string read twice is the same copy,
@@ -58,27 +62,34 @@ func TestHeaderKeyLowercase(t *testing.T) {
 	}
 }
 
-// TestCallerValues checks the caller metadata values an egress keeps: the
-// same caller's calls share them, another caller gets its own, and an
-// empty peer or ref gives none.
+// TestCallerValues checks the caller metadata an egress keeps: the same
+// caller's calls share it, another caller gets its own, and an empty peer
+// or ref gives no key.
 func TestCallerValues(t *testing.T) {
 	var e egress
-	p1, r1 := e.callerValues(Caller{Peer: "sha-256:a", Ref: "rev1:a"})
-	p2, r2 := e.callerValues(Caller{Peer: "sha-256:a", Ref: "rev1:a"})
-	if len(p1) != 1 || p1[0] != "sha-256:a" || len(r1) != 1 || r1[0] != "rev1:a" {
-		t.Fatalf("values %v %v", p1, r1)
+	m1 := e.callerValues(Caller{Peer: "sha-256:a", Ref: "rev1:a"})
+	m2 := e.callerValues(Caller{Peer: "sha-256:a", Ref: "rev1:a"})
+	want := []string{MetadataPeer, "sha-256:a", MetadataRef, "rev1:a"}
+	if !slices.Equal(m1.pairs, want) {
+		t.Fatalf("pairs %q, want %q", m1.pairs, want)
 	}
-	if &p1[0] != &p2[0] || &r1[0] != &r2[0] {
-		t.Error("one caller's two calls got new values")
+	if !reflect.DeepEqual(m1.md, metadata.Pairs(want...)) {
+		t.Errorf("md %v, want the pairs", m1.md)
 	}
-	p3, r3 := e.callerValues(Caller{Peer: "sha-256:b", Ref: "rev1:a"})
-	if len(p3) != 1 || p3[0] != "sha-256:b" || r3[0] != "rev1:a" {
-		t.Errorf("another caller: %v %v", p3, r3)
+	if m1 != m2 {
+		t.Error("one caller's two calls got new metadata")
 	}
-	if p, r := e.callerValues(Caller{Ref: "rev1:c"}); p != nil || len(r) != 1 || r[0] != "rev1:c" {
-		t.Errorf("no peer: %v %v", p, r)
+	m3 := e.callerValues(Caller{Peer: "sha-256:b", Ref: "rev1:a"})
+	if want := []string{MetadataPeer, "sha-256:b", MetadataRef, "rev1:a"}; !slices.Equal(m3.pairs, want) || m3.md[MetadataPeer][0] != "sha-256:b" {
+		t.Errorf("another caller: %q %v", m3.pairs, m3.md)
 	}
-	if p1[0] != "sha-256:a" {
+	if m := e.callerValues(Caller{Ref: "rev1:c"}); !slices.Equal(m.pairs, []string{MetadataRef, "rev1:c"}) || len(m.md) != 1 {
+		t.Errorf("no peer: %q %v", m.pairs, m.md)
+	}
+	if m := e.callerValues(Caller{}); len(m.pairs) != 0 || m.md != nil {
+		t.Errorf("no peer nor ref: %q %v, want none", m.pairs, m.md)
+	}
+	if !slices.Equal(m1.pairs, want) {
 		t.Error("a stored value changed")
 	}
 }

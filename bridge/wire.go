@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
@@ -279,41 +280,81 @@ const plainContentType = "application/grpc"
 
 func keepRequestButContentType(k string) bool { return k != "content-type" && keepRequest(k) }
 
-// callHead is a decoded CallHead.
+// callHead is a decoded CallHead, but for its metadata (readCallHead).
 type callHead struct {
 	method  string
-	md      metadata.MD
 	subtype string
 	timeout time.Duration
 }
 
-// readCallHead decodes a CallHead; the content-type leaves md and becomes
-// subtype. Metadata larger than maxMD fails with ErrMetadataTooLarge.
-func readCallHead(h captp.CallHead, maxMD int) (callHead, error) {
+// readCallHead decodes a CallHead. Its metadata that may reach the backend
+// is appended to pairs as key, value, key, value...: keys lowercased,
+// entries in list order, without the keys keepRequestButContentType
+// refuses (the gRPC libraries' own and vatcar-*, which only the egress
+// sets). The first content-type gives the subtype. Metadata larger than
+// maxMD fails with ErrMetadataTooLarge before anything is copied. The
+// values share one allocation; pairs grows only when it is too short.
+func readCallHead(h captp.CallHead, maxMD int, pairs []string) (callHead, []string, error) {
 	mb, err := h.MethodBytes()
 	if err != nil {
-		return callHead{}, fmt.Errorf("decode method: %w", err)
+		return callHead{}, pairs, fmt.Errorf("decode method: %w", err)
 	}
-	method := methodNames.get(mb)
+	head := callHead{method: methodNames.get(mb), timeout: time.Duration(h.TimeoutNanos())}
 	l, err := h.Md()
 	if err != nil {
-		return callHead{}, fmt.Errorf("decode metadata: %w", err)
+		return callHead{}, pairs, fmt.Errorf("decode metadata: %w", err)
 	}
-	md, err := readHeaders("request metadata", l, maxMD)
-	if err != nil {
-		return callHead{}, err
+	size, values := 0, 0
+	for i := 0; i < l.Len(); i++ {
+		h := l.At(i)
+		k, err := h.KeyBytes()
+		if err != nil {
+			return callHead{}, pairs, fmt.Errorf("decode metadata key: %w", err)
+		}
+		v, err := h.Value()
+		if err != nil {
+			return callHead{}, pairs, fmt.Errorf("decode metadata %q: %w", k, err)
+		}
+		if size += len(k) + len(v) + headerOverhead; size > maxMD {
+			return callHead{}, pairs, metadataTooLarge("request metadata", size, maxMD)
+		}
+		values += len(v)
 	}
-	if md == nil {
-		md = make(metadata.MD, 2) // the egress may add the caller's keys
+	var b strings.Builder // every value, each a slice of b's one buffer
+	sawType := false
+	for i := 0; i < l.Len(); i++ {
+		h := l.At(i)
+		kb, _ := h.KeyBytes()
+		v, _ := h.Value()
+		k := requestKey(kb)
+		if k == "content-type" && !sawType {
+			sawType = true
+			if string(v) != plainContentType {
+				head.subtype = contentSubtype(string(v))
+			}
+		}
+		if !keepRequestButContentType(k) {
+			continue
+		}
+		if b.Cap() == 0 {
+			b.Grow(values)
+		}
+		b.Write(v)
+		all := b.String() // only grows: earlier values stay as they are
+		pairs = append(pairs, k, all[len(all)-len(v):])
 	}
-	var sub string
-	if ct := md["content-type"]; len(ct) > 0 {
-		sub = contentSubtype(ct[0])
-	}
-	for k := range md {
-		if skipHeader(k) {
-			delete(md, k)
+	return head, pairs, nil
+}
+
+// requestKey returns a request metadata key lowercased as grpc-go will
+// lowercase it (strings.ToLower, Unicode too), so that what the egress
+// filters is the key the backend gets.
+func requestKey(key []byte) string {
+	k := headerKey(key)
+	for i := 0; i < len(k); i++ {
+		if k[i] >= utf8.RuneSelf {
+			return strings.ToLower(k)
 		}
 	}
-	return callHead{method: method, md: md, subtype: sub, timeout: time.Duration(h.TimeoutNanos())}, nil
+	return k
 }

@@ -2,6 +2,9 @@ package bridge
 
 import (
 	"context"
+	"reflect"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -55,7 +58,7 @@ func TestCallHeadRoundTrip(t *testing.T) {
 	if err := writeCallHead(h, ctx, "/p.S/M", md); err != nil {
 		t.Fatal(err)
 	}
-	got, err := readCallHead(h, DefaultMaxMetadataSize)
+	got, pairs, err := readCallHead(h, DefaultMaxMetadataSize, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,13 +69,71 @@ func TestCallHeadRoundTrip(t *testing.T) {
 		t.Errorf("timeout %v, want (0, 1m]", got.timeout)
 	}
 	want := metadata.MD{"x-a": {"1", "2"}, "x-b-bin": {string([]byte{0, 0xff})}}
-	if len(got.md) != len(want) {
-		t.Errorf("md = %v, want %v", got.md, want)
+	if md := pairsMD(t, pairs); !reflect.DeepEqual(md, want) {
+		t.Errorf("metadata %q, want %v", pairs, want)
 	}
-	for k, v := range want {
-		if len(got.md[k]) != len(v) || got.md[k][0] != v[0] {
-			t.Errorf("md[%q] = %q, want %q", k, got.md[k], v)
+}
+
+// pairsMD returns pairs (key, value, ...) as metadata, failing t when they
+// are odd in number.
+func pairsMD(t testing.TB, pairs []string) metadata.MD {
+	t.Helper()
+	if len(pairs)%2 != 0 {
+		t.Fatalf("odd pairs %q", pairs)
+	}
+	md := metadata.MD{}
+	for i := 0; i < len(pairs); i += 2 {
+		md[pairs[i]] = append(md[pairs[i]], pairs[i+1])
+	}
+	return md
+}
+
+// TestReadCallHeadPairs checks the metadata readCallHead passes on: keys
+// lowercased (also as grpc-go lowercases Unicode), in list order, repeated
+// keys in theirs; the first content-type gives the subtype; the gRPC
+// libraries' keys and vatcar-* keys in any case are dropped; pairs given
+// are appended to.
+func TestReadCallHeadPairs(t *testing.T) {
+	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := captp.NewRootCallHead(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.SetMethod("/p.S/M"); err != nil {
+		t.Fatal(err)
+	}
+	entries := [][2]string{
+		{"X-A", "1"}, {"content-type", "application/grpc+JSON"}, {"VATCAR-PEER", "forged"},
+		{"x-b-bin", "\x00\xff"}, {"Vatcar-Ref", "forged"}, {"x-a", "2"}, {"vatcar-peer", "forged"},
+		{"content-type", "application/grpc+xml"}, {":authority", "a"}, {"grpc-timeout", "1S"},
+		{"User-Agent", "ua"}, {"x-empty", ""}, {"X-A", "3"}, {"vatcar-other", "x"},
+		{"x-\u212a", "kelvin"}, // grpc-go lowers the Kelvin sign to "k"
+	}
+	l, err := h.NewMd(int32(len(entries)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range entries {
+		if err := l.At(i).SetKey(e[0]); err != nil {
+			t.Fatal(err)
 		}
+		if err := l.At(i).SetValue([]byte(e[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	head, pairs, err := readCallHead(h, DefaultMaxMetadataSize, []string{"kept", "v"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"kept", "v", "x-a", "1", "x-b-bin", "\x00\xff", "x-a", "2", "x-empty", "", "x-a", "3", "x-k", "kelvin"}
+	if !slices.Equal(pairs, want) {
+		t.Errorf("pairs\n%q, want\n%q", pairs, want)
+	}
+	if head.subtype != "json" || head.method != "/p.S/M" || head.timeout != 0 {
+		t.Errorf("head %+v, want method /p.S/M, subtype json, no timeout", head)
 	}
 }
 
@@ -113,7 +174,18 @@ func FuzzReadCallHead(f *testing.F) {
 		if err != nil {
 			return
 		}
-		readCallHead(h, DefaultMaxMetadataSize)
+		_, pairs, err := readCallHead(h, DefaultMaxMetadataSize, nil)
+		if err != nil {
+			return
+		}
+		if len(pairs)%2 != 0 {
+			t.Fatalf("odd pairs %q", pairs)
+		}
+		for i := 0; i < len(pairs); i += 2 {
+			if k := pairs[i]; k != strings.ToLower(k) || !keepRequestButContentType(k) {
+				t.Fatalf("key %q passed", k)
+			}
+		}
 	})
 }
 
@@ -133,7 +205,7 @@ func FuzzContentSubtype(f *testing.F) {
 
 // TestReadHeadersKeys checks that keys arrive lowercased whatever a peer
 // wrote, common or not, and values as written; an empty list is nil metadata,
-// and a call head without metadata still gets a map the egress can add to.
+// and a call head without metadata gives no pairs.
 func TestReadHeadersKeys(t *testing.T) {
 	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
 	if err != nil {
@@ -181,11 +253,9 @@ func TestReadHeadersKeys(t *testing.T) {
 	if md, err := readHeaders("test", el, DefaultMaxMetadataSize); err != nil || md != nil {
 		t.Errorf("empty list: %v, %v; want nil metadata", md, err)
 	}
-	head, err := readCallHead(empty, DefaultMaxMetadataSize)
-	if err != nil {
-		t.Fatal(err)
+	if _, pairs, err := readCallHead(empty, DefaultMaxMetadataSize, nil); err != nil || pairs != nil {
+		t.Errorf("empty call head: %q, %v; want no pairs", pairs, err)
 	}
-	head.md[MetadataPeer] = []string{"p"} // must not panic
 }
 
 // TestCallHeadPlainContentType checks that a call with the plain gRPC
@@ -220,19 +290,19 @@ func TestCallHeadPlainContentType(t *testing.T) {
 			if h.HasMd() != tc.list {
 				t.Errorf("metadata list sent: %v, want %v", h.HasMd(), tc.list)
 			}
-			got, err := readCallHead(h, DefaultMaxMetadataSize)
+			got, pairs, err := readCallHead(h, DefaultMaxMetadataSize, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got.subtype != tc.subty || len(got.md) != len(tc.keys) {
-				t.Fatalf("subtype %q md %v, want %q and keys %v", got.subtype, got.md, tc.subty, tc.keys)
+			md := pairsMD(t, pairs)
+			if got.subtype != tc.subty || len(md) != len(tc.keys) {
+				t.Fatalf("subtype %q metadata %q, want %q and keys %v", got.subtype, pairs, tc.subty, tc.keys)
 			}
 			for _, k := range tc.keys {
-				if len(got.md[k]) != 1 {
-					t.Errorf("md[%q] = %v", k, got.md[k])
+				if len(md[k]) != 1 {
+					t.Errorf("md[%q] = %v", k, md[k])
 				}
 			}
-			got.md[MetadataPeer] = []string{"p"} // the egress may add to it
 		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/vatcar/vatcar/internal/cputime"
 )
@@ -38,6 +39,30 @@ func BenchmarkPairUnary(b *testing.B) {
 		})
 		b.ReportMetric(cpu.MicrosPer(float64(b.N)), "cpu-us/op")
 	})
+}
+
+// BenchmarkPairUnaryMetadata is BenchmarkPairUnary's parallel case with
+// request metadata as traced, authenticated apps send it: four keys, one
+// of them binary.
+func BenchmarkPairUnaryMetadata(b *testing.B) {
+	p := startBenchPair(b)
+	req := &testgrpc.SimpleRequest{ResponseSize: 1024, Payload: &testgrpc.Payload{Body: make([]byte, 1024)}}
+	ctx := metadata.AppendToOutgoingContext(context.Background(),
+		"authorization", "Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhcHAifQ.c2lnbmF0dXJl",
+		"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"x-request-id", "7f1c2a9e-3b4d-4e5f-8a6b-9c0d1e2f3a4b",
+		"x-tenant-bin", "\x01\x02\x03\x04")
+	b.SetParallelism(benchParallelism)
+	cpu := cputime.Start()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := p.client.UnaryCall(ctx, req); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(cpu.MicrosPer(float64(b.N)), "cpu-us/op")
 }
 
 // BenchmarkPairServerStream measures 1 KiB messages of one server stream
