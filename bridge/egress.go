@@ -170,19 +170,20 @@ type egressCall struct {
 	head   callHead
 	ctx    context.Context // the backend call's, with its deadline
 	cancel context.CancelFunc
-	// life ends when the call is abandoned (the caller released up or its
-	// Call, or the response could not be sent); the response is sent under
-	// it, so the backend's deadline still lets the final status go down.
-	life    context.Context
-	abandon context.CancelFunc
-	bs      grpc.ClientStream
-	ob      *outbox // backend events, read by pump: &obox
-	obox    outbox
-	idle    *idleWatch // streams only, with EgressConfig.StreamIdleTimeout; nil: none
+	bs     grpc.ClientStream
+	ob     *outbox // backend events, read by pump: &obox
+	obox   outbox
+	idle   *idleWatch // streams only, with EgressConfig.StreamIdleTimeout; nil: none
 
 	mu     sync.Mutex
 	failed *status.Status // set by fail: replaces the backend's status
 	over   bool           // set by done
+	// gone is set by abandon. endLife ends the context respond sends the
+	// response under (its own, so the backend's deadline still lets the
+	// final status go down); nil until respond made it. A unary call
+	// answered whole never needs one.
+	gone    bool
+	endLife context.CancelFunc
 }
 
 // start opens the backend stream and starts reading its response, watching
@@ -215,7 +216,7 @@ func (c *egressCall) idled() {
 func (c *egressCall) open() {
 	bs, err := c.e.conn.NewStream(c.ctx, &streamDesc, c.head.method, c.callOptions()...)
 	if err != nil {
-		c.ob.put(c.life, event{kind: evEnd, st: Status(err)})
+		c.ob.put(context.Background(), event{kind: evEnd, st: Status(err)})
 		return
 	}
 	c.bs = bs
@@ -270,7 +271,6 @@ func (e *egress) newCall(parent context.Context, h captp.CallHead, sl slot) (*eg
 		})
 		context.AfterFunc(ctx, func() { t.Stop() })
 	}
-	c.life, c.abandon = context.WithCancel(context.Background())
 	return c, nil
 }
 
@@ -359,12 +359,13 @@ func (e *egress) callOptions(subtype string) []grpc.CallOption {
 }
 
 // pump reads the backend's response into the outbox: headers as soon as
-// they arrive, then messages, then status and trailers.
+// they arrive, then messages, then status and trailers. It stops reading
+// when the outbox stops (abandon, done).
 func (c *egressCall) pump() {
 	if md, _ := c.bs.Header(); md != nil {
 		if st := c.responseMetadata("response headers", md); st != nil {
 			c.fail(st) // the status that pumpMessages sends
-		} else if !c.ob.put(c.life, event{kind: evHeaders, md: md}) {
+		} else if !c.ob.put(context.Background(), event{kind: evHeaders, md: md}) {
 			c.drain()
 			return
 		}
@@ -392,11 +393,11 @@ func (c *egressCall) pumpMessages() {
 				st = c.failed
 			}
 			c.mu.Unlock()
-			c.ob.put(c.life, event{kind: evEnd, st: st, md: trailers})
+			c.ob.put(context.Background(), event{kind: evEnd, st: st, md: trailers})
 			return
 		}
 		c.idle.touch()
-		if !c.ob.put(c.life, event{kind: evMsg, msg: f}) {
+		if !c.ob.put(context.Background(), event{kind: evMsg, msg: f}) {
 			c.drain()
 			return
 		}
@@ -450,7 +451,6 @@ func (c *egressCall) done() {
 	}
 	c.cancel()
 	c.abandon()
-	c.ob.stop()
 	c.idle.stop()
 	c.e.release(c.slot)
 }
@@ -609,14 +609,36 @@ func (e *egress) open(ctx context.Context, call openCall) error {
 	return nil
 }
 
+// abandon gives the response up: nobody will take it (the caller released
+// up or its Call, or the response could not be sent). The outbox stops,
+// so the backend's reader drains the call, and the sender's calls end.
+func (c *egressCall) abandon() {
+	c.mu.Lock()
+	c.gone = true
+	end := c.endLife
+	c.mu.Unlock()
+	if end != nil {
+		end()
+	}
+	c.ob.stop()
+}
+
 // respond sends the response down on a goroutine, then ends the call.
 func (c *egressCall) respond(down captp.Sink) {
 	down.SetFlowLimiter(newFlowLimiter())
+	life, end := context.WithCancel(context.Background())
+	c.mu.Lock()
+	c.endLife = end
+	gone := c.gone
+	c.mu.Unlock()
+	if gone {
+		end()
+	}
 	go func() {
 		defer down.Release()
 		defer c.done()
 		s := sender{sink: down, ob: c.ob}
-		if err := s.run(c.life); err != nil && c.life.Err() == nil {
+		if err := s.run(life); err != nil && life.Err() == nil {
 			c.e.log.Debug("bridge: response stream failed", "method", c.head.method, "err", err)
 			c.fail(Status(err))
 			c.abandon()
