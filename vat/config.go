@@ -154,7 +154,8 @@ type Config struct {
 	// WriteStallTimeout is how long a write to a peer may make no progress
 	// (the peer reads nothing while messages queue for it; every 16 KiB
 	// written counts as progress) before the connection is closed, logged
-	// and reported to OnRefused (RefusedSendQueue).
+	// and reported to OnRefused (RefusedSendQueue); a watchdog looks four
+	// times per timeout, so the cut comes within a quarter of it more.
 	// Meanwhile the bytes queued are bounded (4 MiB, then senders wait).
 	// Zero means DefaultWriteStallTimeout (15 s); negative: no bound.
 	WriteStallTimeout time.Duration
