@@ -65,6 +65,11 @@ type outbox struct {
 	stopped bool
 	wake    chan struct{} // consumer: something was put or stopped; nil until it waits
 	space   chan struct{} // producer: bytes were released or stopped; nil until it waits
+	// first is items' first array (init), so a call's first few events
+	// (a unary call's headers, message and end) need no allocation of
+	// their own. take hands it to the consumer with the events in it;
+	// items never uses it again, so the two never share memory.
+	first [3]event
 }
 
 func newOutbox(limit int) *outbox {
@@ -75,7 +80,10 @@ func newOutbox(limit int) *outbox {
 
 // init readies o, which must be new, for limit bytes (an outbox kept in the
 // call's own struct costs no allocation of its own).
-func (o *outbox) init(limit int) { o.limit = limit }
+func (o *outbox) init(limit int) {
+	o.limit = limit
+	o.items = o.first[:0]
+}
 
 // waitChan returns *c, made if nil; mu is held.
 func waitChan(c *chan struct{}) chan struct{} {
@@ -170,6 +178,36 @@ func (o *outbox) take(ctx context.Context) []event {
 			return nil
 		}
 	}
+}
+
+// wait waits for at least one event, leaving it queued. It returns false
+// when ctx ends or the outbox was stopped.
+func (o *outbox) wait(ctx context.Context) bool {
+	for {
+		o.mu.Lock()
+		if o.stopped {
+			o.mu.Unlock()
+			return false
+		}
+		if len(o.items) > 0 {
+			o.mu.Unlock()
+			return true
+		}
+		wake := waitChan(&o.wake)
+		o.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// peek returns how many events are queued and what reply they make.
+func (o *outbox) peek() (int, replyShape) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.items), shape(o.items)
 }
 
 // poll removes all queued events without waiting.

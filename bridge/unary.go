@@ -16,26 +16,25 @@ import (
 )
 
 // collect gathers the backend's response for a unary reply. It waits for the
-// first event, then takes what has arrived while the reading goroutine keeps
-// up (yielding to it, never waiting on a timer). whole is true when evs is
-// the whole response and fits a reply: optional headers, at most one
-// message of at most inlineMax bytes, and the end.
+// first event, then lets what arrives queue while the reading goroutine
+// keeps up (yielding to it, never waiting on a timer), and takes it all at
+// once (in the outbox's first array: no allocation). whole is true when
+// evs is the whole response and fits a reply: optional headers, at most
+// one message of at most inlineMax bytes, and the end.
 func (c *egressCall) collect(ctx context.Context) (evs []event, whole bool) {
-	evs = c.ob.take(ctx)
-	for {
-		switch shape(evs) {
-		case shapeWhole:
-			return evs, true
-		case shapeNever:
-			return evs, false
-		}
-		runtime.Gosched()
-		more := c.ob.poll()
-		if len(more) == 0 {
-			return evs, false
-		}
-		evs = append(evs, more...)
+	if !c.ob.wait(ctx) {
+		return nil, false
 	}
+	for seen := 0; ; {
+		n, sh := c.ob.peek()
+		if sh != shapeMaybe || n == seen {
+			break
+		}
+		seen = n
+		runtime.Gosched()
+	}
+	evs = c.ob.poll()
+	return evs, shape(evs) == shapeWhole
 }
 
 type replyShape int
