@@ -75,6 +75,11 @@ func (s *sinkServer) send(call sendCall) error {
 	if err != nil {
 		return fmt.Errorf("sink send: %w", err)
 	}
+	if s.parts == nil && l.Len() > 1 {
+		if done, err := s.sendWhole(l); done {
+			return err
+		}
+	}
 	pool := &bufferPool
 	for i := 0; i < l.Len(); i++ {
 		c := l.At(i)
@@ -110,6 +115,52 @@ func (s *sinkServer) send(call sendCall) error {
 		}
 	}
 	return nil
+}
+
+// sendWhole delivers a send whose chunks are all whole messages (the
+// usual batch of a stream of small messages) with one copy into one pooled
+// buffer, split into each message's part, and the frames in one array: three
+// allocations per batch where a copy per message (mem.Copy: a new buffer
+// below gRPC's pooling threshold of 1 KiB, and its interface value) made
+// three per message. done is false, with nothing delivered, when a chunk is
+// not a whole message (or too large): send then takes its general path.
+func (s *sinkServer) sendWhole(l captp.Chunk_List) (done bool, err error) {
+	n := l.Len()
+	data := make([][]byte, 0, n)
+	total := 0
+	for i := 0; i < n; i++ {
+		c := l.At(i)
+		d, err := c.Data()
+		if err != nil || !c.End() || len(d) == 0 || len(d) > s.maxMsg {
+			return false, nil
+		}
+		data = append(data, d)
+		total += len(d)
+	}
+	big := bufferPool.Get(total)
+	off := 0
+	for _, d := range data {
+		off += copy((*big)[off:], d)
+	}
+	rest := mem.NewBuffer(big, &bufferPool)
+	frames := make([]frame, n)
+	for i, d := range data {
+		var part mem.Buffer
+		if i == n-1 {
+			part = rest
+		} else {
+			part, rest = mem.SplitUnsafe(rest, len(d))
+		}
+		frames[i].single(part)
+		if err := s.t.message(&frames[i]); err != nil {
+			if i < n-1 {
+				rest.Free()
+			}
+			s.failed = err
+			return true, err
+		}
+	}
+	return true, nil
 }
 
 // close serves Sink.close.
