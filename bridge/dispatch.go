@@ -1,8 +1,9 @@
 package bridge
 
 // This file is the GrpcService capability's dispatcher (NewEgress): a
-// capnp.ClientHook that starts each call's handler on a goroutine of its
-// own, straight from the CapTP engine's receive loop. go-capnp's
+// capnp.ClientHook that starts each call's handler on a worker of the
+// egress's pool (workers: a parked goroutine, or a new one), straight from
+// the CapTP engine's receive loop. go-capnp's
 // server.Server, behind the generated GrpcService_ServerToClient, queued
 // every call to a serving goroutine that handed over to a new one
 // (server.Call.Go) and made an AnswerQueue per call for calls pipelined on
@@ -26,7 +27,7 @@ import (
 var serviceMethods = captp.GrpcService_Methods(nil, nil)
 
 // serviceHandlers are the egress's handlers, indexed by method id. Both
-// may block: each call runs on a goroutine of its own, in no order.
+// may block: each call runs on a worker of its own, in no order.
 var serviceHandlers = [...]func(*egress, context.Context, *capCall) error{
 	0: func(e *egress, ctx context.Context, c *capCall) error { return e.unary(ctx, unaryCall{c}) },
 	1: func(e *egress, ctx context.Context, c *capCall) error { return e.open(ctx, openCall{c}) },
@@ -67,9 +68,8 @@ func lookupMethod[H any](m capnp.Method, iface uint64, methods []server.Method, 
 	return methods[m.MethodID].Method, handlers[m.MethodID], true
 }
 
-// Recv implements capnp.ClientHook: the call's handler starts on a new
-// goroutine (the caller is the engine's receive loop, which must not
-// block). An unknown method fails at once as Unimplemented, as under
+// Recv implements capnp.ClientHook: the call's handler starts on a worker
+// (the caller is the engine's receive loop, which must not block). An unknown method fails at once as Unimplemented, as under
 // server.Server; the returned PipelineCaller is then nil, which is
 // allowed once the call has returned.
 func (h *serviceHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
@@ -78,13 +78,14 @@ func (h *serviceHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCall
 		r.Reject(capnp.Unimplemented("unimplemented"))
 		return nil
 	}
-	return startCall(ctx, r, h.e, handle)
+	return startCall(ctx, r, h.e.pool, h.e, handle)
 }
 
-// startCall starts r's handler on a new goroutine.
-func startCall(ctx context.Context, r capnp.Recv, e *egress, handle func(*egress, context.Context, *capCall) error) *capCall {
+// startCall starts r's handler on one of p's workers (a nil p: a new
+// goroutine).
+func startCall(ctx context.Context, r capnp.Recv, p *workers, e *egress, handle func(*egress, context.Context, *capCall) error) *capCall {
 	c := &capCall{recv: r}
-	go c.serve(ctx, e, handle)
+	p.start(job{ctx: ctx, c: c, e: e, handle: handle})
 	return c
 }
 
@@ -133,8 +134,9 @@ func sendAsRecv(ctx context.Context, s capnp.Send, m capnp.Method, ok bool, recv
 func (h *serviceHook) Brand() capnp.Brand { return capnp.Brand{Value: h} }
 
 // Shutdown implements capnp.ClientHook: the last reference is gone. Calls
-// in progress go on; the egress holds nothing to give back.
-func (h *serviceHook) Shutdown() {}
+// in progress go on; the egress's parked workers end, and busy ones when
+// their calls return.
+func (h *serviceHook) Shutdown() { h.e.pool.close() }
 
 // String implements capnp.ClientHook.
 func (h *serviceHook) String() string { return "bridge.GrpcService" }

@@ -277,7 +277,8 @@ func TestCapCallPipelined(t *testing.T) {
 // BenchmarkDispatch is one received call, from Recv to Return, with a
 // handler that answers at once (results allocated, a reply set): go-capnp's
 // server.Server (its handler calls Go, as the egress's did) against the
-// bridge's own dispatch. serial waits for each call to return; parallel
+// bridge's own dispatch, with a goroutine per call (direct) or the
+// egress's workers (pooled). serial waits for each call to return; parallel
 // keeps 32 per core in flight.
 func BenchmarkDispatch(b *testing.B) {
 	reply := func(res captp.GrpcService_unary_Results, err error) error {
@@ -297,12 +298,15 @@ func BenchmarkDispatch(b *testing.B) {
 	}
 	m := serviceMethods[0].Method
 	ctx := context.Background()
+	pool := newWorkers()
+	defer pool.close()
 	for _, d := range []struct {
 		name string
 		recv func(capnp.Recv)
 	}{
 		{"server.Server", func(r capnp.Recv) { srv.Recv(ctx, r) }},
-		{"direct", func(r capnp.Recv) { startCall(ctx, r, nil, direct) }},
+		{"direct", func(r capnp.Recv) { startCall(ctx, r, nil, nil, direct) }},
+		{"pooled", func(r capnp.Recv) { startCall(ctx, r, pool, nil, direct) }},
 	} {
 		call := func() {
 			ret := &doneReturner{done: make(chan struct{})}

@@ -22,8 +22,8 @@ import (
 )
 
 // egress is the GrpcService server that forwards calls to a gRPC client
-// connection. Its calls run concurrently, each on a goroutine of its own
-// (serviceHook); admission control bounds how many.
+// connection. Its calls run concurrently, each on a worker of its own
+// (serviceHook, workers); admission control bounds how many.
 type egress struct {
 	conn  grpc.ClientConnInterface
 	max   int
@@ -45,6 +45,7 @@ type egress struct {
 	idle       time.Duration // EgressConfig.StreamIdleTimeout; zero: off
 	onOver     func(bool)    // EgressConfig.OnOverloaded; nil: none
 	active     atomic.Int64  // calls admitted and not done, of every caller
+	pool       *workers      // runs the calls' handlers; closed by serviceHook.Shutdown
 
 	// Per-caller admission (EgressConfig.CallerKey).
 	callerKey func(context.Context) any // nil: one caller, limit bounds active
@@ -89,6 +90,7 @@ func newEgress(cfg EgressConfig) (*egress, error) {
 		idle:   cfg.StreamIdleTimeout,
 		onOver: cfg.OnOverloaded,
 		onMsg:  cfg.OnMessage,
+		pool:   newWorkers(),
 	}
 	if cfg.CallerKey != nil {
 		e.callerKey = cfg.CallerKey
@@ -457,7 +459,6 @@ func (c *egressCall) done() {
 
 // unary serves GrpcService.unary.
 func (e *egress) unary(ctx context.Context, call unaryCall) error {
-	growStack()
 	sl, err := e.admit(ctx)
 	if err != nil {
 		return err
@@ -576,7 +577,6 @@ func (s *callServer) Shutdown() {
 
 // open serves GrpcService.open.
 func (e *egress) open(ctx context.Context, call openCall) error {
-	growStack()
 	sl, err := e.admit(ctx)
 	if err != nil {
 		return err

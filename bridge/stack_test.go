@@ -1,6 +1,11 @@
 package bridge
 
-import "testing"
+import (
+	"context"
+	"testing"
+
+	"capnproto.org/go/capnp/v3"
+)
 
 // deep recurses n frames of about 256 bytes each, like a bridged call going
 // down through go-capnp and grpc-go.
@@ -15,10 +20,12 @@ func deep(n int) byte {
 	return deep(n-1) + pad[n%len(pad)]
 }
 
-// BenchmarkStackGrowth runs a 12 KiB-deep call on a fresh goroutine per
-// operation, as the ingress and egress do per call, with and without
-// growStack first: "small" grows the stack by copying it several times on
-// the way down, "grown" once at the top.
+// BenchmarkStackGrowth runs a 12 KiB-deep call per operation: on a fresh
+// goroutine, as the ingress's calls beyond its stream workers do, without
+// growStack ("small": the stack grows by copying several times on the way
+// down) and with it ("grown": once at the top); and as the egress runs its
+// calls, on its workers ("pooled": a parked worker's stack is grown
+// already, unless the garbage collector shrank it).
 func BenchmarkStackGrowth(b *testing.B) {
 	for _, bc := range []struct {
 		name string
@@ -37,4 +44,16 @@ func BenchmarkStackGrowth(b *testing.B) {
 			}
 		})
 	}
+	b.Run("pooled", func(b *testing.B) {
+		p := newWorkers()
+		defer p.close()
+		ctx := context.Background()
+		m := serviceMethods[0].Method
+		handle := func(*egress, context.Context, *capCall) error { deep(48); return nil }
+		for b.Loop() {
+			ret := &doneReturner{done: make(chan struct{})}
+			startCall(ctx, capnp.Recv{Method: m, ReleaseArgs: func() {}, Returner: ret}, p, nil, handle)
+			<-ret.done
+		}
+	})
 }

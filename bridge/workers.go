@@ -1,0 +1,204 @@
+package bridge
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// workers runs an egress's call handlers on goroutines that it keeps for
+// the next call (docs/design.md, "Egress workers"). A call goes to the
+// worker that parked last, or to a new goroutine when none is parked, so a
+// call never waits for another to end, however long handlers block. At
+// most maxIdleWorkers are parked; a worker parked through a whole
+// idlePeriod ends (the janitor), and close ends the parked ones at once
+// and the busy ones as their calls return. A nil *workers starts a
+// goroutine per call. It is safe for concurrent use.
+type workers struct {
+	// idlePeriod is how often the janitor ends the workers that stayed
+	// parked since its last round (workerIdlePeriod; tests shorten it).
+	idlePeriod time.Duration
+	quit       chan struct{} // closed by close: the janitor ends
+
+	mu sync.Mutex
+	lk struct { // guarded by mu
+		// idle is the parked workers, the one parked last at the end. A
+		// worker taken from it is handed exactly one job; one closed by
+		// the janitor or close ends.
+		idle []chan job
+		// low is the fewest workers parked at once since the janitor's
+		// last round: idle[:low] stayed parked all along.
+		low     int
+		live    int  // worker goroutines running, parked or busy
+		started int  // worker goroutines ever started (tests)
+		janitor bool // the janitor runs (only while live > 0)
+		closed  bool // close was called: no worker parks any more
+	}
+}
+
+// job is one call for a worker to serve.
+type job struct {
+	ctx    context.Context
+	c      *capCall
+	e      *egress
+	handle func(*egress, context.Context, *capCall) error
+}
+
+// maxIdleWorkers bounds an egress's parked workers: with growStack's
+// frame, 64 x 32 KiB of stacks at most, as the ingress's streamWorkers.
+const maxIdleWorkers = 64
+
+// workerIdlePeriod is how long a parked worker stays unused, at least, for
+// the janitor to end it (at most twice that).
+const workerIdlePeriod = 10 * time.Second
+
+// newWorkers returns an empty pool; no goroutine runs until the first call.
+func newWorkers() *workers {
+	return &workers{idlePeriod: workerIdlePeriod, quit: make(chan struct{})}
+}
+
+// start serves j on a parked worker, or on a new one if none is parked.
+// It never blocks.
+func (p *workers) start(j job) {
+	if p != nil {
+		p.mu.Lock()
+		if n := len(p.lk.idle); n > 0 {
+			w := p.lk.idle[n-1]
+			p.lk.idle[n-1] = nil
+			p.lk.idle = p.lk.idle[:n-1]
+			p.lk.low = min(p.lk.low, n-1)
+			p.mu.Unlock()
+			w <- j // buffered: the worker takes it when it wakes
+			return
+		}
+		p.lk.live++
+		p.lk.started++
+		janitor := !p.lk.janitor && !p.lk.closed
+		p.lk.janitor = p.lk.janitor || janitor
+		p.mu.Unlock()
+		if janitor {
+			go p.janitor()
+		}
+	}
+	go p.run(j)
+}
+
+// run is a worker: it serves j, then the jobs handed to it while it is
+// parked, until the pool ends it. Each call's handler starts on a stack
+// grown by growStack, which a worker grows again only if it moved (the
+// garbage collector shrinks the stacks of parked goroutines): a stack
+// that did not move is as large as growStack left it, and growing it
+// would only zero the 16 KiB frame again. A false match (a stack of
+// another size whose top lands at the same address) only costs the copies
+// growStack saves.
+func (p *workers) run(j job) {
+	var grown uintptr // stackMark once the stack was last grown
+	var next chan job // made when the worker first parks
+	for {
+		if stackMark() != grown {
+			growStack()
+			grown = stackMark()
+		}
+		j.c.serve(j.ctx, j.e, j.handle)
+		j = job{} // hold nothing of the call while parked
+		if next == nil {
+			if p == nil {
+				return
+			}
+			next = make(chan job, 1)
+		}
+		if !p.park(next) {
+			return
+		}
+		var ok bool
+		if j, ok = <-next; !ok {
+			return
+		}
+	}
+}
+
+// park adds the worker whose jobs arrive on next to the idle ones, unless
+// the pool is closed or has enough parked (a nil pool keeps none): then
+// the worker ends.
+func (p *workers) park(next chan job) bool {
+	if p == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lk.closed || len(p.lk.idle) >= maxIdleWorkers {
+		p.lk.live--
+		return false
+	}
+	p.lk.idle = append(p.lk.idle, next)
+	return true
+}
+
+// janitor ends, every idlePeriod, the workers that stayed parked since its
+// last round, the longest parked first. It ends with the pool, or once no
+// worker is left (start starts it again).
+func (p *workers) janitor() {
+	t := time.NewTicker(p.idlePeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.quit:
+			return
+		case <-t.C:
+		}
+		if !p.retire() {
+			return
+		}
+	}
+}
+
+// retire ends the workers parked since the last round and reports whether
+// any worker is left for the janitor to watch.
+func (p *workers) retire() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := p.lk.low
+	for _, w := range p.lk.idle[:n] {
+		close(w)
+	}
+	p.lk.idle = append(p.lk.idle[:0], p.lk.idle[n:]...)
+	clear(p.lk.idle[len(p.lk.idle):cap(p.lk.idle)])
+	p.lk.live -= n
+	p.lk.low = len(p.lk.idle)
+	if p.lk.live == 0 {
+		p.lk.janitor = false
+		return false
+	}
+	return true
+}
+
+// close ends the parked workers and the janitor; busy workers end when
+// their calls return, and later calls get a goroutine each. Calling it
+// again does nothing.
+func (p *workers) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lk.closed {
+		return
+	}
+	p.lk.closed = true
+	close(p.quit)
+	for _, w := range p.lk.idle {
+		close(w)
+	}
+	p.lk.live -= len(p.lk.idle)
+	p.lk.idle, p.lk.low = nil, 0
+}
+
+// workerCounts is a snapshot of a pool's counts, for tests.
+type workerCounts struct {
+	idle, live, started int
+	janitor             bool
+}
+
+// counts returns the pool's counts.
+func (p *workers) counts() workerCounts {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return workerCounts{idle: len(p.lk.idle), live: p.lk.live, started: p.lk.started, janitor: p.lk.janitor}
+}
