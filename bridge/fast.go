@@ -70,53 +70,51 @@ func (e *egress) unaryKnown(ctx context.Context, call unaryCall, c *egressCall) 
 		c.done()
 		return fmt.Errorf("unary: %w", err)
 	}
-	var evs []event
 	whole := true
 	bs, err := e.conn.NewStream(c.ctx, &unaryDesc, c.head.method, c.callOptions()...)
 	if err != nil {
-		evs = []event{{kind: evEnd, st: Status(err)}}
+		c.ob.load(event{kind: evEnd, st: Status(err)})
 	} else {
-		var f frame
-		f.single(mem.Copy(req, &bufferPool))
-		_ = bs.SendMsg(&f) // a failure's status comes from RecvMsg
-		f.free()           // unless gRPC took the buffers (then f is empty)
-		evs, whole = c.readUnary(bs)
+		c.sf.single(mem.Copy(req, &bufferPool))
+		_ = bs.SendMsg(&c.sf) // a failure's status comes from RecvMsg
+		c.sf.free()           // unless gRPC took the buffers (then it is empty)
+		whole = c.readUnary(bs)
 	}
 	if !stop() || ctx.Err() != nil {
 		// The caller cancelled (Finish) while the response was awaited;
-		// the cancelled context ends the backend call.
-		freeEvents(evs)
+		// the cancelled context ends the backend call, and done frees
+		// what was read.
 		c.done()
 		return fmt.Errorf("unary: %w", ctx.Err())
 	}
 	e.knownUnaryCalls.Add(1)
 	if whole {
-		return e.replyWhole(call, c, evs)
+		return e.replyWhole(call, c, c.ob.poll())
 	}
 	c.bs = bs
-	c.ob.load(evs...)
 	go c.pumpMessages()
 	return e.replyRest(call, c)
 }
 
-// readUnary reads a backend's response on the caller's goroutine: headers,
-// then messages until the end, or until it is clear the response is no
-// unary reply (a message larger than inlineMax, or a second one). whole
-// reports that evs hold the whole response, ending with the status.
-// Headers or trailers over the metadata limit end the call with
-// RESOURCE_EXHAUSTED (headers: the backend call is cancelled).
-func (c *egressCall) readUnary(bs grpc.ClientStream) (evs []event, whole bool) {
-	evs = make([]event, 0, 3) // the usual reply: headers, a message, the end
+// readUnary reads a backend's response on the caller's goroutine into the
+// outbox (load: it has no consumer yet, and the outbox's first array holds
+// the usual reply): headers, then messages until the end, or until it is
+// clear the response is no unary reply (a message larger than inlineMax,
+// or a second one). whole reports that the outbox holds the whole
+// response, ending with the status. Headers or trailers over the metadata
+// limit end the call with RESOURCE_EXHAUSTED (headers: the backend call is
+// cancelled).
+func (c *egressCall) readUnary(bs grpc.ClientStream) (whole bool) {
 	if md, _ := bs.Header(); md != nil {
 		if st := c.responseMetadata("response headers", md); st != nil {
 			c.cancel()
-			return []event{{kind: evEnd, st: st}}, true
+			c.ob.load(event{kind: evEnd, st: st})
+			return true
 		}
-		evs = append(evs, event{kind: evHeaders, md: md})
+		c.ob.load(event{kind: evHeaders, md: md})
 	}
 	for msgs := 0; ; msgs++ {
-		var f frame
-		if err := bs.RecvMsg(&f); err != nil {
+		if err := bs.RecvMsg(&c.rf); err != nil {
 			st := statusOK
 			if err != io.EOF {
 				st = Status(err)
@@ -125,11 +123,14 @@ func (c *egressCall) readUnary(bs grpc.ClientStream) (evs []event, whole bool) {
 			if bad := c.responseMetadata("trailers", trailers); bad != nil {
 				st, trailers = bad, nil
 			}
-			return append(evs, event{kind: evEnd, st: st, md: trailers}), true
+			c.ob.load(event{kind: evEnd, st: st, md: trailers})
+			return true
 		}
-		evs = append(evs, event{kind: evMsg, msg: f})
+		f := c.rf
+		c.rf = frame{}
+		c.ob.load(event{kind: evMsg, msg: f})
 		if msgs > 0 || f.data.Len() > inlineMax {
-			return evs, false
+			return false
 		}
 	}
 }
