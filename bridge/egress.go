@@ -35,17 +35,15 @@ type egress struct {
 	// lastSub is the options of the content-subtype a call last had, if
 	// not the default (read-only once stored).
 	lastSub atomic.Pointer[subtypeOptions]
-	// lastCaller is the metadata values of the caller a call last had
-	// (callerValues; read-only once stored).
-	lastCaller atomic.Pointer[callerMD]
-	base       context.Context // EgressConfig.Context; nil: none
-	kinds      Kinds
-	caller     func(context.Context) (Caller, bool) // EgressConfig.Caller
-	log        *slog.Logger
-	idle       time.Duration // EgressConfig.StreamIdleTimeout; zero: off
-	onOver     func(bool)    // EgressConfig.OnOverloaded; nil: none
-	active     atomic.Int64  // calls admitted and not done, of every caller
-	pool       *workers      // runs the calls' handlers; closed by serviceHook.Shutdown
+	callers callerCache     // the metadata of recent callers (callerValues)
+	base    context.Context // EgressConfig.Context; nil: none
+	kinds   Kinds
+	caller  func(context.Context) (Caller, bool) // EgressConfig.Caller
+	log     *slog.Logger
+	idle    time.Duration // EgressConfig.StreamIdleTimeout; zero: off
+	onOver  func(bool)    // EgressConfig.OnOverloaded; nil: none
+	active  atomic.Int64  // calls admitted and not done, of every caller
+	pool    *workers      // runs the calls' handlers; closed by serviceHook.Shutdown
 
 	// Per-caller admission (EgressConfig.CallerKey).
 	callerKey func(context.Context) any // nil: one caller, limit bounds active
@@ -310,14 +308,25 @@ type callerMD struct {
 	md        metadata.MD // pairs as metadata; nil when pairs is empty
 }
 
-// callerValues returns the vatcar-peer and vatcar-ref metadata for who: the
-// last caller's, kept (an export's calls mostly come from one connection),
-// or new ones.
+// callerCache keeps the metadata of the last few callers of an egress (an
+// export's calls mostly come from a few connections, interleaved). It is
+// safe for concurrent use: entries are read-only once stored, and a
+// caller not found is made again and stored over the oldest entry.
+type callerCache struct {
+	recent [8]atomic.Pointer[callerMD]
+	next   atomic.Uint32 // the entry the next new caller replaces, mod len(recent)
+}
+
+// callerValues returns the vatcar-peer and vatcar-ref metadata for who, a
+// recent caller's or new.
 func (e *egress) callerValues(who Caller) *callerMD {
-	if m := e.lastCaller.Load(); m != nil && m.peer == who.Peer && m.ref == who.Ref {
-		return m
+	cache := &e.callers
+	for i := range cache.recent {
+		if m := cache.recent[i].Load(); m != nil && m.peer == who.Peer && m.ref == who.Ref {
+			return m
+		}
 	}
-	m := &callerMD{peer: who.Peer, ref: who.Ref}
+	m := &callerMD{peer: who.Peer, ref: who.Ref, pairs: make([]string, 0, 4)}
 	if who.Peer != "" {
 		m.pairs = append(m.pairs, MetadataPeer, who.Peer)
 	}
@@ -327,7 +336,7 @@ func (e *egress) callerValues(who Caller) *callerMD {
 	if len(m.pairs) > 0 {
 		m.md = metadata.Pairs(m.pairs...)
 	}
-	e.lastCaller.Store(m)
+	cache.recent[(cache.next.Add(1)-1)%uint32(len(cache.recent))].Store(m)
 	return m
 }
 

@@ -63,8 +63,9 @@ func TestHeaderKeyLowercase(t *testing.T) {
 }
 
 // TestCallerValues checks the caller metadata an egress keeps: the same
-// caller's calls share it, another caller gets its own, and an empty peer
-// or ref gives no key.
+// caller's calls share it, also interleaved with other callers' as long
+// as the cache holds it; another caller gets its own; an empty peer or ref
+// gives no key.
 func TestCallerValues(t *testing.T) {
 	var e egress
 	m1 := e.callerValues(Caller{Peer: "sha-256:a", Ref: "rev1:a"})
@@ -91,5 +92,18 @@ func TestCallerValues(t *testing.T) {
 	}
 	if !slices.Equal(m1.pairs, want) {
 		t.Error("a stored value changed")
+	}
+	if m := e.callerValues(Caller{Peer: "sha-256:a", Ref: "rev1:a"}); m != m1 {
+		t.Error("a caller's metadata was made again after another caller's call")
+	}
+	a, b := Caller{Peer: "sha-256:a", Ref: "rev1:a"}, Caller{Peer: "sha-256:b", Ref: "rev1:a"}
+	if n := testing.AllocsPerRun(100, func() { e.callerValues(a); e.callerValues(b) }); n != 0 {
+		t.Errorf("two callers' calls interleaved: %v allocations, want 0", n)
+	}
+	for i := range len(e.callers.recent) { // as many new callers as the cache holds
+		e.callerValues(Caller{Peer: fmt.Sprintf("sha-256:%d", i)})
+	}
+	if m := e.callerValues(Caller{Peer: "sha-256:a", Ref: "rev1:a"}); m == m1 || !slices.Equal(m.pairs, want) {
+		t.Errorf("a caller %d callers ago: %q, want its metadata made again", len(e.callers.recent), m.pairs)
 	}
 }
