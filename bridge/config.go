@@ -41,7 +41,8 @@ const DefaultMaxConcurrentCalls = 1000
 // (its incoming metadata, peer, deadline) and its full method name
 // ("/pkg.Service/Method"). The ingress takes ownership of the returned
 // client and releases it when the call ends: return an AddRef of a client
-// you keep. An error fails the call: an error carrying a gRPC status (from
+// you keep (or, with IngressConfig.BorrowedClients, a client you keep valid
+// until the call's handler has returned). An error fails the call: an error carrying a gRPC status (from
 // google.golang.org/grpc/status) reaches the client as is, any other goes
 // through Status. It is called on the call's goroutine, once per call, and
 // must be safe for concurrent use.
@@ -52,6 +53,12 @@ type Director func(ctx context.Context, fullMethod string) (captp.GrpcService, e
 type IngressConfig struct {
 	// Director picks the capability for each call. Required.
 	Director Director
+	// BorrowedClients says the Director's clients are lent, not given: the
+	// ingress does not release them, and the Director's owner keeps each
+	// valid until the call's handler has returned (the sidecar counts its
+	// calls on a capability and releases it after the last). That saves a
+	// capnp.Client AddRef and Release per call (seven allocations).
+	BorrowedClients bool
 
 	// MaxMessageSize is the largest message, in bytes, the ingress accepts
 	// from a client or passes to it; larger ones fail the call with

@@ -32,6 +32,7 @@ import (
 // no resources of its own.
 type Ingress struct {
 	director Director
+	borrowed bool // IngressConfig.BorrowedClients
 	max      int
 	maxMD    int // metadata limit
 	kinds    Kinds
@@ -53,6 +54,7 @@ func NewIngress(cfg IngressConfig) (*Ingress, error) {
 	}
 	in := &Ingress{
 		director: cfg.Director,
+		borrowed: cfg.BorrowedClients,
 		max:      maxMessageSize(cfg.MaxMessageSize),
 		maxMD:    maxMetadataSize(cfg.MaxMetadataSize),
 		kinds:    cfg.Kinds,
@@ -165,7 +167,9 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 		in.log.DebugContext(ctx, "bridge: director failed", "method", method, "err", err)
 		return Status(err).Err()
 	}
-	defer svc.Release()
+	if !in.borrowed {
+		defer svc.Release()
+	}
 	c := &ingressCall{in: in, ss: ss, ctx: ctx, method: method, md: md, final: make(chan final, 1)}
 	c.obox.init(queueBytes)
 	c.ob = &c.obox

@@ -42,9 +42,38 @@ type backend struct {
 	stop        context.CancelFunc // ends run
 	kick        chan struct{}      // (cap 1) forget asks run to restore again
 
-	state   string       // stateConnecting, stateConnected or stateUnavailable
-	svc     capnp.Client // valid in stateConnected; owned here
+	state   string      // stateConnecting, stateConnected or stateUnavailable
+	svc     *heldClient // not nil in stateConnected; one reference is b's
 	lastErr error
+}
+
+// heldClient is a backend's capability, lent to the calls on it (the
+// ingress's BorrowedClients): a count of the backend's reference and one
+// per call running on it stands for capnp AddRefs, which cost seven
+// allocations a call; the last to let go releases the capability.
+type heldClient struct {
+	c    capnp.Client
+	refs atomic.Int64
+}
+
+// holdClient returns c held once (by its backend), or nil for a null c.
+func holdClient(c capnp.Client) *heldClient {
+	if !c.IsValid() {
+		return nil
+	}
+	h := &heldClient{c: c}
+	h.refs.Store(1)
+	return h
+}
+
+// hold adds a reference: a call borrows the capability.
+func (h *heldClient) hold() { h.refs.Add(1) }
+
+// release drops a reference, releasing the capability with the last.
+func (h *heldClient) release() {
+	if h.refs.Add(-1) == 0 {
+		h.c.Release()
+	}
 }
 
 // isName reports whether a needs resolving: a TCP host that is not an IP
@@ -241,7 +270,7 @@ func (m *imported) run(ctx context.Context, b *backend) {
 func (m *imported) setBackend(b *backend, state string, svc capnp.Client, err error) {
 	m.mu.Lock()
 	old := b.svc
-	b.state, b.svc = state, svc
+	b.state, b.svc = state, holdClient(svc)
 	if err != nil {
 		b.lastErr, m.lastErr = err, err
 	}
@@ -254,7 +283,9 @@ func (m *imported) setBackend(b *backend, state string, svc capnp.Client, err er
 	}
 	m.metrics.importUp.WithLabelValues(m.Name).Set(float64(up))
 	m.mu.Unlock()
-	old.Release()
+	if old != nil {
+		old.release() // the calls on it keep it until they end
+	}
 }
 
 // changedLocked wakes the calls waiting for a backend. m.mu is held.

@@ -4,7 +4,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"testing"
+
+	capnp "capnproto.org/go/capnp/v3"
 
 	"github.com/vatcar/vatcar/vat"
 )
@@ -85,5 +88,41 @@ func TestPickPrefersTheLessLoaded(t *testing.T) {
 	// The idle one wins whenever it is one of the two drawn: 2/3 of picks.
 	if got := counts[idle]; got < n/2 || got > n*5/6 {
 		t.Errorf("idle backend picked %d of %d times, want about 2/3", got, n)
+	}
+}
+
+// shutdownHook is a capnp.ClientHook that records its Shutdown: the
+// release of the last reference to its client.
+type shutdownHook struct {
+	capnp.ClientHook
+	shut atomic.Bool
+}
+
+func (h *shutdownHook) Shutdown()          { h.shut.Store(true) }
+func (h *shutdownHook) Brand() capnp.Brand { return capnp.Brand{Value: h} }
+func (h *shutdownHook) String() string     { return "shutdownHook" }
+
+// TestHeldClientLentToCalls: a backend's capability lent to calls outlives
+// the backend's own reference (a reconnect replaces it) until the last
+// call gives it back, and is released exactly then.
+func TestHeldClientLentToCalls(t *testing.T) {
+	hook := &shutdownHook{}
+	h := holdClient(capnp.NewClient(hook))
+	h.hold()    // call 1
+	h.hold()    // call 2
+	h.release() // the backend moves on (setBackend)
+	if hook.shut.Load() {
+		t.Fatal("the capability was released while two calls borrowed it")
+	}
+	h.release() // call 1 ends
+	if hook.shut.Load() {
+		t.Fatal("the capability was released while a call borrowed it")
+	}
+	h.release() // call 2 ends
+	if !hook.shut.Load() {
+		t.Fatal("the capability was not released after its last borrower")
+	}
+	if holdClient(capnp.Client{}) != nil {
+		t.Error("a null client was held")
 	}
 }

@@ -48,6 +48,7 @@ func backendDialOptions() []grpc.DialOption {
 func newIngressServer(d director, kinds bridge.Kinds, lim egressLimits, calls *sideMetrics, log *slog.Logger, opts ...grpc.ServerOption) (*grpc.Server, error) {
 	in, err := bridge.NewIngress(bridge.IngressConfig{
 		Director:          bridge.Director(d),
+		BorrowedClients:   true, // the director's capabilities are lent (imported.director)
 		Kinds:             kinds,
 		MaxMessageSize:    lim.maxMessageSize,
 		MaxMetadataSize:   lim.maxMetadataSize,

@@ -195,12 +195,12 @@ func serviceOf(fullMethod string) string {
 // progress (at most until ctx ends), and fails at once with UNAVAILABLE
 // (NOT_FOUND when the peer does not know the service id) when no address is
 // connected or connecting.
-func (m *imported) client(ctx context.Context) (svc captp.GrpcService, b *backend, err error) {
+func (m *imported) client(ctx context.Context) (svc *heldClient, b *backend, err error) {
 	for {
 		m.mu.Lock()
 		if m.closed {
 			m.mu.Unlock()
-			return captp.GrpcService{}, nil, status.Errorf(codes.Unavailable, "vatcar: import %q is closed", m.Name)
+			return nil, nil, status.Errorf(codes.Unavailable, "vatcar: import %q is closed", m.Name)
 		}
 		if !m.started {
 			m.started = true
@@ -210,11 +210,12 @@ func (m *imported) client(ctx context.Context) (svc captp.GrpcService, b *backen
 			go m.resolveLoop(ctx)
 		}
 		if b := m.pickLocked(); b != nil {
-			c := b.svc.AddRef()
+			h := b.svc
+			h.hold()
 			b.outstanding.Add(1)
 			m.mu.Unlock()
 			b.calls.Inc()
-			return captp.GrpcService(c), b, nil
+			return h, b, nil
 		}
 		if !m.waitingLocked() {
 			err := m.lastErr
@@ -222,14 +223,14 @@ func (m *imported) client(ctx context.Context) (svc captp.GrpcService, b *backen
 				err = m.resolveErr
 			}
 			m.mu.Unlock()
-			return captp.GrpcService{}, nil, unavailable(m.Name, err)
+			return nil, nil, unavailable(m.Name, err)
 		}
 		ch := m.changed
 		m.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return captp.GrpcService{}, nil, status.FromContextError(ctx.Err()).Err()
+			return nil, nil, status.FromContextError(ctx.Err()).Err()
 		}
 	}
 }
@@ -243,16 +244,20 @@ func (m *imported) director(ctx context.Context) (captp.GrpcService, error) {
 	if err := m.slots.Take(app); err != nil {
 		return captp.GrpcService{}, m.refused(err)
 	}
-	svc, b, err := m.client(ctx)
+	h, b, err := m.client(ctx)
 	if err != nil {
 		m.slots.Give(app)
-		return svc, err
+		return captp.GrpcService{}, err
 	}
-	if !markImport(ctx, m, b) {
-		b.done(false) // not through serveIngressCall: the call is not tracked
+	if !markImport(ctx, m, b, h) {
+		// Not through serveIngressCall: nothing would end the call
+		// or give back what it borrowed.
+		h.release()
+		b.done(false)
 		m.slots.Give(app)
+		return captp.GrpcService{}, status.Errorf(codes.Internal, "vatcar: import %q: the call is not tracked", m.Name)
 	}
-	return svc, nil
+	return captp.GrpcService(h.c), nil // lent: forgetOnCapTPFailure gives it back
 }
 
 // refused is the status of a call the import's slots refused

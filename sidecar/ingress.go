@@ -206,7 +206,8 @@ type rpcKey struct{}
 type rpcInfo struct {
 	imp     atomic.Pointer[imported] // set: the call holds a slot of imp's (imported.slots)
 	backend atomic.Pointer[backend]
-	capTP   atomic.Bool // the call failed because of CapTP (markCapTPFailure)
+	held    atomic.Pointer[heldClient] // the capability the director lent the call
+	capTP   atomic.Bool                // the call failed because of CapTP (markCapTPFailure)
 }
 
 // markCapTPFailure is the ingress's OnCapTPFailure: it records that the
@@ -219,13 +220,14 @@ func markCapTPFailure(ctx context.Context, _ error) {
 
 // markImport records that im serves the call of ctx at b, and reports
 // whether it could (the call came through serveIngressCall).
-func markImport(ctx context.Context, im *imported, b *backend) bool {
+func markImport(ctx context.Context, im *imported, b *backend, h *heldClient) bool {
 	info, _ := ctx.Value(rpcKey{}).(*rpcInfo)
 	if info == nil {
 		return false
 	}
 	info.imp.Store(im)
 	info.backend.Store(b)
+	info.held.Store(h)
 	return true
 }
 
@@ -246,6 +248,9 @@ func forgetOnCapTPFailure(ctx *callContext, err error) error {
 	failed := err != nil && (info.capTP.Load() || revokedByExporter(err))
 	if b := info.backend.Load(); b != nil {
 		b.done(failed)
+	}
+	if h := info.held.Load(); h != nil {
+		h.release() // lent by the director; the bridge is done with it
 	}
 	if im := info.imp.Load(); im != nil {
 		im.slots.Give(appConnOf(ctx)) // taken by the director
