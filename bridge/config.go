@@ -57,7 +57,7 @@ type IngressConfig struct {
 	// ingress does not release them, and the Director's owner keeps each
 	// valid until the call's handler has returned (the sidecar counts its
 	// calls on a capability and releases it after the last). That saves a
-	// capnp.Client AddRef and Release per call (seven allocations).
+	// capnp.Client AddRef and Release per call (three to four allocations).
 	BorrowedClients bool
 
 	// MaxMessageSize is the largest message, in bytes, the ingress accepts

@@ -49,8 +49,8 @@ type backend struct {
 
 // heldClient is a backend's capability, lent to the calls on it (the
 // ingress's BorrowedClients): a count of the backend's reference and one
-// per call running on it stands for capnp AddRefs, which cost seven
-// allocations a call; the last to let go releases the capability.
+// per call running on it stands for capnp AddRefs, which cost three to
+// four allocations a call; the last to let go releases the capability.
 type heldClient struct {
 	c    capnp.Client
 	refs atomic.Int64
