@@ -304,6 +304,9 @@ func readCallHead(h captp.CallHead, maxMD int, pairs []string) (callHead, []stri
 	if err != nil {
 		return callHead{}, pairs, fmt.Errorf("decode metadata: %w", err)
 	}
+	// The first entries read are kept for the second pass: each pointer
+	// read costs (capnp counts it against the message's read limit).
+	var read [8]struct{ k, v []byte }
 	size, values := 0, 0
 	for i := 0; i < l.Len(); i++ {
 		h := l.At(i)
@@ -319,13 +322,21 @@ func readCallHead(h captp.CallHead, maxMD int, pairs []string) (callHead, []stri
 			return callHead{}, pairs, metadataTooLarge("request metadata", size, maxMD)
 		}
 		values += len(v)
+		if i < len(read) {
+			read[i].k, read[i].v = k, v
+		}
 	}
 	var b strings.Builder // every value, each a slice of b's one buffer
 	sawType := false
 	for i := 0; i < l.Len(); i++ {
-		h := l.At(i)
-		kb, _ := h.KeyBytes()
-		v, _ := h.Value()
+		var kb, v []byte
+		if i < len(read) {
+			kb, v = read[i].k, read[i].v
+		} else {
+			h := l.At(i)
+			kb, _ = h.KeyBytes()
+			v, _ = h.Value()
+		}
 		k := requestKey(kb)
 		if k == "content-type" && !sawType {
 			sawType = true
