@@ -69,9 +69,10 @@ func lookupMethod[H any](m capnp.Method, iface uint64, methods []server.Method, 
 }
 
 // Recv implements capnp.ClientHook: the call's handler starts on a worker
-// (the caller is the engine's receive loop, which must not block). An unknown method fails at once as Unimplemented, as under
-// server.Server; the returned PipelineCaller is then nil, which is
-// allowed once the call has returned.
+// (the caller is the engine's receive loop, which must not block). An
+// unknown method fails at once as Unimplemented, as under server.Server;
+// the returned PipelineCaller is then nil, which is allowed once the call
+// has returned.
 func (h *serviceHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
 	_, handle, ok := h.method(r.Method)
 	if !ok {

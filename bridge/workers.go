@@ -44,8 +44,10 @@ type job struct {
 	handle func(*egress, context.Context, *capCall) error
 }
 
-// maxIdleWorkers bounds an egress's parked workers: with growStack's
-// frame, 64 x 32 KiB of stacks at most, as the ingress's streamWorkers.
+// maxIdleWorkers bounds an egress's parked workers, as the ingress's
+// streamWorkers: with growStack's frame, 64 stacks of about 32 KiB (a
+// handler that went deeper leaves its worker a larger stack until the
+// garbage collector shrinks it).
 const maxIdleWorkers = 64
 
 // workerIdlePeriod is how long a parked worker stays unused, at least, for
@@ -94,6 +96,12 @@ func (p *workers) start(j job) {
 func (p *workers) run(j job) {
 	var grown uintptr // stackMark once the stack was last grown
 	var next chan job // made when the worker first parks
+	ended := false    // by the pool's count: park, retire or close took it off
+	defer func() {
+		if !ended { // a handler ended the goroutine (runtime.Goexit)
+			p.gone()
+		}
+	}()
 	for {
 		if stackMark() != grown {
 			growStack()
@@ -103,18 +111,33 @@ func (p *workers) run(j job) {
 		j = job{} // hold nothing of the call while parked
 		if next == nil {
 			if p == nil {
+				ended = true
 				return
 			}
 			next = make(chan job, 1)
 		}
 		if !p.park(next) {
+			ended = true
 			return
 		}
 		var ok bool
 		if j, ok = <-next; !ok {
+			ended = true
 			return
 		}
 	}
+}
+
+// gone counts out a busy worker whose goroutine ended during its call
+// (runtime.Goexit in a handler), so that the janitor still stops once no
+// worker is left.
+func (p *workers) gone() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	p.lk.live--
+	p.mu.Unlock()
 }
 
 // park adds the worker whose jobs arrive on next to the idle ones, unless

@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -151,6 +152,28 @@ func TestWorkersClosed(t *testing.T) {
 	if c := p.counts(); c.started != 3 || c.live != 0 || c.idle != 0 || c.janitor {
 		t.Errorf("closed pool after 3 calls: %+v; want 3 started, none live or parked, no janitor", c)
 	}
+}
+
+// TestWorkerGoexitCounted: a handler that ends its goroutine
+// (runtime.Goexit) takes its worker with it; the pool counts it out, so
+// the janitor ends once no worker is left.
+func TestWorkerGoexitCounted(t *testing.T) {
+	p := newWorkers()
+	p.idlePeriod = 10 * time.Millisecond
+	defer p.close()
+	m := serviceMethods[0].Method
+	exited := make(chan struct{})
+	startCall(context.Background(), capnp.Recv{Method: m, ReleaseArgs: func() {}, Returner: &doneReturner{done: make(chan struct{})}}, p, nil,
+		func(*egress, context.Context, *capCall) error {
+			close(exited)
+			runtime.Goexit()
+			return nil
+		})
+	<-exited
+	poll(t, func() bool { c := p.counts(); return c.live == 0 && !c.janitor },
+		"the exited worker counted out and the janitor ended (now %+v)", p.counts())
+	poll(t, func() bool { return countGoroutines(workerFunc)+countGoroutines(janitorFunc) == 0 },
+		"worker and janitor goroutines to end")
 }
 
 // TestStackMark checks that stackMark changes when the stack grows, and
