@@ -40,7 +40,7 @@ import (
 // use it on interfaces without "-> stream" methods.
 func CallDirect(ctx context.Context, client capnp.Client, m capnp.Method, sz capnp.ObjectSize, place func(capnp.Struct) error, sizeHint int) (Results, error) {
 	if h, snap := directImport(client); h != nil {
-		d, err := h.c.startDirect(h, m, sz, place, sizeHint)
+		d, err := h.c.startDirect(h, m, sz, place, sizeHint, nil)
 		snap.Release() // the question names the import: the hook may go
 		if err != nil {
 			return Results{}, exc.Annotate("", m.String(), err)
@@ -57,6 +57,41 @@ func CallDirect(ctx context.Context, client capnp.Client, m capnp.Method, sz cap
 		return Results{}, err
 	}
 	return Results{st: st, rel: rel}, nil
+}
+
+// SendDirect sends a call on client without waiting for its results, as a
+// "-> stream" method's call is sent (capnp.Client.SendStreamCall), when
+// client is a plain import as CallDirect takes it (a client with a flow
+// limiter is not: the caller does its own flow control). It is the same
+// question as CallDirect's: no capnp.Promise, Answer or Future, no
+// context, and no goroutine of its own.
+//
+// ok reports whether the call took the direct path. If not, nothing was
+// sent and done is never called: the caller sends the call the normal way.
+// If ok and err is not nil, the call failed before it was sent (the
+// connection had ended, place failed, a budget was exceeded) and done is
+// never called either. Otherwise done(err) runs exactly once: when the
+// Return comes (err is nil, or the exception with the method's name, as a
+// Future's), or when the connection ends before it (the connection's
+// error). The results are released before done runs (the Finish goes out
+// unless the Return said noFinishNeeded).
+//
+// done runs on the connection's receive goroutine, or on the goroutine that
+// ends the connection (Close, or the engine's own after a failure): it must
+// not block. Calls sent by one goroutine to one import, by either path, go
+// out in the order they were made; place fills the params (sz big) and
+// with a sizeHint may run twice (see WithSizeHint).
+func SendDirect(client capnp.Client, m capnp.Method, sz capnp.ObjectSize, place func(capnp.Struct) error, sizeHint int, done func(error)) (ok bool, err error) {
+	h, snap := directImport(client)
+	if h == nil {
+		return false, nil
+	}
+	_, err = h.c.startDirect(h, m, sz, place, sizeHint, done)
+	snap.Release()
+	if err != nil {
+		return true, exc.Annotate("", m.String(), err)
+	}
+	return true, nil
 }
 
 // Results are a CallDirect call's results, valid until Release.
@@ -97,16 +132,29 @@ func directImport(client capnp.Client) (*importClient, capnp.ClientSnapshot) {
 	return h, snap
 }
 
-// directCall is a CallDirect question and what its Return brought: q.resolve
-// sets content and err, then closes done.
+// directCall is a CallDirect or SendDirect question and what its Return
+// brought. For CallDirect, q.resolve sets content and err, then closes
+// done; for SendDirect, it releases the question and calls sent.
 type directCall struct {
 	q       question
 	done    chan struct{}
+	sent    func(error) // SendDirect's done; nil for CallDirect
 	content capnp.Ptr
 	err     error
 }
 
+// settle is q.resolve's, once, without c.mu.
 func (d *directCall) settle(content capnp.Ptr, err error) {
+	if d.sent != nil {
+		// handleReturn releases the Return message (q.released) and
+		// sends the Finish if one is due.
+		d.q.release()
+		if err != nil {
+			err = exc.Annotate("", d.q.method.String(), err)
+		}
+		d.sent(err)
+		return
+	}
 	d.content, d.err = content, err
 	close(d.done)
 }
@@ -129,9 +177,10 @@ func (d *directCall) wait(ctx context.Context, m capnp.Method) (Results, error) 
 	return Results{st: d.content.Struct(), q: &d.q}, nil
 }
 
-// startDirect sends a call to import h (not a promise) for CallDirect: what
-// startCall does for such a target, with a directCall for the question.
-func (c *Conn) startDirect(h *importClient, m capnp.Method, sz capnp.ObjectSize, place func(capnp.Struct) error, hint int) (*directCall, error) {
+// startDirect sends a call to import h (not a promise) for CallDirect (sent
+// nil) or SendDirect: what startCall does for such a target, with a
+// directCall for the question.
+func (c *Conn) startDirect(h *importClient, m capnp.Method, sz capnp.ObjectSize, place func(capnp.Struct) error, hint int, sent func(error)) (*directCall, error) {
 	sm, call, params, err := buildCall(hint, m, place, sz)
 	if err != nil {
 		return nil, err
@@ -143,7 +192,10 @@ func (c *Conn) startDirect(h *importClient, m capnp.Method, sz capnp.ObjectSize,
 		return nil, err
 	}
 	caps := c.classify(msg.CapTable())
-	d := &directCall{done: make(chan struct{})}
+	d := &directCall{sent: sent}
+	if sent == nil {
+		d.done = make(chan struct{})
+	}
 	q := &d.q
 	q.c, q.method, q.direct = c, m, d
 
