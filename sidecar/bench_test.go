@@ -90,3 +90,36 @@ func BenchmarkPairServerStream(b *testing.B) {
 
 // benchParallelism is the goroutines per CPU of the parallel benchmarks.
 var benchParallelism = 16
+
+// BenchmarkPairPingPong measures round trips of one bidi stream through the
+// pair, one 1 KiB message each way at a time (FullDuplexCall): an op is a
+// request and its response.
+func BenchmarkPairPingPong(b *testing.B) {
+	p := startBenchPair(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := p.client.FullDuplexCall(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := &testgrpc.StreamingOutputCallRequest{
+		ResponseParameters: []*testgrpc.ResponseParameters{{Size: 1024}},
+		Payload:            &testgrpc.Payload{Body: make([]byte, 1024)},
+	}
+	cpu := cputime.Start()
+	for b.Loop() {
+		if err := s.Send(req); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.Recv(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(cpu.MicrosPer(float64(b.N)), "cpu-us/op")
+	if err := s.CloseSend(); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := s.Recv(); err == nil {
+		b.Fatal("a response after half-close")
+	}
+}
