@@ -70,7 +70,7 @@
 //
 // Sinks carry batches: the first message goes out at once and the messages
 // that queue while a send is being made ride in the next one (never a
-// timer). Sends are capnp `-> stream` calls under a fixed flow limiter, and
+// timer). Sends are capnp `-> stream` calls under a fixed flow window, and
 // each direction queues at most a few MiB, so a fast sender facing a slow
 // receiver blocks instead of buffering. Messages larger than 1 MiB travel in
 // chunks and one capnp message carries at most 1 MiB of them, below the

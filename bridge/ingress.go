@@ -365,7 +365,6 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 	defer release()
 	up := fut.Up()
 	defer up.Release()
-	up.SetFlowLimiter(newFlowLimiter())
 	// Until open answers, a failure of it (a broken capability builds no
 	// down Sink whose loss would tell) must stop the sender too. The
 	// egress answers open as soon as the backend stream exists, so this

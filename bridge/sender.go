@@ -30,10 +30,9 @@ const (
 	// unary call's parameters or reply (the request is copied under the
 	// connection lock too).
 	inlineMax = batchBytes
-	// flowWindow bounds the bytes of one Sink's calls in flight (per stream
-	// and direction); it must exceed the largest capnp message a send makes
-	// (batchLimit plus the list's own words), since
-	// flowcontrol.NewFixedLimiter panics otherwise.
+	// flowWindow bounds the bytes of one Sink's sends in flight (per stream
+	// and direction; see window); a send larger than it may go when no
+	// other is in flight.
 	flowWindow = 12 << 20
 	// queueBytes bounds the message bytes one direction of a stream holds
 	// before the gRPC reader blocks (plus one message of any size).
@@ -45,16 +44,23 @@ const (
 // buffer instead of growing one step by step.
 const sizeHintMin = 8 << 10
 
-// newFlowLimiter returns the flow limiter set on every Sink the bridge sends
-// on.
-func newFlowLimiter() flowcontrol.FlowLimiter { return flowcontrol.NewFixedLimiter(flowWindow) }
+// newFlowLimiter returns nil, go-capnp's "no limiter": a sender's window
+// bounds its Sink's sends, and a Sink with a limiter would not take the
+// engine's direct path (engine.SendDirect).
+func newFlowLimiter() flowcontrol.FlowLimiter { return nil }
 
 // sinkSend is Sink.send's method id (bridge.capnp: send @1).
 const sinkSend = 1
 
+// sinkSendMethod is Sink.send, and sinkSendSize the size of its params.
+var (
+	sinkSendMethod = captp.Sink_Methods(nil, nil)[sinkSend].Method
+	sinkSendSize   = capnp.ObjectSize{PointerCount: 1}
+)
+
 // LazyReturn is the vat.Config.LazyReturn for a vat that carries bridged
 // calls: the Return of a Sink.send (a capnp streaming call, `-> stream`)
-// only acknowledges the batch to the sender's flow limiter (flowWindow, far
+// only acknowledges the batch to the sender's flow window (flowWindow, far
 // more than a few milliseconds of sends), so it may ride with the
 // connection's next message instead of costing a write of its own.
 func LazyReturn(interfaceID uint64, methodID uint16) bool {
@@ -65,10 +71,17 @@ func LazyReturn(interfaceID uint64, methodID uint16) bool {
 // they come, messages in batches. The first message goes out at once; the
 // messages queued while a send is being made ride in the next one. There is
 // no timer.
+//
+// A batch goes out as engine.SendDirect when the Sink is a plain import of
+// the engine, else as a normal call (a Sink pipelined on open's results
+// until open returns, a local Sink). Either way win bounds the bytes in
+// flight and keeps the first failure, reported by the next send and by
+// close. The sink must have no flow limiter (see newFlowLimiter).
 type sender struct {
 	sink     captp.Sink
 	ob       *outbox
-	stats    *sendStats          // optional
+	stats    *sendStats // optional
+	win      window
 	releases []capnp.ReleaseFunc // of headers calls, run when the sender ends
 	piece    []piece             // pending chunks of the next send
 	batched  int                 // bytes in piece
@@ -77,6 +90,7 @@ type sender struct {
 // sendStats counts what a sender did; safe for concurrent reads.
 type sendStats struct {
 	sends    atomic.Int64 // Sink.send calls
+	direct   atomic.Int64 // of which took the direct path
 	messages atomic.Int64 // messages completed by them
 }
 
@@ -155,16 +169,23 @@ func (s *sender) flush(ctx context.Context) error {
 	pieces := s.piece
 	// s.batched counts chunkOverhead per chunk (its struct, list entry and
 	// padding): with the list's own words, the params fit in the hint, and
-	// the engine builds the call in one buffer of that size.
+	// the engine builds the call in one buffer of that size. The window
+	// counts that and sinkCallOverhead more (the Call's own words, and what
+	// the far Sink counts per call held), so a far Sink holding every send
+	// in flight stays within its sinkQueueMax.
+	hint, size := 0, s.batched+64+sinkCallOverhead
 	if s.batched >= sizeHintMin {
-		ctx = engine.WithSizeHint(ctx, s.batched+64)
+		hint = s.batched + 64
 	}
 	s.piece, s.batched = s.piece[:0], 0
+	if err := s.win.acquire(ctx, size); err != nil {
+		return fmt.Errorf("send on stream: %w", err)
+	}
 	copied, ends := 0, 0
-	err := s.sink.Send(ctx, func(p captp.Sink_send_Params) error {
+	place := func(st capnp.Struct) error {
 		// Runs again if the params outgrow the hint (see WithSizeHint).
 		copied, ends = 0, 0
-		l, err := p.NewChunks(int32(len(pieces)))
+		l, err := captp.Sink_send_Params(st).NewChunks(int32(len(pieces)))
 		if err != nil {
 			return err
 		}
@@ -189,16 +210,44 @@ func (s *sender) flush(ctx context.Context) error {
 			}
 		}
 		return nil
-	})
+	}
+	win := &s.win
+	direct, err := engine.SendDirect(capnp.Client(s.sink), sinkSendMethod, sinkSendSize, place, hint,
+		func(err error) { win.release(size, err) })
+	switch {
+	case direct && err != nil: // nothing sent: done never runs
+		win.release(size, nil)
+	case !direct:
+		s.sendNormal(ctx, place, hint, size)
+	}
 	s.ob.done(copied)
 	if s.stats != nil {
 		s.stats.sends.Add(1)
 		s.stats.messages.Add(int64(ends))
+		if direct {
+			s.stats.direct.Add(1)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("send on stream: %w", err)
 	}
 	return nil
+}
+
+// sendNormal sends a batch (size bytes in the window) through go-capnp's
+// client: a goroutine waits for its Return, as SendStreamCall's does. A
+// failure is reported by a later send.
+func (s *sender) sendNormal(ctx context.Context, place func(capnp.Struct) error, hint, size int) {
+	if hint > 0 {
+		ctx = engine.WithSizeHint(ctx, hint)
+	}
+	ans, release := capnp.Client(s.sink).SendCall(ctx, capnp.Send{Method: sinkSendMethod, PlaceArgs: place, ArgsSize: sinkSendSize})
+	win := &s.win
+	go func() {
+		_, err := ans.Struct()
+		release()
+		win.release(size, err)
+	}()
 }
 
 // close sends the end event: a half-close, or the final status and
@@ -221,7 +270,7 @@ func (s *sender) close(ctx context.Context, ev *event) error {
 	if _, err := f.Struct(); err != nil {
 		return fmt.Errorf("close stream: %w", err)
 	}
-	if err := s.sink.WaitStreaming(); err != nil {
+	if err := s.win.drain(ctx); err != nil {
 		return fmt.Errorf("send on stream: %w", err)
 	}
 	return nil

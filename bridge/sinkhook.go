@@ -61,9 +61,10 @@ type sinkCall struct {
 }
 
 // sinkQueueMax bounds the message bytes of the calls a Sink holds queued or
-// running, counting sinkCallOverhead for each: twice the window a sender's
-// flow limiter keeps in flight (flowWindow, counted in whole call
-// messages), so a sender that honours flow control is never refused. A
+// running, counting sinkCallOverhead for each: twice the window a sender
+// keeps in flight (flowWindow, where a send counts its params and
+// sinkCallOverhead), so a sender that honours flow control is never
+// refused. A
 // call past it, unless it is the only one, fails at once as Overloaded:
 // without the bound a peer that ignores flow control and reads nothing
 // could queue calls without end while the Sink's Returns wait on its full
