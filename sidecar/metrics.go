@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"regexp"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -162,7 +163,7 @@ func NewMetrics() *Metrics {
 	m.ingress, m.egress = m.newSide(SideIngress), m.newSide(SideEgress)
 	m.Registry.MustRegister(m.calls, m.latency, m.bytes, m.inflight, m.conns, m.restores,
 		m.refused, m.refusedCalls, m.limited, m.dials, m.importCalls, m.importUp, m.caveatRefusals, m.exports, m.imports, m.ready, buildInfoMetric(buildinfo.Read()),
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(liveHeapRule)), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, l := range [][2]string{{SideEgress, refusedConn}, {SideEgress, refusedExport}, {SideIngress, refusedApp}, {SideIngress, refusedImport}} {
 		m.refusedCalls.WithLabelValues(l[0], l[1]) // shown at 0 from the start
 	}
@@ -191,3 +192,10 @@ func (m *Metrics) overloaded() func(perCaller bool) {
 		}
 	}
 }
+
+// liveHeapRule adds go_gc_heap_live_bytes to the Go collector's default
+// metrics: the heap the last garbage collection found live. Unlike
+// go_memstats_heap_inuse_bytes, which also counts garbage not yet
+// collected (up to GOGC percent more), it does not depend on when the
+// collector last ran, so it is what a memory bound can be checked on.
+var liveHeapRule = collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/heap/live:bytes$`)}

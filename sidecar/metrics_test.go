@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"maps"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -210,5 +211,29 @@ func TestCapnpMessageLimit(t *testing.T) {
 				t.Errorf("capnpMessageLimit(%d, %d) = %d, want %d", tc.message, tc.metadata, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestLiveHeapMetric checks go_gc_heap_live_bytes: one gauge, the heap the
+// last collection found live, which after a collection is positive and no
+// more than the heap in use.
+func TestLiveHeapMetric(t *testing.T) {
+	m := NewMetrics()
+	runtime.GC()
+	families, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var live, inuse float64
+	for _, f := range families {
+		switch f.GetName() {
+		case "go_gc_heap_live_bytes":
+			live = f.GetMetric()[0].GetGauge().GetValue()
+		case "go_memstats_heap_inuse_bytes":
+			inuse = f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	if live <= 0 || inuse <= 0 || live > inuse {
+		t.Errorf("go_gc_heap_live_bytes %v, go_memstats_heap_inuse_bytes %v: want 0 < live <= in use", live, inuse)
 	}
 }
