@@ -82,9 +82,11 @@ type sender struct {
 	ob       *outbox
 	stats    *sendStats // optional
 	win      window
-	releases []capnp.ReleaseFunc // of headers calls, run when the sender ends
-	piece    []piece             // pending chunks of the next send
-	batched  int                 // bytes in piece
+	releases []capnp.ReleaseFunc      // of headers calls, run when the sender ends
+	piece    []piece                  // pending chunks of the next send
+	out      batch                    // the send being made
+	place    func(capnp.Struct) error // out.place
+	batched  int                      // bytes in piece
 }
 
 // sendStats counts what a sender did; safe for concurrent reads.
@@ -181,45 +183,23 @@ func (s *sender) flush(ctx context.Context) error {
 	if err := s.win.acquire(ctx, size); err != nil {
 		return fmt.Errorf("send on stream: %w", err)
 	}
-	copied, ends := 0, 0
-	place := func(st capnp.Struct) error {
-		// Runs again if the params outgrow the hint (see WithSizeHint).
-		copied, ends = 0, 0
-		l, err := captp.Sink_send_Params(st).NewChunks(int32(len(pieces)))
-		if err != nil {
-			return err
-		}
-		for i, pc := range pieces {
-			c := l.At(i)
-			c.SetEnd(pc.end)
-			copied += pc.len
-			if pc.end {
-				ends++
-				copied += chunkOverhead // as counted by the outbox
-			}
-			if pc.len == 0 {
-				continue
-			}
-			d, err := capnp.NewUInt8List(c.Segment(), int32(pc.len))
-			if err != nil {
-				return err
-			}
-			copyRange(d.ToPtr().Data(), pc.ev.msg.data, pc.off)
-			if err := capnp.Struct(c).SetPtr(0, d.ToPtr()); err != nil {
-				return err
-			}
-		}
-		return nil
+	if s.place == nil {
+		s.place = s.out.place // bound once: no closure per send
 	}
+	s.out.pieces = pieces
+	s.out.copied, s.out.ends = 0, 0
 	win := &s.win
-	direct, err := engine.SendDirect(capnp.Client(s.sink), sinkSendMethod, sinkSendSize, place, hint,
+	direct, err := engine.SendDirect(capnp.Client(s.sink), sinkSendMethod, sinkSendSize, s.place, hint,
 		func(err error) { win.release(size, err) })
 	switch {
 	case direct && err != nil: // nothing sent: done never runs
 		win.release(size, nil)
 	case !direct:
-		s.sendNormal(ctx, place, hint, size)
+		s.sendNormal(ctx, s.place, hint, size)
 	}
+	// Both paths place the params before they return.
+	copied, ends := s.out.copied, s.out.ends
+	s.out.pieces = nil
 	s.ob.done(copied)
 	if s.stats != nil {
 		s.stats.sends.Add(1)
@@ -230,6 +210,44 @@ func (s *sender) flush(ctx context.Context) error {
 	}
 	if err != nil {
 		return fmt.Errorf("send on stream: %w", err)
+	}
+	return nil
+}
+
+// batch is what one send carries, and what placing it copied.
+type batch struct {
+	pieces []piece
+	copied int // bytes of cost, as the outbox counts them
+	ends   int // messages completed
+}
+
+// place fills a send's params with b.pieces. It runs again if the params
+// outgrow the size hint (see engine.WithSizeHint).
+func (b *batch) place(st capnp.Struct) error {
+	b.copied, b.ends = 0, 0
+	l, err := captp.Sink_send_Params(st).NewChunks(int32(len(b.pieces)))
+	if err != nil {
+		return err
+	}
+	for i, pc := range b.pieces {
+		c := l.At(i)
+		c.SetEnd(pc.end)
+		b.copied += pc.len
+		if pc.end {
+			b.ends++
+			b.copied += chunkOverhead // as counted by the outbox
+		}
+		if pc.len == 0 {
+			continue
+		}
+		d, err := capnp.NewUInt8List(c.Segment(), int32(pc.len))
+		if err != nil {
+			return err
+		}
+		copyRange(d.ToPtr().Data(), pc.ev.msg.data, pc.off)
+		if err := capnp.Struct(c).SetPtr(0, d.ToPtr()); err != nil {
+			return err
+		}
 	}
 	return nil
 }
