@@ -36,6 +36,13 @@ var (
 	// MaxMetadataSize.
 	ErrMetadataTooLarge = errors.New("bridge: metadata larger than the max metadata size")
 
+	// ErrInvalidMetadata is the cause of INVALID_ARGUMENT when a call's
+	// request metadata has a key or value gRPC cannot send (a key with
+	// characters outside [0-9a-z-_.], a non-binary value that is not
+	// printable ASCII): only a CapTP peer that is not a vatcar ingress
+	// sends such metadata. The status crosses CapTP by its text.
+	ErrInvalidMetadata = errors.New("bridge: invalid request metadata")
+
 	// ErrMetadataSize is returned by Validate for a negative or too large
 	// MaxMetadataSize.
 	ErrMetadataSize = errors.New("bridge: invalid max metadata size")

@@ -35,7 +35,8 @@ var statusOK = status.New(codes.OK, "")
 //     has no restorer" -> NOT_FOUND with that text; one whose text has
 //     RefusedByCaveat -> PERMISSION_DENIED;
 //   - ErrMessageTooLarge and ErrMetadataTooLarge -> RESOURCE_EXHAUSTED,
-//     ErrStreamLost -> UNAVAILABLE;
+//     ErrStreamLost -> UNAVAILABLE; ErrInvalidMetadata (or its text, from
+//     an egress across CapTP) -> INVALID_ARGUMENT;
 //   - anything else -> UNKNOWN with the error's text.
 func Status(err error) *status.Status {
 	if err == nil {
@@ -54,6 +55,8 @@ func Status(err error) *status.Status {
 		return status.New(codes.ResourceExhausted, msg)
 	case errors.Is(err, ErrStreamLost):
 		return status.New(codes.Unavailable, msg)
+	case errors.Is(err, ErrInvalidMetadata), strings.Contains(msg, ErrInvalidMetadata.Error()):
+		return status.New(codes.InvalidArgument, msg)
 	}
 	var e *exc.Exception
 	if errors.As(err, &e) {

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -81,11 +82,53 @@ func keepForward(k string) bool { return !skipHeader(k) }
 // takes the content-subtype to use towards the app.
 // vatcar-* keys an app sets are dropped: only the egress says who calls.
 func keepRequest(k string) bool {
-	return k == "content-type" || !skipHeader(k) && !strings.HasPrefix(k, vatcarPrefix)
+	return k == "content-type" || !skipHeader(k) && !isVatcarKey(k)
 }
 
 // vatcarPrefix starts the metadata keys that only vatcar sets.
 const vatcarPrefix = "vatcar-"
+
+// isVatcarKey reports whether k (lowercase) is one of vatcar's own keys, or
+// one a backend might take for one: vatcar_ too, since some HTTP stacks
+// (CGI's, for one) treat "_" and "-" in header names alike.
+func isVatcarKey(k string) bool {
+	return strings.HasPrefix(k, vatcarPrefix) || strings.HasPrefix(k, "vatcar_")
+}
+
+// validKey reports whether a request metadata key, before lowercasing, is
+// one gRPC can send: at least one character, each in [0-9a-z-_.] once
+// ASCII letters are lowercased. Pseudo-headers (":...") pass here; the
+// egress drops them. grpc-go refuses any other key as INTERNAL after the
+// call has cost a stream; the egress refuses it first, as
+// INVALID_ARGUMENT.
+func validKey(k []byte) bool {
+	if len(k) == 0 {
+		return false
+	}
+	if k[0] == ':' {
+		return true
+	}
+	for _, c := range k {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// validValue reports whether a value of key k (any case) is one gRPC can
+// send: anything for a binary (-bin) key, else printable ASCII.
+func validValue(k, v []byte) bool {
+	if len(k) >= 4 && bytes.EqualFold(k[len(k)-4:], []byte("-bin")) {
+		return true
+	}
+	for _, c := range v {
+		if c < 0x20 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}
 
 // headerOverhead is what HTTP/2 adds to each header entry's key and value
 // when it counts a header list's size (RFC 9113, SETTINGS_MAX_HEADER_LIST_SIZE).
@@ -321,6 +364,12 @@ func readCallHead(h captp.CallHead, maxMD int, pairs []string) (callHead, []stri
 		if size += len(k) + len(v) + headerOverhead; size > maxMD {
 			return callHead{}, pairs, metadataTooLarge("request metadata", size, maxMD)
 		}
+		if !validKey(k) {
+			return callHead{}, pairs, fmt.Errorf("%w: key %q has characters not in [0-9a-z-_.]", ErrInvalidMetadata, k[:min(len(k), 64)])
+		}
+		if !validValue(k, v) {
+			return callHead{}, pairs, fmt.Errorf("%w: the value of %q is not printable ASCII (only -bin keys carry bytes)", ErrInvalidMetadata, k)
+		}
 		values += len(v)
 		if i < len(read) {
 			read[i].k, read[i].v = k, v
@@ -333,9 +382,17 @@ func readCallHead(h captp.CallHead, maxMD int, pairs []string) (callHead, []stri
 		if i < len(read) {
 			kb, v = read[i].k, read[i].v
 		} else {
+			// Read once already, so these cannot fail but for the
+			// message's read limit; fail the call rather than send a
+			// key or value that is not the peer's.
 			h := l.At(i)
-			kb, _ = h.KeyBytes()
-			v, _ = h.Value()
+			var err error
+			if kb, err = h.KeyBytes(); err == nil {
+				v, err = h.Value()
+			}
+			if err != nil {
+				return callHead{}, pairs, fmt.Errorf("decode metadata: %w", err)
+			}
 		}
 		k := requestKey(kb)
 		if k == "content-type" && !sawType {

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"reflect"
 	"slices"
 	"strings"
@@ -91,8 +92,8 @@ func pairsMD(t testing.TB, pairs []string) metadata.MD {
 // TestReadCallHeadPairs checks the metadata readCallHead passes on: keys
 // lowercased (also as grpc-go lowercases Unicode), in list order, repeated
 // keys in theirs; the first content-type gives the subtype; the gRPC
-// libraries' keys and vatcar-* keys in any case are dropped; pairs given
-// are appended to.
+// libraries' keys and vatcar-* (and vatcar_*) keys in any case are
+// dropped; pairs given are appended to.
 func TestReadCallHeadPairs(t *testing.T) {
 	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
 	if err != nil {
@@ -110,7 +111,7 @@ func TestReadCallHeadPairs(t *testing.T) {
 		{"x-b-bin", "\x00\xff"}, {"Vatcar-Ref", "forged"}, {"x-a", "2"}, {"vatcar-peer", "forged"},
 		{"content-type", "application/grpc+xml"}, {":authority", "a"}, {"grpc-timeout", "1S"},
 		{"User-Agent", "ua"}, {"x-empty", ""}, {"X-A", "3"}, {"vatcar-other", "x"},
-		{"x-\u212a", "kelvin"}, // grpc-go lowers the Kelvin sign to "k"
+		{"VATCAR_PEER", "forged"}, {"x.dot_under", "ok"},
 	}
 	l, err := h.NewMd(int32(len(entries)))
 	if err != nil {
@@ -128,12 +129,68 @@ func TestReadCallHeadPairs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"kept", "v", "x-a", "1", "x-b-bin", "\x00\xff", "x-a", "2", "x-empty", "", "x-a", "3", "x-k", "kelvin"}
+	want := []string{"kept", "v", "x-a", "1", "x-b-bin", "\x00\xff", "x-a", "2", "x-empty", "", "x-a", "3", "x.dot_under", "ok"}
 	if !slices.Equal(pairs, want) {
 		t.Errorf("pairs\n%q, want\n%q", pairs, want)
 	}
 	if head.subtype != "json" || head.method != "/p.S/M" || head.timeout != 0 {
 		t.Errorf("head %+v, want method /p.S/M, subtype json, no timeout", head)
+	}
+}
+
+// TestReadCallHeadInvalid: metadata gRPC cannot send (a key outside
+// [0-9a-z-_.] once ASCII is lowercased, Unicode included; an empty key; a
+// non-binary value that is not printable ASCII) fails the call as
+// INVALID_ARGUMENT, also once its text has crossed CapTP; binary values
+// and keys in upper case pass.
+func TestReadCallHeadInvalid(t *testing.T) {
+	for _, tc := range []struct {
+		key, value string
+		ok         bool
+	}{
+		{"X-Upper.Case_ok", "v", true},
+		{"x-data-BIN", "\x00\x01\xff", true},
+		{"x-\u212a", "kelvin", false}, // grpc-go would lower the Kelvin sign to "k"
+		{"x y", "v", false},
+		{"x/y", "v", false},
+		{"", "v", false},
+		{"x-ctl", "a\nb", false},
+		{"x-high", "\xff", false},
+	} {
+		_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := captp.NewRootCallHead(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := h.NewMd(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.At(0).SetKey(tc.key); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.At(0).SetValue([]byte(tc.value)); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err = readCallHead(h, DefaultMaxMetadataSize, nil)
+		if tc.ok {
+			if err != nil {
+				t.Errorf("key %q value %q: %v", tc.key, tc.value, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrInvalidMetadata) {
+			t.Errorf("key %q value %q: %v, want ErrInvalidMetadata", tc.key, tc.value, err)
+			continue
+		}
+		for _, e := range []error{err, errors.New("unary: " + err.Error())} { // as the importer gets it
+			if st := Status(e); st.Code() != codes.InvalidArgument {
+				t.Errorf("key %q value %q: status %v, want INVALID_ARGUMENT", tc.key, tc.value, st)
+			}
+		}
 	}
 }
 
@@ -182,8 +239,12 @@ func FuzzReadCallHead(f *testing.F) {
 			t.Fatalf("odd pairs %q", pairs)
 		}
 		for i := 0; i < len(pairs); i += 2 {
-			if k := pairs[i]; k != strings.ToLower(k) || !keepRequestButContentType(k) {
+			k, v := pairs[i], pairs[i+1]
+			if k != strings.ToLower(k) || !keepRequestButContentType(k) || !validKey([]byte(k)) || k[0] == ':' {
 				t.Fatalf("key %q passed", k)
+			}
+			if !validValue([]byte(k), []byte(v)) {
+				t.Fatalf("value %q of %q passed", v, k)
 			}
 		}
 	})
