@@ -638,7 +638,6 @@ func (c *egressCall) abandon() {
 
 // respond sends the response down on a goroutine, then ends the call.
 func (c *egressCall) respond(down captp.Sink) {
-	down.SetFlowLimiter(newFlowLimiter())
 	life, end := context.WithCancel(context.Background())
 	c.mu.Lock()
 	c.endLife = end

@@ -23,12 +23,18 @@ import (
 // orderSink is a Sink server that records each message (one chunk each) in
 // the order its sends arrive; a send of "fail" fails.
 type orderSink struct {
-	mu  sync.Mutex
-	got []string
+	mu     sync.Mutex
+	got    []string
+	closed bool
 }
 
 func (s *orderSink) Headers(context.Context, captp.Sink_headers) error { return nil }
-func (s *orderSink) Close(context.Context, captp.Sink_close) error     { return nil }
+func (s *orderSink) Close(context.Context, captp.Sink_close) error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	return nil
+}
 
 func (s *orderSink) Send(_ context.Context, call captp.Sink_send) error {
 	l, err := call.Args().Chunks()
@@ -237,6 +243,13 @@ func TestSenderDirectFailure(t *testing.T) {
 			if d := st.direct.Load(); d == 0 {
 				t.Fatal("no direct send")
 			}
+			// A stream with a failed send is not closed as if whole.
+			rec.mu.Lock()
+			closed := rec.closed
+			rec.mu.Unlock()
+			if closed {
+				t.Error("the Sink was closed after a send failed")
+			}
 			ob.stop()
 		})
 	}
@@ -279,5 +292,20 @@ func TestWindow(t *testing.T) {
 	w.release(flowWindow/2, errors.New("second failure"))
 	if err := w.drain(context.Background()); err != fail {
 		t.Fatalf("drain: %v, want the first failure", err)
+	}
+
+	// However small, at most maxSendsInFlight sends are in flight.
+	var c window
+	for i := range maxSendsInFlight {
+		if err := c.acquire(done, 1); err != nil {
+			t.Fatalf("send %d of 1 byte: %v", i, err)
+		}
+	}
+	if err := c.acquire(done, 1); !errors.Is(err, context.Canceled) {
+		t.Fatalf("send %d in flight: %v, want to wait", maxSendsInFlight+1, err)
+	}
+	c.release(1, nil)
+	if err := c.acquire(done, 1); err != nil {
+		t.Fatalf("a send once one returned: %v", err)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 
 	"capnproto.org/go/capnp/v3"
-	"capnproto.org/go/capnp/v3/flowcontrol"
 	"google.golang.org/grpc/mem"
 
 	"github.com/vatcar/vatcar/proto/captp"
@@ -34,6 +33,15 @@ const (
 	// and direction; see window); a send larger than it may go when no
 	// other is in flight.
 	flowWindow = 12 << 20
+	// maxSendsInFlight bounds the Sink.send calls of one sender in flight,
+	// whatever their size: each is an answer the receiving vat holds until
+	// it returns, and a connection's answers are bounded for all its calls
+	// together (vat MaxAnswers, 32,768 by default). Without it a stalled
+	// stream of tiny messages held 35,746 (12 MiB at 352 bytes each) and
+	// every other call on the connection was refused. Batching takes over
+	// when the bound is reached: the messages queued meanwhile ride in the
+	// next send.
+	maxSendsInFlight = 256
 	// queueBytes bounds the message bytes one direction of a stream holds
 	// before the gRPC reader blocks (plus one message of any size).
 	queueBytes = 4 << 20
@@ -43,11 +51,6 @@ const (
 // large they will be (engine.WithSizeHint): it then builds them in one
 // buffer instead of growing one step by step.
 const sizeHintMin = 8 << 10
-
-// newFlowLimiter returns nil, go-capnp's "no limiter": a sender's window
-// bounds its Sink's sends, and a Sink with a limiter would not take the
-// engine's direct path (engine.SendDirect).
-func newFlowLimiter() flowcontrol.FlowLimiter { return nil }
 
 // sinkSend is Sink.send's method id (bridge.capnp: send @1).
 const sinkSend = 1
@@ -76,7 +79,9 @@ func LazyReturn(interfaceID uint64, methodID uint16) bool {
 // the engine, else as a normal call (a Sink pipelined on open's results
 // until open returns, a local Sink). Either way win bounds the bytes in
 // flight and keeps the first failure, reported by the next send and by
-// close. The sink must have no flow limiter (see newFlowLimiter).
+// close. The sink must have no go-capnp flow limiter: a sender's window
+// bounds its sends, and a Sink with a limiter would not take the engine's
+// direct path (engine.SendDirect).
 type sender struct {
 	sink     captp.Sink
 	ob       *outbox
@@ -269,8 +274,15 @@ func (s *sender) sendNormal(ctx context.Context, place func(capnp.Struct) error,
 }
 
 // close sends the end event: a half-close, or the final status and
-// trailers, and waits for the far side to take it.
+// trailers, once every send has returned without failing, and waits for
+// the far side to take it. A send refused on the way (the receiving vat's
+// limits fail it before the Sink sees it) would otherwise leave the far
+// side to end the stream cleanly without that message: the stream fails
+// instead (the Sink is released unclosed).
 func (s *sender) close(ctx context.Context, ev *event) error {
+	if err := s.win.drain(ctx); err != nil {
+		return fmt.Errorf("send on stream: %w", err)
+	}
 	f, release := s.sink.Close(ctx, func(p captp.Sink_close_Params) error {
 		if ev.st == nil {
 			return nil
@@ -287,9 +299,6 @@ func (s *sender) close(ctx context.Context, ev *event) error {
 	defer release()
 	if _, err := f.Struct(); err != nil {
 		return fmt.Errorf("close stream: %w", err)
-	}
-	if err := s.win.drain(ctx); err != nil {
-		return fmt.Errorf("send on stream: %w", err)
 	}
 	return nil
 }

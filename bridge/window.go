@@ -21,8 +21,9 @@ type window struct {
 	wake  chan struct{} // closed when a send returns; nil if nobody waits
 }
 
-// acquire waits until a send of n bytes fits in the window (or no send is
-// in flight) and counts it in flight. It returns the first failed send's
+// acquire waits until a send of n bytes fits in the window, bytes and
+// calls (maxSendsInFlight), or no send is in flight, and counts it in
+// flight. It returns the first failed send's
 // error instead, or ctx's if ctx ends first.
 func (w *window) acquire(ctx context.Context, n int) error {
 	w.mu.Lock()
@@ -32,7 +33,7 @@ func (w *window) acquire(ctx context.Context, n int) error {
 			w.mu.Unlock()
 			return err
 		}
-		if w.calls == 0 || w.bytes+n <= flowWindow {
+		if w.calls == 0 || w.bytes+n <= flowWindow && w.calls < maxSendsInFlight {
 			w.bytes += n
 			w.calls++
 			w.mu.Unlock()
