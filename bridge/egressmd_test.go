@@ -63,17 +63,8 @@ func unaryWithMD(ctx context.Context, t *testing.T, svc captp.GrpcService, entri
 		}
 		h.SetTimeoutNanos(int64(time.Minute))
 		if len(entries) > 0 {
-			l, err := h.NewMd(int32(len(entries)))
-			if err != nil {
+			if err := setMetadata(h, entries); err != nil {
 				return err
-			}
-			for i, e := range entries {
-				if err := l.At(i).SetKey(e[0]); err != nil {
-					return err
-				}
-				if err := l.At(i).SetValue([]byte(e[1])); err != nil {
-					return err
-				}
 			}
 		}
 		return p.SetRequest([]byte("ping"))

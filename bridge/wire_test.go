@@ -75,6 +75,46 @@ func TestCallHeadRoundTrip(t *testing.T) {
 	}
 }
 
+// newCallHead returns a CallHead in a message of its own with method
+// (none if empty) and entries (key, value) as its metadata list, in order.
+func newCallHead(t testing.TB, method string, entries [][2]string) captp.CallHead {
+	t.Helper()
+	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := captp.NewRootCallHead(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if method != "" {
+		if err := h.SetMethod(method); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := setMetadata(h, entries); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// setMetadata gives h entries (key, value) as its metadata list, in order.
+func setMetadata(h captp.CallHead, entries [][2]string) error {
+	l, err := h.NewMd(int32(len(entries)))
+	if err != nil {
+		return err
+	}
+	for i, e := range entries {
+		if err := l.At(i).SetKey(e[0]); err != nil {
+			return err
+		}
+		if err := l.At(i).SetValue([]byte(e[1])); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // pairsMD returns pairs (key, value, ...) as metadata, failing t when they
 // are odd in number.
 func pairsMD(t testing.TB, pairs []string) metadata.MD {
@@ -95,17 +135,6 @@ func pairsMD(t testing.TB, pairs []string) metadata.MD {
 // libraries' keys and vatcar-* (and vatcar_*) keys in any case are
 // dropped; pairs given are appended to.
 func TestReadCallHeadPairs(t *testing.T) {
-	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := captp.NewRootCallHead(seg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.SetMethod("/p.S/M"); err != nil {
-		t.Fatal(err)
-	}
 	entries := [][2]string{
 		{"X-A", "1"}, {"content-type", "application/grpc+JSON"}, {"VATCAR-PEER", "forged"},
 		{"x-b-bin", "\x00\xff"}, {"Vatcar-Ref", "forged"}, {"x-a", "2"}, {"vatcar-peer", "forged"},
@@ -113,18 +142,7 @@ func TestReadCallHeadPairs(t *testing.T) {
 		{"User-Agent", "ua"}, {"x-empty", ""}, {"X-A", "3"}, {"vatcar-other", "x"},
 		{"VATCAR_PEER", "forged"}, {"x.dot_under", "ok"},
 	}
-	l, err := h.NewMd(int32(len(entries)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, e := range entries {
-		if err := l.At(i).SetKey(e[0]); err != nil {
-			t.Fatal(err)
-		}
-		if err := l.At(i).SetValue([]byte(e[1])); err != nil {
-			t.Fatal(err)
-		}
-	}
+	h := newCallHead(t, "/p.S/M", entries)
 	head, pairs, err := readCallHead(h, DefaultMaxMetadataSize, []string{"kept", "v"})
 	if err != nil {
 		t.Fatal(err)
@@ -157,25 +175,8 @@ func TestReadCallHeadInvalid(t *testing.T) {
 		{"x-ctl", "a\nb", false},
 		{"x-high", "\xff", false},
 	} {
-		_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		h, err := captp.NewRootCallHead(seg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := h.NewMd(1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := l.At(0).SetKey(tc.key); err != nil {
-			t.Fatal(err)
-		}
-		if err := l.At(0).SetValue([]byte(tc.value)); err != nil {
-			t.Fatal(err)
-		}
-		_, _, err = readCallHead(h, DefaultMaxMetadataSize, nil)
+		h := newCallHead(t, "/p.S/M", [][2]string{{tc.key, tc.value}})
+		_, _, err := readCallHead(h, DefaultMaxMetadataSize, nil)
 		if tc.ok {
 			if err != nil {
 				t.Errorf("key %q value %q: %v", tc.key, tc.value, err)
@@ -268,26 +269,10 @@ func FuzzContentSubtype(f *testing.F) {
 // wrote, common or not, and values as written; an empty list is nil metadata,
 // and a call head without metadata gives no pairs.
 func TestReadHeadersKeys(t *testing.T) {
-	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	h := newCallHead(t, "", [][2]string{{"Content-Type", "application/grpc"}, {"content-type", "application/grpc+json"}, {"X-Mixed", "v1"}, {"user-agent", "ua"}, {"x-mixed", "v2"}})
+	l, err := h.Md()
 	if err != nil {
 		t.Fatal(err)
-	}
-	h, err := captp.NewRootCallHead(seg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pairs := [][2]string{{"Content-Type", "application/grpc"}, {"content-type", "application/grpc+json"}, {"X-Mixed", "v1"}, {"user-agent", "ua"}, {"x-mixed", "v2"}}
-	l, err := h.NewMd(int32(len(pairs)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, p := range pairs {
-		if err := l.At(i).SetKey(p[0]); err != nil {
-			t.Fatal(err)
-		}
-		if err := l.At(i).SetValue([]byte(p[1])); err != nil {
-			t.Fatal(err)
-		}
 	}
 	md, err := readHeaders("test", l, DefaultMaxMetadataSize)
 	if err != nil {
@@ -303,7 +288,7 @@ func TestReadHeadersKeys(t *testing.T) {
 		}
 	}
 
-	empty, err := captp.NewCallHead(seg)
+	empty, err := captp.NewCallHead(h.Segment())
 	if err != nil {
 		t.Fatal(err)
 	}
