@@ -37,7 +37,8 @@ type sinkServer struct {
 
 	parts  mem.BufferSlice // chunks of a message in progress
 	partsN int
-	failed error // once set, the direction is over: later sends are refused
+	sends  uint64 // send calls received, failed ones included (close checks)
+	failed error  // once set, the direction is over: later sends are refused
 }
 
 func newSink(t target, maxMsg, maxMD int) captp.Sink {
@@ -68,6 +69,7 @@ func (s *sinkServer) headers(call headersCall) error {
 // once (capnp memory goes back when the call returns, and gRPC keeps a
 // reference to what it sends).
 func (s *sinkServer) send(call sendCall) error {
+	s.sends++
 	if s.failed != nil {
 		return s.failed
 	}
@@ -169,6 +171,13 @@ func (s *sinkServer) close(call closeCall) error {
 		return s.failed
 	}
 	args := call.Args()
+	if n := args.Sends(); n != 0 && n != s.sends {
+		// A send was refused before it reached this Sink (the
+		// receiving vat's limits): the direction lost a message.
+		err := fmt.Errorf("sink close: %d sends made, %d arrived: %w", n, s.sends, ErrStreamLost)
+		s.fail(err)
+		return err
+	}
 	var st *status.Status
 	if args.HasStatus() {
 		w, err := args.Status()

@@ -154,3 +154,61 @@ func TestSinkSendBatchTooLarge(t *testing.T) {
 		f.free()
 	}
 }
+
+// sinkCloseOf builds a Sink.close call naming sends.
+func sinkCloseOf(t *testing.T, sends uint64) closeCall {
+	t.Helper()
+	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := captp.NewRootSink_close_Params(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.SetSends(sends)
+	return closeCall{&capCall{recv: capnp.Recv{Args: capnp.Struct(p)}}}
+}
+
+// TestSinkCloseCountsSends: a close naming more sends than reached the Sink
+// (one refused on the way, before the Sink saw it) fails the direction as
+// lost instead of ending it whole; a close naming as many, or none (an
+// older sender), ends it.
+func TestSinkCloseCountsSends(t *testing.T) {
+	for _, tc := range []struct {
+		named uint64
+		whole bool
+	}{{2, true}, {0, true}, {3, false}} {
+		t.Run(fmt.Sprint(tc.named), func(t *testing.T) {
+			k := &lostTarget{}
+			s := &sinkServer{t: k, maxMsg: 1 << 20, maxMD: DefaultMaxMetadataSize}
+			for _, m := range []string{"a", "b"} {
+				call, _ := sinkSendOf(t, m)
+				if err := s.send(call); err != nil {
+					t.Fatalf("send: %v", err)
+				}
+			}
+			err := s.close(sinkCloseOf(t, tc.named))
+			if tc.whole {
+				if err != nil || !k.ended || k.lostErr != nil {
+					t.Errorf("close naming %d of 2 sends: %v, ended %v, lost %v; want ended", tc.named, err, k.ended, k.lostErr)
+				}
+			} else if !errors.Is(err, ErrStreamLost) || k.ended || !errors.Is(k.lostErr, ErrStreamLost) {
+				t.Errorf("close naming 3 of 2 sends: %v, ended %v, lost %v; want lost", err, k.ended, k.lostErr)
+			}
+			for _, f := range k.frames {
+				f.free()
+			}
+		})
+	}
+}
+
+// lostTarget is a keepTarget that records the direction's end or loss.
+type lostTarget struct {
+	keepTarget
+	ended   bool
+	lostErr error
+}
+
+func (l *lostTarget) end(*status.Status, metadata.MD) { l.ended = true }
+func (l *lostTarget) lost(err error)                  { l.lostErr = err }

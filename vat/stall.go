@@ -51,9 +51,10 @@ type stallConn struct {
 	// armed: the watchdog's timer is set. A write sets it (and the
 	// timer) after storing since; the watchdog clears it and then looks
 	// at since again, so a write is never left without a watchdog.
-	armed atomic.Bool
-	cut   atomic.Bool // the watchdog closed the connection
-	once  sync.Once
+	armed  atomic.Bool
+	cut    atomic.Bool // the watchdog closed the connection
+	closed atomic.Bool // Close was called: a stall is no longer reported
+	once   sync.Once
 }
 
 // stallTicks is how many looks the watchdog takes per timeout.
@@ -76,6 +77,10 @@ func (c *stallConn) now() int64 { return int64(time.Since(c.base)) + 1 }
 func (c *stallConn) watch() {
 	for {
 		if s := c.since.Load(); s != 0 {
+			if c.closed.Load() {
+				c.armed.Store(false)
+				return // closed for another reason while the write waited
+			}
 			if time.Duration(c.now()-s) > c.timeout {
 				c.once.Do(func() {
 					c.cut.Store(true)
@@ -127,6 +132,7 @@ func (c *stallConn) Write(b []byte) (int, error) {
 
 // Close stops the watchdog and closes the connection.
 func (c *stallConn) Close() error {
+	c.closed.Store(true)
 	c.dog.Stop()
 	return c.Conn.Close()
 }

@@ -58,9 +58,12 @@ interface Sink {
   # send delivers a batch of message pieces; capnp stream flow control
   # bounds what is in flight.
 
-  close @2 (status :Status, trailers :List(Header)) -> ();
+  close @2 (status :Status, trailers :List(Header), sends :UInt64) -> ();
   # close ends the direction: on `up` it is the client's half-close (status
   # unset), on `down` it carries the call's final status and trailers.
+  # sends is how many send calls the sender made before it; a Sink that got
+  # fewer (a send refused on the way, before the Sink saw it) fails the
+  # direction instead of ending it whole. 0: not counted (older senders).
 }
 
 struct CallHead {
