@@ -86,6 +86,7 @@ type codec struct {
 	// Return is encoded.
 	lazyAnswers map[uint32]uint32
 	lazyAcked   int // bytes of calls answered by the lazy Returns in pending
+	lazyAcks    int // how many lazy Returns are in pending
 
 	wake chan struct{} // one token: pending, due or closing changed
 	done chan struct{} // closed when the writer has returned
@@ -235,7 +236,7 @@ func (c *codec) encodeDirect(m *capnp.Message) error {
 func (c *codec) takePending() []byte {
 	out := c.pending
 	c.pending, c.spare = c.spare[:0], nil
-	c.due, c.lazySince, c.lazyAcked = false, time.Time{}, 0
+	c.due, c.lazySince, c.lazyAcked, c.lazyAcks = false, time.Time{}, 0, 0
 	c.writing = true
 	c.space.Broadcast()
 	return out

@@ -49,6 +49,11 @@ const (
 	// window those Returns would reopen (the bridge's is 12 MiB) does not
 	// wait for the timer.
 	lazyAckMax = 1 << 20
+	// lazyAckCalls bounds how many lazy Returns wait, however small the
+	// calls they answer: a sender may also bound its calls in flight by
+	// count (the bridge's, at 256 Sink sends), and one full by count
+	// should not wait for the timer either.
+	lazyAckCalls = 64
 )
 
 // noAnswer is classifyLazy's answer id for a message that is not a candidate
@@ -116,7 +121,8 @@ func (c *codec) takeLazyAnswer(answer uint64, results bool) bool {
 	if !results {
 		return false
 	}
-	if c.lazyAcked += int(size); c.lazyAcked > lazyAckMax {
+	c.lazyAcks++
+	if c.lazyAcked += int(size); c.lazyAcked > lazyAckMax || c.lazyAcks >= lazyAckCalls {
 		c.due = true
 	}
 	return true

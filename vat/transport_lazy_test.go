@@ -551,3 +551,37 @@ func TestLazyReturnsBounded(t *testing.T) {
 	}
 	expectEOF(t, got)
 }
+
+// TestLazyReturnsBoundedByCount answers tiny calls of a lazy-Return method:
+// however few bytes they add up to, lazyAckCalls Returns leave together,
+// with the one that reaches the count (the timer never fires), so a sender
+// that bounds its calls in flight by count does not wait for it.
+func TestLazyReturnsBoundedByCount(t *testing.T) {
+	c, enc, got, serverRaw := lazyReturnCodec(t, func(uint64, uint16) bool { return true })
+	for i := range lazyAckCalls {
+		m := wireMessage{kind: "call", id: uint32(i), size: 100}.build()
+		if err := enc.Encode(m); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Decode(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var want []wireMessage
+	for i := range lazyAckCalls {
+		if err := c.Encode(wireMessage{kind: "return", id: uint32(i)}.build()); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, wireMessage{kind: "return", id: uint32(i)})
+		if i < lazyAckCalls-1 {
+			if w := serverRaw.writes.Load(); w != 0 {
+				t.Fatalf("Return %d of %d made %d writes, want it waiting", i, lazyAckCalls, w)
+			}
+		}
+	}
+	expect(t, got, want...)
+	if err := c.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	expectEOF(t, got)
+}
