@@ -164,7 +164,10 @@ const RefusedByCaveat = "narrowed ref refuses this"
 // field but Conn means the documented default.
 type EgressConfig struct {
 	// Conn is the client connection to the local app's gRPC server.
-	// Required. The egress does not close it.
+	// Required. The egress does not close it. A stats handler on it (or
+	// grpc.EnableTracing) must not keep a payload past its event: the
+	// egress reuses the message it receives into (and so does the
+	// ingress's server, see Ingress.ServerOptions).
 	Conn grpc.ClientConnInterface
 
 	// MaxMessageSize is the largest message, in bytes, passed in either

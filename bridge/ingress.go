@@ -74,8 +74,10 @@ func (in *Ingress) Handler() grpc.StreamHandler { return in.handle }
 // method: the unknown-service handler, the raw codec forced for every
 // content-subtype (no payload is ever parsed), the message size limits,
 // and a pool of stream workers (streamWorkers). Add your own interceptors
-// and stats handlers after them, and grpc.InTapHandle(in.TapHandle(next))
-// to save a copy of every call's metadata.
+// and stats handlers after them (a stats handler must not keep an
+// InPayload's or OutPayload's Payload past its event: the bridge reuses
+// those messages), and grpc.InTapHandle(in.TapHandle(next)) to save a copy
+// of every call's metadata.
 func (in *Ingress) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.UnknownServiceHandler(in.handle),
