@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/vatcar/vatcar/internal/testnet"
 	"github.com/vatcar/vatcar/proto/captp"
 	"github.com/vatcar/vatcar/vat/engine"
 )
@@ -39,24 +40,7 @@ func newEngineHop(t testing.TB, backend string, cfg hopConfig) *engineHop {
 	}
 	eg := newService(egImpl)
 	t.Cleanup(eg.Release)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		nc, _ := ln.Accept()
-		ln.Close()
-		accepted <- nc
-	}()
-	nc, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	snc := <-accepted
-	if snc == nil {
-		t.Fatal("accept failed")
-	}
+	nc, snc := testnet.Pair(t, "tcp")
 	server := engine.NewConn(engine.NewStreamCodec(snc, 0), &engine.Options{Bootstrap: capnp.Client(eg.AddRef())})
 	client := engine.NewConn(engine.NewStreamCodec(nc, 0), nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"capnproto.org/go/capnp/v3/rpc"
 	"google.golang.org/grpc/mem"
 
+	"github.com/vatcar/vatcar/internal/testnet"
 	"github.com/vatcar/vatcar/proto/captp"
 	"github.com/vatcar/vatcar/vat/engine"
 )
@@ -88,24 +88,7 @@ func (g *gateService) Open(ctx context.Context, call captp.GrpcService_open) err
 // go-capnp, to an engine client, and returns the client's service.
 func gateSetup(t *testing.T, goCapnp bool, svc *gateService) captp.GrpcService {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		nc, _ := ln.Accept()
-		ln.Close()
-		accepted <- nc
-	}()
-	nc, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	snc := <-accepted
-	if snc == nil {
-		t.Fatal("accept failed")
-	}
+	nc, snc := testnet.Pair(t, "tcp")
 	boot := capnp.Client(captp.GrpcService_ServerToClient(svc))
 	var closeServer func()
 	if goCapnp {

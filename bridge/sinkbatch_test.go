@@ -44,25 +44,7 @@ func (k *keepTarget) got() []string {
 // not the end of its message. It returns the call and its message.
 func sinkSendOf(t *testing.T, chunks ...string) (sendCall, *capnp.Message) {
 	t.Helper()
-	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := captp.NewRootSink_send_Params(seg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := p.NewChunks(int32(len(chunks)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, c := range chunks {
-		d, more := strings.CutSuffix(c, "+")
-		l.At(i).SetEnd(!more)
-		if err := l.At(i).SetData([]byte(d)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	p, msg := sinkSendParams(chunks...)
 	return sendCall{&capCall{recv: capnp.Recv{Args: capnp.Struct(p)}}}, msg
 }
 

@@ -15,7 +15,7 @@ import (
 // instead of ending it.
 func FuzzSinkSend(f *testing.F) {
 	for _, chunks := range [][]string{{"a", "bb"}, {"x+", "y"}, {"", "z"}} {
-		_, msg := sinkSendOfSeed(chunks...)
+		_, msg := sinkSendParams(chunks...)
 		b, err := msg.Marshal()
 		if err != nil {
 			f.Fatal(err)
@@ -62,8 +62,9 @@ func FuzzSinkSend(f *testing.F) {
 	})
 }
 
-// sinkSendOfSeed is sinkSendOf for seeds (no *testing.T).
-func sinkSendOfSeed(chunks ...string) (captp.Sink_send_Params, *capnp.Message) {
+// sinkSendParams builds Sink.send parameters of chunks (see sinkSendOf),
+// panicking on a failure to build them in memory (fuzz seeds have no T).
+func sinkSendParams(chunks ...string) (captp.Sink_send_Params, *capnp.Message) {
 	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
 	if err != nil {
 		panic(err)

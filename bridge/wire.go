@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
@@ -394,7 +393,7 @@ func readCallHead(h captp.CallHead, maxMD int, pairs []string) (callHead, []stri
 				return callHead{}, pairs, fmt.Errorf("decode metadata: %w", err)
 			}
 		}
-		k := requestKey(kb)
+		k := headerKey(kb) // ASCII only (validKey): lowercased as grpc-go would
 		if k == "content-type" && !sawType {
 			sawType = true
 			if string(v) != plainContentType {
@@ -412,17 +411,4 @@ func readCallHead(h captp.CallHead, maxMD int, pairs []string) (callHead, []stri
 		pairs = append(pairs, k, all[len(all)-len(v):])
 	}
 	return head, pairs, nil
-}
-
-// requestKey returns a request metadata key lowercased as grpc-go will
-// lowercase it (strings.ToLower, Unicode too), so that what the egress
-// filters is the key the backend gets.
-func requestKey(key []byte) string {
-	k := headerKey(key)
-	for i := 0; i < len(k); i++ {
-		if k[i] >= utf8.RuneSelf {
-			return strings.ToLower(k)
-		}
-	}
-	return k
 }

@@ -291,16 +291,7 @@ func TestScriptCallDirect(t *testing.T) {
 	// An exception: the same error as the normal path's, type included.
 	errs := make([]error, 2)
 	for i, direct := range []bool{true, false} {
-		done := make(chan error, 1)
-		go func() {
-			if direct {
-				_, _, err := directReply(ctx, boot, "m", "x")
-				done <- err
-				return
-			}
-			_, err := callNormal(ctx, boot, "m", "x")
-			done <- err
-		}()
+		done := callEither(ctx, boot, direct)
 		call, _ := s.expect(rpccp.Message_Which_call).Call()
 		s.send(func(m rpccp.Message) {
 			ret, _ := m.NewReturn()
@@ -330,16 +321,7 @@ func TestScriptCallDirectCancel(t *testing.T) {
 	errs := make([]error, 2)
 	for i, direct := range []bool{true, false} {
 		cctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() {
-			if direct {
-				_, _, err := directReply(cctx, boot, "m", "x")
-				done <- err
-				return
-			}
-			_, err := callNormal(cctx, boot, "m", "x")
-			done <- err
-		}()
+		done := callEither(cctx, boot, direct)
 		call, _ := s.expect(rpccp.Message_Which_call).Call()
 		cancel()
 		fin, _ := s.expect(rpccp.Message_Which_finish).Finish()
@@ -473,16 +455,7 @@ func TestScriptCallDirectMaxImports(t *testing.T) {
 	defer boot.Release()
 	errs := make([]error, 2)
 	for i, direct := range []bool{true, false} {
-		done := make(chan error, 1)
-		go func() {
-			if direct {
-				_, _, err := directReply(ctx, boot, "m", "x")
-				done <- err
-				return
-			}
-			_, err := callNormal(ctx, boot, "m", "x")
-			done <- err
-		}()
+		done := callEither(ctx, boot, direct)
 		call, _ := s.expect(rpccp.Message_Which_call).Call()
 		s.send(func(m rpccp.Message) {
 			ret, _ := m.NewReturn()
@@ -755,4 +728,20 @@ func TestUnimplementedEchoWaitsForCancelFinish(t *testing.T) {
 	})
 	<-second
 	poll(t, "every question freed", func() bool { return c.Stats().Questions == 0 })
+}
+
+// callEither calls boot's m with "x" on a goroutine, by CallDirect or by
+// the normal path, and reports the call's error.
+func callEither(ctx context.Context, boot capnp.Client, direct bool) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		if direct {
+			_, _, err := directReply(ctx, boot, "m", "x")
+			done <- err
+			return
+		}
+		_, err := callNormal(ctx, boot, "m", "x")
+		done <- err
+	}()
+	return done
 }
