@@ -286,7 +286,9 @@ func TestScriptRestoreLimit(t *testing.T) {
 	s, _ := newScript(t, engine.Options{MaxRestores: 2, OnLimit: lim.on, Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
 		if string(id) == "held" {
 			started.Done()
-			<-gate
+			if err := waitGate(ctx, gate); err != nil {
+				return capnp.Client{}, err
+			}
 		}
 		return capnp.Client(captp.Sink_ServerToClient(rec)), nil
 	}})

@@ -122,7 +122,9 @@ func TestScriptReceiverAnswerAfterFinish(t *testing.T) {
 	s, _ := newScript(t, engine.Options{
 		Bootstrap: capnp.Client(captp.GrpcService_ServerToClient(k)),
 		Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
-			<-gate
+			if err := waitGate(ctx, gate); err != nil {
+				return capnp.Client{}, err
+			}
 			return capnp.Client(captp.Sink_ServerToClient(rec)), nil
 		},
 	})
@@ -193,7 +195,9 @@ func TestScriptDisembargoAfterQueuedCalls(t *testing.T) {
 	}
 	s, c := newScriptOn(t, cc, engine.Options{
 		Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
-			<-gate
+			if err := waitGate(ctx, gate); err != nil {
+				return capnp.Client{}, err
+			}
 			return peerCap.AddRef(), nil
 		},
 	})
@@ -308,7 +312,9 @@ func TestScriptReceiverAnswerReleasedBeforeReturn(t *testing.T) {
 	s, c := newScript(t, engine.Options{
 		Bootstrap: capnp.Client(captp.GrpcService_ServerToClient(k)),
 		Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
-			<-gate
+			if err := waitGate(ctx, gate); err != nil {
+				return capnp.Client{}, err
+			}
 			return capnp.Client(captp.Sink_ServerToClient(sink)), nil
 		},
 	})
@@ -409,7 +415,9 @@ func TestScriptPipelinedThenDirectOrder(t *testing.T) {
 		}
 	}
 	s, _ := newScriptOn(t, cc, engine.Options{Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
-		<-gate
+		if err := waitGate(ctx, gate); err != nil {
+			return capnp.Client{}, err
+		}
 		return capnp.Client(captp.Sink_ServerToClient(rec)), nil
 	}})
 	s.restoreFromConn(0, "svc")

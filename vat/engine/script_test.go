@@ -164,7 +164,9 @@ func TestScriptPipelinedBeforeReturn(t *testing.T) {
 	rec := &recorder{}
 	gate := make(chan struct{})
 	s, c := newScript(t, engine.Options{Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
-		<-gate
+		if err := waitGate(ctx, gate); err != nil {
+			return capnp.Client{}, err
+		}
 		return capnp.Client(captp.Sink_ServerToClient(rec)), nil
 	}})
 	s.restoreFromConn(0, "svc")
@@ -429,4 +431,16 @@ func (s script) bootstrapPeer(ctx context.Context, c *engine.Conn, id uint32) ca
 		s.t.Fatal(err)
 	}
 	return boot
+}
+
+// waitGate holds a test's restore until gate opens or the restore's
+// context ends: shutdown waits for running restores, so a test that fails
+// before it opens its gate would hang there instead of reporting.
+func waitGate(ctx context.Context, gate <-chan struct{}) error {
+	select {
+	case <-gate:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
