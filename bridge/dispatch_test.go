@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"capnproto.org/go/capnp/v3/exc"
 	"capnproto.org/go/capnp/v3/rpc"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -355,5 +357,50 @@ func (r *doneReturner) Return()             { close(r.done) }
 func (r *doneReturner) ReleaseResults() {
 	if msg := r.results.Message(); msg != nil {
 		msg.Release()
+	}
+}
+
+// TestIngressMalformedReply: a unary Return of empty results (what a
+// go-capnp peer sends for a call that fails while its connection closes)
+// or of a reply without its status fails the gRPC call as INTERNAL; it
+// does not pass for an OK call with no response.
+func TestIngressMalformedReply(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		unary func(captp.GrpcService_unary) error
+	}{
+		{"empty results", func(call captp.GrpcService_unary) error {
+			_, err := call.AllocResults()
+			return err
+		}},
+		{"reply without status", func(call captp.GrpcService_unary) error {
+			res, err := call.AllocResults()
+			if err != nil {
+				return err
+			}
+			r, err := res.NewReply()
+			if err != nil {
+				return err
+			}
+			return capnp.Struct(r).SetPtr(1, capnp.Ptr{}) // no message either
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := servePair(t, false, capnp.Client(captp.GrpcService_ServerToClient(goCapnpService{unary: tc.unary})))
+			in, err := NewIngress(IngressConfig{
+				Director: func(context.Context, string) (captp.GrpcService, error) { return svc.AddRef(), nil },
+				Kinds:    Kinds{"/t.T/First": KindUnary}, // the unary path every time
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cc := dial(t, serve(t, func(*grpc.Server) {}, in.ServerOptions()...))
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			got, err := invoke(ctx, cc, "/t.T/First", []byte("hello"))
+			if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "malformed reply") {
+				t.Errorf("got %q, %v; want INTERNAL naming a malformed reply", got, err)
+			}
+		})
 	}
 }

@@ -68,4 +68,10 @@ var (
 	// ErrKindConflict is the cause of the error ParseKinds and Kinds.Merge
 	// return for a method described twice with different kinds.
 	ErrKindConflict = errors.New("bridge: conflicting kinds for one method")
+
+	// ErrBadReply is the cause of INTERNAL when a unary call's results
+	// hold neither a whole reply with its status nor a streamed rest: a
+	// peer's Return of empty results (go-capnp v3.1.0-alpha.2 sends one
+	// for a call whose handler fails while its connection closes).
+	ErrBadReply = errors.New("bridge: malformed reply from the exporting vat")
 )

@@ -335,6 +335,9 @@ func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 	if err != nil {
 		return c.fail(err)
 	}
+	if !r.HasStatus() { // an OK reply has one too (writeReply)
+		return c.fail(fmt.Errorf("%w: no status", ErrBadReply))
+	}
 	return c.reply(r)
 }
 

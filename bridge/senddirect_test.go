@@ -88,8 +88,15 @@ func (g *gateService) Open(ctx context.Context, call captp.GrpcService_open) err
 // go-capnp, to an engine client, and returns the client's service.
 func gateSetup(t *testing.T, goCapnp bool, svc *gateService) captp.GrpcService {
 	t.Helper()
+	return servePair(t, goCapnp, capnp.Client(captp.GrpcService_ServerToClient(svc)))
+}
+
+// servePair serves boot (taken) over loopback TCP, by the engine or by
+// go-capnp, to an engine client, and returns the client's service; all
+// closes at the end of the test.
+func servePair(t *testing.T, goCapnp bool, boot capnp.Client) captp.GrpcService {
+	t.Helper()
 	nc, snc := testnet.Pair(t, "tcp")
-	boot := capnp.Client(captp.GrpcService_ServerToClient(svc))
 	var closeServer func()
 	if goCapnp {
 		c := rpc.NewConn(rpc.NewStreamTransport(snc), &rpc.Options{BootstrapClient: boot})

@@ -55,6 +55,8 @@ func Status(err error) *status.Status {
 		return status.New(codes.ResourceExhausted, msg)
 	case errors.Is(err, ErrStreamLost):
 		return status.New(codes.Unavailable, msg)
+	case errors.Is(err, ErrBadReply):
+		return status.New(codes.Internal, msg)
 	case errors.Is(err, ErrInvalidMetadata), strings.Contains(msg, ErrInvalidMetadata.Error()):
 		return status.New(codes.InvalidArgument, msg)
 	}
