@@ -54,7 +54,9 @@ type stallConn struct {
 	armed  atomic.Bool
 	cut    atomic.Bool // the watchdog closed the connection
 	closed atomic.Bool // Close was called: a stall is no longer reported
-	once   sync.Once
+	// once is taken by the watchdog's report and close, or by Close: the
+	// first decides whether a stall is reported.
+	once sync.Once
 }
 
 // stallTicks is how many looks the watchdog takes per timeout.
@@ -130,9 +132,12 @@ func (c *stallConn) Write(b []byte) (int, error) {
 	return n, nil
 }
 
-// Close stops the watchdog and closes the connection.
+// Close stops the watchdog and closes the connection. A stall the
+// watchdog has not begun to report by then is not reported: Close takes
+// once (and waits for a report under way, which stalled keeps short).
 func (c *stallConn) Close() error {
 	c.closed.Store(true)
+	c.once.Do(func() {})
 	c.dog.Stop()
 	return c.Conn.Close()
 }

@@ -67,3 +67,30 @@ func pollUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestStallClosedNotReported: a connection closed while a write to a peer
+// that reads nothing is blocked is not reported as stalled, even once the
+// timeout has passed; the write fails with the close, not as not reading.
+func TestStallClosedNotReported(t *testing.T) {
+	a, _ := tcpPair(t)
+	const timeout = 200 * time.Millisecond
+	var stalls atomic.Int32
+	w := newStallConn(a, timeout, func() { stalls.Add(1) }).(*stallConn)
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := w.Write(make([]byte, 64<<20))
+		wrote <- err
+	}()
+	pollUntil(t, "the write to start", func() bool { return w.since.Load() != 0 })
+	w.Close()
+	if err := <-wrote; err == nil || errors.Is(err, errPeerNotReading) {
+		t.Fatalf("write across Close: %v, want the close's error", err)
+	}
+	start := time.Now()
+	// Close stopped the watchdog; had it not, it would have looked by
+	// now (it looks every timeout/stallTicks).
+	pollUntil(t, "twice the timeout to pass", func() bool { return time.Since(start) > 2*timeout })
+	if n := stalls.Load(); n != 0 {
+		t.Errorf("stalled called %d times after Close, want 0", n)
+	}
+}
