@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"testing"
+	"unsafe"
 
 	"capnproto.org/go/capnp/v3"
 )
@@ -56,4 +57,58 @@ func BenchmarkStackGrowth(b *testing.B) {
 			<-ret.done
 		}
 	})
+}
+
+// TestStackMark checks that stackMark changes when the stack grows, and
+// only then.
+func TestStackMark(t *testing.T) {
+	marks := make(chan [3]uintptr)
+	go func() {
+		var m [3]uintptr
+		for i := range m {
+			if i == 2 {
+				deep(400) // 100 KiB: more than a new goroutine's stack
+			}
+			m[i] = stackMark()
+		}
+		marks <- m
+	}()
+	m := <-marks
+	if m[0] != m[1] {
+		t.Errorf("stackMark moved without growth: %#x, %#x", m[0], m[1])
+	}
+	if m[1] == m[2] {
+		t.Errorf("stackMark stayed at %#x after the stack grew", m[1])
+	}
+}
+
+// stackMark returns the address of a variable in its own frame: called
+// twice from one place in a function, it returns the same value unless the
+// goroutine's stack moved in between (the runtime grew or shrank it by
+// copying it elsewhere).
+//
+//go:noinline
+func stackMark() uintptr {
+	var mark byte
+	return uintptr(unsafe.Pointer(&mark))
+}
+
+// TestGrowStack: after growStack, a call as deep as a bridged one (deep(48),
+// 12 KiB) runs without the stack moving, on a new goroutine (which starts
+// with a smaller stack) and again on the same one.
+func TestGrowStack(t *testing.T) {
+	moved := make(chan [2]bool)
+	go func() {
+		var m [2]bool
+		for i := range m {
+			growStack()
+			before := stackMark()
+			deep(48)
+			m[i] = stackMark() != before
+		}
+		moved <- m
+	}()
+	if m := <-moved; m[0] || m[1] {
+		t.Errorf("the stack moved under a 12 KiB call after growStack (first, second call: %v)", m)
+	}
 }

@@ -87,14 +87,10 @@ func (p *workers) start(j job) {
 
 // run is a worker: it serves j, then the jobs handed to it while it is
 // parked, until the pool ends it. Each call's handler starts on a stack
-// grown by growStack, which a worker grows again only if it moved (the
-// garbage collector shrinks the stacks of parked goroutines): a stack
-// that did not move is as large as growStack left it, and growing it
-// would only zero the 16 KiB frame again. A false match (a stack of
-// another size whose top lands at the same address) only costs the copies
-// growStack saves.
+// grown by growStack (a no-op but for its frame's check when the stack is
+// as large already; the garbage collector shrinks the stacks of parked
+// goroutines).
 func (p *workers) run(j job) {
-	var grown uintptr // stackMark once the stack was last grown
 	var next chan job // made when the worker first parks
 	ended := false    // by the pool's count: park, retire or close took it off
 	defer func() {
@@ -103,10 +99,7 @@ func (p *workers) run(j job) {
 		}
 	}()
 	for {
-		if stackMark() != grown {
-			growStack()
-			grown = stackMark()
-		}
+		growStack()
 		j.c.serve(j.ctx, j.e, j.handle)
 		j = job{} // hold nothing of the call while parked
 		if next == nil {

@@ -175,26 +175,3 @@ func TestWorkerGoexitCounted(t *testing.T) {
 	poll(t, func() bool { return countGoroutines(workerFunc)+countGoroutines(janitorFunc) == 0 },
 		"worker and janitor goroutines to end")
 }
-
-// TestStackMark checks that stackMark changes when the stack grows, and
-// only then.
-func TestStackMark(t *testing.T) {
-	marks := make(chan [3]uintptr)
-	go func() {
-		var m [3]uintptr
-		for i := range m {
-			if i == 2 {
-				deep(400) // 100 KiB: more than a new goroutine's stack
-			}
-			m[i] = stackMark()
-		}
-		marks <- m
-	}()
-	m := <-marks
-	if m[0] != m[1] {
-		t.Errorf("stackMark moved without growth: %#x, %#x", m[0], m[1])
-	}
-	if m[1] == m[2] {
-		t.Errorf("stackMark stayed at %#x after the stack grew", m[1])
-	}
-}
