@@ -147,10 +147,12 @@ func (c *Conn) handleBootstrap(m rpccp.Message) bool {
 		// Refused from the receive loop: its Return waits for room in the
 		// send queue like any other, so a peer that reads nothing is no
 		// longer read either.
+		// OnLimit hears of it before the peer can: a refusal seen is
+		// counted.
 		c.mu.Unlock()
+		c.limit(LimitRestores)
 		a.PrepareReturn(exc.New(exc.Overloaded, "", fmt.Sprintf("too many restores running on this connection (%d)", max)))
 		a.Return()
-		c.limit(LimitRestores)
 		return true
 	}
 	// The restore may block: it runs on its own goroutine, and calls
