@@ -67,17 +67,23 @@ type testPair struct {
 
 func startTestPair(t *testing.T) *testPair { return startBenchPair(t) }
 
-func startBenchPair(t testing.TB) *testPair {
+func startBenchPair(t testing.TB) *testPair { return startBenchPairKinds(t, nil) }
+
+// startBenchPairKinds starts a pair whose sidecars both read the
+// descriptor sets protos (--proto-descriptors).
+func startBenchPairKinds(t testing.TB, protos []string) *testPair {
 	t.Helper()
 	backend := startTestBackend(t)
 	dir := t.TempDir()
 	p := &testPair{capDir: dir}
 	p.exporter = startTestSidecar(t, Config{
 		Listen: "tcp:127.0.0.1:0", SecretKeyFile: filepath.Join(dir, "k.pem"), CapDir: dir,
-		Exports: []Export{{Name: "test", Target: backend}},
+		Exports:          []Export{{Name: "test", Target: backend}},
+		ProtoDescriptors: protos,
 	})
 	p.importer = startTestSidecar(t, Config{
-		Imports: []Import{{Name: "test", URI: "@" + filepath.Join(dir, "test.cap")}},
+		Imports:          []Import{{Name: "test", URI: "@" + filepath.Join(dir, "test.cap")}},
+		ProtoDescriptors: protos,
 	})
 	cc, err := grpc.NewClient(p.importer.Addresses().Imports["test"], grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
