@@ -172,7 +172,7 @@ func (in *Ingress) handle(_ any, ss grpc.ServerStream) error {
 	if !in.borrowed {
 		defer svc.Release()
 	}
-	c := &ingressCall{in: in, ss: ss, ctx: ctx, method: method, md: md, final: make(chan final, 1)}
+	c := &ingressCall{in: in, ss: ss, ctx: ctx, method: method, md: md}
 	c.obox.init(queueBytes)
 	c.ob = &c.obox
 	c.idle = c.idleW.init(in.idle)
@@ -219,10 +219,11 @@ type final struct {
 
 // ingressCall is one call through the ingress.
 //
-// Locking: mu guards finished, ended and stopSend. The down Sink (one call at a time) checks it
-// before using ss; the handler sets it as it returns. ss is not used after
-// that, except by a SendMsg already blocked in flow control, which gRPC ends
-// when the handler returns.
+// Locking: mu guards finished, ended, fin, endedCh and stopSend. The down
+// Sink (one call at a time) checks finished before using ss; the handler
+// sets it as it returns. ss is not used after that, except by a SendMsg
+// already blocked in flow control, which gRPC ends when the handler
+// returns.
 type ingressCall struct {
 	in      *Ingress
 	ss      grpc.ServerStream
@@ -233,19 +234,35 @@ type ingressCall struct {
 	obox    outbox
 	idle    *idleWatch // &idleW with IngressConfig.StreamIdleTimeout (armed on a streaming path); nil: none
 	idleW   idleWatch
-	final   chan final
 	upStats sendStats // of the request stream's sender
 	// The fast path's frames live in the call, saving an allocation each
 	// (a frame given to gRPC escapes anyway): reqF and extraF are
 	// recvUnary's (the request; a second message or the half-close),
 	// respF is reply's (the response). Each is used by one goroutine, once.
 	reqF, extraF, respF frame
+	// pumpF is pump's frame, each message's in turn (the outbox keeps a
+	// copy of it): one frame per call rather than one per message.
+	pumpF frame
 
 	mu       sync.Mutex
 	finished bool
-	ended    bool               // deliver was called
+	ended    bool  // deliver was called
+	fin      final // deliver's first report
+	// endedCh is closed once deliver was called. It is made by the first
+	// of deliver and endedChan (the shared closedChan if deliver comes
+	// first): a unary call whose reply comes in its answer never waits,
+	// and makes none.
+	endedCh  chan struct{}
 	stopSend context.CancelFunc // called by deliver: ends the request direction's sending
 }
+
+// closedChan is a closed channel: the endedCh of a call that ended before
+// anyone waited for it.
+var closedChan = func() chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}()
 
 // errCallDone is returned to a peer that sends on a call that has ended.
 var errCallDone = errors.New("bridge: call has ended")
@@ -253,9 +270,10 @@ var errCallDone = errors.New("bridge: call has ended")
 // pump reads the client's messages into the outbox until the client
 // half-closes or the call ends.
 func (c *ingressCall) pump() {
+	f := &c.pumpF
 	for {
-		var f frame
-		err := c.ss.RecvMsg(&f)
+		*f = frame{}
+		err := c.ss.RecvMsg(f)
 		if err == io.EOF {
 			c.ob.put(c.ctx, event{kind: evEnd})
 			return
@@ -265,7 +283,7 @@ func (c *ingressCall) pump() {
 			return
 		}
 		c.idle.touch()
-		if !c.ob.put(c.ctx, event{kind: evMsg, msg: f}) {
+		if !c.ob.put(c.ctx, event{kind: evMsg, msg: *f}) {
 			return
 		}
 	}
@@ -408,9 +426,11 @@ func (c *ingressCall) wait(opened *capnp.Future) error {
 	if opened != nil {
 		openDone = opened.Done()
 	}
+	ended := c.endedChan()
 	for {
 		select {
-		case f := <-c.final:
+		case <-ended:
+			f := c.final()
 			if f.lost && openDone != nil {
 				// The peer dropped down before opened returned (an
 				// exception releases the parameters): its error, if
@@ -449,17 +469,39 @@ func (c *ingressCall) fail(err error) error {
 
 // deliver records how the call ended; the first report wins.
 func (c *ingressCall) deliver(f final) {
-	select {
-	case c.final <- f:
-	default:
-	}
 	c.mu.Lock()
-	c.ended = true
+	if !c.ended {
+		c.ended = true
+		c.fin = f
+		if c.endedCh == nil {
+			c.endedCh = closedChan
+		} else {
+			close(c.endedCh)
+		}
+	}
 	stop := c.stopSend
 	c.mu.Unlock()
 	if stop != nil {
 		stop() // the request direction has nothing left to do
 	}
+}
+
+// endedChan returns a channel closed once deliver was called.
+func (c *ingressCall) endedChan() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.endedCh == nil {
+		c.endedCh = make(chan struct{})
+	}
+	return c.endedCh
+}
+
+// final returns how the call ended: deliver's first report (once endedChan
+// is closed).
+func (c *ingressCall) final() final {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fin
 }
 
 // onEnd makes deliver call stop; if the call has already ended, at once.
