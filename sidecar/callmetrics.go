@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -158,15 +157,4 @@ func callCode(err error) codes.Code {
 		code = status.FromContextError(err).Code()
 	}
 	return code
-}
-
-// finishOption returns the call option that makes grpc-go report the end
-// of a backend call of ms that began at start to the metrics, and to
-// inflight (see backendStream). grpc-go calls it exactly once, when the
-// call ends for whatever reason, also when the stream could not be made.
-func (ms *methodSeries) finishOption(start time.Time, inflight *atomic.Int64) grpc.CallOption {
-	return grpc.OnFinishCallOption{OnFinish: func(err error) {
-		ms.end(start, err)
-		inflight.Add(-1)
-	}}
 }

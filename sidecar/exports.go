@@ -174,8 +174,9 @@ func backendDialer(target string) func(context.Context, string) (net.Conn, error
 // on) or the export was cut off (calls: revoked); it counts the calls it
 // lets through in the egress metrics and in s.egressInflight until grpc-go
 // reports their end (grpc.OnFinish); and it reports the revocation instead
-// of the cancellation it causes (revocableStream). One interceptor, not a
-// chain of three: grpc-go's chaining costs a closure per link and call.
+// of the cancellation it causes. A backendCall holds all of that for a
+// call. One interceptor, not a chain of three: grpc-go's chaining costs a
+// closure per link and call.
 // (The message sizes of every call made with the bridge's options already
 // bound its calls, so the client has no default call options: grpc-go
 // would copy them into every call's options.)
@@ -193,14 +194,17 @@ func (s *Sidecar) backendStream(calls revocable) grpc.StreamClientInterceptor {
 			s.egressInflight.Add(-1)
 			return nil, errRevokedCall()
 		}
-		ms := egress.series(method)
-		start := ms.begin()
-		opts = append(opts[:len(opts):len(opts)], ms.finishOption(start, &s.egressInflight))
-		cs, err := streamer(ctx, desc, cc, method, opts...)
+		c := &backendCall{r: calls, ms: egress.series(method), inflight: &s.egressInflight}
+		c.start = c.ms.begin()
+		// The egress's options are shared by its calls (and clipped):
+		// they are copied into the call, with the finish option after them.
+		all := append(append(c.opts[:0], opts...), grpc.OnFinish(c.finish))
+		cs, err := streamer(ctx, desc, cc, method, all...)
 		if err != nil {
 			return nil, calls.cutOff(err)
 		}
-		return revocableStream{ClientStream: cs, r: calls}, nil
+		c.ClientStream = cs
+		return c, nil
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"io"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -69,17 +68,4 @@ func (r revocable) cutOff(err error) error {
 		return errRevokedCall()
 	}
 	return err
-}
-
-// revocableStream reports the revocation instead of the cancellation it
-// caused.
-type revocableStream struct {
-	grpc.ClientStream
-	r revocable
-}
-
-func (s revocableStream) SendMsg(m any) error { return s.r.cutOff(s.ClientStream.SendMsg(m)) }
-
-func (s revocableStream) RecvMsg(m any) error {
-	return s.r.cutOff(s.ClientStream.RecvMsg(m))
 }
