@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 )
 
@@ -106,5 +107,41 @@ func TestIngressUnaryMakesNoEndChannel(t *testing.T) {
 	defer stream.mu.Unlock()
 	if stream.endedCh == nil || !isClosed(stream.endedCh) || stream.fin.st.Code() != codes.OK {
 		t.Errorf("stream: end channel %v, status %v; want closed, OK", stream.endedCh, stream.fin.st)
+	}
+}
+
+// TestYieldToPumpIsBounded checks that the probe of a call of unknown kind
+// gives the request's reader a few turns at most, whatever the client
+// sent: it stops once a unary request is in, once what came cannot be one,
+// and when a turn brought nothing.
+func TestYieldToPumpIsBounded(t *testing.T) {
+	ctx := context.Background()
+	msg := func(n int) event {
+		return event{kind: evMsg, msg: frame{data: mem.BufferSlice{mem.SliceBuffer(make([]byte, n))}}}
+	}
+	for _, c := range []struct {
+		name   string
+		evs    []event
+		yields int
+	}{
+		{"nothing sent", nil, 2}, // no progress on the second turn
+		{"request in", []event{msg(10), {kind: evEnd}}, 1},
+		{"too large for one", []event{msg(inlineMax + 1)}, 1},
+		{"one message, no half-close", []event{msg(10)}, 2},
+		{"two messages", []event{msg(10), msg(10)}, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			call := &ingressCall{}
+			call.obox.init(queueBytes)
+			call.ob = &call.obox
+			for _, ev := range c.evs {
+				if !call.ob.put(ctx, ev) {
+					t.Fatal("put refused")
+				}
+			}
+			if got := call.yieldToPump(); got != c.yields {
+				t.Errorf("%d yields, want %d", got, c.yields)
+			}
+		})
 	}
 }
