@@ -14,10 +14,10 @@ import (
 // capnp.Returner. The Returner methods run on the one goroutine that
 // returns (the handler's), which owns msg, payload, content and err.
 type answer struct {
-	c      *Conn
-	id     uint32
-	cancel context.CancelFunc
-	args   atomic.Pointer[capnp.Message] // the Call, until ReleaseArgs
+	c    *Conn
+	id   uint32
+	ctx  callCtx                       // the call's context; cancel ends it
+	args atomic.Pointer[capnp.Message] // the Call, until ReleaseArgs
 
 	msg     *capnp.Message // the Return being built
 	ret     rpccp.Return   // its root
@@ -41,6 +41,16 @@ type answer struct {
 	sending           bool     // the Return is being encoded: results stay
 	noFinish          bool     // the Return says noFinishNeeded: no Finish will come
 }
+
+// newAnswer returns the answer to the peer's question id.
+func (c *Conn) newAnswer(id uint32) *answer {
+	a := &answer{c: c, id: id}
+	a.ctx.c = c
+	return a
+}
+
+// cancel cancels the call's context. No lock of the Conn is held.
+func (a *answer) cancel() { a.ctx.cancel() }
 
 func (a *answer) releaseArgs() {
 	if m := a.args.Swap(nil); m != nil {
@@ -368,7 +378,7 @@ func (c *Conn) handleCall(msg *capnp.Message, m rpccp.Message) bool {
 		return false
 	}
 	qid := call.QuestionId()
-	a := &answer{c: c, id: qid}
+	a := c.newAnswer(qid)
 	a.args.Store(msg)
 
 	var (
@@ -408,7 +418,6 @@ func (c *Conn) handleCall(msg *capnp.Message, m rpccp.Message) bool {
 	}
 	c.answers[qid] = a
 	if err != nil { // over MaxImports: this call fails, the connection lives
-		_, a.cancel = context.WithCancel(c.ctx)
 		c.mu.Unlock()
 		c.refuseImports(list, failed)
 		a.releaseArgs()
@@ -450,10 +459,13 @@ func (c *Conn) handleCall(msg *capnp.Message, m rpccp.Message) bool {
 	if reject == nil && call.SendResultsTo().Which() != rpccp.Call_sendResultsTo_Which_caller {
 		reject = errSendResultTo
 	}
+	baseEnded := c.ctx.Err() != nil // after the answer's entry: see watchBase
 	c.mu.Unlock()
 
-	ctx, cancel := context.WithCancel(c.ctx)
-	a.cancel = cancel
+	ctx := context.Context(&a.ctx)
+	if baseEnded {
+		a.cancel()
+	}
 	r := capnp.Recv{
 		Method:      capnp.Method{InterfaceID: call.InterfaceId(), MethodID: call.MethodId()},
 		Args:        content.Struct(),

@@ -99,7 +99,8 @@ func (c *Conn) handleBootstrap(m rpccp.Message) bool {
 		id = append([]byte(nil), raw...)
 	}
 	qid := b.QuestionId()
-	a := &answer{c: c, id: qid, boot: true}
+	a := c.newAnswer(qid)
+	a.boot = true
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -120,8 +121,10 @@ func (c *Conn) handleBootstrap(m rpccp.Message) bool {
 		return true
 	}
 	c.answers[qid] = a
-	ctx, cancel := context.WithCancel(c.ctx)
-	a.cancel = cancel
+	ctx := context.Context(&a.ctx)
+	if c.ctx.Err() != nil { // after the answer's entry: see watchBase
+		a.cancel() // nothing registered with it yet: c.mu may be held
+	}
 	if !hasID {
 		boot := c.boot.AddRef()
 		c.mu.Unlock()

@@ -33,8 +33,9 @@ type Options struct {
 	Restore func(ctx context.Context, id []byte) (capnp.Client, error)
 	// NoRestorer is the exception text when Restore is nil.
 	NoRestorer string
-	// BaseContext parents the contexts of inbound calls; they are
-	// cancelled by Finish and at shutdown.
+	// BaseContext gives the contexts of inbound calls their values and
+	// deadline; they are cancelled by Finish, at shutdown, and when it
+	// ends. Nil: context.Background().
 	BaseContext context.Context
 	// Logger gets protocol errors at debug level; nil discards them.
 	Logger *slog.Logger
@@ -85,8 +86,11 @@ type Conn struct {
 	codec Codec
 	opts  Options
 	log   *slog.Logger
-	ctx   context.Context // parents inbound calls; cancelled at shutdown
-	stop  context.CancelFunc
+	// ctx gives inbound calls' contexts (callCtx) their values; its end
+	// (shutdown, or BaseContext's) cancels them. unwatch stops watchBase.
+	ctx     context.Context
+	stop    context.CancelFunc
+	unwatch func() bool
 
 	order sync.RWMutex // see the package comment
 
@@ -155,6 +159,7 @@ func NewConn(codec Codec, opts *Options) *Conn {
 		base = context.Background()
 	}
 	c.ctx, c.stop = context.WithCancel(base)
+	c.unwatch = context.AfterFunc(c.ctx, c.watchBase)
 	go c.receive()
 	return c
 }
@@ -372,7 +377,11 @@ func (c *Conn) shutdown(err error, abortReason string) (ended bool) {
 		if abortReason != "" {
 			c.sendAbort(abortReason)
 		}
+		c.unwatch() // the calls are cancelled here
 		c.stop()
+		for _, a := range as {
+			a.cancel()
+		}
 		_ = c.codec.Close()
 		<-c.recvDone
 
@@ -382,9 +391,6 @@ func (c *Conn) shutdown(err error, abortReason string) (ended bool) {
 			}
 		}
 		for _, a := range as {
-			if a.cancel != nil {
-				a.cancel()
-			}
 			c.mu.Lock()
 			queued, pipes := a.queued, a.pipes
 			a.queued, a.pipes = nil, nil

@@ -16,8 +16,10 @@
 // # Cost
 //
 // No goroutine and no timer per call: an outbound call is encoded on the
-// caller's goroutine and its cancellation is a context.AfterFunc; an
-// inbound call is handed to its target's RecvCall from the receive loop
+// caller's goroutine and its cancellation is an AfterCancel (a
+// context.AfterFunc but for inbound calls' contexts); an inbound call's
+// context lives in its answer (callCtx), and the call is handed to its
+// target's RecvCall from the receive loop
 // (server.Server queues it on the server's own goroutine); a Finish after a
 // Return is written at once (the vat's codec holds it back until the next
 // write), and most calls need none (below). A Bootstrap with an object id
@@ -77,6 +79,10 @@
 //     capnp.Client method other than AddRef, no promise resolution, no
 //     RecvCall, no Encode. Work found under the lock is done after it is
 //     released (release lists, send lists).
+//   - callCtx.mu (an inbound call's context) is a leaf: taken under c.mu
+//     or none, nothing is called while it is held; a callCtx is cancelled
+//     with no lock of the Conn held, since what is registered with it runs
+//     then.
 //   - Conn.finMu guards the one Finish message sendFinish reuses; it is
 //     held while that message is encoded and taken under no other lock.
 //   - Messages leave in the order of their Encode calls. The receive loop is

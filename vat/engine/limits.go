@@ -170,7 +170,6 @@ func (c *Conn) closeForLimit(limit, reason string) {
 // says so in the Return. c.mu is held and released.
 func (c *Conn) refuseAnswerLocked(a *answer, err error, giveBack rpccp.CapDescriptor_List, releaseParamCaps bool) {
 	c.answers[a.id] = a
-	a.cancel = func() {}
 	c.mu.Unlock()
 	c.refuseImports(giveBack, 0)
 	a.releaseParamCaps = releaseParamCaps
@@ -192,7 +191,7 @@ func (c *Conn) handleTooLarge(e *MessageTooLarge) bool {
 			what = "Bootstrap"
 		}
 		err := exc.New(exc.Overloaded, "", fmt.Sprintf("%s message of %d bytes is over the receiving vat's limit of %d bytes", what, e.Size, e.Limit))
-		a := &answer{c: c, id: e.ID}
+		a := c.newAnswer(e.ID)
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()

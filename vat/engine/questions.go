@@ -31,7 +31,7 @@ type question struct {
 	pipelined    [][]capnp.PipelineOp // transforms of calls sent to the results
 	paramExports []uint32             // exports in the params, one reference each
 	results      *capnp.Message       // the Return, until released
-	stopCancel   func() bool          // stops the context.AfterFunc
+	stopCancel   Watch                // stops the AfterCancel
 }
 
 // callTarget is where a call goes: an import, or a question's results.
@@ -240,10 +240,10 @@ func (c *Conn) startCall(ctx context.Context, t callTarget, m capnp.Method, plac
 		// move it to the heap, an allocation per call even when no
 		// context can end.
 		cq := q
-		stop := context.AfterFunc(ctx, func() { cq.cancel(ctx) })
+		stop := AfterCancel(ctx, func() { cq.cancel(ctx) })
 		c.mu.Lock()
 		if q.settled {
-			stop()
+			stop.Stop()
 		} else {
 			q.stopCancel = stop
 		}
@@ -345,11 +345,9 @@ func (q *question) resolve(content capnp.Ptr, err error) {
 	}
 	q.settled = true
 	stop := q.stopCancel
-	q.stopCancel = nil
+	q.stopCancel = Watch{}
 	c.mu.Unlock()
-	if stop != nil {
-		stop()
-	}
+	stop.Stop()
 	if q.direct != nil {
 		q.direct.settle(content, err)
 		return
