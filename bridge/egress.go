@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vatcar/vatcar/proto/captp"
+	"github.com/vatcar/vatcar/vat/engine"
 )
 
 // egress is the GrpcService server that forwards calls to a gRPC client
@@ -493,11 +494,11 @@ func (e *egress) unary(ctx context.Context, call unaryCall) error {
 	}
 	c.open()
 	// While the handler runs, the capnp call's cancellation is the call's.
-	stop := context.AfterFunc(ctx, c.cancel)
+	stop := engine.AfterCancel(ctx, c.cancel)
 	if c.bs != nil {
 		req, err := args.Request()
 		if err != nil {
-			stop()
+			stop.Stop()
 			c.done()
 			return fmt.Errorf("unary: %w", err)
 		}
@@ -508,7 +509,7 @@ func (e *egress) unary(ctx context.Context, call unaryCall) error {
 		_ = c.bs.CloseSend()
 	}
 	evs, whole := c.collect(ctx)
-	if !stop() || ctx.Err() != nil {
+	if !stop.Stop() || ctx.Err() != nil {
 		// The caller cancelled (Finish) while the response was awaited.
 		freeEvents(evs)
 		c.done()

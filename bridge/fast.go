@@ -14,6 +14,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/mem"
+
+	"github.com/vatcar/vatcar/vat/engine"
 )
 
 // recvUnary reads a unary request on the handler's goroutine: one message
@@ -63,10 +65,10 @@ var unaryDesc = grpc.StreamDesc{ServerStreams: true}
 // outbox, a reader goroutine takes over, and the caller gets the call to
 // attach a Sink to, as on the general path.
 func (e *egress) unaryKnown(ctx context.Context, call unaryCall, c *egressCall) error {
-	stop := context.AfterFunc(ctx, c.cancel)
+	stop := engine.AfterCancel(ctx, c.cancel)
 	req, err := call.Args().Request()
 	if err != nil {
-		stop()
+		stop.Stop()
 		c.done()
 		return fmt.Errorf("unary: %w", err)
 	}
@@ -80,7 +82,7 @@ func (e *egress) unaryKnown(ctx context.Context, call unaryCall, c *egressCall) 
 		c.sf.free()           // unless gRPC took the buffers (then it is empty)
 		whole = c.readUnary(bs)
 	}
-	if !stop() || ctx.Err() != nil {
+	if !stop.Stop() || ctx.Err() != nil {
 		// The caller cancelled (Finish) while the response was awaited;
 		// the cancelled context ends the backend call, and done frees
 		// what was read.
