@@ -7,6 +7,8 @@ import (
 
 	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
+
+	"github.com/vatcar/vatcar/vat/engine"
 )
 
 // forwarder is a capability that passes calls on to a target until it is
@@ -137,6 +139,18 @@ func (c *callerContext) Value(key any) any {
 		return c.limit
 	}
 	return c.Context.Value(key)
+}
+
+// AfterFunc is the method package context looks for on a parent it does
+// not know: a context derived from c (context.WithCancel, AfterFunc)
+// registers with the call's context under it, as it would with c's
+// parent. The engine's call contexts are no cancelCtx, which package
+// context would otherwise watch with a goroutine for each derived context.
+func (c *callerContext) AfterFunc(f func()) (stop func() bool) {
+	if a, ok := c.Context.(interface{ AfterFunc(func()) func() bool }); ok {
+		return a.AfterFunc(f)
+	}
+	return engine.AfterCancel(c.Context, f).Stop
 }
 
 // CallerOf returns a comparable value that names the connection a call

@@ -2,9 +2,15 @@ package vat
 
 import (
 	"context"
+	"errors"
+	"runtime"
 	"testing"
+	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
+
+	"github.com/vatcar/vatcar/proto/captp"
+	"github.com/vatcar/vatcar/vat/engine"
 )
 
 // TestCallerContext: a callerContext carries CallerOf's value, passes the
@@ -100,3 +106,74 @@ func (f returnerFunc) AllocResults(capnp.ObjectSize) (capnp.Struct, error) {
 func (f returnerFunc) PrepareReturn(error) {}
 func (f returnerFunc) Return()             { f() }
 func (f returnerFunc) ReleaseResults()     {}
+
+// ctxGrabber is a GrpcService whose unary calls hand their context to the
+// test and wait for it to end.
+type ctxGrabber struct{ got chan context.Context }
+
+func (g *ctxGrabber) Unary(ctx context.Context, call captp.GrpcService_unary) error {
+	call.Go()
+	g.got <- ctx
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (g *ctxGrabber) Open(context.Context, captp.GrpcService_open) error {
+	return errors.New("not implemented")
+}
+
+// TestCallerContextOverEngine: over the engine, whose call contexts are no
+// cancelCtx, contexts derived from a callerContext still cost no watcher
+// goroutine each, and end with the call.
+func TestCallerContextOverEngine(t *testing.T) {
+	g := &ctxGrabber{got: make(chan context.Context, 1)}
+	a, b := tcpPair(t)
+	server := engine.NewConn(engine.NewStreamCodec(b, 0), &engine.Options{Bootstrap: capnp.Client(captp.GrpcService_ServerToClient(g))})
+	defer server.Close()
+	client := engine.NewConn(engine.NewStreamCodec(a, 0), nil)
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	svc := captp.GrpcService(client.Bootstrap(ctx))
+	defer svc.Release()
+	callCtx, endCall := context.WithCancel(ctx)
+	defer endCall()
+	_, release := svc.Unary(callCtx, nil)
+	defer release()
+	var handlerCtx context.Context
+	select {
+	case handlerCtx = <-g.got:
+	case <-ctx.Done():
+		t.Fatal("the call did not start")
+	}
+
+	const n = 200
+	before := runtime.NumGoroutine()
+	children := make([]context.Context, n)
+	fired := make(chan struct{}, n)
+	for i := range children {
+		lc := &limitedCall{ctx: callerContext{Context: handlerCtx, limit: newLimiter(1)}}
+		var stop context.CancelFunc
+		children[i], stop = context.WithCancel(&lc.ctx)
+		defer stop()
+		context.AfterFunc(&lc.ctx, func() { fired <- struct{}{} })
+	}
+	if grew := runtime.NumGoroutine() - before; grew >= n/2 {
+		t.Fatalf("%d goroutines more for %d derived contexts: they are watched one by one", grew, n)
+	}
+	endCall() // the Finish cancels the call's context
+	for i, child := range children {
+		select {
+		case <-child.Done():
+		case <-ctx.Done():
+			t.Fatalf("derived context %d did not end with the call", i)
+		}
+	}
+	for range n {
+		select {
+		case <-fired:
+		case <-ctx.Done():
+			t.Fatal("an AfterFunc on a callerContext did not run")
+		}
+	}
+}
