@@ -68,9 +68,18 @@ type outbox struct {
 	// first is items' first array (init), so a call's first few events
 	// (a unary call's headers, message and end) need no allocation of
 	// their own. take hands it to the consumer with the events in it;
-	// items never uses it again, so the two never share memory.
+	// items uses it again only once the consumer gave it back (recycle),
+	// so the two never share memory.
 	first [3]event
+	// spare is an empty array the consumer gave back (recycle), for items
+	// once take handed items' over; nil: none. A stream's batches take
+	// turns in two arrays rather than each allocating one.
+	spare []event
 }
+
+// recycleMax bounds the arrays recycle keeps, in events: a burst of small
+// messages must not leave a large array with an idle stream.
+const recycleMax = 16
 
 func newOutbox(limit int) *outbox {
 	o := new(outbox)
@@ -166,7 +175,7 @@ func (o *outbox) take(ctx context.Context) []event {
 		}
 		if len(o.items) > 0 {
 			evs := o.items
-			o.items = nil
+			o.items, o.spare = o.spare, nil
 			o.mu.Unlock()
 			return evs
 		}
@@ -177,6 +186,27 @@ func (o *outbox) take(ctx context.Context) []event {
 		case <-ctx.Done():
 			return nil
 		}
+	}
+}
+
+// recycle gives back an array take returned, once the consumer is done
+// with its events (freed, nothing pointing into it): later events may be
+// queued in it. Arrays of more than recycleMax events are left to the
+// garbage collector.
+func (o *outbox) recycle(evs []event) {
+	if cap(evs) == 0 || cap(evs) > recycleMax {
+		return
+	}
+	clear(evs) // drop the references they held (past len: zero already)
+	evs = evs[:0]
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case o.stopped:
+	case o.items == nil:
+		o.items = evs
+	case o.spare == nil:
+		o.spare = evs
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 )
 
@@ -67,5 +68,57 @@ func TestOutboxWaitEndsWithContext(t *testing.T) {
 	}
 	if n, _ := o.peek(); n != 0 {
 		t.Errorf("peek = %d events, want 0", n)
+	}
+}
+
+// TestOutboxRecycle checks that arrays a consumer gives back hold later
+// events without touching the ones it still has: a stream's batches take
+// turns in two arrays, allocate nothing once both exist, large arrays are
+// not kept, and a stopped outbox keeps none.
+func TestOutboxRecycle(t *testing.T) {
+	ctx := context.Background()
+	o := newOutbox(1 << 20)
+	msg := func(b byte) event {
+		return event{kind: evMsg, msg: frame{data: mem.BufferSlice{mem.SliceBuffer([]byte{b})}}}
+	}
+	first := func(evs []event) byte { return evs[0].msg.data[0].ReadOnlyData()[0] }
+
+	o.put(ctx, msg(1))
+	a := o.take(ctx)
+	o.put(ctx, msg(2)) // into a new array: a is the consumer's
+	if first(a) != 1 {
+		t.Fatalf("taken event changed to %d by a put", first(a))
+	}
+	o.recycle(a) // items holds an event: a becomes the spare
+	b := o.take(ctx)
+	if first(b) != 2 {
+		t.Fatalf("second take: %d, want 2", first(b))
+	}
+	o.put(ctx, msg(3)) // into a
+	o.recycle(b)       // the spare
+	c := o.take(ctx)
+	if &c[0] != &a[:1][0] || first(c) != 3 {
+		t.Fatal("a put after a take did not reuse the recycled array")
+	}
+	o.recycle(c)
+	if n := testing.AllocsPerRun(100, func() {
+		o.put(ctx, event{kind: evHeaders}) // an event that allocates nothing itself
+		o.recycle(o.take(ctx))
+	}); n != 0 {
+		t.Errorf("put, take, recycle: %v allocations, want 0", n)
+	}
+
+	big := make([]event, 0, recycleMax+1)
+	o.poll()
+	o.recycle(big)
+	o.put(ctx, msg(5))
+	if got := o.take(ctx); cap(got) > recycleMax {
+		t.Errorf("an array of %d events was kept (at most %d)", cap(got), recycleMax)
+	}
+
+	o.stop()
+	o.recycle(make([]event, 0, 1))
+	if o.items != nil || o.spare != nil {
+		t.Error("a stopped outbox kept a recycled array")
 	}
 }

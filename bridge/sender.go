@@ -126,6 +126,7 @@ func (s *sender) run(ctx context.Context) error {
 		if err != nil || end {
 			return err
 		}
+		s.ob.recycle(evs) // sent and freed: the batch holds no piece of them
 	}
 }
 
