@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -42,6 +43,10 @@ func newHop(t testing.TB, backend string, cfg hopConfig) *hop {
 	}
 	t.Cleanup(func() { cc.Close() })
 	cfg.egress.Conn = cc
+	// go-capnp's errors (why a connection ended, above all) go to the
+	// test's log.
+	reporter := &testReporter{t: t}
+	t.Cleanup(reporter.stop) // the last cleanup: nothing is logged after it
 	egImpl, err := newEgress(cfg.egress)
 	if err != nil {
 		t.Fatalf("newEgress: %v", err)
@@ -62,13 +67,13 @@ func newHop(t testing.TB, backend string, cfg hopConfig) *hop {
 			accepted <- nil
 			return
 		}
-		accepted <- rpc.NewConn(rpc.NewStreamTransport(nc), &rpc.Options{BootstrapClient: capnp.Client(eg.AddRef())})
+		accepted <- rpc.NewConn(rpc.NewStreamTransport(nc), &rpc.Options{BootstrapClient: capnp.Client(eg.AddRef()), Logger: reporter.side("egress")})
 	}()
 	nc, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := rpc.NewConn(rpc.NewStreamTransport(nc), nil)
+	client := rpc.NewConn(rpc.NewStreamTransport(nc), &rpc.Options{Logger: reporter.side("ingress")})
 	server := <-accepted
 	if server == nil {
 		t.Fatal("accept failed")
@@ -125,3 +130,38 @@ func dial(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Cleanup(func() { cc.Close() })
 	return cc
 }
+
+// testReporter logs a go-capnp connection's warnings and errors (why it
+// ended, above all) to the test until stop.
+type testReporter struct {
+	t       testing.TB
+	mu      sync.Mutex
+	stopped bool // guarded by mu: set by stop, after which nothing is logged
+}
+
+func (r *testReporter) stop() {
+	r.mu.Lock()
+	r.stopped = true
+	r.mu.Unlock()
+}
+
+// side returns the rpc.Logger of one side's connection.
+func (r *testReporter) side(name string) rpc.Logger { return sideReporter{r, name} }
+
+type sideReporter struct {
+	r    *testReporter
+	name string
+}
+
+func (s sideReporter) log(level, msg string, args []any) {
+	s.r.mu.Lock()
+	defer s.r.mu.Unlock()
+	if !s.r.stopped {
+		s.r.t.Logf("go-capnp %s connection %s: %s %v", s.name, level, msg, args)
+	}
+}
+
+func (sideReporter) Debug(string, ...any)            {}
+func (sideReporter) Info(string, ...any)             {}
+func (s sideReporter) Warn(msg string, args ...any)  { s.log("warn", msg, args) }
+func (s sideReporter) Error(msg string, args ...any) { s.log("error", msg, args) }

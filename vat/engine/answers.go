@@ -405,8 +405,7 @@ func (c *Conn) handleCall(msg *capnp.Message, m rpccp.Message) bool {
 		c.closeForLimit(LimitAnswersHeld, reason)
 		return false
 	} else if refuse != nil { // its capabilities go back, one Release each
-		c.refuseAnswerLocked(a, refuse, list, false)
-		c.limit(LimitAnswers)
+		c.refuseAnswerLocked(a, refuse, list, false, LimitAnswers)
 		return true
 	}
 	_, failed, err := c.importCapsLocked(msg, list)
@@ -421,9 +420,9 @@ func (c *Conn) handleCall(msg *capnp.Message, m rpccp.Message) bool {
 		c.mu.Unlock()
 		c.refuseImports(list, failed)
 		a.releaseArgs()
+		c.limit(LimitImports) // before the peer can see the refusal
 		a.PrepareReturn(err)
 		a.Return()
-		c.limit(LimitImports)
 		return true
 	}
 	switch tgt.Which() {

@@ -116,8 +116,7 @@ func (c *Conn) handleBootstrap(m rpccp.Message) bool {
 		c.closeForLimit(LimitAnswersHeld, reason)
 		return false
 	} else if refuse != nil {
-		c.refuseAnswerLocked(a, refuse, rpccp.CapDescriptor_List{}, false)
-		c.limit(LimitAnswers)
+		c.refuseAnswerLocked(a, refuse, rpccp.CapDescriptor_List{}, false, LimitAnswers)
 		return true
 	}
 	c.answers[qid] = a

@@ -167,10 +167,12 @@ func (c *Conn) closeForLimit(limit, reason string) {
 // refuseAnswerLocked enters a and answers it at once with err (the peer's
 // Finish still has to come). The capabilities in giveBack (the call's
 // params) go back to the peer, one Release each, unless releaseParamCaps
-// says so in the Return. c.mu is held and released.
-func (c *Conn) refuseAnswerLocked(a *answer, err error, giveBack rpccp.CapDescriptor_List, releaseParamCaps bool) {
+// says so in the Return. OnLimit hears of limit first, so a refusal the
+// peer sees is counted. c.mu is held and released.
+func (c *Conn) refuseAnswerLocked(a *answer, err error, giveBack rpccp.CapDescriptor_List, releaseParamCaps bool, limit string) {
 	c.answers[a.id] = a
 	c.mu.Unlock()
+	c.limit(limit) // before the peer can see the refusal
 	c.refuseImports(giveBack, 0)
 	a.releaseParamCaps = releaseParamCaps
 	a.releaseArgs()
@@ -209,9 +211,8 @@ func (c *Conn) handleTooLarge(e *MessageTooLarge) bool {
 		}
 		// Its capabilities were never read: the Return says they are
 		// released, so the peer drops them without Release messages.
-		c.refuseAnswerLocked(a, err, rpccp.CapDescriptor_List{}, true) // unlocks c.mu
 		c.log.Debug("inbound message over the size limit", "kind", what, "size", e.Size, "limit", e.Limit)
-		c.limit(LimitMessageSize)
+		c.refuseAnswerLocked(a, err, rpccp.CapDescriptor_List{}, true, LimitMessageSize) // unlocks c.mu
 		return true
 	case rpccp.Message_Which_return:
 		return c.returnTooLarge(e)
