@@ -449,7 +449,7 @@ func (c *ingressCall) wait(opened *capnp.Future) error {
 	for {
 		select {
 		case <-ended:
-			f := c.final()
+			f := c.report()
 			if f.lost && openDone != nil {
 				// The peer dropped down before opened returned (an
 				// exception releases the parameters): its error, if
@@ -515,9 +515,9 @@ func (c *ingressCall) endedChan() <-chan struct{} {
 	return c.endedCh
 }
 
-// final returns how the call ended: deliver's first report (once endedChan
+// report returns how the call ended: deliver's first report (once endedChan
 // is closed).
-func (c *ingressCall) final() final {
+func (c *ingressCall) report() final {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.fin

@@ -53,7 +53,7 @@ func TestIngressEndFirstReportWins(t *testing.T) {
 				t.Fatal("not ended after deliver")
 			}
 			c.deliver(second) // must neither win nor close again (a panic)
-			if got := c.final(); got.st != first.st || got.lost {
+			if got := c.report(); got.st != first.st || got.lost {
 				t.Errorf("final = %v (lost %v), want the first report %v", got.st, got.lost, first.st)
 			}
 			if again := c.endedChan(); again != ended {

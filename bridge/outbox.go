@@ -278,7 +278,7 @@ func (o *outbox) done(n int) {
 func (o *outbox) stop() {
 	o.mu.Lock()
 	evs := o.items
-	o.items = nil
+	o.items, o.spare = nil, nil
 	o.stopped = true
 	wake, space := o.wake, o.space
 	o.mu.Unlock()

@@ -116,7 +116,17 @@ func TestOutboxRecycle(t *testing.T) {
 		t.Errorf("an array of %d events was kept (at most %d)", cap(got), recycleMax)
 	}
 
+	o.put(ctx, msg(6))
+	taken := o.take(ctx)
+	o.put(ctx, msg(7))
+	o.recycle(taken) // items in use: the recycled array is parked as the spare
+	if o.spare == nil {
+		t.Fatal("no spare array parked")
+	}
 	o.stop()
+	if o.items != nil || o.spare != nil {
+		t.Error("a stopped outbox kept an array")
+	}
 	o.recycle(make([]event, 0, 1))
 	if o.items != nil || o.spare != nil {
 		t.Error("a stopped outbox kept a recycled array")
