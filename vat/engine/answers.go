@@ -458,12 +458,12 @@ func (c *Conn) handleCall(msg *capnp.Message, m rpccp.Message) bool {
 	if reject == nil && call.SendResultsTo().Which() != rpccp.Call_sendResultsTo_Which_caller {
 		reject = errSendResultTo
 	}
-	baseEnded := c.ctx.Err() != nil // after the answer's entry: see watchBase
+	baseErr := c.ctx.Err() // after the answer's entry: see watchBase
 	c.mu.Unlock()
 
 	ctx := context.Context(&a.ctx)
-	if baseEnded {
-		a.cancel()
+	if baseErr != nil {
+		a.ctx.cancelWith(baseErr)
 	}
 	r := capnp.Recv{
 		Method:      capnp.Method{InterfaceID: call.InterfaceId(), MethodID: call.MethodId()},

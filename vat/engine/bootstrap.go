@@ -121,8 +121,8 @@ func (c *Conn) handleBootstrap(m rpccp.Message) bool {
 	}
 	c.answers[qid] = a
 	ctx := context.Context(&a.ctx)
-	if c.ctx.Err() != nil { // after the answer's entry: see watchBase
-		a.cancel() // nothing registered with it yet: c.mu may be held
+	if err := c.ctx.Err(); err != nil { // after the answer's entry: see watchBase
+		a.ctx.cancelWith(err) // nothing registered with it yet: c.mu may be held
 	}
 	if !hasID {
 		boot := c.boot.AddRef()

@@ -27,6 +27,7 @@ type callCtx struct {
 	mu sync.Mutex // a leaf: nothing is called with it held
 	lk struct {   // guarded by mu
 		canceled bool
+		err      error         // Err once canceled: context.Canceled, or the base context's error
 		done     chan struct{} // nil until Done asks
 		fns      []afterFn     // registered, not stopped; nil entries are free
 		inline   [1]afterFn    // fns's first array: one registration allocates nothing
@@ -69,10 +70,7 @@ func (cc *callCtx) Done() <-chan struct{} {
 func (cc *callCtx) Err() error {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	if cc.lk.canceled {
-		return context.Canceled
-	}
-	return nil
+	return cc.lk.err
 }
 
 func (cc *callCtx) Value(key any) any {
@@ -85,13 +83,15 @@ func (cc *callCtx) Value(key any) any {
 func (cc *callCtx) String() string { return "engine.callCtx" }
 
 // AfterFunc registers f to run, on the goroutine that cancels cc, once cc
-// is cancelled (at once if it is); stop unregisters it and reports whether
-// that kept f from running. Package context calls it for context.AfterFunc
-// and for children of cc (its afterFuncer interface).
+// is cancelled (on a goroutine of its own, at once, if it is); stop
+// unregisters it and reports whether that kept f from running. Package
+// context calls it for context.AfterFunc and for children of cc (its
+// afterFuncer interface), holding the child's lock, which its f takes: f
+// must not run on the caller's goroutine.
 func (cc *callCtx) AfterFunc(f func()) (stop func() bool) {
 	id, ok := cc.register(f, false)
 	if !ok {
-		f()
+		go f()
 		return func() bool { return false }
 	}
 	return func() bool { return cc.unregister(id) }
@@ -133,15 +133,19 @@ func (cc *callCtx) unregister(id uint64) bool {
 	return false
 }
 
-// cancel cancels cc once: Done closes, then the registered functions run.
-// No lock of the Conn may be held: they may call into it.
-func (cc *callCtx) cancel() {
+// cancel cancels cc once with context.Canceled: Done closes, then the
+// registered functions run. No lock of the Conn may be held: they may call
+// into it.
+func (cc *callCtx) cancel() { cc.cancelWith(context.Canceled) }
+
+// cancelWith is cancel with err as Err (the base context's, when it ended).
+func (cc *callCtx) cancelWith(err error) {
 	cc.mu.Lock()
 	if cc.lk.canceled {
 		cc.mu.Unlock()
 		return
 	}
-	cc.lk.canceled = true
+	cc.lk.canceled, cc.lk.err = true, err
 	if cc.lk.done != nil {
 		close(cc.lk.done)
 	}
@@ -202,7 +206,9 @@ func AfterCancel(ctx context.Context, f func()) Watch {
 
 // watchBase cancels the calls running when the connection's context ends
 // without a shutdown (its BaseContext ended); shutdown cancels them
-// itself. An answer entered later sees c.ctx ended (enterCall).
+// itself. An answer entered later sees c.ctx ended (handleCall,
+// handleBootstrap). Their Err is the base context's (DeadlineExceeded for a
+// deadline), as when they were its children.
 func (c *Conn) watchBase() {
 	c.mu.Lock()
 	as := make([]*answer, 0, len(c.answers))
@@ -210,7 +216,8 @@ func (c *Conn) watchBase() {
 		as = append(as, a)
 	}
 	c.mu.Unlock()
+	err := c.ctx.Err()
 	for _, a := range as {
-		a.ctx.cancel()
+		a.ctx.cancelWith(err)
 	}
 }

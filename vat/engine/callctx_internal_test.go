@@ -87,7 +87,9 @@ func TestCallCtxCancel(t *testing.T) {
 		t.Error("Stop of a registration after cancel = true, want false")
 	}
 	waitClosed(t, "a registration after cancel", late)
-	cc.AfterFunc(func() { direct.Add(1) })
+	ran := make(chan struct{})
+	cc.AfterFunc(func() { direct.Add(1); close(ran) })
+	waitClosed(t, "AfterFunc after cancel", ran)
 	if got := direct.Load(); got != 2 {
 		t.Errorf("AfterFunc after cancel: ran %d times in all, want 2", got-1)
 	}
@@ -134,4 +136,33 @@ func TestCallCtxConcurrent(t *testing.T) {
 			}
 		}
 	}
+}
+
+// lateDone is a callCtx whose Done is still open: it holds open the window
+// in package context's propagateCancel between its look at the parent's
+// Done and its call of the parent's AfterFunc, in which the call's context
+// may be cancelled.
+type lateDone struct {
+	*callCtx
+	open chan struct{}
+}
+
+func (l lateDone) Done() <-chan struct{} { return l.open }
+
+// TestCallCtxAfterFuncAfterCancelDoesNotDeadlock: a child made of a call's
+// context cancelled in that window is cancelled, without deadlock: package
+// context calls AfterFunc holding the child's lock, which the function it
+// passes takes, so AfterFunc on a cancelled callCtx runs it on a goroutine
+// of its own (found by review: it ran it in place and hung).
+func TestCallCtxAfterFuncAfterCancelDoesNotDeadlock(t *testing.T) {
+	cc := newCallCtx()
+	cc.cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		child, cancel := context.WithCancel(lateDone{cc, make(chan struct{})})
+		defer cancel()
+		<-child.Done()
+	}()
+	waitClosed(t, "the child of a cancelled call context to be cancelled", done)
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 
 	"github.com/vatcar/vatcar/proto/captp"
 	"github.com/vatcar/vatcar/vat/engine"
@@ -151,4 +152,26 @@ func TestCallContextEnds(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCallContextBaseDeadline: a restore running when the connection's base
+// context passes its deadline (or arriving after it) sees DeadlineExceeded,
+// as a child of that context did, and its Return still goes.
+func TestCallContextBaseDeadline(t *testing.T) {
+	base, end := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer end()
+	got := make(chan error, 1)
+	s, _ := newScript(t, engine.Options{
+		BaseContext: base,
+		Restore: func(ctx context.Context, id []byte) (capnp.Client, error) {
+			<-ctx.Done()
+			got <- ctx.Err()
+			return capnp.Client{}, ctx.Err()
+		},
+	})
+	s.restoreFromConn(0, "svc")
+	if err := <-got; err != context.DeadlineExceeded {
+		t.Errorf("restore's Err after the base deadline = %v, want %v", err, context.DeadlineExceeded)
+	}
+	s.expect(rpccp.Message_Which_return)
 }
