@@ -182,6 +182,14 @@ func (a *answer) Return() {
 	a.resultContent, a.resultErr = a.content, a.err
 	a.results, a.exported = msg, exported
 	a.sending = true
+	if a.finished {
+		// The peer finished first (a cancel): once it has this Return it
+		// may reuse the id at once, so the id is free before the Return
+		// goes, as handleFinish frees it when the Finish comes during the
+		// send. The tail below releases the results. (Calls the peer
+		// pipelined on it came before its Finish: they are queued.)
+		delete(c.answers, a.id)
+	}
 	if a.err == nil && len(caps) == 0 && !a.boot && !a.finished {
 		// Results without capabilities: nothing for the peer's Finish to
 		// release, so it is not asked for (noFinishNeeded) and the answer
