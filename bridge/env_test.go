@@ -131,6 +131,25 @@ func dial(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	return cc
 }
 
+// recordCalls makes in keep every call it bridges; the function returned
+// gives them so far, in the order they came.
+func recordCalls(in *Ingress) func() []*ingressCall {
+	var (
+		mu    sync.Mutex
+		calls []*ingressCall
+	)
+	in.onCall = func(c *ingressCall) {
+		mu.Lock()
+		calls = append(calls, c)
+		mu.Unlock()
+	}
+	return func() []*ingressCall {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]*ingressCall(nil), calls...)
+	}
+}
+
 // testReporter logs a go-capnp connection's warnings and errors (why it
 // ended, above all) to the test until stop.
 type testReporter struct {

@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -72,15 +71,7 @@ func TestIngressEndFirstReportWins(t *testing.T) {
 func TestIngressUnaryMakesNoEndChannel(t *testing.T) {
 	b := newBackend(t)
 	h := knownHop(t, b.addr, Kinds{"/t.T/Echo": KindUnary}, hopConfig{})
-	var (
-		mu    sync.Mutex
-		calls []*ingressCall
-	)
-	h.in.onCall = func(c *ingressCall) {
-		mu.Lock()
-		calls = append(calls, c)
-		mu.Unlock()
-	}
+	recorded := recordCalls(h.in)
 	cc := dial(t, h.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -92,8 +83,7 @@ func TestIngressUnaryMakesNoEndChannel(t *testing.T) {
 		t.Fatalf("unary reply: %d bytes, want 100", len(got))
 	}
 	echoBidi(ctx, t, cc, testMessages(3)) // three messages: the stream path
-	mu.Lock()
-	defer mu.Unlock()
+	calls := recorded()
 	if len(calls) != 2 {
 		t.Fatalf("%d calls, want 2", len(calls))
 	}

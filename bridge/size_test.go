@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -135,19 +134,11 @@ func TestSlowConsumerBoundsMemory(t *testing.T) {
 	)
 	b := newBackend(t, grpc.StaticStreamWindowSize(window), grpc.StaticConnWindowSize(window))
 	b.slow = 2 * time.Millisecond
-	var (
-		mu    sync.Mutex
-		calls []*ingressCall
-	)
 	h := newHop(t, b.addr, hopConfig{
 		serverOpts: []grpc.ServerOption{grpc.StaticStreamWindowSize(window), grpc.StaticConnWindowSize(window)},
 		dialOpts:   []grpc.DialOption{grpc.WithStaticStreamWindowSize(window), grpc.WithStaticConnWindowSize(window)},
 	})
-	h.in.onCall = func(c *ingressCall) {
-		mu.Lock()
-		calls = append(calls, c)
-		mu.Unlock()
-	}
+	recorded := recordCalls(h.in)
 	cc := dial(t, h.addr, grpc.WithStaticStreamWindowSize(window), grpc.WithStaticConnWindowSize(window))
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
@@ -175,8 +166,7 @@ func TestSlowConsumerBoundsMemory(t *testing.T) {
 	if a := ahead.Load(); a > bound {
 		t.Errorf("the client got %d bytes ahead of the backend, want at most %d", a, bound)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	calls := recorded()
 	if len(calls) != 1 {
 		t.Fatalf("%d ingress calls, want 1", len(calls))
 	}

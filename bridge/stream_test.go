@@ -227,15 +227,7 @@ func TestStatusAndMetadata(t *testing.T) {
 func TestStreamBatches(t *testing.T) {
 	b := newBackend(t)
 	h := newHop(t, b.addr, hopConfig{})
-	var (
-		mu    sync.Mutex
-		calls []*ingressCall
-	)
-	h.in.onCall = func(c *ingressCall) {
-		mu.Lock()
-		calls = append(calls, c)
-		mu.Unlock()
-	}
+	recorded := recordCalls(h.in)
 	cc := dial(t, h.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -255,8 +247,10 @@ func TestStreamBatches(t *testing.T) {
 	if count := binary.BigEndian.Uint64(got[0][32:]); count != n<<10 {
 		t.Fatalf("backend got %d bytes, want %d", count, n<<10)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	calls := recorded()
+	if len(calls) != 1 {
+		t.Fatalf("%d ingress calls, want 1", len(calls))
+	}
 	sends, msgs := calls[0].upStats.sends.Load(), calls[0].upStats.messages.Load()
 	if msgs != n {
 		t.Errorf("sender completed %d messages, want %d", msgs, n)
