@@ -41,7 +41,7 @@ func (f *forwarder) withGrant(ctx context.Context) context.Context {
 	if f.grant == nil {
 		return ctx
 	}
-	return context.WithValue(ctx, grantKey{}, f.grant)
+	return &callerContext{Context: ctx, grant: f.grant}
 }
 
 // revoke makes every later call fail with err and drops the target.
@@ -109,9 +109,10 @@ func (f *forwarder) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller
 		}
 		lc := &limitedCall{
 			ret: limitedReturner{Returner: r.Returner, limit: f.limit},
-			ctx: callerContext{Context: ctx, limit: f.limit},
+			ctx: callerContext{Context: ctx, limit: f.limit, grant: f.grant},
 		}
-		r.Returner, ctx = &lc.ret, &lc.ctx
+		r.Returner = &lc.ret
+		return t.RecvCall(&lc.ctx, r)
 	}
 	return t.RecvCall(f.withGrant(ctx), r)
 }
@@ -120,26 +121,42 @@ func (f *forwarder) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller
 type callerKey struct{}
 
 // limitedCall is what a call counted against a limiter needs, in one
-// allocation instead of two: the Returner that gives its slot back and
-// the context that names its caller.
+// allocation instead of two (three with a grant): the Returner that gives
+// its slot back and the context that names its caller and carries the
+// grant.
 type limitedCall struct {
 	ret limitedReturner
 	ctx callerContext
 }
 
-// callerContext is a call's context carrying CallerOf's value: what
-// context.WithValue(ctx, callerKey{}, limit) would give.
+// callerContext is a call's context carrying CallerOf's value and the
+// forwarder's grant, each if set: what context.WithValue(ctx, callerKey{},
+// limit) and context.WithValue(ctx, grantKey{}, grant) would give, in one
+// value that engine.AfterCancel sees through (engine.ValueContext).
 type callerContext struct {
 	context.Context
-	limit *limiter
+	limit *limiter // nil: none
+	grant *Grant   // nil: none
 }
 
 func (c *callerContext) Value(key any) any {
-	if _, ok := key.(callerKey); ok {
-		return c.limit
+	switch key.(type) {
+	case callerKey:
+		if c.limit != nil {
+			return c.limit
+		}
+	case grantKey:
+		if c.grant != nil {
+			return c.grant
+		}
 	}
 	return c.Context.Value(key)
 }
+
+// ValueParent makes c an engine.ValueContext: it adds values only.
+func (c *callerContext) ValueParent() context.Context { return c.Context }
+
+var _ engine.ValueContext = (*callerContext)(nil)
 
 // AfterFunc is the method package context looks for on a parent it does
 // not know: a context derived from c (context.WithCancel, AfterFunc)

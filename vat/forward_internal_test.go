@@ -46,6 +46,37 @@ func TestCallerContext(t *testing.T) {
 	}
 }
 
+// TestCallerContextValues: a callerContext carries a grant, a limiter or
+// both (the forwarder's one wrapper per call), passes the rest through,
+// and never reports a value it does not have (CallerOf is nil without a
+// limiter, not a nil *limiter); it is an engine.ValueContext whose parent
+// is the call's context.
+func TestCallerContextValues(t *testing.T) {
+	outer, inner := &Grant{}, &Grant{}
+	parent := context.WithValue(context.Background(), grantKey{}, outer)
+	l := newLimiter(1)
+	for _, tc := range []struct {
+		name  string
+		c     *callerContext
+		limit any
+		grant *Grant
+	}{
+		{"grant", &callerContext{Context: parent, grant: inner}, nil, inner},
+		{"limit", &callerContext{Context: parent, limit: l}, l, outer},
+		{"both", &callerContext{Context: parent, limit: l, grant: inner}, l, inner},
+	} {
+		if got := CallerOf(tc.c); got != tc.limit {
+			t.Errorf("%s: CallerOf = %v, want %v", tc.name, got, tc.limit)
+		}
+		if got, ok := GrantFromContext(tc.c); !ok || got != tc.grant {
+			t.Errorf("%s: GrantFromContext = %p, %v; want %p", tc.name, got, ok, tc.grant)
+		}
+		if tc.c.ValueParent() != parent {
+			t.Errorf("%s: ValueParent is not the wrapped context", tc.name)
+		}
+	}
+}
+
 // TestLimiterCountsReturningCalls: a call that gave its slot back before
 // its Return is queued frees the slot for the next call, but calls
 // running and returning together stay within twice the limit, so calls

@@ -192,16 +192,44 @@ func (w Watch) Stop() bool {
 // runs, since it cannot see through the wrapper. Any other context gets
 // context.AfterFunc.
 func AfterCancel(ctx context.Context, f func()) Watch {
-	if cc, ok := ctx.Value(callCtxKey{}).(*callCtx); ok && (ctx == context.Context(cc) || ctx.Done() == cc.Done()) {
+	inner := ctx
+	for {
+		v, ok := inner.(ValueContext)
+		if !ok {
+			break
+		}
+		inner = v.ValueParent()
+	}
+	if cc, ok := inner.(*callCtx); ok { // no Done channel asked for
+		return cc.afterCancel(f)
+	}
+	if cc, ok := ctx.Value(callCtxKey{}).(*callCtx); ok && ctx.Done() == cc.Done() {
 		// The Done check: a cancellable context between ctx and cc
 		// would end ctx first.
-		if id, ok := cc.register(f, true); ok {
-			return Watch{cc: cc, id: id}
-		}
-		go f()
-		return Watch{}
+		return cc.afterCancel(f)
 	}
 	return Watch{stop: context.AfterFunc(ctx, f)}
+}
+
+// afterCancel is AfterCancel on cc itself.
+func (cc *callCtx) afterCancel(f func()) Watch {
+	if id, ok := cc.register(f, true); ok {
+		return Watch{cc: cc, id: id}
+	}
+	go f()
+	return Watch{}
+}
+
+// ValueContext is a context that wraps another and adds values only: its
+// Done, Err and Deadline are the wrapped context's. AfterCancel sees
+// through it to an inbound call's context without making the call
+// context's Done channel (which comparing Done channels would: an
+// allocation on a call that needs none otherwise). The vat's wrapper that
+// names a call's caller is one.
+type ValueContext interface {
+	context.Context
+	// ValueParent returns the wrapped context.
+	ValueParent() context.Context
 }
 
 // watchBase cancels the calls running when the connection's context ends

@@ -40,6 +40,26 @@ func TestAfterCancelRegisters(t *testing.T) {
 		}
 	}
 
+	// Through a ValueContext the call's context makes no Done channel.
+	fresh := newCallCtx()
+	var through context.Context = &valueOnly{&valueOnly{fresh}}
+	if w := AfterCancel(through, f); w.cc != fresh || !w.Stop() {
+		t.Error("AfterCancel through ValueContexts did not register with the call's context")
+	}
+	fresh.mu.Lock()
+	made := fresh.lk.done != nil
+	fresh.mu.Unlock()
+	if made {
+		t.Error("AfterCancel through a ValueContext made the call context's Done channel")
+	}
+	if n := testing.AllocsPerRun(100, func() { AfterCancel(through, f).Stop() }); n != 0 {
+		t.Errorf("through ValueContexts: AfterCancel and Stop allocate %v times, want 0", n)
+	}
+	ran0 := make(chan struct{})
+	AfterCancel(through, func() { close(ran0) })
+	fresh.cancel()
+	waitClosed(t, "a function registered through ValueContexts", ran0)
+
 	child, cancelChild := context.WithCancel(wrapped)
 	ran := make(chan struct{})
 	w := AfterCancel(context.WithValue(child, valueKey{}, 2), func() { close(ran) })
@@ -166,3 +186,8 @@ func TestCallCtxAfterFuncAfterCancelDoesNotDeadlock(t *testing.T) {
 	}()
 	waitClosed(t, "the child of a cancelled call context to be cancelled", done)
 }
+
+// valueOnly wraps a context as a ValueContext.
+type valueOnly struct{ context.Context }
+
+func (v *valueOnly) ValueParent() context.Context { return v.Context }
