@@ -187,9 +187,11 @@ func (w Watch) Stop() bool {
 // context no allocation: f runs on a goroutine of its own once ctx is
 // cancelled (at once if it is), unless Watch.Stop comes first. ctx may be
 // the context the engine gave a call's target or Restore, or one made from
-// it by values (context.WithValue, a type embedding it): context.AfterFunc
-// would start a goroutine to watch such a context for as long as the call
-// runs, since it cannot see through the wrapper. Any other context gets
+// it by values (a ValueContext, seen through without making the call
+// context's Done channel; context.WithValue, or a type embedding it,
+// found by comparing Done channels): context.AfterFunc would start a
+// goroutine to watch such a context for as long as the call runs, since it
+// cannot see through the wrapper. Any other context gets
 // context.AfterFunc.
 func AfterCancel(ctx context.Context, f func()) Watch {
 	inner := ctx
@@ -225,7 +227,9 @@ func (cc *callCtx) afterCancel(f func()) Watch {
 // through it to an inbound call's context without making the call
 // context's Done channel (which comparing Done channels would: an
 // allocation on a call that needs none otherwise). The vat's wrapper that
-// names a call's caller is one.
+// names a call's caller is one. A type that embeds a ValueContext inherits
+// ValueParent: it must not then give Done or Err of its own, or
+// AfterCancel would register past its cancellation.
 type ValueContext interface {
 	context.Context
 	// ValueParent returns the wrapped context.

@@ -60,6 +60,20 @@ func TestAfterCancelRegisters(t *testing.T) {
 	fresh.cancel()
 	waitClosed(t, "a function registered through ValueContexts", ran0)
 
+	// A cancellable context between ValueContexts stops the walk: the
+	// registration is the child's, and the child's cancel runs it.
+	base := newCallCtx()
+	mid, cancelMid := context.WithCancel(&valueOnly{base})
+	ranMid := make(chan struct{})
+	if w := AfterCancel(&valueOnly{mid}, func() { close(ranMid) }); w.cc != nil {
+		t.Error("AfterCancel registered with the call's context past a cancellable context between ValueContexts")
+	}
+	cancelMid()
+	waitClosed(t, "the function registered past a cancellable context", ranMid)
+	if base.Err() != nil {
+		t.Errorf("the call's context ended with a child: %v", base.Err())
+	}
+
 	child, cancelChild := context.WithCancel(wrapped)
 	ran := make(chan struct{})
 	w := AfterCancel(context.WithValue(child, valueKey{}, 2), func() { close(ran) })
