@@ -4,12 +4,9 @@ import (
 	"context"
 	"testing"
 
-	"capnproto.org/go/capnp/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-
-	"github.com/vatcar/vatcar/proto/captp"
 )
 
 // BenchmarkNewCall measures what the egress does for a call before its
@@ -41,14 +38,7 @@ func BenchmarkNewCall(b *testing.B) {
 			"x-request-id", "7f1c2a9e-3b4d-4e5f-8a6b-9c0d1e2f3a4b",
 			"x-tenant-bin", "\x01\x02\x03\x04")},
 	} {
-		_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
-		if err != nil {
-			b.Fatal(err)
-		}
-		h, err := captp.NewRootCallHead(seg)
-		if err != nil {
-			b.Fatal(err)
-		}
+		h := emptyCallHead(b)
 		if err := writeCallHead(h, context.Background(), "/p.S/M", tc.md); err != nil {
 			b.Fatal(err)
 		}
@@ -56,7 +46,7 @@ func BenchmarkNewCall(b *testing.B) {
 			b.ReportAllocs()
 			parent := context.Background()
 			for b.Loop() {
-				seg.Message().ResetReadLimit(1 << 30) // read again and again
+				h.Message().ResetReadLimit(1 << 30) // read again and again
 				c, err := e.newCall(parent, h, slot{})
 				if err != nil {
 					b.Fatal(err)

@@ -39,23 +39,28 @@ func (w *window) acquire(ctx context.Context, n int) error {
 			w.mu.Unlock()
 			return nil
 		}
-		wake := w.waitLocked()
-		w.mu.Unlock()
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := w.waitLocked(ctx); err != nil {
+			return err
 		}
-		w.mu.Lock()
 	}
 }
 
-// waitLocked returns a channel closed when a send returns. w.mu is held.
-func (w *window) waitLocked() chan struct{} {
+// waitLocked waits for a send to return, or for ctx to end (then it
+// returns ctx's error with w.mu unlocked). w.mu is held on entry, and on
+// return without error.
+func (w *window) waitLocked(ctx context.Context) error {
 	if w.wake == nil {
 		w.wake = make(chan struct{})
 	}
-	return w.wake
+	wake := w.wake
+	w.mu.Unlock()
+	select {
+	case <-wake:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	w.mu.Lock()
+	return nil
 }
 
 // release is the Return of a send of n bytes that acquire counted; err is
@@ -79,14 +84,9 @@ func (w *window) release(n int, err error) {
 func (w *window) drain(ctx context.Context) error {
 	w.mu.Lock()
 	for w.calls > 0 {
-		wake := w.waitLocked()
-		w.mu.Unlock()
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := w.waitLocked(ctx); err != nil {
+			return err
 		}
-		w.mu.Lock()
 	}
 	err := w.err
 	w.mu.Unlock()

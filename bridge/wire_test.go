@@ -48,14 +48,7 @@ func TestCallHeadRoundTrip(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := captp.NewRootCallHead(seg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := emptyCallHead(t)
 	if err := writeCallHead(h, ctx, "/p.S/M", md); err != nil {
 		t.Fatal(err)
 	}
@@ -75,9 +68,9 @@ func TestCallHeadRoundTrip(t *testing.T) {
 	}
 }
 
-// newCallHead returns a CallHead in a message of its own with method
-// (none if empty) and entries (key, value) as its metadata list, in order.
-func newCallHead(t testing.TB, method string, entries [][2]string) captp.CallHead {
+// emptyCallHead returns an empty CallHead, the root of a message of its
+// own.
+func emptyCallHead(t testing.TB) captp.CallHead {
 	t.Helper()
 	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
 	if err != nil {
@@ -87,6 +80,14 @@ func newCallHead(t testing.TB, method string, entries [][2]string) captp.CallHea
 	if err != nil {
 		t.Fatal(err)
 	}
+	return h
+}
+
+// newCallHead returns a CallHead in a message of its own with method
+// (none if empty) and entries (key, value) as its metadata list, in order.
+func newCallHead(t testing.TB, method string, entries [][2]string) captp.CallHead {
+	t.Helper()
+	h := emptyCallHead(t)
 	if method != "" {
 		if err := h.SetMethod(method); err != nil {
 			t.Fatal(err)
@@ -322,14 +323,7 @@ func TestCallHeadPlainContentType(t *testing.T) {
 		{"none", metadata.MD{}, false, nil, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
-			if err != nil {
-				t.Fatal(err)
-			}
-			h, err := captp.NewRootCallHead(seg)
-			if err != nil {
-				t.Fatal(err)
-			}
+			h := emptyCallHead(t)
 			if err := writeCallHead(h, context.Background(), "/p.S/M", tc.md); err != nil {
 				t.Fatal(err)
 			}
