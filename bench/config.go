@@ -21,14 +21,15 @@ type Config struct {
 	// Rounds is how many times each scenario runs on each path, the paths taking
 	// turns; every column reported is the median over the rounds. Zero: 1.
 	Rounds int
-	// Paths to measure, from direct, nginx-tls, haproxy-tls, vatcar. Empty: all.
+	// Paths to measure, from direct, nginx-tls, haproxy-tls, grpcgo-tls, vatcar. Empty:
+	// all.
 	Paths []string
 	// Scenarios to run, by name. Empty: all.
 	Scenarios []string
 	// Warmup and Duration per scenario and path. Zero: 2 s and 10 s (quick: 0.5 s and 2 s).
 	Warmup, Duration time.Duration
-	// OpenStreams is how many streams the memory row holds open through each proxy path
-	// (vatcar only). Zero: 10,000; negative: no such row.
+	// OpenStreams is how many streams the memory row holds open through the vatcar
+	// path (no other path gets the row). Zero: 10,000; negative: no such row.
 	OpenStreams int
 	// Vatcar is a vatcar binary to use. Empty: ./cmd/vatcar of the module in
 	// the working directory, built as the sidecar image's binary is (buildVatcar).
@@ -48,8 +49,9 @@ type Config struct {
 	HAProxy   string
 	NoInstall bool
 	// PprofDir, when set, receives CPU, allocation, block and mutex profiles of each
-	// vatcar sidecar during the profiled scenarios. The sidecars are then built from
-	// bench/vatcarprof (the same sidecar with net/http/pprof) unless Vatcar is set.
+	// vatcar sidecar and grpcgo-tls proxy during the profiled scenarios. The sidecars
+	// are then built from bench/vatcarprof (the same sidecar with net/http/pprof)
+	// unless Vatcar is set.
 	PprofDir string
 	// Keep leaves the temporary directory (configs, logs, keys) in place.
 	Keep bool
@@ -133,7 +135,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.Out, "out", "", "JSON results `file` (default bench-results.json); the Markdown table goes beside it")
 	fs.BoolVar(&c.Quick, "quick", false, "short windows: the whole run stays under 5 minutes")
 	fs.IntVar(&c.Rounds, "rounds", 0, "run every scenario `N` times per path, paths taking turns, and report medians (default 1)")
-	fs.StringVar(&paths, "paths", "", "comma-separated paths (default direct,nginx-tls,haproxy-tls,vatcar)")
+	fs.StringVar(&paths, "paths", "", "comma-separated paths (default direct,nginx-tls,haproxy-tls,grpcgo-tls,vatcar)")
 	fs.StringVar(&scenarios, "scenarios", "", "comma-separated scenarios (default all)")
 	fs.DurationVar(&c.Warmup, "warmup", 0, "warm-up per scenario and path (default 2s, quick 0.5s)")
 	fs.DurationVar(&c.Duration, "duration", 0, "measured window per scenario and path (default 10s, quick 2s)")
@@ -145,7 +147,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.Nginx, "nginx", "", "nginx `binary` (default: from PATH, apt-get installed if missing)")
 	fs.StringVar(&c.HAProxy, "haproxy", "", "haproxy `binary` (default: from PATH, apt-get installed if missing)")
 	fs.BoolVar(&c.NoInstall, "no-install", false, "never apt-get install nginx or haproxy")
-	fs.StringVar(&c.PprofDir, "pprof-dir", "", "write CPU and allocation profiles of the sidecars here")
+	fs.StringVar(&c.PprofDir, "pprof-dir", "", "write CPU and allocation profiles of the sidecars and grpc-go proxies here")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the temporary directory with configs and logs")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, fmt.Errorf("%w: %w", errUsage, err)

@@ -4,14 +4,21 @@
 // TLS, in one run, and reports each path's numbers and its ratios to the others: to
 // direct, and to the better of the two peer pairs.
 //
+// A fifth path, grpcgo-tls, is a reference rather than a peer: a pair of plain grpc-go
+// proxies (bench/grpcproxy) joined by gRPC over TLS 1.3, with vatcar's grpc-go settings
+// and runtime defaults and no Cap'n Proto. Each sidecar runs a grpc-go server or client
+// of its own, so this pair's CPU, allocations per call and goroutines are the floor
+// under vatcar's, measured on the same machine in the same run. It is never the "best
+// peer", the targets ignore it, and the open-streams row is vatcar's only.
+//
 // It does not tune any path beyond what a user would configure, and it does not judge
 // results across runs: on a shared machine only ratios measured in the same run mean
 // anything. Usage:
 //
-//	go run ./bench [--quick] [--out FILE.json] [--paths direct,nginx-tls,haproxy-tls,vatcar]
+//	go run ./bench [--quick] [--out FILE.json] [--paths direct,nginx-tls,haproxy-tls,grpcgo-tls,vatcar]
 //
 // The JSON file holds {"results": [...]} with one row per scenario and path; a
 // Markdown table with the ratios and the issue's targets is printed and written beside
 // it (FILE.md). A path that cannot run (nginx or haproxy missing and not installable, a vatcar
-// binary that does not start) is reported as skipped with the reason.
+// or grpcproxy binary that does not build or start) is reported as skipped with the reason.
 package main

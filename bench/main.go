@@ -206,6 +206,13 @@ func startPath(ctx context.Context, cfg Config, name, dir, backendAddr string, i
 		}
 		info.HAProxy = haproxyVersion(bin)
 		return startHAProxy(ctx, bin, dir, backendAddr)
+	case pathGrpcgo:
+		logf("building %s", pkgGrpcproxy)
+		bin, err := buildGrpcproxy(ctx, dir)
+		if err != nil {
+			return nil, err
+		}
+		return startGrpcgo(ctx, bin, dir, backendAddr, cfg.PprofDir != "")
 	case pathVatcar:
 		bin := cfg.Vatcar
 		if bin == "" {

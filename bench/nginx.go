@@ -11,11 +11,13 @@ import (
 	"time"
 )
 
-// proxyPair is a peer proxy pair a user would deploy instead of vatcar: a front and a
-// back process with TLS 1.3 between them, h2c on both ends (nginx-tls, haproxy-tls).
+// proxyPair is a front and a back proxy process with TLS 1.3 between them, h2c on both
+// ends: a peer proxy pair a user would deploy instead of vatcar (nginx-tls,
+// haproxy-tls), or the grpc-go reference pair (grpcgo-tls).
 type proxyPair struct {
-	name        string // pathNginx or pathHAProxy
+	name        string // pathNginx, pathHAProxy or pathGrpcgo
 	target      string
+	hop         string // the back process's TLS address, when known (grpcgo-tls)
 	front, back *process
 	instances   []instance
 }

@@ -5,13 +5,15 @@ const (
 	pathDirect  = "direct"
 	pathNginx   = "nginx-tls"
 	pathHAProxy = "haproxy-tls"
+	pathGrpcgo  = "grpcgo-tls"
 	pathVatcar  = "vatcar"
 )
 
-var allPaths = []string{pathDirect, pathNginx, pathHAProxy, pathVatcar}
+var allPaths = []string{pathDirect, pathNginx, pathHAProxy, pathGrpcgo, pathVatcar}
 
 // peerPaths are the proxy pairs a user would deploy instead of vatcar; the report
-// compares vatcar with the better of them.
+// compares vatcar with the better of them. grpcgo-tls is not one: it is a reference,
+// what grpc-go alone costs a proxy pair (grpcgo.go).
 var peerPaths = []string{pathNginx, pathHAProxy}
 
 // path is one way from the load generator to the backend.

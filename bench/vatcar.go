@@ -47,12 +47,18 @@ const (
 // more RSS per sidecar, and the injector's packages about 4 MiB. A failure wraps
 // errSkipped with the compiler's last lines.
 func buildVatcar(ctx context.Context, dir, pkg string) (string, error) {
+	return buildCommand(ctx, dir, pkg, "vatcar", "run from the repository or pass --vatcar")
+}
+
+// buildCommand builds pkg of the module in the working directory into dir/name as
+// buildVatcar does; hint says what to do outside the module.
+func buildCommand(ctx context.Context, dir, pkg, name, hint string) (string, error) {
 	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
 	gomod := strings.TrimSpace(string(out))
 	if err != nil || gomod == "" || gomod == os.DevNull {
-		return "", fmt.Errorf("%w: not inside the vatcar module (go env GOMOD: %q): run from the repository or pass --vatcar", errSkipped, gomod)
+		return "", fmt.Errorf("%w: not inside the vatcar module (go env GOMOD: %q): %s", errSkipped, gomod, hint)
 	}
-	bin := filepath.Join(dir, "vatcar")
+	bin := filepath.Join(dir, name)
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-tags=nok8s", "-o", bin, pkg)
 	cmd.Dir = filepath.Dir(gomod)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
