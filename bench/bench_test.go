@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"os"
@@ -19,6 +20,10 @@ import (
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 func TestMain(m *testing.M) {
@@ -99,6 +104,9 @@ func TestRunDirectWritesSaneResults(t *testing.T) {
 	}
 	if strings.Contains(string(md), "Failed calls") {
 		t.Errorf("calls failed on the direct path:\n%s", md)
+	}
+	if strings.Contains(string(md), "grpcgo-tls is a reference") {
+		t.Errorf("Markdown explains grpcgo-tls in a run without it:\n%s", md)
 	}
 }
 
@@ -377,7 +385,8 @@ func TestRoundsReportOneRowEach(t *testing.T) {
 
 // TestMarkdownComparesWithBestPeer writes the report of made-up rows: each ratio to the
 // best peer takes the better of nginx-tls and haproxy-tls column by column (the higher
-// calls/s, the lower p50 and CPU), and the targets are checked against it.
+// calls/s, the lower p50 and CPU), never the grpcgo-tls reference, and the targets are
+// checked against it.
 func TestMarkdownComparesWithBestPeer(t *testing.T) {
 	row := func(sc, p string, calls, p50, cpu float64) Result {
 		return Result{Scenario: sc, Path: p, CallsPerS: calls, P50us: p50, ProxyCPUmsPerKcall: cpu, ProxyRSSMiB: 30}
@@ -389,6 +398,9 @@ func TestMarkdownComparesWithBestPeer(t *testing.T) {
 		row("unary-100B-c16", pathNginx, 12000, 1200, 70),
 		row("unary-100B-c16", pathHAProxy, 10000, 1500, 30),
 		row("unary-100B-c16", pathVatcar, 16000, 1000, 60),
+		// The grpc-go reference beats both peers in every column: it is compared
+		// with (calls/s vs grpcgo-tls) but never the best peer.
+		row("unary-100B-c16", pathGrpcgo, 20000, 800, 20),
 		// Only one peer measured: it is the best.
 		row("pingpong-c1", pathNginx, 6000, 150, 90),
 		row("pingpong-c1", pathVatcar, 6000, 150, 80),
@@ -403,10 +415,10 @@ func TestMarkdownComparesWithBestPeer(t *testing.T) {
 	for _, want := range []string{
 		// calls/s vs nginx-tls, then vs the best peer (haproxy at c1), p50 vs the lower
 		// (haproxy's 200), CPU vs the lower (nginx's 140).
-		"| unary-100B-c1 | vatcar | 4500 | 170 | — | — | 140 | 30.0 | — | 1.12x | 0.90x haproxy-tls | 0.85x haproxy-tls | 1.00x nginx-tls |",
-		"| unary-100B-c16 | vatcar | 16000 | 1000 | — | — | 60.0 | 30.0 | — | 1.33x | 1.33x nginx-tls | 0.83x nginx-tls | 2.00x haproxy-tls |",
-		"| unary-100B-c16 | haproxy-tls | 10000 | 1500 | — | — | 30.0 | 30.0 | — | 0.83x | 0.83x nginx-tls | 1.25x nginx-tls | 1.00x haproxy-tls |",
-		"| pingpong-c1 | vatcar | 6000 | 150 | — | — | 80.0 | 30.0 | — | 1.00x | 1.00x nginx-tls | 1.00x nginx-tls | 0.89x nginx-tls |",
+		"| unary-100B-c1 | vatcar | 4500 | 170 | — | — | 140 | 30.0 | — | 1.12x | — | 0.90x haproxy-tls | 0.85x haproxy-tls | 1.00x nginx-tls |",
+		"| unary-100B-c16 | vatcar | 16000 | 1000 | — | — | 60.0 | 30.0 | — | 1.33x | 0.80x | 1.33x nginx-tls | 0.83x nginx-tls | 2.00x haproxy-tls |",
+		"| unary-100B-c16 | haproxy-tls | 10000 | 1500 | — | — | 30.0 | 30.0 | — | 0.83x | 0.50x | 0.83x nginx-tls | 1.25x nginx-tls | 1.00x haproxy-tls |",
+		"| pingpong-c1 | vatcar | 6000 | 150 | — | — | 80.0 | 30.0 | — | 1.00x | — | 1.00x nginx-tls | 1.00x nginx-tls | 0.89x nginx-tls |",
 		"- pass: unary-100B-c16 calls/s >= 1.3x the best peer's: 1.33x nginx-tls (16000 vs 12000)",
 		"- pass: unary-100B-c1 p50 <= 0.9x the best peer's: 0.85x haproxy-tls (170 vs 200)",
 		"- pass: pingpong-c1 calls/s >= 1.0x the best peer's: 1.00x nginx-tls",
@@ -414,10 +426,17 @@ func TestMarkdownComparesWithBestPeer(t *testing.T) {
 		"- FAIL: unary-100B-c16 proxy CPU per call <= 1.0x the best peer's: 2.00x haproxy-tls (60.0 vs 30.0)",
 		"- pass: idle vatcar import <= 20 MiB RSS: 17.5 MiB",
 		"- FAIL: open-streams-10000, vatcar export <= 512 MiB RSS: 600.0 MiB",
+		"| unary-100B-c16 | grpcgo-tls | 20000 | 800 | — | — | 20.0 | 30.0 | — | 1.67x | 1.00x | 1.67x nginx-tls | 0.67x nginx-tls | 0.67x haproxy-tls |",
+		"grpcgo-tls is a reference, not a peer",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("Markdown lacks %q:\n%s", want, md)
 		}
+	}
+	// The targets concern vatcar only, against nginx-tls and haproxy-tls.
+	_, targets, _ := strings.Cut(md, "Issue 16's targets")
+	if targets == "" || strings.Contains(targets, "grpcgo") {
+		t.Errorf("targets missing or naming grpcgo-tls:\n%s", md)
 	}
 	// A scenario vatcar did not run is not checked.
 	if strings.Contains(md, "unary-100B-c64 calls/s") {
@@ -460,5 +479,246 @@ func TestStalledCallsEndTheScenario(t *testing.T) {
 		case <-time.After(time.Minute):
 			t.Fatalf("%s: runScenario still waits a minute after a %v grace", sc.Name, stallGrace)
 		}
+	}
+}
+
+// Methods of the probe backend (probeBackend) on top of the bench's.
+const (
+	methodProbeStatus = "/bench.Probe/Status" // headers, trailers and a non-OK status from the request's metadata
+	methodProbeWait   = "/bench.Probe/Wait"   // reports its deadline, waits for the call to end, reports why
+)
+
+// probeBackend serves the bench methods and the probe methods: Status answers the
+// request metadata's x-probe value in a header and a trailer with FailedPrecondition
+// and a detail, and sends every request metadata key it got on mds; Wait sends its
+// context's deadline on deadlines, waits until the call ends and sends why on ended.
+type probeBackend struct {
+	srv       *grpc.Server
+	lis       net.Listener
+	mds       chan metadata.MD
+	deadlines chan time.Duration // left until the deadline, or 0 without one
+	ended     chan error
+}
+
+func startProbeBackend(t *testing.T) *probeBackend {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &probeBackend{lis: lis, mds: make(chan metadata.MD, 1), deadlines: make(chan time.Duration, 1), ended: make(chan error, 1)}
+	b.srv = grpc.NewServer(grpc.ForceServerCodecV2(rawCodec{}), grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage),
+		grpc.UnknownServiceHandler(func(srv any, ss grpc.ServerStream) error {
+			ctx := ss.Context()
+			switch method, _ := grpc.MethodFromServerStream(ss); method {
+			case methodProbeStatus:
+				var req []byte
+				if err := ss.RecvMsg(&req); err != nil {
+					return err
+				}
+				md, _ := metadata.FromIncomingContext(ctx)
+				b.mds <- md
+				v := strings.Join(md.Get("x-probe"), ",")
+				if err := ss.SetHeader(metadata.Pairs("x-head", "h-"+v)); err != nil {
+					return err
+				}
+				ss.SetTrailer(metadata.Pairs("x-trail", "t-"+v, "x-trail-bin", string(req)))
+				st, err := status.New(codes.FailedPrecondition, "probe says no to "+v).WithDetails(wrapperspb.String("detail-" + v))
+				if err != nil {
+					return err
+				}
+				return st.Err()
+			case methodProbeWait:
+				var left time.Duration
+				if d, ok := ctx.Deadline(); ok {
+					left = time.Until(d)
+				}
+				b.deadlines <- left
+				<-ctx.Done()
+				b.ended <- ctx.Err()
+				return ctx.Err()
+			default:
+				return serveBench(srv, ss)
+			}
+		}))
+	go func() { _ = b.srv.Serve(lis) }()
+	return b
+}
+
+// TestGrpcgoPairCarriesCalls builds bench/grpcproxy, brings up the grpcgo-tls path
+// with pprof on a probe backend, and checks what crosses it: unary calls (one above
+// gRPC's default 4 MiB limit), a server stream and a bidi stream with their contents,
+// request metadata, response headers, trailers and a non-OK status with its detail,
+// the deadline, and a client's cancellation; then the harness's scenarios with their
+// proxy costs, each proxy's /metrics and /debug/pprof, and TLS 1.3 with ALPN h2
+// between the two proxies.
+func TestGrpcgoPairCarriesCalls(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	bin, err := buildGrpcproxy(ctx, dir)
+	if err != nil {
+		t.Fatalf("build: %v", err)
+	}
+	be := startProbeBackend(t)
+	defer be.srv.Stop()
+	p, err := startGrpcgo(ctx, bin, dir, be.lis.Addr().String(), true)
+	if err != nil {
+		t.Fatalf("startGrpcgo: %v", err)
+	}
+	defer p.Close()
+	if p.Name() != "grpcgo-tls" || slices.Contains(peerPaths, p.Name()) {
+		t.Errorf("name %q, peers %v: want grpcgo-tls, not a peer", p.Name(), peerPaths)
+	}
+	if ins := p.Instances(); len(ins) != 2 || len(pids(p)) != 2 {
+		t.Fatalf("instances %+v: want two, one process each", ins)
+	}
+	cc, err := dial(p.Target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	callCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+
+	// Unary, 5 MiB: the proxies' 8 MiB limit, not gRPC's default 4 MiB.
+	req := make([]byte, 5<<20)
+	for i := range req {
+		req[i] = byte(i * 7)
+	}
+	var resp []byte
+	if err := cc.Invoke(callCtx, methodUnary, &req, &resp); err != nil || !bytes.Equal(resp, req) {
+		t.Fatalf("unary 5 MiB: got %d bytes, err %v; want the request echoed", len(resp), err)
+	}
+
+	// Server streaming: 5 messages of 1000 bytes, then the end.
+	s, err := cc.NewStream(callCtx, &grpc.StreamDesc{ServerStreams: true}, methodStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sreq := streamRequest(1000, 5)
+	if err := s.SendMsg(&sreq); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		var m []byte
+		err := s.RecvMsg(&m)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("stream message %d: %v", n, err)
+		}
+		if len(m) != 1000 {
+			t.Fatalf("stream message %d: %d bytes, want 1000", n, len(m))
+		}
+		n++
+	}
+	if n != 5 {
+		t.Fatalf("stream: got %d messages, want 5", n)
+	}
+
+	// Bidi: each message comes back as sent, in turn.
+	b, err := cc.NewStream(callCtx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, methodPingPong)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range []string{"ping", "", strings.Repeat("pong", 10000)} {
+		out := []byte(m)
+		var in []byte
+		if err := b.SendMsg(&out); err != nil {
+			t.Fatalf("pingpong %d: send: %v", i, err)
+		}
+		if err := b.RecvMsg(&in); err != nil || string(in) != m {
+			t.Fatalf("pingpong %d: got %d bytes, err %v; want %d bytes back", i, len(in), err, len(m))
+		}
+	}
+	if err := b.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	var extra []byte
+	if err := b.RecvMsg(&extra); !errors.Is(err, io.EOF) {
+		t.Fatalf("pingpong end: got %v, want io.EOF", err)
+	}
+
+	// Metadata both ways and a non-OK status with its detail.
+	mdCtx := metadata.AppendToOutgoingContext(callCtx, "x-probe", "42", "x-probe-bin", "\x00\xff")
+	var hdr, trl metadata.MD
+	preq := []byte("\x01\x02trailer")
+	err = cc.Invoke(mdCtx, methodProbeStatus, &preq, &resp, grpc.Header(&hdr), grpc.Trailer(&trl))
+	st := status.Convert(err)
+	if st.Code() != codes.FailedPrecondition || st.Message() != "probe says no to 42" {
+		t.Errorf("status: got %v, want FailedPrecondition: probe says no to 42", err)
+	}
+	if d := st.Details(); len(d) != 1 || d[0].(*wrapperspb.StringValue).GetValue() != "detail-42" {
+		t.Errorf("status details: got %v, want one StringValue detail-42", d)
+	}
+	if got := hdr.Get("x-head"); !slices.Equal(got, []string{"h-42"}) {
+		t.Errorf("header x-head: got %q, want [h-42] (all: %v)", got, hdr)
+	}
+	if got, gotBin := trl.Get("x-trail"), trl.Get("x-trail-bin"); !slices.Equal(got, []string{"t-42"}) || !slices.Equal(gotBin, []string{string(preq)}) {
+		t.Errorf("trailers: got x-trail %q x-trail-bin %q, want [t-42] and the request (all: %v)", got, gotBin, trl)
+	}
+	md := <-be.mds
+	if got := md.Get("x-probe-bin"); !slices.Equal(got, []string{"\x00\xff"}) {
+		t.Errorf("backend's x-probe-bin: got %q, want one value \\x00\\xff", got)
+	}
+	for _, k := range []string{"content-type", "user-agent", "grpc-accept-encoding"} {
+		if len(md.Get(k)) > 1 {
+			t.Errorf("backend got %s %q: the proxy forwarded a header gRPC sets itself", k, md.Get(k))
+		}
+	}
+
+	// The deadline goes forward, and so does a client's cancellation.
+	wctx, wcancel := context.WithTimeout(ctx, 40*time.Second)
+	done := make(chan error, 1)
+	go func() {
+		var wreq, wresp []byte
+		done <- cc.Invoke(wctx, methodProbeWait, &wreq, &wresp)
+	}()
+	if left := <-be.deadlines; left <= 0 || left > 40*time.Second {
+		t.Errorf("backend's deadline: %v left, want some of the client's 40s", left)
+	}
+	wcancel()
+	if err := <-done; status.Code(err) != codes.Canceled {
+		t.Errorf("cancelled call: got %v, want Canceled", err)
+	}
+	select {
+	case err := <-be.ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("backend's call ended with %v, want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the backend's call still runs 30s after the client cancelled it")
+	}
+
+	carriesCalls(t, p)
+
+	for _, in := range p.Instances() {
+		rt, err := scrapeGo(ctx, in.Metrics)
+		if err != nil || rt.Mallocs <= 0 || rt.Goroutines <= 0 {
+			t.Errorf("%s /metrics: got %+v, %v; want allocations and goroutines", in.Name, rt, err)
+		}
+		if err := fetchTo(ctx, "http://"+in.Pprof+"/debug/pprof/goroutine", filepath.Join(dir, in.Name+".pprof")); err != nil {
+			t.Errorf("%s /debug/pprof: %v", in.Name, err)
+		}
+	}
+
+	// The hop between the proxies is TLS 1.3 with ALPN h2.
+	conn, err := tls.Dial("tcp", p.hop, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2", "http/1.1"}})
+	if err != nil {
+		t.Fatalf("TLS to the back proxy at %s: %v", p.hop, err)
+	}
+	tst := conn.ConnectionState()
+	conn.Close()
+	if tst.Version != tls.VersionTLS13 || tst.NegotiatedProtocol != "h2" {
+		t.Errorf("back proxy: got TLS version %#x and ALPN %q, want TLS 1.3 and h2", tst.Version, tst.NegotiatedProtocol)
+	}
+	if c, err := tls.Dial("tcp", p.hop, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12}); err == nil {
+		c.Close()
+		t.Errorf("back proxy accepted TLS 1.2, want TLS 1.3 only")
 	}
 }

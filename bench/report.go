@@ -188,20 +188,27 @@ func writeMarkdown(w io.Writer, rep Report, info runInfo) {
 		mode, info.Duration, info.Warmup, rounds, numCPU(), goVersion(), info.Nginx, info.HAProxy)
 	fmt.Fprintln(w, "Ratios compare paths measured in this run only; on a shared machine the absolute numbers drift between runs.")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| scenario | path | calls/s | p50 µs | p99 µs | MB/s | proxy CPU ms/1k calls | proxy RSS MiB | calls/s vs direct | calls/s vs nginx-tls | calls/s vs best peer | p50 vs best peer | CPU vs best peer |")
-	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+	fmt.Fprintln(w, "| scenario | path | calls/s | p50 µs | p99 µs | MB/s | proxy CPU ms/1k calls | proxy RSS MiB | calls/s vs direct | calls/s vs nginx-tls | calls/s vs grpcgo-tls | calls/s vs best peer | p50 vs best peer | CPU vs best peer |")
+	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, r := range rep.Results {
 		d, _ := find(rep.Results, r.Scenario, pathDirect)
 		n, _ := find(rep.Results, r.Scenario, pathNginx)
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+		g, _ := find(rep.Results, r.Scenario, pathGrpcgo)
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 			r.Scenario, r.Path, num(r.CallsPerS), num(r.P50us), num(r.P99us), num(r.MBPerS),
 			num(r.ProxyCPUmsPerKcall), num(r.ProxyRSSMiB),
-			ratio(r.CallsPerS, d.CallsPerS), ratio(r.CallsPerS, n.CallsPerS),
+			ratio(r.CallsPerS, d.CallsPerS), ratio(r.CallsPerS, n.CallsPerS), ratio(r.CallsPerS, g.CallsPerS),
 			peerRatio(rep.Results, r, colCalls), peerRatio(rep.Results, r, colP50), peerRatio(rep.Results, r, colCPU))
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "The best peer is, column by column, the better of nginx-tls and haproxy-tls in this run: "+
 		"the higher calls/s, the lower p50, the lower proxy CPU per call; the cell names which one it was.")
+	if slices.ContainsFunc(rep.Results, func(r Result) bool { return r.Path == pathGrpcgo }) {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "grpcgo-tls is a reference, not a peer: a pair of plain grpc-go proxies (bench/grpcproxy) joined by gRPC over TLS 1.3, "+
+			"with vatcar's grpc-go settings and runtime defaults and no Cap'n Proto: what grpc-go's server and client alone cost a proxy pair, "+
+			"the floor under vatcar's figures. It is never the best peer and the targets ignore it.")
+	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "calls/s counts calls (unary), messages (stream) or round trips (pingpong); MB/s is payload received by the client (10^6 bytes/s); "+
 		"proxy CPU and RSS add up both proxies of a pair (nginx masters and workers included; each HAProxy is one process), from /proc.")
