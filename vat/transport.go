@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -275,6 +276,13 @@ func (c *codec) writeLoop() {
 		for c.err == nil && (c.writing || !c.closing && (len(c.pending) == 0 || !c.due)) {
 			c.mu.Unlock()
 			<-c.wake
+			// Woken, the writer is next to run on this P: it would write
+			// the one message whose Encode woke it as soon as that
+			// goroutine parks. Yielding first lets the goroutines already
+			// runnable (more calls and Returns being encoded) queue theirs
+			// for the same write (bench unary-100B-c64: 1.05 -> 0.1
+			// sendto per call in each sidecar; docs/design.md).
+			runtime.Gosched()
 			c.mu.Lock()
 		}
 		if c.err != nil || len(c.pending) == 0 {
