@@ -31,6 +31,39 @@ func testMessage(i, n int) *capnp.Message {
 	return m
 }
 
+// readData reads n messages from b, each a Data root given to check with its
+// index, then, if eof, one more read that must end the stream; the channel
+// gets the first error (io.EOF when the stream ended as it should).
+func readData(b net.Conn, n int, check func(i int, d []byte) error, eof bool) <-chan error {
+	read := make(chan error, 1)
+	go func() {
+		dec := capnp.NewDecoder(b)
+		dec.MaxMessageSize = DefaultMaxMessageSize
+		for i := range n {
+			m, err := dec.Decode()
+			if err != nil {
+				read <- err
+				return
+			}
+			p, err := m.Root()
+			if err == nil {
+				err = check(i, p.Data())
+			}
+			if err != nil {
+				read <- err
+				return
+			}
+		}
+		if !eof {
+			read <- nil
+			return
+		}
+		_, err := b.Read(make([]byte, 1))
+		read <- err
+	}()
+	return read
+}
+
 // TestCodecFlushesEverything encodes small and large messages (both of the
 // codec's paths) and closes at once: the peer reads every message, in order,
 // and then the end of the stream. Encode after Close fails.
@@ -39,30 +72,12 @@ func TestCodecFlushesEverything(t *testing.T) {
 	c := newCodec(a, DefaultMaxMessageSize)
 	sizes := []int{0, 100, 5000, directSize + 1, 3 * maxPending / 2, 100, 1}
 	const rounds = 50
-	read := make(chan error, 1)
-	go func() {
-		dec := capnp.NewDecoder(b)
-		dec.MaxMessageSize = DefaultMaxMessageSize
-		for i := range rounds * len(sizes) {
-			m, err := dec.Decode()
-			if err != nil {
-				read <- err
-				return
-			}
-			p, err := m.Root()
-			if err != nil {
-				read <- err
-				return
-			}
-			want := bytes.Repeat([]byte{byte(i)}, sizes[i%len(sizes)])
-			if got := p.Data(); !bytes.Equal(got, want) {
-				read <- errors.New("message out of order or corrupted")
-				return
-			}
+	read := readData(b, rounds*len(sizes), func(i int, got []byte) error {
+		if want := bytes.Repeat([]byte{byte(i)}, sizes[i%len(sizes)]); !bytes.Equal(got, want) {
+			return errors.New("message out of order or corrupted")
 		}
-		_, err := b.Read(make([]byte, 1))
-		read <- err
-	}()
+		return nil
+	}, true)
 	for i := range rounds * len(sizes) {
 		if err := c.Encode(testMessage(i, sizes[i%len(sizes)])); err != nil {
 			t.Fatalf("encode %d: %v", i, err)
@@ -125,30 +140,14 @@ func TestCodecBatchesRunnableEncodes(t *testing.T) {
 	raw := &countingConn{Conn: a}
 	c := newCodec(raw, DefaultMaxMessageSize)
 	const n = 64
-	read := make(chan error, 1)
-	go func() {
-		dec := capnp.NewDecoder(b)
-		dec.MaxMessageSize = DefaultMaxMessageSize
-		seen := make(map[byte]bool)
-		for range n {
-			m, err := dec.Decode()
-			if err != nil {
-				read <- err
-				return
-			}
-			p, err := m.Root()
-			if err != nil {
-				read <- err
-				return
-			}
-			seen[p.Data()[0]] = true
+	seen := make(map[byte]bool)
+	read := readData(b, n, func(_ int, got []byte) error {
+		if seen[got[0]] {
+			return errors.New("a message came twice")
 		}
-		if len(seen) != n {
-			read <- errors.New("a message came twice")
-			return
-		}
-		read <- nil
-	}()
+		seen[got[0]] = true
+		return nil
+	}, false)
 	// The encoders wake nobody when done (a WaitGroup wakes its waiter
 	// only at the last Done), so nothing but the writer's own yield puts
 	// the writer behind them.
