@@ -92,6 +92,7 @@ type sender struct {
 	piece    []piece                  // pending chunks of the next send
 	out      batch                    // the send being made
 	place    func(capnp.Struct) error // out.place
+	release  func(int, error)         // win.release, a direct send's done
 	batched  int                      // bytes in piece
 }
 
@@ -191,16 +192,16 @@ func (s *sender) flush(ctx context.Context) error {
 		return fmt.Errorf("send on stream: %w", err)
 	}
 	if s.place == nil {
-		s.place = s.out.place // bound once: no closure per send
+		// Bound once: no closure per send. The send's size travels
+		// as SendDirect's tag.
+		s.place, s.release = s.out.place, s.win.release
 	}
 	s.out.pieces = pieces
 	s.out.copied, s.out.ends = 0, 0
-	win := &s.win
-	direct, err := engine.SendDirect(capnp.Client(s.sink), sinkSendMethod, sinkSendSize, s.place, hint,
-		func(err error) { win.release(size, err) })
+	direct, err := engine.SendDirect(capnp.Client(s.sink), sinkSendMethod, sinkSendSize, s.place, hint, s.release, size)
 	switch {
 	case direct && err != nil: // nothing sent: done never runs
-		win.release(size, nil)
+		s.win.release(size, nil)
 	case !direct:
 		s.sendNormal(ctx, s.place, hint, size)
 		s.sends++

@@ -40,7 +40,7 @@ import (
 // use it on interfaces without "-> stream" methods.
 func CallDirect(ctx context.Context, client capnp.Client, m capnp.Method, sz capnp.ObjectSize, place func(capnp.Struct) error, sizeHint int) (Results, error) {
 	if h, snap := directImport(client); h != nil {
-		d, err := h.c.startDirect(h, m, sz, place, sizeHint, nil)
+		d, err := h.c.startDirect(h, m, sz, place, sizeHint, nil, 0)
 		snap.Release() // the question names the import: the hook may go
 		if err != nil {
 			return Results{}, exc.Annotate("", m.String(), err)
@@ -70,23 +70,25 @@ func CallDirect(ctx context.Context, client capnp.Client, m capnp.Method, sz cap
 // sent and done is never called: the caller sends the call the normal way.
 // If ok and err is not nil, the call failed before it was sent (the
 // connection had ended, place failed, a budget was exceeded) and done is
-// never called either. Otherwise done(err) runs exactly once: when the
+// never called either. Otherwise done(tag, err) runs exactly once: when the
 // Return comes (err is nil, or the exception with the method's name, as a
 // Future's), or when the connection ends before it (the connection's
 // error). The results are released before done runs (the Finish goes out
-// unless the Return said noFinishNeeded).
+// unless the Return said noFinishNeeded). tag is the caller's, passed to
+// done as it is (the bridge's sender passes the bytes it counted for the
+// call): one done function serves every call, with no closure per call.
 //
 // done runs on the connection's receive goroutine, or on the goroutine that
 // ends the connection (Close, or the engine's own after a failure): it must
 // not block. Calls sent by one goroutine to one import, by either path, go
 // out in the order they were made; place fills the params (sz big) and
 // with a sizeHint may run twice (see WithSizeHint).
-func SendDirect(client capnp.Client, m capnp.Method, sz capnp.ObjectSize, place func(capnp.Struct) error, sizeHint int, done func(error)) (ok bool, err error) {
+func SendDirect(client capnp.Client, m capnp.Method, sz capnp.ObjectSize, place func(capnp.Struct) error, sizeHint int, done func(tag int, err error), tag int) (ok bool, err error) {
 	h, snap := directImport(client)
 	if h == nil {
 		return false, nil
 	}
-	_, err = h.c.startDirect(h, m, sz, place, sizeHint, done)
+	_, err = h.c.startDirect(h, m, sz, place, sizeHint, done, tag)
 	snap.Release()
 	if err != nil {
 		return true, exc.Annotate("", m.String(), err)
@@ -138,7 +140,8 @@ func directImport(client capnp.Client) (*importClient, capnp.ClientSnapshot) {
 type directCall struct {
 	q       question
 	done    chan struct{}
-	sent    func(error) // SendDirect's done; nil for CallDirect
+	sent    func(int, error) // SendDirect's done; nil for CallDirect
+	tag     int              // SendDirect's tag, for sent
 	content capnp.Ptr
 	err     error
 }
@@ -152,7 +155,7 @@ func (d *directCall) settle(content capnp.Ptr, err error) {
 		if err != nil {
 			err = exc.Annotate("", d.q.method.String(), err)
 		}
-		d.sent(err)
+		d.sent(d.tag, err)
 		return
 	}
 	d.content, d.err = content, err
@@ -180,7 +183,7 @@ func (d *directCall) wait(ctx context.Context, m capnp.Method) (Results, error) 
 // startDirect sends a call to import h (not a promise) for CallDirect (sent
 // nil) or SendDirect: what startCall does for such a target, with a
 // directCall for the question.
-func (c *Conn) startDirect(h *importClient, m capnp.Method, sz capnp.ObjectSize, place func(capnp.Struct) error, hint int, sent func(error)) (*directCall, error) {
+func (c *Conn) startDirect(h *importClient, m capnp.Method, sz capnp.ObjectSize, place func(capnp.Struct) error, hint int, sent func(int, error), tag int) (*directCall, error) {
 	sm, call, params, err := buildCall(hint, m, place, sz)
 	if err != nil {
 		return nil, err
@@ -192,7 +195,7 @@ func (c *Conn) startDirect(h *importClient, m capnp.Method, sz capnp.ObjectSize,
 		return nil, err
 	}
 	caps := c.classify(msg.CapTable())
-	d := &directCall{sent: sent}
+	d := &directCall{sent: sent, tag: tag}
 	if sent == nil {
 		d.done = make(chan struct{})
 	}

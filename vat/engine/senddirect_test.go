@@ -84,16 +84,15 @@ func newDoneRecord(want int) *doneRecord {
 	return &doneRecord{calls: map[int]int{}, errs: map[int]error{}, all: make(chan struct{}), want: want}
 }
 
-func (r *doneRecord) done(i int) func(error) {
-	return func(err error) {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		r.calls[i]++
-		r.errs[i] = err
-		r.total++
-		if r.total == r.want {
-			close(r.all)
-		}
+// done is SendDirect's done for every call; the tag is the call's index.
+func (r *doneRecord) done(i int, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls[i]++
+	r.errs[i] = err
+	r.total++
+	if r.total == r.want {
+		close(r.all)
 	}
 }
 
@@ -153,11 +152,11 @@ func TestSendDirectEngines(t *testing.T) {
 			boot, cc, sc := sinkImport(t, s, impl)
 
 			r := newDoneRecord(2)
-			ok, err := engine.SendDirect(boot, sinkSendMethod, sinkSendSize, sinkParams("a"), 0, r.done(0))
+			ok, err := engine.SendDirect(boot, sinkSendMethod, sinkSendSize, sinkParams("a"), 0, r.done, 0)
 			if !ok || err != nil {
 				t.Fatalf("SendDirect: ok=%v %v", ok, err)
 			}
-			ok, err = engine.SendDirect(boot, sinkSendMethod, sinkSendSize, sinkParams("fail"), 0, r.done(1))
+			ok, err = engine.SendDirect(boot, sinkSendMethod, sinkSendSize, sinkParams("fail"), 0, r.done, 1)
 			if !ok || err != nil {
 				t.Fatalf("SendDirect fail: ok=%v %v", ok, err)
 			}
@@ -184,7 +183,7 @@ func TestSendDirectEngines(t *testing.T) {
 					normal, rels = append(normal, ans), append(rels, rel)
 					continue
 				}
-				ok, err := engine.SendDirect(boot, sinkSendMethod, sinkSendSize, sinkParams(data), 64<<10, r.done(i))
+				ok, err := engine.SendDirect(boot, sinkSendMethod, sinkSendSize, sinkParams(data), 64<<10, r.done, i)
 				if !ok || err != nil {
 					t.Fatalf("SendDirect %d: ok=%v %v", i, ok, err)
 				}
@@ -226,7 +225,7 @@ func TestSendDirectFallback(t *testing.T) {
 	limited.SetFlowLimiter(flowcontrol.NewFixedLimiter(1 << 20))
 	for name, cl := range map[string]capnp.Client{"local": local, "limited": limited, "null": {}} {
 		called := false
-		ok, err := engine.SendDirect(cl, sinkSendMethod, sinkSendSize, sinkParams("x"), 0, func(error) { called = true })
+		ok, err := engine.SendDirect(cl, sinkSendMethod, sinkSendSize, sinkParams("x"), 0, func(int, error) { called = true }, 0)
 		if ok || err != nil || called {
 			t.Errorf("%s: ok=%v err=%v done called=%v, want false, nil, false", name, ok, err, called)
 		}
@@ -256,7 +255,7 @@ func TestSendDirectConnectionEnd(t *testing.T) {
 				if i == 0 {
 					data = "block"
 				}
-				if ok, err := engine.SendDirect(boot, sinkSendMethod, sinkSendSize, sinkParams(data), 0, r.done(i)); !ok || err != nil {
+				if ok, err := engine.SendDirect(boot, sinkSendMethod, sinkSendSize, sinkParams(data), 0, r.done, i); !ok || err != nil {
 					t.Fatalf("SendDirect %d: ok=%v %v", i, ok, err)
 				}
 			}
@@ -267,7 +266,7 @@ func TestSendDirectConnectionEnd(t *testing.T) {
 				r.check(t, i, func(err error) bool { return exc.TypeOf(err) == exc.Disconnected })
 			}
 			called := false
-			ok, err := engine.SendDirect(boot, sinkSendMethod, sinkSendSize, sinkParams("late"), 0, func(error) { called = true })
+			ok, err := engine.SendDirect(boot, sinkSendMethod, sinkSendSize, sinkParams("late"), 0, func(int, error) { called = true }, 0)
 			if !ok || err == nil || called {
 				t.Fatalf("after the end: ok=%v err=%v done called=%v", ok, err, called)
 			}
