@@ -14,7 +14,9 @@ import (
 
 // Codec moves whole capnp messages over a byte stream. The vat's write
 // behind codec implements it; Decode is called by one goroutine, Encode by
-// many (it must keep their order), Close ends both.
+// many (it must keep their order), Close ends both. Encode must not keep
+// the message after it returns: the Conn releases it then, or builds its
+// next call in it.
 type Codec interface {
 	Encode(*capnp.Message) error
 	Decode() (*capnp.Message, error)

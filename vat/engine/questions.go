@@ -114,11 +114,16 @@ func buildCall(hint int, m capnp.Method, place func(capnp.Struct) error, sz capn
 			}
 		}
 	}
-	msg, mm, err := newMessage()
+	msg, seg, err := newCallMessage(capnp.SingleSegment(nil))
 	if err != nil {
 		return sizedMessage{}, rpccp.Call{}, rpccp.Payload{}, err
 	}
 	sm = sizedMessage{msg: msg}
+	mm, err := rpccp.NewRootMessage(seg)
+	if err != nil {
+		sm.release()
+		return sizedMessage{}, rpccp.Call{}, rpccp.Payload{}, err
+	}
 	call, params, err = fillCall(mm, m, place, sz)
 	if err != nil {
 		sm.release()

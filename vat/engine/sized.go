@@ -81,8 +81,26 @@ func putSized(sb *sizedBuf) {
 	sizedPools[bits.Len(uint(cap(sb.b)))-1].Put(sb)
 }
 
-// sizedMessage is a message being built, in a pooled buffer if buf is
-// set.
+// callMessages pools the Messages calls are built in (buildCall): a Call
+// is released once encoded (the Codec copies it), so its Message can carry
+// the next call instead of a new one per call. Only sizedMessage's own
+// messages go here, each by its one release.
+var callMessages = sync.Pool{New: func() any { return new(capnp.Message) }}
+
+// newCallMessage is capnp.NewMessage(arena) on a pooled Message, to be
+// released by sizedMessage.release.
+func newCallMessage(arena capnp.Arena) (*capnp.Message, *capnp.Segment, error) {
+	msg := callMessages.Get().(*capnp.Message)
+	seg, err := msg.Reset(arena)
+	if err != nil {
+		msg.Release() // releases arena; msg is not pooled again
+		return nil, nil, err
+	}
+	return msg, seg, nil
+}
+
+// sizedMessage is a message being built (newCallMessage), in a pooled
+// buffer if buf is set.
 type sizedMessage struct {
 	msg *capnp.Message
 	buf *sizedBuf
@@ -101,12 +119,13 @@ func newSizedMessage(n int) (sm sizedMessage, m rpccp.Message, ok bool, err erro
 	}
 	// SingleSegment on a buffer of our own allocates only within its
 	// capacity (it never asks go-capnp's pool for more).
-	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(sb.b[:0]))
-	if err == nil {
-		m, err = rpccp.NewRootMessage(seg)
+	msg, seg, err := newCallMessage(capnp.SingleSegment(sb.b[:0]))
+	if err != nil {
+		putSized(sb)
+		return sizedMessage{}, rpccp.Message{}, false, err
 	}
 	sm = sizedMessage{msg: msg, buf: sb}
-	if err != nil {
+	if m, err = rpccp.NewRootMessage(seg); err != nil {
 		sm.release()
 		return sizedMessage{}, rpccp.Message{}, false, err
 	}
@@ -123,10 +142,12 @@ func (sm sizedMessage) spare() int {
 	return cap(d) - len(d)
 }
 
-// release releases the message and pools its buffer.
+// release releases the message and pools it and its buffer. It runs once
+// per sizedMessage: the message may carry another call at once.
 func (sm sizedMessage) release() {
 	if sm.msg != nil {
 		sm.msg.Release()
+		callMessages.Put(sm.msg)
 	}
 	if sm.buf != nil {
 		putSized(sm.buf)

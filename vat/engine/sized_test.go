@@ -13,8 +13,10 @@ import (
 // TestSizeHint: calls made with engine.WithSizeHint carry their params
 // whatever the hint: one that fits, one too small (the params are placed
 // again without it), one too large to pool; a pooled buffer reused for a
-// call that sets fewer fields shows nothing of the call before it; and a
-// hinted call may carry a capability.
+// call that sets fewer fields shows nothing of the call before it, and
+// neither does a pooled Message (each call's Message is reused, hinted or
+// not); a hinted call may carry a capability, and a call after it, in a
+// reused Message, carries none.
 func TestSizeHint(t *testing.T) {
 	for _, s := range setups {
 		if s.name == "gocapnp-to-engine" {
@@ -57,6 +59,9 @@ func TestSizeHint(t *testing.T) {
 				{"too small", 10 << 10, big, 2},
 				{"too large to pool", 64 << 20, []byte("x"), 1},
 				{"reused buffer, no request", len(big) + 64, nil, 1},
+				{"no hint", 0, big, 1},
+				{"reused message, no hint, no request", 0, nil, 1},
+				{"reused message, small request", 0, []byte("y"), 1},
 			} {
 				body, placed := unary(c.hint, c.req)
 				if want := "echo:" + string(c.req); body != want {
@@ -88,6 +93,9 @@ func TestSizeHint(t *testing.T) {
 				t.Fatal(err)
 			}
 			poll(t, "the send through the echoed Sink", func() bool { _, n := rec.snapshot(); return n == 1 })
+			if body, _ := unary(0, []byte("after")); body != "echo:after" {
+				t.Errorf("a call after one with a capability: reply %q, want %q", body, "echo:after")
+			}
 			up.Release()
 			orel()
 			rel()
