@@ -39,6 +39,11 @@ var liveSinks atomic.Int64
 // use; its server's handlers run one at a time.
 type sinkHook struct {
 	s *sinkServer
+	// run is drain, bound once: `go h.run()` starts no closure of its
+	// own, where `go h.drain()` allocated one per call that found the
+	// queue idle (every call of a ping-pong stream). Set before the hook
+	// is shared; read-only after.
+	run func()
 
 	mu sync.Mutex
 	lk struct { // guarded by mu
@@ -77,7 +82,14 @@ const sinkCallOverhead = 256
 // sinkClient returns the Sink capability of s.
 func sinkClient(s *sinkServer) captp.Sink {
 	liveSinks.Add(1)
-	return captp.Sink(capnp.NewClient(&sinkHook{s: s}))
+	return captp.Sink(capnp.NewClient(newSinkHook(s)))
+}
+
+// newSinkHook returns the hook of s.
+func newSinkHook(s *sinkServer) *sinkHook {
+	h := &sinkHook{s: s}
+	h.run = h.drain
+	return h
 }
 
 // method returns the method and handler m names, if Sink has it.
@@ -112,7 +124,7 @@ func (h *sinkHook) Recv(_ context.Context, r capnp.Recv) capnp.PipelineCaller {
 	h.lk.running = true
 	h.mu.Unlock()
 	if start {
-		go h.drain()
+		go h.run()
 	}
 	return &c.capCall
 }

@@ -169,7 +169,7 @@ func (s *stepTarget) lost(error)                      {}
 // queue reset only when empty: 100,000 calls left a capacity of 119,808.)
 func TestSinkQueueStaysSmall(t *testing.T) {
 	tg := &stepTarget{step: make(chan struct{})}
-	h := &sinkHook{s: &sinkServer{t: tg, maxMsg: 1 << 20, maxMD: DefaultMaxMetadataSize}}
+	h := newSinkHook(&sinkServer{t: tg, maxMsg: 1 << 20, maxMD: DefaultMaxMetadataSize})
 	before := liveSinks.Load()
 	liveSinks.Add(1)
 	client := capnp.NewClient(h)
@@ -209,7 +209,7 @@ func (r *errReturner) PrepareReturn(err error) { r.err = err }
 // queued call runs and the Sink takes calls again.
 func TestSinkQueueBounded(t *testing.T) {
 	tg := &gatedTarget{gate: make(chan struct{})}
-	h := &sinkHook{s: &sinkServer{t: tg, maxMsg: 2 << 20, maxMD: DefaultMaxMetadataSize}}
+	h := newSinkHook(&sinkServer{t: tg, maxMsg: 2 << 20, maxMD: DefaultMaxMetadataSize})
 	before := liveSinks.Load()
 	liveSinks.Add(1)
 	client := capnp.NewClient(h)
