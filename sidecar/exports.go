@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/vatcar/vatcar/internal/pingack"
 	"github.com/vatcar/vatcar/internal/rawconn"
 	"github.com/vatcar/vatcar/vat"
 )
@@ -164,7 +165,7 @@ func backendDialer(target string) func(context.Context, string) (net.Conn, error
 		if err != nil {
 			return nil, err
 		}
-		return newPingAckConn(rawconn.Wrap(c), pingAckDelay), nil
+		return pingack.New(rawconn.Wrap(c), pingack.Delay), nil
 	}
 }
 

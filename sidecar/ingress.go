@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/vatcar/vatcar/internal/pingack"
 	"github.com/vatcar/vatcar/internal/rawconn"
 	"github.com/vatcar/vatcar/proto/captp"
 	"github.com/vatcar/vatcar/vat"
@@ -53,7 +54,7 @@ func (l appListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	_ = rawconn.SetUserTimeout(c, int(appUserTimeout/time.Millisecond))
-	return &appConn{pingAckConn: newPingAckConn(rawconn.Wrap(c), pingAckDelay), addr: &appAddr{remote: c.RemoteAddr()}}, nil
+	return &appConn{Conn: pingack.New(rawconn.Wrap(c), pingack.Delay), addr: &appAddr{remote: c.RemoteAddr()}}, nil
 }
 
 // appConn is an app's connection to an ingress. Its RemoteAddr, which
@@ -61,7 +62,7 @@ func (l appListener) Accept() (net.Conn, error) {
 // (peer.FromContext), is a pointer of its own: the connection's identity
 // for appConnOf.
 type appConn struct {
-	*pingAckConn
+	*pingack.Conn
 	addr *appAddr
 }
 

@@ -1,4 +1,4 @@
-package sidecar
+package pingack
 
 import (
 	"bytes"
@@ -7,17 +7,17 @@ import (
 	"time"
 )
 
-// pingAckDelay bounds how long pingAckConn holds a PING acknowledgement.
+// Delay bounds how long Conn holds a PING acknowledgement.
 // The app's gRPC client and the backend's server (grpc-go's defaults, and
 // others') send a PING for their flow-control (BDP) estimate with nearly
 // every message when few calls are in flight; grpc-go answers at once, in a
 // write of its own, long before the call's response exists to share it.
 // Held, the acknowledgement leaves with the connection's next write (the
-// response, usually) or after pingAckDelay: the peer then measures a round
+// response, usually) or after Delay: the peer then measures a round
 // trip up to this much longer, with more bytes in it; its windows may grow
 // a little sooner or later, never shrink. A keepalive PING waits for its
 // acknowledgement for seconds (20 s by default).
-const pingAckDelay = 2 * time.Millisecond
+const Delay = 2 * time.Millisecond
 
 // pingAck is an HTTP/2 PING frame with the ACK flag, without its 8 bytes of
 // data: length 8, type PING (6), flags ACK (1), stream 0.
@@ -26,32 +26,32 @@ var pingAck = []byte{0, 0, 8, 6, 1, 0, 0, 0, 0}
 // pingAckSize is the size of a whole PING ACK frame.
 const pingAckSize = 9 + 8
 
-// pingAckConn is an HTTP/2 connection whose lone PING acknowledgements wait
+// Conn is an HTTP/2 connection whose lone PING acknowledgements wait
 // for company: a Write that is exactly one PING ACK frame is held (and
 // reported written) until the next Write, which sends both in one write,
-// or until pingAckDelay passes. Every other Write goes out at once, behind
+// or until Delay passes. Every other Write goes out at once, behind
 // a held acknowledgement; order is kept. Its one writer is grpc-go's.
-type pingAckConn struct {
+type Conn struct {
 	net.Conn
 
 	mu     sync.Mutex // guards the fields below, and is held while writing
 	held   []byte     // a PING ACK frame waiting, or empty
 	buf    []byte     // held's storage, and the joined write's
 	timer  *time.Timer
-	delay  time.Duration // how long a frame is held: pingAckDelay
+	delay  time.Duration // how long a frame is held: Delay
 	err    error         // the failed write of a held frame, returned by the next Write
 	closed bool
 }
 
-// newPingAckConn returns c holding PING ACKs for at most delay.
-func newPingAckConn(c net.Conn, delay time.Duration) *pingAckConn {
-	p := &pingAckConn{Conn: c, buf: make([]byte, 0, 4<<10), delay: delay}
+// New returns c holding PING ACKs for at most delay.
+func New(c net.Conn, delay time.Duration) *Conn {
+	p := &Conn{Conn: c, buf: make([]byte, 0, 4<<10), delay: delay}
 	p.timer = time.AfterFunc(time.Hour, p.flushHeld)
 	p.timer.Stop()
 	return p
 }
 
-func (p *pingAckConn) Write(b []byte) (int, error) {
+func (p *Conn) Write(b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.err != nil {
@@ -83,7 +83,7 @@ func (p *pingAckConn) Write(b []byte) (int, error) {
 }
 
 // flushHeld writes a held acknowledgement that found no company.
-func (p *pingAckConn) flushHeld() {
+func (p *Conn) flushHeld() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.held) == 0 {
@@ -98,7 +98,7 @@ func (p *pingAckConn) flushHeld() {
 // Close sends a held acknowledgement first unless a write is under way
 // (one stuck on a peer that does not read must not keep Close waiting),
 // then closes the connection.
-func (p *pingAckConn) Close() error {
+func (p *Conn) Close() error {
 	p.timer.Stop()
 	if p.mu.TryLock() {
 		if len(p.held) > 0 && p.err == nil {

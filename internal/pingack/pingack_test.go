@@ -1,4 +1,4 @@
-package sidecar
+package pingack
 
 import (
 	"bytes"
@@ -10,8 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/vatcar/vatcar/internal/testnet"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // writeCounter counts the writes made to a net.Conn.
 type writeCounter struct {
@@ -32,13 +36,13 @@ func (w *writeCounter) Write(b []byte) (int, error) {
 	return w.Conn.Write(b)
 }
 
-// ackPair returns a pingAckConn holding ACKs for delay over a counted
+// ackPair returns a Conn holding ACKs for delay over a counted
 // loopback TCP connection, and the peer's end.
-func ackPair(t *testing.T, delay time.Duration) (*pingAckConn, *writeCounter, net.Conn) {
+func ackPair(t *testing.T, delay time.Duration) (*Conn, *writeCounter, net.Conn) {
 	t.Helper()
 	d, peer := testnet.Pair(t, "tcp")
 	wc := &writeCounter{Conn: d}
-	p := newPingAckConn(wc, delay)
+	p := New(wc, delay)
 	t.Cleanup(func() { p.Close() })
 	return p, wc, peer
 }
