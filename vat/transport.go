@@ -89,6 +89,17 @@ type codec struct {
 	lazyAcked   int // bytes of calls answered by the lazy Returns in pending
 	lazyAcks    int // how many lazy Returns are in pending
 
+	// yield makes the writer yield once when woken, before it writes; set
+	// by newCodec when the process runs on one P. Woken on its channel, the
+	// writer runs next on that P: it would write the one message whose
+	// Encode woke it as soon as that goroutine parks. Yielding lets the
+	// goroutines already runnable (more calls and Returns being encoded)
+	// queue theirs for the same write (bench unary-100B-c64: about 1.05 ->
+	// 0.1 sendto per call in each sidecar; docs/design.md). With more Ps,
+	// Gosched hands the writer to an idle P at once: it would only add a
+	// wake-up.
+	yield bool
+
 	wake chan struct{} // one token: pending, due or closing changed
 	done chan struct{} // closed when the writer has returned
 	once sync.Once
@@ -111,6 +122,7 @@ func newCodec(rwc io.ReadWriteCloser, maxMessageSize uint64) *codec {
 	}
 	c := &codec{dec: &frameReader{br: br, dec: dec, max: maxMessageSize, closeConn: rwc.Close}, conn: rwc, lazyDelay: lazyDelay, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	c.space.L = &c.mu
+	c.yield = runtime.GOMAXPROCS(0) == 1
 	c.direct = bufio.NewWriterSize(rwc, 32<<10)
 	c.denc = capnp.NewEncoder(c.direct)
 	go c.writeLoop()
@@ -276,13 +288,9 @@ func (c *codec) writeLoop() {
 		for c.err == nil && (c.writing || !c.closing && (len(c.pending) == 0 || !c.due)) {
 			c.mu.Unlock()
 			<-c.wake
-			// Woken, the writer is next to run on this P: it would write
-			// the one message whose Encode woke it as soon as that
-			// goroutine parks. Yielding first lets the goroutines already
-			// runnable (more calls and Returns being encoded) queue theirs
-			// for the same write (bench unary-100B-c64: 1.05 -> 0.1
-			// sendto per call in each sidecar; docs/design.md).
-			runtime.Gosched()
+			if c.yield {
+				runtime.Gosched()
+			}
 			c.mu.Lock()
 		}
 		if c.err != nil || len(c.pending) == 0 {

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
 
@@ -133,12 +134,20 @@ func TestCodecCloseUnblocks(t *testing.T) {
 // TestCodecBatchesRunnableEncodes encodes from many goroutines made runnable
 // at once, on one P: the writer, woken by the first Encode, yields to them
 // before it writes, so their messages share a few writes instead of taking
-// one each. Every message still reaches the peer, in a valid stream.
+// one each (64 writes for 64 messages without the yield). It shows the
+// mechanism, not a sidecar's traffic. Under the race detector, which
+// shuffles the scheduler's run queue, it passes without the yield too: the
+// build without -race is the one that guards it. Every message still
+// reaches the peer, in a valid stream.
 func TestCodecBatchesRunnableEncodes(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	a, b := tcpPair(t)
 	raw := &countingConn{Conn: a}
 	c := newCodec(raw, DefaultMaxMessageSize)
+	defer c.Close()
+	if !c.yield {
+		t.Fatal("codec made at GOMAXPROCS 1 does not yield")
+	}
 	const n = 64
 	seen := make(map[byte]bool)
 	read := readData(b, n, func(_ int, got []byte) error {
@@ -167,13 +176,15 @@ func TestCodecBatchesRunnableEncodes(t *testing.T) {
 	if err := errors.Join(errs...); err != nil {
 		t.Fatalf("encode: %v", err)
 	}
-	if err := <-read; err != nil {
-		t.Fatalf("peer read: %v", err)
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Fatalf("peer read: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the peer did not get every message in a minute")
 	}
 	if w := raw.writes.Load(); w > n/4 {
 		t.Errorf("%d messages took %d writes, want them batched (at most %d)", n, w, n/4)
-	}
-	if err := c.Close(); err != nil {
-		t.Fatalf("close: %v", err)
 	}
 }
