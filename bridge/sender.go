@@ -94,6 +94,10 @@ type sender struct {
 	place    func(capnp.Struct) error // out.place
 	release  func(int, error)         // win.release, a direct send's done
 	batched  int                      // bytes in piece
+	// target is sink's import once a send found it one (the direct
+	// path): later sends take no snapshot of sink to find it. Released
+	// when run returns.
+	target engine.DirectTarget
 }
 
 // sendStats counts what a sender did; safe for concurrent reads.
@@ -114,6 +118,7 @@ type piece struct {
 // ctx ends, or a call fails. It does not release the sink.
 func (s *sender) run(ctx context.Context) error {
 	defer func() {
+		s.target.Release()
 		for _, r := range s.releases {
 			r()
 		}
@@ -198,7 +203,14 @@ func (s *sender) flush(ctx context.Context) error {
 	}
 	s.out.pieces = pieces
 	s.out.copied, s.out.ends = 0, 0
-	direct, err := engine.SendDirect(capnp.Client(s.sink), sinkSendMethod, sinkSendSize, s.place, hint, s.release, size)
+	if !s.target.Valid() {
+		s.target, _ = engine.NewDirectTarget(capnp.Client(s.sink))
+	}
+	direct := s.target.Valid()
+	var err error
+	if direct {
+		err = s.target.Send(sinkSendMethod, sinkSendSize, s.place, hint, s.release, size)
+	}
 	switch {
 	case direct && err != nil: // nothing sent: done never runs
 		s.win.release(size, nil)

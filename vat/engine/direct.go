@@ -83,17 +83,61 @@ func CallDirect(ctx context.Context, client capnp.Client, m capnp.Method, sz cap
 // not block. Calls sent by one goroutine to one import, by either path, go
 // out in the order they were made; place fills the params (sz big) and
 // with a sizeHint may run twice (see WithSizeHint).
+//
+// A caller that sends many calls on one client holds a DirectTarget
+// instead.
 func SendDirect(client capnp.Client, m capnp.Method, sz capnp.ObjectSize, place func(capnp.Struct) error, sizeHint int, done func(tag int, err error), tag int) (ok bool, err error) {
-	h, snap := directImport(client)
-	if h == nil {
+	t, ok := NewDirectTarget(client)
+	if !ok {
 		return false, nil
 	}
-	_, err = h.c.startDirect(h, m, sz, place, sizeHint, done, tag)
-	snap.Release()
-	if err != nil {
-		return true, exc.Annotate("", m.String(), err)
+	err = t.Send(m, sz, place, sizeHint, done, tag)
+	t.Release()
+	return true, err
+}
+
+// DirectTarget is a client's plain import as SendDirect takes it, held for
+// many calls: SendDirect takes a snapshot of the client per call (an
+// allocation) to find the import and keep it while the call is made, a
+// DirectTarget once. The zero value holds nothing. A DirectTarget is not
+// safe for concurrent use; one goroutine sends on it, in order.
+type DirectTarget struct {
+	h    *importClient
+	snap capnp.ClientSnapshot // keeps h
+}
+
+// NewDirectTarget returns the import behind client, held until Release, if
+// calls on client may take the direct path (see SendDirect); if not, ok is
+// false and nothing is held (a promise may qualify once it has resolved).
+// The caller must not give client a flow limiter while it holds the
+// target, and releases the target when it is done with client: the
+// import goes once both are released.
+func NewDirectTarget(client capnp.Client) (t DirectTarget, ok bool) {
+	h, snap := directImport(client)
+	if h == nil {
+		return DirectTarget{}, false
 	}
-	return true, nil
+	return DirectTarget{h: h, snap: snap}, true
+}
+
+// Valid reports whether t holds an import.
+func (t DirectTarget) Valid() bool { return t.h != nil }
+
+// Send is SendDirect on t's import, which always takes the direct path:
+// if err is not nil, the call failed before it was sent and done is never
+// called; otherwise done(tag, err) runs once, as SendDirect says.
+func (t DirectTarget) Send(m capnp.Method, sz capnp.ObjectSize, place func(capnp.Struct) error, sizeHint int, done func(tag int, err error), tag int) error {
+	if _, err := t.h.c.startDirect(t.h, m, sz, place, sizeHint, done, tag); err != nil {
+		return exc.Annotate("", m.String(), err)
+	}
+	return nil
+}
+
+// Release lets go of the import (the client may still hold it). It may be
+// called on the zero DirectTarget, and again.
+func (t *DirectTarget) Release() {
+	t.snap.Release()
+	*t = DirectTarget{}
 }
 
 // Results are a CallDirect call's results, valid until Release.

@@ -235,6 +235,62 @@ func TestSendDirectFallback(t *testing.T) {
 	}
 }
 
+// TestDirectTarget: a DirectTarget holds the import it found: its sends
+// arrive in order, each done once, even after the client's own release;
+// its Release (twice is fine) lets the import go; a client with no direct
+// path gives none.
+func TestDirectTarget(t *testing.T) {
+	for _, s := range setups {
+		if s.name == "gocapnp-to-engine" {
+			continue
+		}
+		t.Run(s.name, func(t *testing.T) {
+			impl := &recordSink{}
+			boot, cc, sc := sinkImport(t, s, impl)
+			tgt, ok := engine.NewDirectTarget(boot)
+			if !ok || !tgt.Valid() {
+				t.Fatalf("NewDirectTarget on an import: ok=%v valid=%v", ok, tgt.Valid())
+			}
+			boot.Release() // the target still holds the import
+			const n = 5
+			r := newDoneRecord(n)
+			var want []string
+			for i := range n {
+				want = append(want, strconv.Itoa(i))
+				if err := tgt.Send(sinkSendMethod, sinkSendSize, sinkParams(want[i]), 0, r.done, i); err != nil {
+					t.Fatalf("Send %d: %v", i, err)
+				}
+			}
+			r.wait(t)
+			for i := range n {
+				r.check(t, i, isNil)
+			}
+			if got := impl.received(); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("received %v, want %v", got, want)
+			}
+			if st := cc.Stats(); st.Imports != 1 {
+				t.Fatalf("client imports with the target held: %d, want 1", st.Imports)
+			}
+			tgt.Release()
+			tgt.Release()
+			if tgt.Valid() {
+				t.Fatal("a released target is still valid")
+			}
+			poll(t, "client tables empty", zeroStats(cc))
+			if sc != nil {
+				poll(t, "server tables empty", zeroStats(sc))
+			}
+		})
+	}
+	local := capnp.Client(captp.Sink_ServerToClient(&recordSink{}))
+	defer local.Release()
+	for name, cl := range map[string]capnp.Client{"local": local, "null": {}} {
+		if tgt, ok := engine.NewDirectTarget(cl); ok || tgt.Valid() {
+			t.Errorf("%s: NewDirectTarget ok=%v valid=%v, want neither", name, ok, tgt.Valid())
+		}
+	}
+}
+
 // TestSendDirectConnectionEnd: sends in flight when the connection ends get
 // done once with the connection's error; a send after the end fails at once
 // and done never runs.
