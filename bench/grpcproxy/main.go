@@ -1,28 +1,40 @@
-// Command grpcproxy is the bench harness's grpc-go reference proxy: one half of the
-// grpcgo-tls path, a pair of plain grpc-go proxies joined by gRPC over TLS 1.3 with no
-// Cap'n Proto in between. It measures what grpc-go itself costs a proxy pair (its
-// server on the way in, its client on the way out), the floor under vatcar's own
-// figures. It is a bench peer, not something to deploy.
+// Command grpcproxy is the bench harness's grpc-go reference proxy: one grpc-go server
+// and one grpc-go client with vatcar's settings. Two of them joined by gRPC over TLS
+// 1.3 make the grpcgo-tls reference pair (an alternative design: two grpc-go servers
+// and two clients where vatcar's pair runs one of each plus a Cap'n Proto hop); one
+// alone, h2c on both sides, is the grpcgo-h2c reference path: the grpc-go share of
+// vatcar's pair. It is a bench reference, not something to deploy.
 //
 // It serves every method (grpc.UnknownServiceHandler) and forwards each call as a
 // full-duplex stream on one client connection to --target, message bytes untouched (a
 // raw codec that keeps gRPC's buffers, no copy): request metadata (less the headers
-// gRPC sets itself), deadline and cancellation (through the context) go forward;
-// response headers, trailers and status come back. It has vatcar's best-case grpc-go
-// settings: the sidecar's static flow-control windows on both sides, 64 stream
-// workers, the bridge's buffer pool, and `vatcar run`'s runtime defaults
-// (as sidecar.TuneRuntime sets them: GOMAXPROCS 1, GOGC 200, a 512 MiB soft memory
-// limit, unless the environment sets them).
+// gRPC sets itself), the content-subtype, deadline and cancellation (through the
+// context) go forward; response headers (as soon as they arrive), trailers and status
+// come back. A method whose request is one message (by --proto-descriptors) has its
+// request read on the handler's goroutine, as vatcar's known-unary path does; other
+// calls get a goroutine for the request direction.
+//
+// It has vatcar's grpc-go settings and sockets: the sidecar's static flow-control
+// windows on both sides, 64 stream workers, the bridge's buffer pool, raw socket reads
+// and writes (internal/rawconn) on every connection, HTTP/2 PING ACKs held
+// (internal/pingack) on its h2c sides, where the sidecars hold them on their
+// app-facing ones (the TLS hop of the pair stands for vatcar's Cap'n Proto hop, which
+// has no HTTP/2), and `vatcar run`'s runtime defaults (as sidecar.TuneRuntime sets
+// them: GOMAXPROCS 1, GOGC 200, a 512 MiB soft memory limit, unless the environment
+// sets them).
 //
 // Usage:
 //
 //	grpcproxy --listen HOST:PORT --target HOST:PORT [--tls-cert FILE --tls-key FILE]
-//	          [--target-tls] [--admin-listen HOST:PORT [--pprof]] [--max-message-size BYTES]
+//	          [--target-tls] [--proto-descriptors FILE] [--admin-listen HOST:PORT [--pprof]]
+//	          [--max-message-size BYTES]
 //
 // With --tls-cert and --tls-key it listens with TLS 1.3 only, else h2c. With
 // --target-tls it dials the target with TLS 1.3 without verifying its certificate (the
-// harness's self-signed one). The admin listener serves Prometheus /metrics (Go
-// runtime figures) and, with --pprof, /debug/pprof.
+// harness's self-signed one). --proto-descriptors is a FileDescriptorSet (protoc
+// --descriptor_set_out) naming the methods whose request is one message. The admin
+// listener serves Prometheus /metrics (Go runtime figures) and, with --pprof,
+// /debug/pprof.
 package main
 
 import (
@@ -41,6 +53,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -57,8 +70,12 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	"github.com/vatcar/vatcar/bridge"
+	"github.com/vatcar/vatcar/internal/pingack"
+	"github.com/vatcar/vatcar/internal/rawconn"
 )
 
 func main() {
@@ -79,6 +96,7 @@ type config struct {
 	admin           string
 	pprof           bool
 	maxMessage      int
+	descriptors     string
 }
 
 func parseFlags(args []string) (config, error) {
@@ -92,6 +110,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.admin, "admin-listen", "", "serve /metrics on `HOST:PORT`")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof on the admin listener too")
 	fs.IntVar(&c.maxMessage, "max-message-size", 8<<20, "largest message in `bytes`, either way")
+	fs.StringVar(&c.descriptors, "proto-descriptors", "", "a FileDescriptorSet `file` naming the methods whose request is one message")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -127,6 +146,10 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	tuneRuntime()
+	single, err := singleRequestMethods(cfg.descriptors)
+	if err != nil {
+		return err
+	}
 
 	creds := insecure.NewCredentials()
 	if cfg.targetTLS {
@@ -134,13 +157,14 @@ func run(ctx context.Context, args []string) error {
 		// certificate, and nginx's and HAProxy's back hops are unverified too.
 		creds = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true})
 	}
-	cc, err := grpc.NewClient(cfg.target,
+	// passthrough: the target as given, as the sidecar dials its backend.
+	cc, err := grpc.NewClient("passthrough:///"+cfg.target,
 		grpc.WithTransportCredentials(creds),
+		grpc.WithContextDialer(dialer(!cfg.targetTLS)),
 		grpc.WithNoProxy(),
 		grpc.WithStaticStreamWindowSize(streamWindow), grpc.WithStaticConnWindowSize(connWindow),
 		experimental.WithBufferPool(bridge.BufferPool()),
 		grpc.WithDefaultCallOptions(
-			grpc.ForceCodecV2(frameCodec{}),
 			grpc.MaxCallRecvMsgSize(cfg.maxMessage),
 			grpc.MaxCallSendMsgSize(cfg.maxMessage),
 		),
@@ -152,7 +176,7 @@ func run(ctx context.Context, args []string) error {
 	cc.Connect()
 
 	opts := []grpc.ServerOption{
-		grpc.UnknownServiceHandler(forward(cc)),
+		grpc.UnknownServiceHandler((&proxy{cc: cc, single: single}).forward),
 		grpc.ForceServerCodecV2(frameCodec{}),
 		grpc.InTapHandle(tapMetadata),
 		grpc.MaxRecvMsgSize(cfg.maxMessage),
@@ -175,7 +199,7 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(lis) }()
+	go func() { serveErr <- srv.Serve(rawListener{Listener: lis, holdAcks: cfg.tlsCert == ""}) }()
 
 	if cfg.admin != "" {
 		stopAdmin, err := serveAdmin(cfg.admin, cfg.pprof)
@@ -275,10 +299,9 @@ func skipHeader(key string) bool {
 	return false
 }
 
-// outgoing is ctx with the call's request metadata, less the keys gRPC sets, as the
-// outgoing metadata; ctx itself when none is left.
-func outgoing(ctx context.Context) context.Context {
-	in, _ := ctx.Value(receivedMD{}).(metadata.MD)
+// outgoing is ctx with the call's request metadata in, less the keys gRPC sets, as
+// the outgoing metadata; ctx itself when none is left.
+func outgoing(ctx context.Context, in metadata.MD) context.Context {
 	var out metadata.MD
 	for k, vs := range in {
 		if skipHeader(k) {
@@ -298,70 +321,124 @@ func outgoing(ctx context.Context) context.Context {
 // duplex is how every call goes out: whatever the method, messages may flow both ways.
 var duplex = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 
-// forward returns the handler of every call: it opens a stream on cc for the same
-// method, copies request messages to it on a goroutine and response messages back on
-// the handler's, and ends the call with the target's headers, trailers and status.
-// The stream's context is the call's: the client's deadline goes forward, and a
-// client that cancels cancels the forwarded call.
-func forward(cc *grpc.ClientConn) grpc.StreamHandler {
-	return func(_ any, ss grpc.ServerStream) error {
-		method, ok := grpc.MethodFromServerStream(ss)
-		if !ok {
-			return status.Error(codes.Internal, "grpcproxy: no method name in the stream")
+// proxy forwards every call to cc.
+type proxy struct {
+	cc *grpc.ClientConn
+	// single holds the full names (/pkg.Service/Method) of the methods whose request
+	// is one message; read-only.
+	single map[string]bool
+	// subtypes caches the call options of each content-subtype: string ->
+	// []grpc.CallOption.
+	subtypes sync.Map
+}
+
+// callOptions returns the options that make a call with the client's content-subtype.
+func (p *proxy) callOptions(subtype string) []grpc.CallOption {
+	if o, ok := p.subtypes.Load(subtype); ok {
+		return o.([]grpc.CallOption)
+	}
+	o, _ := p.subtypes.LoadOrStore(subtype, []grpc.CallOption{grpc.ForceCodecV2(frameCodec{name: subtype})})
+	return o.([]grpc.CallOption)
+}
+
+// contentSubtype is the subtype of a gRPC content-type ("json" of
+// application/grpc+json), "" when it has none; lower case, as grpc-go sends it.
+func contentSubtype(md metadata.MD) string {
+	var ct string
+	if vs := md["content-type"]; len(vs) > 0 {
+		ct = vs[0]
+	}
+	rest, ok := strings.CutPrefix(ct, "application/grpc+")
+	if !ok {
+		return ""
+	}
+	if i := strings.IndexByte(rest, ';'); i >= 0 {
+		rest = rest[:i]
+	}
+	return strings.ToLower(rest)
+}
+
+// forward is the handler of every call: it opens a stream on p.cc for the same
+// method, copies request messages to it (on the handler's goroutine for a method
+// whose request is one message, else on a goroutine of its own) and response
+// messages back on the handler's, and ends the call with the target's headers,
+// trailers and status. The stream's context is the call's: the client's deadline
+// goes forward, and a client that cancels cancels the forwarded call.
+func (p *proxy) forward(_ any, ss grpc.ServerStream) error {
+	method, ok := grpc.MethodFromServerStream(ss)
+	if !ok {
+		return status.Error(codes.Internal, "grpcproxy: no method name in the stream")
+	}
+	in, _ := ss.Context().Value(receivedMD{}).(metadata.MD)
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	cs, err := p.cc.NewStream(outgoing(ctx, in), duplex, method, p.callOptions(contentSubtype(in))...)
+	if err != nil {
+		return err
+	}
+	if p.single[method] {
+		// The one request message, on this goroutine. A client that half-closes
+		// without one has the target answer it.
+		f := new(frame)
+		switch err := ss.RecvMsg(f); {
+		case errors.Is(err, io.EOF):
+		case err != nil:
+			return err // the client's stream broke; cancel ends the target's
+		default:
+			if err := cs.SendMsg(f); err != nil {
+				f.free() // not handed over when SendMsg failed before encoding
+			}
 		}
-		ctx, cancel := context.WithCancel(ss.Context())
-		defer cancel()
-		cs, err := cc.NewStream(outgoing(ctx), duplex, method)
-		if err != nil {
-			return err
-		}
+		_ = cs.CloseSend() // a failed send's status comes from RecvMsg below
+	} else {
 		// The request direction. It stops when the client half-closes (then the
 		// target's stream is half-closed), when the call ends, or when the target's
 		// stream fails (its status reaches the client through RecvMsg below). It is
 		// not waited for: a client that keeps sending after the target answered is
 		// only cut off once this handler returns.
-		go func() {
-			for {
-				f := new(frame)
-				if err := ss.RecvMsg(f); err != nil {
-					if errors.Is(err, io.EOF) {
-						_ = cs.CloseSend()
-					} else {
-						// The client's stream broke (cancelled, or a message over
-						// the limit): end the target's, which ends the handler.
-						cancel()
-					}
-					return
-				}
-				if err := cs.SendMsg(f); err != nil {
-					f.free() // not handed over when SendMsg failed before encoding
-					return
-				}
+		go pumpRequests(ss, cs, cancel)
+	}
+	// The response direction: headers as soon as the target sends them (Header
+	// waits for them, or for the end of a call that has none), so a client waiting
+	// for them does not wait for the first message; then messages.
+	if md, err := cs.Header(); err == nil && len(md) > 0 {
+		if err := ss.SendHeader(md); err != nil {
+			return err
+		}
+	}
+	for {
+		f := new(frame)
+		if err := cs.RecvMsg(f); err != nil {
+			ss.SetTrailer(cs.Trailer())
+			if errors.Is(err, io.EOF) {
+				return nil
 			}
-		}()
-		// The response direction.
-		for first := true; ; first = false {
-			f := new(frame)
-			err := cs.RecvMsg(f)
-			if first {
-				// The headers came before the first message or the status: Header
-				// does not wait. They go out with the first message, or with the
-				// status of a call that has none.
-				if md, herr := cs.Header(); herr == nil && len(md) > 0 {
-					_ = ss.SetHeader(md)
-				}
+			return err // the target's status, or the client's cancellation
+		}
+		if err := ss.SendMsg(f); err != nil {
+			f.free() // not handed over when SendMsg failed before encoding
+			return err
+		}
+	}
+}
+
+// pumpRequests copies the client's request messages to cs until the client
+// half-closes (then it half-closes cs) or a stream fails; a broken client stream
+// (cancelled, or a message over the limit) cancels cs, which ends the handler.
+func pumpRequests(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.CancelFunc) {
+	for {
+		f := new(frame)
+		if err := ss.RecvMsg(f); err != nil {
+			if errors.Is(err, io.EOF) {
+				_ = cs.CloseSend()
+			} else {
+				cancel()
 			}
-			if err != nil {
-				ss.SetTrailer(cs.Trailer())
-				if errors.Is(err, io.EOF) {
-					return nil
-				}
-				return err // the target's status, or the client's cancellation
-			}
-			if err := ss.SendMsg(f); err != nil {
-				f.free() // not handed over when SendMsg failed before encoding
-				return err
-			}
+			return
+		}
+		if err := cs.SendMsg(f); err != nil {
+			f.free() // not handed over when SendMsg failed before encoding
+			return
 		}
 	}
 }
@@ -376,14 +453,14 @@ func (f *frame) free() {
 	f.data = nil
 }
 
-// frameCodec moves *frame messages without parsing or copying them. It names itself
-// "proto": the forwarded calls carry application/grpc+proto, what every gRPC app
-// sends; as the server's forced codec it answers any content-subtype.
-type frameCodec struct{}
+// frameCodec moves *frame messages without parsing or copying them. Its name is the
+// content-subtype a forwarded call carries, the client's ("" for plain
+// application/grpc); as the server's forced codec it answers any content-subtype.
+type frameCodec struct{ name string }
 
 var _ encoding.CodecV2 = frameCodec{}
 
-func (frameCodec) Name() string { return "proto" }
+func (c frameCodec) Name() string { return c.name }
 
 func (frameCodec) Marshal(v any) (mem.BufferSlice, error) {
 	f, ok := v.(*frame)
@@ -403,4 +480,76 @@ func (frameCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	data.Ref()
 	f.data = data
 	return nil
+}
+
+// userTimeout is the sidecar's appUserTimeout: grpc-go's default keepalive timeout,
+// which it makes a server connection's TCP_USER_TIMEOUT, but only on a *net.TCPConn,
+// so it is set here before the socket is wrapped.
+const userTimeout = 20 * time.Second
+
+// rawListener hands the server its connections as the sidecar's ingress has them:
+// raw reads and writes, and with holdAcks (h2c) lone PING ACKs held.
+type rawListener struct {
+	net.Listener
+	holdAcks bool
+}
+
+func (l rawListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	_ = rawconn.SetUserTimeout(c, int(userTimeout/time.Millisecond))
+	if l.holdAcks {
+		return pingack.New(rawconn.Wrap(c), pingack.Delay), nil
+	}
+	return rawconn.Wrap(c), nil
+}
+
+// dialer dials the target as the sidecar dials its backend: raw reads and writes,
+// and with holdAcks (h2c) lone PING ACKs held. TLS, when the client has it, goes on
+// top of the raw socket, as on vatcar's TLS hop.
+func dialer(holdAcks bool) func(context.Context, string) (net.Conn, error) {
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		if holdAcks {
+			return pingack.New(rawconn.Wrap(c), pingack.Delay), nil
+		}
+		return rawconn.Wrap(c), nil
+	}
+}
+
+// singleRequestMethods reads a FileDescriptorSet and returns the full names of its
+// methods whose request is one message (not client-streaming); none without a file.
+func singleRequestMethods(file string) (map[string]bool, error) {
+	if file == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("--proto-descriptors: %w", err)
+	}
+	var set descriptorpb.FileDescriptorSet
+	if err := proto.Unmarshal(b, &set); err != nil {
+		return nil, fmt.Errorf("--proto-descriptors %s: not a FileDescriptorSet: %w", file, err)
+	}
+	out := make(map[string]bool)
+	for _, f := range set.GetFile() {
+		prefix := "/"
+		if f.GetPackage() != "" {
+			prefix += f.GetPackage() + "."
+		}
+		for _, svc := range f.GetService() {
+			for _, m := range svc.GetMethod() {
+				if !m.GetClientStreaming() {
+					out[prefix+svc.GetName()+"/"+m.GetName()] = true
+				}
+			}
+		}
+	}
+	return out, nil
 }
