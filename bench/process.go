@@ -42,6 +42,7 @@ func startProcess(name, bin string, args, env []string, logPath string) (*proces
 	}
 	w := io.MultiWriter(logf, p.out)
 	p.cmd.Stdout, p.cmd.Stderr = w, w
+	dieWithParent(p.cmd)
 	if err := p.cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
