@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -105,8 +106,8 @@ func TestRunDirectWritesSaneResults(t *testing.T) {
 	if strings.Contains(string(md), "Failed calls") {
 		t.Errorf("calls failed on the direct path:\n%s", md)
 	}
-	if strings.Contains(string(md), "grpcgo-tls is a reference") {
-		t.Errorf("Markdown explains grpcgo-tls in a run without it:\n%s", md)
+	if strings.Contains(string(md), "grpcgo-tls is a reference") || strings.Contains(string(md), "grpcgo-h2c is a reference") {
+		t.Errorf("Markdown explains grpcgo-tls or grpcgo-h2c in a run without them:\n%s", md)
 	}
 }
 
@@ -385,8 +386,8 @@ func TestRoundsReportOneRowEach(t *testing.T) {
 
 // TestMarkdownComparesWithBestPeer writes the report of made-up rows: each ratio to the
 // best peer takes the better of nginx-tls and haproxy-tls column by column (the higher
-// calls/s, the lower p50 and CPU), never the grpcgo-tls reference, and the targets are
-// checked against it.
+// calls/s, the lower p50 and CPU), never the grpcgo-tls or grpcgo-h2c references, and
+// the targets are checked against it.
 func TestMarkdownComparesWithBestPeer(t *testing.T) {
 	row := func(sc, p string, calls, p50, cpu float64) Result {
 		return Result{Scenario: sc, Path: p, CallsPerS: calls, P50us: p50, ProxyCPUmsPerKcall: cpu, ProxyRSSMiB: 30}
@@ -401,6 +402,8 @@ func TestMarkdownComparesWithBestPeer(t *testing.T) {
 		// The grpc-go reference beats both peers in every column: it is compared
 		// with (calls/s vs grpcgo-tls) but never the best peer.
 		row("unary-100B-c16", pathGrpcgo, 20000, 800, 20),
+		// So does the one-proxy reference, and it is not the best peer either.
+		row("unary-100B-c16", pathGrpcgoH2C, 30000, 500, 10),
 		// Only one peer measured: it is the best.
 		row("pingpong-c1", pathNginx, 6000, 150, 90),
 		row("pingpong-c1", pathVatcar, 6000, 150, 80),
@@ -427,7 +430,9 @@ func TestMarkdownComparesWithBestPeer(t *testing.T) {
 		"- pass: idle vatcar import <= 20 MiB RSS: 17.5 MiB",
 		"- FAIL: open-streams-10000, vatcar export <= 512 MiB RSS: 600.0 MiB",
 		"| unary-100B-c16 | grpcgo-tls | 20000 | 800 | — | — | 20.0 | 30.0 | — | 1.67x | 1.00x | 1.67x nginx-tls | 0.67x nginx-tls | 0.67x haproxy-tls |",
-		"grpcgo-tls is a reference, not a peer",
+		"grpcgo-tls is a reference pair, not a peer",
+		"| unary-100B-c16 | grpcgo-h2c | 30000 | 500 | — | — | 10.0 | 30.0 | — | 2.50x | 1.50x | 2.50x nginx-tls | 0.42x nginx-tls | 0.33x haproxy-tls |",
+		"grpcgo-h2c is a reference, not a peer",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("Markdown lacks %q:\n%s", want, md)
@@ -436,7 +441,7 @@ func TestMarkdownComparesWithBestPeer(t *testing.T) {
 	// The targets concern vatcar only, against nginx-tls and haproxy-tls.
 	_, targets, _ := strings.Cut(md, "Issue 16's targets")
 	if targets == "" || strings.Contains(targets, "grpcgo") {
-		t.Errorf("targets missing or naming grpcgo-tls:\n%s", md)
+		t.Errorf("targets missing or naming grpcgo-tls or grpcgo-h2c:\n%s", md)
 	}
 	// A scenario vatcar did not run is not checked.
 	if strings.Contains(md, "unary-100B-c64 calls/s") {
@@ -486,6 +491,9 @@ func TestStalledCallsEndTheScenario(t *testing.T) {
 const (
 	methodProbeStatus = "/bench.Probe/Status" // headers, trailers and a non-OK status from the request's metadata
 	methodProbeWait   = "/bench.Probe/Wait"   // reports its deadline, waits for the call to end, reports why
+	// methodProbeHeaderFirst sends its headers, then waits for one message, echoes it
+	// and ends.
+	methodProbeHeaderFirst = "/bench.Probe/HeaderFirst"
 )
 
 // probeBackend serves the bench methods and the probe methods: Status answers the
@@ -528,6 +536,15 @@ func startProbeBackend(t *testing.T) *probeBackend {
 					return err
 				}
 				return st.Err()
+			case methodProbeHeaderFirst:
+				if err := ss.SendHeader(metadata.Pairs("x-first", "before-any-message")); err != nil {
+					return err
+				}
+				var m []byte
+				if err := ss.RecvMsg(&m); err != nil {
+					return err
+				}
+				return ss.SendMsg(&m)
 			case methodProbeWait:
 				var left time.Duration
 				if d, ok := ctx.Deadline(); ok {
@@ -545,23 +562,21 @@ func startProbeBackend(t *testing.T) *probeBackend {
 	return b
 }
 
+// The grpc-go reference proxies (bench/grpcproxy) are checked on a probe backend, with
+// the harness's descriptor set (so Unary and Stream take the single-request path,
+// the probe methods the request goroutine): checkForwarding says what crosses them.
+
 // TestGrpcgoPairCarriesCalls builds bench/grpcproxy, brings up the grpcgo-tls path
-// with pprof on a probe backend, and checks what crosses it: unary calls (one above
-// gRPC's default 4 MiB limit), a server stream and a bidi stream with their contents,
-// request metadata, response headers, trailers and a non-OK status with its detail,
-// the deadline, and a client's cancellation; then the harness's scenarios with their
-// proxy costs, each proxy's /metrics and /debug/pprof, and TLS 1.3 with ALPN h2
-// between the two proxies.
+// with pprof on a probe backend, checks what crosses it (checkForwarding), the
+// harness's scenarios with their proxy costs, each proxy's /metrics and
+// /debug/pprof, and TLS 1.3 with ALPN h2 between the two proxies.
 func TestGrpcgoPairCarriesCalls(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	bin, err := buildGrpcproxy(ctx, dir)
-	if err != nil {
-		t.Fatalf("build: %v", err)
-	}
+	bin, protoset := buildGrpcproxyForTest(t, dir)
 	be := startProbeBackend(t)
 	defer be.srv.Stop()
-	p, err := startGrpcgo(ctx, bin, dir, be.lis.Addr().String(), true)
+	p, err := startGrpcgo(ctx, bin, dir, be.lis.Addr().String(), grpcgoOptions{Protoset: protoset, Pprof: true})
 	if err != nil {
 		t.Fatalf("startGrpcgo: %v", err)
 	}
@@ -572,6 +587,82 @@ func TestGrpcgoPairCarriesCalls(t *testing.T) {
 	if ins := p.Instances(); len(ins) != 2 || len(pids(p)) != 2 {
 		t.Fatalf("instances %+v: want two, one process each", ins)
 	}
+	checkForwarding(t, p, be)
+	carriesCalls(t, p)
+	checkAdmin(t, p, dir)
+
+	// The hop between the proxies is TLS 1.3 with ALPN h2.
+	conn, err := tls.Dial("tcp", p.hop, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2", "http/1.1"}})
+	if err != nil {
+		t.Fatalf("TLS to the back proxy at %s: %v", p.hop, err)
+	}
+	tst := conn.ConnectionState()
+	conn.Close()
+	if tst.Version != tls.VersionTLS13 || tst.NegotiatedProtocol != "h2" {
+		t.Errorf("back proxy: got TLS version %#x and ALPN %q, want TLS 1.3 and h2", tst.Version, tst.NegotiatedProtocol)
+	}
+	if c, err := tls.Dial("tcp", p.hop, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12}); err == nil {
+		c.Close()
+		t.Errorf("back proxy accepted TLS 1.2, want TLS 1.3 only")
+	}
+}
+
+// TestGrpcgoH2CCarriesCalls brings up the grpcgo-h2c path (one proxy, h2c both
+// sides) with pprof and GOGC=150 in its environment (--vatcar-env) on a probe
+// backend, and checks what crosses it (checkForwarding), the harness's scenarios,
+// its /metrics and /debug/pprof, and that the environment reached its runtime.
+func TestGrpcgoH2CCarriesCalls(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	bin, protoset := buildGrpcproxyForTest(t, dir)
+	be := startProbeBackend(t)
+	defer be.srv.Stop()
+	p, err := startGrpcgoH2C(ctx, bin, dir, be.lis.Addr().String(), grpcgoOptions{Protoset: protoset, Env: []string{"GOGC=150"}, Pprof: true})
+	if err != nil {
+		t.Fatalf("startGrpcgoH2C: %v", err)
+	}
+	defer p.Close()
+	if p.Name() != "grpcgo-h2c" || slices.Contains(peerPaths, p.Name()) {
+		t.Errorf("name %q, peers %v: want grpcgo-h2c, not a peer", p.Name(), peerPaths)
+	}
+	if ins := p.Instances(); len(ins) != 1 || len(pids(p)) != 1 {
+		t.Fatalf("instances %+v: want one, one process", ins)
+	}
+	checkForwarding(t, p, be)
+	carriesCalls(t, p)
+	checkAdmin(t, p, dir)
+	body, err := fetchBody(ctx, "http://"+p.Instances()[0].Metrics+"/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(body, "\ngo_gc_gogc_percent 150\n") {
+		t.Errorf("the proxy's GOGC is not the environment's 150: /metrics has %q", grepLines(body, "go_gc_gogc_percent"))
+	}
+}
+
+// buildGrpcproxyForTest builds bench/grpcproxy and writes the harness's descriptor set
+// into dir.
+func buildGrpcproxyForTest(t *testing.T, dir string) (bin, protoset string) {
+	t.Helper()
+	bin, err := buildGrpcproxy(context.Background(), dir)
+	if err != nil {
+		t.Fatalf("build: %v", err)
+	}
+	protoset = filepath.Join(dir, "bench.protoset")
+	if err := writeProtoset(protoset); err != nil {
+		t.Fatal(err)
+	}
+	return bin, protoset
+}
+
+// checkForwarding checks what crosses the path p to the probe backend be: unary calls
+// (one above gRPC's default 4 MiB limit), a server stream and a bidi stream with their
+// contents, request metadata and the client's content-type (+json, then +proto),
+// response headers, trailers and a non-OK status with its detail, the deadline, a
+// client's cancellation, and response headers sent before any message.
+func checkForwarding(t *testing.T, p path, be *probeBackend) {
+	t.Helper()
+	ctx := context.Background()
 	cc, err := dial(p.Target())
 	if err != nil {
 		t.Fatal(err)
@@ -648,7 +739,7 @@ func TestGrpcgoPairCarriesCalls(t *testing.T) {
 	mdCtx := metadata.AppendToOutgoingContext(callCtx, "x-probe", "42", "x-probe-bin", "\x00\xff")
 	var hdr, trl metadata.MD
 	preq := []byte("\x01\x02trailer")
-	err = cc.Invoke(mdCtx, methodProbeStatus, &preq, &resp, grpc.Header(&hdr), grpc.Trailer(&trl))
+	err = cc.Invoke(mdCtx, methodProbeStatus, &preq, &resp, grpc.Header(&hdr), grpc.Trailer(&trl), grpc.CallContentSubtype("json"))
 	st := status.Convert(err)
 	if st.Code() != codes.FailedPrecondition || st.Message() != "probe says no to 42" {
 		t.Errorf("status: got %v, want FailedPrecondition: probe says no to 42", err)
@@ -662,7 +753,10 @@ func TestGrpcgoPairCarriesCalls(t *testing.T) {
 	if got, gotBin := trl.Get("x-trail"), trl.Get("x-trail-bin"); !slices.Equal(got, []string{"t-42"}) || !slices.Equal(gotBin, []string{string(preq)}) {
 		t.Errorf("trailers: got x-trail %q x-trail-bin %q, want [t-42] and the request (all: %v)", got, gotBin, trl)
 	}
-	md := <-be.mds
+	md := recvWithin(t, be.mds, "the backend's request metadata")
+	if got := md.Get("content-type"); !slices.Equal(got, []string{"application/grpc+json"}) {
+		t.Errorf("backend's content-type: got %q, want the client's application/grpc+json", got)
+	}
 	if got := md.Get("x-probe-bin"); !slices.Equal(got, []string{"\x00\xff"}) {
 		t.Errorf("backend's x-probe-bin: got %q, want one value \\x00\\xff", got)
 	}
@@ -679,11 +773,11 @@ func TestGrpcgoPairCarriesCalls(t *testing.T) {
 		var wreq, wresp []byte
 		done <- cc.Invoke(wctx, methodProbeWait, &wreq, &wresp)
 	}()
-	if left := <-be.deadlines; left <= 0 || left > 40*time.Second {
+	if left := recvWithin(t, be.deadlines, "the backend's deadline"); left <= 0 || left > 40*time.Second {
 		t.Errorf("backend's deadline: %v left, want some of the client's 40s", left)
 	}
 	wcancel()
-	if err := <-done; status.Code(err) != codes.Canceled {
+	if err := recvWithin(t, done, "the cancelled call's end"); status.Code(err) != codes.Canceled {
 		t.Errorf("cancelled call: got %v, want Canceled", err)
 	}
 	select {
@@ -695,8 +789,49 @@ func TestGrpcgoPairCarriesCalls(t *testing.T) {
 		t.Fatal("the backend's call still runs 30s after the client cancelled it")
 	}
 
-	carriesCalls(t, p)
+	// The subtype of each call goes forward, not the first one's: a +proto call
+	// after the +json one.
+	if err := cc.Invoke(mdCtx, methodProbeStatus, &preq, &resp); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("status (+proto): got %v, want FailedPrecondition", err)
+	}
+	md = recvWithin(t, be.mds, "the backend's request metadata")
+	if got := md.Get("content-type"); !slices.Equal(got, []string{"application/grpc+proto"}) {
+		t.Errorf("backend's content-type: got %q, want the client's application/grpc+proto", got)
+	}
 
+	// Response headers come back before any response message: the backend sends
+	// them, then waits for the client's message.
+	hf, err := cc.NewStream(callCtx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, methodProbeHeaderFirst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	headers := make(chan metadata.MD, 1)
+	go func() {
+		h, _ := hf.Header()
+		headers <- h
+	}()
+	if got := recvWithin(t, headers, "the header-first call's headers").Get("x-first"); !slices.Equal(got, []string{"before-any-message"}) {
+		t.Errorf("header-first: got x-first %q, want [before-any-message]", got)
+	}
+	hreq, hresp := []byte("now"), []byte(nil)
+	if err := hf.SendMsg(&hreq); err != nil {
+		t.Fatal(err)
+	}
+	if err := hf.RecvMsg(&hresp); err != nil || string(hresp) != "now" {
+		t.Fatalf("header-first: got %q, %v; want the message back", hresp, err)
+	}
+	if err := hf.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if err := hf.RecvMsg(&hresp); !errors.Is(err, io.EOF) {
+		t.Fatalf("header-first end: got %v, want io.EOF", err)
+	}
+}
+
+// checkAdmin checks each instance's /metrics and /debug/pprof.
+func checkAdmin(t *testing.T, p path, dir string) {
+	t.Helper()
+	ctx := context.Background()
 	for _, in := range p.Instances() {
 		rt, err := scrapeGo(ctx, in.Metrics)
 		if err != nil || rt.Mallocs <= 0 || rt.Goroutines <= 0 {
@@ -706,19 +841,49 @@ func TestGrpcgoPairCarriesCalls(t *testing.T) {
 			t.Errorf("%s /debug/pprof: %v", in.Name, err)
 		}
 	}
+}
 
-	// The hop between the proxies is TLS 1.3 with ALPN h2.
-	conn, err := tls.Dial("tcp", p.hop, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2", "http/1.1"}})
+// recvWithin receives from ch, failing the test if nothing comes within 30 s (a hung
+// proxy would otherwise hold the test until go test's timeout, which skips the
+// deferred cleanups).
+func recvWithin[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: nothing within 30s", what)
+		panic("unreachable")
+	}
+}
+
+// fetchBody GETs url and returns its body.
+func fetchBody(ctx context.Context, url string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		t.Fatalf("TLS to the back proxy at %s: %v", p.hop, err)
+		return "", err
 	}
-	tst := conn.ConnectionState()
-	conn.Close()
-	if tst.Version != tls.VersionTLS13 || tst.NegotiatedProtocol != "h2" {
-		t.Errorf("back proxy: got TLS version %#x and ALPN %q, want TLS 1.3 and h2", tst.Version, tst.NegotiatedProtocol)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
 	}
-	if c, err := tls.Dial("tcp", p.hop, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12}); err == nil {
-		c.Close()
-		t.Errorf("back proxy accepted TLS 1.2, want TLS 1.3 only")
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
+	return string(b), err
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) []string {
+	var out []string
+	for l := range strings.SplitSeq(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return out
 }

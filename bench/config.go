@@ -21,8 +21,8 @@ type Config struct {
 	// Rounds is how many times each scenario runs on each path, the paths taking
 	// turns; every column reported is the median over the rounds. Zero: 1.
 	Rounds int
-	// Paths to measure, from direct, nginx-tls, haproxy-tls, grpcgo-tls, vatcar. Empty:
-	// all.
+	// Paths to measure, from direct, nginx-tls, haproxy-tls, grpcgo-h2c, grpcgo-tls,
+	// vatcar. Empty: all.
 	Paths []string
 	// Scenarios to run, by name. Empty: all.
 	Scenarios []string
@@ -38,10 +38,12 @@ type Config struct {
 	VatcarArgs []string
 	// NoDescriptors runs the sidecars without --proto-descriptors: every call
 	// then takes the bridge's general path, as for a deployment that gives the
-	// sidecars no descriptor sets.
+	// sidecars no descriptor sets. The grpc-go reference proxies then get none
+	// either (each call has a request goroutine).
 	NoDescriptors bool
 	// VatcarEnv are KEY=VALUE variables added to both sidecars' environment (GOGC=200,
-	// GOMAXPROCS=1, ...), to measure runtime settings.
+	// GOMAXPROCS=1, ...), to measure runtime settings; the grpc-go reference proxies
+	// (grpcgo-h2c, grpcgo-tls) get them too.
 	VatcarEnv []string
 	// Nginx and HAProxy are the peer proxies' binaries. Empty: nginx or haproxy from
 	// PATH or /usr/sbin, installed with apt-get when missing unless NoInstall.
@@ -49,7 +51,7 @@ type Config struct {
 	HAProxy   string
 	NoInstall bool
 	// PprofDir, when set, receives CPU, allocation, block and mutex profiles of each
-	// vatcar sidecar and grpcgo-tls proxy during the profiled scenarios. The sidecars
+	// vatcar sidecar and grpc-go reference proxy during the profiled scenarios. The sidecars
 	// are then built from bench/vatcarprof (the same sidecar with net/http/pprof)
 	// unless Vatcar is set.
 	PprofDir string
@@ -135,7 +137,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.Out, "out", "", "JSON results `file` (default bench-results.json); the Markdown table goes beside it")
 	fs.BoolVar(&c.Quick, "quick", false, "short windows: the whole run stays under 5 minutes")
 	fs.IntVar(&c.Rounds, "rounds", 0, "run every scenario `N` times per path, paths taking turns, and report medians (default 1)")
-	fs.StringVar(&paths, "paths", "", "comma-separated paths (default direct,nginx-tls,haproxy-tls,grpcgo-tls,vatcar)")
+	fs.StringVar(&paths, "paths", "", "comma-separated paths (default direct,nginx-tls,haproxy-tls,grpcgo-h2c,grpcgo-tls,vatcar)")
 	fs.StringVar(&scenarios, "scenarios", "", "comma-separated scenarios (default all)")
 	fs.DurationVar(&c.Warmup, "warmup", 0, "warm-up per scenario and path (default 2s, quick 0.5s)")
 	fs.DurationVar(&c.Duration, "duration", 0, "measured window per scenario and path (default 10s, quick 2s)")
@@ -143,7 +145,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.Vatcar, "vatcar", "", "vatcar `binary` (default: ./cmd/vatcar built as the sidecar image's binary, tools/build.sh --sidecar)")
 	fs.StringVar(&vatcarArgs, "vatcar-args", "", "extra space-separated flags for both sidecars")
 	fs.BoolVar(&c.NoDescriptors, "no-descriptors", false, "run the sidecars without --proto-descriptors (every call on the general path)")
-	fs.StringVar(&vatcarEnv, "vatcar-env", "", "extra space-separated KEY=VALUE environment for both sidecars")
+	fs.StringVar(&vatcarEnv, "vatcar-env", "", "extra space-separated KEY=VALUE environment for both sidecars (and the grpc-go reference proxies)")
 	fs.StringVar(&c.Nginx, "nginx", "", "nginx `binary` (default: from PATH, apt-get installed if missing)")
 	fs.StringVar(&c.HAProxy, "haproxy", "", "haproxy `binary` (default: from PATH, apt-get installed if missing)")
 	fs.BoolVar(&c.NoInstall, "no-install", false, "never apt-get install nginx or haproxy")

@@ -206,13 +206,23 @@ func startPath(ctx context.Context, cfg Config, name, dir, backendAddr string, i
 		}
 		info.HAProxy = haproxyVersion(bin)
 		return startHAProxy(ctx, bin, dir, backendAddr)
-	case pathGrpcgo:
+	case pathGrpcgo, pathGrpcgoH2C:
 		logf("building %s", pkgGrpcproxy)
 		bin, err := buildGrpcproxy(ctx, dir)
 		if err != nil {
 			return nil, err
 		}
-		return startGrpcgo(ctx, bin, dir, backendAddr, cfg.PprofDir != "")
+		o := grpcgoOptions{Env: cfg.VatcarEnv, Pprof: cfg.PprofDir != ""}
+		if !cfg.NoDescriptors {
+			o.Protoset = filepath.Join(dir, "bench.protoset")
+			if err := writeProtoset(o.Protoset); err != nil {
+				return nil, err
+			}
+		}
+		if name == pathGrpcgoH2C {
+			return startGrpcgoH2C(ctx, bin, dir, backendAddr, o)
+		}
+		return startGrpcgo(ctx, bin, dir, backendAddr, o)
 	case pathVatcar:
 		bin := cfg.Vatcar
 		if bin == "" {

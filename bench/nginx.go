@@ -13,9 +13,10 @@ import (
 
 // proxyPair is a front and a back proxy process with TLS 1.3 between them, h2c on both
 // ends: a peer proxy pair a user would deploy instead of vatcar (nginx-tls,
-// haproxy-tls), or the grpc-go reference pair (grpcgo-tls).
+// haproxy-tls), or the grpc-go reference pair (grpcgo-tls); or a lone front proxy with
+// no back, h2c both sides (grpcgo-h2c).
 type proxyPair struct {
-	name        string // pathNginx, pathHAProxy or pathGrpcgo
+	name        string // pathNginx, pathHAProxy, pathGrpcgo or pathGrpcgoH2C
 	target      string
 	hop         string // the back process's TLS address, when known (grpcgo-tls)
 	front, back *process

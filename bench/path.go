@@ -6,14 +6,16 @@ const (
 	pathNginx   = "nginx-tls"
 	pathHAProxy = "haproxy-tls"
 	pathGrpcgo  = "grpcgo-tls"
-	pathVatcar  = "vatcar"
+	// pathGrpcgoH2C is one grpc-go proxy, h2c both sides.
+	pathGrpcgoH2C = "grpcgo-h2c"
+	pathVatcar    = "vatcar"
 )
 
-var allPaths = []string{pathDirect, pathNginx, pathHAProxy, pathGrpcgo, pathVatcar}
+var allPaths = []string{pathDirect, pathNginx, pathHAProxy, pathGrpcgoH2C, pathGrpcgo, pathVatcar}
 
 // peerPaths are the proxy pairs a user would deploy instead of vatcar; the report
-// compares vatcar with the better of them. grpcgo-tls is not one: it is a reference,
-// what grpc-go alone costs a proxy pair (grpcgo.go).
+// compares vatcar with the better of them. grpcgo-tls and grpcgo-h2c are not among
+// them: they are references, grpc-go proxies with vatcar's settings (grpcgo.go).
 var peerPaths = []string{pathNginx, pathHAProxy}
 
 // path is one way from the load generator to the backend.

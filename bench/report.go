@@ -205,9 +205,16 @@ func writeMarkdown(w io.Writer, rep Report, info runInfo) {
 		"the higher calls/s, the lower p50, the lower proxy CPU per call; the cell names which one it was.")
 	if slices.ContainsFunc(rep.Results, func(r Result) bool { return r.Path == pathGrpcgo }) {
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "grpcgo-tls is a reference, not a peer: a pair of plain grpc-go proxies (bench/grpcproxy) joined by gRPC over TLS 1.3, "+
-			"with vatcar's grpc-go settings and runtime defaults and no Cap'n Proto: what grpc-go's server and client alone cost a proxy pair, "+
-			"the floor under vatcar's figures. It is never the best peer and the targets ignore it.")
+		fmt.Fprintln(w, "grpcgo-tls is a reference pair, not a peer: two plain grpc-go proxies (bench/grpcproxy) joined by gRPC over TLS 1.3, "+
+			"with vatcar's grpc-go settings, sockets and runtime defaults and no Cap'n Proto. It runs two grpc-go servers and two clients "+
+			"where vatcar's pair runs one of each plus a Cap'n Proto hop: an alternative design, not a lower bound under vatcar's figures. "+
+			"It is never the best peer and the targets ignore it.")
+	}
+	if slices.ContainsFunc(rep.Results, func(r Result) bool { return r.Path == pathGrpcgoH2C }) {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "grpcgo-h2c is a reference, not a peer: one bench/grpcproxy, h2c both sides, "+
+			"one grpc-go server and one grpc-go client with vatcar's settings: the grpc-go share of vatcar's pair, measured in the same run. "+
+			"It is never the best peer and the targets ignore it.")
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "calls/s counts calls (unary), messages (stream) or round trips (pingpong); MB/s is payload received by the client (10^6 bytes/s); "+
