@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -61,17 +65,59 @@ func (o grpcgoOptions) args() []string {
 	return a
 }
 
-// freePorts returns n 127.0.0.1 ports that were free a moment ago.
-func freePorts(n int) ([]string, error) {
-	addrs := make([]string, n)
-	for i := range addrs {
-		a, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		addrs[i] = a
+// startGrpcproxy starts one proxy named name (its log and address file in dir,
+// named after file) with args, listening and serving its admin port on ports the
+// kernel picks, and returns once it tells them (--addr-file): no race for a port
+// found free a moment before.
+func startGrpcproxy(ctx context.Context, name, file, bin, dir string, args []string, o grpcgoOptions) (p *process, listen, admin string, err error) {
+	addrFile := filepath.Join(dir, file+".addrs")
+	args = append(append([]string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--addr-file", addrFile}, args...), o.args()...)
+	p, err = startProcess(name, bin, args, o.Env, filepath.Join(dir, file+".log"))
+	if err != nil {
+		return nil, "", "", err
 	}
-	return addrs, nil
+	listen, admin, err = waitAddrFile(ctx, addrFile, 60*time.Second, p)
+	if err != nil {
+		p.Stop()
+		return nil, "", "", fmt.Errorf("%w: %s: %w", errSkipped, name, err)
+	}
+	return p, listen, admin, nil
+}
+
+// waitAddrFile polls for a proxy's --addr-file until it is there, the process exits
+// or the timeout passes, and returns its listen and admin addresses.
+func waitAddrFile(ctx context.Context, file string, timeout time.Duration, p *process) (listen, admin string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		b, err := os.ReadFile(file)
+		if err == nil {
+			for line := range strings.SplitSeq(string(b), "\n") {
+				switch k, v, _ := strings.Cut(line, " "); k {
+				case "listen":
+					listen = v
+				case "admin":
+					admin = v
+				}
+			}
+			if listen == "" || admin == "" {
+				return "", "", fmt.Errorf("address file %s: got %q, want listen and admin lines", file, b)
+			}
+			return listen, admin, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", "", fmt.Errorf("address file: %w", err)
+		}
+		select {
+		case <-p.done:
+			return "", "", p.exited()
+		case <-ctx.Done():
+			return "", "", fmt.Errorf("no address file %s after %v", file, timeout)
+		case <-tick.C:
+		}
+	}
 }
 
 // startGrpcgo writes a TLS certificate into dir, starts the back proxy (TLS 1.3 in
@@ -84,28 +130,22 @@ func startGrpcgo(ctx context.Context, bin, dir, backendAddr string, o grpcgoOpti
 	if err := writeSelfSigned(cert, key); err != nil {
 		return nil, err
 	}
-	addrs, err := freePorts(4)
+	g := &proxyPair{name: pathGrpcgo}
+	back, backAddr, backAdmin, err := startGrpcproxy(ctx, "grpcgo back", "back", bin, dir, []string{
+		"--tls-cert", cert, "--tls-key", key, "--target", backendAddr,
+	}, o)
 	if err != nil {
 		return nil, err
 	}
-	frontAddr, backAddr, frontAdmin, backAdmin := addrs[0], addrs[1], addrs[2], addrs[3]
-	g := &proxyPair{name: pathGrpcgo, target: frontAddr, hop: backAddr}
-	back, err := startProcess("grpcgo back", bin, append([]string{
-		"--listen", backAddr, "--tls-cert", cert, "--tls-key", key,
-		"--target", backendAddr, "--admin-listen", backAdmin,
-	}, o.args()...), o.Env, filepath.Join(dir, "back.log"))
-	if err != nil {
-		return nil, err
-	}
-	g.back = back
-	front, err := startProcess("grpcgo front", bin, append([]string{
-		"--listen", frontAddr, "--target", backAddr, "--target-tls", "--admin-listen", frontAdmin,
-	}, o.args()...), o.Env, filepath.Join(dir, "front.log"))
+	g.back, g.hop = back, backAddr
+	front, frontAddr, frontAdmin, err := startGrpcproxy(ctx, "grpcgo front", "front", bin, dir, []string{
+		"--target", backAddr, "--target-tls",
+	}, o)
 	if err != nil {
 		g.Close()
 		return nil, err
 	}
-	g.front = front
+	g.front, g.target = front, frontAddr
 	if err := waitReady(ctx, frontAddr, 60*time.Second, g.front, g.back); err != nil {
 		g.Close()
 		return nil, fmt.Errorf("%w: grpcgo pair: %w", errSkipped, err)
@@ -126,18 +166,11 @@ func startGrpcgo(ctx context.Context, bin, dir, backendAddr string, o grpcgoOpti
 // pprof /debug/pprof there too. A proxy that exits wraps errSkipped with its last
 // output.
 func startGrpcgoH2C(ctx context.Context, bin, dir, backendAddr string, o grpcgoOptions) (*proxyPair, error) {
-	addrs, err := freePorts(2)
+	proc, addr, admin, err := startGrpcproxy(ctx, "grpcgo h2c", "grpcproxy", bin, dir, []string{"--target", backendAddr}, o)
 	if err != nil {
 		return nil, err
 	}
-	addr, admin := addrs[0], addrs[1]
-	g := &proxyPair{name: pathGrpcgoH2C, target: addr}
-	g.front, err = startProcess("grpcgo h2c", bin, append([]string{
-		"--listen", addr, "--target", backendAddr, "--admin-listen", admin,
-	}, o.args()...), o.Env, filepath.Join(dir, "grpcproxy.log"))
-	if err != nil {
-		return nil, err
-	}
+	g := &proxyPair{name: pathGrpcgoH2C, target: addr, front: proc}
 	if err := waitReady(ctx, addr, 60*time.Second, g.front); err != nil {
 		g.Close()
 		return nil, fmt.Errorf("%w: grpcgo-h2c proxy: %w", errSkipped, err)

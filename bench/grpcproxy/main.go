@@ -27,14 +27,16 @@
 //
 //	grpcproxy --listen HOST:PORT --target HOST:PORT [--tls-cert FILE --tls-key FILE]
 //	          [--target-tls] [--proto-descriptors FILE] [--admin-listen HOST:PORT [--pprof]]
-//	          [--max-message-size BYTES]
+//	          [--max-message-size BYTES] [--addr-file FILE]
 //
 // With --tls-cert and --tls-key it listens with TLS 1.3 only, else h2c. With
 // --target-tls it dials the target with TLS 1.3 without verifying its certificate (the
 // harness's self-signed one). --proto-descriptors is a FileDescriptorSet (protoc
 // --descriptor_set_out) naming the methods whose request is one message. The admin
 // listener serves Prometheus /metrics (Go runtime figures) and, with --pprof,
-// /debug/pprof.
+// /debug/pprof. Either listener may have port 0: --addr-file then tells the bound
+// addresses, written once both listen ("listen HOST:PORT" and "admin HOST:PORT"
+// lines).
 package main
 
 import (
@@ -97,6 +99,7 @@ type config struct {
 	pprof           bool
 	maxMessage      int
 	descriptors     string
+	addrFile        string
 }
 
 func parseFlags(args []string) (config, error) {
@@ -110,6 +113,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.admin, "admin-listen", "", "serve /metrics on `HOST:PORT`")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof on the admin listener too")
 	fs.IntVar(&c.maxMessage, "max-message-size", 8<<20, "largest message in `bytes`, either way")
+	fs.StringVar(&c.addrFile, "addr-file", "", "once listening, write the bound addresses (\"listen HOST:PORT\", \"admin HOST:PORT\" lines) to `file`")
 	fs.StringVar(&c.descriptors, "proto-descriptors", "", "a FileDescriptorSet `file` naming the methods whose request is one message")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -201,13 +205,21 @@ func run(ctx context.Context, args []string) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(rawListener{Listener: lis, holdAcks: cfg.tlsCert == ""}) }()
 
+	adminAddr := ""
 	if cfg.admin != "" {
-		stopAdmin, err := serveAdmin(cfg.admin, cfg.pprof)
+		stopAdmin, addr, err := serveAdmin(cfg.admin, cfg.pprof)
 		if err != nil {
 			srv.Stop()
 			return err
 		}
 		defer stopAdmin()
+		adminAddr = addr
+	}
+	if cfg.addrFile != "" {
+		if err := writeAddrFile(cfg.addrFile, lis.Addr().String(), adminAddr); err != nil {
+			srv.Stop()
+			return err
+		}
 	}
 
 	select {
@@ -254,7 +266,7 @@ func tuneRuntime() {
 
 // serveAdmin serves /metrics (the Go collector: go_memstats_mallocs_total,
 // go_goroutines, ...) and, with pprof, /debug/pprof on addr.
-func serveAdmin(addr string, withPprof bool) (stop func(), err error) {
+func serveAdmin(addr string, withPprof bool) (stop func(), bound string, err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector())
 	mux := http.NewServeMux()
@@ -265,11 +277,29 @@ func serveAdmin(addr string, withPprof bool) (stop func(), err error) {
 	}
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("admin listen: %w", err)
+		return nil, "", fmt.Errorf("admin listen: %w", err)
 	}
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = hs.Serve(lis) }()
-	return func() { _ = hs.Close() }, nil
+	return func() { _ = hs.Close() }, lis.Addr().String(), nil
+}
+
+// writeAddrFile writes the bound addresses to file, "listen HOST:PORT" and (with an
+// admin listener) "admin HOST:PORT" lines, in one rename: a reader sees all or
+// nothing.
+func writeAddrFile(file, listen, admin string) error {
+	text := "listen " + listen + "\n"
+	if admin != "" {
+		text += "admin " + admin + "\n"
+	}
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
+		return fmt.Errorf("--addr-file: %w", err)
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		return fmt.Errorf("--addr-file: %w", err)
+	}
+	return nil
 }
 
 // receivedMD is the context key of a call's request metadata as the server transport

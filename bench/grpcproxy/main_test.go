@@ -38,6 +38,7 @@ func TestParseFlags(t *testing.T) {
 		{"tls", []string{"--listen", "a:1", "--target", "b:2", "--tls-cert", "c", "--tls-key", "k", "--target-tls"}, true},
 		{"pprof", []string{"--listen", "a:1", "--target", "b:2", "--admin-listen", "c:3", "--pprof"}, true},
 		{"descriptors", []string{"--listen", "a:1", "--target", "b:2", "--proto-descriptors", "d"}, true},
+		{"addr file", []string{"--listen", "127.0.0.1:0", "--target", "b:2", "--addr-file", "f"}, true},
 		{"no target", []string{"--listen", "a:1"}, false},
 		{"cert without key", []string{"--listen", "a:1", "--target", "b:2", "--tls-cert", "c"}, false},
 		{"pprof without admin", []string{"--listen", "a:1", "--target", "b:2", "--pprof"}, false},
