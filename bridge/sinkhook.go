@@ -132,6 +132,10 @@ func (h *sinkHook) Recv(_ context.Context, r capnp.Recv) capnp.PipelineCaller {
 // drain runs the queued calls in order until none is left; then, after
 // Shutdown, the server's Shutdown.
 func (h *sinkHook) drain() {
+	// A new goroutine's stack is small and a Sink's handler goes deep
+	// (reading the chunks, gRPC's SendMsg): grown once here, while it
+	// holds almost nothing, rather than copied as the handler deepens.
+	growStack()
 	var ran int64 // the size of the call run last, still counted
 	for {
 		h.mu.Lock()
