@@ -134,8 +134,9 @@ func (h *sinkHook) Recv(_ context.Context, r capnp.Recv) capnp.PipelineCaller {
 func (h *sinkHook) drain() {
 	// A new goroutine's stack is small and a Sink's handler goes deep
 	// (reading the chunks, gRPC's SendMsg): grown once here, while it
-	// holds almost nothing, rather than copied as the handler deepens.
-	growStack()
+	// holds almost nothing, rather than copied as the handler deepens
+	// (growDrainStack).
+	growDrainStack()
 	var ran int64 // the size of the call run last, still counted
 	for {
 		h.mu.Lock()
