@@ -53,7 +53,7 @@ func TestRunDirectWritesSaneResults(t *testing.T) {
 	if len(shape) != 1 || shape["results"] == nil {
 		t.Fatalf("top-level keys: got %v, want only results", keys(shape))
 	}
-	wantKeys := []string{"calls_per_s", "mb_per_s", "p50_us", "p99_us", "path", "proxy_cpu_ms_per_kcall", "proxy_rss_mib", "scenario"}
+	wantKeys := []string{"calls_per_s", "harness_cpu_ms_per_kcall", "mb_per_s", "p50_us", "p99_us", "path", "proxy_cpu_ms_per_kcall", "proxy_rss_mib", "scenario"}
 	for _, row := range shape["results"] {
 		if got := keys(row); !slices.Equal(got, wantKeys) {
 			t.Fatalf("row keys: got %v, want %v", got, wantKeys)
@@ -87,6 +87,9 @@ func TestRunDirectWritesSaneResults(t *testing.T) {
 		} else if r.P50us <= 0 || r.P99us < r.P50us {
 			t.Errorf("%s: got p50 %v p99 %v, want 0 < p50 <= p99", r.Scenario, r.P50us, r.P99us)
 		}
+		if r.HarnessCPUmsPerKcall <= 0 {
+			t.Errorf("%s: got harness CPU %v ms per 1k calls, want > 0 (the load generator and backend run)", r.Scenario, r.HarnessCPUmsPerKcall)
+		}
 		if r.ProxyCPUmsPerKcall != 0 || r.ProxyRSSMiB != 0 {
 			t.Errorf("%s: direct has no proxy, got cpu %v rss %v", r.Scenario, r.ProxyCPUmsPerKcall, r.ProxyRSSMiB)
 		}
@@ -105,6 +108,9 @@ func TestRunDirectWritesSaneResults(t *testing.T) {
 	}
 	if strings.Contains(string(md), "Failed calls") {
 		t.Errorf("calls failed on the direct path:\n%s", md)
+	}
+	if !strings.Contains(string(md), "The harness's own CPU") || !strings.Contains(string(md), "unary-100B-c1 ") {
+		t.Errorf("Markdown does not give the harness's CPU per call on direct:\n%s", md)
 	}
 	if strings.Contains(string(md), "grpcgo-tls is a reference") || strings.Contains(string(md), "grpcgo-h2c is a reference") {
 		t.Errorf("Markdown explains grpcgo-tls or grpcgo-h2c in a run without them:\n%s", md)

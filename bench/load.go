@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -100,6 +101,7 @@ type measurement struct {
 	tally
 	seconds float64
 	cpu     time.Duration // CPU time of the path's proxies inside the window
+	harness time.Duration // CPU time of this process (load and backend), the same span
 	rss     int64         // RSS of the path's proxies at the end of the window
 	// rt0 and rt1 are the Go proxies' runtime figures at the window's start
 	// and end (runScenario's sample; nil without).
@@ -144,7 +146,7 @@ func runScenario(ctx context.Context, cc *grpc.ClientConn, sc scenario, warmup, 
 	}
 	var m measurement
 	sleepUntil(ctx, w.warm)
-	cpu0 := cpuOf(procs)
+	cpu0, self0 := cpuOf(procs), cpuOf([]int{os.Getpid()})
 	if sample != nil {
 		m.rt0 = sample()
 	}
@@ -158,6 +160,7 @@ func runScenario(ctx context.Context, cc *grpc.ClientConn, sc scenario, warmup, 
 	}
 	wg.Wait()
 	m.cpu = cpuOf(procs) - cpu0
+	m.harness = cpuOf([]int{os.Getpid()}) - self0
 	for _, t := range tallies {
 		m.add(t)
 	}

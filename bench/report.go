@@ -30,6 +30,11 @@ type Result struct {
 	// ProxyRSSMiB is the resident memory of all proxy processes of the path at the end
 	// of the window; 0 for direct.
 	ProxyRSSMiB float64 `json:"proxy_rss_mib"`
+	// HarnessCPUmsPerKcall is the CPU time of the harness's own process (the load
+	// generator and the backend) per 1,000 calls, over the same span as the proxies'
+	// CPU, on every path: what the two ends of a call cost on the machine the proxies
+	// share.
+	HarnessCPUmsPerKcall float64 `json:"harness_cpu_ms_per_kcall"`
 }
 
 // medianResult is rs's scenario and path with each column's median over rs
@@ -37,14 +42,15 @@ type Result struct {
 func medianResult(rs []Result) Result {
 	col := func(f func(Result) float64) float64 { return median(rs, f) }
 	return Result{
-		Scenario:           rs[0].Scenario,
-		Path:               rs[0].Path,
-		CallsPerS:          col(func(r Result) float64 { return r.CallsPerS }),
-		P50us:              col(func(r Result) float64 { return r.P50us }),
-		P99us:              col(func(r Result) float64 { return r.P99us }),
-		MBPerS:             col(func(r Result) float64 { return r.MBPerS }),
-		ProxyCPUmsPerKcall: col(func(r Result) float64 { return r.ProxyCPUmsPerKcall }),
-		ProxyRSSMiB:        col(func(r Result) float64 { return r.ProxyRSSMiB }),
+		Scenario:             rs[0].Scenario,
+		Path:                 rs[0].Path,
+		CallsPerS:            col(func(r Result) float64 { return r.CallsPerS }),
+		P50us:                col(func(r Result) float64 { return r.P50us }),
+		P99us:                col(func(r Result) float64 { return r.P99us }),
+		MBPerS:               col(func(r Result) float64 { return r.MBPerS }),
+		ProxyCPUmsPerKcall:   col(func(r Result) float64 { return r.ProxyCPUmsPerKcall }),
+		ProxyRSSMiB:          col(func(r Result) float64 { return r.ProxyRSSMiB }),
+		HarnessCPUmsPerKcall: col(func(r Result) float64 { return r.HarnessCPUmsPerKcall }),
 	}
 }
 
@@ -112,6 +118,9 @@ func toResult(sc scenario, pathName string, m measurement, proxied bool) Result 
 	if sc.Kind != stream {
 		r.P50us = round(float64(percentile(m.lat, 50))/1e3, 1)
 		r.P99us = round(float64(percentile(m.lat, 99))/1e3, 1)
+	}
+	if m.ops > 0 {
+		r.HarnessCPUmsPerKcall = round(float64(m.harness)/1e6/float64(m.ops)*1000, 2)
 	}
 	if proxied {
 		if m.ops > 0 {
@@ -229,6 +238,7 @@ func writeMarkdown(w io.Writer, rep Report, info runInfo) {
 			}
 		}
 	}
+	writeHarness(w, rep)
 	writeRuntime(w, info)
 	writeTargets(w, rep, info)
 	if len(info.Skipped) > 0 {
@@ -368,4 +378,22 @@ func writeRuntime(w io.Writer, info runInfo) {
 	for _, r := range info.Runtime {
 		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", r.Scenario, r.Name, num(r.AllocsPerCall), num(r.Goroutines))
 	}
+}
+
+// writeHarness lists the harness's own CPU per call on the direct path, where
+// nothing else runs: what the load generator and the backend (one grpc-go client
+// and one grpc-go server, in one process) cost per call.
+func writeHarness(w io.Writer, rep Report) {
+	var parts []string
+	for _, r := range rep.Results {
+		if r.Path == pathDirect && r.HarnessCPUmsPerKcall > 0 {
+			parts = append(parts, fmt.Sprintf("%s %s", r.Scenario, num(r.HarnessCPUmsPerKcall)))
+		}
+	}
+	if len(parts) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "The harness's own CPU (its load generator and backend, one process) per 1,000 calls, "+
+		"messages or round trips on the direct path: %s ms (the JSON has it for every path).\n", strings.Join(parts, ", "))
 }
