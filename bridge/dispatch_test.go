@@ -386,7 +386,7 @@ func TestIngressMalformedReply(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			svc := servePair(t, false, capnp.Client(captp.GrpcService_ServerToClient(goCapnpService{unary: tc.unary})))
+			svc, _ := servePair(t, false, capnp.Client(captp.GrpcService_ServerToClient(goCapnpService{unary: tc.unary})))
 			in, err := NewIngress(IngressConfig{
 				Director: func(context.Context, string) (captp.GrpcService, error) { return svc.AddRef(), nil },
 				Kinds:    Kinds{"/t.T/First": KindUnary}, // the unary path every time

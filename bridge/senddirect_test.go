@@ -85,16 +85,17 @@ func (g *gateService) Open(ctx context.Context, call captp.GrpcService_open) err
 }
 
 // gateSetup serves a gateService over loopback TCP, by the engine or by
-// go-capnp, to an engine client, and returns the client's service.
-func gateSetup(t *testing.T, goCapnp bool, svc *gateService) captp.GrpcService {
+// go-capnp, to an engine client, and returns the client's service and
+// connection.
+func gateSetup(t *testing.T, goCapnp bool, svc *gateService) (captp.GrpcService, *engine.Conn) {
 	t.Helper()
 	return servePair(t, goCapnp, capnp.Client(captp.GrpcService_ServerToClient(svc)))
 }
 
 // servePair serves boot (taken) over loopback TCP, by the engine or by
-// go-capnp, to an engine client, and returns the client's service; all
-// closes at the end of the test.
-func servePair(t *testing.T, goCapnp bool, boot capnp.Client) captp.GrpcService {
+// go-capnp, to an engine client, and returns the client's service and its
+// connection; all closes at the end of the test.
+func servePair(t *testing.T, goCapnp bool, boot capnp.Client) (captp.GrpcService, *engine.Conn) {
 	t.Helper()
 	nc, snc := testnet.Pair(t, "tcp")
 	var closeServer func()
@@ -117,7 +118,7 @@ func servePair(t *testing.T, goCapnp bool, boot capnp.Client) captp.GrpcService 
 		client.Close()
 		closeServer()
 	})
-	return cl
+	return cl, client
 }
 
 func msgEvent(s string) event {
@@ -134,7 +135,7 @@ func TestSenderDirectAfterPipelined(t *testing.T) {
 			rec := &orderSink{}
 			gs := &gateService{gate: make(chan struct{}), sink: captp.Sink_ServerToClient(rec)}
 			defer gs.sink.Release()
-			svc := gateSetup(t, goCapnp, gs)
+			svc, client := gateSetup(t, goCapnp, gs)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			fut, release := svc.Open(ctx, nil)
@@ -182,6 +183,19 @@ func TestSenderDirectAfterPipelined(t *testing.T) {
 			if d, n := st.direct.Load(), st.sends.Load(); d < 10 || n-d < 10 {
 				t.Fatalf("%d direct of %d sends, want at least 10 of each path", d, n)
 			}
+			// Every send's bytes went back to the window (each direct
+			// send returns its own size), and the sender let go of the
+			// Sink it held for its direct sends: once the test's own
+			// references go, the client holds the bootstrap import only.
+			s.win.mu.Lock()
+			wb, wc := s.win.bytes, s.win.calls
+			s.win.mu.Unlock()
+			if wb != 0 || wc != 0 {
+				t.Fatalf("window after the end: %d bytes, %d sends in flight, want 0, 0", wb, wc)
+			}
+			up.Release()
+			release()
+			poll(t, func() bool { return client.Stats().Imports == 1 }, "the client to hold the bootstrap import only")
 		})
 	}
 }
@@ -195,7 +209,7 @@ func TestSenderDirectFailure(t *testing.T) {
 			gs := &gateService{gate: make(chan struct{}), sink: captp.Sink_ServerToClient(rec)}
 			close(gs.gate)
 			defer gs.sink.Release()
-			svc := gateSetup(t, false, gs)
+			svc, _ := gateSetup(t, false, gs)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			fut, release := svc.Open(ctx, nil)

@@ -146,8 +146,14 @@ func (sm sizedMessage) spare() int {
 // per sizedMessage: the message may carry another call at once.
 func (sm sizedMessage) release() {
 	if sm.msg != nil {
+		// Release truncates the cap table but keeps its array, and with it
+		// the released clients: a message that carried capabilities (rare)
+		// is not pooled, so the pool keeps none reachable.
+		caps := sm.msg.CapTable().Len()
 		sm.msg.Release()
-		callMessages.Put(sm.msg)
+		if caps == 0 {
+			callMessages.Put(sm.msg)
+		}
 	}
 	if sm.buf != nil {
 		putSized(sm.buf)
