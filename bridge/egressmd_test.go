@@ -42,7 +42,7 @@ func mdBackend(t *testing.T) (addr string, seen <-chan seenCall) {
 func appMetadata(md metadata.MD) metadata.MD {
 	out := metadata.MD{}
 	for k, v := range md {
-		if !skipHeader(k) && k != ":authority" {
+		if !ReservedHeader(k) && k != ":authority" {
 			out[k] = v
 		}
 	}

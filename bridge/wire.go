@@ -19,11 +19,12 @@ import (
 // This file converts between gRPC values and their wire form in
 // proto/captp/bridge.capnp: metadata as Header lists, statuses, deadlines.
 
-// skipHeader reports whether a metadata key is the gRPC libraries' to set
-// (pseudo-headers, content-type, grpc-timeout, grpc-status, ...), so it
-// does not cross the bridge. The request content-type crosses separately
-// (see contentSubtype).
-func skipHeader(key string) bool {
+// ReservedHeader reports whether a metadata key is the gRPC libraries' to
+// set (pseudo-headers, content-type, grpc-timeout, grpc-status, ...), so a
+// proxy does not forward it: the bridge does not carry such keys across
+// (the request content-type crosses separately, see contentSubtype), and
+// bench/grpcproxy, a plain gRPC proxy, drops the same ones.
+func ReservedHeader(key string) bool {
 	if strings.HasPrefix(key, ":") {
 		return true
 	}
@@ -75,13 +76,13 @@ func writeHeaders(md metadata.MD, keep func(string) bool, newList func(int32) (c
 }
 
 // keepForward accepts every key that crosses the bridge.
-func keepForward(k string) bool { return !skipHeader(k) }
+func keepForward(k string) bool { return !ReservedHeader(k) }
 
 // keepRequest also keeps the request's content-type, from which the egress
 // takes the content-subtype to use towards the app.
 // vatcar-* keys an app sets are dropped: only the egress says who calls.
 func keepRequest(k string) bool {
-	return k == "content-type" || !skipHeader(k) && !isVatcarKey(k)
+	return k == "content-type" || !ReservedHeader(k) && !isVatcarKey(k)
 }
 
 // vatcarPrefix starts the metadata keys that only vatcar sets.

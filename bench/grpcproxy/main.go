@@ -312,29 +312,12 @@ func tapMetadata(ctx context.Context, info *tap.Info) (context.Context, error) {
 	return context.WithValue(ctx, receivedMD{}, info.Header), nil
 }
 
-// skipHeader reports whether a request metadata key is one gRPC sets itself
-// (pseudo-headers, content-type, grpc-timeout, ...), so it is not forwarded; the same
-// list as the bridge's.
-func skipHeader(key string) bool {
-	if strings.HasPrefix(key, ":") {
-		return true
-	}
-	switch key {
-	case "content-type", "user-agent", "te", "grpc-timeout", "grpc-encoding",
-		"grpc-accept-encoding", "grpc-message", "grpc-status",
-		"grpc-status-details-bin", "grpc-message-type",
-		"grpc-previous-rpc-attempts", "grpc-retry-pushback-ms":
-		return true
-	}
-	return false
-}
-
 // outgoing is ctx with the call's request metadata in, less the keys gRPC sets, as
 // the outgoing metadata; ctx itself when none is left.
 func outgoing(ctx context.Context, in metadata.MD) context.Context {
 	var out metadata.MD
 	for k, vs := range in {
-		if skipHeader(k) {
+		if bridge.ReservedHeader(k) {
 			continue
 		}
 		if out == nil {
