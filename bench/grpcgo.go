@@ -114,7 +114,10 @@ func waitAddrFile(ctx context.Context, file string, timeout time.Duration, p *pr
 		case <-p.done:
 			return "", "", p.exited()
 		case <-ctx.Done():
-			return "", "", fmt.Errorf("no address file %s after %v", file, timeout)
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return "", "", fmt.Errorf("no address file %s after %v", file, timeout)
+			}
+			return "", "", fmt.Errorf("no address file %s: %w", file, ctx.Err())
 		case <-tick.C:
 		}
 	}

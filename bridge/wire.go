@@ -19,11 +19,12 @@ import (
 // This file converts between gRPC values and their wire form in
 // proto/captp/bridge.capnp: metadata as Header lists, statuses, deadlines.
 
-// ReservedHeader reports whether a metadata key is the gRPC libraries' to
-// set (pseudo-headers, content-type, grpc-timeout, grpc-status, ...), so a
-// proxy does not forward it: the bridge does not carry such keys across
-// (the request content-type crosses separately, see contentSubtype), and
-// bench/grpcproxy, a plain gRPC proxy, drops the same ones.
+// ReservedHeader reports whether key, a lower-case metadata key (as
+// metadata.MD holds them), is the gRPC libraries' to set: pseudo-headers,
+// content-type, user-agent, te, grpc-timeout, grpc-status and the other
+// grpc- keys of the protocol. A proxy does not forward such keys; the
+// bridge does not carry them across (the request content-type crosses
+// separately, as the call's content-subtype).
 func ReservedHeader(key string) bool {
 	if strings.HasPrefix(key, ":") {
 		return true

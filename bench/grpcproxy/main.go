@@ -10,9 +10,11 @@
 // raw codec that keeps gRPC's buffers, no copy): request metadata (less the headers
 // gRPC sets itself), the content-subtype, deadline and cancellation (through the
 // context) go forward; response headers (as soon as they arrive), trailers and status
-// come back. A method whose request is one message (by --proto-descriptors) has its
-// request read on the handler's goroutine, as vatcar's known-unary path does; other
-// calls get a goroutine for the request direction.
+// come back. A method whose request is one message (by --proto-descriptors: unary and
+// server-streaming) has its request read on the handler's goroutine, as vatcar's
+// known-unary path does for unary methods (vatcar's server-streaming calls keep a
+// request goroutine: here they cost one goroutine less); other calls get a goroutine
+// for the request direction.
 //
 // It has vatcar's grpc-go settings and sockets: the sidecar's static flow-control
 // windows on both sides, 64 stream workers, the bridge's buffer pool, raw socket reads
@@ -55,7 +57,6 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -340,18 +341,23 @@ type proxy struct {
 	// single holds the full names (/pkg.Service/Method) of the methods whose request
 	// is one message; read-only.
 	single map[string]bool
-	// subtypes caches the call options of each content-subtype: string ->
-	// []grpc.CallOption.
-	subtypes sync.Map
 }
 
-// callOptions returns the options that make a call with the client's content-subtype.
+// commonSubtypes are the call options of the content-subtypes nearly every call
+// has ("" and "proto"), made once; read-only.
+var commonSubtypes = map[string][]grpc.CallOption{
+	"":      {grpc.ForceCodecV2(frameCodec{name: ""})},
+	"proto": {grpc.ForceCodecV2(frameCodec{name: "proto"})},
+}
+
+// callOptions returns the options that make a call with the client's content-subtype:
+// made once for the common ones, per call for others (a client choosing the subtype
+// cannot grow a cache).
 func (p *proxy) callOptions(subtype string) []grpc.CallOption {
-	if o, ok := p.subtypes.Load(subtype); ok {
-		return o.([]grpc.CallOption)
+	if o, ok := commonSubtypes[subtype]; ok {
+		return o
 	}
-	o, _ := p.subtypes.LoadOrStore(subtype, []grpc.CallOption{grpc.ForceCodecV2(frameCodec{name: subtype})})
-	return o.([]grpc.CallOption)
+	return []grpc.CallOption{grpc.ForceCodecV2(frameCodec{name: subtype})}
 }
 
 // contentSubtype is the subtype of a gRPC content-type ("json" of
@@ -414,7 +420,7 @@ func (p *proxy) forward(_ any, ss grpc.ServerStream) error {
 	// The response direction: headers as soon as the target sends them (Header
 	// waits for them, or for the end of a call that has none), so a client waiting
 	// for them does not wait for the first message; then messages.
-	if md, err := cs.Header(); err == nil && len(md) > 0 {
+	if md, err := cs.Header(); err == nil && md != nil {
 		if err := ss.SendHeader(md); err != nil {
 			return err
 		}
