@@ -102,13 +102,7 @@ func TestCallContextEnds(t *testing.T) {
 			}
 			cctx, cancel := context.WithCancel(ctx)
 			defer cancel()
-			fut, rel := g.Unary(cctx, func(p captp.GrpcService_unary_Params) error {
-				head, err := p.NewCall()
-				if err != nil {
-					return err
-				}
-				return head.SetMethod("watch")
-			})
+			fut, rel := g.Unary(cctx, withMethod("watch"))
 			defer rel()
 			select {
 			case <-w.started:

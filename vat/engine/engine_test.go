@@ -297,13 +297,7 @@ func TestFinishCancelsHandler(t *testing.T) {
 			g := captp.GrpcService(cl.bootstrap(ctx))
 			defer g.Release()
 			cctx, cancel := context.WithCancel(ctx)
-			fut, rel := g.Unary(cctx, func(p captp.GrpcService_unary_Params) error {
-				head, err := p.NewCall()
-				if err != nil {
-					return err
-				}
-				return head.SetMethod("block")
-			})
+			fut, rel := g.Unary(cctx, withMethod("block"))
 			defer rel()
 			go func() { time.Sleep(20 * time.Millisecond); cancel() }()
 			if _, err := fut.Struct(); !errors.Is(err, context.Canceled) && (err == nil || !strings.Contains(err.Error(), "cancel")) {
@@ -490,13 +484,7 @@ func TestCloseFailsCalls(t *testing.T) {
 			defer cl.close()
 			g := captp.GrpcService(ec.Bootstrap(ctx))
 			defer g.Release()
-			fut, rel := g.Unary(ctx, func(p captp.GrpcService_unary_Params) error {
-				head, err := p.NewCall()
-				if err != nil {
-					return err
-				}
-				return head.SetMethod(tc.method)
-			})
+			fut, rel := g.Unary(ctx, withMethod(tc.method))
 			defer rel()
 			closed := make(chan struct{})
 			go func() {
@@ -620,5 +608,17 @@ func TestCancelThenCallAgain(t *testing.T) {
 	}
 	if err := sc.Err(); err != nil {
 		t.Fatalf("callee's connection ended: %v", err)
+	}
+}
+
+// withMethod fills a GrpcService.unary call's params with a call head
+// naming method, and nothing else.
+func withMethod(method string) func(captp.GrpcService_unary_Params) error {
+	return func(p captp.GrpcService_unary_Params) error {
+		head, err := p.NewCall()
+		if err != nil {
+			return err
+		}
+		return head.SetMethod(method)
 	}
 }
