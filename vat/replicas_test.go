@@ -181,7 +181,10 @@ func TestInstancesOfOneIdentityCross(t *testing.T) {
 	}{{v1, uri2}, {v2, uri1}} {
 		wg.Go(func() {
 			<-start
-			for range 2 {
+			// A dial made while the crossing settles may meet a losing
+			// connection twice (docs/design.md, "crossed"), as in
+			// TestCrossedConnectionsBetweenInstances: three attempts.
+			for range 3 {
 				c, _, err := d.from.MustImport(d.uri).Dial(ctx)
 				if err != nil {
 					got[i] = err.Error()
