@@ -54,6 +54,7 @@ func newEngineHop(t testing.TB, backend string, cfg hopConfig) *engineHop {
 	if err != nil {
 		t.Fatalf("NewIngress: %v", err)
 	}
+	t.Cleanup(in.Close) // after the server stops (cleanups run last first)
 	gs := in.NewServer(append([]grpc.ServerOption{grpc.InTapHandle(in.TapHandle(nil))}, cfg.serverOpts...)...)
 	gl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -85,9 +85,29 @@ func (h *serviceHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCall
 // startCall starts r's handler on one of p's workers (a nil p: a new
 // goroutine).
 func startCall(ctx context.Context, r capnp.Recv, p *workers, e *egress, handle func(*egress, context.Context, *capCall) error) *capCall {
-	c := &capCall{recv: r}
-	p.start(job{ctx: ctx, c: c, e: e, handle: handle})
-	return c
+	c := &serviceCall{capCall: capCall{recv: r}, ctx: ctx, e: e, handle: handle}
+	p.start(c)
+	return &c.capCall
+}
+
+// serviceCall is a GrpcService call as a worker's job: the call and what
+// its handler needs, in one allocation.
+type serviceCall struct {
+	capCall
+	ctx    context.Context // cleared once the handler has it
+	e      *egress
+	handle func(*egress, context.Context, *capCall) error
+}
+
+// work implements job: it serves the call. The handler starts on a stack
+// grown by growStack (a no-op but for its frame's check when the stack is
+// as large already; the garbage collector shrinks the stacks of parked
+// workers).
+func (c *serviceCall) work() {
+	growStack()
+	ctx := c.ctx
+	c.ctx = nil // the call's context is not kept while its answer is
+	c.serve(ctx, c.e, c.handle)
 }
 
 // Send implements capnp.ClientHook: a call from this process.

@@ -157,6 +157,7 @@ func TestServiceLocal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(in.Close) // after the server stops (cleanups run last first)
 	cc := dial(t, serve(t, func(*grpc.Server) {}, in.ServerOptions()...))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -222,7 +223,7 @@ func TestCapCallPipelined(t *testing.T) {
 					if err != nil {
 						return err
 					}
-					return res.SetUp(newSink(log, 1<<20, DefaultMaxMetadataSize))
+					return res.SetUp(newSink(log, 1<<20, DefaultMaxMetadataSize, nil))
 				}
 				ret := new(capnp.StructReturner)
 				c := &capCall{recv: capnp.Recv{Method: serviceMethods[1].Method, ReleaseArgs: func() {}, Returner: ret}}
@@ -394,6 +395,7 @@ func TestIngressMalformedReply(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(in.Close) // after the server stops (cleanups run last first)
 			cc := dial(t, serve(t, func(*grpc.Server) {}, in.ServerOptions()...))
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()

@@ -615,7 +615,7 @@ func (e *egress) open(ctx context.Context, call openCall) error {
 		c.done()
 		return fmt.Errorf("open: %w", err)
 	}
-	if err := res.SetUp(newSink(c, e.max, e.maxMD)); err != nil {
+	if err := res.SetUp(newSink(c, e.max, e.maxMD, e.pool)); err != nil {
 		c.done()
 		return fmt.Errorf("open: %w", err)
 	}

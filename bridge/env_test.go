@@ -90,6 +90,7 @@ func newHop(t testing.TB, backend string, cfg hopConfig) *hop {
 	if err != nil {
 		t.Fatalf("NewIngress: %v", err)
 	}
+	t.Cleanup(in.Close) // after the server stops (cleanups run last first)
 	gs := in.NewServer(append([]grpc.ServerOption{grpc.InTapHandle(in.TapHandle(nil))}, cfg.serverOpts...)...)
 	gl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

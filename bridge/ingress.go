@@ -28,8 +28,9 @@ import (
 
 // Ingress turns gRPC calls into calls on GrpcService capabilities. Use
 // Handler with grpc.UnknownServiceHandler (and ServerOptions for the codec
-// and sizes), or NewServer. An Ingress is safe for concurrent use and holds
-// no resources of its own.
+// and sizes), or NewServer. An Ingress is safe for concurrent use. It keeps
+// goroutines parked for its streams' responses: Close ends them once its
+// servers have stopped (unclosed, they end after idling for 10-20 s).
 type Ingress struct {
 	director Director
 	borrowed bool // IngressConfig.BorrowedClients
@@ -41,6 +42,7 @@ type Ingress struct {
 	onCall   func(*ingressCall) // tests: called as each call starts
 	onCapTP  func(context.Context, error)
 	onMsg    func(sent bool, size int) // IngressConfig.OnMessage
+	pool     *workers                  // runs the response Sinks' drains; ended by Close
 
 	unaryCalls, streamCalls atomic.Int64 // calls by path taken
 	knownUnaryCalls         atomic.Int64 // unary calls that took the known-unary fast path
@@ -62,9 +64,17 @@ func NewIngress(cfg IngressConfig) (*Ingress, error) {
 		idle:     cfg.StreamIdleTimeout,
 		onCapTP:  cfg.OnCapTPFailure,
 		onMsg:    cfg.OnMessage,
+		pool:     newWorkers(),
 	}
 	return in, nil
 }
+
+// Close ends the goroutines the ingress keeps parked to run its streams'
+// responses; busy ones end when they finish. Calls still in progress, and
+// any later ones, go on without them (a goroutine for each burst of
+// messages). Call it once the ingress's servers have stopped. Calling it
+// again does nothing.
+func (in *Ingress) Close() { in.pool.close() }
 
 // Handler returns the stream handler that bridges every call; it expects the
 // server to use the raw codec (see ServerOptions).
@@ -363,7 +373,7 @@ func (c *ingressCall) unary(svc captp.GrpcService, req *frame) error {
 		defer rest.Release()
 		c.idle.arm(c.idled)
 		af, arelease := rest.Attach(c.ctx, func(p captp.Call_attach_Params) error {
-			return p.SetDown(newSink(c, c.in.max, c.in.maxMD))
+			return p.SetDown(newSink(c, c.in.max, c.in.maxMD, c.in.pool))
 		})
 		defer arelease()
 		return c.wait(af.Future)
@@ -400,7 +410,7 @@ func (c *ingressCall) stream(svc captp.GrpcService) error {
 		if err := writeCallHead(h, c.ctx, c.method, c.md); err != nil {
 			return err
 		}
-		return p.SetDown(newSink(c, c.in.max, c.in.maxMD))
+		return p.SetDown(newSink(c, c.in.max, c.in.maxMD, c.in.pool))
 	})
 	// up is a promise on open's results: it lives as long as they do, so
 	// they are released last (release waits for open to return, #534).

@@ -195,6 +195,7 @@ func TestDirectorErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(in.Close) // after the server stops (cleanups run last first)
 			addr := serve(t, func(*grpc.Server) {}, in.ServerOptions()...)
 			cc := dial(t, addr)
 			err = cc.Invoke(context.Background(), "/t.T/Echo", []byte("x"), new([]byte), grpc.ForceCodecV2(Codec()))
@@ -305,17 +306,19 @@ func TestManyStreamsNoLeak(t *testing.T) {
 	wg.Wait()
 	// A capnp server keeps one goroutine for its call queue, and Call.Go
 	// hands that job to a new one: compare their number, not their ids.
-	// The egress keeps parked workers (their top function is run, waiting
-	// for a call) and their janitor until it is released.
+	// The egress and the ingress keep parked workers (their top function
+	// is run, waiting for a job) and their janitors until released/closed.
 	const queue = "capnproto.org/go/capnp/v3/server.(*Server).handleCalls"
 	if err := goleak.Find(ignore, goleak.IgnoreTopFunction(queue), goleak.IgnoreAnyFunction(queue),
 		goleak.IgnoreTopFunction(workerFunc), goleak.IgnoreTopFunction(janitorFunc)); err != nil {
 		t.Error(err)
 	}
 	poll(t, func() bool {
-		c := h.eg.pool.counts()
-		return c.idle == c.live && c.idle <= maxIdleWorkers && countGoroutines(workerFunc) == c.live
-	}, "egress workers all parked, at most %d (now %+v, %d goroutines)", maxIdleWorkers, h.eg.pool.counts(), countGoroutines(workerFunc))
+		e, i := h.eg.pool.counts(), h.in.pool.counts()
+		return e.idle == e.live && e.idle <= maxIdleWorkers && i.idle == i.live && i.idle <= maxIdleWorkers &&
+			countGoroutines(workerFunc) == e.live+i.live
+	}, "egress and ingress workers all parked, at most %d each (now %+v and %+v, %d goroutines)",
+		maxIdleWorkers, h.eg.pool.counts(), h.in.pool.counts(), countGoroutines(workerFunc))
 	poll(t, func() bool { return countGoroutines(queue) <= queues }, "capnp server goroutines back to %d", queues)
 	poll(t, func() bool { return liveSinks.Load() <= sinks }, "live Sinks back to %d (now %d)", sinks, liveSinks.Load())
 }
@@ -380,7 +383,7 @@ func TestCallWithoutDownSink(t *testing.T) {
 			if !sink {
 				return nil
 			}
-			return p.SetDown(newSink(&recordTarget{onMessage: func(f *frame) { f.free() }}, 1<<20, DefaultMaxMetadataSize))
+			return p.SetDown(newSink(&recordTarget{onMessage: func(f *frame) { f.free() }}, 1<<20, DefaultMaxMetadataSize, nil))
 		})
 		defer release()
 		_, err := f.Struct()
@@ -497,6 +500,7 @@ func TestUnknownServiceOverTheWire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(in.Close) // after the server stops (cleanups run last first)
 	cc := dial(t, serve(t, func(*grpc.Server) {}, in.ServerOptions()...))
 	for _, halfClose := range []bool{true, false} {
 		s := rawStream(context.Background(), t, cc, "/t.T/Echo")

@@ -98,7 +98,7 @@ func TestSenderBoundsBatches(t *testing.T) {
 func TestSinkRefusesAfterClose(t *testing.T) {
 	var got int
 	tg := &recordTarget{onMessage: func(f *frame) { got++; f.free() }}
-	sink := sinkClient(&sinkServer{t: tg, maxMsg: 1 << 20})
+	sink := sinkClient(&sinkServer{t: tg, maxMsg: 1 << 20}, nil)
 	defer sink.Release()
 	ctx := context.Background()
 	send := func() error {

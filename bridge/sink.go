@@ -41,8 +41,10 @@ type sinkServer struct {
 	failed error  // once set, the direction is over: later sends are refused
 }
 
-func newSink(t target, maxMsg, maxMD int) captp.Sink {
-	return sinkClient(&sinkServer{t: t, maxMsg: maxMsg, maxMD: maxMD})
+// newSink returns a Sink that delivers to t, whose calls run on pool's
+// workers (nil: a goroutine per drain).
+func newSink(t target, maxMsg, maxMD int, pool *workers) captp.Sink {
+	return sinkClient(&sinkServer{t: t, maxMsg: maxMsg, maxMD: maxMD}, pool)
 }
 
 // headers serves Sink.headers.

@@ -2,8 +2,8 @@ package bridge
 
 // This file is the Sink capability's dispatcher (newSink): a
 // capnp.ClientHook that queues each call and runs the calls one at a time,
-// in the order they arrived, on a goroutine that lives while calls are
-// queued. go-capnp's server.Server kept the same order with a goroutine for
+// in the order they arrived, on a worker of its owner's pool (workers: a
+// parked goroutine, or a new one) while calls are queued. go-capnp's server.Server kept the same order with a goroutine for
 // the Sink's whole life, and allocated a queue entry, a Call and an
 // AnswerQueue per call (see dispatch.go, which the Sink shares capCall
 // with).
@@ -39,11 +39,10 @@ var liveSinks atomic.Int64
 // use; its server's handlers run one at a time.
 type sinkHook struct {
 	s *sinkServer
-	// run is drain, bound once: `go h.run()` starts no closure of its
-	// own, where `go h.drain()` allocated one per call that found the
-	// queue idle (every call of a ping-pong stream). Set before the hook
-	// is shared; read-only after.
-	run func()
+	// pool runs the drains (work): the pool of the ingress or egress that
+	// serves the Sink; nil: a goroutine per drain. A ping-pong stream's
+	// every call finds the queue idle and starts a drain.
+	pool *workers
 
 	mu sync.Mutex
 	lk struct { // guarded by mu
@@ -79,17 +78,16 @@ const sinkQueueMax = 2 * flowWindow
 // sinkCallOverhead is what a queued call holds besides its message.
 const sinkCallOverhead = 256
 
-// sinkClient returns the Sink capability of s.
-func sinkClient(s *sinkServer) captp.Sink {
+// sinkClient returns the Sink capability of s, whose calls run on pool's
+// workers (nil: a goroutine per drain).
+func sinkClient(s *sinkServer, pool *workers) captp.Sink {
 	liveSinks.Add(1)
-	return captp.Sink(capnp.NewClient(newSinkHook(s)))
+	return captp.Sink(capnp.NewClient(newSinkHook(s, pool)))
 }
 
-// newSinkHook returns the hook of s.
-func newSinkHook(s *sinkServer) *sinkHook {
-	h := &sinkHook{s: s}
-	h.run = h.drain
-	return h
+// newSinkHook returns the hook of s, whose calls run on pool's workers.
+func newSinkHook(s *sinkServer, pool *workers) *sinkHook {
+	return &sinkHook{s: s, pool: pool}
 }
 
 // method returns the method and handler m names, if Sink has it.
@@ -98,7 +96,7 @@ func (h *sinkHook) method(m capnp.Method) (capnp.Method, func(*sinkServer, *capC
 }
 
 // Recv implements capnp.ClientHook: the call is queued behind the Sink's
-// earlier calls, and a goroutine runs the queue if none does. An unknown
+// earlier calls, and a worker runs the queue if none does. An unknown
 // method fails at once as Unimplemented, as under server.Server.
 func (h *sinkHook) Recv(_ context.Context, r capnp.Recv) capnp.PipelineCaller {
 	_, handle, ok := h.method(r.Method)
@@ -124,18 +122,21 @@ func (h *sinkHook) Recv(_ context.Context, r capnp.Recv) capnp.PipelineCaller {
 	h.lk.running = true
 	h.mu.Unlock()
 	if start {
-		go h.run()
+		h.pool.start(h) // never waits, for a worker or another Sink
 	}
 	return &c.capCall
 }
 
+// work implements job: it drains the queue.
+func (h *sinkHook) work() { h.drain() }
+
 // drain runs the queued calls in order until none is left; then, after
 // Shutdown, the server's Shutdown.
 func (h *sinkHook) drain() {
-	// A new goroutine's stack is small and a Sink's handler goes deep
+	// A new worker's stack is small and a Sink's handler goes deep
 	// (reading the chunks, gRPC's SendMsg): grown once here, while it
 	// holds almost nothing, rather than copied as the handler deepens
-	// (growDrainStack).
+	// (growDrainStack; on a worker grown already, a check of the frame).
 	growDrainStack()
 	var ran int64 // the size of the call run last, still counted
 	for {

@@ -57,11 +57,26 @@ func (g *gatedTarget) events() []string {
 // does (RecvCall, one after another) while its target is blocked: every
 // RecvCall returns at once, the calls run one at a time in arrival order,
 // and the release of the Sink, made while calls are queued, reaches the
-// target (lost) once, after all of them.
+// target (lost) once, after all of them; on a pool's worker as on a
+// goroutine of the drain's own.
 func TestSinkHookOrder(t *testing.T) {
+	t.Run("goroutine", func(t *testing.T) { testSinkHookOrder(t, nil) })
+	t.Run("pooled", func(t *testing.T) {
+		p := newWorkers()
+		testSinkHookOrder(t, p)
+		poll(t, func() bool { return p.counts().idle == 1 }, "the drain's worker to park (now %+v)", p.counts())
+		if c := p.counts(); c.started != 1 {
+			t.Errorf("pool after the Sink: %+v, want one worker started: the first call's drain ran them all", c)
+		}
+		p.close()
+		poll(t, func() bool { return countGoroutines(workerFunc)+countGoroutines(janitorFunc) == 0 }, "the pool's goroutines to end")
+	})
+}
+
+func testSinkHookOrder(t *testing.T, pool *workers) {
 	tg := &gatedTarget{gate: make(chan struct{})}
 	sinks := liveSinks.Load()
-	sink := capnp.Client(sinkClient(&sinkServer{t: tg, maxMsg: 1 << 20, maxMD: DefaultMaxMetadataSize}))
+	sink := capnp.Client(sinkClient(&sinkServer{t: tg, maxMsg: 1 << 20, maxMD: DefaultMaxMetadataSize}, pool))
 	const n = 50
 	var rets []*doneReturner
 	recv := func(m capnp.Method, place func(*capnp.Segment) (capnp.Struct, error)) {
@@ -129,7 +144,7 @@ func TestSinkHookOrder(t *testing.T) {
 // reaches its target's lost.
 func TestSinkHookUnknownMethod(t *testing.T) {
 	tg := &gatedTarget{gate: make(chan struct{})}
-	ours := capnp.Client(sinkClient(&sinkServer{t: tg, maxMsg: 1 << 20}))
+	ours := capnp.Client(sinkClient(&sinkServer{t: tg, maxMsg: 1 << 20}, nil))
 	theirs := capnp.Client(captp.Sink_ServerToClient(&sizeSink{}))
 	defer theirs.Release()
 	m := capnp.Method{InterfaceID: captp.Sink_TypeID, MethodID: 3}
@@ -169,7 +184,9 @@ func (s *stepTarget) lost(error)                      {}
 // queue reset only when empty: 100,000 calls left a capacity of 119,808.)
 func TestSinkQueueStaysSmall(t *testing.T) {
 	tg := &stepTarget{step: make(chan struct{})}
-	h := newSinkHook(&sinkServer{t: tg, maxMsg: 1 << 20, maxMD: DefaultMaxMetadataSize})
+	pool := newWorkers()
+	defer pool.close()
+	h := newSinkHook(&sinkServer{t: tg, maxMsg: 1 << 20, maxMD: DefaultMaxMetadataSize}, pool)
 	before := liveSinks.Load()
 	liveSinks.Add(1)
 	client := capnp.NewClient(h)
@@ -209,7 +226,9 @@ func (r *errReturner) PrepareReturn(err error) { r.err = err }
 // queued call runs and the Sink takes calls again.
 func TestSinkQueueBounded(t *testing.T) {
 	tg := &gatedTarget{gate: make(chan struct{})}
-	h := newSinkHook(&sinkServer{t: tg, maxMsg: 2 << 20, maxMD: DefaultMaxMetadataSize})
+	pool := newWorkers()
+	defer pool.close()
+	h := newSinkHook(&sinkServer{t: tg, maxMsg: 2 << 20, maxMD: DefaultMaxMetadataSize}, pool)
 	before := liveSinks.Load()
 	liveSinks.Add(1)
 	client := capnp.NewClient(h)

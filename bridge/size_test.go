@@ -229,7 +229,7 @@ func TestOversizeTailNotDelivered(t *testing.T) {
 	var got []int
 	tg := &recordTarget{onMessage: func(f *frame) { got = append(got, f.data.Len()); f.free() }}
 	s := &sinkServer{t: tg, maxMsg: 3 << 20 / 2}
-	sink := sinkClient(s)
+	sink := sinkClient(s, nil)
 	defer sink.Release()
 	ctx := context.Background()
 	for i, end := range []bool{false, false, true} { // one 3 MiB message in 1 MiB chunks

@@ -1,19 +1,19 @@
 package bridge
 
 import (
-	"context"
 	"sync"
 	"time"
 )
 
-// workers runs an egress's call handlers on goroutines that it keeps for
-// the next call (docs/design.md, "Egress workers"). A call goes to the
-// worker that parked last, or to a new goroutine when none is parked, so a
-// call never waits for another to end, however long handlers block. At
-// most maxIdleWorkers are parked; a worker parked through a whole
-// idlePeriod ends (the janitor), and close ends the parked ones at once
-// and the busy ones as their calls return. A nil *workers starts a
-// goroutine per call. It is safe for concurrent use.
+// workers runs jobs on goroutines that it keeps for the next job
+// (docs/design.md, "Egress workers"): an egress's call handlers, and the
+// Sink drains of an egress or an ingress. A job goes to the worker that
+// parked last, or to a new goroutine when none is parked, so a job never
+// waits for another to end, however long jobs block. At most
+// maxIdleWorkers are parked; a worker parked through a whole idlePeriod
+// ends (the janitor), and close ends the parked ones at once and the busy
+// ones as their jobs return. A nil *workers starts a goroutine per job. It
+// is safe for concurrent use.
 type workers struct {
 	// idlePeriod is how often the janitor ends the workers that stayed
 	// parked since its last round (workerIdlePeriod; tests shorten it).
@@ -36,30 +36,34 @@ type workers struct {
 	}
 }
 
-// job is one call for a worker to serve.
-type job struct {
-	ctx    context.Context
-	c      *capCall
-	e      *egress
-	handle func(*egress, context.Context, *capCall) error
+// job is work for a worker: an egress's call (serviceCall) or a Sink's
+// drain (sinkHook). It is an interface holding a pointer, not a func
+// value, because binding a func to a call's state costs an allocation per
+// job, and a pointer in an interface costs none.
+type job interface {
+	// work does the job, on the worker's goroutine, with the stack that
+	// goroutine was left with (a job that goes deep grows it first:
+	// growStack, growDrainStack). It may block as long as it needs.
+	work()
 }
 
-// maxIdleWorkers bounds an egress's parked workers, as the ingress's
-// streamWorkers: with growStack's frame, 64 stacks of about 32 KiB (a
-// handler that went deeper leaves its worker a larger stack until the
-// garbage collector shrinks it).
+// maxIdleWorkers bounds a pool's parked workers, as the ingress's
+// streamWorkers: 64 stacks of about 32 KiB for an egress's (growStack's
+// frame), 16 KiB for an ingress's (growDrainStack's); a job that went
+// deeper leaves its worker a larger stack until the garbage collector
+// shrinks it.
 const maxIdleWorkers = 64
 
 // workerIdlePeriod is how long a parked worker stays unused, at least, for
 // the janitor to end it (at most twice that).
 const workerIdlePeriod = 10 * time.Second
 
-// newWorkers returns an empty pool; no goroutine runs until the first call.
+// newWorkers returns an empty pool; no goroutine runs until the first job.
 func newWorkers() *workers {
 	return &workers{idlePeriod: workerIdlePeriod, quit: make(chan struct{})}
 }
 
-// start serves j on a parked worker, or on a new one if none is parked.
+// start runs j on a parked worker, or on a new one if none is parked.
 // It never blocks.
 func (p *workers) start(j job) {
 	if p != nil {
@@ -85,23 +89,19 @@ func (p *workers) start(j job) {
 	go p.run(j)
 }
 
-// run is a worker: it serves j, then the jobs handed to it while it is
-// parked, until the pool ends it. Each call's handler starts on a stack
-// grown by growStack (a no-op but for its frame's check when the stack is
-// as large already; the garbage collector shrinks the stacks of parked
-// goroutines).
+// run is a worker: it does j, then the jobs handed to it while it is
+// parked, until the pool ends it. It holds nothing of a job while parked.
 func (p *workers) run(j job) {
 	var next chan job // made when the worker first parks
 	ended := false    // by the pool's count: park, retire or close took it off
 	defer func() {
-		if !ended { // a handler ended the goroutine (runtime.Goexit)
+		if !ended { // a job ended the goroutine (runtime.Goexit)
 			p.gone()
 		}
 	}()
 	for {
-		growStack()
-		j.c.serve(j.ctx, j.e, j.handle)
-		j = job{} // hold nothing of the call while parked
+		j.work()
+		j = nil
 		if next == nil {
 			if p == nil {
 				ended = true
@@ -121,7 +121,7 @@ func (p *workers) run(j job) {
 	}
 }
 
-// gone counts out a busy worker whose goroutine ended during its call
+// gone counts out a busy worker whose goroutine ended during its job
 // (runtime.Goexit in a handler), so that the janitor still stops once no
 // worker is left.
 func (p *workers) gone() {
@@ -189,7 +189,7 @@ func (p *workers) retire() bool {
 }
 
 // close ends the parked workers and the janitor; busy workers end when
-// their calls return, and later calls get a goroutine each. Calling it
+// their jobs return, and later jobs get a goroutine each. Calling it
 // again does nothing.
 func (p *workers) close() {
 	p.mu.Lock()

@@ -34,11 +34,14 @@ func expectWorkersEnd(t *testing.T) {
 }
 
 // TestEgressWorkersReused makes calls one at a time, each once the previous
-// call's worker has parked: every call runs on that one worker.
+// call's worker has parked: every call runs on that one worker. Both sides
+// know Echo as unary: a call the ingress sent as a stream (its half-close
+// late) would run the open handler and the request Sink's drain on the
+// pool at once, on two workers.
 func TestEgressWorkersReused(t *testing.T) {
 	expectWorkersEnd(t)
 	b := newBackend(t)
-	h := newHop(t, b.addr, hopConfig{})
+	h := knownHop(t, b.addr, testKinds, hopConfig{})
 	h.eg.pool.idlePeriod = time.Hour // before any call starts the janitor
 	cc := dial(t, h.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -109,11 +112,13 @@ func TestEgressWorkersNeverWait(t *testing.T) {
 
 // TestEgressWorkersIdleEnd checks that parked workers end once unused for
 // the pool's idle period, and the janitor with them, while the egress
-// lives on and takes new calls.
+// lives on and takes new calls. Both sides know Echo as unary, so no
+// call streams: the ingress's pool, whose workers idle for longer, runs
+// nothing.
 func TestEgressWorkersIdleEnd(t *testing.T) {
 	expectWorkersEnd(t)
 	b := newBackend(t)
-	h := newHop(t, b.addr, hopConfig{})
+	h := knownHop(t, b.addr, testKinds, hopConfig{})
 	h.eg.pool.idlePeriod = 10 * time.Millisecond // before any call starts the janitor
 	cc := dial(t, h.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -131,7 +136,7 @@ func TestEgressWorkersIdleEnd(t *testing.T) {
 		poll(t, func() bool { c := h.eg.pool.counts(); return c.live == 0 && !c.janitor },
 			"round %d: idle workers and the janitor to end (now %+v)", round, h.eg.pool.counts())
 		poll(t, func() bool { return countGoroutines(workerFunc)+countGoroutines(janitorFunc) == 0 },
-			"round %d: worker and janitor goroutines to end", round)
+			"round %d: worker and janitor goroutines to end (ingress pool %+v)", round, h.in.pool.counts())
 	}
 }
 

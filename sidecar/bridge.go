@@ -15,9 +15,6 @@ import (
 	"github.com/vatcar/vatcar/vat"
 )
 
-// newIngressServer returns a gRPC server that bridges every call through d
-// (counted in calls: serveIngressCall), with opts after the bridge's own
-// options.
 // The flow-control windows of the sidecar's own gRPC connections (the
 // app's client connection to an ingress, an egress's connection to its
 // backend). Fixed windows turn off grpc-go's bandwidth estimator, which
@@ -45,7 +42,10 @@ func backendDialOptions() []grpc.DialOption {
 		experimental.WithBufferPool(bridge.BufferPool())}
 }
 
-func newIngressServer(d director, kinds bridge.Kinds, lim egressLimits, calls *sideMetrics, log *slog.Logger, opts ...grpc.ServerOption) (*grpc.Server, error) {
+// newIngressServer returns a gRPC server that bridges every call through d
+// (counted in calls: serveIngressCall), with opts after the bridge's own
+// options, and its bridge ingress, to close once the server has stopped.
+func newIngressServer(d director, kinds bridge.Kinds, lim egressLimits, calls *sideMetrics, log *slog.Logger, opts ...grpc.ServerOption) (*grpc.Server, *bridge.Ingress, error) {
 	in, err := bridge.NewIngress(bridge.IngressConfig{
 		Director:          bridge.Director(d),
 		BorrowedClients:   true, // the director's capabilities are lent (imported.director)
@@ -58,12 +58,12 @@ func newIngressServer(d director, kinds bridge.Kinds, lim egressLimits, calls *s
 		Logger:            log,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("ingress: %w", err)
+		return nil, nil, fmt.Errorf("ingress: %w", err)
 	}
 	opts = append(append(windowServerOptions(), opts...),
 		grpc.InTapHandle(in.TapHandle(nil)),
 		grpc.UnknownServiceHandler(serveIngressCall(calls, in.Handler()))) // in place of the bridge's own
-	return in.NewServer(opts...), nil
+	return in.NewServer(opts...), in, nil
 }
 
 // egressLimits are the bounds of an export's egress, and of an ingress's

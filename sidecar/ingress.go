@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/vatcar/vatcar/bridge"
 	"github.com/vatcar/vatcar/internal/pingack"
 	"github.com/vatcar/vatcar/internal/rawconn"
 	"github.com/vatcar/vatcar/proto/captp"
@@ -34,6 +35,7 @@ type director func(ctx context.Context, fullMethod string) (captp.GrpcService, e
 // loopback (by default) listener.
 type ingress struct {
 	srv      *grpc.Server
+	bridge   *bridge.Ingress // closed once srv has stopped
 	addr     net.Addr
 	done     chan struct{}
 	stopOnce sync.Once
@@ -111,13 +113,13 @@ func (s *Sidecar) startIngress(addr string, d director) (*ingress, error) {
 	}
 	lim := s.cfg.egressLimits()
 	lim.onMessage = s.metrics.ingress.onMessage
-	srv, err := newIngressServer(d, s.kinds, lim, s.metrics.ingress, s.log,
+	srv, br, err := newIngressServer(d, s.kinds, lim, s.metrics.ingress, s.log,
 		grpc.ConnectionTimeout(appHandshakeTimeout))
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
-	in := &ingress{srv: srv, addr: ln.Addr(), done: make(chan struct{})}
+	in := &ingress{srv: srv, bridge: br, addr: ln.Addr(), done: make(chan struct{})}
 	go func() {
 		defer close(in.done)
 		if err := srv.Serve(appListener{ln}); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -144,6 +146,7 @@ func (in *ingress) drain(ctx context.Context) bool {
 		<-finished
 	}
 	<-in.done
+	in.bridge.Close()
 	return graceful
 }
 
@@ -151,6 +154,7 @@ func (in *ingress) drain(ctx context.Context) bool {
 func (in *ingress) stop() {
 	in.stopOnce.Do(in.srv.Stop)
 	<-in.done
+	in.bridge.Close()
 }
 
 // serveIngressCall returns the stream handler of an ingress's server,
