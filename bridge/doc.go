@@ -27,6 +27,8 @@
 //	})
 //	srv := in.NewServer(grpc.InTapHandle(in.TapHandle(nil)), grpc.StatsHandler(myStats)) // or grpc.NewServer(append(in.ServerOptions(), ...)...)
 //	srv.Serve(listener)
+//	// once srv has stopped:
+//	in.Close() // ends the goroutines it keeps parked for streams
 //
 // Egress side:
 //

@@ -67,6 +67,7 @@ func ExampleNewIngress() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer in.Close()      // once the server has stopped
 	srv := in.NewServer() // add interceptors or stats handlers here
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

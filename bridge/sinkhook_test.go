@@ -277,7 +277,7 @@ func TestSinkQueueBounded(t *testing.T) {
 
 // recvSinkSend delivers a Sink.send of one whole message, data, to client
 // as the engine's receive loop does (RecvCall), returning to ret.
-func recvSinkSend(t *testing.T, client capnp.Client, data []byte, ret capnp.Returner) {
+func recvSinkSend(t testing.TB, client capnp.Client, data []byte, ret capnp.Returner) {
 	t.Helper()
 	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"capnproto.org/go/capnp/v3"
+
+	"github.com/vatcar/vatcar/internal/cputime"
 )
 
 // TestPingPongDrainsPooled runs a ping-pong stream (one message in flight,
@@ -53,6 +55,7 @@ func TestPingPongDrainsPooled(t *testing.T) {
 	// new one: rare, but not bounded by the machine's speed; a goroutine
 	// per drain would start one per round.
 	in, eg := h.in.pool.counts(), h.eg.pool.counts()
+	t.Logf("after %d rounds: ingress pool %+v, egress pool %+v", rounds, in, eg)
 	if in.started == 0 || in.started > rounds/10 {
 		t.Errorf("ingress pool after %d rounds: %+v; want 1 to %d workers started", rounds, in, rounds/10)
 	}
@@ -195,4 +198,34 @@ func TestSinkDrainBusyAtClose(t *testing.T) {
 func noWorkersLeft(t *testing.T) {
 	t.Helper()
 	poll(t, func() bool { return countGoroutines(workerFunc) == 0 }, "earlier tests' workers to end (%d left)", countGoroutines(workerFunc))
+}
+
+// BenchmarkSinkPingPong delivers Sink.send calls one at a time, each once
+// the previous one returned, as on a ping-pong stream: every call finds
+// the queue idle and starts a drain, on a goroutine of its own
+// ("goroutine") or on a pool's parked worker ("pooled"). The target goes
+// about 10 KiB deep, as delivering to gRPC does.
+func BenchmarkSinkPingPong(b *testing.B) {
+	pool := newWorkers()
+	defer pool.close()
+	tg := &recordTarget{onMessage: func(f *frame) { deep(40); f.free() }}
+	data := make([]byte, 1024)
+	for _, bc := range []struct {
+		name string
+		pool *workers
+	}{{"goroutine", nil}, {"pooled", pool}} {
+		b.Run(bc.name, func(b *testing.B) {
+			liveSinks.Add(1)
+			sink := capnp.NewClient(newSinkHook(&sinkServer{t: tg, maxMsg: 1 << 20, maxMD: DefaultMaxMetadataSize}, bc.pool))
+			defer sink.Release()
+			b.ReportAllocs()
+			cpu := cputime.Start()
+			for b.Loop() {
+				ret := &doneReturner{done: make(chan struct{})}
+				recvSinkSend(b, sink, data, ret)
+				<-ret.done
+			}
+			b.ReportMetric(cpu.MicrosPer(float64(b.N)), "cpu-us/op")
+		})
+	}
 }

@@ -38,13 +38,17 @@ func growStack() {
 func sink([]byte) {}
 
 // drainStackBytes is how much stack growDrainStack makes room for: a
-// Sink's drain (sinkHook.drain) is a new goroutine for each burst of calls
-// (on a ping-pong stream, each call), and its handler outgrew the starting
-// stack once or twice (6.6% of BenchmarkPairPingPong's CPU). 8 KiB of room
-// makes a 16 KiB stack, which the handler's path (the chunks read, gRPC's
-// SendMsg) fits in and which comes from the runtime's per-P stack cache;
-// growStack's 16 KiB makes a 32 KiB stack, allocated from the heap under
-// its lock, and cost three times as much per drain.
+// Sink's drain (sinkHook.drain) starts a burst of calls (on a ping-pong
+// stream, each call), and its handler outgrew a new goroutine's stack once
+// or twice (6.6% of BenchmarkPairPingPong's CPU when each drain was a new
+// goroutine). 8 KiB of room makes a 16 KiB stack, which the handler's path
+// (the chunks read, gRPC's SendMsg) fits in and which comes from the
+// runtime's per-P stack cache; growStack's 16 KiB makes a 32 KiB stack,
+// allocated from the heap under its lock, and cost three times as much per
+// drain. Drains run on their owner's parked workers now, whose stacks stay
+// grown (the call is then a check of the frame), but a new worker, a pool
+// closed, or a stack the garbage collector shrank still needs it
+// (BenchmarkSinkPingPong).
 const drainStackBytes = 8 << 10
 
 // growDrainStack is growStack with drainStackBytes of room.
