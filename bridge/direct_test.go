@@ -28,6 +28,7 @@ type engineHop struct {
 	in       *Ingress
 	client   *engine.Conn // the ingress side
 	serverNC net.Conn     // the egress side's socket
+	down     *sendStats   // of the egress's response senders
 }
 
 func newEngineHop(t testing.TB, backend string, cfg hopConfig) *engineHop {
@@ -38,6 +39,8 @@ func newEngineHop(t testing.TB, backend string, cfg hopConfig) *engineHop {
 	if err != nil {
 		t.Fatalf("newEgress: %v", err)
 	}
+	down := new(sendStats)
+	egImpl.downStats = down
 	eg := newService(egImpl)
 	t.Cleanup(eg.Release)
 	nc, snc := testnet.Pair(t, "tcp")
@@ -67,7 +70,7 @@ func newEngineHop(t testing.TB, backend string, cfg hopConfig) *engineHop {
 		client.Close()
 		server.Close()
 	})
-	return &engineHop{addr: gl.Addr().String(), in: in, client: client, serverNC: snc}
+	return &engineHop{addr: gl.Addr().String(), in: in, client: client, serverNC: snc, down: down}
 }
 
 // detailsBackend serves /t.T/Details: a status with details, headers and

@@ -52,6 +52,9 @@ type egress struct {
 
 	wholeReplies, streamedReplies atomic.Int64 // unary calls by how they were answered
 	knownUnaryCalls               atomic.Int64 // unary calls that took the known-unary fast path
+	// downStats, if set (tests), counts the sends of every call's
+	// response sender; nil: none.
+	downStats *sendStats
 }
 
 // NewEgress returns a GrpcService capability that forwards every call to
@@ -391,8 +394,9 @@ func (c *egressCall) pump() {
 }
 
 // pumpMessages reads the backend's messages, status and trailers into the
-// outbox.
+// outbox. A message it had to wait for may go out from here (outbox.send).
 func (c *egressCall) pumpMessages() {
+	var w sparseClock
 	for {
 		err := c.bs.RecvMsg(&c.rf)
 		if err != nil {
@@ -415,10 +419,12 @@ func (c *egressCall) pumpMessages() {
 		f := c.rf
 		c.rf = frame{}
 		c.idle.touch()
-		if !c.ob.put(context.Background(), event{kind: evMsg, msg: f}) {
+		ok, quiet := c.ob.send(context.Background(), event{kind: evMsg, msg: f}, w.waited())
+		if !ok {
 			c.drain()
 			return
 		}
+		w.start(quiet)
 	}
 }
 
@@ -650,7 +656,7 @@ func (c *egressCall) respond(down captp.Sink) {
 	go func() {
 		defer down.Release()
 		defer c.done()
-		s := sender{sink: down, ob: c.ob}
+		s := sender{sink: down, ob: c.ob, stats: c.e.downStats}
 		if err := s.run(life); err != nil && life.Err() == nil {
 			c.e.log.Debug("bridge: response stream failed", "method", c.head.method, "err", err)
 			c.fail(Status(err))
