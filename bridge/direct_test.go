@@ -28,7 +28,6 @@ type engineHop struct {
 	in       *Ingress
 	client   *engine.Conn // the ingress side
 	serverNC net.Conn     // the egress side's socket
-	down     *sendStats   // of the egress's response senders
 }
 
 func newEngineHop(t testing.TB, backend string, cfg hopConfig) *engineHop {
@@ -39,8 +38,6 @@ func newEngineHop(t testing.TB, backend string, cfg hopConfig) *engineHop {
 	if err != nil {
 		t.Fatalf("newEgress: %v", err)
 	}
-	down := new(sendStats)
-	egImpl.downStats = down
 	eg := newService(egImpl)
 	t.Cleanup(eg.Release)
 	nc, snc := testnet.Pair(t, "tcp")
@@ -70,7 +67,7 @@ func newEngineHop(t testing.TB, backend string, cfg hopConfig) *engineHop {
 		client.Close()
 		server.Close()
 	})
-	return &engineHop{addr: gl.Addr().String(), in: in, client: client, serverNC: snc, down: down}
+	return &engineHop{addr: gl.Addr().String(), in: in, client: client, serverNC: snc}
 }
 
 // detailsBackend serves /t.T/Details: a status with details, headers and

@@ -52,9 +52,6 @@ type egress struct {
 
 	wholeReplies, streamedReplies atomic.Int64 // unary calls by how they were answered
 	knownUnaryCalls               atomic.Int64 // unary calls that took the known-unary fast path
-	// downStats, if set (tests), counts the sends of every call's
-	// response sender; nil: none.
-	downStats *sendStats
 }
 
 // NewEgress returns a GrpcService capability that forwards every call to
@@ -394,9 +391,8 @@ func (c *egressCall) pump() {
 }
 
 // pumpMessages reads the backend's messages, status and trailers into the
-// outbox. A message it had to wait for may go out from here (outbox.send).
+// outbox.
 func (c *egressCall) pumpMessages() {
-	var w sparseClock
 	for {
 		err := c.bs.RecvMsg(&c.rf)
 		if err != nil {
@@ -419,12 +415,10 @@ func (c *egressCall) pumpMessages() {
 		f := c.rf
 		c.rf = frame{}
 		c.idle.touch()
-		ok, quiet := c.ob.send(context.Background(), event{kind: evMsg, msg: f}, w.waited())
-		if !ok {
+		if !c.ob.put(context.Background(), event{kind: evMsg, msg: f}) {
 			c.drain()
 			return
 		}
-		w.start(quiet)
 	}
 }
 
@@ -656,7 +650,7 @@ func (c *egressCall) respond(down captp.Sink) {
 	go func() {
 		defer down.Release()
 		defer c.done()
-		s := sender{sink: down, ob: c.ob, stats: c.e.downStats}
+		s := sender{sink: down, ob: c.ob}
 		if err := s.run(life); err != nil && life.Err() == nil {
 			c.e.log.Debug("bridge: response stream failed", "method", c.head.method, "err", err)
 			c.fail(Status(err))

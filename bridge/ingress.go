@@ -278,11 +278,9 @@ var closedChan = func() chan struct{} {
 var errCallDone = errors.New("bridge: call has ended")
 
 // pump reads the client's messages into the outbox until the client
-// half-closes or the call ends. A message it had to wait for may go out
-// from here (outbox.send).
+// half-closes or the call ends.
 func (c *ingressCall) pump() {
 	f := &c.pumpF
-	var w sparseClock
 	for {
 		*f = frame{}
 		err := c.ss.RecvMsg(f)
@@ -295,11 +293,9 @@ func (c *ingressCall) pump() {
 			return
 		}
 		c.idle.touch()
-		ok, quiet := c.ob.send(c.ctx, event{kind: evMsg, msg: *f}, w.waited())
-		if !ok {
+		if !c.ob.put(c.ctx, event{kind: evMsg, msg: *f}) {
 			return
 		}
-		w.start(quiet)
 	}
 }
 

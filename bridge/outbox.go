@@ -47,10 +47,6 @@ func (e *event) cost() int {
 // message of any size, so a large message still passes): a fast reader
 // facing a slow Sink blocks.
 //
-// The consumer may lend its right to send to the producer (send): a
-// message of a sparse stream then goes out from the producer's goroutine,
-// without waking the consumer's (see sender.sendInline).
-//
 // Locking: mu guards every field; nothing blocks while holding it. Bytes
 // count from put until the sender reports them copied into capnp (done).
 // The channels are made by the first side that waits on them, under mu
@@ -79,17 +75,6 @@ type outbox struct {
 	// once take handed items' over; nil: none. A stream's batches take
 	// turns in two arrays rather than each allocating one.
 	spare []event
-
-	// Lending (send): snd is the consumer's sender while it runs
-	// (attach); idle is true while the consumer waits in take with
-	// nothing queued and nothing in hand; lent is true while the producer
-	// sends with snd, and the consumer does not run on (take and detach
-	// wait for it: an inline send never blocks); failed is an inline
-	// send's failure, which ends take (sendErr).
-	snd    *sender
-	idle   bool
-	lent   bool
-	failed error
 }
 
 // recycleMax bounds the arrays recycle keeps, in events: a burst of small
@@ -131,28 +116,22 @@ func signal(c chan struct{}) {
 // put queues ev, waiting while the outbox is full. It returns false (and
 // frees ev) when ctx ends or the outbox was stopped.
 func (o *outbox) put(ctx context.Context, ev event) bool {
-	ok, _ := o.putQuiet(ctx, ev)
-	return ok
-}
-
-// putQuiet is put; quiet reports that ev found the consumer waiting with
-// nothing queued (it wakes for ev alone).
-func (o *outbox) putQuiet(ctx context.Context, ev event) (ok, quiet bool) {
 	n := ev.cost()
 	for {
 		o.mu.Lock()
 		if o.stopped {
 			o.mu.Unlock()
 			ev.msg.free()
-			return false, false
+			return false
 		}
 		if o.bytes == 0 || o.bytes+n <= o.limit || n == 0 {
-			quiet = o.idle && len(o.items) == 0
-			o.appendLocked(ev, n)
+			o.items = append(o.items, ev)
+			o.bytes += n
+			o.peak = max(o.peak, o.bytes)
 			wake := o.wake
 			o.mu.Unlock()
 			signal(wake)
-			return true, quiet
+			return true
 		}
 		space := waitChan(&o.space)
 		o.mu.Unlock()
@@ -160,16 +139,9 @@ func (o *outbox) putQuiet(ctx context.Context, ev event) (ok, quiet bool) {
 		case <-space:
 		case <-ctx.Done():
 			ev.msg.free()
-			return false, false
+			return false
 		}
 	}
-}
-
-// appendLocked queues ev of cost n; mu is held.
-func (o *outbox) appendLocked(ev event, n int) {
-	o.items = append(o.items, ev)
-	o.bytes += n
-	o.peak = max(o.peak, o.bytes)
 }
 
 // load queues evs without waiting, counting their bytes even past the
@@ -193,14 +165,11 @@ func (o *outbox) load(evs ...event) {
 }
 
 // take waits for at least one event and removes all queued events. It
-// returns nil when ctx ends, the outbox was stopped or an inline send
-// failed (sendErr). While it waits, the producer may send with the
-// consumer's sender (send); it returns only once that ended.
+// returns nil when ctx ends or the outbox was stopped.
 func (o *outbox) take(ctx context.Context) []event {
 	for {
 		o.mu.Lock()
-		o.quietLocked()
-		if o.stopped || o.failed != nil {
+		if o.stopped {
 			o.mu.Unlock()
 			return nil
 		}
@@ -210,15 +179,11 @@ func (o *outbox) take(ctx context.Context) []event {
 			o.mu.Unlock()
 			return evs
 		}
-		o.idle = true
 		wake := waitChan(&o.wake)
 		o.mu.Unlock()
 		select {
 		case <-wake:
 		case <-ctx.Done():
-			o.mu.Lock()
-			o.quietLocked()
-			o.mu.Unlock()
 			return nil
 		}
 	}

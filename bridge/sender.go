@@ -73,10 +73,7 @@ func LazyReturn(interfaceID uint64, methodID uint16) bool {
 // sender writes the events of one outbox to a Sink: headers and close as
 // they come, messages in batches. The first message goes out at once; the
 // messages queued while a send is being made ride in the next one. There is
-// no timer. A message of a sparse stream may instead go out from the
-// reader's goroutine, which the outbox lends the sender to while run waits
-// with nothing to send (outbox.send, sendInline): a ping-pong stream then
-// wakes no goroutine of the sender's per message.
+// no timer.
 //
 // A batch goes out as engine.SendDirect when the Sink is a plain import of
 // the engine, else as a normal call (a Sink pipelined on open's results
@@ -88,9 +85,7 @@ func LazyReturn(interfaceID uint64, methodID uint16) bool {
 type sender struct {
 	sink     captp.Sink
 	ob       *outbox
-	stats    *sendStats      // optional
-	ctx      context.Context // run's, for sendInline
-	one      event           // the message sendInline sends
+	stats    *sendStats // optional
 	win      window
 	sends    uint64                   // Sink.send calls made, named by close
 	releases []capnp.ReleaseFunc      // of headers calls, run when the sender ends
@@ -109,7 +104,6 @@ type sender struct {
 type sendStats struct {
 	sends    atomic.Int64 // Sink.send calls
 	direct   atomic.Int64 // of which took the direct path
-	inline   atomic.Int64 // of which the producer made (sendInline)
 	messages atomic.Int64 // messages completed by them
 }
 
@@ -123,10 +117,7 @@ type piece struct {
 // run sends until it has sent the end event (and its close call returned),
 // ctx ends, or a call fails. It does not release the sink.
 func (s *sender) run(ctx context.Context) error {
-	s.ctx = ctx
-	s.ob.attach(s)
 	defer func() {
-		s.ob.detach() // the sender is run's alone from here
 		s.target.Release()
 		for _, r := range s.releases {
 			r()
@@ -135,9 +126,6 @@ func (s *sender) run(ctx context.Context) error {
 	for {
 		evs := s.ob.take(ctx)
 		if evs == nil {
-			if err := s.ob.sendErr(); err != nil {
-				return err
-			}
 			return ctx.Err()
 		}
 		end, err := s.sendAll(ctx, evs)
@@ -193,34 +181,21 @@ func (s *sender) flush(ctx context.Context) error {
 	if len(s.piece) == 0 {
 		return nil
 	}
-	hint, size := s.sizes()
-	if err := s.win.acquire(ctx, size); err != nil {
-		s.piece, s.batched = s.piece[:0], 0
-		return fmt.Errorf("send on stream: %w", err)
-	}
-	return s.send(ctx, hint, size)
-}
-
-// sizes returns the size hint (0: none) and the window size of a send of
-// the pending pieces. s.batched counts chunkOverhead per chunk (its
-// struct, list entry and padding): with the list's own words, the params
-// fit in the hint, and the engine builds the call in one buffer of that
-// size. The window counts that and sinkCallOverhead more (the Call's own
-// words, and what the far Sink counts per call held), so a far Sink
-// holding every send in flight stays within its sinkQueueMax.
-func (s *sender) sizes() (hint, size int) {
-	size = s.batched + 64 + sinkCallOverhead
+	pieces := s.piece
+	// s.batched counts chunkOverhead per chunk (its struct, list entry and
+	// padding): with the list's own words, the params fit in the hint, and
+	// the engine builds the call in one buffer of that size. The window
+	// counts that and sinkCallOverhead more (the Call's own words, and what
+	// the far Sink counts per call held), so a far Sink holding every send
+	// in flight stays within its sinkQueueMax.
+	hint, size := 0, s.batched+64+sinkCallOverhead
 	if s.batched >= sizeHintMin {
 		hint = s.batched + 64
 	}
-	return hint, size
-}
-
-// send sends the pending pieces, size bytes the window counted, and
-// reports their bytes to the outbox as copied.
-func (s *sender) send(ctx context.Context, hint, size int) error {
-	pieces := s.piece
 	s.piece, s.batched = s.piece[:0], 0
+	if err := s.win.acquire(ctx, size); err != nil {
+		return fmt.Errorf("send on stream: %w", err)
+	}
 	if s.place == nil {
 		// Bound once: no closure per send. The send's size travels
 		// as SendDirect's tag.
@@ -260,41 +235,6 @@ func (s *sender) send(ctx context.Context, hint, size int) error {
 		return fmt.Errorf("send on stream: %w", err)
 	}
 	return nil
-}
-
-// sendInline sends ev, a message the producer read, from the producer's
-// goroutine, while the outbox lends it the sender (outbox.send: the
-// consumer waits with nothing queued or in hand, and does not run on until
-// the lend ends). It sends only what goes without blocking: one chunk, on
-// the direct path, within the window; otherwise sent is false and ev is
-// left as it was, for the queue. A sent ev is freed; err is the send's
-// failure, which ends the sender as a failed flush would.
-func (s *sender) sendInline(ev event) (sent bool, err error) {
-	n := ev.size()
-	if n > chunkSize || s.ctx.Err() != nil {
-		return false, nil
-	}
-	if !s.target.Valid() {
-		s.target, _ = engine.NewDirectTarget(capnp.Client(s.sink))
-		if !s.target.Valid() {
-			return false, nil
-		}
-	}
-	s.one = ev // kept in s: a pointer to ev would move every send's ev to the heap
-	s.piece = append(s.piece[:0], piece{ev: &s.one, len: n, end: true})
-	s.batched = n + chunkOverhead
-	hint, size := s.sizes()
-	if !s.win.tryAcquire(size) {
-		s.piece, s.batched, s.one = s.piece[:0], 0, event{}
-		return false, nil
-	}
-	if s.stats != nil {
-		s.stats.inline.Add(1)
-	}
-	err = s.send(s.ctx, hint, size)
-	s.one.msg.free()
-	s.one = event{}
-	return true, err
 }
 
 // batch is what one send carries, and what placing it copied.

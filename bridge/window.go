@@ -33,7 +33,7 @@ func (w *window) acquire(ctx context.Context, n int) error {
 			w.mu.Unlock()
 			return err
 		}
-		if w.fitsLocked(n) {
+		if w.calls == 0 || w.bytes+n <= flowWindow && w.calls < maxSendsInFlight {
 			w.bytes += n
 			w.calls++
 			w.mu.Unlock()
@@ -43,25 +43,6 @@ func (w *window) acquire(ctx context.Context, n int) error {
 			return err
 		}
 	}
-}
-
-// tryAcquire is acquire without waiting: false (and nothing counted) when
-// the send does not fit at once or a send failed.
-func (w *window) tryAcquire(n int) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.err != nil || !w.fitsLocked(n) {
-		return false
-	}
-	w.bytes += n
-	w.calls++
-	return true
-}
-
-// fitsLocked reports that a send of n bytes fits in the window now: bytes
-// and calls, or none in flight. w.mu is held.
-func (w *window) fitsLocked(n int) bool {
-	return w.calls == 0 || w.bytes+n <= flowWindow && w.calls < maxSendsInFlight
 }
 
 // waitLocked waits for a send to return, or for ctx to end (then it
