@@ -2,7 +2,10 @@ package sidecar
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"runtime"
 	"sync"
 	"testing"
 )
@@ -60,4 +63,50 @@ func TestAddImportRacesWithListImports(t *testing.T) {
 			t.Errorf("import %s listed without its endpoint", st.Name)
 		}
 	}
+}
+
+// TestImportRemovedWhileStarting: an import removed while AddImport was
+// still opening its endpoint (after the import was listed, before its
+// endpoint was recorded) left that endpoint serving, with no import to
+// stop it, until the process ended. Its fixed port tells: every removed
+// import must have let it go, so the next AddImport on it can listen.
+// Meanwhile Addresses and Shutdown's list of endpoints read them too
+// (-race).
+func TestImportRemovedWhileStarting(t *testing.T) {
+	s := startTestSidecar(t, Config{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	raced := 0
+	for i := range 100 {
+		added := make(chan error, 1)
+		go func() {
+			_, err := s.AddImport(context.Background(), Import{Name: "x", URI: testURI, Listen: addr})
+			added <- err
+		}()
+		for s.RemoveImport("x") != nil { // poll: remove it as soon as it is listed
+			_ = s.Addresses()
+			runtime.Gosched()
+		}
+		err := <-added
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrNotFound):
+			raced++
+		default:
+			t.Fatalf("round %d: AddImport: %v", i, err)
+		}
+		if err := s.RemoveImport("x"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("round %d: import still listed after its removal (RemoveImport: %v)", i, err)
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("round %d: the removed import's endpoint still holds %s: %v", i, addr, err)
+		}
+		l.Close()
+	}
+	t.Logf("%d of 100 imports removed while their endpoint started", raced)
 }

@@ -122,6 +122,13 @@ func (s *Sidecar) listenImport(im *imported) error {
 		return fmt.Errorf("%w: import %q listen %q: %w", ErrConfig, im.Name, addr, err)
 	}
 	im.mu.Lock()
+	if im.closed {
+		// Removed (RemoveImport, a reload, Close or Shutdown) while
+		// the endpoint started: close saw no endpoint to stop.
+		im.mu.Unlock()
+		in.stop()
+		return fmt.Errorf("import %q: removed while its endpoint started: %w", im.Name, ErrNotFound)
+	}
 	im.in = in
 	im.mu.Unlock()
 	im.log.Info("import ready", "listen", in.addr.String(), "peer", im.ref.Locator().Digest.String(),
@@ -330,6 +337,13 @@ func unavailable(name string, err error) error {
 	return status.Errorf(code, "vatcar: import %q unavailable (retrying): %v", name, err)
 }
 
+// endpoint returns the import's own endpoint, nil when it has none (yet).
+func (m *imported) endpoint() *ingress {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.in
+}
+
 // close stops the endpoint at once and drops the capabilities.
 func (m *imported) close() {
 	m.mu.Lock()
@@ -400,10 +414,26 @@ func (s *Sidecar) addImport(im Import, fromConfig bool) (ImportStatus, error) {
 		return ImportStatus{}, err
 	}
 	if err := s.listenImport(m); err != nil {
-		s.removeImport(im.Name)
+		s.dropImport(m)
 		return ImportStatus{}, err
 	}
 	return m.status(), nil
+}
+
+// dropImport removes m if it is still the import of its name (another
+// caller may have removed it, and a third added another of that name,
+// meanwhile), and closes it either way.
+func (s *Sidecar) dropImport(m *imported) {
+	s.mu.Lock()
+	ours := s.imports[m.Name] == m
+	if ours {
+		delete(s.imports, m.Name)
+	}
+	s.mu.Unlock()
+	m.close()
+	if ours {
+		s.metrics.imports.Dec()
+	}
 }
 
 // RemoveImport implements the admin API.

@@ -354,8 +354,8 @@ func (s *Sidecar) Addresses() Addresses {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for name, im := range s.imports {
-		if im.in != nil {
-			a.Imports[name] = im.in.addr.String()
+		if in := im.endpoint(); in != nil {
+			a.Imports[name] = in.addr.String()
 		}
 	}
 	return a
@@ -393,8 +393,8 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	s.drainFlag.Store(true)
 	var ins []*ingress
 	for _, im := range s.imports {
-		if im.in != nil {
-			ins = append(ins, im.in)
+		if in := im.endpoint(); in != nil {
+			ins = append(ins, in)
 		}
 	}
 	s.mu.Unlock()
