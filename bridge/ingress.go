@@ -72,8 +72,9 @@ func NewIngress(cfg IngressConfig) (*Ingress, error) {
 // Close ends the goroutines the ingress keeps parked to run its streams'
 // responses; busy ones end when they finish. Calls still in progress, and
 // any later ones, go on without them (a goroutine for each burst of
-// messages). Call it once the ingress's servers have stopped. Calling it
-// again does nothing.
+// messages). Call it once the ingress's servers have stopped (Serve has
+// returned; handlers still finishing then run their streams' responses on
+// goroutines of their own). Calling it again does nothing.
 func (in *Ingress) Close() { in.pool.close() }
 
 // Handler returns the stream handler that bridges every call; it expects the

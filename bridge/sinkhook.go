@@ -3,10 +3,10 @@ package bridge
 // This file is the Sink capability's dispatcher (newSink): a
 // capnp.ClientHook that queues each call and runs the calls one at a time,
 // in the order they arrived, on a worker of its owner's pool (workers: a
-// parked goroutine, or a new one) while calls are queued. go-capnp's server.Server kept the same order with a goroutine for
-// the Sink's whole life, and allocated a queue entry, a Call and an
-// AnswerQueue per call (see dispatch.go, which the Sink shares capCall
-// with).
+// parked goroutine, or a new one) while calls are queued. go-capnp's
+// server.Server kept the same order with a goroutine for the Sink's whole
+// life, and allocated a queue entry, a Call and an AnswerQueue per call
+// (see dispatch.go, which the Sink shares capCall with).
 
 import (
 	"context"
@@ -51,7 +51,7 @@ type sinkHook struct {
 		// bytes is the size of the messages of the calls queued or
 		// running (sinkQueueMax).
 		bytes   int64
-		running bool // a goroutine runs the queue (drain)
+		running bool // a worker runs the queue (drain)
 		shut    bool // Shutdown was called: the server's runs once the queue is empty
 		ended   bool // the server's Shutdown has been started
 	}
