@@ -38,6 +38,8 @@ type export struct {
 // and e.Name. With a cap dir, the cap file is written (the vat listens by
 // then: Start exports after listening).
 func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
+	s.exportOps.Lock()
+	defer s.exportOps.Unlock()
 	if err := CheckName(e.Name); err != nil {
 		return nil, fmt.Errorf("%w: bad export NAME %q: %w", ErrConfig, e.Name, err)
 	}
@@ -110,7 +112,7 @@ func (s *Sidecar) addExport(e Export, fromConfig bool) (*export, error) {
 	s.table.Add(id, egress)
 	if s.cfg.CapDir != "" {
 		if err := vat.SaveCapFile(filepath.Join(s.cfg.CapDir, e.Name+".cap"), uri); err != nil {
-			s.removeExport(e.Name)
+			s.removeExportLocked(e.Name)
 			return nil, fmt.Errorf("export %q: %w", e.Name, err)
 		}
 	}
@@ -214,6 +216,13 @@ func (s *Sidecar) isDraining() bool { return s.drainFlag.Load() }
 // removeExport stops serving name: its id leaves the table (live
 // capabilities break), its client closes and its cap file goes.
 func (s *Sidecar) removeExport(name string) error {
+	s.exportOps.Lock()
+	defer s.exportOps.Unlock()
+	return s.removeExportLocked(name)
+}
+
+// removeExportLocked is removeExport; the caller holds exportOps.
+func (s *Sidecar) removeExportLocked(name string) error {
 	s.mu.Lock()
 	ex, ok := s.exports[name]
 	delete(s.exports, name)

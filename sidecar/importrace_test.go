@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // TestAddImportRacesWithListImports is issue 14's review finding: an
@@ -109,4 +113,55 @@ func TestImportRemovedWhileStarting(t *testing.T) {
 		l.Close()
 	}
 	t.Logf("%d of 100 imports removed while their endpoint started", raced)
+}
+
+// TestExportRemovedWhileStarting: an export is listed before its backend
+// client and table entry exist. A RemoveExport in between found no client
+// to close and no entry to take out; the export then came up: its id
+// restorable, its client open, its gauge counted down before it was
+// counted up. Adds and removes of one name now take turns: at the end no
+// entry is left in the table and the exports gauge reads 0.
+func TestExportRemovedWhileStarting(t *testing.T) {
+	dir := t.TempDir()
+	s := startTestSidecar(t, Config{Listen: "tcp:127.0.0.1:0", SecretKeyFile: filepath.Join(dir, "k.pem"), CapDir: dir})
+	entries := s.table.Len()
+	for i := range 100 {
+		added := make(chan error, 1)
+		go func() {
+			_, err := s.AddExport(context.Background(), Export{Name: "x", Target: "127.0.0.1:1"})
+			added <- err
+		}()
+		// Poll: remove it as soon as it is listed; an AddExport that
+		// failed ends the round too.
+		for s.RemoveExport("x") != nil && len(added) == 0 {
+			runtime.Gosched()
+		}
+		if err := <-added; err != nil {
+			t.Fatalf("round %d: AddExport: %v", i, err)
+		}
+		// The poll may have ended as the export was added, before it
+		// could remove it.
+		if err := s.RemoveExport("x"); err != nil && !errors.Is(err, ErrNotFound) {
+			t.Fatalf("round %d: RemoveExport: %v", i, err)
+		}
+		if err := s.RemoveExport("x"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("round %d: export still listed after its removal (RemoveExport: %v)", i, err)
+		}
+		if n := s.table.Len(); n != entries {
+			t.Fatalf("round %d: %d table entries after the export's removal, want %d", i, n, entries)
+		}
+	}
+	if g := gaugeValue(t, s.metrics.exports); g != 0 {
+		t.Errorf("exports gauge %v after every export was removed, want 0", g)
+	}
+}
+
+// gaugeValue reads g.
+func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetGauge().GetValue()
 }

@@ -57,6 +57,12 @@ type Sidecar struct {
 	health      *adminListener // /healthz, /readyz, /metrics; may be admin itself; nil when off
 	shared      *ingress       // GRPCListen, nil when not configured
 
+	// exportOps serializes adding, removing and closing exports (admin
+	// API, reloads, doClose): an export is listed before its backend
+	// client and table entry exist, and its service id is its name's, so
+	// two operations on one name must not interleave. Taken before mu.
+	exportOps sync.Mutex
+
 	mu       sync.Mutex
 	draining bool
 	exports  map[string]*export
@@ -450,6 +456,7 @@ func (s *Sidecar) doClose() {
 		os.Remove(s.cfg.ReadyFile) // a stale one would say ready
 	}
 	s.stopServing()
+	s.exportOps.Lock() // an export being added is in the map whole, or not yet
 	s.mu.Lock()
 	s.draining = true
 	s.drainFlag.Store(true)
@@ -458,6 +465,7 @@ func (s *Sidecar) doClose() {
 	s.exports = map[string]*export{}
 	s.imports = map[string]*imported{}
 	s.mu.Unlock()
+	s.exportOps.Unlock()
 	for _, im := range imports {
 		im.close()
 	}
