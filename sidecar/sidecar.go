@@ -23,7 +23,8 @@ import (
 // It is never held while dialling, calling a capability, stopping a server or
 // closing a connection; those happen after unlocking (see removeExport and
 // removeImport). Each import has its own lock for its connection state
-// (imports.go).
+// (imports.go); exportOps, taken before mu, makes adds and removals of
+// exports take turns.
 
 // Sidecar is a running vatcar daemon: a vat, its exports and imports, the
 // shared gRPC endpoint and the admin listener. Make one with New, then call
