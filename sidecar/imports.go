@@ -422,8 +422,8 @@ func (s *Sidecar) addImport(im Import, fromConfig bool) (ImportStatus, error) {
 
 // dropImport removes m if it is still the import of its name (another
 // caller may have removed it, and a third added another of that name,
-// meanwhile), and closes it either way.
-func (s *Sidecar) dropImport(m *imported) {
+// meanwhile), and closes it either way. It reports whether it removed m.
+func (s *Sidecar) dropImport(m *imported) bool {
 	s.mu.Lock()
 	ours := s.imports[m.Name] == m
 	if ours {
@@ -434,6 +434,7 @@ func (s *Sidecar) dropImport(m *imported) {
 	if ours {
 		s.metrics.imports.Dec()
 	}
+	return ours
 }
 
 // RemoveImport implements the admin API.
@@ -442,13 +443,10 @@ func (s *Sidecar) RemoveImport(name string) error { return s.removeImport(name) 
 func (s *Sidecar) removeImport(name string) error {
 	s.mu.Lock()
 	m, ok := s.imports[name]
-	delete(s.imports, name)
 	s.mu.Unlock()
-	if !ok {
+	if !ok || !s.dropImport(m) { // not listed, or removed meanwhile by another
 		return fmt.Errorf("import %q: %w", name, ErrNotFound)
 	}
-	m.close()
-	s.metrics.imports.Dec()
 	s.log.Info("import removed", "import", name)
 	return nil
 }

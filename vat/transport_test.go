@@ -164,12 +164,10 @@ func TestCodecBatchesRunnableEncodes(t *testing.T) {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			<-start
 			errs[i] = c.Encode(testMessage(i, 100))
-		}()
+		})
 	}
 	close(start)
 	wg.Wait()
